@@ -1,0 +1,125 @@
+"""The ``Driver`` protocol every workload driver implements (task, container, vm, fake).
+
+The agent's runner owns the allocation lifecycle and restart policy; a driver only knows how
+to start one instance, wait for it, stop it, measure it, and find it again after the agent
+restarts. A ``Handle`` is everything needed to re-attach: it is plain data the runner keeps on
+disk, so a new agent process can ``recover`` instances an old one started.
+
+Exceptions::
+
+    DriverError            root; its message is shown to the user as the allocation's reason
+     ├── StartError        the instance could not be started (e.g. the OS error of exec)
+     └── NotSupported      the driver cannot run on this node
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from elastin.model.cluster import Usage
+from elastin.model.resources import Resources
+
+
+class DriverError(Exception):
+    """Root of the drivers' exceptions."""
+
+
+class StartError(DriverError):
+    """An instance could not be started; the message carries the OS error."""
+
+
+class NotSupported(DriverError):
+    """This driver is not available on this node."""
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """What the runner asks a driver to start: one instance of a workload."""
+
+    alloc_id: str
+    name: str  # human name, "app.workload[index]"
+    command: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str  # "" = the allocation directory
+    resources: Resources
+    alloc_dir: str  # a directory owned by this instance (logs/, local/, status files)
+    pids_limit: int = 0  # 0 = driver default
+    image: str = ""  # containers and VMs
+    log_max_bytes: int = 10 * 1024 * 1024  # rotate stdout/stderr when bigger
+    log_max_files: int = 3  # rotated files kept per stream
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Plain, JSON-serialisable data to find an instance again after an agent restart."""
+
+    alloc_id: str
+    driver: str
+    pid: int
+    started_at: float
+    data: dict[str, Any] = field(default_factory=dict)  # driver-specific (cgroup paths, ...)
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """How an instance ended."""
+
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None = None
+    oom_killed: bool = False
+    error: str = ""  # a driver-level explanation, if any
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        if self.oom_killed:
+            return "killed by the kernel: out of memory (the memory limit was reached)"
+        if self.error:
+            return self.error
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exited with code {self.exit_code}"
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """What fingerprinting found: whether the driver works here and facts about it."""
+
+    name: str
+    available: bool
+    reason: str = ""  # why not available
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: str
+
+    def fingerprint(self) -> DriverInfo: ...
+
+    async def start(self, config: InstanceConfig) -> Handle:
+        """Start the instance inside its resource limits. Raises ``StartError``."""
+        ...
+
+    async def wait(self, handle: Handle) -> ExitResult:
+        """Wait until the instance exits (also for a recovered instance)."""
+        ...
+
+    async def stop(self, handle: Handle, grace: float) -> None:
+        """SIGTERM (or the driver's equivalent), then SIGKILL after ``grace`` seconds."""
+        ...
+
+    async def recover(self, handle: Handle) -> bool:
+        """Re-attach after an agent restart; True when the instance is still running."""
+        ...
+
+    async def stats(self, handle: Handle) -> Usage:
+        """Measured cpu (millicores, averaged since the previous call) and memory."""
+        ...
+
+    async def cleanup(self, handle: Handle) -> None:
+        """Release what the instance held (cgroups, ...); called after it exited."""
+        ...

@@ -1,0 +1,129 @@
+"""The desired state: an ``Application`` of ``Workload``s, as a spec file describes it.
+
+An application has services (long-running, ``type="service"``) and jobs (run to completion,
+``type="job"``). Every workload has a ``kind`` naming the driver that runs it: ``task`` (a
+process), ``container`` (an OCI image run by runc) or ``vm`` (QEMU). Values here are already
+validated and normalised (cpu in millicores, sizes in bytes, durations in seconds); the parser
+in ``spec.py`` builds them from YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from elastin.model.resources import Resources
+
+WorkloadType = Literal["service", "job"]
+Kind = Literal["task", "container", "vm"]
+KINDS: tuple[Kind, ...] = ("task", "container", "vm")
+RestartMode = Literal["always", "on-failure", "never"]
+CheckType = Literal["http", "tcp", "exec"]
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a finished or failed instance is started again, and how long to wait first.
+
+    The delay before restart n (1-based) is ``min(backoff * 2**(n-1), max_backoff)``.
+    ``attempts`` bounds consecutive restarts (0 = unlimited); a run that stayed up for
+    ``reset_after`` seconds resets the count.
+    """
+
+    mode: RestartMode = "on-failure"
+    attempts: int = 0
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    reset_after: float = 60.0
+
+    def delay(self, restart_number: int) -> float:
+        n = max(1, restart_number)
+        return float(min(self.backoff * (2 ** (n - 1)), self.max_backoff))
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How the agent decides an instance is healthy (ready for traffic)."""
+
+    type: CheckType
+    port: str = ""  # named port (http, tcp)
+    path: str = "/"  # http
+    command: tuple[str, ...] = ()  # exec
+    interval: float = 10.0
+    timeout: float = 2.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 3
+    grace: float = 0.0  # seconds after start before failures count
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named port. ``port=0`` means the agent picks a free one and passes it in the env
+    as ``ELASTIN_PORT_<NAME>`` (and ``PORT`` for the first port)."""
+
+    name: str
+    port: int = 0
+    protocol: Protocol = "http"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A node constraint: ``attribute`` compared to ``value`` with ``op``."""
+
+    attribute: str
+    op: Literal["==", "!=", "in", "not_in"] = "=="
+    value: str | tuple[str, ...] = ""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One service or job of an application, as validated from the spec."""
+
+    name: str
+    type: WorkloadType = "service"
+    kind: Kind = "task"
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    image: str = ""  # container / vm image (not used by tasks)
+    resources: Resources = field(default_factory=lambda: Resources(100, 64 * 1024 * 1024, 0))
+    replicas: int = 1  # services
+    priority: int = 50
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    health: HealthCheck | None = None
+    ports: tuple[Port, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    pids: int = 0  # pids limit, 0 = default (see agent)
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    # jobs
+    parallelism: int = 1
+    completions: int = 1
+    retries: int = 3
+
+    @property
+    def instances(self) -> int:
+        """The instance count of the accounting formulas: replicas, or a job's parallelism."""
+        return self.replicas if self.type == "service" else self.parallelism
+
+    def total(self) -> Resources:
+        """This workload's share of R_total / C_total / A_total: request × instances."""
+        return self.resources * self.instances
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+@dataclass(frozen=True)
+class Application:
+    """A named set of workloads applied together from one spec file."""
+
+    name: str
+    workloads: tuple[Workload, ...] = ()
+
+    def workload(self, name: str) -> Workload | None:
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        return None

@@ -1,0 +1,127 @@
+"""The ``StateStore`` protocol: a revisioned key-value store with transactions and watch.
+
+Modelled on etcd v3 so that an etcd implementation can follow behind the same protocol:
+
+* one store-wide revision counter, incremented by every successful write transaction;
+* every key carries ``create_rev`` and ``mod_rev``;
+* ``txn`` applies puts and deletes atomically if every ``Compare`` holds (compare-and-set);
+* ``watch(prefix, from_rev)`` yields every change with ``rev >= from_rev`` under ``prefix``,
+  in revision order, none missed and none twice, then follows new changes live.
+
+Values are JSON-compatible Python objects (dict, list, str, int, float, bool, None); the store
+serialises them. Keys are ``/``-separated strings such as ``/apps/shop`` or ``/allocs/<id>``.
+
+Exceptions::
+
+    StoreError                 root
+     ├── CompactedError        watch asked for a revision older than the retained history
+     └── StoreClosedError      the store was closed
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+JSON = Any
+
+
+class StoreError(Exception):
+    """Root of the store's exceptions."""
+
+
+class CompactedError(StoreError):
+    """The requested watch revision is older than the oldest change still kept."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        self.requested = requested
+        self.oldest = oldest
+        super().__init__(
+            f"revision {requested} has been compacted; the oldest kept is {oldest}: "
+            "list again and watch from the revision the list returned"
+        )
+
+
+class StoreClosedError(StoreError):
+    """An operation on a closed store."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: JSON
+    create_rev: int
+    mod_rev: int
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A transaction guard on one key: its ``mod_rev`` must equal ``mod_rev``.
+
+    ``mod_rev=0`` means "the key must not exist".
+    """
+
+    key: str
+    mod_rev: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: Literal["put", "delete"]
+    key: str
+    value: JSON  # the new value; None for deletes
+    rev: int  # revision of the transaction that made this change
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    rev: int  # the new revision when succeeded, else the current revision
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    async def revision(self) -> int:
+        """The current revision (0 for an empty, never-written store)."""
+        ...
+
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key starting with ``prefix`` in key order, and the revision they were read at."""
+        ...
+
+    async def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        puts: Sequence[tuple[str, JSON]] = (),
+        deletes: Sequence[str] = (),
+    ) -> TxnResult:
+        """Atomically apply ``puts`` and ``deletes`` if every compare holds.
+
+        A transaction with no puts and no effective deletes does not bump the revision.
+        """
+        ...
+
+    async def put(self, key: str, value: JSON) -> int:
+        """Unconditional put; returns the new revision."""
+        ...
+
+    async def delete(self, key: str) -> int:
+        """Unconditional delete; returns the new revision (unchanged if the key was absent)."""
+        ...
+
+    def watch(self, prefix: str, from_rev: int) -> AsyncIterator[WatchEvent]:
+        """Changes under ``prefix`` with ``rev >= from_rev``, then live ones, until closed.
+
+        Raises ``CompactedError`` (on first iteration) when ``from_rev`` is older than the
+        history kept.
+        """
+        ...
+
+    async def compact(self, keep_revisions: int) -> None:
+        """Drop change history older than ``current - keep_revisions`` (values stay)."""
+        ...
+
+    async def close(self) -> None: ...
