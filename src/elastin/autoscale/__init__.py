@@ -1,1 +1,1 @@
-"""TODO"""
+"""Reserved for later issues (see docs/architecture.md)."""

@@ -1,1 +1,35 @@
-"""TODO"""
+"""The scheduler: pure functions from a cluster snapshot to a ``Plan``.
+
+Nothing here does I/O, reads a clock or draws randomness other than from the seeded
+``random.Random`` passed in; the server's applier commits the plans (see DESIGN.md,
+"Deciding is separate from applying").
+
+Modules:
+    state       ``ClusterState``: the snapshot, with lazily built indexes
+    plan        ``Plan``, ``SchedulerOptions``, ``apply_plan`` (a pure commit, for tests)
+    reconcile   desired vs actual per application: what stops, what needs a node
+    core        ``schedule`` / ``reconcile``: feasibility, sampling, ranking, preemption
+    check       ``check_plan``: re-validate a plan against a newer snapshot
+    accounting  ``resource_report``: R/C/A totals per kind, per node and for the cluster
+    errors      ``SchedulerError`` (the exception root of this package)
+"""
+
+from __future__ import annotations
+
+from elastin.scheduler.check import check_plan
+from elastin.scheduler.core import reconcile, schedule
+from elastin.scheduler.errors import InvalidOptions, SchedulerError
+from elastin.scheduler.plan import Plan, SchedulerOptions, apply_plan
+from elastin.scheduler.state import ClusterState
+
+__all__ = [
+    "ClusterState",
+    "InvalidOptions",
+    "Plan",
+    "SchedulerError",
+    "SchedulerOptions",
+    "apply_plan",
+    "check_plan",
+    "reconcile",
+    "schedule",
+]

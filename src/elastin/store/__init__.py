@@ -15,14 +15,20 @@ from elastin.store.base import (
     TxnResult,
     WatchEvent,
 )
+from elastin.store.memory import MemoryStore
+from elastin.store.open import open_store
+from elastin.store.sqlite import SqliteStore
 
 __all__ = [
     "CompactedError",
     "Compare",
     "KeyValue",
+    "MemoryStore",
+    "SqliteStore",
     "StateStore",
     "StoreClosedError",
     "StoreError",
     "TxnResult",
     "WatchEvent",
+    "open_store",
 ]

@@ -1,0 +1,349 @@
+"""The agent's main loop: register the node, watch its allocations, run each through an
+``AllocRunner``, heartbeat with measured usage, and re-attach to running instances after a
+restart.
+
+It talks to the server only through ``elastin.client.AsyncClient``. Reports to the server go
+through ``Reporter``, which merges the newest state per allocation and retries while the
+server is unreachable, so that a server restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from elastin.agent.drivers.base import Driver
+from elastin.agent.runner import AllocRunner
+from elastin.client.discovery import running_server
+from elastin.client.errors import ApiError, ClientError, ServerUnavailable
+from elastin.client.http import AsyncClient
+from elastin.model.cluster import Allocation, Node, Usage
+from elastin.model.codec import from_data
+from elastin.model.resources import Resources
+from elastin.model.workload import Application, Workload
+
+log = logging.getLogger("elastin.agent")
+
+HEARTBEAT_INTERVAL = 5.0
+
+
+@dataclass
+class AgentConfig:
+    data_dir: Path
+    server_url: str
+    token: str
+    name: str = field(default_factory=socket.gethostname)
+    reserve: Resources = field(default_factory=lambda: Resources(0, 256 * 1024 * 1024, 0))
+    cgroup_root: str = "elastin"
+    rediscover: bool = False  # re-read the local server's address when it stops answering
+
+
+def memory_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0  # pragma: no cover
+
+
+def fingerprint(cfg: AgentConfig, node_id: str, drivers: dict[str, Driver]) -> Node:
+    cpus = len(os.sched_getaffinity(0))
+    disk = shutil.disk_usage(cfg.data_dir).free
+    capacity = Resources(cpus * 1000, memory_total(), disk) - cfg.reserve
+    attrs: dict[str, str] = {
+        "kernel.name": os.uname().sysname.lower(),
+        "kernel.release": os.uname().release,
+        "cpu.cores": str(cpus),
+        "agent.alloc_root": str(cfg.data_dir / "allocs"),
+    }
+    names, cgv = [], ""
+    for name, d in drivers.items():
+        info = d.fingerprint()
+        if info.available:
+            names.append(name)
+            cgv = cgv or info.attributes.get("cgroup.version", "")
+        attrs.update({f"driver.{name}.{k}": v for k, v in info.attributes.items()})
+        attrs[f"driver.{name}"] = "1" if info.available else f"0 ({info.reason})"
+    return Node(
+        id=node_id,
+        name=cfg.name,
+        address="127.0.0.1",
+        capacity=Resources(max(capacity.cpu, 0), max(capacity.memory, 0), max(capacity.disk, 0)),
+        drivers=tuple(sorted(names)),
+        cgroup_version=cgv,
+        attributes=tuple(sorted(attrs.items())),
+    )
+
+
+class Reporter:
+    """Sends allocation reports; keeps the newest per allocation and retries until sent."""
+
+    def __init__(self, client: Callable[[], AsyncClient]) -> None:
+        self.client = client
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.wake = asyncio.Event()
+
+    def report(self, alloc_id: str, **fields: Any) -> None:
+        cur = self.pending.setdefault(alloc_id, {})
+        events = cur.pop("events", []) + list(fields.pop("events", []))
+        cur.update(fields)
+        if events:
+            cur["events"] = events
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self.pending:
+            alloc_id = next(iter(self.pending))
+            body = self.pending.pop(alloc_id)
+            try:
+                await self.client().alloc_status(alloc_id, **body)
+            except ApiError as e:
+                # 404 (deleted) and 409 (the server moved it on, e.g. lost) are final
+                log.info("report on %s not taken: %s", alloc_id, e.message)
+            except ClientError:
+                # server away: put it back (newer reports win) and retry shortly
+                newer = self.pending.pop(alloc_id, {})
+                events = body.pop("events", []) + newer.pop("events", [])
+                body.update(newer)
+                if events:
+                    body["events"] = events
+                self.pending[alloc_id] = body
+                await asyncio.sleep(1.0)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, drivers: dict[str, Driver]) -> None:
+        self.cfg = cfg
+        self.drivers = drivers
+        self.client = AsyncClient(cfg.server_url, cfg.token)
+        self.reporter = Reporter(lambda: self.client)
+        self.runners: dict[str, AllocRunner] = {}
+        self.state_dir = cfg.data_dir / "agent" / "handles"
+        self.alloc_root = cfg.data_dir / "allocs"
+        self.node_id = self._node_id()
+        self.node: Node | None = None
+        self._apps: dict[str, tuple[float, Application, dict[str, int]]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+
+    def _node_id(self) -> str:
+        path = self.cfg.data_dir / "agent" / "node-id"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            return path.read_text().strip()
+        nid = uuid.uuid4().hex[:12]
+        path.write_text(nid)
+        return nid
+
+    async def register(self) -> Node:
+        node = fingerprint(self.cfg, self.node_id, self.drivers)
+        delay = 0.2
+        for _ in range(10**6):
+            try:
+                self.node = await self.client.register(node)
+                return self.node
+            except ClientError as e:
+                log.warning("cannot register with the server yet: %s", e.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    async def workload(self, alloc: Allocation) -> Workload | None:
+        """The workload spec an allocation runs (cached for a few seconds)."""
+        cached = self._apps.get(alloc.app)
+        if (
+            cached is None
+            or time.monotonic() - cached[0] > 5
+            or (cached[2].get(alloc.workload, 0) < alloc.spec_version)
+        ):
+            try:
+                data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
+            except ClientError:
+                return None
+            app = from_data(Application, data["app"])
+            cached = (time.monotonic(), app, {str(k): int(v) for k, v in data["versions"].items()})
+            self._apps[alloc.app] = cached
+        _, app, versions = cached
+        if versions.get(alloc.workload) != alloc.spec_version:
+            return None
+        return app.workload(alloc.workload)
+
+    async def deps_ready(self, alloc: Allocation, w: Workload) -> str:
+        if not w.depends_on:
+            return ""
+        try:
+            allocs = await self.client.allocations(alloc.app)
+            data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
+        except ClientError as e:
+            return f"waiting for the server to check dependencies: {e.message}"
+        app = from_data(Application, data["app"])
+        waiting = []
+        for dep in w.depends_on:
+            dw = app.workload(dep)
+            if dw is None:
+                continue
+            mine = [a for a in allocs if a.workload == dep]
+            if dw.type == "job":
+                if sum(1 for a in mine if a.status == "complete") < dw.completions:
+                    waiting.append(dep)
+            else:
+                ready = [
+                    a
+                    for a in mine
+                    if a.status == "running" and (dw.health is None or a.healthy is True)
+                ]
+                if not ready:
+                    waiting.append(dep)
+        return f"waiting for dependencies: {', '.join(waiting)}" if waiting else ""
+
+    def _runner(self, alloc: Allocation, w: Workload | None) -> AllocRunner:
+        driver = self.drivers.get(alloc.kind)
+        assert driver is not None
+        return AllocRunner(
+            alloc,
+            w,
+            driver,
+            alloc_root=self.alloc_root,
+            state_dir=self.state_dir,
+            report=self.reporter.report,
+            deps_ready=self.deps_ready,
+        )
+
+    async def recover(self, tg: asyncio.TaskGroup) -> None:
+        """Re-attach to instances a previous agent process started."""
+        if not self.state_dir.exists():
+            return
+        for path in sorted(self.state_dir.glob("*.json")):
+            loaded = AllocRunner.load_handle(path)
+            if loaded is None:
+                continue
+            handle, alloc, restarts, ports = loaded
+            if alloc.kind not in self.drivers:
+                continue
+            w = await self.workload(alloc)
+            runner = self._runner(replace(alloc, restarts=restarts), w)
+            runner.ports = ports
+            runner.state.restarts = restarts
+            self.runners[alloc.id] = runner
+            tg.create_task(runner.run(recovered=handle))
+            log.info("re-attaching to %s (pid %d)", alloc.name, handle.pid)
+
+    async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation]) -> None:
+        seen = set()
+        for a in allocs:
+            seen.add(a.id)
+            runner = self.runners.get(a.id)
+            if a.desired == "stop":
+                if runner is not None:
+                    runner.request_stop()
+                elif a.status in ("pending", "starting", "running"):
+                    self.reporter.report(a.id, status="stopped", reason=a.reason or "stopped")
+                continue
+            if runner is None and a.kind in self.drivers and a.status == "pending":
+                w = await self.workload(a)
+                runner = self._runner(a, w)
+                self.runners[a.id] = runner
+                tg.create_task(runner.run())
+            elif runner is None and a.status in ("starting", "running"):
+                # started by an earlier agent process whose handle did not survive
+                self.reporter.report(
+                    a.id,
+                    status="failed",
+                    reason="lost track of the instance across an agent restart",
+                )
+        for alloc_id, runner in list(self.runners.items()):
+            if runner.done.is_set():
+                del self.runners[alloc_id]
+            elif alloc_id not in seen:
+                runner.request_stop("the server no longer has this allocation")
+
+    async def watch_allocations(self, tg: asyncio.TaskGroup) -> None:
+        index = 0
+        while True:
+            try:
+                allocs, index = await self.client.node_allocations(self.node_id, index, 30.0)
+            except ClientError as e:
+                log.warning("cannot fetch allocations: %s", e.message)
+                await asyncio.sleep(1.0)
+                if isinstance(e, ServerUnavailable):
+                    await self.rediscover()
+                if isinstance(e, ApiError) and e.status == 404:
+                    await self.register()
+                continue
+            await self.sync(tg, allocs)
+
+    async def rediscover(self) -> None:
+        """A local server restarted on another address: follow it (``server.json``)."""
+        if not self.cfg.rediscover:
+            return
+        found = running_server(self.cfg.data_dir)
+        if found is None or found[0] == self.client.url:
+            return
+        log.warning("the server moved to %s; following it", found[0])
+        old, self.client = self.client, AsyncClient(found[0], self.cfg.token)
+        self.cfg.server_url = found[0]
+        with contextlib.suppress(Exception):
+            await old.close()
+
+    async def heartbeat(self) -> None:
+        while True:
+            usage: dict[str, Usage] = {}
+            for alloc_id, runner in list(self.runners.items()):
+                u = await runner.sample()
+                if u is not None:
+                    usage[alloc_id] = u
+            total = Usage(
+                cpu=sum(u.cpu for u in usage.values()),
+                memory=sum(u.memory for u in usage.values()),
+                sampled_at=time.time(),
+            )
+            try:
+                await self.client.heartbeat(self.node_id, usage, total)
+            except ApiError as e:
+                if e.status == 404:
+                    await self.register()
+            except ClientError as e:
+                log.warning("heartbeat failed: %s", e.message)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def run(self) -> None:
+        """Run until cancelled. Instances keep running when the agent stops."""
+        self.alloc_root.mkdir(parents=True, exist_ok=True)
+        await self.register()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self.recover(tg)
+                tg.create_task(self.reporter.run())
+                tg.create_task(self.heartbeat())
+                tg.create_task(self.watch_allocations(tg))
+        finally:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+
+    async def stop_all(self, timeout: float = 30.0) -> None:
+        """Stop every instance this agent runs (used by `elastin up` on Ctrl-C)."""
+        for r in self.runners.values():
+            r.request_stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for r in list(self.runners.values()):
+                    await r.done.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.reporter.flush()

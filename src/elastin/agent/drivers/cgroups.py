@@ -1,0 +1,226 @@
+"""Cgroups for instances, v1 and v2: create, limit, join, measure, kill, remove.
+
+Layout: a root directory (``elastin`` by default) under each controller, and one cgroup per
+allocation below it::
+
+    v1:  /sys/fs/cgroup/{cpu,cpuacct,memory,pids,freezer}/elastin/<alloc id>
+    v2:  /sys/fs/cgroup/elastin/<alloc id>       (cpu, memory, pids enabled on the parent)
+
+Hybrid machines (v1 controllers plus a cgroup2 mount without cpu/memory, like the ones this
+project is tested on) use the v1 hierarchies. Limits: cpu as a CFS quota per 100 ms period,
+memory as a hard limit (swap off where the kernel accounts it), pids as a process count.
+
+A process must *start* inside its cgroup for memory to be charged to it, so the task driver
+writes the new process's pid into ``cgroup.procs`` before it execs the workload
+(``Cgroup.join_self`` runs in the child).
+
+Exceptions: ``CgroupError`` (a ``DriverError``) with the path and the OS error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from elastin.agent.drivers.base import DriverError
+from elastin.model.resources import Resources
+
+BASE = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer")
+CFS_PERIOD_US = 100_000
+DEFAULT_PIDS = 1024
+
+
+class CgroupError(DriverError):
+    """A cgroup could not be created, written or removed."""
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    version: str  # "v1", "v2", "hybrid", "" (none usable)
+    writable: bool
+    reason: str = ""
+
+
+def detect_cgroups(base: Path = BASE) -> CgroupInfo:
+    """Which cgroup version this machine offers for instances, and whether we can write it."""
+    if (base / "cgroup.controllers").exists():
+        ctrls = (base / "cgroup.controllers").read_text().split()
+        missing = [c for c in ("cpu", "memory", "pids") if c not in ctrls]
+        if missing:
+            return CgroupInfo("v2", False, f"cgroup v2 lacks controllers: {', '.join(missing)}")
+        return CgroupInfo(
+            "v2",
+            os.access(base, os.W_OK),
+            "" if os.access(base, os.W_OK) else f"{base} is not writable (run the agent as root)",
+        )
+    if (base / "memory" / "cgroup.procs").exists():
+        version = "hybrid" if (base / "unified").is_dir() else "v1"
+        needed = [c for c in ("cpu", "cpuacct", "memory", "pids") if not (base / c).is_dir()]
+        if needed:
+            return CgroupInfo(version, False, f"cgroup v1 controllers missing: {', '.join(needed)}")
+        ok = all(os.access(base / c, os.W_OK) for c in ("cpu", "cpuacct", "memory", "pids"))
+        return CgroupInfo(version, ok, "" if ok else "cgroups are not writable (run as root)")
+    return CgroupInfo("", False, f"no cgroup hierarchy found under {base}")
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as e:
+        raise CgroupError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _stat_map(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+class Cgroup:
+    """The cgroup(s) of one instance."""
+
+    def __init__(self, root: str, name: str, *, version: str, base: Path = BASE) -> None:
+        self.version = "v2" if version == "v2" else "v1"
+        self.base = base
+        self.root = root
+        self.name = name
+        if self.version == "v2":
+            self.dirs = {"unified": base / root / name}
+        else:
+            dirs: dict[str, Path] = {}
+            seen: set[Path] = set()
+            for c in V1_CONTROLLERS:
+                d = base / c
+                if not d.is_dir():
+                    continue
+                real = d.resolve()
+                if real in seen:
+                    dirs[c] = real / root / name
+                    continue
+                seen.add(real)
+                dirs[c] = real / root / name
+            self.dirs = dirs
+
+    def _dir(self, controller: str) -> Path:
+        return self.dirs["unified"] if self.version == "v2" else self.dirs[controller]
+
+    def paths(self) -> list[str]:
+        return sorted({str(p) for p in self.dirs.values()})
+
+    def create(self, resources: Resources, pids_limit: int) -> None:
+        try:
+            if self.version == "v2":
+                parent = self.base / self.root
+                parent.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.base / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+                _write(parent / "cgroup.subtree_control", "+cpu +memory +pids")
+                self.dirs["unified"].mkdir(exist_ok=True)
+            else:
+                for d in set(self.dirs.values()):
+                    d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CgroupError(f"cannot create cgroup {self.name}: {e.strerror}") from None
+        self.set_limits(resources, pids_limit)
+
+    def set_limits(self, resources: Resources, pids_limit: int) -> None:
+        quota = max(1000, resources.cpu * CFS_PERIOD_US // 1000)
+        pids = pids_limit or DEFAULT_PIDS
+        if self.version == "v2":
+            d = self.dirs["unified"]
+            _write(d / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+            _write(d / "memory.max", str(resources.memory))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+            _write(d / "pids.max", str(pids))
+            return
+        cpu = self.dirs["cpu"]
+        _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+        mem = self.dirs["memory"]
+        _write(mem / "memory.limit_in_bytes", str(resources.memory))
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            with contextlib.suppress(CgroupError):
+                _write(mem / "memory.memsw.limit_in_bytes", str(resources.memory))
+        if (mem / "memory.swappiness").exists():
+            with contextlib.suppress(CgroupError):
+                _write(mem / "memory.swappiness", "0")
+        _write(self.dirs["pids"] / "pids.max", str(pids))
+
+    def join_self(self) -> None:
+        """Move the calling process into every hierarchy (used in the child before exec)."""
+        pid = str(os.getpid())
+        for d in set(self.dirs.values()):
+            (d / "cgroup.procs").write_text(pid)
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in set(self.dirs.values()):
+            out |= {int(x) for x in _read(d / "cgroup.procs").split()}
+        return out
+
+    def cpu_usage_ns(self) -> int:
+        if self.version == "v2":
+            return _stat_map(_read(self.dirs["unified"] / "cpu.stat")).get("usage_usec", 0) * 1000
+        text = _read(self.dirs["cpuacct"] / "cpuacct.usage").strip()
+        return int(text) if text.isdigit() else 0
+
+    def memory_bytes(self) -> int:
+        """Working set: usage minus inactive file cache (what kubelet reports)."""
+        if self.version == "v2":
+            d = self.dirs["unified"]
+            usage = int(_read(d / "memory.current").strip() or 0)
+            inactive = _stat_map(_read(d / "memory.stat")).get("inactive_file", 0)
+        else:
+            d = self.dirs["memory"]
+            usage = int(_read(d / "memory.usage_in_bytes").strip() or 0)
+            inactive = _stat_map(_read(d / "memory.stat")).get("total_inactive_file", 0)
+        return max(0, usage - inactive)
+
+    def oom_kills(self) -> int:
+        if self.version == "v2":
+            return _stat_map(_read(self.dirs["unified"] / "memory.events")).get("oom_kill", 0)
+        stats = _stat_map(_read(self.dirs["memory"] / "memory.oom_control"))
+        return stats.get("oom_kill", 0)
+
+    def kill_all(self, sig: int = signal.SIGKILL, spare: int = 0) -> int:
+        """Signal every process in the cgroup (but ``spare``); returns how many were signalled."""
+        n = 0
+        for pid in self.pids():
+            if pid == spare:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+                n += 1
+        return n
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill what is left and remove the cgroup directories."""
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            self.kill_all(signal.SIGKILL)
+            time.sleep(0.02)
+        for d in set(self.dirs.values()):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)

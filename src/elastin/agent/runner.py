@@ -1,0 +1,335 @@
+"""``AllocRunner``: the life of one allocation on this node.
+
+It waits for the workload's dependencies, starts the instance through its driver, watches it,
+runs its health check, restarts it under the restart policy with exponential backoff, stops it
+gracefully when asked, and reports every step to the server through a ``Reporter``::
+
+    pending ──(deps ready)──► starting ──► running ──(exit)──┬─► restart? ──(backoff)──► starting
+       │                          │                         ├─► complete  (exit 0, no restart)
+       │                          └─(start error)──► failed  ├─► failed    (policy says stop)
+       └──────────(stop asked)────────────────────────────► stopped
+
+The handle of a started instance is kept on disk (``<state_dir>/<alloc>.json``) so that a new
+agent process re-attaches to it (``recover``) instead of starting it again.
+
+Jobs do not restart in place: a failed run is reported ``failed`` and the scheduler places a
+new attempt while the job's ``retries`` allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elastin.agent.drivers.base import Driver, DriverError, ExitResult, Handle, InstanceConfig
+from elastin.agent.health import HealthState, probe
+from elastin.model.cluster import Allocation, Usage
+from elastin.model.codec import from_data, to_data
+from elastin.model.workload import Workload
+
+log = logging.getLogger("elastin.agent")
+
+Report = Callable[..., None]
+DepsReady = Callable[[Allocation, Workload], Awaitable[str]]  # "" when ready, else why not
+
+
+@dataclass
+class RunnerState:
+    """What a runner knows; also what the agent shows for this allocation."""
+
+    status: str = "pending"
+    restarts: int = 0
+    pid: int = 0
+    healthy: bool | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def base_env() -> dict[str, str]:
+    """The few variables of the agent's environment every instance inherits."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "PYTHONUNBUFFERED")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class AllocRunner:
+    def __init__(
+        self,
+        alloc: Allocation,
+        workload: Workload | None,
+        driver: Driver,
+        *,
+        alloc_root: Path,
+        state_dir: Path,
+        report: Report,
+        deps_ready: DepsReady,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.alloc = alloc
+        self.workload = workload
+        self.driver = driver
+        self.alloc_dir = alloc_root / alloc.id
+        self.handle_file = state_dir / f"{alloc.id}.json"
+        self.report = report
+        self.deps_ready = deps_ready
+        self.clock = clock
+        self.sleep = sleep
+        self.state = RunnerState(status=alloc.status, restarts=alloc.restarts)
+        self.handle: Handle | None = None
+        self.stop_requested = asyncio.Event()
+        self.done = asyncio.Event()
+        self.ports: dict[str, int] = dict(alloc.ports)
+
+    # handle persistence --------------------------------------------------------------
+    def save_handle(self, handle: Handle) -> None:
+        self.handle_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.handle_file.with_suffix(".tmp")
+        data = {
+            "handle": to_data(handle),
+            "alloc": to_data(self.alloc),
+            "restarts": self.state.restarts,
+            "ports": self.ports,
+        }
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.handle_file)
+
+    def forget_handle(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.handle_file.unlink()
+
+    @staticmethod
+    def load_handle(path: Path) -> tuple[Handle, Allocation, int, dict[str, int]] | None:
+        try:
+            data = json.loads(path.read_text())
+            return (
+                from_data(Handle, data["handle"]),
+                from_data(Allocation, data["alloc"]),
+                int(data.get("restarts", 0)),
+                {str(k): int(v) for k, v in data.get("ports", {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, Exception):
+            return None
+
+    # lifecycle -----------------------------------------------------------------------
+    def request_stop(self, reason: str = "") -> None:
+        self.stop_requested.set()
+
+    def _set(self, status: str, **extra: Any) -> None:
+        self.state.status = status
+        self.report(self.alloc.id, status=status, restarts=self.state.restarts, **extra)
+
+    def _event(self, type_: str, message: str, level: str = "info") -> None:
+        self.report(self.alloc.id, events=[(type_, self.alloc.name, message, level)])
+
+    async def run(self, recovered: Handle | None = None) -> None:
+        try:
+            await self._run(recovered)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug here must not take the agent down with it
+            log.exception("runner for %s failed", self.alloc.name)
+            self._set("failed", reason=f"agent error: {e}")
+        finally:
+            self.done.set()
+
+    async def _run(self, recovered: Handle | None) -> None:
+        w = self.workload
+        if recovered is not None:
+            self.handle = recovered
+            if await self.driver.recover(recovered):
+                self._set("running", pid=recovered.pid, reason="re-attached after agent restart")
+                self._event("alloc.reattached", f"re-attached to pid {recovered.pid}")
+            result = await self._supervise(recovered, w)
+            if not await self._after_exit(result, w):
+                return
+        elif w is None:
+            self._set("failed", reason="the workload's spec is not available to the agent")
+            return
+        else:
+            if not await self._wait_deps(w):
+                return
+        assert w is not None
+        while not self.stop_requested.is_set():
+            handle = await self._start(w)
+            if handle is None:
+                return
+            result = await self._supervise(handle, w)
+            if not await self._after_exit(result, w):
+                return
+        self._set("stopped", reason="stopped", pid=0)
+
+    async def _wait_deps(self, w: Workload) -> bool:
+        last = ""
+        while not self.stop_requested.is_set():
+            why = await self.deps_ready(self.alloc, w)
+            if not why:
+                return True
+            if why != last:
+                self._set("pending", reason=why)
+                last = why
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.stop_requested.wait()
+        self._set("stopped", reason="stopped before it started")
+        return False
+
+    def config(self, w: Workload) -> InstanceConfig:
+        for p in w.ports:
+            if p.name not in self.ports:
+                self.ports[p.name] = p.port or free_port()
+        env = base_env()
+        env.update(
+            {
+                "ELASTIN_ALLOC_ID": self.alloc.id,
+                "ELASTIN_APP": self.alloc.app,
+                "ELASTIN_WORKLOAD": self.alloc.workload,
+                "ELASTIN_INDEX": str(self.alloc.index),
+                "ELASTIN_ALLOC_DIR": str(self.alloc_dir),
+            }
+        )
+        for i, p in enumerate(w.ports):
+            env[f"ELASTIN_PORT_{p.name.upper().replace('-', '_')}"] = str(self.ports[p.name])
+            if i == 0:
+                env["PORT"] = str(self.ports[p.name])
+        env.update(w.env_dict())
+        return InstanceConfig(
+            alloc_id=self.alloc.id,
+            name=self.alloc.name,
+            command=w.command,
+            env=env,
+            workdir=w.workdir,
+            resources=w.resources,
+            alloc_dir=str(self.alloc_dir),
+            pids_limit=w.pids,
+            image=w.image,
+        )
+
+    async def _start(self, w: Workload) -> Handle | None:
+        self._set("starting", reason="")
+        self.alloc_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = await self.driver.start(self.config(w))
+        except DriverError as e:
+            self._set("failed", reason=str(e), pid=0)
+            self._event("alloc.start_failed", str(e), "error")
+            return None
+        self.handle = handle
+        self.save_handle(handle)
+        self.state.pid = handle.pid
+        self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
+        self._event("alloc.started", f"pid {handle.pid}")
+        return handle
+
+    async def _supervise(self, handle: Handle, w: Workload | None) -> ExitResult | None:
+        """Wait for the instance to exit (result) or for a stop request (None after stop)."""
+        async with asyncio.TaskGroup() as tg:
+            waiter = tg.create_task(self.driver.wait(handle))
+            stopper = tg.create_task(self.stop_requested.wait())
+            health = tg.create_task(self._health_loop(w)) if w and w.health else None
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                grace = w.stop_grace if w else 10.0
+                await self.driver.stop(handle, grace)
+            result = await waiter
+            stopper.cancel()
+            if health:
+                health.cancel()
+        with contextlib.suppress(DriverError, OSError):
+            await self.driver.cleanup(handle)
+        self.forget_handle()
+        self.handle = None
+        self.state.pid = 0
+        return result
+
+    async def _after_exit(self, result: ExitResult | None, w: Workload | None) -> bool:
+        """Report the exit; return True when the instance should be started again."""
+        assert result is not None
+        what = result.describe()
+        if result.oom_killed:
+            self._event("alloc.oom_killed", what, "error")
+        if self.stop_requested.is_set():
+            self._set("stopped", reason="stopped", exit_code=result.exit_code, pid=0)
+            self._event("alloc.stopped", f"stopped ({what})")
+            return False
+        ok = result.success and not result.oom_killed
+        self._event("alloc.exited", what, "info" if ok else "warning")
+        if w is None:
+            self._set("complete" if ok else "failed", reason=what, exit_code=result.exit_code)
+            return False
+        policy = w.restart
+        restart = w.type == "service" and (
+            policy.mode == "always" or (policy.mode == "on-failure" and not ok)
+        )
+        if not restart:
+            self._set(
+                "complete" if ok else "failed", reason=what, exit_code=result.exit_code, pid=0
+            )
+            return False
+        if policy.attempts and self.state.restarts >= policy.attempts:
+            reason = f"{what}; gave up after {self.state.restarts} restarts"
+            self._set("failed", reason=reason, exit_code=result.exit_code, pid=0)
+            self._event("alloc.failed", reason, "error")
+            return False
+        self.state.restarts += 1
+        delay = policy.delay(self.state.restarts)
+        self._set(
+            "starting",
+            reason=f"{what}; restart {self.state.restarts} in {delay:g}s",
+            exit_code=result.exit_code,
+            pid=0,
+        )
+        self._event("alloc.restarting", f"{what}; restarting in {delay:g}s", "warning")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.stop_requested.wait()
+        if self.stop_requested.is_set():
+            self._set("stopped", reason="stopped during restart backoff", pid=0)
+            return False
+        return True
+
+    async def _health_loop(self, w: Workload | None) -> None:
+        if w is None or w.health is None:
+            return
+        check = w.health
+        state = HealthState(check, started_at=self.clock())
+        port_name = check.port or (w.ports[0].name if w.ports else "")
+        port = self.ports.get(port_name)
+        cfg = self.config(w)
+        for _ in range(10**9):  # bounded only by the instance's life
+            ok, err = await probe(check, "127.0.0.1", port, cfg.env, cfg.workdir)
+            verdict = state.record(ok, self.clock(), err)
+            if verdict is not None:
+                self.state.healthy = verdict
+                self.report(self.alloc.id, healthy=verdict)
+                if verdict:
+                    self._event("alloc.healthy", "health check passes")
+                else:
+                    self._event("alloc.unhealthy", f"health check fails: {err}", "warning")
+            await self.sleep(check.interval if state.healthy else min(check.interval, 1.0))
+
+    async def sample(self) -> Usage | None:
+        if self.handle is None:
+            return None
+        try:
+            self.state.usage = await self.driver.stats(self.handle)
+        except (DriverError, OSError):
+            return None
+        return self.state.usage

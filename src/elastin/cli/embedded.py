@@ -1,0 +1,80 @@
+"""Running a server and an agent together in one process (``elastin up``, ``elastin daemon``).
+
+``run_embedded`` serves the API, runs the scheduler and a local agent, then hands control to
+``main(url, token, agent)``; when ``main`` returns (or the process gets SIGINT / SIGTERM) it
+shuts everything down. With ``stop_workloads`` the agent stops its instances first; without,
+they keep running and the next agent re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from elastin.agent.agent import Agent, AgentConfig
+from elastin.agent.drivers.registry import default_drivers
+from elastin.server.app import ServerConfig, run_server
+
+Main = Callable[[str, str, Agent, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_embedded(
+    data_dir: Path,
+    *,
+    port: int,
+    main: Main,
+    host: str = "127.0.0.1",
+    stop_workloads: bool = True,
+) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.set)
+    done = asyncio.Event()
+
+    async def on_ready(url: str, token: str) -> None:
+        agent = Agent(
+            AgentConfig(data_dir=data_dir, server_url=url, token=token), default_drivers()
+        )
+        agent_task = asyncio.create_task(agent.run())
+        main_task = asyncio.create_task(main(url, token, agent, shutdown))
+        stop_task = asyncio.create_task(shutdown.wait())
+        try:
+            await asyncio.wait(
+                {main_task, stop_task, agent_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if agent_task.done() and agent_task.exception():
+                raise agent_task.exception()  # type: ignore[misc]
+            if main_task.done():
+                main_task.result()
+            shutdown.set()
+            if not main_task.done():
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    async with asyncio.timeout(60):
+                        await main_task
+            if stop_workloads:
+                await agent.stop_all()
+        finally:
+            for t in (main_task, stop_task, agent_task):
+                t.cancel()
+            await asyncio.gather(main_task, stop_task, agent_task, return_exceptions=True)
+            done.set()
+
+    server = asyncio.create_task(
+        run_server(ServerConfig(data_dir=data_dir, host=host, port=port), on_ready=on_ready)
+    )
+    waiter = asyncio.create_task(done.wait())
+    try:
+        await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            server.result()  # re-raise a startup error (e.g. port in use)
+    finally:
+        server.cancel()
+        waiter.cancel()
+        await asyncio.gather(server, waiter, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,201 @@
+"""HTTP clients of the ``/v1`` API: ``Client`` (synchronous: CLI, SDK) and ``AsyncClient``
+(asyncio: the agent). Both send the bearer token and turn error bodies into ``ApiError``
+with the server's message and hint, and connection failures into ``ServerUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from elastin.client.errors import ApiError, ServerUnavailable
+from elastin.model.cluster import Allocation, Node, Usage
+from elastin.model.codec import from_data, to_data
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"message": resp.text or resp.reason_phrase}
+    if not isinstance(body, dict):
+        body = {"message": str(body)}
+    message = body.get("message")
+    if message is None:  # FastAPI's own validation errors
+        detail = body.get("detail", resp.reason_phrase)
+        message = f"the server rejected the request: {detail}"
+    raise ApiError(resp.status_code, str(message), str(body.get("hint", "")), body.get("issues"))
+
+
+def _unavailable(url: str, e: Exception) -> ServerUnavailable:
+    return ServerUnavailable(
+        f"cannot reach the Elastin server at {url}: {e}",
+        hint="is it running? `elastin up FILE` starts one; `elastin status` checks",
+    )
+
+
+class Client:
+    """Synchronous client; every method is one API call."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    @classmethod
+    def discover(cls) -> Client:
+        from elastin.client.discovery import find_server
+
+        return cls(*find_server())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise _unavailable(self.url, e) from None
+        _raise_for(resp)
+        return resp.json()
+
+    # applications
+    def apply(self, spec: str, *, file: str = "", base_dir: str = "", dry_run: bool = False) -> Any:
+        body = {"spec": spec, "file": file, "base_dir": base_dir, "dry_run": dry_run}
+        return self.call("POST", "/v1/apps", json=body)
+
+    def apps(self) -> Any:
+        return self.call("GET", "/v1/apps")
+
+    def app(self, name: str) -> Any:
+        return self.call("GET", f"/v1/apps/{name}")
+
+    def delete_app(self, name: str) -> Any:
+        return self.call("DELETE", f"/v1/apps/{name}")
+
+    def services(self) -> Any:
+        return self.call("GET", "/v1/services")
+
+    def service(self, ref: str) -> Any:
+        return self.call("GET", f"/v1/services/{ref}")
+
+    def scale(self, ref: str, replicas: int) -> Any:
+        return self.call("POST", f"/v1/scale/{ref}", json={"replicas": replicas})
+
+    def stop(self, ref: str | None = None) -> Any:
+        return self.call("POST", "/v1/stop", json={"ref": ref})
+
+    # allocations, nodes, events
+    def allocations(
+        self, *, app: str | None = None, workload: str | None = None, all: bool = False
+    ) -> list[Allocation]:
+        params: dict[str, Any] = {"all": all}
+        if app:
+            params["app"] = app
+        if workload:
+            params["workload"] = workload
+        return [
+            from_data(Allocation, a) for a in self.call("GET", "/v1/allocations", params=params)
+        ]
+
+    def allocation(self, alloc_id: str) -> Allocation:
+        return from_data(Allocation, self.call("GET", f"/v1/allocations/{alloc_id}"))
+
+    def logs(
+        self, alloc_id: str, *, stream: str = "stdout", tail: int = 100, follow: bool = False
+    ) -> Iterator[bytes]:
+        params: dict[str, str | int | bool] = {"stream": stream, "tail": tail, "follow": follow}
+        try:
+            with self._http.stream(
+                "GET", f"/v1/allocations/{alloc_id}/logs", params=params, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                yield from resp.iter_bytes()
+        except httpx.TransportError as e:
+            raise _unavailable(self.url, e) from None
+
+    def nodes(self) -> Any:
+        return self.call("GET", "/v1/nodes")
+
+    def events(self, since: int = 0, limit: int = 200) -> Any:
+        return self.call("GET", "/v1/events", params={"since": since, "limit": limit})
+
+    def resources(self) -> Any:
+        return self.call("GET", "/v1/resources")
+
+    def status(self) -> Any:
+        return self.call("GET", "/v1/status")
+
+
+class AsyncClient:
+    """Asynchronous client with the calls an agent makes."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, path: str, timeout: float | None = None, **kw: Any) -> Any:
+        try:
+            if timeout is not None:
+                kw["timeout"] = timeout
+            resp = await self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise _unavailable(self.url, e) from None
+        _raise_for(resp)
+        return resp.json()
+
+    async def register(self, node: Node) -> Node:
+        return from_data(Node, await self.call("POST", "/v1/nodes", json={"node": to_data(node)}))
+
+    async def heartbeat(
+        self, node_id: str, usage: dict[str, Usage], node_usage: Usage | None
+    ) -> Any:
+        body = {
+            "usage": {k: to_data(v) for k, v in usage.items()},
+            "node_usage": to_data(node_usage) if node_usage else None,
+        }
+        return await self.call("POST", f"/v1/nodes/{node_id}/heartbeat", json=body)
+
+    async def node_allocations(
+        self, node_id: str, index: int, wait: float
+    ) -> tuple[list[Allocation], int]:
+        data = await self.call(
+            "GET",
+            f"/v1/nodes/{node_id}/allocations",
+            params={"index": index, "wait": wait},
+            timeout=wait + 30,
+        )
+        return [from_data(Allocation, a) for a in data["allocations"]], int(data["index"])
+
+    async def alloc_status(self, alloc_id: str, **report: Any) -> Allocation:
+        data = await self.call("POST", f"/v1/allocations/{alloc_id}/status", json=report)
+        return from_data(Allocation, data)
+
+    async def allocations(self, app: str) -> list[Allocation]:
+        data = await self.call("GET", "/v1/allocations", params={"app": app, "all": False})
+        return [from_data(Allocation, a) for a in data]
+
+    async def events(self, events: list[tuple[str, str, str, str]]) -> Any:
+        return await self.call("POST", "/v1/events", json={"events": events})

@@ -1,0 +1,872 @@
+"""Parsing and validation of spec files (YAML) into an ``Application``.
+
+``parse_spec(text, file, base_dir)`` and ``load_spec(path)`` return an ``Application`` or raise
+``SpecError`` listing *every* problem found, each with the file, line and column, the field
+path (``services.web.resources.memory``), what is wrong and a hint; unknown keys get a
+did-you-mean. The YAML is composed into nodes (not loaded) so that every value keeps its
+position. The format is documented field by field in docs/spec.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from elastin.model.errors import SpecError, SpecIssue, UnitError
+from elastin.model.resources import Resources
+from elastin.model.units import parse_cpu, parse_size
+from elastin.model.workload import (
+    Application,
+    Constraint,
+    HealthCheck,
+    Port,
+    RestartPolicy,
+    Workload,
+)
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+TOP_KEYS = ("app", "services", "jobs")
+COMMON_KEYS = (
+    "kind",
+    "image",
+    "command",
+    "args",
+    "env",
+    "workdir",
+    "resources",
+    "priority",
+    "restart",
+    "health",
+    "ports",
+    "depends_on",
+    "constraints",
+    "stop_grace",
+)
+SERVICE_KEYS = (*COMMON_KEYS, "replicas")
+JOB_KEYS = (*COMMON_KEYS, "parallelism", "completions", "retries")
+RESOURCE_KEYS = ("cpu", "memory", "disk", "pids")
+RESTART_KEYS = ("policy", "attempts", "backoff", "max_backoff", "reset_after")
+HEALTH_KEYS = (
+    "http",
+    "tcp",
+    "exec",
+    "port",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "grace",
+)
+PORT_KEYS = ("port", "protocol")
+CONSTRAINT_KEYS = ("attribute", "op", "value")
+KINDS = ("task", "container", "vm")
+RESTART_MODES = ("always", "on-failure", "never")
+PROTOCOLS = ("http", "http2", "grpc", "tcp")
+OPS = ("==", "!=", "in", "not_in")
+
+MIN_MEMORY = 4 * 1024**2
+MAX_MEMORY = 64 * 1024**4
+MAX_DISK = 1024**5
+MAX_CPU = 1024 * 1000
+
+
+class _Missing:
+    pass
+
+
+MISSING = _Missing()
+
+
+@dataclass
+class _Ctx:
+    file: str
+    issues: list[SpecIssue] = field(default_factory=list)
+
+    def add(self, node: yaml.Node | None, path: str, message: str, hint: str = "") -> None:
+        line = col = 0
+        if node is not None:
+            line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        self.issues.append(SpecIssue(path, message, hint, self.file, line, col))
+
+
+def _kind_of(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"{_scalar(node)!r}"
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """The Python value of a scalar node, resolved with YAML's safe rules."""
+    assert isinstance(node, yaml.ScalarNode)
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return node.value
+
+
+def _mapping(
+    ctx: _Ctx, node: yaml.Node, path: str, allowed: tuple[str, ...], what: str
+) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    """Keys of a mapping node -> (key node, value node); unknown keys reported."""
+    if not isinstance(node, yaml.MappingNode):
+        ctx.add(
+            node,
+            path,
+            f"{what} must be a mapping, not {_kind_of(node)}",
+            f"write it as `key: value` lines under {path or 'the top level'}",
+        )
+        return None
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        key = str(k.value) if isinstance(k, yaml.ScalarNode) else ""
+        kpath = f"{path}.{key}" if path else key
+        if key in out:
+            ctx.add(k, kpath, f"{key!r} is given twice", "keep one of them")
+            continue
+        if allowed and key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else ""
+            hint += (" " if hint else "") + f"valid keys here: {', '.join(allowed)}"
+            ctx.add(k, kpath, f"unknown key {key!r} in {what}", hint)
+            continue
+        out[key] = (k, v)
+    return out
+
+
+def _str(ctx: _Ctx, node: yaml.Node, path: str) -> str | None:
+    if not isinstance(node, yaml.ScalarNode):
+        ctx.add(node, path, f"must be a string, not {_kind_of(node)}")
+        return None
+    v = _scalar(node)
+    if v is None:
+        ctx.add(node, path, "must not be empty")
+        return None
+    if isinstance(v, bool):
+        ctx.add(node, path, f"must be a string, not {node.value!r}", "quote it")
+        return None
+    return str(v)
+
+
+def _int(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int, hint: str = "") -> int | None:
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    if isinstance(v, bool) or not isinstance(v, int):
+        shown = _kind_of(node)
+        ctx.add(node, path, f"must be a whole number, not {shown}", hint or f"use {lo}..{hi}")
+        return None
+    if not lo <= v <= hi:
+        ctx.add(node, path, f"{v} is out of range", hint or f"use a number from {lo} to {hi}")
+        return None
+    return v
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for m in DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            n, unit = float(m.group(1)), m.group(2)
+            total += n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+            pos = m.end()
+        if pos == len(text) and text:
+            return total
+    raise ValueError(f"{value!r} is not a duration")
+
+
+def _duration(ctx: _Ctx, node: yaml.Node, path: str, hi: float = 86400.0) -> float | None:
+    try:
+        v = parse_duration(_scalar(node) if isinstance(node, yaml.ScalarNode) else None)
+    except ValueError:
+        ctx.add(
+            node,
+            path,
+            f"{_kind_of(node)} is not a duration",
+            "write seconds (5) or with a unit: 500ms, 5s, 1m, 1m30s, 1h",
+        )
+        return None
+    if v > hi:
+        ctx.add(node, path, f"{v:g}s is too long", f"use at most {hi:g}s")
+        return None
+    return v
+
+
+def _str_list(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
+    if isinstance(node, yaml.ScalarNode) and isinstance(_scalar(node), str):
+        return [str(node.value)]
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.add(node, path, f"must be a list, not {_kind_of(node)}", "write [a, b]")
+        return None
+    out = []
+    for i, item in enumerate(node.value):
+        s = _str(ctx, item, f"{path}[{i}]")
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _command(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
+    if isinstance(node, yaml.ScalarNode):
+        text = _str(ctx, node, path)
+        if text is None:
+            return None
+        try:
+            parts = shlex.split(text)
+        except ValueError as e:
+            ctx.add(node, path, f"cannot split the command: {e}", "check the quotes")
+            return None
+        if not parts:
+            ctx.add(node, path, "the command is empty", "name the program to run")
+        return parts
+    if isinstance(node, yaml.SequenceNode):
+        parts = []
+        for i, item in enumerate(node.value):
+            if not isinstance(item, yaml.ScalarNode) or _scalar(item) is None:
+                ctx.add(item, f"{path}[{i}]", "each argument must be a string or number")
+                continue
+            parts.append(str(item.value))
+        if not parts and not node.value:
+            ctx.add(node, path, "the command is empty", "name the program to run")
+        return parts
+    ctx.add(
+        node,
+        path,
+        f"must be a string or a list, not {_kind_of(node)}",
+        "write `command: python3 app.py` or `command: [python3, app.py]`",
+    )
+    return None
+
+
+def _resources(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Resources | None, int]:
+    m = _mapping(ctx, node, path, RESOURCE_KEYS, "resources")
+    if m is None:
+        return None, 0
+    ok = True
+    cpu = memory = disk = 0
+    pids = 0
+    for req in ("cpu", "memory"):
+        if req not in m:
+            ctx.add(
+                node,
+                f"{path}.{req}",
+                f"resources need {req}",
+                "e.g. cpu: 500m" if req == "cpu" else "e.g. memory: 128Mi",
+            )
+            ok = False
+    if "cpu" in m:
+        vnode = m["cpu"][1]
+        try:
+            cpu = parse_cpu(_scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else [])
+            if cpu <= 0:
+                ctx.add(
+                    vnode,
+                    f"{path}.cpu",
+                    "cpu must be more than zero",
+                    "ask for at least 1m; e.g. 100m or 0.5",
+                )
+                ok = False
+            elif cpu > MAX_CPU:
+                ctx.add(
+                    vnode,
+                    f"{path}.cpu",
+                    f"{cpu / 1000:g} cores is more than any machine",
+                    "ask for at most 1024 cores",
+                )
+                ok = False
+        except UnitError as e:
+            ctx.add(vnode, f"{path}.cpu", str(e), "e.g. cpu: 500m or cpu: 2")
+            ok = False
+    for name, lo, hi, hint in (
+        ("memory", MIN_MEMORY, MAX_MEMORY, "between 4Mi and 64Ti, e.g. 128Mi"),
+        ("disk", 0, MAX_DISK, "between 0 and 1Pi, e.g. 1Gi"),
+    ):
+        if name not in m:
+            continue
+        vnode = m[name][1]
+        try:
+            v = parse_size(_scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else [], what=name)
+        except UnitError as e:
+            ctx.add(vnode, f"{path}.{name}", str(e), f"write {hint}")
+            ok = False
+            continue
+        if name == "memory" and v <= 0:
+            ctx.add(vnode, f"{path}.memory", "memory must be more than zero", f"ask for {hint}")
+            ok = False
+        elif not lo <= v <= hi:
+            ctx.add(
+                vnode, f"{path}.{name}", f"{name} {vnode.value} is out of range", f"ask for {hint}"
+            )
+            ok = False
+        elif name == "memory":
+            memory = v
+        else:
+            disk = v
+    if "pids" in m:
+        p = _int(
+            ctx, m["pids"][1], f"{path}.pids", 8, 4_194_304, "a pids limit from 8 up, e.g. 256"
+        )
+        if p is None:
+            ok = False
+        else:
+            pids = p
+    return (Resources(cpu, memory, disk) if ok else None), pids
+
+
+def _restart(ctx: _Ctx, node: yaml.Node, path: str, default: str) -> RestartPolicy | None:
+    if isinstance(node, yaml.ScalarNode):
+        mode = _scalar(node)
+        if mode not in RESTART_MODES:
+            ctx.add(
+                node,
+                path,
+                f"unknown restart policy {node.value!r}",
+                f"use one of {', '.join(RESTART_MODES)}",
+            )
+            return None
+        return RestartPolicy(mode=mode)
+    m = _mapping(ctx, node, path, RESTART_KEYS, "restart")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {"mode": default}
+    if "policy" in m:
+        mode = _scalar(m["policy"][1]) if isinstance(m["policy"][1], yaml.ScalarNode) else None
+        if mode not in RESTART_MODES:
+            ctx.add(
+                m["policy"][1],
+                f"{path}.policy",
+                "unknown restart policy",
+                f"use one of {', '.join(RESTART_MODES)}",
+            )
+            return None
+        kw["mode"] = mode
+    if "attempts" in m:
+        kw["attempts"] = _int(
+            ctx, m["attempts"][1], f"{path}.attempts", 0, 10_000, "0 (unlimited) up to 10000"
+        )
+    for key in ("backoff", "max_backoff", "reset_after"):
+        if key in m:
+            kw[key] = _duration(ctx, m[key][1], f"{path}.{key}")
+    if any(v is None for v in kw.values()):
+        return None
+    if kw.get("backoff", 1.0) > kw.get("max_backoff", 60.0):
+        ctx.add(
+            node,
+            f"{path}.backoff",
+            "backoff is longer than max_backoff",
+            "make max_backoff at least as long as backoff",
+        )
+        return None
+    return RestartPolicy(**kw)
+
+
+def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> HealthCheck | None:
+    m = _mapping(ctx, node, path, HEALTH_KEYS, "health")
+    if m is None:
+        return None
+    types = [t for t in ("http", "tcp", "exec") if t in m]
+    if len(types) != 1:
+        ctx.add(
+            node,
+            path,
+            "a health check needs exactly one of http, tcp, exec"
+            + (f" (found {', '.join(types)})" if types else ""),
+            "e.g. `http: /healthz`, `tcp: http` (a port name), or `exec: [cmd, arg]`",
+        )
+        return None
+    kind = types[0]
+    kw: dict[str, Any] = {"type": kind}
+    ok = True
+    port = ""
+    if "port" in m:
+        port = _str(ctx, m["port"][1], f"{path}.port") or ""
+    if kind == "http":
+        p = _str(ctx, m["http"][1], f"{path}.http")
+        if p is None or not p.startswith("/"):
+            if p is not None:
+                ctx.add(
+                    m["http"][1],
+                    f"{path}.http",
+                    f"{p!r} is not a path",
+                    "start it with /, e.g. /healthz",
+                )
+            ok = False
+        else:
+            kw["path"] = p
+    elif kind == "tcp":
+        p = _str(ctx, m["tcp"][1], f"{path}.tcp")
+        if p is None:
+            ok = False
+        elif not port:
+            port = p
+    else:
+        cmd = _command(ctx, m["exec"][1], f"{path}.exec")
+        if not cmd:
+            ok = False
+        else:
+            kw["command"] = tuple(cmd)
+    if kind in ("http", "tcp"):
+        if not port:
+            if len(port_names) == 1:
+                port = port_names[0]
+            else:
+                ctx.add(
+                    node,
+                    f"{path}.port",
+                    "the health check needs a port",
+                    "name one of the workload's ports with `port:`"
+                    + (
+                        f" ({', '.join(port_names)})"
+                        if port_names
+                        else "; the workload declares none: add `ports:`"
+                    ),
+                )
+                ok = False
+        elif port not in port_names:
+            close = difflib.get_close_matches(port, port_names, n=1)
+            ctx.add(
+                m.get("port", m.get("tcp", (node, node)))[1],
+                f"{path}.port",
+                f"the workload has no port named {port!r}",
+                (f"did you mean {close[0]!r}? " if close else "")
+                + f"declared ports: {', '.join(port_names) or 'none'}",
+            )
+            ok = False
+        kw["port"] = port
+    for key in ("interval", "timeout", "grace"):
+        if key in m:
+            d = _duration(ctx, m[key][1], f"{path}.{key}", 3600)
+            if d is None:
+                ok = False
+            elif key != "grace" and d <= 0:
+                ctx.add(m[key][1], f"{path}.{key}", f"{key} must be more than zero", "e.g. 5s")
+                ok = False
+            else:
+                kw[key] = d
+    for key in ("healthy_threshold", "unhealthy_threshold"):
+        if key in m:
+            v = _int(ctx, m[key][1], f"{path}.{key}", 1, 100)
+            if v is None:
+                ok = False
+            else:
+                kw[key] = v
+    return HealthCheck(**kw) if ok else None
+
+
+def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
+    m = _mapping(ctx, node, path, (), "ports")
+    if m is None:
+        return None
+    out: list[Port] = []
+    seen: dict[int, str] = {}
+    for name, (knode, vnode) in m.items():
+        ppath = f"{path}.{name}"
+        if not NAME_RE.match(name):
+            ctx.add(
+                knode,
+                ppath,
+                f"{name!r} is not a valid port name",
+                "use lower-case letters, digits and -, e.g. http",
+            )
+            continue
+        proto = "http"
+        pnode = vnode
+        if isinstance(vnode, yaml.MappingNode):
+            pm = _mapping(ctx, vnode, ppath, PORT_KEYS, "a port")
+            if pm is None:
+                continue
+            if "protocol" in pm:
+                proto = str(_scalar(pm["protocol"][1]))
+                if proto not in PROTOCOLS:
+                    ctx.add(
+                        pm["protocol"][1],
+                        f"{ppath}.protocol",
+                        f"unknown protocol {proto!r}",
+                        f"use one of {', '.join(PROTOCOLS)}",
+                    )
+                    continue
+            pnode = pm["port"][1] if "port" in pm else None  # type: ignore[assignment]
+        number = 0
+        if pnode is not None and not (
+            isinstance(pnode, yaml.ScalarNode) and _scalar(pnode) is None
+        ):
+            n = _int(ctx, pnode, ppath, 0, 65535, "a port from 1 to 65535, or 0 for any free port")
+            if n is None:
+                continue
+            number = n
+        if number and number in seen:
+            ctx.add(
+                pnode,
+                ppath,
+                f"port {number} is already used by {seen[number]!r}",
+                "give each named port its own number",
+            )
+            continue
+        if number:
+            seen[number] = name
+        out.append(Port(name, number, proto))  # type: ignore[arg-type]
+    return out
+
+
+def _constraints(ctx: _Ctx, node: yaml.Node, path: str) -> list[Constraint] | None:
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.add(
+            node,
+            path,
+            "must be a list of constraints",
+            "e.g. - {attribute: node.name, op: '==', value: node-1}",
+        )
+        return None
+    out = []
+    for i, item in enumerate(node.value):
+        cpath = f"{path}[{i}]"
+        m = _mapping(ctx, item, cpath, CONSTRAINT_KEYS, "a constraint")
+        if m is None:
+            continue
+        if "attribute" not in m or "value" not in m:
+            ctx.add(
+                item,
+                cpath,
+                "a constraint needs attribute and value",
+                "e.g. {attribute: node.name, value: node-1}",
+            )
+            continue
+        attr = _str(ctx, m["attribute"][1], f"{cpath}.attribute")
+        op = (
+            str(_scalar(m["op"][1]))
+            if "op" in m and isinstance(m["op"][1], yaml.ScalarNode)
+            else "=="
+        )
+        if op not in OPS:
+            ctx.add(
+                m["op"][1],
+                f"{cpath}.op",
+                f"unknown operator {op!r}",
+                f"use one of {', '.join(OPS)}",
+            )
+            continue
+        vnode = m["value"][1]
+        value: str | tuple[str, ...]
+        if op in ("in", "not_in"):
+            vals = _str_list(ctx, vnode, f"{cpath}.value")
+            if vals is None:
+                continue
+            value = tuple(vals)
+        else:
+            v = _str(ctx, vnode, f"{cpath}.value")
+            if v is None:
+                continue
+            value = v
+        if attr:
+            out.append(Constraint(attr, op, value))  # type: ignore[arg-type]
+    return out
+
+
+def _workload(
+    ctx: _Ctx, name: str, knode: yaml.Node, node: yaml.Node, wtype: str, base_dir: str
+) -> Workload | None:
+    section = "services" if wtype == "service" else "jobs"
+    path = f"{section}.{name}"
+    if not NAME_RE.match(name):
+        ctx.add(
+            knode,
+            path,
+            f"{name!r} is not a valid name",
+            "use lower-case letters, digits and - (at most 63), starting with a letter "
+            "or digit, e.g. web-api",
+        )
+    m = _mapping(
+        ctx,
+        node,
+        path,
+        SERVICE_KEYS if wtype == "service" else JOB_KEYS,
+        "a service" if wtype == "service" else "a job",
+    )
+    if m is None:
+        return None
+    before = len(ctx.issues)
+    kw: dict[str, Any] = {"name": name, "type": wtype}
+    kind = "task"
+    if "kind" in m:
+        kind = str(_scalar(m["kind"][1])) if isinstance(m["kind"][1], yaml.ScalarNode) else "?"
+        if kind not in KINDS:
+            ctx.add(
+                m["kind"][1],
+                f"{path}.kind",
+                f"unknown kind {kind!r}",
+                f"use one of {', '.join(KINDS)}",
+            )
+        kw["kind"] = kind
+    if "image" in m:
+        kw["image"] = _str(ctx, m["image"][1], f"{path}.image") or ""
+    if kind in ("container", "vm") and not kw.get("image"):
+        ctx.add(
+            node,
+            f"{path}.image",
+            f"a {kind} needs an image",
+            "e.g. image: docker.io/library/python:3.11-slim"
+            if kind == "container"
+            else "e.g. image: ./images/guest.qcow2",
+        )
+    command: list[str] = []
+    if "command" in m:
+        command = _command(ctx, m["command"][1], f"{path}.command") or []
+    if "args" in m:
+        command += _str_list(ctx, m["args"][1], f"{path}.args") or []
+    if kind == "task" and "command" not in m:
+        ctx.add(node, f"{path}.command", "a task needs a command", "e.g. command: python3 app.py")
+    kw["command"] = tuple(command)
+    if "env" in m:
+        em = _mapping(ctx, m["env"][1], f"{path}.env", (), "env")
+        env = []
+        for key, (ek, ev) in (em or {}).items():
+            if not ENV_RE.match(key):
+                ctx.add(
+                    ek,
+                    f"{path}.env.{key}",
+                    f"{key!r} is not a valid variable name",
+                    "use letters, digits and _, not starting with a digit",
+                )
+                continue
+            if not isinstance(ev, yaml.ScalarNode):
+                ctx.add(ev, f"{path}.env.{key}", "must be a string or number")
+                continue
+            env.append((key, "" if _scalar(ev) is None else str(ev.value)))
+        kw["env"] = tuple(sorted(env))
+    if "workdir" in m:
+        wd = _str(ctx, m["workdir"][1], f"{path}.workdir") or ""
+        if wd and not os.path.isabs(wd):
+            wd = os.path.normpath(os.path.join(base_dir or os.getcwd(), wd))
+        kw["workdir"] = wd
+    if "resources" in m:
+        res, pids = _resources(ctx, m["resources"][1], f"{path}.resources")
+        if res is not None:
+            kw["resources"] = res
+        kw["pids"] = pids
+    if "priority" in m:
+        kw["priority"] = _int(
+            ctx,
+            m["priority"][1],
+            f"{path}.priority",
+            0,
+            100,
+            "use 0 (lowest) to 100 (highest); the default is 50",
+        )
+    if "replicas" in m:
+        kw["replicas"] = _int(ctx, m["replicas"][1], f"{path}.replicas", 0, 1000)
+    for key in ("parallelism", "completions"):
+        if key in m:
+            kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 1, 1000)
+    if "retries" in m:
+        kw["retries"] = _int(ctx, m["retries"][1], f"{path}.retries", 0, 1000)
+    if (
+        wtype == "job"
+        and isinstance(kw.get("parallelism"), int)
+        and kw["parallelism"] > kw.get("completions", 1)
+        and kw.get("completions") is not None
+    ):
+        ctx.add(
+            m["parallelism"][1],
+            f"{path}.parallelism",
+            f"parallelism {kw['parallelism']} is more than completions {kw.get('completions', 1)}",
+            "parallelism is how many run at once; make it at most completions",
+        )
+    kw["restart"] = RestartPolicy(mode="always" if wtype == "service" else "on-failure")
+    if "restart" in m:
+        kw["restart"] = _restart(
+            ctx,
+            m["restart"][1],
+            f"{path}.restart",
+            "always" if wtype == "service" else "on-failure",
+        )
+    ports: list[Port] = []
+    if "ports" in m:
+        ports = _ports(ctx, m["ports"][1], f"{path}.ports") or []
+        kw["ports"] = tuple(ports)
+    if "health" in m:
+        kw["health"] = _health(ctx, m["health"][1], f"{path}.health", [p.name for p in ports])
+    if "depends_on" in m:
+        kw["depends_on"] = tuple(_str_list(ctx, m["depends_on"][1], f"{path}.depends_on") or [])
+    if "constraints" in m:
+        kw["constraints"] = tuple(
+            _constraints(ctx, m["constraints"][1], f"{path}.constraints") or []
+        )
+    if "stop_grace" in m:
+        kw["stop_grace"] = _duration(ctx, m["stop_grace"][1], f"{path}.stop_grace", 3600)
+    if len(ctx.issues) != before or any(v is None for v in kw.values()):
+        return None
+    return Workload(**kw)
+
+
+def _cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in graph.get(n, ()):
+            if state.get(d) == 1:
+                return [*stack[stack.index(d) :], d]
+            if d in graph and state.get(d) is None:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if state.get(n) is None:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
+    """Parse and validate a spec; raise ``SpecError`` listing every problem."""
+    ctx = _Ctx(file)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        ctx.issues.append(
+            SpecIssue(
+                "",
+                f"not valid YAML: {e.problem or e.context}",
+                "check the indentation and the brackets and quotes around this line",
+                file,
+                (mark.line + 1) if mark else 0,
+                (mark.column + 1) if mark else 0,
+            )
+        )
+        raise SpecError(ctx.issues) from None
+    except yaml.YAMLError as e:
+        raise SpecError([SpecIssue("", f"not valid YAML: {e}", "", file)]) from None
+    if root is None:
+        raise SpecError(
+            [
+                SpecIssue(
+                    "",
+                    "the spec is empty",
+                    "start with `app: NAME` and a `services:` section",
+                    file,
+                )
+            ]
+        )
+    top = _mapping(ctx, root, "", TOP_KEYS, "the spec")
+    if top is None:
+        raise SpecError(ctx.issues)
+    name = ""
+    if "app" not in top:
+        ctx.add(root, "app", "the spec needs an application name", "add `app: my-app` at the top")
+    else:
+        name = _str(ctx, top["app"][1], "app") or ""
+        if name and not NAME_RE.match(name):
+            ctx.add(
+                top["app"][1],
+                "app",
+                f"{name!r} is not a valid application name",
+                "use lower-case letters, digits and - (at most 63), e.g. shop",
+            )
+    workloads: list[Workload] = []
+    names: dict[str, str] = {}
+    declared: list[str] = []
+    for section, wtype in (("services", "service"), ("jobs", "job")):
+        if section not in top:
+            continue
+        m = _mapping(ctx, top[section][1], section, (), section)
+        if m is None:
+            continue
+        for wname, (knode, vnode) in m.items():
+            if wname in names:
+                ctx.add(
+                    knode,
+                    f"{section}.{wname}",
+                    f"{wname!r} is already the name of a {names[wname]}",
+                    "give every service and job its own name",
+                )
+                continue
+            names[wname] = wtype
+            declared.append(wname)
+            w = _workload(ctx, wname, knode, vnode, wtype, base_dir)
+            if w is not None:
+                workloads.append(w)
+    if not names and not any(i.path.startswith(("services", "jobs")) for i in ctx.issues):
+        ctx.add(
+            root,
+            "services",
+            "the spec has no services and no jobs",
+            "add a `services:` or `jobs:` section",
+        )
+    # dependencies
+    for section in ("services", "jobs"):
+        if section not in top or not isinstance(top[section][1], yaml.MappingNode):
+            continue
+        for k, v in top[section][1].value:
+            if not isinstance(v, yaml.MappingNode):
+                continue
+            for dk, dv in v.value:
+                if dk.value != "depends_on" or not isinstance(dv, yaml.SequenceNode):
+                    continue
+                for i, item in enumerate(dv.value):
+                    dep = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
+                    p = f"{section}.{k.value}.depends_on[{i}]"
+                    if dep == k.value:
+                        ctx.add(item, p, f"{dep!r} depends on itself", "remove it")
+                    elif dep not in names:
+                        close = difflib.get_close_matches(dep, declared, n=1)
+                        ctx.add(
+                            item,
+                            p,
+                            f"no service or job named {dep!r}",
+                            (f"did you mean {close[0]!r}? " if close else "")
+                            + f"declared: {', '.join(declared)}",
+                        )
+    cycle = _cycle({w.name: w.depends_on for w in workloads})
+    if cycle:
+        ctx.add(
+            root,
+            "depends_on",
+            "dependency cycle: " + " -> ".join(cycle),
+            "remove one of these depends_on entries",
+        )
+    if ctx.issues:
+        ctx.issues.sort(key=lambda i: (i.line, i.column))
+        raise SpecError(ctx.issues)
+    return Application(name=name, workloads=tuple(workloads))
+
+
+def load_spec(path: str | os.PathLike[str]) -> Application:
+    """Read and parse a spec file; relative workdirs resolve against its directory."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(
+            [SpecIssue("", f"cannot read the file: {e.strerror}", "check the path", str(path))]
+        ) from None
+    except UnicodeDecodeError:
+        raise SpecError([SpecIssue("", "the file is not UTF-8 text", "", str(path))]) from None
+    return parse_spec(text, file=str(path), base_dir=str(p.resolve().parent))

@@ -1,0 +1,200 @@
+"""Reconciliation: compare one application's desired state with its allocations.
+
+``diff_app`` says what must stop and which instances need a node; it does not pick nodes
+(``core`` does). The rules, per workload (spec version ``v`` = the app's current version of
+that workload):
+
+Services want instances with index ``0 .. replicas-1`` running version ``v``.
+  * A *live* allocation (``desired="run"`` and not terminal) holds its index. Terminal
+    ``complete``, ``stopped`` and ``lost`` allocations are ignored.
+  * A ``failed`` allocation of version ``v`` (the agent exhausted its restart policy) also
+    holds its index: it is not replaced until the spec changes, so a broken command fails
+    once and stays visible with its reason instead of looping.
+  * A live allocation of an older version is stopped ("spec changed") and replaced.
+  * A live allocation with ``index >= replicas`` is stopped ("scaled down").
+  * A live allocation on a node that is down or gone is stopped ("node <name> is down")
+    and replaced; so is a second live allocation on the same index ("duplicate").
+  * A live pending allocation (``node_id == ""``) is retried: it becomes a request that
+    carries the existing allocation.
+
+Jobs want ``completions`` successful runs of version ``v``, at most ``parallelism`` live at a
+time.
+  * ``complete`` allocations of version ``v`` are done (their index is a filled slot).
+  * ``failed`` allocations of version ``v`` are counted; when more than ``retries`` have
+    failed the job has failed and nothing new is placed (the failures keep their reasons).
+  * Live allocations of an older version, or on a down node, are stopped (the latter are
+    replaced, a lost run is not a failure); live ones beyond the completions still missing
+    are stopped ("job complete").
+  * New runs take the lowest completion slots that are neither done nor live.
+
+Allocations of a workload that is no longer in the application are stopped ("workload
+removed"); allocations of an application that no longer exists are stopped ("application
+deleted"). Terminal allocations are never stopped again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from elastin.model.cluster import Allocation, Node
+from elastin.model.workload import Application, Workload
+
+
+@dataclass(slots=True)
+class Request:
+    """One instance that needs a node: new (``existing is None``) or a pending retry."""
+
+    app: str
+    workload: Workload
+    index: int
+    version: int
+    existing: Allocation | None = None
+
+
+@dataclass(slots=True)
+class AppDiff:
+    stops: list[tuple[str, str]]
+    requests: list[Request]
+
+
+def _live(a: Allocation) -> bool:
+    return a.desired == "run" and not a.terminal
+
+
+def _node_problem(a: Allocation, nodes: Mapping[str, Node]) -> str:
+    """Why ``a``'s node can no longer run it, or "" when the node is fine (or none yet)."""
+    if not a.node_id:
+        return ""
+    node = nodes.get(a.node_id)
+    if node is None:
+        return f"node {a.node_id} is gone"
+    if node.status != "ready":
+        return f"node {node.name} is down"
+    return ""
+
+
+def diff_app(
+    name: str,
+    entry: tuple[Application, Mapping[str, int]] | None,
+    allocs: Sequence[Allocation],
+    nodes: Mapping[str, Node],
+) -> AppDiff:
+    """What must stop and what needs a node for application ``name`` (``None``: deleted)."""
+    stops: list[tuple[str, str]] = []
+    requests: list[Request] = []
+    if entry is None:
+        stops.extend((a.id, "application deleted") for a in allocs if a.desired == "run")
+        return AppDiff(stops, requests)
+    app, versions = entry
+    by_workload: dict[str, list[Allocation]] = {}
+    for a in allocs:
+        by_workload.setdefault(a.workload, []).append(a)
+    for wname, group in by_workload.items():
+        if app.workload(wname) is None:
+            reason = f"workload {wname} removed from application {name}"
+            stops.extend((a.id, reason) for a in group if _live(a))
+    for w in app.workloads:
+        version = versions.get(w.name, 0)
+        group = by_workload.get(w.name, [])
+        if w.type == "service":
+            _diff_service(name, w, version, group, nodes, stops, requests)
+        else:
+            _diff_job(name, w, version, group, nodes, stops, requests)
+    return AppDiff(stops, requests)
+
+
+def _rank(a: Allocation) -> tuple[int, int, str]:
+    """Which of two live duplicates to keep: running first, then placed, then the older id."""
+    return (0 if a.status == "running" else 1, 0 if a.node_id else 1, a.id)
+
+
+def _diff_service(
+    app: str,
+    w: Workload,
+    version: int,
+    group: Sequence[Allocation],
+    nodes: Mapping[str, Node],
+    stops: list[tuple[str, str]],
+    requests: list[Request],
+) -> None:
+    held: dict[int, Allocation] = {}
+    pending: list[Allocation] = []
+    for a in sorted(group, key=_rank):
+        if a.status == "failed" and a.spec_version == version and a.desired == "run":
+            if a.index < w.replicas:
+                held.setdefault(a.index, a)
+            continue
+        if not _live(a):
+            continue
+        if a.spec_version != version:
+            stops.append((a.id, f"spec changed (version {a.spec_version} -> {version})"))
+            continue
+        if a.index >= w.replicas:
+            stops.append((a.id, f"scaled down to {w.replicas} replicas"))
+            continue
+        problem = _node_problem(a, nodes)
+        if problem:
+            stops.append((a.id, problem))
+            continue
+        if a.index in held:
+            stops.append((a.id, f"duplicate of {held[a.index].id}"))
+            continue
+        held[a.index] = a
+        if not a.node_id:
+            pending.append(a)
+    for a in pending:
+        requests.append(Request(app, w, a.index, version, a))
+    for index in range(w.replicas):
+        if index not in held:
+            requests.append(Request(app, w, index, version))
+
+
+def _diff_job(
+    app: str,
+    w: Workload,
+    version: int,
+    group: Sequence[Allocation],
+    nodes: Mapping[str, Node],
+    stops: list[tuple[str, str]],
+    requests: list[Request],
+) -> None:
+    done: set[int] = set()
+    failed = 0
+    live: list[Allocation] = []
+    for a in sorted(group, key=lambda a: (a.index, _rank(a))):
+        if a.spec_version != version:
+            if _live(a):
+                stops.append((a.id, f"spec changed (version {a.spec_version} -> {version})"))
+            continue
+        if a.status == "complete":
+            done.add(a.index)
+        elif a.status == "failed":
+            failed += 1
+        elif _live(a):
+            problem = _node_problem(a, nodes)
+            if problem:
+                stops.append((a.id, problem))
+            else:
+                live.append(a)
+    missing = max(0, w.completions - len(done))
+    busy: set[int] = set()
+    kept: list[Allocation] = []
+    for a in live:
+        if a.index in done or a.index in busy or len(kept) >= missing:
+            stops.append((a.id, "job complete" if a.index in done or not missing else "surplus"))
+            continue
+        busy.add(a.index)
+        kept.append(a)
+    for a in kept:
+        if not a.node_id:
+            requests.append(Request(app, w, a.index, version, a))
+    if failed > w.retries:
+        return  # the job failed: no new runs
+    room = min(max(0, w.parallelism) - len(kept), missing - len(kept))
+    index = 0
+    while room > 0:
+        if index not in done and index not in busy:
+            requests.append(Request(app, w, index, version))
+            room -= 1
+        index += 1

@@ -1,0 +1,360 @@
+"""The Python SDK: ``AutomationEngine`` (tasks), ``ContainerEngine`` (containers) and
+``VirtualizationEngine`` (virtual machines)::
+
+    from elastin import AutomationEngine
+    engine = AutomationEngine()
+    task = engine.create_task(command='ls -l', resources={'cpu': 1, 'memory': 128})
+    engine.start_task(task)
+    print(engine.get_task_resources(task))   # allocated resources and measured usage
+
+Each ``create_*`` call describes a workload (nothing runs yet); ``start_*`` applies it to the
+server as a one-workload application named ``sdk-<name>``, through the same validation as a
+spec file; ``get_*_resources`` reports what it asked for, the totals of the accounting formulas
+(request × instances), and what each instance measurably uses. Numbers without a unit are MiB
+for memory and disk, and cores for cpu.
+
+The engine talks to a running server (found like the CLI finds it), or starts one in the
+background (server and agent in one process, as ``elastin up --detach`` does) and shuts it down
+again on ``close()`` or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from elastin.client.discovery import default_data_dir, running_server
+from elastin.client.errors import ClientError, ServerUnavailable
+from elastin.client.http import Client
+from elastin.model.errors import SpecError
+from elastin.model.spec import parse_spec
+from elastin.model.units import MIB, format_cpu, format_size
+
+
+class EngineError(Exception):
+    """Raised by the SDK with a message and a hint for people."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message + (f" (hint: {hint})" if hint else ""))
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class Workload:
+    """A workload created by an engine: a task, a container or a virtual machine."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    job: bool
+    started: bool = False
+    app: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.app = f"sdk-{self.name}"
+
+    @property
+    def section(self) -> str:
+        return "jobs" if self.job else "services"
+
+
+Task = Workload
+Container = Workload
+VirtualMachine = Workload
+
+_NAME = re.compile(r"[^a-z0-9-]+")
+
+
+def _name(prefix: str, name: str | None) -> str:
+    if name:
+        return name
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    res = dict(resources or {"cpu": "100m", "memory": 64})
+    res.setdefault("cpu", "100m")
+    res.setdefault("memory", 64)
+    return res
+
+
+class _Engine:
+    kind = "task"
+
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        if url and token:
+            self._client = Client(url, token)
+        else:
+            self._client = self._connect()
+
+    # server ---------------------------------------------------------------------------
+    def _connect(self) -> Client:
+        try:
+            return Client.discover()
+        except ServerUnavailable:
+            pass
+        data_dir = default_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(data_dir / "sdk-server.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "elastin.cli.main", "daemon", "--port", "0", "--stop-workloads"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        for _ in range(300):
+            found = running_server(data_dir)
+            if found and found[1] == proc.pid:
+                break
+            if proc.poll() is not None:
+                raise EngineError(
+                    f"the embedded Elastin server exited with {proc.returncode}",
+                    f"see {data_dir / 'sdk-server.log'}",
+                )
+            time.sleep(0.1)
+        atexit.register(_stop_daemon, proc)
+        return Client.discover()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> _Engine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # common ---------------------------------------------------------------------------
+    def _create(self, prefix: str, name: str | None, spec: dict[str, Any], job: bool) -> Workload:
+        n = _name(prefix, name)
+        spec = {"kind": self.kind, **spec}
+        w = Workload(n, self.kind, spec, job)
+        self._check(w)
+        return w
+
+    def _text(self, w: Workload) -> str:
+        return yaml.safe_dump({"app": w.app, w.section: {w.name: w.spec}}, sort_keys=False)
+
+    def _check(self, w: Workload) -> None:
+        try:
+            parse_spec(self._text(w), file=f"<{w.kind} {w.name}>", base_dir=os.getcwd())
+        except SpecError as e:
+            raise EngineError(e.render(), "fix the arguments of the create call") from None
+
+    def _start(self, w: Workload, wait: float) -> Workload:
+        try:
+            self._client.apply(self._text(w), file=f"<{w.kind} {w.name}>", base_dir=os.getcwd())
+        except ClientError as e:
+            raise EngineError(e.message, e.hint) from None
+        w.started = True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            allocs = self._client.allocations(app=w.app, all=True)
+            if (
+                allocs
+                and all(a.status != "pending" or a.reason for a in allocs)
+                and any(a.status in ("running", "complete", "failed") or a.reason for a in allocs)
+            ):
+                break
+            time.sleep(0.1)
+        return w
+
+    def _stop(self, w: Workload) -> None:
+        try:
+            self._client.delete_app(w.app)
+        except ClientError as e:
+            raise EngineError(e.message, e.hint) from None
+        w.started = False
+
+    def _resources(self, w: Workload) -> dict[str, Any]:
+        """What the workload asked for, its totals, and each instance's measured use."""
+        app = parse_spec(self._text(w), base_dir=os.getcwd())
+        wl = app.workloads[0]
+        allocs = self._client.allocations(app=w.app, all=True) if w.started else []
+        instances: list[dict[str, Any]] = []
+        for a in allocs:
+            instances.append(
+                {
+                    "id": a.id,
+                    "index": a.index,
+                    "status": a.status,
+                    "reason": a.reason,
+                    "node": a.node_id,
+                    "exit_code": a.exit_code,
+                    "usage": {
+                        "cpu": a.usage.cpu / 1000,
+                        "memory_mib": round(a.usage.memory / MIB, 2),
+                    },
+                }
+            )
+        live = [i for i in instances if i["status"] in ("running", "starting")]
+        r, total = wl.resources, wl.total()
+        return {
+            "name": w.name,
+            "kind": w.kind,
+            "allocated": {
+                "cpu": r.cpu / 1000,
+                "memory_mib": r.memory / MIB,
+                "disk_mib": r.disk / MIB,
+                "human": f"cpu {format_cpu(r.cpu)}, memory {format_size(r.memory)}",
+            },
+            "instances": wl.instances,
+            "total": {
+                "cpu": total.cpu / 1000,
+                "memory_mib": total.memory / MIB,
+                "disk_mib": total.disk / MIB,
+            },
+            "measured": {
+                "cpu": round(sum(i["usage"]["cpu"] for i in live), 3),
+                "memory_mib": round(sum(i["usage"]["memory_mib"] for i in live), 2),
+            },
+            "allocations": instances,
+        }
+
+
+def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _command(command: str | Sequence[str]) -> str | list[str]:
+    return command if isinstance(command, str) else list(command)
+
+
+class AutomationEngine(_Engine):
+    """Tasks: processes in their own cgroups. By default a task runs to completion (a job);
+    ``service=True`` keeps it running with ``replicas`` instances."""
+
+    kind = "task"
+
+    def create_task(
+        self,
+        command: str | Sequence[str],
+        resources: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        service: bool = False,
+        replicas: int = 1,
+        parallelism: int = 1,
+        priority: int = 50,
+    ) -> Task:
+        spec: dict[str, Any] = {
+            "command": _command(command),
+            "resources": _resources(resources),
+            "priority": priority,
+        }
+        if env:
+            spec["env"] = dict(env)
+        spec["workdir"] = workdir or os.getcwd()  # like running it here, in a shell
+        if service:
+            spec["replicas"] = replicas
+        else:
+            spec["parallelism"] = parallelism
+            spec["completions"] = parallelism
+        return self._create("task", name, spec, job=not service)
+
+    def start_task(self, task: Task, wait: float = 10.0) -> Task:
+        return self._start(task, wait)
+
+    def stop_task(self, task: Task) -> None:
+        self._stop(task)
+
+    def get_task_resources(self, task: Task) -> dict[str, Any]:
+        return self._resources(task)
+
+    def get_task_logs(self, task: Task, stream: str = "stdout") -> str:
+        out = []
+        for a in self._client.allocations(app=task.app, all=True):
+            out.append(b"".join(self._client.logs(a.id, stream=stream, tail=0)).decode())
+        return "".join(out)
+
+
+class ContainerEngine(_Engine):
+    """Containers: OCI images run by runc (the container driver lands in a later release;
+    until a node has it, started containers stay pending with that reason)."""
+
+    kind = "container"
+
+    def create_container(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        replicas: int = 1,
+        env: Mapping[str, str] | None = None,
+        priority: int = 50,
+    ) -> Container:
+        spec: dict[str, Any] = {
+            "image": image,
+            "resources": _resources(resources),
+            "replicas": replicas,
+            "priority": priority,
+        }
+        if command:
+            spec["command"] = _command(command)
+        if env:
+            spec["env"] = dict(env)
+        return self._create("container", name, spec, job=False)
+
+    def start_container(self, container: Container, wait: float = 10.0) -> Container:
+        return self._start(container, wait)
+
+    def stop_container(self, container: Container) -> None:
+        self._stop(container)
+
+    def get_container_resources(self, container: Container) -> dict[str, Any]:
+        return self._resources(container)
+
+
+class VirtualizationEngine(_Engine):
+    """Virtual machines run by QEMU (the vm driver lands in a later release; until a node has
+    it, started VMs stay pending with that reason)."""
+
+    kind = "vm"
+
+    def create_vm(
+        self,
+        image: str,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        count: int = 1,
+        priority: int = 50,
+    ) -> VirtualMachine:
+        spec: dict[str, Any] = {
+            "image": image,
+            "resources": _resources(resources),
+            "replicas": count,
+            "priority": priority,
+        }
+        return self._create("vm", name, spec, job=False)
+
+    def start_vm(self, vm: VirtualMachine, wait: float = 10.0) -> VirtualMachine:
+        return self._start(vm, wait)
+
+    def stop_vm(self, vm: VirtualMachine) -> None:
+        self._stop(vm)
+
+    def get_vm_resources(self, vm: VirtualMachine) -> dict[str, Any]:
+        return self._resources(vm)

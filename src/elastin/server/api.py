@@ -1,0 +1,420 @@
+"""The REST API under ``/v1`` (FastAPI; the OpenAPI document is ``/v1/openapi.json``).
+
+Handlers only translate between HTTP and ``Cluster`` (``core.py``). Every request needs the
+server's bearer token (``auth.py``), the OpenAPI document included. Errors are JSON bodies
+``{"error", "message", "hint", "issues"}`` with a 4xx status; a rejected spec returns the same
+located messages the CLI prints.
+
+Routes (users)::
+
+    POST   /v1/apps                     apply a spec (``dry_run`` gives the diff only)
+    GET    /v1/apps                     list applications
+    GET    /v1/apps/{name}              one application as applied
+    DELETE /v1/apps/{name}              delete it (its instances stop)
+    GET    /v1/services                 services and jobs with desired and running counts
+    GET    /v1/services/{ref}           one (``name`` or ``app/name``) with its allocations
+    POST   /v1/services/{ref}/scale     set replicas
+    POST   /v1/stop                     stop one workload (``ref``) or all
+    GET    /v1/allocations[?app=&workload=&node=&all=]   allocations (live ones by default)
+    GET    /v1/allocations/{id}
+    GET    /v1/allocations/{id}/logs    stdout/stderr (``stream``, ``tail``, ``follow``)
+    GET    /v1/nodes, /v1/nodes/{id}
+    GET    /v1/events[?since=&limit=]
+    GET    /v1/watch?from_rev=          NDJSON stream of every change from a revision
+    GET    /v1/resources                the accounting report (per kind, node, cluster)
+    GET    /v1/status                   server version, revision, data directory
+    GET    /v1/metrics                  Prometheus text
+
+Routes (agents)::
+
+    POST   /v1/nodes                    register a node
+    POST   /v1/nodes/{id}/heartbeat     liveness and measured usage
+    GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
+    POST   /v1/allocations/{id}/status  an agent's report on one allocation
+    POST   /v1/events                   events from agents
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from elastin import __version__
+from elastin.model.cluster import Allocation, Node, Usage
+from elastin.model.codec import from_data, to_data
+from elastin.model.errors import ModelError
+from elastin.server.auth import token_matches
+from elastin.server.core import Cluster
+from elastin.server.errors import Invalid, NotFound, ServerError
+from elastin.store.base import CompactedError
+
+
+class ApplyBody(BaseModel):
+    spec: str = Field(description="the spec file's YAML text")
+    file: str = Field("", description="file name, for error messages")
+    base_dir: str = Field("", description="directory relative workdirs resolve against")
+    dry_run: bool = Field(False, description="only compute the diff; change nothing")
+
+
+class ScaleBody(BaseModel):
+    replicas: int
+
+
+class StopBody(BaseModel):
+    ref: str | None = None
+
+
+class NodeBody(BaseModel):
+    node: dict[str, Any]
+
+
+class HeartbeatBody(BaseModel):
+    usage: dict[str, dict[str, Any]] = {}
+    node_usage: dict[str, Any] | None = None
+
+
+class StatusBody(BaseModel):
+    status: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    restarts: int | None = None
+    pid: int | None = None
+    ports: list[tuple[str, int]] | None = None
+    healthy: bool | None = None
+    events: list[tuple[str, str, str, str]] = []
+
+
+class EventsBody(BaseModel):
+    events: list[tuple[str, str, str, str]]
+
+
+def alloc_view(cluster: Cluster, a: Allocation) -> dict[str, Any]:
+    d: dict[str, Any] = to_data(cluster.alloc_with_usage(a))
+    d["name"] = a.name
+    return d
+
+
+def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
+    api = FastAPI(
+        title="Elastin",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @api.middleware("http")
+    async def require_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if not token_matches(token, request.headers.get("authorization")):
+            return JSONResponse(
+                {
+                    "error": "Unauthorized",
+                    "message": "this call needs the server's token",
+                    "hint": f"send 'Authorization: Bearer <token>'; the token is in "
+                    f"{data_dir / 'token'} (readable by its owner only)",
+                },
+                status_code=401,
+            )
+        return await call_next(request)
+
+    @api.exception_handler(ServerError)
+    async def server_error(_: Request, exc: ServerError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @api.exception_handler(ModelError)
+    async def model_error(_: Request, exc: ModelError) -> JSONResponse:
+        return JSONResponse({"error": "Invalid", "message": str(exc)}, status_code=422)
+
+    # --- applications -----------------------------------------------------------------
+    @api.post("/v1/apps")
+    async def apply_app(body: ApplyBody) -> dict[str, Any]:
+        res = await cluster.apply(
+            body.spec, file=body.file, base_dir=body.base_dir, dry_run=body.dry_run
+        )
+        out: dict[str, Any] = to_data(res)
+        out["changed"] = res.changed
+        return out
+
+    @api.get("/v1/apps")
+    async def list_apps() -> list[dict[str, Any]]:
+        return [to_data(r) for r in await cluster.repo.list_apps()]
+
+    @api.get("/v1/apps/{name}")
+    async def get_app(name: str) -> dict[str, Any]:
+        found = await cluster.repo.get_app(name)
+        if not found:
+            raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
+        out: dict[str, Any] = to_data(found[0])
+        return out
+
+    @api.delete("/v1/apps/{name}")
+    async def delete_app(name: str) -> dict[str, Any]:
+        return {"deleted": name, "revision": await cluster.delete_app(name)}
+
+    # --- services ---------------------------------------------------------------------
+    async def services() -> list[dict[str, Any]]:
+        allocs, _ = await cluster.repo.list_allocs()
+        out = []
+        for rec in await cluster.repo.list_apps():
+            for w in rec.app.workloads:
+                mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
+                live = [a for a in mine if not a.terminal]
+                out.append(
+                    {
+                        "app": rec.app.name,
+                        "name": w.name,
+                        "type": w.type,
+                        "kind": w.kind,
+                        "desired": 0 if w.name in rec.stopped else w.instances,
+                        "stopped": w.name in rec.stopped,
+                        "running": sum(1 for a in live if a.status == "running"),
+                        "pending": sum(1 for a in live if a.status == "pending"),
+                        "complete": sum(1 for a in mine if a.status == "complete"),
+                        "failed": sum(1 for a in mine if a.status == "failed"),
+                        "completions": w.completions if w.type == "job" else None,
+                        "priority": w.priority,
+                        "resources": to_data(w.resources),
+                        "version": rec.versions.get(w.name, 0),
+                    }
+                )
+        return out
+
+    @api.get("/v1/services")
+    async def list_services() -> list[dict[str, Any]]:
+        return await services()
+
+    @api.get("/v1/services/{ref:path}")
+    async def get_service(ref: str) -> dict[str, Any]:
+        rec, _, w = await cluster.find_workload(ref)
+        allocs, _ = await cluster.repo.list_allocs()
+        return {
+            "app": rec.app.name,
+            "workload": to_data(w),
+            "allocations": [
+                alloc_view(cluster, a)
+                for a in allocs
+                if a.app == rec.app.name and a.workload == w.name
+            ],
+        }
+
+    @api.post("/v1/scale/{ref:path}")
+    async def scale(ref: str, body: ScaleBody) -> dict[str, Any]:
+        rec = await cluster.scale(ref, body.replicas)
+        return {"app": rec.app.name, "generation": rec.generation}
+
+    @api.post("/v1/stop")
+    async def stop(body: StopBody) -> dict[str, Any]:
+        return {"stopped": await cluster.stop(body.ref)}
+
+    # --- allocations ------------------------------------------------------------------
+    @api.get("/v1/allocations")
+    async def list_allocations(
+        app: str | None = None,
+        workload: str | None = None,
+        node: str | None = None,
+        all: bool = Query(False, description="include finished allocations"),
+    ) -> list[dict[str, Any]]:
+        allocs, _ = await cluster.repo.list_allocs()
+        out = []
+        for a in allocs:
+            if app and a.app != app:
+                continue
+            if workload and a.workload != workload:
+                continue
+            if node and a.node_id != node:
+                continue
+            if not all and a.terminal and a.status not in ("failed", "complete"):
+                continue
+            out.append(alloc_view(cluster, a))
+        return out
+
+    @api.get("/v1/allocations/{alloc_id}")
+    async def get_allocation(alloc_id: str) -> dict[str, Any]:
+        found = await cluster.repo.get_alloc(alloc_id)
+        if not found:
+            raise NotFound(f"no allocation {alloc_id!r}", hint="see `elastin ps`")
+        return alloc_view(cluster, found[0])
+
+    @api.get("/v1/allocations/{alloc_id}/logs", response_model=None)
+    async def alloc_logs(
+        alloc_id: str, stream: str = "stdout", tail: int = 100, follow: bool = False
+    ) -> Response:
+        if stream not in ("stdout", "stderr"):
+            raise Invalid(f"stream must be stdout or stderr, not {stream!r}")
+        found = await cluster.repo.get_alloc(alloc_id)
+        if not found:
+            raise NotFound(f"no allocation {alloc_id!r}")
+        alloc = found[0]
+        node = await cluster.repo.get_node(alloc.node_id) if alloc.node_id else None
+        root = dict(node[0].attributes).get("agent.alloc_root", "") if node else ""
+        path = Path(root) / alloc_id / "logs" / f"{stream}.log" if root else None
+        if path is None or not path.parent.exists():
+            raise NotFound(
+                f"no logs for {alloc.name} on this machine",
+                hint="logs stay on the node that ran the instance; it may not have started yet",
+            )
+        return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")
+
+    # --- nodes (users and agents) -----------------------------------------------------
+    @api.get("/v1/nodes")
+    async def list_nodes() -> list[dict[str, Any]]:
+        out = []
+        for n in await cluster.repo.list_nodes():
+            d: dict[str, Any] = to_data(n)
+            d["usage"] = to_data(cluster.node_usage.get(n.id, Usage()))
+            out.append(d)
+        return out
+
+    @api.get("/v1/nodes/{node_id}")
+    async def get_node(node_id: str) -> dict[str, Any]:
+        found = await cluster.repo.get_node(node_id)
+        if not found:
+            raise NotFound(f"no node {node_id!r}", hint="see `elastin nodes`")
+        out: dict[str, Any] = to_data(found[0])
+        return out
+
+    @api.post("/v1/nodes")
+    async def register_node(body: NodeBody) -> dict[str, Any]:
+        node = await cluster.register_node(from_data(Node, body.node))
+        out: dict[str, Any] = to_data(node)
+        return out
+
+    @api.post("/v1/nodes/{node_id}/heartbeat")
+    async def heartbeat(node_id: str, body: HeartbeatBody) -> dict[str, Any]:
+        usage = {k: from_data(Usage, v) for k, v in body.usage.items()}
+        nu = from_data(Usage, body.node_usage) if body.node_usage else None
+        node = await cluster.heartbeat(node_id, usage, nu)
+        return {"status": node.status}
+
+    @api.get("/v1/nodes/{node_id}/allocations")
+    async def node_allocations(
+        node_id: str, index: int = 0, wait: float = Query(0.0, le=300)
+    ) -> dict[str, Any]:
+        allocs, rev = await cluster.node_allocations(node_id, index, wait)
+        return {"index": rev, "allocations": [to_data(a) for a in allocs]}
+
+    @api.post("/v1/allocations/{alloc_id}/status")
+    async def alloc_status(alloc_id: str, body: StatusBody) -> dict[str, Any]:
+        report = {k: v for k, v in body.model_dump().items() if v is not None}
+        alloc = await cluster.update_alloc(alloc_id, report)
+        return alloc_view(cluster, alloc)
+
+    @api.post("/v1/events")
+    async def post_events(body: EventsBody) -> dict[str, Any]:
+        await cluster.record_events(body.events)
+        return {"recorded": len(body.events)}
+
+    # --- events, watch, reports -------------------------------------------------------
+    @api.get("/v1/events")
+    async def events(since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        return [to_data(e) for e in await cluster.repo.list_events(since, limit)]
+
+    @api.get("/v1/watch", response_model=None)
+    async def watch(from_rev: int = 0, prefix: str = "/") -> Response:
+        if from_rev == 0:
+            from_rev = await cluster.store.revision() + 1
+        it = cluster.store.watch(prefix, from_rev)
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for ev in it:
+                    yield (
+                        json.dumps(
+                            {"rev": ev.rev, "type": ev.type, "key": ev.key, "value": ev.value}
+                        ).encode()
+                        + b"\n"
+                    )
+            except CompactedError as e:
+                yield json.dumps({"error": "Compacted", "message": str(e)}).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @api.get("/v1/resources")
+    async def resources() -> dict[str, Any]:
+        return await cluster.resources()
+
+    @api.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "revision": await cluster.store.revision(),
+            "data_dir": str(data_dir),
+            "pid": os.getpid(),
+        }
+
+    @api.get("/v1/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        allocs, rev = await cluster.repo.list_allocs()
+        lines = [
+            "# HELP elastin_store_revision Current revision of the state store.",
+            "# TYPE elastin_store_revision gauge",
+            f"elastin_store_revision {rev}",
+            "# HELP elastin_allocations Allocations by status.",
+            "# TYPE elastin_allocations gauge",
+        ]
+        counts: dict[str, int] = {}
+        for a in allocs:
+            counts[a.status] = counts.get(a.status, 0) + 1
+        lines += [f'elastin_allocations{{status="{s}"}} {n}' for s, n in sorted(counts.items())]
+        lines += [
+            "# HELP elastin_allocation_cpu_millicores Measured cpu use.",
+            "# TYPE elastin_allocation_cpu_millicores gauge",
+        ]
+        for a in allocs:
+            u = cluster.usage.get(a.id)
+            if u and not a.terminal:
+                lines.append(
+                    f'elastin_allocation_cpu_millicores{{app="{a.app}",workload="{a.workload}",'
+                    f'index="{a.index}"}} {u.cpu:.1f}'
+                )
+        lines += [
+            "# HELP elastin_allocation_memory_bytes Measured memory use.",
+            "# TYPE elastin_allocation_memory_bytes gauge",
+        ]
+        for a in allocs:
+            u = cluster.usage.get(a.id)
+            if u and not a.terminal:
+                lines.append(
+                    f'elastin_allocation_memory_bytes{{app="{a.app}",workload="{a.workload}",'
+                    f'index="{a.index}"}} {u.memory}'
+                )
+        return "\n".join(lines) + "\n"
+
+    return api
+
+
+async def _read_logs(path: Path, tail: int, follow: bool) -> AsyncIterator[bytes]:
+    """The last ``tail`` lines of a log file, then (with ``follow``) what is appended."""
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError:
+        data = b""
+    lines = data.splitlines(keepends=True)
+    yield b"".join(lines[-tail:] if tail > 0 else lines)
+    if not follow:
+        return
+    pos = len(data)
+    for _ in range(24 * 3600 * 4):  # bounded: a day of following
+        await asyncio.sleep(0.25)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if size < pos:  # rotated (copy-truncate): start again from the top
+            pos = 0
+        if size > pos:
+            with path.open("rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            pos = size
+            yield chunk

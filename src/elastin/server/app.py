@@ -1,0 +1,107 @@
+"""Wires a store, the ``Cluster``, the API and the scheduling loop into one running server.
+
+``run_server`` serves until cancelled. It writes ``<data_dir>/server.json`` (URL and pid) so
+that the CLI, the SDK and a local agent find the server without flags, and removes it on a
+clean exit. Signals are the caller's business (the CLI handles Ctrl-C and SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from elastin.server.api import create_api
+from elastin.server.auth import ensure_token
+from elastin.server.core import Cluster
+from elastin.store.open import open_store
+
+log = logging.getLogger("elastin.server")
+
+DEFAULT_PORT = 4850
+SERVER_FILE = "server.json"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    store_url: str = ""  # default: sqlite in the data directory
+
+    def store(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'state.db'}"
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the CLI owns signal handling
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(
+            e.errno,
+            f"cannot listen on {host}:{port}: {e.strerror}; is another Elastin server running? "
+            "(`elastin status`), or pick another port with --port",
+        ) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_server(
+    cfg: ServerConfig,
+    *,
+    on_ready: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Serve until cancelled. ``on_ready(url, token)`` runs once the API listens."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.data_dir, 0o700)
+    token = ensure_token(cfg.data_dir)
+    store = open_store(cfg.store())
+    cluster = Cluster(store)
+    api = create_api(cluster, token, cfg.data_dir)
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    server = _Server(
+        uvicorn.Config(api, log_level="warning", lifespan="off", access_log=False, loop="asyncio")
+    )
+    info = cfg.data_dir / SERVER_FILE
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(server.serve(sockets=[sock]))
+            for _ in range(500):
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+            info.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+            tg.create_task(cluster.run_scheduler())
+            log.info("server listening on %s (data in %s)", url, cfg.data_dir)
+            if on_ready is not None:
+                tg.create_task(on_ready(url, token))
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(FileNotFoundError, OSError):
+            current = json.loads(info.read_text())
+            if current.get("pid") == os.getpid():
+                info.unlink()
+        await store.close()
+        sock.close()

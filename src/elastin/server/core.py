@@ -1,0 +1,546 @@
+"""The server's operations: apply, diff, scale, stop and delete applications; register nodes
+and take their heartbeats and allocation reports; run the scheduler and apply its plans.
+
+The API layer (``api.py``) only translates HTTP to calls here. Every change goes through the
+store; after each commit ``changed`` is notified so that blocking queries (agents waiting for
+their allocations) and the scheduling loop wake up.
+
+Scheduling: ``schedule_once`` takes a snapshot, asks the pure scheduler for a plan, and commits
+it in one transaction guarded by the ``mod_rev`` of every allocation and application it read. If
+anything moved in between, the plan is re-checked against a fresh snapshot (``check_plan``) and
+recomputed when it no longer holds — the plan applier pattern of Nomad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from elastin.model.cluster import (
+    Allocation,
+    AllocStatus,
+    IllegalTransition,
+    Node,
+    Usage,
+    check_transition,
+)
+from elastin.model.codec import to_data
+from elastin.model.errors import SpecError
+from elastin.model.spec import parse_spec
+from elastin.model.workload import Application, Workload
+from elastin.scheduler import ClusterState, Plan, SchedulerOptions, check_plan, schedule
+from elastin.scheduler.accounting import resource_report
+from elastin.server.errors import Conflict, Invalid, NotFound
+from elastin.server.repo import AppRecord, Repo, Snapshot
+from elastin.store.base import Compare, StateStore
+
+log = logging.getLogger("elastin.server")
+
+HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
+
+
+def workload_fingerprint(w: Workload) -> str:
+    """A hash of everything that needs a restart when it changes (not the replica count)."""
+    data = to_data(replace(w, replicas=0))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkloadChange:
+    workload: str
+    type: str  # service | job
+    change: Literal["add", "update", "scale", "remove", "unchanged"]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    app: str
+    changes: tuple[WorkloadChange, ...]
+    dry_run: bool
+    generation: int = 0
+    revision: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any(c.change != "unchanged" for c in self.changes)
+
+
+def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, ...]:
+    out: list[WorkloadChange] = []
+    old_app = old.app if old else Application(new.name)
+    for w in new.workloads:
+        prev = old_app.workload(w.name)
+        if prev is None:
+            out.append(WorkloadChange(w.name, w.type, "add", f"{w.instances} instance(s)"))
+        elif workload_fingerprint(prev) != workload_fingerprint(w):
+            out.append(WorkloadChange(w.name, w.type, "update", "spec changed: instances replaced"))
+        elif prev.replicas != w.replicas:
+            out.append(
+                WorkloadChange(w.name, w.type, "scale", f"replicas {prev.replicas} -> {w.replicas}")
+            )
+        elif old and w.name in old.stopped:
+            out.append(WorkloadChange(w.name, w.type, "update", "was stopped: starts again"))
+        else:
+            out.append(WorkloadChange(w.name, w.type, "unchanged"))
+    for w in old_app.workloads:
+        if new.workload(w.name) is None:
+            out.append(WorkloadChange(w.name, w.type, "remove", "instances stopped"))
+    return tuple(out)
+
+
+def to_cluster_state(snap: Snapshot) -> ClusterState:
+    return ClusterState(
+        revision=snap.revision,
+        nodes={k: n for k, (n, _) in snap.nodes.items()},
+        apps={k: (rec.effective(), dict(rec.versions)) for k, (rec, _) in snap.apps.items()},
+        allocations={k: a for k, (a, _) in snap.allocs.items()},
+    )
+
+
+class Cluster:
+    """The server's state machine over a store. One instance per server process."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        options: SchedulerOptions | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.repo = Repo(store, clock)
+        self.clock = clock
+        self.options = options or SchedulerOptions()
+        self.rng = random.Random(seed)
+        self.changed = asyncio.Condition()
+        self.dirty = asyncio.Event()
+        self.usage: dict[str, Usage] = {}  # alloc id -> last measured usage (not persisted)
+        self.node_usage: dict[str, Usage] = {}
+        self._ids = itertools.count()
+        self._lock = asyncio.Lock()  # serialises scheduling passes
+        self._last_seen: dict[str, float] = {}  # node id -> last heartbeat (in memory)
+
+    def new_id(self) -> str:
+        return secrets.token_hex(4) + f"{next(self._ids) % 0xFFFF:04x}"
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def kick(self) -> None:
+        """Ask the scheduling loop for a pass."""
+        self.dirty.set()
+
+    async def _committed(self) -> None:
+        self.kick()
+        await self.notify()
+
+    # applications ---------------------------------------------------------------------
+    def parse(self, text: str, file: str, base_dir: str) -> Application:
+        try:
+            return parse_spec(text, file=file, base_dir=base_dir)
+        except SpecError as e:
+            raise Invalid(
+                e.render(),
+                hint="fix the file and apply it again; nothing was changed",
+                issues=[i.to_dict() for i in e.issues],
+            ) from None
+
+    async def apply(
+        self, text: str, *, file: str = "", base_dir: str = "", dry_run: bool = False
+    ) -> ApplyResult:
+        app = self.parse(text, file, base_dir)
+        for _ in range(10):
+            found = await self.repo.get_app(app.name)
+            old, mod_rev = found if found else (None, 0)
+            changes = diff_apps(old, app)
+            if dry_run:
+                return ApplyResult(app.name, changes, True, old.generation if old else 0)
+            versions = dict(old.versions) if old else {}
+            fps = dict(old.fingerprints) if old else {}
+            for w in app.workloads:
+                fp = workload_fingerprint(w)
+                if fps.get(w.name) != fp:
+                    versions[w.name] = versions.get(w.name, 0) + 1
+                    fps[w.name] = fp
+            for name in list(versions):
+                if app.workload(name) is None:
+                    versions.pop(name)
+                    fps.pop(name, None)
+            record = AppRecord(
+                app=app,
+                versions=versions,
+                fingerprints=fps,
+                stopped=(),
+                generation=(old.generation + 1) if old else 1,
+                source=file,
+                applied_at=self.clock(),
+            )
+            summary = ", ".join(
+                f"{c.workload}: {c.change}" for c in changes if c.change != "unchanged"
+            )
+            rev = await self.repo.commit(
+                compares=[self.repo.compare_app(app.name, mod_rev)],
+                apps=[record],
+                events=[("app.applied", app.name, summary or "no changes", "info")],
+            )
+            if rev is not None:
+                await self._committed()
+                return ApplyResult(app.name, changes, False, record.generation, rev)
+        raise Conflict(f"application {app.name!r} kept changing while applying; try again")
+
+    async def delete_app(self, name: str) -> int:
+        found = await self.repo.get_app(name)
+        if not found:
+            raise NotFound(f"no application named {name!r}", hint="see `elastin ps` for the list")
+        rev = await self.repo.commit(
+            compares=[self.repo.compare_app(name, found[1])],
+            delete_apps=[name],
+            events=[("app.deleted", name, "application deleted; stopping its instances", "info")],
+        )
+        if rev is None:
+            raise Conflict(f"application {name!r} changed while deleting; try again")
+        await self._committed()
+        return rev
+
+    async def find_workload(self, ref: str) -> tuple[AppRecord, int, Workload]:
+        """Find a workload by ``name`` or ``app/name``."""
+        app_name, _, wl = ref.rpartition("/")
+        matches: list[tuple[AppRecord, Workload]] = []
+        for rec in await self.repo.list_apps():
+            if app_name and rec.app.name != app_name:
+                continue
+            w = rec.app.workload(wl)
+            if w is not None:
+                matches.append((rec, w))
+        if not matches:
+            raise NotFound(f"no service or job named {ref!r}", hint="see `elastin ps`")
+        if len(matches) > 1:
+            names = ", ".join(f"{r.app.name}/{w.name}" for r, w in matches)
+            raise Invalid(f"{ref!r} is ambiguous: {names}", hint="name it as app/service")
+        rec, w = matches[0]
+        found = await self.repo.get_app(rec.app.name)
+        assert found is not None
+        return found[0], found[1], w
+
+    async def scale(self, ref: str, replicas: int) -> AppRecord:
+        if not 0 <= replicas <= 1000:
+            raise Invalid(f"replicas must be between 0 and 1000, got {replicas}")
+        rec, mod_rev, w = await self.find_workload(ref)
+        if w.type != "service":
+            raise Invalid(f"{ref!r} is a job; only services have replicas")
+        new_app = replace(
+            rec.app,
+            workloads=tuple(
+                replace(x, replicas=replicas) if x.name == w.name else x for x in rec.app.workloads
+            ),
+        )
+        new = replace(
+            rec,
+            app=new_app,
+            stopped=tuple(s for s in rec.stopped if s != w.name),
+            generation=rec.generation + 1,
+        )
+        rev = await self.repo.commit(
+            compares=[self.repo.compare_app(rec.app.name, mod_rev)],
+            apps=[new],
+            events=[
+                (
+                    "service.scaled",
+                    f"{rec.app.name}/{w.name}",
+                    f"replicas {w.replicas} -> {replicas}",
+                    "info",
+                )
+            ],
+        )
+        if rev is None:
+            raise Conflict(f"{ref!r} changed while scaling; try again")
+        await self._committed()
+        return new
+
+    async def stop(self, ref: str | None) -> list[str]:
+        """Stop one workload (``ref``) or every workload of every application."""
+        stopped: list[str] = []
+        if ref:
+            targets = [await self.find_workload(ref)]
+            recs = [(r, m, [w.name]) for r, m, w in targets]
+        else:
+            recs = []
+            for rec in await self.repo.list_apps():
+                found = await self.repo.get_app(rec.app.name)
+                if found:
+                    recs.append((found[0], found[1], [w.name for w in found[0].app.workloads]))
+        for rec, mod_rev, names in recs:
+            new = replace(
+                rec,
+                stopped=tuple(sorted(set(rec.stopped) | set(names))),
+                generation=rec.generation + 1,
+            )
+            rev = await self.repo.commit(
+                compares=[self.repo.compare_app(rec.app.name, mod_rev)],
+                apps=[new],
+                events=[("app.stopped", rec.app.name, "stopped: " + ", ".join(names), "info")],
+            )
+            if rev is None:
+                raise Conflict(f"{rec.app.name!r} changed while stopping; try again")
+            stopped += [f"{rec.app.name}/{n}" for n in names]
+        await self._committed()
+        return stopped
+
+    # nodes ----------------------------------------------------------------------------
+    async def register_node(self, node: Node) -> Node:
+        found = await self.repo.get_node(node.id)
+        node = replace(node, status="ready", last_heartbeat=self.clock())
+        what = "re-registered" if found else "registered"
+        await self.repo.commit(
+            nodes=[node],
+            events=[
+                (
+                    f"node.{what.replace('-', '')}",
+                    node.name,
+                    f"node {what}: {node.capacity.human()}, drivers {', '.join(node.drivers)}",
+                    "info",
+                )
+            ],
+        )
+        await self._committed()
+        return node
+
+    async def heartbeat(
+        self, node_id: str, usage: dict[str, Usage], node_usage: Usage | None
+    ) -> Node:
+        found = await self.repo.get_node(node_id)
+        if not found:
+            raise NotFound(f"node {node_id!r} is not registered", hint="the agent registers again")
+        node, _ = found
+        self.usage.update(usage)
+        if node_usage is not None:
+            self.node_usage[node_id] = node_usage
+        if node.status != "ready":
+            node = replace(node, status="ready", last_heartbeat=self.clock())
+            await self.repo.commit(
+                nodes=[node], events=[("node.ready", node.name, "node is back", "info")]
+            )
+            await self._committed()
+        else:
+            # heartbeats are frequent: keep them in memory and persist at most every 10 s
+            if self.clock() - node.last_heartbeat > 10:
+                node = replace(node, last_heartbeat=self.clock())
+                await self.repo.commit(nodes=[node])
+        self._last_seen[node_id] = self.clock()
+        return node
+
+    async def check_nodes(self) -> None:
+        """Mark nodes down that missed heartbeats for ``HEARTBEAT_TTL`` seconds."""
+        now = self.clock()
+        for node in await self.repo.list_nodes():
+            seen = max(node.last_heartbeat, self._last_seen.get(node.id, 0.0))
+            if node.status == "ready" and now - seen > HEARTBEAT_TTL:
+                await self.repo.commit(
+                    nodes=[replace(node, status="down")],
+                    events=[
+                        (
+                            "node.down",
+                            node.name,
+                            f"no heartbeat for {now - seen:.0f}s; its instances are lost",
+                            "warning",
+                        )
+                    ],
+                )
+                await self._committed()
+
+    async def node_allocations(
+        self, node_id: str, index: int, wait: float
+    ) -> tuple[list[Allocation], int]:
+        """The allocations of a node; blocks up to ``wait`` s until the store passes ``index``."""
+        deadline = self.clock() + wait
+        while True:
+            rev = await self.store.revision()
+            if rev > index or wait <= 0:
+                break
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+                except TimeoutError:
+                    break
+        allocs, rev = await self.repo.list_allocs()
+        return [a for a in allocs if a.node_id == node_id and not a.terminal], rev
+
+    async def update_alloc(self, alloc_id: str, report: dict[str, Any]) -> Allocation:
+        """Take an agent's report on one allocation (status, reason, exit code, ...)."""
+        for _ in range(10):
+            found = await self.repo.get_alloc(alloc_id)
+            if not found:
+                raise NotFound(f"no allocation {alloc_id!r}")
+            alloc, mod_rev = found
+            status = str(report.get("status", alloc.status))
+            try:
+                check_transition(alloc.status, status)
+            except IllegalTransition as e:
+                raise Conflict(str(e)) from None
+            new = replace(
+                alloc,
+                status=status,  # type: ignore[arg-type]
+                reason=str(report.get("reason", alloc.reason)),
+                exit_code=report.get("exit_code", alloc.exit_code),
+                restarts=int(report.get("restarts", alloc.restarts)),
+                pid=int(report.get("pid", alloc.pid)),
+                ports=tuple((str(k), int(v)) for k, v in report.get("ports", alloc.ports)),
+                healthy=report.get("healthy", alloc.healthy),
+                updated_at=self.clock(),
+            )
+            events = [
+                (str(e[0]), str(e[1]), str(e[2]), str(e[3])) for e in report.get("events", [])
+            ]
+            if new == alloc and not events:
+                return alloc
+            rev = await self.repo.commit(
+                compares=[self.repo.compare_alloc(alloc_id, mod_rev)], allocs=[new], events=events
+            )
+            if rev is not None:
+                if new.status != alloc.status or new.healthy != alloc.healthy:
+                    await self._committed()
+                else:
+                    await self.notify()
+                return new
+        raise Conflict(f"allocation {alloc_id!r} kept changing; try again")
+
+    async def record_events(self, events: list[tuple[str, str, str, str]]) -> None:
+        await self.repo.record_events(events)
+
+    # scheduling ------------------------------------------------------------------------
+    async def schedule_once(self) -> Plan | None:
+        """One scheduling pass: plan on a snapshot, commit it with a revision check."""
+        async with self._lock:
+            snap = await self.repo.snapshot()
+            state = to_cluster_state(snap)
+            plan = schedule(state, self.options, self.rng, self.new_id)
+            lost = self._lost(snap)
+            for _ in range(5):
+                if plan.is_empty() and not lost:
+                    return None
+                rev = await self._commit_plan(snap, plan, lost)
+                if rev is not None:
+                    await self._committed()
+                    return plan
+                fresh = await self.repo.snapshot()
+                if check_plan(plan, to_cluster_state(fresh)):
+                    plan = schedule(to_cluster_state(fresh), self.options, self.rng, self.new_id)
+                snap, lost = fresh, self._lost(fresh)
+            log.warning("could not commit a plan after 5 tries; the next pass retries")
+            return None
+
+    def _lost(self, snap: Snapshot) -> list[Allocation]:
+        """Non-terminal allocations on nodes that are down or gone become ``lost``."""
+        out = []
+        for a, _ in snap.allocs.values():
+            if a.terminal or not a.node_id:
+                continue
+            node = snap.nodes.get(a.node_id)
+            if node is None or node[0].status != "ready":
+                out.append(replace(a, status="lost", desired="stop", reason="its node is down"))
+        return out
+
+    async def _commit_plan(self, snap: Snapshot, plan: Plan, lost: list[Allocation]) -> int | None:
+        now = self.clock()
+        compares: list[Compare] = []
+        writes: dict[str, Allocation] = {}
+        events: list[tuple[str, str, str, str]] = []
+        for a in lost:
+            compares.append(self.repo.compare_alloc(a.id, snap.allocs[a.id][1]))
+            writes[a.id] = replace(a, updated_at=now)
+            events.append(("alloc.lost", a.name, a.reason, "warning"))
+        for a in plan.place:
+            writes[a.id] = replace(a, created_at=now, updated_at=now)
+            if a.node_id:
+                node = snap.nodes.get(a.node_id)
+                where = node[0].name if node else a.node_id
+                events.append(("alloc.placed", a.name, f"placed on {where}", "info"))
+            else:
+                events.append(("alloc.pending", a.name, a.reason, "warning"))
+        for a in plan.update:
+            if a.id in snap.allocs:
+                compares.append(self.repo.compare_alloc(a.id, snap.allocs[a.id][1]))
+            writes[a.id] = replace(a, updated_at=now)
+            if a.node_id:
+                events.append(("alloc.placed", a.name, "placed after waiting", "info"))
+        for kind, items in (("stop", plan.stop), ("preempt", plan.preempt)):
+            for alloc_id, reason in items:
+                found = snap.allocs.get(alloc_id)
+                if not found:
+                    continue
+                a, mod_rev = found
+                if a.id not in writes:
+                    compares.append(self.repo.compare_alloc(a.id, mod_rev))
+                base = writes.get(a.id, a)
+                # an instance that never reached a node is stopped right here
+                status: AllocStatus = (
+                    "stopped" if not base.node_id or base.status == "pending" else base.status
+                )
+                if base.terminal:
+                    status = base.status
+                writes[a.id] = replace(
+                    base,
+                    desired="stop",
+                    reason=reason,
+                    status=status,
+                    updated_at=now,
+                )
+                level = "warning" if kind == "preempt" else "info"
+                events.append(
+                    (
+                        f"alloc.{kind}ed" if kind == "stop" else "alloc.preempted",
+                        a.name,
+                        reason,
+                        level,
+                    )
+                )
+        return await self.repo.commit(
+            compares=compares, allocs=list(writes.values()), events=events
+        )
+
+    async def run_scheduler(self, interval: float = 2.0) -> None:
+        """The scheduling loop: a pass when kicked, and every ``interval`` seconds."""
+        self.kick()
+        last_prune = self.clock()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dirty.wait(), timeout=interval)
+            self.dirty.clear()
+            await asyncio.sleep(0.01)  # gather a burst of changes into one pass
+            try:
+                await self.check_nodes()
+                await self.schedule_once()
+                if self.clock() - last_prune > 60:
+                    await self.repo.prune_events()
+                    last_prune = self.clock()
+            except Exception:  # the loop must survive one bad pass; the next one retries
+                log.exception("scheduling pass failed")
+
+    # reports ---------------------------------------------------------------------------
+    async def resources(self) -> dict[str, Any]:
+        snap = await self.repo.snapshot()
+        report = resource_report(to_cluster_state(snap), self.usage)
+        data: dict[str, Any] = to_data(report)
+        return data
+
+    def alloc_with_usage(self, a: Allocation) -> Allocation:
+        u = self.usage.get(a.id)
+        if u is None or a.terminal:
+            return a
+        return replace(a, usage=u)

@@ -1,0 +1,165 @@
+"""Typed access to the cluster state kept in a ``StateStore``.
+
+Key layout (values are the model codec's JSON)::
+
+    /apps/<name>            AppRecord: the application as applied, its per-workload spec
+                            versions and fingerprints, and workloads stopped by the user
+    /allocs/<id>            Allocation
+    /nodes/<id>             Node
+    /events/<seq>           Event (kept to the newest ``EVENTS_KEPT``)
+
+Only the server writes the store; agents, the CLI and the SDK go through the API.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from elastin.model.cluster import Allocation, Event, Node
+from elastin.model.codec import from_data, to_data
+from elastin.model.workload import Application
+from elastin.store.base import JSON, Compare, StateStore
+
+APPS = "/apps/"
+ALLOCS = "/allocs/"
+NODES = "/nodes/"
+EVENTS = "/events/"
+EVENTS_KEPT = 5000
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    """An application as applied, with bookkeeping the scheduler and the diff need."""
+
+    app: Application
+    versions: dict[str, int] = field(default_factory=dict)  # workload -> spec version
+    fingerprints: dict[str, str] = field(default_factory=dict)  # workload -> spec hash
+    stopped: tuple[str, ...] = ()  # workloads stopped with `elastin stop`
+    generation: int = 1  # bumped on every apply / scale / stop
+    source: str = ""  # the file it came from
+    applied_at: float = 0.0
+
+    def effective(self) -> Application:
+        """The application as the scheduler should run it: stopped workloads removed."""
+        if not self.stopped:
+            return self.app
+        return replace(
+            self.app, workloads=tuple(w for w in self.app.workloads if w.name not in self.stopped)
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    apps: dict[str, tuple[AppRecord, int]]  # name -> (record, mod_rev)
+    allocs: dict[str, tuple[Allocation, int]]
+    nodes: dict[str, tuple[Node, int]]
+
+
+class Repo:
+    """Reads and writes of the cluster state; a thin typed layer over a ``StateStore``."""
+
+    def __init__(self, store: StateStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._seq = itertools.count()
+
+    # reads -------------------------------------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        apps, rev1 = await self.store.list(APPS)
+        allocs, rev2 = await self.store.list(ALLOCS)
+        nodes, rev3 = await self.store.list(NODES)
+        # The store is written only by this process's event loop between awaits; lists made
+        # without an intervening write share a revision. Re-read if one slipped in.
+        if not rev1 == rev2 == rev3:
+            return await self.snapshot()
+        return Snapshot(
+            revision=rev3,
+            apps={kv.key[len(APPS) :]: (from_data(AppRecord, kv.value), kv.mod_rev) for kv in apps},
+            allocs={
+                kv.key[len(ALLOCS) :]: (from_data(Allocation, kv.value), kv.mod_rev)
+                for kv in allocs
+            },
+            nodes={kv.key[len(NODES) :]: (from_data(Node, kv.value), kv.mod_rev) for kv in nodes},
+        )
+
+    async def get_app(self, name: str) -> tuple[AppRecord, int] | None:
+        kv = await self.store.get(APPS + name)
+        return None if kv is None else (from_data(AppRecord, kv.value), kv.mod_rev)
+
+    async def list_apps(self) -> list[AppRecord]:
+        kvs, _ = await self.store.list(APPS)
+        return [from_data(AppRecord, kv.value) for kv in kvs]
+
+    async def get_alloc(self, alloc_id: str) -> tuple[Allocation, int] | None:
+        kv = await self.store.get(ALLOCS + alloc_id)
+        return None if kv is None else (from_data(Allocation, kv.value), kv.mod_rev)
+
+    async def list_allocs(self) -> tuple[list[Allocation], int]:
+        kvs, rev = await self.store.list(ALLOCS)
+        return [from_data(Allocation, kv.value) for kv in kvs], rev
+
+    async def get_node(self, node_id: str) -> tuple[Node, int] | None:
+        kv = await self.store.get(NODES + node_id)
+        return None if kv is None else (from_data(Node, kv.value), kv.mod_rev)
+
+    async def list_nodes(self) -> list[Node]:
+        kvs, _ = await self.store.list(NODES)
+        return [from_data(Node, kv.value) for kv in kvs]
+
+    async def list_events(self, since_rev: int = 0, limit: int = 200) -> list[Event]:
+        kvs, _ = await self.store.list(EVENTS)
+        out = [replace(from_data(Event, kv.value), rev=kv.mod_rev) for kv in kvs]
+        out = [e for e in out if e.rev > since_rev]
+        return out[-limit:] if limit else out
+
+    # writes ------------------------------------------------------------------------------
+    def event_put(
+        self, type_: str, subject: str, message: str, level: str = "info"
+    ) -> tuple[str, JSON]:
+        ev = Event(time=self.clock(), type=type_, subject=subject, message=message, level=level)  # type: ignore[arg-type]
+        key = f"{EVENTS}{time.time_ns():020d}-{next(self._seq):06d}"
+        return key, to_data(ev)
+
+    async def record_events(self, events: Iterable[tuple[str, str, str, str]]) -> None:
+        puts = [self.event_put(t, s, m, lvl) for t, s, m, lvl in events]
+        if puts:
+            await self.store.txn(puts=puts)
+
+    async def commit(
+        self,
+        *,
+        compares: Sequence[Compare] = (),
+        apps: Sequence[AppRecord] = (),
+        allocs: Sequence[Allocation] = (),
+        nodes: Sequence[Node] = (),
+        delete_apps: Sequence[str] = (),
+        delete_allocs: Sequence[str] = (),
+        events: Sequence[tuple[str, str, str, str]] = (),
+    ) -> int | None:
+        """One atomic write; returns the new revision, or None when a compare failed."""
+        puts: list[tuple[str, Any]] = []
+        puts += [(APPS + a.app.name, to_data(a)) for a in apps]
+        puts += [(ALLOCS + a.id, to_data(a)) for a in allocs]
+        puts += [(NODES + n.id, to_data(n)) for n in nodes]
+        puts += [self.event_put(t, s, m, lvl) for t, s, m, lvl in events]
+        deletes = [APPS + n for n in delete_apps] + [ALLOCS + i for i in delete_allocs]
+        res = await self.store.txn(compares=compares, puts=puts, deletes=deletes)
+        return res.rev if res.succeeded else None
+
+    async def prune_events(self, keep: int = EVENTS_KEPT) -> None:
+        kvs, _ = await self.store.list(EVENTS)
+        if len(kvs) > keep:
+            await self.store.txn(deletes=[kv.key for kv in kvs[: len(kvs) - keep]])
+
+    @staticmethod
+    def compare_alloc(alloc_id: str, mod_rev: int) -> Compare:
+        return Compare(ALLOCS + alloc_id, mod_rev)
+
+    @staticmethod
+    def compare_app(name: str, mod_rev: int) -> Compare:
+        return Compare(APPS + name, mod_rev)

@@ -1,0 +1,62 @@
+"""Watch fan-out shared by the store implementations.
+
+A store appends every committed change to its history and then calls ``Hub.publish``. A
+watcher first subscribes (an unbounded queue), then replays history from its revision, then
+drains the queue, skipping revisions it already yielded: nothing is missed in the gap between
+replay and live, and nothing is yielded twice. Writers never wait for slow watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from elastin.store.base import StoreClosedError, WatchEvent
+
+_CLOSED = None
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[list[WatchEvent] | None]] = set()
+        self.closed = False
+
+    def publish(self, events: Sequence[WatchEvent]) -> None:
+        if events:
+            batch = list(events)
+            for q in self._queues:
+                q.put_nowait(batch)
+
+    def close(self) -> None:
+        self.closed = True
+        for q in self._queues:
+            q.put_nowait(_CLOSED)
+
+    async def watch(
+        self,
+        prefix: str,
+        from_rev: int,
+        history: Callable[[str, int], Awaitable[list[WatchEvent]]],
+    ) -> AsyncIterator[WatchEvent]:
+        """Replay ``history(prefix, from_rev)`` then follow live events; ends when closed."""
+        if self.closed:
+            raise StoreClosedError("the store is closed")
+        q: asyncio.Queue[list[WatchEvent] | None] = asyncio.Queue()
+        self._queues.add(q)
+        try:
+            last = from_rev - 1
+            for ev in await history(prefix, from_rev):
+                yield ev
+                last = ev.rev
+            while True:
+                batch = await q.get()
+                if batch is _CLOSED:
+                    return
+                for ev in batch:
+                    if ev.rev > last and ev.key.startswith(prefix):
+                        yield ev
+                # a transaction's events share one revision: advance after the batch
+                if batch:
+                    last = max(last, batch[-1].rev)
+        finally:
+            self._queues.discard(q)

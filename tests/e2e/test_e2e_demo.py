@@ -1,0 +1,79 @@
+"""`make demo`'s command for real: `elastin up examples/shop.yaml` in the foreground, the shop
+answering through its frontend, then Ctrl-C (SIGINT) stopping everything cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
+    out_path = harness.tmp / "up.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "elastin.cli.main",
+                "up",
+                str(ROOT / "examples" / "shop.yaml"),
+                "--port",
+                "0",
+                "--timeout",
+                "90",
+            ],
+            env=harness.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = out_path.read_text(errors="replace")
+            if "Ctrl-C stops" in text or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        text = out_path.read_text(errors="replace")
+        assert proc.poll() is None, text
+        assert "shop is up" in text, text
+        assert "elastin ps" in text and "/v1" in text
+        with urllib.request.urlopen("http://127.0.0.1:18080/", timeout=5) as r:
+            assert r.status == 200
+        ps = harness.cli("ps", "--json", check=True)
+        data = json.loads(ps.stdout)
+        names = {s["name"] for s in data["services"]}
+        assert {"frontend", "catalog", "inventory", "report"} <= names
+        pids = [a["pid"] for a in data["allocations"] if a["status"] == "running"]
+        assert pids
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, out_path.read_text(errors="replace")
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True

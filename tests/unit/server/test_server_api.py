@@ -1,0 +1,103 @@
+"""The REST API over an in-memory store, through httpx's ASGI transport (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from elastin.model.cluster import Node
+from elastin.model.codec import to_data
+from elastin.model.resources import Resources
+from elastin.server.api import create_api
+from elastin.server.auth import ensure_token, token_matches
+from elastin.server.core import Cluster
+from elastin.store.memory import MemoryStore
+
+SPEC = """
+app: shop
+services:
+  web:
+    command: python3 -m http.server
+    resources: {cpu: 500m, memory: 128Mi}
+"""
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Cluster]]:
+    cluster = Cluster(MemoryStore(), seed=1)
+    token = ensure_token(tmp_path)
+    app = create_api(cluster, token, tmp_path)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield client, cluster
+
+
+def test_token_is_private_and_stable(tmp_path: Path) -> None:
+    t1 = ensure_token(tmp_path)
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert ensure_token(tmp_path) == t1
+    assert token_matches(t1, f"Bearer {t1}")
+    assert not token_matches(t1, "Bearer nope")
+    assert not token_matches(t1, None)
+    assert not token_matches(t1, t1)
+
+
+async def test_every_call_needs_the_token(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, _ = api
+    for path in ("/v1/apps", "/v1/openapi.json", "/v1/status", "/v1/metrics"):
+        r = await client.get(path, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401, path
+        assert "token" in r.json()["hint"]
+
+
+async def test_apply_dry_run_and_validation_errors(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    r = await client.post("/v1/apps", json={"spec": SPEC, "dry_run": True})
+    assert r.status_code == 200 and r.json()["changes"][0]["change"] == "add"
+    assert await cluster.store.revision() == 0
+    r = await client.post(
+        "/v1/apps", json={"spec": SPEC.replace("cpu:", "cpus:"), "file": "shop.yaml"}
+    )
+    assert r.status_code == 422
+    body = r.json()
+    assert "shop.yaml:" in body["message"] and body["issues"][0]["path"]
+    r = await client.post("/v1/apps", json={"spec": SPEC})
+    assert r.status_code == 200 and r.json()["changed"]
+    r = await client.get("/v1/openapi.json")
+    assert r.status_code == 200 and "/v1/apps" in r.json()["paths"]
+
+
+async def test_services_nodes_allocations_and_errors(
+    api: tuple[httpx.AsyncClient, Cluster],
+) -> None:
+    client, cluster = api
+    n = Node(id="n1", name="n1", capacity=Resources(2000, 4 << 30, 10 << 30))
+    assert (await client.post("/v1/nodes", json={"node": to_data(n)})).status_code == 200
+    await client.post("/v1/apps", json={"spec": SPEC})
+    await cluster.schedule_once()
+    r = await client.get("/v1/nodes/n1/allocations", params={"index": 0})
+    allocs = r.json()["allocations"]
+    assert len(allocs) == 1
+    aid = allocs[0]["id"]
+    r = await client.post(f"/v1/allocations/{aid}/status", json={"status": "running", "pid": 7})
+    assert r.json()["status"] == "running"
+    r = await client.get("/v1/services")
+    assert r.json()[0]["running"] == 1
+    r = await client.post("/v1/scale/web", json={"replicas": 3})
+    assert r.status_code == 200
+    r = await client.post("/v1/scale/nope", json={"replicas": 3})
+    assert r.status_code == 404 and "hint" in r.json()
+    r = await client.get("/v1/allocations/zzz")
+    assert r.status_code == 404
+    r = await client.get("/v1/resources")
+    assert r.status_code == 200
+    r = await client.get("/v1/metrics")
+    assert "elastin_allocations" in r.text
+    r = await client.get("/v1/events")
+    assert any(e["type"] == "app.applied" for e in r.json())
