@@ -7,7 +7,6 @@ the test's cgroups, and the cgroups themselves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from elastin.agent.drivers.cgroups import destroy_root
 from elastin.client.http import Client
 
 CGROUP_BASE = Path("/sys/fs/cgroup")
@@ -169,32 +169,7 @@ class Harness:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-        kill_cgroup_tree(self.cgroup_root)
-
-
-def kill_cgroup_tree(root_name: str) -> None:
-    """Kill every process in the test's cgroups (v1 and v2) and remove the cgroups."""
-    roots = [p / root_name for p in CGROUP_BASE.iterdir() if (p / root_name).is_dir()]
-    if (CGROUP_BASE / root_name).is_dir():
-        roots.append(CGROUP_BASE / root_name)
-    for _ in range(50):
-        pids: set[int] = set()
-        for root in roots:
-            for procs in root.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    pids |= {int(x) for x in procs.read_text().split()}
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    for root in roots:
-        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        with contextlib.suppress(OSError):
-            root.rmdir()
+        destroy_root(self.cgroup_root)
 
 
 @pytest.fixture

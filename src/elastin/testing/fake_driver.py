@@ -1,8 +1,10 @@
 """``FakeDriver``: an in-memory ``Driver`` for tests of the agent's logic.
 
 Instances "run" until the test ends them: ``exit(alloc_id, code)``, ``oom(alloc_id)``, or a
-``stop``. ``fail_commands`` makes ``start`` fail like a missing executable. Handles survive a
-"restart" when the same ``FakeDriver`` (its ``world``) is handed to a new agent.
+``stop``. A few commands behave on their own, for the conformance suite: ``exit N`` ends at
+once with code N, ``ignore-term`` needs SIGKILL to stop, ``missing`` (or anything in
+``fail_commands``) fails to start like a missing executable. ``restarted()`` gives a new
+driver sharing the same instances, as a restarted agent would find them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class FakeDriver:
         self.available = available
         self.instances: dict[str, FakeInstance] = {}
         self.started: list[InstanceConfig] = []
-        self.fail_commands: set[str] = set()
+        self.fail_commands: set[str] = {"missing"}
         self.ignore_term = False
         self._pids = itertools.count(10_000)
 
@@ -53,7 +55,17 @@ class FakeDriver:
         inst = FakeInstance(config, next(self._pids))
         self.instances[config.alloc_id] = inst
         self.started.append(config)
+        if len(config.command) == 2 and config.command[0] == "exit":
+            self.exit(config.alloc_id, int(config.command[1]))
         return Handle(config.alloc_id, self.name, inst.pid, time.time(), {})
+
+    def restarted(self) -> FakeDriver:
+        """A new driver object over the same instances (an agent restart)."""
+        other = FakeDriver(self.name, available=self.available)
+        other.instances = self.instances
+        other.fail_commands = self.fail_commands
+        other._pids = self._pids
+        return other
 
     def exit(self, alloc_id: str, code: int) -> None:
         self._finish(alloc_id, ExitResult(code))
@@ -80,13 +92,16 @@ class FakeDriver:
     async def stop(self, handle: Handle, grace: float) -> None:
         inst = self.instances[handle.alloc_id]
         inst.stop_grace = grace
-        self._finish(handle.alloc_id, ExitResult(None, 9 if self.ignore_term else 15))
+        stubborn = self.ignore_term or inst.config.command[:1] == ("ignore-term",)
+        self._finish(handle.alloc_id, ExitResult(None, 9 if stubborn else 15))
 
     async def recover(self, handle: Handle) -> bool:
         return self.running(handle.alloc_id)
 
     async def stats(self, handle: Handle) -> Usage:
         inst = self.instances[handle.alloc_id]
+        if inst.result is not None:
+            return Usage(sampled_at=time.time())
         return Usage(
             cpu=inst.config.resources.cpu / 2,
             memory=inst.config.resources.memory // 2,

@@ -224,3 +224,36 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.02)
+
+
+def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0) -> None:
+    """Kill every process under ``root`` (all hierarchies) and remove its cgroups.
+
+    For tests and for wiping a node; the agent itself removes one instance's cgroup at a time.
+    """
+    roots = {p.resolve() / root for p in base.iterdir() if (p / root).is_dir()}
+    if (base / root / "cgroup.procs").exists():
+        roots.add(base / root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids: set[int] = set()
+        for r in roots:
+            for procs in r.rglob("cgroup.procs"):
+                pids |= {int(x) for x in _read(procs).split()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for r in roots:
+        dirs = sorted((p for p in r.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in [*dirs, r]:
+            for _ in range(20):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)

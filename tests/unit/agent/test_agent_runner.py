@@ -1,0 +1,178 @@
+"""``AllocRunner`` on the fake driver: lifecycle, restart policy, stop, deps, re-attach."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from elastin.agent.runner import AllocRunner
+from elastin.model.cluster import Allocation
+from elastin.model.resources import Resources
+from elastin.model.workload import RestartPolicy, Workload
+from elastin.testing import FakeDriver
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, alloc_id: str, **fields: Any) -> None:
+        self.items.append((alloc_id, fields))
+
+    def statuses(self) -> list[str]:
+        return [f["status"] for _, f in self.items if "status" in f]
+
+    def events(self) -> list[str]:
+        return [e[0] for _, f in self.items for e in f.get("events", [])]
+
+
+def make(tmp: Path, w: Workload, driver: FakeDriver, deps: str = "") -> tuple[AllocRunner, Reports]:
+    reports = Reports()
+    alloc = Allocation(id="a1", app="app", workload=w.name, index=0, type=w.type)
+
+    async def deps_ready(_a: Allocation, _w: Workload) -> str:
+        return deps
+
+    runner = AllocRunner(
+        alloc,
+        w,
+        driver,
+        alloc_root=tmp / "allocs",
+        state_dir=tmp / "h",
+        report=reports,
+        deps_ready=deps_ready,
+    )
+    return runner, reports
+
+
+FAST = RestartPolicy(mode="always", backoff=0.01, max_backoff=0.02)
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def test_service_restarts_with_backoff_then_stops(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="web", command=("srv",), restart=FAST, ports=())
+    runner, reports = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    assert runner.handle_file.exists()  # kept for re-attach
+    d.exit("a1", 1)
+    await until(lambda: runner.state.restarts == 1 and d.running("a1"))
+    d.oom("a1")
+    await until(lambda: runner.state.restarts == 2 and d.running("a1"))
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+    assert reports.statuses()[-1] == "stopped"
+    assert {"alloc.started", "alloc.restarting", "alloc.oom_killed"} <= set(reports.events())
+    assert not runner.handle_file.exists()
+
+
+async def test_restart_attempts_exhausted_fails(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(
+        name="web",
+        command=("srv",),
+        restart=RestartPolicy(mode="on-failure", attempts=2, backoff=0.01, max_backoff=0.01),
+    )
+    runner, reports = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    for _ in range(3):
+        await until(lambda: d.running("a1"))
+        d.exit("a1", 3)
+        await asyncio.sleep(0.03)
+    await asyncio.wait_for(task, 5)
+    assert reports.statuses()[-1] == "failed"
+    last = [f for _, f in reports.items if f.get("status") == "failed"][-1]
+    assert "gave up after 2 restarts" in last["reason"]
+
+
+async def test_on_failure_service_that_exits_zero_completes(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="w", command=("srv",), restart=RestartPolicy(mode="on-failure"))
+    runner, reports = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    d.exit("a1", 0)
+    await asyncio.wait_for(task, 5)
+    assert reports.statuses()[-1] == "complete"
+
+
+async def test_job_does_not_restart_in_place(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="j", type="job", command=("exit", "4"), restart=FAST)
+    runner, reports = make(tmp_path, w, d)
+    await asyncio.wait_for(runner.run(), 5)
+    assert reports.statuses()[-1] == "failed"
+    assert len(d.started) == 1
+
+
+async def test_start_failure_fails_with_the_os_error(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="w", command=("missing",), restart=FAST)
+    runner, reports = make(tmp_path, w, d)
+    await asyncio.wait_for(runner.run(), 5)
+    failed = [f for _, f in reports.items if f.get("status") == "failed"]
+    assert failed and "No such file or directory" in failed[0]["reason"]
+    assert "alloc.start_failed" in reports.events()
+
+
+async def test_waits_for_dependencies_and_can_be_stopped_meanwhile(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="w", command=("srv",), depends_on=("db",))
+    runner, reports = make(tmp_path, w, d, deps="waiting for dependencies: db")
+    task = asyncio.create_task(runner.run())
+    await until(lambda: reports.statuses() == ["pending"])
+    assert not d.started
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+    assert reports.statuses()[-1] == "stopped"
+
+
+async def test_env_ports_and_limits_reach_the_driver(tmp_path: Path) -> None:
+    from elastin.model.workload import Port
+
+    d = FakeDriver()
+    w = Workload(
+        name="w",
+        command=("srv",),
+        env=(("A", "1"),),
+        resources=Resources(250, 1 << 26),
+        ports=(Port("http", 0), Port("admin", 9999)),
+    )
+    runner, _ = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    env = d.started[0].env
+    assert env["A"] == "1" and env["ELASTIN_ALLOC_ID"] == "a1"
+    assert env["PORT"] == env["ELASTIN_PORT_HTTP"] and int(env["PORT"]) > 0
+    assert env["ELASTIN_PORT_ADMIN"] == "9999"
+    assert d.started[0].resources == Resources(250, 1 << 26)
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_reattach_after_agent_restart(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="web", command=("srv",), restart=FAST)
+    runner, _ = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    task.cancel()  # the agent dies; the instance keeps running
+    await asyncio.gather(task, return_exceptions=True)
+    assert d.running("a1")
+    loaded = AllocRunner.load_handle(runner.handle_file)
+    assert loaded is not None
+    handle = loaded[0]
+    again, reports = make(tmp_path, w, d.restarted())
+    task2 = asyncio.create_task(again.run(recovered=handle))
+    await until(lambda: "running" in reports.statuses())
+    assert "alloc.reattached" in reports.events()
+    again.request_stop()
+    await asyncio.wait_for(task2, 5)
+    assert reports.statuses()[-1] == "stopped"
