@@ -109,22 +109,27 @@ class Reporter:
 
     async def flush(self) -> None:
         while self.pending:
-            alloc_id = next(iter(self.pending))
-            body = self.pending.pop(alloc_id)
+            batch, self.pending = self.pending, {}
             try:
-                await self.client().alloc_status(alloc_id, **body)
+                results = await self.client().allocs_status(batch)
             except ApiError as e:
-                # 404 (deleted) and 409 (the server moved it on, e.g. lost) are final
-                log.info("report on %s not taken: %s", alloc_id, e.message)
+                log.warning("reports not taken: %s", e.message)
+                continue
             except ClientError:
-                # server away: put it back (newer reports win) and retry shortly
-                newer = self.pending.pop(alloc_id, {})
-                events = body.pop("events", []) + newer.pop("events", [])
-                body.update(newer)
-                if events:
-                    body["events"] = events
-                self.pending[alloc_id] = body
+                # server away: put them back (newer reports win) and retry shortly
+                for alloc_id, body in batch.items():
+                    newer = self.pending.pop(alloc_id, {})
+                    events = body.pop("events", []) + newer.pop("events", [])
+                    body.update(newer)
+                    if events:
+                        body["events"] = events
+                    self.pending[alloc_id] = body
                 await asyncio.sleep(1.0)
+                continue
+            for alloc_id, result in results.items():
+                if result != "ok":
+                    # deleted, or the server moved it on (e.g. lost): final either way
+                    log.info("report on %s not taken: %s", alloc_id, result)
 
 
 class Agent:

@@ -193,6 +193,10 @@ class AsyncClient:
         data = await self.call("POST", f"/v1/allocations/{alloc_id}/status", json=report)
         return from_data(Allocation, data)
 
+    async def allocs_status(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+        data = await self.call("POST", "/v1/allocations/status", json={"reports": reports})
+        return {str(k): str(v) for k, v in data["results"].items()}
+
     async def allocations(self, app: str) -> list[Allocation]:
         data = await self.call("GET", "/v1/allocations", params={"app": app, "all": False})
         return [from_data(Allocation, a) for a in data]

@@ -31,6 +31,7 @@ Routes (agents)::
     POST   /v1/nodes/{id}/heartbeat     liveness and measured usage
     GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
     POST   /v1/allocations/{id}/status  an agent's report on one allocation
+    POST   /v1/allocations/status       several reports at once
     POST   /v1/events                   events from agents
 """
 
@@ -90,6 +91,10 @@ class StatusBody(BaseModel):
     ports: list[tuple[str, int]] | None = None
     healthy: bool | None = None
     events: list[tuple[str, str, str, str]] = []
+
+
+class BatchStatusBody(BaseModel):
+    reports: dict[str, StatusBody]
 
 
 class EventsBody(BaseModel):
@@ -309,6 +314,14 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
         alloc = await cluster.update_alloc(alloc_id, report)
         return alloc_view(cluster, alloc)
 
+    @api.post("/v1/allocations/status")
+    async def allocs_status(body: BatchStatusBody) -> dict[str, Any]:
+        reports = {
+            k: {f: x for f, x in v.model_dump().items() if x is not None}
+            for k, v in body.reports.items()
+        }
+        return {"results": await cluster.update_allocs(reports)}
+
     @api.post("/v1/events")
     async def post_events(body: EventsBody) -> dict[str, Any]:
         await cluster.record_events(body.events)
@@ -366,28 +379,22 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
         for a in allocs:
             counts[a.status] = counts.get(a.status, 0) + 1
         lines += [f'elastin_allocations{{status="{s}"}} {n}' for s, n in sorted(counts.items())]
-        lines += [
-            "# HELP elastin_allocation_cpu_millicores Measured cpu use.",
-            "# TYPE elastin_allocation_cpu_millicores gauge",
-        ]
-        for a in allocs:
-            u = cluster.usage.get(a.id)
-            if u and not a.terminal:
-                lines.append(
-                    f'elastin_allocation_cpu_millicores{{app="{a.app}",workload="{a.workload}",'
-                    f'index="{a.index}"}} {u.cpu:.1f}'
-                )
-        lines += [
-            "# HELP elastin_allocation_memory_bytes Measured memory use.",
-            "# TYPE elastin_allocation_memory_bytes gauge",
-        ]
-        for a in allocs:
-            u = cluster.usage.get(a.id)
-            if u and not a.terminal:
-                lines.append(
-                    f'elastin_allocation_memory_bytes{{app="{a.app}",workload="{a.workload}",'
-                    f'index="{a.index}"}} {u.memory}'
-                )
+        gauges: tuple[tuple[str, str, Callable[[Usage], str]], ...] = (
+            ("cpu_millicores", "Measured cpu use.", lambda u: f"{u.cpu:.1f}"),
+            ("memory_bytes", "Measured memory use (working set).", lambda u: str(u.memory)),
+        )
+        for name, help_, value in gauges:
+            lines += [
+                f"# HELP elastin_allocation_{name} {help_}",
+                f"# TYPE elastin_allocation_{name} gauge",
+            ]
+            for a in allocs:
+                u = cluster.usage.get(a.id)
+                if u and not a.terminal:
+                    lines.append(
+                        f'elastin_allocation_{name}{{app="{a.app}",workload="{a.workload}",'
+                        f'index="{a.index}"}} {value(u)}'
+                    )
         return "\n".join(lines) + "\n"
 
     return api

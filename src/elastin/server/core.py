@@ -47,6 +47,7 @@ from elastin.store.base import Compare, StateStore
 log = logging.getLogger("elastin.server")
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
+HISTORY_KEPT = 100_000  # store revisions of change history kept for watchers
 
 
 def workload_fingerprint(w: Workload) -> str:
@@ -131,6 +132,9 @@ class Cluster:
         self._ids = itertools.count()
         self._lock = asyncio.Lock()  # serialises scheduling passes
         self._last_seen: dict[str, float] = {}  # node id -> last heartbeat (in memory)
+        # node id -> revision of the last change to what that node should run; the agents'
+        # blocking queries wait on it, so an agent's own status reports do not wake it
+        self._node_rev: dict[str, int] = {}
 
     def new_id(self) -> str:
         return secrets.token_hex(4) + f"{next(self._ids) % 0xFFFF:04x}"
@@ -304,7 +308,7 @@ class Cluster:
         found = await self.repo.get_node(node.id)
         node = replace(node, status="ready", last_heartbeat=self.clock())
         what = "re-registered" if found else "registered"
-        await self.repo.commit(
+        rev = await self.repo.commit(
             nodes=[node],
             events=[
                 (
@@ -315,6 +319,8 @@ class Cluster:
                 )
             ],
         )
+        if rev is not None:
+            self._touch({node.id}, rev)
         await self._committed()
         return node
 
@@ -364,12 +370,12 @@ class Cluster:
     async def node_allocations(
         self, node_id: str, index: int, wait: float
     ) -> tuple[list[Allocation], int]:
-        """The allocations of a node; blocks up to ``wait`` s until the store passes ``index``."""
+        """The allocations of a node; blocks up to ``wait`` s until what the node should run
+        changes past ``index`` (an index from an earlier server process is honoured too)."""
+        if node_id not in self._node_rev:
+            self._node_rev[node_id] = await self.store.revision()
         deadline = self.clock() + wait
-        while True:
-            rev = await self.store.revision()
-            if rev > index or wait <= 0:
-                break
+        while self._node_rev[node_id] <= index and wait > 0:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
@@ -378,8 +384,14 @@ class Cluster:
                     await asyncio.wait_for(self.changed.wait(), timeout=remaining)
                 except TimeoutError:
                     break
-        allocs, rev = await self.repo.list_allocs()
-        return [a for a in allocs if a.node_id == node_id and not a.terminal], rev
+        node_rev = self._node_rev[node_id]
+        allocs, _ = await self.repo.list_allocs()
+        return [a for a in allocs if a.node_id == node_id and not a.terminal], node_rev
+
+    def _touch(self, node_ids: set[str], rev: int) -> None:
+        for n in node_ids:
+            if n:
+                self._node_rev[n] = max(self._node_rev.get(n, 0), rev)
 
     async def update_alloc(self, alloc_id: str, report: dict[str, Any]) -> Allocation:
         """Take an agent's report on one allocation (status, reason, exit code, ...)."""
@@ -413,12 +425,21 @@ class Cluster:
                 compares=[self.repo.compare_alloc(alloc_id, mod_rev)], allocs=[new], events=events
             )
             if rev is not None:
-                if new.status != alloc.status or new.healthy != alloc.healthy:
-                    await self._committed()
-                else:
-                    await self.notify()
+                if new.terminal and not alloc.terminal:
+                    await self._committed()  # resources freed, a job slot done: schedule
                 return new
         raise Conflict(f"allocation {alloc_id!r} kept changing; try again")
+
+    async def update_allocs(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Several agent reports at once; returns ``ok`` or the error per allocation."""
+        out: dict[str, str] = {}
+        for alloc_id, report in reports.items():
+            try:
+                await self.update_alloc(alloc_id, report)
+                out[alloc_id] = "ok"
+            except (NotFound, Conflict) as e:
+                out[alloc_id] = e.message
+        return out
 
     async def record_events(self, events: list[tuple[str, str, str, str]]) -> None:
         await self.repo.record_events(events)
@@ -436,6 +457,13 @@ class Cluster:
                     return None
                 rev = await self._commit_plan(snap, plan, lost)
                 if rev is not None:
+                    nodes = {a.node_id for a in [*plan.place, *plan.update, *lost]}
+                    nodes |= {
+                        snap.allocs[i][0].node_id
+                        for i, _ in [*plan.stop, *plan.preempt]
+                        if i in snap.allocs
+                    }
+                    self._touch(nodes, rev)
                     await self._committed()
                     return plan
                 fresh = await self.repo.snapshot()
@@ -528,6 +556,7 @@ class Cluster:
                 await self.schedule_once()
                 if self.clock() - last_prune > 60:
                     await self.repo.prune_events()
+                    await self.store.compact(HISTORY_KEPT)
                     last_prune = self.clock()
             except Exception:  # the loop must survive one bad pass; the next one retries
                 log.exception("scheduling pass failed")

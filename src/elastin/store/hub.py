@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
-from elastin.store.base import StoreClosedError, WatchEvent
+from elastin.store.base import JSON, CompactedError, StoreClosedError, TxnResult, WatchEvent
 
 _CLOSED = None
 
@@ -60,3 +61,40 @@ class Hub:
                     last = max(last, batch[-1].rev)
         finally:
             self._queues.discard(q)
+
+
+class HubStore:
+    """What both stores share: the hub, the compaction floor, put/delete as transactions."""
+
+    _compacted: int
+
+    def __init__(self) -> None:
+        self._hub = Hub()
+
+    async def txn(
+        self,
+        compares: Sequence[Any] = (),
+        puts: Sequence[tuple[str, JSON]] = (),
+        deletes: Sequence[str] = (),
+    ) -> TxnResult:
+        raise NotImplementedError
+
+    async def _history(self, prefix: str, from_rev: int) -> list[WatchEvent]:
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        if self._hub.closed:
+            raise StoreClosedError("the store is closed")
+
+    def _check_from(self, from_rev: int) -> None:
+        if 0 < from_rev < self._compacted:
+            raise CompactedError(from_rev, self._compacted)
+
+    async def put(self, key: str, value: JSON) -> int:
+        return (await self.txn(puts=[(key, value)])).rev
+
+    async def delete(self, key: str) -> int:
+        return (await self.txn(deletes=[key])).rev
+
+    def watch(self, prefix: str, from_rev: int) -> AsyncIterator[WatchEvent]:
+        return self._hub.watch(prefix, from_rev, self._history)

@@ -9,32 +9,26 @@ from __future__ import annotations
 import bisect
 import builtins
 import copy
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from elastin.store.base import (
     JSON,
-    CompactedError,
     Compare,
     KeyValue,
-    StoreClosedError,
     TxnResult,
     WatchEvent,
 )
-from elastin.store.hub import Hub
+from elastin.store.hub import HubStore
 
 
-class MemoryStore:
+class MemoryStore(HubStore):
     def __init__(self) -> None:
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # sorted
         self._log: list[WatchEvent] = []
         self._rev = 0
         self._compacted = 0  # history below this revision is gone
-        self._hub = Hub()
-
-    def _check(self) -> None:
-        if self._hub.closed:
-            raise StoreClosedError("the store is closed")
+        HubStore.__init__(self)
 
     async def revision(self) -> int:
         self._check()
@@ -91,20 +85,10 @@ class MemoryStore:
         self._hub.publish(events)
         return TxnResult(True, rev)
 
-    async def put(self, key: str, value: JSON) -> int:
-        return (await self.txn(puts=[(key, value)])).rev
-
-    async def delete(self, key: str) -> int:
-        return (await self.txn(deletes=[key])).rev
-
     async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
-        if from_rev > 0 and from_rev < self._compacted:
-            raise CompactedError(from_rev, self._compacted)
+        self._check_from(from_rev)
         i = bisect.bisect_left([e.rev for e in self._log], from_rev)
         return [e for e in self._log[i:] if e.key.startswith(prefix)]
-
-    def watch(self, prefix: str, from_rev: int) -> AsyncIterator[WatchEvent]:
-        return self._hub.watch(prefix, from_rev, self._history)
 
     async def compact(self, keep_revisions: int) -> None:
         self._check()

@@ -21,20 +21,18 @@ import builtins
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from elastin.store.base import (
     JSON,
-    CompactedError,
     Compare,
     KeyValue,
-    StoreClosedError,
     StoreError,
     TxnResult,
     WatchEvent,
 )
-from elastin.store.hub import Hub
+from elastin.store.hub import HubStore
 
 FORMAT = "elastin-state-1"
 
@@ -54,7 +52,7 @@ def _prefix_end(prefix: str) -> str:
     return prefix + "\U0010ffff"
 
 
-class SqliteStore:
+class SqliteStore(HubStore):
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
         self.path = Path(path)
         try:
@@ -83,15 +81,11 @@ class SqliteStore:
             ) from None
         self._rev = int(self._meta("revision") or 0)
         self._compacted = int(self._meta("compacted") or 0)
-        self._hub = Hub()
+        HubStore.__init__(self)
 
     def _meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
-
-    def _check(self) -> None:
-        if self._hub.closed:
-            raise StoreClosedError("the store is closed")
 
     async def revision(self) -> int:
         self._check()
@@ -164,15 +158,8 @@ class SqliteStore:
         self._hub.publish(events)
         return TxnResult(True, rev)
 
-    async def put(self, key: str, value: JSON) -> int:
-        return (await self.txn(puts=[(key, value)])).rev
-
-    async def delete(self, key: str) -> int:
-        return (await self.txn(deletes=[key])).rev
-
     async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
-        if from_rev > 0 and from_rev < self._compacted:
-            raise CompactedError(from_rev, self._compacted)
+        self._check_from(from_rev)
         rows = self._db.execute(
             "SELECT rev, key, type, value FROM log WHERE rev >= ? AND key >= ? AND key < ? "
             "ORDER BY rev, seq",
@@ -187,9 +174,6 @@ class SqliteStore:
             )
             for r in rows
         ]
-
-    def watch(self, prefix: str, from_rev: int) -> AsyncIterator[WatchEvent]:
-        return self._hub.watch(prefix, from_rev, self._history)
 
     async def compact(self, keep_revisions: int) -> None:
         self._check()
