@@ -51,7 +51,7 @@ from dataclasses import replace
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.units import format_cpu, format_size
-from elastin.model.workload import Constraint
+from elastin.model.workload import Constraint, Port
 from elastin.scheduler.plan import Plan, SchedulerOptions
 from elastin.scheduler.reconcile import Request, diff_app
 from elastin.scheduler.state import ClusterState
@@ -63,7 +63,7 @@ _NO_VICTIM = 1 << 62
 _ROUNDS = 8  # bound on re-placement rounds after preemptions
 
 Sig = tuple[str, tuple[Constraint, ...]]
-Key = tuple[Sig, int, int, int]
+Key = tuple[Sig, int, int, int, frozenset[int]]
 
 
 def schedule(
@@ -116,6 +116,11 @@ def describe_constraint(c: Constraint) -> str:
     return f"{c.attribute} {c.op} {value}"
 
 
+def static_ports(ports: Sequence[Port]) -> frozenset[int]:
+    """The fixed port numbers a workload listens on (0 means "any free port")."""
+    return frozenset(p.port for p in ports if p.port)
+
+
 def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -142,6 +147,8 @@ class _Pass:
         self.spread = options.algorithm == "spread"
         self.stopped: set[str] = set()
         self.static: dict[Sig, bytearray] = {}
+        self.port_cache: dict[tuple[str, str], frozenset[int]] = {}
+        self.ports: list[set[int]] = []
         self.attrs: list[dict[str, str] | None] = [None] * len(nodes)
         self.infeasible: dict[Key, int] = {}  # -> position in self.freed when it failed
         self.no_preempt: set[tuple[Key, int]] = set()
@@ -183,9 +190,28 @@ class _Pass:
             c = counts.setdefault((a.app, a.workload), {})
             c[i] = c.get(i, 0) + 1
         self.fc, self.fm, self.fd = fc, fm, fd
+        # static ports in use per node: two instances cannot listen on one port
+        ports: list[set[int]] = [set() for _ in nodes]
+        for i, vs in enumerate(victims):
+            for a in vs:
+                sp = self._app_ports(a.app, a.workload)
+                if sp:
+                    ports[i] |= sp
+        self.ports = ports
         self.victims = victims
         self.vmin = [min((a.priority for a in v), default=_NO_VICTIM) for v in victims]
         self.counts = counts
+
+    def _app_ports(self, app: str, workload: str) -> frozenset[int]:
+        """The static ports the current spec of ``app/workload`` listens on (cached)."""
+        key = (app, workload)
+        found = self.port_cache.get(key)
+        if found is None:
+            entry = self.state.apps.get(app)
+            w = entry[0].workload(workload) if entry else None
+            found = static_ports(w.ports) if w else frozenset()
+            self.port_cache[key] = found
+        return found
 
     def _static_row(self, sig: Sig) -> bytearray:
         row = self.static.get(sig)
@@ -259,6 +285,9 @@ class _Pass:
         if c is None:
             c = self.counts[(req.app, w.name)] = {}
         c[i] = c.get(i, 0) + 1
+        want = static_ports(w.ports)
+        if want:
+            self.ports[i] |= want
         node_id = self.nodes[i].id
         if req.existing is not None:
             self.plan.update.append(replace(req.existing, node_id=node_id, reason=""))
@@ -286,7 +315,9 @@ class _Pass:
         r = w.resources
         cpu, mem, disk = r.cpu, r.memory, r.disk
         sig: Sig = (w.kind, w.constraints)
-        key: Key = (sig, cpu, mem, disk)
+        want = static_ports(w.ports)
+        key: Key = (sig, cpu, mem, disk, want)
+        ports = self.ports
         row = self._static_row(sig)
         fc, fm, fd = self.fc, self.fm, self.fd
         inv_c, inv_m = self.inv_c, self.inv_m
@@ -312,6 +343,8 @@ class _Pass:
             if pos == n:
                 pos = 0
             if fc[i] < cpu or fm[i] < mem or fd[i] < disk:
+                continue
+            if want and not want.isdisjoint(ports[i]):
                 continue
             s = row[i]
             if s == 0:
@@ -411,7 +444,8 @@ class _Pass:
         r = w.resources
         max_priority = w.priority - self.options.preemption_gap
         sig: Sig = (w.kind, w.constraints)
-        key: Key = (sig, r.cpu, r.memory, r.disk)
+        want = static_ports(w.ports)
+        key: Key = (sig, r.cpu, r.memory, r.disk, want)
         if (key, w.priority) in self.no_preempt or not self.nodes:
             return False
         row = self._static_row(sig)
@@ -431,6 +465,8 @@ class _Pass:
                 s = row[i] = 1 if self._static_ok(sig, i) else 2
             if s != 1 or vmin[i] > max_priority:
                 continue
+            if want and not want.isdisjoint(self.ports[i]):
+                continue  # (conservative: the victims' ports are not counted as freed)
             if best is not None and best[0][1] == 1 and vmin[i] >= best[0][0]:
                 # at best a tie on (priority, count): keep the node found first
                 found += 1
@@ -501,7 +537,7 @@ class _Pass:
         for req in waiting:
             w = req.workload
             r = w.resources
-            key: Key = ((w.kind, w.constraints), r.cpu, r.memory, r.disk)
+            key: Key = ((w.kind, w.constraints), r.cpu, r.memory, r.disk, static_ports(w.ports))
             reason = reasons.get((key, w.priority))
             if reason is None:
                 reason = reasons[(key, w.priority)] = self._explain(req)
@@ -569,6 +605,13 @@ class _Pass:
                         f"no node has {fmt(want)} {dim} free (largest free: "
                         f"{fmt(max(0, free[top]))} on {self.nodes[top].name})"
                     )
+            fixed = static_ports(w.ports)
+            if fixed and all(not fixed.isdisjoint(self.ports[i]) for i in candidates):
+                shown = ", ".join(str(p) for p in sorted(fixed))
+                parts.append(
+                    f"port {shown} is already in use on every node (one instance per node "
+                    "can listen on a fixed port; use port 0 to have the agent pick one)"
+                )
             if not parts:
                 parts.append(f"no node has {r.human()} free at once")
             if self.options.preemption:

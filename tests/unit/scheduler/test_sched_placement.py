@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -153,3 +154,41 @@ def test_memory_units_in_reason() -> None:
     assert (
         run(st).place[0].reason.startswith("no node has 2Gi memory free (largest free: 1Gi on n1)")
     )
+
+
+def test_static_ports_allow_one_instance_per_node() -> None:
+    from elastin.model.cluster import Node
+    from elastin.model.resources import Resources
+    from elastin.model.workload import Application, Port, Workload
+    from elastin.scheduler import ClusterState, SchedulerOptions, apply_plan, schedule
+
+    nodes = {
+        n: Node(id=n, name=n, capacity=Resources(8000, 16 << 30, 100 << 30)) for n in ("a", "b")
+    }
+    w = Workload(name="web", command=("x",), replicas=3, ports=(Port("http", 8080),))
+    state = ClusterState(
+        revision=1,
+        nodes=nodes,
+        apps={"shop": (Application("shop", (w,)), {"web": 1})},
+        allocations={},
+    )
+    ids = iter(range(100))
+    plan = schedule(state, SchedulerOptions(), random.Random(1), lambda: f"id{next(ids)}")
+    placed = [a for a in plan.place if a.node_id]
+    pending = [a for a in plan.place if not a.node_id]
+    assert sorted(a.node_id for a in placed) == ["a", "b"]
+    assert len(pending) == 1 and "port 8080" in pending[0].reason
+    # a workload on any free port (0) is not limited
+    w0 = Workload(name="web", command=("x",), replicas=3, ports=(Port("http", 0),))
+    state0 = ClusterState(
+        revision=1,
+        nodes=nodes,
+        apps={"shop": (Application("shop", (w0,)), {"web": 1})},
+        allocations={},
+    )
+    plan0 = schedule(state0, SchedulerOptions(), random.Random(1), lambda: f"id{next(ids)}")
+    assert all(a.node_id for a in plan0.place)
+    # reconciling the committed plan again changes nothing
+    after = apply_plan(state, plan)
+    again = schedule(after, SchedulerOptions(), random.Random(2), lambda: f"id{next(ids)}")
+    assert not again.place
