@@ -31,7 +31,7 @@ from rich.text import Text
 
 from elastin import __version__
 from elastin.cli import render
-from elastin.client.discovery import default_data_dir, find_server, running_server
+from elastin.client.discovery import default_data_dir, find_server, read_token, running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import Client
 from elastin.model.codec import to_data
@@ -144,14 +144,29 @@ def server(host: str, port: int, store_url: str) -> None:
 
 @cli.command()
 @click.option("--server", "server_url", default="", help="server URL (default: found locally)")
+@click.option("--token", default="", help="API token (default: ELASTIN_TOKEN or the data dir)")
 @click.option("--name", default="", help="node name (default: the host name)")
-def agent(server_url: str, name: str) -> None:
+def agent(server_url: str, token: str, name: str) -> None:
     """Run a node agent in the foreground. Its instances keep running when it stops."""
     from elastin.agent.agent import Agent, AgentConfig
     from elastin.agent.drivers.registry import default_drivers
 
-    with errors():
-        url, token = find_server()
+    if server_url:
+        url = server_url
+        token = (
+            token or os.environ.get("ELASTIN_TOKEN", "") or (read_token(default_data_dir()) or "")
+        )
+        if not token:
+            fail(
+                "no API token",
+                "pass --token, set ELASTIN_TOKEN, or copy the server's token "
+                "file into this machine's data directory",
+                EXIT_USAGE,
+            )
+    else:
+        with errors():
+            url, found = find_server()
+        token = token or found
     cfg = AgentConfig(
         data_dir=default_data_dir(),
         server_url=server_url or url,
