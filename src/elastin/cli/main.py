@@ -66,13 +66,14 @@ def errors() -> Iterator[None]:
         fail(e.message, e.hint, EXIT_UNAVAILABLE)
     except ApiError as e:
         if e.issues:
-            err_console.print(Text(e.message))
+            err_console.print(Text(e.message), soft_wrap=True)
+            err_console.print(Text("nothing was changed", style="yellow"))
             sys.exit(EXIT_FAILED)
         fail(e.message, e.hint)
     except ClientError as e:
         fail(e.message, e.hint)
     except SpecError as e:
-        err_console.print(Text(e.render()))
+        err_console.print(Text(e.render()), soft_wrap=True)
         err_console.print(Text("nothing was changed", style="yellow"))
         sys.exit(EXIT_FAILED)
 

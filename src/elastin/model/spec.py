@@ -844,7 +844,7 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
                             (f"did you mean {close[0]!r}? " if close else "")
                             + f"declared: {', '.join(declared)}",
                         )
-    cycle = _cycle({w.name: w.depends_on for w in workloads})
+    cycle = _cycle({w.name: tuple(d for d in w.depends_on if d != w.name) for w in workloads})
     if cycle:
         ctx.add(
             root,
