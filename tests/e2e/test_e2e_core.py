@@ -89,6 +89,8 @@ def test_invalid_spec_is_rejected_and_changes_nothing(harness: Any) -> None:
     h = harness.start()
     good = harness.write_spec("good.yaml", sleeper_spec())
     h.cli("apply", str(good), "--wait", check=True)
+    diff = json.loads(h.cli("diff", str(good), "--json", check=True).stdout)
+    assert diff["dry_run"] and {c["change"] for c in diff["changes"]} == {"unchanged"}
     before = {(a.id, a.status, a.pid) for a in h.allocs("t", all=False)}
     rev = h.client.status()["revision"]
     bad = harness.write_spec("bad.yaml", sleeper_spec(extra="    replicaz: 3\n"))

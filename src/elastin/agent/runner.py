@@ -97,6 +97,7 @@ class AllocRunner:
         self.stop_requested = asyncio.Event()
         self.done = asyncio.Event()
         self.ports: dict[str, int] = dict(alloc.ports)
+        self.run_started = self.clock()  # when the current run began (restart counting)
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -232,6 +233,7 @@ class AllocRunner:
             self._event("alloc.start_failed", str(e), "error")
             return None
         self.handle = handle
+        self.run_started = self.clock()
         self.save_handle(handle)
         self.state.pid = handle.pid
         self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
@@ -283,6 +285,8 @@ class AllocRunner:
                 "complete" if ok else "failed", reason=what, exit_code=result.exit_code, pid=0
             )
             return False
+        if self.clock() - self.run_started >= policy.reset_after:
+            self.state.restarts = 0  # it ran well for a while: a fresh series of attempts
         if policy.attempts and self.state.restarts >= policy.attempts:
             reason = f"{what}; gave up after {self.state.restarts} restarts"
             self._set("failed", reason=reason, exit_code=result.exit_code, pid=0)

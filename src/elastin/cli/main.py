@@ -122,11 +122,21 @@ def cli() -> None:
 @click.option(
     "--store", "store_url", default="", help="state store URL (default: sqlite in the data dir)"
 )
-def server(host: str, port: int, store_url: str) -> None:
+@click.option(
+    "--scheduler",
+    "algorithm",
+    type=click.Choice(["binpack", "spread"]),
+    default="binpack",
+    show_default=True,
+    help="how instances are placed on nodes",
+)
+def server(host: str, port: int, store_url: str, algorithm: str) -> None:
     """Run the server (API, scheduler, SQLite state) in the foreground."""
     from elastin.server.app import ServerConfig, run_server
 
-    cfg = ServerConfig(default_data_dir(), host=host, port=port, store_url=store_url)
+    cfg = ServerConfig(
+        default_data_dir(), host=host, port=port, store_url=store_url, algorithm=algorithm
+    )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -478,13 +488,17 @@ def down(app: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
 @click.option("--wait/--no-wait", default=False, help="wait until the application settles")
 @click.option("--timeout", default=120.0, show_default=True)
-def apply(file: str, dry_run: bool, wait: bool, timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def apply(file: str, dry_run: bool, wait: bool, timeout: float, as_json: bool) -> None:
     """Apply the spec in FILE to the running server."""
     with errors():
         text, name, base = read_spec(file)
         with client() as c:
             res = c.apply(text, file=name, base_dir=base, dry_run=dry_run)
-            print_changes(res)
+            if as_json:
+                print_json(res)
+            else:
+                print_changes(res)
             if wait and not dry_run and not wait_settled(c, res["app"], timeout):
                 fail(
                     f"application {res['app']!r} did not settle", "see `elastin ps`", EXIT_UNSETTLED
@@ -493,12 +507,17 @@ def apply(file: str, dry_run: bool, wait: bool, timeout: float) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-def diff(file: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the changes as JSON")
+def diff(file: str, as_json: bool) -> None:
     """Show what applying FILE would change (exit 0 either way)."""
     with errors():
         text, name, base = read_spec(file)
         with client() as c:
-            print_changes(c.apply(text, file=name, base_dir=base, dry_run=True))
+            res = c.apply(text, file=name, base_dir=base, dry_run=True)
+            if as_json:
+                print_json(res)
+            else:
+                print_changes(res)
 
 
 # ---------------------------------------------------------------------------- reads

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
 from elastin.server.core import Cluster
@@ -37,6 +38,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     store_url: str = ""  # default: sqlite in the data directory
+    algorithm: str = "binpack"  # or "spread"
 
     def store(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'state.db'}"
@@ -76,7 +78,8 @@ async def run_server(
     os.chmod(cfg.data_dir, 0o700)
     token = ensure_token(cfg.data_dir)
     store = open_store(cfg.store())
-    cluster = Cluster(store)
+    options = SchedulerOptions(algorithm="spread" if cfg.algorithm == "spread" else "binpack")
+    cluster = Cluster(store, options=options)
     api = create_api(cluster, token, cfg.data_dir)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]

@@ -176,3 +176,25 @@ async def test_reattach_after_agent_restart(tmp_path: Path) -> None:
     again.request_stop()
     await asyncio.wait_for(task2, 5)
     assert reports.statuses()[-1] == "stopped"
+
+
+async def test_a_long_run_resets_the_restart_count(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(
+        name="web",
+        command=("srv",),
+        restart=RestartPolicy(
+            mode="always", attempts=1, backoff=0.01, max_backoff=0.01, reset_after=0.05
+        ),
+    )
+    runner, reports = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    for _ in range(3):  # each run outlives reset_after, so attempts=1 is never exhausted
+        await until(lambda: d.running("a1"))
+        await asyncio.sleep(0.08)
+        d.exit("a1", 1)
+        await until(lambda: not d.running("a1"))
+    await until(lambda: d.running("a1"))
+    assert "failed" not in reports.statuses()
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
