@@ -16,6 +16,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "agent": ("server", "sdk", "cli", "scheduler"),
     "server": ("agent", "sdk", "cli"),
     "sdk": ("server", "agent", "cli"),
+    "mesh": ("store", "scheduler", "server", "agent", "sdk", "cli"),
 }
 
 

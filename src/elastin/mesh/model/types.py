@@ -1,0 +1,196 @@
+"""Types of the mesh model (see the package docstring). Frozen, validated on construction.
+
+Names: a cluster is ``<app>.<service>.<port>``; an endpoint id is ``<alloc id>-<port>``;
+both are limited to ``[A-Za-z0-9._-]`` so that every renderer can use them as identifiers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from elastin.model.workload import Protocol
+
+LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", "hash_cookie"]
+LB_POLICIES: tuple[LbPolicy, ...] = (
+    "round_robin",
+    "least_request",
+    "least_conn",
+    "hash_header",
+    "hash_cookie",
+)
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,120}$")
+RETRY_CONDITIONS = (
+    "conn-failure",
+    "empty-response",
+    "response-timeout",
+    "junk-response",
+    "0rtt-rejected",
+    "500",
+    "502",
+    "503",
+    "504",
+)
+
+
+class MeshModelError(ValueError):
+    """A mesh object that cannot be rendered (a bad name, port or policy)."""
+
+
+def _name(kind: str, value: str) -> None:
+    if not NAME.match(value):
+        raise MeshModelError(f"{kind} name {value!r} must match [A-Za-z0-9._-]{{1,120}}")
+
+
+def _port(kind: str, value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise MeshModelError(f"{kind} port {value} is outside 1..65535")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    address: str
+    port: int
+    weight: int = 100  # 0..256, relative
+    node: str = ""
+    ready: bool = True
+    local: bool = False  # on the same node as this proxy (preferred when healthy)
+
+    def __post_init__(self) -> None:
+        _name("endpoint", self.id)
+        _port("endpoint", self.port)
+        if not 0 <= self.weight <= 256:
+            raise MeshModelError(f"endpoint weight {self.weight} is outside 0..256")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 2.0
+    request: float = 30.0  # whole response for HTTP; server inactivity for TCP
+    idle: float = 60.0  # client / keep-alive inactivity
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 2
+    on: tuple[str, ...] = ("conn-failure", "empty-response", "response-timeout")
+    redispatch: bool = True  # retry on another endpoint
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.on if c not in RETRY_CONDITIONS]
+        if bad:
+            raise MeshModelError(
+                f"unknown retry condition {bad[0]!r}; use {', '.join(RETRY_CONDITIONS)}"
+            )
+        if not 0 <= self.attempts <= 10:
+            raise MeshModelError(f"retry attempts {self.attempts} is outside 0..10")
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    max_connections: int = 0  # per endpoint; 0 = unlimited
+    max_queue: int = 0  # requests waiting for a connection slot, per endpoint; 0 = unlimited
+    queue_timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    consecutive_errors: int = 5  # 5xx or connection errors in a row mark an endpoint down
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fault injection on a listener, for testing: abort or delay a share of requests."""
+
+    abort_status: int = 0
+    abort_percent: float = 0.0
+    delay: float = 0.0  # seconds
+    delay_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    protocol: Protocol = "http"
+    lb: LbPolicy = "round_robin"
+    hash_key: str = ""  # header or cookie name for hash_header / hash_cookie
+    endpoints: tuple[Endpoint, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    outlier: OutlierDetection = field(default_factory=OutlierDetection)
+    rate_limit: int = 0  # requests per second for the whole service; 0 = none
+
+    def __post_init__(self) -> None:
+        _name("cluster", self.name)
+        if self.lb in ("hash_header", "hash_cookie") and not self.hash_key:
+            raise MeshModelError(f"cluster {self.name}: {self.lb} needs hash_key")
+        ids = [e.id for e in self.endpoints]
+        if len(ids) != len(set(ids)):
+            raise MeshModelError(f"cluster {self.name}: endpoint ids repeat")
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        for e in self.endpoints:
+            if e.id == endpoint_id:
+                return e
+        return None
+
+    def policy(self) -> Cluster:
+        """This cluster without its endpoints: what needs a reload when it changes."""
+        return Cluster(
+            self.name,
+            self.protocol,
+            self.lb,
+            self.hash_key,
+            (),
+            self.timeouts,
+            self.retries,
+            self.breaker,
+            self.outlier,
+            self.rate_limit,
+        )
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    port: int
+    cluster: str
+    address: str = "127.0.0.1"
+    protocol: Protocol = "http"
+    owner: str = ""  # "app/workload" whose calls arrive here ("" for inbound listeners)
+    fault: Fault | None = None
+
+    def __post_init__(self) -> None:
+        _name("listener", self.name)
+        _port("listener", self.port)
+        _name("cluster", self.cluster)
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    version: int
+    node: str = ""
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    metrics_port: int = 0  # Prometheus exporter on 127.0.0.1; 0 = none
+
+    def __post_init__(self) -> None:
+        names = {c.name for c in self.clusters}
+        if len(names) != len(self.clusters):
+            raise MeshModelError("cluster names repeat")
+        ports = [(lst.address, lst.port) for lst in self.listeners]
+        if len(ports) != len(set(ports)):
+            raise MeshModelError("two listeners bind the same address and port")
+        for lst in self.listeners:
+            if lst.cluster not in names:
+                raise MeshModelError(f"listener {lst.name} names unknown cluster {lst.cluster}")
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None

@@ -1,0 +1,91 @@
+"""The mesh model: validation, snapshot diffs and the runtime commands they become."""
+
+from __future__ import annotations
+
+import pytest
+
+from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.runtime import runtime_commands
+from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot, RetryPolicy, diff
+from elastin.mesh.model.types import MeshModelError
+
+
+def snap(endpoints: tuple[Endpoint, ...], version: int = 1, **cluster: object) -> MeshSnapshot:
+    c = Cluster("shop.web.http", endpoints=endpoints, **cluster)  # type: ignore[arg-type]
+    return MeshSnapshot(version, "n1", (Listener("caller.web", 20001, "shop.web.http"),), (c,))
+
+
+E1 = Endpoint("a1-http", "127.0.0.1", 8001)
+E2 = Endpoint("a2-http", "127.0.0.1", 8002)
+
+
+def test_validation() -> None:
+    with pytest.raises(MeshModelError):
+        Endpoint("bad id", "127.0.0.1", 80)
+    with pytest.raises(MeshModelError):
+        Endpoint("x", "127.0.0.1", 70000)
+    with pytest.raises(MeshModelError):
+        Cluster("c", lb="hash_header")
+    with pytest.raises(MeshModelError):
+        RetryPolicy(on=("sometimes",))
+    with pytest.raises(MeshModelError):
+        MeshSnapshot(1, listeners=(Listener("l", 1000, "missing"),))
+    with pytest.raises(MeshModelError):
+        Cluster("c", endpoints=(E1, E1))
+
+
+def test_endpoint_churn_needs_no_reload() -> None:
+    old = snap((E1,))
+    moved = Endpoint("a1-http", "127.0.0.2", 8101, weight=50, ready=False)
+    new = snap((moved, E2), version=2)
+    d = diff(old, new)
+    assert not d.reload
+    (ch,) = d.changes
+    assert ch.added == (E2,) and ch.moved == (moved,) and ch.reweighted == (moved,)
+    assert ch.readiness == (moved,)
+    now, later = runtime_commands(d, new)
+    assert now[0].startswith("add server c_shop.web.http/e_a2-http 127.0.0.1:8002 weight 100")
+    assert "enable server c_shop.web.http/e_a2-http" in now
+    assert "set server c_shop.web.http/e_a1-http addr 127.0.0.2 port 8101" in now
+    assert "set server c_shop.web.http/e_a1-http weight 50" in now
+    assert "set server c_shop.web.http/e_a1-http state maint" in now
+    assert later == []
+    d2 = diff(new, snap((E2,), version=3))
+    now2, later2 = runtime_commands(d2, snap((E2,), version=3))
+    assert now2 == ["set server c_shop.web.http/e_a1-http state maint"]
+    assert later2 == ["del server c_shop.web.http/e_a1-http"]
+
+
+def test_structural_changes_reload() -> None:
+    assert diff(None, snap((E1,))).reload
+    d = diff(snap((E1,)), snap((E1,), lb="least_conn"))
+    assert d.reload and "policy changed" in d.reasons[0]
+    assert runtime_commands(d, snap((E1,))) == ([], [])
+    other = MeshSnapshot(2, "n1", (), (Cluster("shop.web.http", endpoints=(E1,)),))
+    assert "listener caller.web removed" in diff(snap((E1,)), other).reasons
+    assert diff(snap((E1,)), snap((E1,), version=9)).is_empty()
+
+
+def test_render_maps_the_policies() -> None:
+    text = render(
+        MeshSnapshot(
+            3,
+            "n1",
+            (Listener("caller.web", 20001, "shop.web.http", owner="shop/frontend"),),
+            (
+                Cluster(
+                    "shop.web.http",
+                    lb="least_request",
+                    endpoints=(E1, Endpoint("a3-http", "127.0.0.1", 8003, ready=False, local=True)),
+                ),
+            ),
+            metrics_port=9101,
+        ),
+        Paths("/run/x.sock"),
+    )
+    assert "balance random(2)" in text
+    assert "server e_a3-http 127.0.0.1:8003 weight 256" in text and text.count("disabled") == 1
+    assert 'x-elastin-caller "shop/frontend"' in text
+    assert "prometheus-exporter" in text and "bind 127.0.0.1:9101" in text
+    assert "no ready endpoint for service shop.web.http" in text
+    assert "retry-on conn-failure empty-response response-timeout" in text
