@@ -210,6 +210,14 @@ class AllocRunner:
             env[f"ELASTIN_PORT_{p.name.upper().replace('-', '_')}"] = str(self.ports[p.name])
             if i == 0:
                 env["PORT"] = str(self.ports[p.name])
+        for up in w.upstreams:
+            # the local mesh listener that belongs to this instance alone (docs/mesh.md)
+            key = f"upstream.{up}"
+            if key not in self.ports:
+                self.ports[key] = free_port()
+            var = f"ELASTIN_UPSTREAM_{up.upper().replace('-', '_')}"
+            env[var] = f"127.0.0.1:{self.ports[key]}"
+            env[var + "_URL"] = f"http://127.0.0.1:{self.ports[key]}"
         env.update(w.env_dict())
         return InstanceConfig(
             alloc_id=self.alloc.id,

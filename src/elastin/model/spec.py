@@ -26,6 +26,7 @@ from elastin.model.workload import (
     Application,
     Constraint,
     HealthCheck,
+    MeshPolicy,
     Port,
     RestartPolicy,
     Workload,
@@ -49,8 +50,34 @@ COMMON_KEYS = (
     "health",
     "ports",
     "depends_on",
+    "upstreams",
+    "mesh",
     "constraints",
     "stop_grace",
+)
+MESH_KEYS = (
+    "lb",
+    "hash_key",
+    "connect_timeout",
+    "request_timeout",
+    "idle_timeout",
+    "retries",
+    "retry_on",
+    "max_connections",
+    "max_queue",
+    "consecutive_errors",
+    "rate_limit",
+)
+LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
+RETRY_CONDITIONS = (
+    "conn-failure",
+    "empty-response",
+    "response-timeout",
+    "junk-response",
+    "500",
+    "502",
+    "503",
+    "504",
 )
 SERVICE_KEYS = (*COMMON_KEYS, "replicas")
 JOB_KEYS = (*COMMON_KEYS, "parallelism", "completions", "retries")
@@ -528,6 +555,62 @@ def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
     return out
 
 
+def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
+    m = _mapping(ctx, node, path, MESH_KEYS, "mesh")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    ok = True
+    if "lb" in m:
+        lb = _scalar(m["lb"][1]) if isinstance(m["lb"][1], yaml.ScalarNode) else None
+        if lb not in LB_POLICIES:
+            ctx.add(
+                m["lb"][1],
+                f"{path}.lb",
+                "unknown load-balancing policy",
+                f"use one of {', '.join(LB_POLICIES)}",
+            )
+            ok = False
+        kw["lb"] = lb
+    if "hash_key" in m:
+        kw["hash_key"] = _str(ctx, m["hash_key"][1], f"{path}.hash_key")
+    if kw.get("lb") in ("hash_header", "hash_cookie") and not kw.get("hash_key"):
+        ctx.add(
+            node,
+            f"{path}.hash_key",
+            f"{kw['lb']} needs hash_key",
+            "name the header or cookie to hash on, e.g. hash_key: x-user",
+        )
+        ok = False
+    for key in ("connect_timeout", "request_timeout", "idle_timeout"):
+        if key in m:
+            kw[key] = _duration(ctx, m[key][1], f"{path}.{key}", 3600)
+    for key, hi in (
+        ("retries", 10),
+        ("max_connections", 1_000_000),
+        ("max_queue", 1_000_000),
+        ("consecutive_errors", 1000),
+        ("rate_limit", 1_000_000),
+    ):
+        if key in m:
+            kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 0, hi)
+    if "retry_on" in m:
+        conds = _str_list(ctx, m["retry_on"][1], f"{path}.retry_on")
+        bad = [c for c in conds or [] if c not in RETRY_CONDITIONS]
+        if bad:
+            ctx.add(
+                m["retry_on"][1],
+                f"{path}.retry_on",
+                f"unknown retry condition {bad[0]!r}",
+                f"use {', '.join(RETRY_CONDITIONS)}",
+            )
+            ok = False
+        kw["retry_on"] = tuple(conds or ())
+    if not ok or any(v is None for v in kw.values()):
+        return None
+    return MeshPolicy(**kw)
+
+
 def _constraints(ctx: _Ctx, node: yaml.Node, path: str) -> list[Constraint] | None:
     if not isinstance(node, yaml.SequenceNode):
         ctx.add(
@@ -707,6 +790,10 @@ def _workload(
         kw["health"] = _health(ctx, m["health"][1], f"{path}.health", [p.name for p in ports])
     if "depends_on" in m:
         kw["depends_on"] = tuple(_str_list(ctx, m["depends_on"][1], f"{path}.depends_on") or [])
+    if "upstreams" in m:
+        kw["upstreams"] = tuple(_str_list(ctx, m["upstreams"][1], f"{path}.upstreams") or [])
+    if "mesh" in m:
+        kw["mesh"] = _mesh(ctx, m["mesh"][1], f"{path}.mesh")
     if "constraints" in m:
         kw["constraints"] = tuple(
             _constraints(ctx, m["constraints"][1], f"{path}.constraints") or []
@@ -843,6 +930,39 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
                             f"no service or job named {dep!r}",
                             (f"did you mean {close[0]!r}? " if close else "")
                             + f"declared: {', '.join(declared)}",
+                        )
+    services_with_ports = {w.name for w in workloads if w.type == "service" and w.ports}
+    for section in ("services", "jobs"):
+        if section not in top or not isinstance(top[section][1], yaml.MappingNode):
+            continue
+        for k, v in top[section][1].value:
+            if not isinstance(v, yaml.MappingNode):
+                continue
+            for uk, uv in v.value:
+                if uk.value != "upstreams" or not isinstance(uv, yaml.SequenceNode):
+                    continue
+                for i, item in enumerate(uv.value):
+                    up = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
+                    p = f"{section}.{k.value}.upstreams[{i}]"
+                    if up == k.value:
+                        ctx.add(item, p, f"{up!r} cannot be its own upstream", "remove it")
+                    elif names.get(up) != "service":
+                        close = difflib.get_close_matches(
+                            up, [n for n, t in names.items() if t == "service"], n=1
+                        )
+                        ctx.add(
+                            item,
+                            p,
+                            f"no service named {up!r} to call",
+                            (f"did you mean {close[0]!r}? " if close else "")
+                            + "upstreams name services of this application",
+                        )
+                    elif up not in services_with_ports and up in {w.name for w in workloads}:
+                        ctx.add(
+                            item,
+                            p,
+                            f"service {up!r} declares no ports to call",
+                            f"add `ports:` to {up}",
                         )
     cycle = _cycle({w.name: tuple(d for d in w.depends_on if d != w.name) for w in workloads})
     if cycle:

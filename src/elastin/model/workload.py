@@ -76,6 +76,26 @@ class Constraint:
     value: str | tuple[str, ...] = ""
 
 
+LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", "hash_cookie"]
+
+
+@dataclass(frozen=True)
+class MeshPolicy:
+    """How the mesh treats calls *to* this service (the proxy's cluster for its ports)."""
+
+    lb: LbPolicy = "round_robin"
+    hash_key: str = ""  # header or cookie name for hash_header / hash_cookie
+    connect_timeout: float = 2.0
+    request_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    retries: int = 2
+    retry_on: tuple[str, ...] = ("conn-failure", "empty-response", "response-timeout")
+    max_connections: int = 0  # per endpoint; 0 = unlimited
+    max_queue: int = 0  # per endpoint; 0 = unlimited
+    consecutive_errors: int = 5  # outlier detection; 0 = off
+    rate_limit: int = 0  # requests per second for the service; 0 = none
+
+
 @dataclass(frozen=True)
 class Workload:
     """One service or job of an application, as validated from the spec."""
@@ -94,6 +114,8 @@ class Workload:
     health: HealthCheck | None = None
     ports: tuple[Port, ...] = ()
     depends_on: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()  # services this workload calls through the mesh
+    mesh: MeshPolicy = field(default_factory=MeshPolicy)
     constraints: tuple[Constraint, ...] = ()
     pids: int = 0  # pids limit, 0 = default (see agent)
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL

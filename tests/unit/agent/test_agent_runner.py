@@ -198,3 +198,19 @@ async def test_a_long_run_resets_the_restart_count(tmp_path: Path) -> None:
     assert "failed" not in reports.statuses()
     runner.request_stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_upstreams_get_a_private_local_listener_port(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="w", command=("srv",), upstreams=("catalog", "order-db"))
+    runner, _ = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    env = d.started[0].env
+    host, port = env["ELASTIN_UPSTREAM_CATALOG"].split(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    assert env["ELASTIN_UPSTREAM_CATALOG_URL"] == f"http://127.0.0.1:{port}"
+    assert "ELASTIN_UPSTREAM_ORDER_DB" in env
+    assert runner.ports["upstream.catalog"] == int(port)
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)

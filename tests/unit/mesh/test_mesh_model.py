@@ -89,3 +89,59 @@ def test_render_maps_the_policies() -> None:
     assert "prometheus-exporter" in text and "bind 127.0.0.1:9101" in text
     assert "no ready endpoint for service shop.web.http" in text
     assert "retry-on conn-failure empty-response response-timeout" in text
+
+
+def test_build_snapshot_from_apps_and_allocations() -> None:
+    from elastin.mesh.model.build import build_snapshot
+    from elastin.model.cluster import Allocation
+    from elastin.model.spec import parse_spec
+
+    app = parse_spec(
+        "app: shop\nservices:\n"
+        "  web:\n    command: x\n    upstreams: [api]\n"
+        "  api:\n    command: y\n    ports: {grpc: {port: 0, protocol: grpc}}\n"
+        "    health: {tcp: grpc}\n    mesh: {lb: least_request, max_connections: 50}\n"
+    )
+
+    def alloc(
+        i: str,
+        w: str,
+        node: str,
+        ports: dict[str, int],
+        healthy: bool | None,
+        status: str = "running",
+    ) -> Allocation:
+        return Allocation(
+            id=i,
+            app="shop",
+            workload=w,
+            index=0,
+            node_id=node,
+            status=status,
+            ports=tuple(ports.items()),
+            healthy=healthy,
+        )  # type: ignore[arg-type]
+
+    allocs = [
+        alloc("w1", "web", "n1", {"upstream.api": 21000}, None),
+        alloc("w2", "web", "n2", {"upstream.api": 21001}, None),
+        alloc("a1", "api", "n1", {"grpc": 9001}, True),
+        alloc("a2", "api", "n2", {"grpc": 9002}, None),  # not yet checked: not ready
+        alloc("a3", "api", "n2", {"grpc": 9003}, True, status="pending"),
+    ]
+    snap = build_snapshot(7, "n1", {"shop": app}, allocs, {"n1": "127.0.0.1", "n2": "10.0.0.2"})
+    (c,) = snap.clusters
+    assert c.name == "shop.api.grpc" and c.protocol == "grpc" and c.lb == "least_request"
+    assert c.breaker.max_connections == 50
+    assert [(e.id, e.address, e.port, e.ready, e.local) for e in c.endpoints] == [
+        ("a1-grpc", "127.0.0.1", 9001, True, True),
+        ("a2-grpc", "10.0.0.2", 9002, False, False),
+    ]
+    (lst,) = snap.listeners  # only the caller on this node
+    assert (lst.port, lst.cluster, lst.owner, lst.protocol) == (
+        21000,
+        "shop.api.grpc",
+        "shop/web",
+        "grpc",
+    )
+    assert "bind 127.0.0.1:21000 proto h2" in render(snap, Paths("/tmp/x.sock"))
