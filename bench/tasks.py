@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Row, emit
+from elastin.agent.drivers.cgroups import destroy_root
 from elastin.client.http import Client
 
 SLEEP = "/bin/sleep"
@@ -80,6 +81,7 @@ def daemon(tmp: Path) -> Iterator[tuple[Client, subprocess.Popen[bytes], dict[st
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        destroy_root(env["ELASTIN_CGROUP_ROOT"])
 
 
 def running(client: Client) -> int:

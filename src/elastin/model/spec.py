@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -831,6 +832,22 @@ def _cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
+def _references(
+    top: dict[str, tuple[yaml.Node, yaml.Node]],
+) -> Iterator[tuple[str, str, str, int, yaml.Node]]:
+    """Every ``depends_on`` / ``upstreams`` entry: (section, workload, field, index, node)."""
+    for section in ("services", "jobs"):
+        if section not in top or not isinstance(top[section][1], yaml.MappingNode):
+            continue
+        for k, v in top[section][1].value:
+            if not isinstance(v, yaml.MappingNode):
+                continue
+            for fk, fv in v.value:
+                if fk.value in ("depends_on", "upstreams") and isinstance(fv, yaml.SequenceNode):
+                    for i, item in enumerate(fv.value):
+                        yield section, str(k.value), str(fk.value), i, item
+
+
 def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
     """Parse and validate a spec; raise ``SpecError`` listing every problem."""
     ctx = _Ctx(file)
@@ -907,63 +924,38 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
             "the spec has no services and no jobs",
             "add a `services:` or `jobs:` section",
         )
-    # dependencies
-    for section in ("services", "jobs"):
-        if section not in top or not isinstance(top[section][1], yaml.MappingNode):
-            continue
-        for k, v in top[section][1].value:
-            if not isinstance(v, yaml.MappingNode):
-                continue
-            for dk, dv in v.value:
-                if dk.value != "depends_on" or not isinstance(dv, yaml.SequenceNode):
-                    continue
-                for i, item in enumerate(dv.value):
-                    dep = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
-                    p = f"{section}.{k.value}.depends_on[{i}]"
-                    if dep == k.value:
-                        ctx.add(item, p, f"{dep!r} depends on itself", "remove it")
-                    elif dep not in names:
-                        close = difflib.get_close_matches(dep, declared, n=1)
-                        ctx.add(
-                            item,
-                            p,
-                            f"no service or job named {dep!r}",
-                            (f"did you mean {close[0]!r}? " if close else "")
-                            + f"declared: {', '.join(declared)}",
-                        )
-    services_with_ports = {w.name for w in workloads if w.type == "service" and w.ports}
-    for section in ("services", "jobs"):
-        if section not in top or not isinstance(top[section][1], yaml.MappingNode):
-            continue
-        for k, v in top[section][1].value:
-            if not isinstance(v, yaml.MappingNode):
-                continue
-            for uk, uv in v.value:
-                if uk.value != "upstreams" or not isinstance(uv, yaml.SequenceNode):
-                    continue
-                for i, item in enumerate(uv.value):
-                    up = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
-                    p = f"{section}.{k.value}.upstreams[{i}]"
-                    if up == k.value:
-                        ctx.add(item, p, f"{up!r} cannot be its own upstream", "remove it")
-                    elif names.get(up) != "service":
-                        close = difflib.get_close_matches(
-                            up, [n for n, t in names.items() if t == "service"], n=1
-                        )
-                        ctx.add(
-                            item,
-                            p,
-                            f"no service named {up!r} to call",
-                            (f"did you mean {close[0]!r}? " if close else "")
-                            + "upstreams name services of this application",
-                        )
-                    elif up not in services_with_ports and up in {w.name for w in workloads}:
-                        ctx.add(
-                            item,
-                            p,
-                            f"service {up!r} declares no ports to call",
-                            f"add `ports:` to {up}",
-                        )
+    # references between workloads, checked once every name is known
+    for section, wname, field_, i, item in _references(top):
+        ref = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
+        p = f"{section}.{wname}.{field_}[{i}]"
+        if ref == wname:
+            what = "depends on itself" if field_ == "depends_on" else "cannot be its own upstream"
+            ctx.add(item, p, f"{ref!r} {what}", "remove it")
+        elif field_ == "depends_on" and ref not in names:
+            close = difflib.get_close_matches(ref, declared, n=1)
+            ctx.add(
+                item,
+                p,
+                f"no service or job named {ref!r}",
+                (f"did you mean {close[0]!r}? " if close else "")
+                + f"declared: {', '.join(declared)}",
+            )
+        elif field_ == "upstreams" and names.get(ref) != "service":
+            services = [n for n, t in names.items() if t == "service"]
+            close = difflib.get_close_matches(ref, services, n=1)
+            ctx.add(
+                item,
+                p,
+                f"no service named {ref!r} to call",
+                (f"did you mean {close[0]!r}? " if close else "")
+                + "upstreams name services of this application",
+            )
+        elif field_ == "upstreams":
+            target = next((w for w in workloads if w.name == ref), None)
+            if target is not None and not target.ports:
+                ctx.add(
+                    item, p, f"service {ref!r} declares no ports to call", f"add `ports:` to {ref}"
+                )
     cycle = _cycle({w.name: tuple(d for d in w.depends_on if d != w.name) for w in workloads})
     if cycle:
         ctx.add(

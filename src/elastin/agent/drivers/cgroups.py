@@ -216,14 +216,19 @@ class Cgroup:
             self.kill_all(signal.SIGKILL)
             time.sleep(0.02)
         for d in set(self.dirs.values()):
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            _rmdir(d, tries=50)
+
+
+def _rmdir(d: Path, tries: int) -> None:
+    """Remove a cgroup directory, retrying while the kernel lets its last processes go."""
+    for _ in range(tries):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
 
 
 def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0) -> None:
@@ -249,11 +254,4 @@ def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0) -> None:
     for r in roots:
         dirs = sorted((p for p in r.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
         for d in [*dirs, r]:
-            for _ in range(20):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            _rmdir(d, tries=20)
