@@ -7,6 +7,7 @@ the test's cgroups, and the cgroups themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -170,6 +171,9 @@ class Harness:
                 proc.kill()
                 proc.wait(10)
         destroy_root(self.cgroup_root)
+        pid_file = self.data_dir / "mesh" / "haproxy.pid"  # the agent's detached HAProxy
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from elastin.agent.drivers.base import Driver
+from elastin.agent.mesh import MeshManager
 from elastin.agent.runner import AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
@@ -46,6 +47,7 @@ class AgentConfig:
     reserve: Resources = field(default_factory=lambda: Resources(0, 256 * 1024 * 1024, 0))
     cgroup_root: str = "elastin"
     rediscover: bool = False  # re-read the local server's address when it stops answering
+    mesh: bool = True  # run this node's HAProxy (when installed)
 
 
 def memory_total() -> int:
@@ -145,6 +147,7 @@ class Agent:
         self.node: Node | None = None
         self._apps: dict[str, tuple[float, Application, dict[str, int]]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self.mesh: MeshManager | None = None
 
     def _node_id(self) -> str:
         path = self.cfg.data_dir / "agent" / "node-id"
@@ -337,9 +340,22 @@ class Agent:
                 tg.create_task(self.reporter.run())
                 tg.create_task(self.heartbeat())
                 tg.create_task(self.watch_allocations(tg))
+                if self.cfg.mesh:
+                    mesh = MeshManager(
+                        lambda: self.client, self.node_id, self.cfg.data_dir / "mesh"
+                    )
+                    self.mesh = mesh
+                    tg.create_task(mesh.run())
+                    tg.create_task(mesh.supervise())
         finally:
             with contextlib.suppress(Exception):
                 await self.client.close()
+
+    def stop_mesh_if_idle(self) -> None:
+        """Stop this node's HAProxy when no instance runs here any more."""
+        idle = all(r.done.is_set() for r in self.runners.values())
+        if idle and self.mesh is not None and self.mesh.proxy is not None:
+            self.mesh.proxy.stop()
 
     async def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every instance this agent runs (used by `elastin up` on Ctrl-C)."""

@@ -58,6 +58,7 @@ async def run_embedded(
                         await main_task
             if stop_workloads:
                 await agent.stop_all()
+            agent.stop_mesh_if_idle()
         finally:
             for t in (main_task, stop_task, agent_task):
                 t.cancel()

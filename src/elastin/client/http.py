@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from elastin.client.errors import ApiError, ServerUnavailable
+from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
 
@@ -192,6 +193,15 @@ class AsyncClient:
     async def alloc_status(self, alloc_id: str, **report: Any) -> Allocation:
         data = await self.call("POST", f"/v1/allocations/{alloc_id}/status", json=report)
         return from_data(Allocation, data)
+
+    async def mesh(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
+        data = await self.call(
+            "GET",
+            f"/v1/nodes/{node_id}/mesh",
+            params={"index": index, "wait": wait},
+            timeout=wait + 30,
+        )
+        return from_data(MeshSnapshot, data)
 
     async def allocs_status(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]:
         data = await self.call("POST", "/v1/allocations/status", json={"reports": reports})

@@ -30,6 +30,7 @@ Routes (agents)::
     POST   /v1/nodes                    register a node
     POST   /v1/nodes/{id}/heartbeat     liveness and measured usage
     GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
+    GET    /v1/nodes/{id}/mesh?index=&wait=          blocking query for a node's mesh snapshot
     POST   /v1/allocations/{id}/status  an agent's report on one allocation
     POST   /v1/allocations/status       several reports at once
     POST   /v1/events                   events from agents
@@ -307,6 +308,13 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     ) -> dict[str, Any]:
         allocs, rev = await cluster.node_allocations(node_id, index, wait)
         return {"index": rev, "allocations": [to_data(a) for a in allocs]}
+
+    @api.get("/v1/nodes/{node_id}/mesh")
+    async def node_mesh(
+        node_id: str, index: int = 0, wait: float = Query(0.0, le=300)
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = to_data(await cluster.mesh_snapshot(node_id, index, wait))
+        return out
 
     @api.post("/v1/allocations/{alloc_id}/status")
     async def alloc_status(alloc_id: str, body: StatusBody) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from elastin.mesh.model import MeshSnapshot
+from elastin.mesh.model.build import build_snapshot
 from elastin.model.cluster import (
     Allocation,
     AllocStatus,
@@ -135,6 +137,9 @@ class Cluster:
         # node id -> revision of the last change to what that node should run; the agents'
         # blocking queries wait on it, so an agent's own status reports do not wake it
         self._node_rev: dict[str, int] = {}
+        # revision of the last change that can alter a mesh snapshot (endpoints, apps)
+        self._mesh_rev = 0
+        self.mesh_changed = asyncio.Condition()
 
     def new_id(self) -> str:
         return secrets.token_hex(4) + f"{next(self._ids) % 0xFFFF:04x}"
@@ -150,6 +155,12 @@ class Cluster:
     async def _committed(self) -> None:
         self.kick()
         await self.notify()
+        await self._mesh_touch()
+
+    async def _mesh_touch(self) -> None:
+        self._mesh_rev = await self.store.revision()
+        async with self.mesh_changed:
+            self.mesh_changed.notify_all()
 
     # applications ---------------------------------------------------------------------
     def parse(self, text: str, file: str, base_dir: str) -> Application:
@@ -388,6 +399,27 @@ class Cluster:
         allocs, _ = await self.repo.list_allocs()
         return [a for a in allocs if a.node_id == node_id and not a.terminal], node_rev
 
+    async def mesh_snapshot(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
+        """Node ``node_id``'s mesh snapshot; blocks up to ``wait`` s for a version > ``index``."""
+        if not self._mesh_rev:
+            self._mesh_rev = await self.store.revision()
+        deadline = self.clock() + wait
+        while self._mesh_rev <= index and wait > 0:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            async with self.mesh_changed:
+                try:
+                    await asyncio.wait_for(self.mesh_changed.wait(), timeout=remaining)
+                except TimeoutError:
+                    break
+        version = self._mesh_rev
+        snap = await self.repo.snapshot()
+        apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
+        addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
+        allocs = [a for a, _ in snap.allocs.values()]
+        return build_snapshot(version, node_id, apps, allocs, addresses)
+
     def _touch(self, node_ids: set[str], rev: int) -> None:
         for n in node_ids:
             if n:
@@ -427,6 +459,12 @@ class Cluster:
             if rev is not None:
                 if new.terminal and not alloc.terminal:
                     await self._committed()  # resources freed, a job slot done: schedule
+                elif (new.status, new.healthy, new.ports) != (
+                    alloc.status,
+                    alloc.healthy,
+                    alloc.ports,
+                ):
+                    await self._mesh_touch()  # endpoints changed
                 return new
         raise Conflict(f"allocation {alloc_id!r} kept changing; try again")
 

@@ -1,14 +1,19 @@
-"""The I/O around HAProxy: validate a configuration with ``haproxy -c`` and talk to the
-runtime API socket. (Starting, reloading and supervising the proxy build on these.)
+"""The I/O around HAProxy: validate a configuration with ``haproxy -c``, talk to the runtime
+API socket, and start / reload one master-worker HAProxy (``HaproxyProcess``).
 
 Exceptions: ``HaproxyError`` with HAProxy's own message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
+from pathlib import Path
 
 
 class HaproxyError(Exception):
@@ -50,3 +55,78 @@ def runtime(socket_path: str, command: str, timeout: float = 5.0) -> str:
     ):
         raise HaproxyError(f"haproxy refused {command!r}: {answer.strip()}")
     return answer
+
+
+class HaproxyProcess:
+    """One HAProxy in master-worker mode, started detached so that it outlives the agent.
+
+    ``ensure(config)`` writes and checks the configuration, then starts HAProxy — or, when
+    one is already running (this agent's or a previous agent's, found by its pid file),
+    reloads it hitlessly (SIGUSR2 to the master; listening sockets are passed to the new
+    workers). ``alive()`` tells whether the master still runs; ``send`` uses the runtime API.
+    """
+
+    def __init__(self, directory: Path, binary: str) -> None:
+        self.dir = directory
+        self.binary = binary
+        self.config = directory / "haproxy.cfg"
+        self.pid_file = directory / "haproxy.pid"
+        self.socket = directory / "haproxy.sock"
+        self.reloads = 0
+        self.starts = 0
+        self._child: subprocess.Popen[bytes] | None = None  # when this process started it
+
+    def master_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"haproxy" in cmdline and str(self.config).encode() in cmdline else None
+
+    def alive(self) -> bool:
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None  # reaped: no zombie left behind
+        return self.master_pid() is not None
+
+    def ensure(self, text: str) -> str:
+        """Apply a full configuration: start or reload. Returns "started" or "reloaded"."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        candidate = self.dir / "haproxy.cfg.new"
+        candidate.write_text(text)
+        check_config(str(candidate), self.binary)
+        candidate.replace(self.config)
+        pid = self.master_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR2)
+            self.reloads += 1
+            return "reloaded"
+        self.socket.unlink(missing_ok=True)
+        log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
+        self._child = subprocess.Popen(
+            [self.binary, "-W", "-f", str(self.config), "-p", str(self.pid_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.socket.exists() and self.alive():
+                self.starts += 1
+                return "started"
+            time.sleep(0.02)
+        raise HaproxyError(f"haproxy did not start; see {self.dir / 'haproxy.log'}")
+
+    def send(self, command: str) -> str:
+        return runtime(str(self.socket), command)
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

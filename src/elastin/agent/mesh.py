@@ -1,0 +1,119 @@
+"""The agent's mesh manager: keeps this node's HAProxy in step with its mesh snapshot.
+
+It holds a blocking query open for the node's snapshot. Endpoint churn goes to the running
+proxy through the runtime API (no reload); a structural change renders the configuration and
+reloads hitlessly; a proxy that died is started again with the current snapshot. HAProxy runs
+detached, so a restart of the agent leaves it and its traffic untouched: the new agent finds
+it by its pid file and reloads it once with the snapshot it fetches.
+
+Without an ``haproxy`` binary the manager says so once and stays idle (the rest of the agent
+works as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from elastin.client.errors import ClientError
+from elastin.client.http import AsyncClient
+from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
+from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.runtime import runtime_commands
+from elastin.mesh.model import MeshSnapshot, diff
+
+log = logging.getLogger("elastin.agent.mesh")
+
+DRAIN_SECONDS = 2.0
+
+
+class MeshManager:
+    def __init__(self, client: Callable[[], AsyncClient], node_id: str, directory: Path) -> None:
+        self.client = client
+        self.node_id = node_id
+        self.dir = directory
+        binary = haproxy_binary()
+        self.proxy = HaproxyProcess(directory, binary) if binary else None
+        self.current: MeshSnapshot | None = None
+        self.pending_deletes: list[str] = []
+
+    def _config(self, snap: MeshSnapshot) -> str:
+        assert self.proxy is not None
+        return render(snap, Paths(str(self.proxy.socket), str(self.proxy.pid_file)))
+
+    def apply(self, snap: MeshSnapshot) -> str:
+        """Bring the proxy to ``snap``; returns what was done (for logs and tests)."""
+        assert self.proxy is not None
+        if not snap.listeners and not self.proxy.alive():
+            self.current = snap
+            return "idle"  # nothing to serve yet: do not start a proxy for nothing
+        if self.current is None or not self.proxy.alive():
+            done = self.proxy.ensure(self._config(snap))
+            self.current = snap
+            return done
+        d = diff(self.current, snap)
+        if d.reload:
+            done = self.proxy.ensure(self._config(snap))
+            self.current = snap
+            return done
+        now, later = runtime_commands(d, snap)
+        try:
+            for cmd in now:
+                self.proxy.send(cmd)
+        except (HaproxyError, OSError) as e:
+            log.warning("runtime update failed (%s); reloading instead", e)
+            done = self.proxy.ensure(self._config(snap))
+            self.current = snap
+            return done
+        self.pending_deletes += later
+        self.current = snap
+        return "updated" if now else "unchanged"
+
+    def delete_drained(self) -> None:
+        assert self.proxy is not None
+        keep = []
+        for cmd in self.pending_deletes:
+            try:
+                self.proxy.send(cmd)
+            except (HaproxyError, OSError):
+                keep.append(cmd)  # still has connections: try again later
+        self.pending_deletes = keep[-1000:]
+
+    async def run(self) -> None:
+        if self.proxy is None:
+            log.warning("no haproxy binary: the service mesh is off on this node")
+            return
+        index = 0
+        while True:
+            try:
+                snap = await self.client().mesh(self.node_id, index, 20.0)
+            except ClientError as e:
+                log.warning("cannot fetch the mesh snapshot: %s", e.message)
+                await asyncio.sleep(1.0)
+                continue
+            index = snap.version
+            try:
+                done = await asyncio.to_thread(self.apply, snap)
+                if done not in ("unchanged", "idle"):
+                    log.info("mesh version %d: %s", snap.version, done)
+            except (HaproxyError, OSError) as e:
+                log.error("cannot apply mesh version %d: %s", snap.version, e)
+                await asyncio.sleep(1.0)
+            if self.pending_deletes:
+                await asyncio.sleep(DRAIN_SECONDS)
+                await asyncio.to_thread(self.delete_drained)
+
+    async def supervise(self) -> None:
+        """Start the proxy again when it dies."""
+        if self.proxy is None:
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            if self.current is not None and self.current.listeners and not self.proxy.alive():
+                log.warning("haproxy is not running; starting it again")
+                try:
+                    await asyncio.to_thread(self.proxy.ensure, self._config(self.current))
+                except (HaproxyError, OSError) as e:
+                    log.error("cannot restart haproxy: %s", e)
