@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoplib import call, env_url, serve
+from shoplib import call, serve, upstream_url
 
-CATALOG = env_url("CATALOG_URL", "http://127.0.0.1:18081")
-INVENTORY = env_url("INVENTORY_URL", "http://127.0.0.1:18082")
+CATALOG = upstream_url("catalog", "http://127.0.0.1:18081")
+INVENTORY = upstream_url("inventory", "http://127.0.0.1:18082")
 
 
 def index(_path: str, _body: Any) -> tuple[int, Any]:

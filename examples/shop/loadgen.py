@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any
 
-from shoplib import UpstreamError, call, env_url
+from shoplib import UpstreamError, call, upstream_url
 
-FRONTEND = env_url("FRONTEND_URL", "http://127.0.0.1:18080")
+FRONTEND = upstream_url("frontend", "http://127.0.0.1:18080")
 RATE = 5.0
 running = True
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 import time
 
-from shoplib import UpstreamError, call, env_url
+from shoplib import UpstreamError, call, upstream_url
 
-FRONTEND = env_url("FRONTEND_URL", "http://127.0.0.1:18080")
+FRONTEND = upstream_url("frontend", "http://127.0.0.1:18080")
 
 
 def main() -> int:

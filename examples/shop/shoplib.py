@@ -3,6 +3,8 @@
 ``serve(name, routes, port)`` runs a threaded HTTP server on 127.0.0.1 that dispatches
 ``(method, path prefix)`` to handlers returning ``(status, json body)``, logs one line per
 request, and on SIGTERM or SIGINT stops accepting, finishes in-flight requests and exits 0.
+``upstream_url(service, default)`` finds where to call a service (the mesh listener Elastin
+passes in ``ELASTIN_UPSTREAM_<SERVICE>_URL`` when the spec names it in ``upstreams``).
 ``call(upstream, url, ...)`` makes an upstream call and turns failures into ``UpstreamError``,
 which ``serve`` answers with a 502 naming the upstream.
 """
@@ -31,8 +33,12 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-def env_url(name: str, default: str) -> str:
-    return os.environ.get(name, default).rstrip("/")
+def upstream_url(service: str, default: str) -> str:
+    """Where to call ``service``: the mesh listener Elastin gives this instance
+    (``ELASTIN_UPSTREAM_<SERVICE>_URL``), else ``<SERVICE>_URL``, else ``default``."""
+    key = service.upper().replace("-", "_")
+    url = os.environ.get(f"ELASTIN_UPSTREAM_{key}_URL") or os.environ.get(f"{key}_URL")
+    return (url or default).rstrip("/")
 
 
 def call(upstream: str, url: str, body: Any = None, timeout: float = 2.0) -> Any:

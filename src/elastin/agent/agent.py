@@ -351,9 +351,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.client.close()
 
-    def stop_mesh_if_idle(self) -> None:
-        """Stop this node's HAProxy when no instance runs here any more."""
-        idle = all(r.done.is_set() for r in self.runners.values())
+    def stop_mesh_if_idle(self, force: bool = False) -> None:
+        """Stop this node's HAProxy when no instance runs here any more (or ``force``)."""
+        idle = force or all(r.done.is_set() for r in self.runners.values())
         if idle and self.mesh is not None and self.mesh.proxy is not None:
             self.mesh.proxy.stop()
 

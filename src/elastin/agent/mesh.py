@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +45,37 @@ class MeshManager:
         assert self.proxy is not None
         return render(snap, Paths(str(self.proxy.socket), str(self.proxy.pid_file)))
 
+    def _listening(self, snap: MeshSnapshot, timeout: float) -> list[str]:
+        """Listeners of ``snap`` that do not accept connections within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        missing = list(snap.listeners)
+        while missing and time.monotonic() < deadline:
+            still = []
+            for lst in missing:
+                try:
+                    with socket.create_connection((lst.address, lst.port), timeout=0.2):
+                        pass
+                except OSError:
+                    still.append(lst)
+            missing = still
+            if missing:
+                time.sleep(0.05)
+        return [f"{lst.name} ({lst.address}:{lst.port})" for lst in missing]
+
+    def _full(self, snap: MeshSnapshot) -> str:
+        """Start or reload with the whole configuration, and check that it took effect: a
+        reload signalled while the previous one was still re-executing can be lost."""
+        assert self.proxy is not None
+        done = self.proxy.ensure(self._config(snap))
+        for _ in range(3):
+            missing = self._listening(snap, 3.0)
+            if not missing:
+                break
+            log.warning("listeners not up after %s: %s; reloading again", done, ", ".join(missing))
+            done = self.proxy.ensure(self._config(snap))
+        self.current = snap
+        return done
+
     def apply(self, snap: MeshSnapshot) -> str:
         """Bring the proxy to ``snap``; returns what was done (for logs and tests)."""
         assert self.proxy is not None
@@ -50,23 +83,17 @@ class MeshManager:
             self.current = snap
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
         if self.current is None or not self.proxy.alive():
-            done = self.proxy.ensure(self._config(snap))
-            self.current = snap
-            return done
+            return self._full(snap)
         d = diff(self.current, snap)
         if d.reload:
-            done = self.proxy.ensure(self._config(snap))
-            self.current = snap
-            return done
+            return self._full(snap)
         now, later = runtime_commands(d, snap)
         try:
             for cmd in now:
                 self.proxy.send(cmd)
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
-            done = self.proxy.ensure(self._config(snap))
-            self.current = snap
-            return done
+            return self._full(snap)
         self.pending_deletes += later
         self.current = snap
         return "updated" if now else "unchanged"

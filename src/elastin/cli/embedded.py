@@ -57,12 +57,16 @@ async def run_embedded(
                     async with asyncio.timeout(60):
                         await main_task
             if stop_workloads:
+                # through the server first, so that nothing is placed again meanwhile
+                with contextlib.suppress(Exception):
+                    await agent.client.call("POST", "/v1/stop", json={"ref": None})
                 await agent.stop_all()
-            agent.stop_mesh_if_idle()
         finally:
             for t in (main_task, stop_task, agent_task):
                 t.cancel()
             await asyncio.gather(main_task, stop_task, agent_task, return_exceptions=True)
+            # after the mesh manager stopped, so that nothing starts it again
+            agent.stop_mesh_if_idle(force=stop_workloads)
             done.set()
 
     server = asyncio.create_task(

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -242,10 +243,12 @@ def settle_state(services: list[dict[str, Any]], app: str) -> tuple[bool, bool, 
     return settled, failed, ", ".join(parts)
 
 
-def wait_settled(c: Client, app: str, timeout: float, show: bool = True) -> bool:
+def wait_settled(
+    c: Client, app: str, timeout: float, show: bool = True, cancel: threading.Event | None = None
+) -> bool:
     deadline = time.monotonic() + timeout
     with console.status("starting…", spinner="dots") if show else _null():
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (cancel and cancel.is_set()):
             services = c.services()
             settled, failed, summary = settle_state(services, app)
             allocs = [a for a in c.call("GET", "/v1/allocations", params={"app": app})]
@@ -372,11 +375,19 @@ def _up_foreground(
     outcome: dict[str, int] = {"code": 0}
 
     async def main(url: str, token: str, agent: Any, shutdown: asyncio.Event) -> None:
+        cancel = threading.Event()  # Ctrl-C while starting: stop waiting at once
+
+        async def mirror() -> None:
+            await shutdown.wait()
+            cancel.set()
+
         def flow() -> None:
             with Client(url, token) as c:
                 res = c.apply(text, file=name, base_dir=base)
                 print_changes(res)
-                ok = wait_settled(c, app, timeout)
+                ok = wait_settled(c, app, timeout, cancel=cancel)
+                if cancel.is_set():
+                    return
                 if not ok:
                     show_app(c, app)
                     render.print_error(
@@ -387,11 +398,14 @@ def _up_foreground(
                     outcome["code"] = EXIT_UNSETTLED
                 else:
                     console.print(Text(f"✓ {app} is up", style="bold green"))
-                time.sleep(min(6.0, timeout))  # one usage sample from the agent
+                cancel.wait(min(6.0, timeout))  # one usage sample from the agent
+                if cancel.is_set():
+                    return
                 show_app(c, app)
                 look_around(url)
                 console.print(Text("Ctrl-C stops the application and the server.", style="bold"))
 
+        mirror_task = asyncio.create_task(mirror())
         try:
             await asyncio.to_thread(flow)
         except ClientError as e:
@@ -399,6 +413,8 @@ def _up_foreground(
             outcome["code"] = EXIT_FAILED
             shutdown.set()
             return
+        finally:
+            mirror_task.cancel()
         await _follow(url, token, app, shutdown)
 
     async def run() -> None:

@@ -100,6 +100,13 @@ async def run_server(
             log.info("server listening on %s (data in %s)", url, cfg.data_dir)
             if on_ready is not None:
                 tg.create_task(on_ready(url, token))
+            try:
+                await asyncio.Event().wait()  # serve until cancelled
+            except asyncio.CancelledError:
+                # shutting down: in-flight long polls are cancelled on purpose; that is not
+                # an error to print
+                logging.getLogger("uvicorn.error").disabled = True
+                raise
     finally:
         server.should_exit = True
         with contextlib.suppress(FileNotFoundError, OSError):

@@ -75,17 +75,30 @@ class HaproxyProcess:
         self.reloads = 0
         self.starts = 0
         self._child: subprocess.Popen[bytes] | None = None  # when this process started it
+        self._pid = 0  # the master's pid, once known
+
+    def _is_master(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and b"haproxy" in cmdline and str(self.config).encode() in cmdline
 
     def master_pid(self) -> int | None:
+        """The running master: the one this object started, else the pid file's (a master a
+        previous agent started). The pid is remembered, because HAProxy rewrites the pid file
+        while it reloads."""
+        if self._pid and self._is_master(self._pid):
+            return self._pid
         try:
             pid = int(self.pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if b"haproxy" in cmdline and str(self.config).encode() in cmdline else None
+        if self._is_master(pid):
+            self._pid = pid
+            return pid
+        return None
 
     def alive(self) -> bool:
         if self._child is not None and self._child.poll() is not None:
@@ -113,6 +126,7 @@ class HaproxyProcess:
             stderr=log,
             start_new_session=True,
         )
+        self._pid = self._child.pid  # -W without -D: the process we started is the master
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -125,8 +139,21 @@ class HaproxyProcess:
     def send(self, command: str) -> str:
         return runtime(str(self.socket), command)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the master and its workers (they share its process group)."""
         pid = self.master_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self._is_master(pid) and time.monotonic() < deadline:
+            if self._child is not None:
+                self._child.poll()
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if self._child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(1)
+        self._pid = 0
