@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -49,6 +50,7 @@ def backend(name: str) -> Iterator[int]:
         def do_GET(self) -> None:
             body = name.encode()
             self.send_response(200)
+            self.send_header("x-seen-traceparent", self.headers.get("traceparent", ""))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -141,6 +143,14 @@ def test_traffic_flows_and_endpoints_change_without_reload(tmp_path: Path) -> No
                         break
                 time.sleep(0.05)
             assert {get() for _ in range(4)} == {"one"}
+            # a trace is started when the caller sent none, and passed on when it did
+            with urllib.request.urlopen(url, timeout=5) as r:
+                tp = r.headers["x-seen-traceparent"]
+            assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp), tp
+            given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            req = urllib.request.Request(url, headers={"traceparent": given})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert r.headers["x-seen-traceparent"] == given
             # add an endpoint at run time: both now serve, no reload
             e2 = Endpoint("a2-http", "127.0.0.1", p2)
             second = MeshSnapshot(

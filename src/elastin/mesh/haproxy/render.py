@@ -14,6 +14,7 @@ Mapping of the model:
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   connect check that brings the endpoint back.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
+* HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on.
 
 Server lines carry every parameter explicitly (no ``default-server``), because servers added
 at run time (``add server``) do not inherit defaults: ``server_params`` is the one source of
@@ -95,6 +96,13 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     ]
     if mode == "http":
         out.append("    option http-keep-alive")
+        # W3C trace context: start a trace when the caller did not send one, else pass it on
+        out += [
+            "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)",
+            "    http-request set-var(txn.span_id) uuid,regsub(-,,g),bytes(0,16)",
+            '    http-request set-header traceparent "00-%[var(txn.trace_id)]-'
+            '%[var(txn.span_id)]-01" unless { req.hdr(traceparent) -m found }',
+        ]
         if lst.owner:
             out.append(f'    http-request set-header x-elastin-caller "{lst.owner}"')
         f = lst.fault
