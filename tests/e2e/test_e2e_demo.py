@@ -63,7 +63,15 @@ def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
         pids = [a["pid"] for a in data["allocations"] if a["status"] == "running"]
         assert pids
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 0, out_path.read_text(errors="replace")
+        try:
+            code = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # dump every thread's stack into up.out
+            time.sleep(1)
+            raise AssertionError(
+                "elastin up did not stop:\n" + out_path.read_text(errors="replace")[-8000:]
+            ) from None
+        assert code == 0, out_path.read_text(errors="replace")
         for pid in pids:
             assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
     finally:

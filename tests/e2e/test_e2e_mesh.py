@@ -67,6 +67,15 @@ def test_upstream_through_haproxy(harness: Any) -> None:
 
     api = h.wait_for(lambda: h.running("m", "api"), 30, "api running")
     h.wait_for(lambda: get() == api[0].id, 30, "a call through the mesh")
+    # every request through the mesh is a JSON line in the access log
+    logged = h.wait_for(
+        lambda: [json.loads(x) for x in h.cli("logs", "--mesh", "api").stdout.splitlines()],
+        30,
+        "access log lines",
+    )
+    assert logged[-1]["service"] == "c_m.api.http" and logged[-1]["status"] == 200
+    assert logged[-1]["caller"] == "m/web" and logged[-1]["traceparent"].startswith("00-")
+    assert h.cli("logs", "--mesh", "nope").stdout == ""
     pid_file = Path(h.data_dir) / "mesh" / "haproxy.pid"
     master = int(pid_file.read_text().split()[0])
     # two more replicas: endpoint churn, served without a reload

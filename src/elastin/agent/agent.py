@@ -67,6 +67,7 @@ def fingerprint(cfg: AgentConfig, node_id: str, drivers: dict[str, Driver]) -> N
         "kernel.release": os.uname().release,
         "cpu.cores": str(cpus),
         "agent.alloc_root": str(cfg.data_dir / "allocs"),
+        "agent.mesh_dir": str(cfg.data_dir / "mesh"),
     }
     names, cgv = [], ""
     for name, d in drivers.items():

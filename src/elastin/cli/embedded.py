@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,18 @@ from elastin.agent.drivers.registry import default_drivers
 from elastin.server.app import ServerConfig, run_server
 
 Main = Callable[[str, str, Agent, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+SHUTDOWN_TIMEOUT = 15.0
+
+
+async def _bounded(tasks: set[asyncio.Task[Any]], what: str) -> None:
+    """Wait for cancelled tasks to finish, but not forever: a shutdown always ends. What did
+    not finish in time is reported with its stack (a bug to fix, not a reason to hang)."""
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+    for t in pending:
+        print(f"elastin: {what} did not stop within {SHUTDOWN_TIMEOUT:g}s:", file=sys.stderr)
+        t.print_stack(file=sys.stderr)
 
 
 async def run_embedded(
@@ -64,7 +77,7 @@ async def run_embedded(
         finally:
             for t in (main_task, stop_task, agent_task):
                 t.cancel()
-            await asyncio.gather(main_task, stop_task, agent_task, return_exceptions=True)
+            await _bounded({main_task, stop_task, agent_task}, "the agent")
             # after the mesh manager stopped, so that nothing starts it again
             agent.stop_mesh_if_idle(force=stop_workloads)
             done.set()
@@ -80,6 +93,6 @@ async def run_embedded(
     finally:
         server.cancel()
         waiter.cancel()
-        await asyncio.gather(server, waiter, return_exceptions=True)
+        await _bounded({server, waiter}, "the server")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

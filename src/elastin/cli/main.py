@@ -13,6 +13,7 @@ Exit codes (scripts can trust them):
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -644,13 +645,26 @@ def resources(as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("service")
+@click.argument("service", required=False)
 @click.option("--follow", "-f", is_flag=True)
 @click.option("--stderr", is_flag=True, help="show stderr instead of stdout")
 @click.option("--tail", default=100, show_default=True, help="lines to show first")
 @click.option("--index", "-i", default=None, type=int, help="instance index (default: all)")
-def logs(service: str, follow: bool, stderr: bool, tail: int, index: int | None) -> None:
-    """Print a service's output (SERVICE is `name` or `app/name`)."""
+@click.option(
+    "--mesh",
+    is_flag=True,
+    help="the mesh's access log (JSON lines), for SERVICE or for all services",
+)
+def logs(
+    service: str | None, follow: bool, stderr: bool, tail: int, index: int | None, mesh: bool
+) -> None:
+    """Print a service's output (SERVICE is `name` or `app/name`), or with --mesh the
+    requests the mesh carried."""
+    if mesh:
+        _mesh_logs(service, follow, tail)
+        return
+    if not service:
+        fail("name a SERVICE (or use --mesh for the mesh's access log)", code=EXIT_USAGE)
     with errors(), client() as c:
         info = c.service(service)
         allocs = [a for a in info["allocations"] if index is None or a["index"] == index]
@@ -670,6 +684,39 @@ def logs(service: str, follow: bool, stderr: bool, tail: int, index: int | None)
                     sys.stdout.flush()
             except KeyboardInterrupt:
                 return
+
+
+def _mesh_logs(service: str | None, follow: bool, tail: int) -> None:
+    """Access-log lines of every node's HAProxy, filtered to one service when named."""
+    app_name, _, name = (service or "").rpartition("/")
+
+    def wanted(entry: dict[str, Any]) -> bool:
+        if not name:
+            return True
+        # the backend is c_<app>.<service>.<port>
+        parts = str(entry.get("service", "")).removeprefix("c_").split(".")
+        return len(parts) >= 2 and parts[1] == name and (not app_name or parts[0] == app_name)
+
+    with errors(), client() as c:
+        nodes = c.nodes()
+        if follow and len(nodes) > 1:
+            err_console.print(f"following node {nodes[0]['name']} only")
+            nodes = nodes[:1]
+        try:
+            for n in nodes:
+                buf = b""
+                for chunk in c.mesh_logs(n["id"], tail=tail * 20 if name else tail, follow=follow):
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        try:
+                            entry = json.loads(line)
+                        except ValueError:
+                            continue  # HAProxy's own notices
+                        if isinstance(entry, dict) and wanted(entry):
+                            click.echo(line.decode(errors="replace"))
+        except KeyboardInterrupt:
+            return
 
 
 # ---------------------------------------------------------------------------- changes
@@ -734,6 +781,8 @@ def validate(file: str) -> None:
 
 
 def main() -> None:
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck process
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

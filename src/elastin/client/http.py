@@ -118,17 +118,22 @@ class Client:
     def logs(
         self, alloc_id: str, *, stream: str = "stdout", tail: int = 100, follow: bool = False
     ) -> Iterator[bytes]:
-        params: dict[str, str | int | bool] = {"stream": stream, "tail": tail, "follow": follow}
+        yield from self._stream(
+            f"/v1/allocations/{alloc_id}/logs", {"stream": stream, "tail": tail, "follow": follow}
+        )
+
+    def _stream(self, path: str, params: dict[str, str | int | bool]) -> Iterator[bytes]:
         try:
-            with self._http.stream(
-                "GET", f"/v1/allocations/{alloc_id}/logs", params=params, timeout=None
-            ) as resp:
+            with self._http.stream("GET", path, params=params, timeout=None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
                 yield from resp.iter_bytes()
         except httpx.TransportError as e:
             raise _unavailable(self.url, e) from None
+
+    def mesh_logs(self, node_id: str, *, tail: int = 100, follow: bool = False) -> Iterator[bytes]:
+        yield from self._stream(f"/v1/nodes/{node_id}/mesh/logs", {"tail": tail, "follow": follow})
 
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")

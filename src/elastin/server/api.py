@@ -31,6 +31,7 @@ Routes (agents)::
     POST   /v1/nodes/{id}/heartbeat     liveness and measured usage
     GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
     GET    /v1/nodes/{id}/mesh?index=&wait=          blocking query for a node's mesh snapshot
+    GET    /v1/nodes/{id}/mesh/logs?tail=&follow=    the node's HAProxy access log (JSON lines)
     POST   /v1/allocations/{id}/status  an agent's report on one allocation
     POST   /v1/allocations/status       several reports at once
     POST   /v1/events                   events from agents
@@ -315,6 +316,20 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     ) -> dict[str, Any]:
         out: dict[str, Any] = to_data(await cluster.mesh_snapshot(node_id, index, wait))
         return out
+
+    @api.get("/v1/nodes/{node_id}/mesh/logs", response_model=None)
+    async def node_mesh_logs(node_id: str, tail: int = 100, follow: bool = False) -> Response:
+        found = await cluster.repo.get_node(node_id)
+        if not found:
+            raise NotFound(f"no node {node_id!r}", hint="see `elastin nodes`")
+        mesh_dir = dict(found[0].attributes).get("agent.mesh_dir", "")
+        path = Path(mesh_dir) / "haproxy.log" if mesh_dir else None
+        if path is None or not path.exists():
+            raise NotFound(
+                f"no mesh access log on node {found[0].name}",
+                hint="the node's HAProxy starts when an instance there has upstreams",
+            )
+        return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")
 
     @api.post("/v1/allocations/{alloc_id}/status")
     async def alloc_status(alloc_id: str, body: StatusBody) -> dict[str, Any]:

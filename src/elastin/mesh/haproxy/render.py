@@ -14,7 +14,8 @@ Mapping of the model:
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   connect check that brings the endpoint back.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
-* HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on.
+* HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on,
+  and log one JSON line per request (``HTTP_LOG_FORMAT``) to HAProxy's stdout.
 
 Server lines carry every parameter explicitly (no ``default-server``), because servers added
 at run time (``add server``) do not inherit defaults: ``server_params`` is the one source of
@@ -28,6 +29,14 @@ from dataclasses import dataclass
 from elastin.mesh.model.types import Cluster, Endpoint, Listener, MeshSnapshot
 
 LOCAL_WEIGHT_FACTOR = 4
+# one JSON object per request; %b is the backend (c_<service>), %s the endpoint (e_<id>),
+# %ts the termination state that says why HAProxy ended a failed request
+HTTP_LOG_FORMAT = (
+    '{"time":"%tr","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
+    '"method":"%HM","path":"%HPO","status":%ST,"bytes":%B,"retries":%rc,'
+    '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
+    '"traceparent":"%[var(txn.traceparent)]"}'
+)
 
 
 @dataclass(frozen=True)
@@ -96,12 +105,14 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     ]
     if mode == "http":
         out.append("    option http-keep-alive")
+        out.append(f"    log-format '{HTTP_LOG_FORMAT}'".replace("{caller}", lst.owner or "-"))
         # W3C trace context: start a trace when the caller did not send one, else pass it on
         out += [
             "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)",
             "    http-request set-var(txn.span_id) uuid,regsub(-,,g),bytes(0,16)",
             '    http-request set-header traceparent "00-%[var(txn.trace_id)]-'
             '%[var(txn.span_id)]-01" unless { req.hdr(traceparent) -m found }',
+            "    http-request set-var(txn.traceparent) req.hdr(traceparent)",
         ]
         if lst.owner:
             out.append(f'    http-request set-header x-elastin-caller "{lst.owner}"')
