@@ -290,6 +290,7 @@ def look_around(url: str) -> None:
         ("elastin ps", "instances, limits and measured use"),
         ("elastin top", "live cpu and memory per instance"),
         ("elastin logs frontend -f", "follow a service's output"),
+        ("elastin logs --mesh", "the requests between services, one JSON line each"),
         ("elastin events", "what happened"),
         ("elastin resources", "requested, allocated and measured, per kind and node"),
     ):
