@@ -183,3 +183,49 @@ def test_traffic_flows_and_endpoints_change_without_reload(tmp_path: Path) -> No
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_rate_limit_answers_429_naming_the_service(tmp_path: Path) -> None:
+    assert HAPROXY is not None
+    with backend("one") as p1:
+        listen = free_port()
+        sock = str(tmp_path / "rt.sock")
+        snap = MeshSnapshot(
+            1,
+            "n1",
+            (Listener("caller.web", listen, "shop.web.http"),),
+            (
+                Cluster(
+                    "shop.web.http", rate_limit=3, endpoints=(Endpoint("a1-http", "127.0.0.1", p1),)
+                ),
+            ),
+        )
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(render(snap, Paths(sock)))
+        check_config(str(cfg), HAPROXY)
+        proc = subprocess.Popen(
+            [HAPROXY, "-W", "-f", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(sock) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            statuses: list[int] = []
+            headers: list[str] = []
+            for _ in range(10):  # bounded burst, well within one second
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{listen}/", timeout=5) as r:
+                        statuses.append(r.status)
+                except urllib.error.HTTPError as e:
+                    statuses.append(e.code)
+                    headers.append(e.headers.get("x-elastin-error", ""))
+                except urllib.error.URLError:
+                    time.sleep(0.05)  # not listening yet
+            assert 200 in statuses and 429 in statuses, statuses
+            assert all("shop.web.http" in h and "3/s" in h for h in headers)
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -11,6 +11,8 @@ Mapping of the model:
 * Endpoint: ``server e_<id>`` with its weight (× 4 when local: same-node preference);
   not ready = ``disabled`` (maintenance).
 * CircuitBreaker: per-server ``maxconn`` / ``maxqueue``, ``timeout queue``.
+* rate_limit: a one-entry stick table counting the service's requests per second; over the
+  limit, a 429 that names the service and the limit.
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   connect check that brings the endpoint back.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
@@ -141,6 +143,16 @@ def _backend(c: Cluster) -> list[str]:
         out.append("    option redispatch 1")
     if mode == "http" and c.retries.on:
         out.append(f"    retry-on {' '.join(c.retries.on)}")
+    if mode == "http" and c.rate_limit:
+        # one shared counter for the service: requests in the last second
+        out += [
+            "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
+            "    http-request track-sc0 int(1)",
+            f"    http-request return status 429 content-type text/plain "
+            f'hdr x-elastin-error "rate limit of {c.rate_limit}/s for {c.name}" '
+            f'string "elastin: rate limit of {c.rate_limit} requests/s for service {c.name}\\n" '
+            f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}",
+        ]
     if mode == "http":
         out.append(
             "    http-error status 503 content-type text/plain "
