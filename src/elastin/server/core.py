@@ -378,6 +378,21 @@ class Cluster:
                 )
                 await self._committed()
 
+    async def _wait_past(
+        self, current: Callable[[], int], index: int, wait: float, cond: asyncio.Condition
+    ) -> None:
+        """A blocking query's wait: until ``current()`` passes ``index`` or ``wait`` s pass."""
+        deadline = self.clock() + wait
+        while current() <= index and wait > 0:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return
+            async with cond:
+                try:
+                    await asyncio.wait_for(cond.wait(), timeout=remaining)
+                except TimeoutError:
+                    return
+
     async def node_allocations(
         self, node_id: str, index: int, wait: float
     ) -> tuple[list[Allocation], int]:
@@ -385,16 +400,7 @@ class Cluster:
         changes past ``index`` (an index from an earlier server process is honoured too)."""
         if node_id not in self._node_rev:
             self._node_rev[node_id] = await self.store.revision()
-        deadline = self.clock() + wait
-        while self._node_rev[node_id] <= index and wait > 0:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            async with self.changed:
-                try:
-                    await asyncio.wait_for(self.changed.wait(), timeout=remaining)
-                except TimeoutError:
-                    break
+        await self._wait_past(lambda: self._node_rev[node_id], index, wait, self.changed)
         node_rev = self._node_rev[node_id]
         allocs, _ = await self.repo.list_allocs()
         return [a for a in allocs if a.node_id == node_id and not a.terminal], node_rev
@@ -403,16 +409,7 @@ class Cluster:
         """Node ``node_id``'s mesh snapshot; blocks up to ``wait`` s for a version > ``index``."""
         if not self._mesh_rev:
             self._mesh_rev = await self.store.revision()
-        deadline = self.clock() + wait
-        while self._mesh_rev <= index and wait > 0:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            async with self.mesh_changed:
-                try:
-                    await asyncio.wait_for(self.mesh_changed.wait(), timeout=remaining)
-                except TimeoutError:
-                    break
+        await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
         version = self._mesh_rev
         snap = await self.repo.snapshot()
         apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
