@@ -36,7 +36,6 @@ from elastin.cli import render
 from elastin.client.discovery import default_data_dir, find_server, read_token, running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import Client
-from elastin.model.codec import to_data
 from elastin.model.errors import SpecError
 from elastin.model.spec import load_spec
 
@@ -252,7 +251,7 @@ def wait_settled(
         while time.monotonic() < deadline and not (cancel and cancel.is_set()):
             services = c.services()
             settled, failed, summary = settle_state(services, app)
-            allocs = [a for a in c.call("GET", "/v1/allocations", params={"app": app})]
+            allocs = c.call("GET", "/v1/allocations", params={"app": app})
             healthy = all(a.get("healthy") is not False for a in allocs if a["status"] == "running")
             if failed:
                 return False
@@ -603,16 +602,20 @@ def nodes(as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True)
 def events(as_json: bool, follow: bool, limit: int) -> None:
     """What happened: applies, placements, starts, exits, OOM kills, restarts."""
+
+    def show(batch: list[dict[str, Any]]) -> None:
+        if as_json:  # one JSON object per line, so that a follower can stream them
+            for e in batch:
+                click.echo(json.dumps(e))
+        elif batch:
+            console.print(render.events_table(batch))
+
     with errors(), client() as c:
         data = c.events(limit=limit)
         if as_json and not follow:
             print_json(data)
             return
-        if as_json:
-            for e in data:
-                click.echo(json.dumps(e))
-        else:
-            console.print(render.events_table(data))
+        show(data)
         if not follow:
             return
         since = data[-1]["rev"] if data else 0
@@ -622,11 +625,7 @@ def events(as_json: bool, follow: bool, limit: int) -> None:
                 new = c.events(since=since, limit=0)
                 if new:
                     since = new[-1]["rev"]
-                    if as_json:
-                        for e in new:
-                            click.echo(json.dumps(e))
-                    else:
-                        console.print(render.events_table(new), end="")
+                    show(new)
         except KeyboardInterrupt:
             pass
 
@@ -778,7 +777,6 @@ def validate(file: str) -> None:
                 style="green",
             )
         )
-        _ = to_data  # keep the codec import for --json growth
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -103,6 +103,16 @@ class EventsBody(BaseModel):
     events: list[tuple[str, str, str, str]]
 
 
+T = TypeVar("T")
+
+
+def found_or_404(found: tuple[T, int] | None, message: str, hint: str) -> T:
+    """The object of a ``(object, mod_rev)`` lookup, or a 404 saying what was missing."""
+    if found is None:
+        raise NotFound(message, hint=hint)
+    return found[0]
+
+
 def alloc_view(cluster: Cluster, a: Allocation) -> dict[str, Any]:
     d: dict[str, Any] = to_data(cluster.alloc_with_usage(a))
     d["name"] = a.name
@@ -158,10 +168,10 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
 
     @api.get("/v1/apps/{name}")
     async def get_app(name: str) -> dict[str, Any]:
-        found = await cluster.repo.get_app(name)
-        if not found:
-            raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
-        out: dict[str, Any] = to_data(found[0])
+        rec = found_or_404(
+            await cluster.repo.get_app(name), f"no application named {name!r}", "see `elastin ps`"
+        )
+        out: dict[str, Any] = to_data(rec)
         return out
 
     @api.delete("/v1/apps/{name}")
@@ -247,10 +257,12 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
 
     @api.get("/v1/allocations/{alloc_id}")
     async def get_allocation(alloc_id: str) -> dict[str, Any]:
-        found = await cluster.repo.get_alloc(alloc_id)
-        if not found:
-            raise NotFound(f"no allocation {alloc_id!r}", hint="see `elastin ps`")
-        return alloc_view(cluster, found[0])
+        alloc = found_or_404(
+            await cluster.repo.get_alloc(alloc_id),
+            f"no allocation {alloc_id!r}",
+            "see `elastin ps`",
+        )
+        return alloc_view(cluster, alloc)
 
     @api.get("/v1/allocations/{alloc_id}/logs", response_model=None)
     async def alloc_logs(
@@ -258,10 +270,11 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     ) -> Response:
         if stream not in ("stdout", "stderr"):
             raise Invalid(f"stream must be stdout or stderr, not {stream!r}")
-        found = await cluster.repo.get_alloc(alloc_id)
-        if not found:
-            raise NotFound(f"no allocation {alloc_id!r}")
-        alloc = found[0]
+        alloc = found_or_404(
+            await cluster.repo.get_alloc(alloc_id),
+            f"no allocation {alloc_id!r}",
+            "see `elastin ps`",
+        )
         node = await cluster.repo.get_node(alloc.node_id) if alloc.node_id else None
         root = dict(node[0].attributes).get("agent.alloc_root", "") if node else ""
         path = Path(root) / alloc_id / "logs" / f"{stream}.log" if root else None
@@ -284,10 +297,10 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
 
     @api.get("/v1/nodes/{node_id}")
     async def get_node(node_id: str) -> dict[str, Any]:
-        found = await cluster.repo.get_node(node_id)
-        if not found:
-            raise NotFound(f"no node {node_id!r}", hint="see `elastin nodes`")
-        out: dict[str, Any] = to_data(found[0])
+        node = found_or_404(
+            await cluster.repo.get_node(node_id), f"no node {node_id!r}", "see `elastin nodes`"
+        )
+        out: dict[str, Any] = to_data(node)
         return out
 
     @api.post("/v1/nodes")
@@ -319,14 +332,14 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
 
     @api.get("/v1/nodes/{node_id}/mesh/logs", response_model=None)
     async def node_mesh_logs(node_id: str, tail: int = 100, follow: bool = False) -> Response:
-        found = await cluster.repo.get_node(node_id)
-        if not found:
-            raise NotFound(f"no node {node_id!r}", hint="see `elastin nodes`")
-        mesh_dir = dict(found[0].attributes).get("agent.mesh_dir", "")
+        node = found_or_404(
+            await cluster.repo.get_node(node_id), f"no node {node_id!r}", "see `elastin nodes`"
+        )
+        mesh_dir = dict(node.attributes).get("agent.mesh_dir", "")
         path = Path(mesh_dir) / "haproxy.log" if mesh_dir else None
         if path is None or not path.exists():
             raise NotFound(
-                f"no mesh access log on node {found[0].name}",
+                f"no mesh access log on node {node.name}",
                 hint="the node's HAProxy starts when an instance there has upstreams",
             )
         return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")

@@ -567,7 +567,7 @@ class Cluster:
                 level = "warning" if kind == "preempt" else "info"
                 events.append(
                     (
-                        f"alloc.{kind}ed" if kind == "stop" else "alloc.preempted",
+                        "alloc.stopped" if kind == "stop" else "alloc.preempted",
                         a.name,
                         reason,
                         level,

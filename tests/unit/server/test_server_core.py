@@ -80,6 +80,7 @@ async def test_schedule_places_and_scale_down_stops(cluster: Cluster) -> None:
     assert sorted(a.desired for a in web) == ["run", "stop"]
     # never-started instances stop at once
     assert [a.status for a in web if a.desired == "stop"] == ["stopped"]
+    assert any(e.type == "alloc.stopped" for e in await cluster.repo.list_events())
 
 
 async def test_no_node_big_enough_stays_pending_with_reason(cluster: Cluster) -> None:
