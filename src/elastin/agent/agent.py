@@ -36,6 +36,7 @@ from elastin.model.workload import Application, Workload
 log = logging.getLogger("elastin.agent")
 
 HEARTBEAT_INTERVAL = 5.0
+DRAIN_WAIT = 5.0  # seconds an instance being stopped waits for the proxies to drop it
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Agent:
             state_dir=self.state_dir,
             report=self.reporter.report,
             deps_ready=self.deps_ready,
+            drain=self.drain,
         )
 
     async def recover(self, tg: asyncio.TaskGroup) -> None:
@@ -252,14 +254,38 @@ class Agent:
             tg.create_task(runner.run(recovered=handle))
             log.info("re-attaching to %s (pid %d)", alloc.name, handle.pid)
 
-    async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation]) -> None:
+    async def drain(self, alloc: Allocation, version: int) -> str:
+        """Wait until every live proxy has dropped ``alloc``'s endpoints (the server's mesh
+        ``version`` that stopped it), then until this node's proxy has finished the requests
+        it had sent there; both bounded by ``DRAIN_WAIT``."""
+        deadline = time.monotonic() + DRAIN_WAIT
+        try:
+            pending = await self.client.mesh_converged(version, DRAIN_WAIT)
+        except ClientError as e:
+            return f"could not confirm that the proxies dropped it ({e.message}); stopping"
+        if pending:
+            return (
+                f"the proxies of {', '.join(pending)} did not confirm within {DRAIN_WAIT:g}s "
+                "that they dropped it; stopping"
+            )
+        busy = 0
+        while self.mesh is not None and time.monotonic() < deadline:
+            busy = await asyncio.to_thread(self.mesh.in_flight, alloc.id)
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        if busy:
+            return f"out of every proxy; {busy} request(s) still in flight after {DRAIN_WAIT:g}s"
+        return "out of every proxy, no request in flight; stopping"
+
+    async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:
         seen = set()
         for a in allocs:
             seen.add(a.id)
             runner = self.runners.get(a.id)
             if a.desired == "stop":
                 if runner is not None:
-                    runner.request_stop()
+                    runner.request_stop(drain_after=index)
                 elif a.status in ("pending", "starting", "running"):
                     self.reporter.report(a.id, status="stopped", reason=a.reason or "stopped")
                 continue
@@ -294,7 +320,7 @@ class Agent:
                 if isinstance(e, ApiError) and e.status == 404:
                     await self.register()
                 continue
-            await self.sync(tg, allocs)
+            await self.sync(tg, allocs, index)
 
     async def rediscover(self) -> None:
         """A local server restarted on another address: follow it (``server.json``)."""

@@ -1,10 +1,13 @@
 """The agent's mesh manager: keeps this node's HAProxy in step with its mesh snapshot.
 
-It holds a blocking query open for the node's snapshot. Endpoint churn goes to the running
-proxy through the runtime API (no reload); a structural change renders the configuration and
-reloads hitlessly; a proxy that died is started again with the current snapshot. HAProxy runs
-detached, so a restart of the agent leaves it and its traffic untouched: the new agent finds
-it by its pid file and reloads it once with the snapshot it fetches.
+It holds a blocking query open for the node's snapshot, asking for a version past the one
+its proxy serves: the server takes that as the node's acknowledgement, which is how an agent
+stopping an instance knows every proxy has dropped it (``docs/mesh.md``, "Draining").
+Endpoint churn goes to the running proxy through the runtime API (no reload); a structural
+change renders the configuration and reloads hitlessly; a proxy that died is started again
+with the current snapshot. HAProxy runs detached, so a restart of the agent leaves it and its
+traffic untouched: the new agent finds it by its pid file and reloads it once with the
+snapshot it fetches.
 
 Without an ``haproxy`` binary the manager says so once and stays idle (the rest of the agent
 works as before).
@@ -98,6 +101,22 @@ class MeshManager:
         self.current = snap
         return "updated" if now else "unchanged"
 
+    def in_flight(self, allocation: str) -> int:
+        """Requests this node's proxy is still serving on any endpoint of ``allocation``."""
+        if self.proxy is None or not self.proxy.alive():
+            return 0
+        try:
+            text = self.proxy.send("show stat -1 4 -1")  # servers of every backend
+        except (HaproxyError, OSError):
+            return 0
+        prefix = f"e_{allocation}-"
+        total = 0
+        for line in text.splitlines():
+            cols = line.split(",")
+            if len(cols) > 4 and cols[1].startswith(prefix) and cols[4].isdigit():
+                total += int(cols[4])  # scur: current sessions
+        return total
+
     def delete_drained(self) -> None:
         assert self.proxy is not None
         keep = []
@@ -120,11 +139,12 @@ class MeshManager:
                 log.warning("cannot fetch the mesh snapshot: %s", e.message)
                 await asyncio.sleep(1.0)
                 continue
-            index = snap.version
             try:
                 done = await asyncio.to_thread(self.apply, snap)
                 if done not in ("unchanged", "idle"):
                     log.info("mesh version %d: %s", snap.version, done)
+                # the next query acknowledges this version: ask past it only once it is served
+                index = snap.version
             except (HaproxyError, OSError) as e:
                 log.error("cannot apply mesh version %d: %s", snap.version, e)
                 await asyncio.sleep(1.0)

@@ -40,6 +40,8 @@ log = logging.getLogger("elastin.agent")
 
 Report = Callable[..., None]
 DepsReady = Callable[[Allocation, Workload], Awaitable[str]]  # "" when ready, else why not
+# take an instance out of every proxy before it is stopped; returns what happened (an event)
+Drain = Callable[[Allocation, int], Awaitable[str]]
 
 
 @dataclass
@@ -82,6 +84,7 @@ class AllocRunner:
         deps_ready: DepsReady,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        drain: Drain | None = None,
     ) -> None:
         self.alloc = alloc
         self.workload = workload
@@ -95,6 +98,8 @@ class AllocRunner:
         self.state = RunnerState(status=alloc.status, restarts=alloc.restarts)
         self.handle: Handle | None = None
         self.stop_requested = asyncio.Event()
+        self.drain = drain
+        self.drain_after = 0  # the server revision that told this instance to stop
         self.done = asyncio.Event()
         self.ports: dict[str, int] = dict(alloc.ports)
         self.run_started = self.clock()  # when the current run began (restart counting)
@@ -130,7 +135,12 @@ class AllocRunner:
             return None
 
     # lifecycle -----------------------------------------------------------------------
-    def request_stop(self, reason: str = "") -> None:
+    def request_stop(self, reason: str = "", drain_after: int = 0) -> None:
+        """Stop the instance. ``drain_after``: the revision at which the server stopped it;
+        a service's instance leaves every proxy (and finishes what they still send it)
+        before it is signalled."""
+        if drain_after and not self.stop_requested.is_set():
+            self.drain_after = drain_after
         self.stop_requested.set()
 
     def _set(self, status: str, **extra: Any) -> None:
@@ -257,6 +267,8 @@ class AllocRunner:
             done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if waiter not in done:
                 grace = w.stop_grace if w else 10.0
+                if self.drain and self.drain_after and w and w.ports and w.type == "service":
+                    self._event("alloc.draining", await self.drain(self.alloc, self.drain_after))
                 await self.driver.stop(handle, grace)
             result = await waiter
             stopper.cancel()

@@ -585,6 +585,36 @@ def top(as_json: bool, once: bool) -> None:
 
 
 @cli.command()
+@click.argument("service", required=False, default="")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", "-w", is_flag=True, help="print again whenever an endpoint changes")
+def endpoints(service: str, as_json: bool, watch: bool) -> None:
+    """The service registry: every service port with its endpoints and their readiness.
+
+    SERVICE is `name` or `app/name` (all services when left out). With --watch, a blocking
+    query prints the registry again each time it changes (Ctrl-C ends it); with --json too,
+    one JSON object per change."""
+    with errors(), client() as c:
+        data = c.mesh_services(service)
+        for _ in range(10**7 if watch else 1):
+            if as_json and watch:
+                click.echo(json.dumps(data))
+            elif as_json:
+                print_json(data)
+            else:
+                title = f"version {data['index']}" if watch else ""
+                console.print(render.endpoints_table(data["services"], title))
+            if not watch:
+                return
+            try:
+                index = data["index"]
+                while data["index"] == index:
+                    data = c.mesh_services(service, index=index, wait=30)
+            except KeyboardInterrupt:
+                return
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def nodes(as_json: bool) -> None:
     """List nodes with their drivers, capacity and use."""

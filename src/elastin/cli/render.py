@@ -119,6 +119,29 @@ def services_table(services: list[dict[str, Any]]) -> Table:
     return t
 
 
+def endpoints_table(services: list[dict[str, Any]], title: str = "") -> Table:
+    """The service registry: a row per endpoint of every service port."""
+    t = Table(show_edge=False, header_style="bold", title=title or None)
+    for col in ("SERVICE", "PORT", "PROTOCOL", "ENDPOINT", "ADDRESS", "NODE", "STATE"):
+        t.add_column(col)
+    for s in services:
+        for p in s["ports"]:
+            service = f"{s['app']}/{s['name']}"
+            if not p["endpoints"]:
+                t.add_row(service, p["name"], p["protocol"], "-", "-", "-", Text("none", "red"))
+            for e in p["endpoints"]:
+                t.add_row(
+                    service,
+                    p["name"],
+                    p["protocol"],
+                    e["instance"],
+                    f"{e['address']}:{e['port']}",
+                    e["node"],
+                    Text("ready", "green") if e["ready"] else Text("not ready", "yellow"),
+                )
+    return t
+
+
 def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     t = Table(show_edge=False, header_style="bold")
     for col in ("NODE", "ID", "STATUS", "DRIVERS", "CGROUPS", "CPU (use/cap)", "MEMORY (use/cap)"):

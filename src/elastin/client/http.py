@@ -135,6 +135,11 @@ class Client:
     def mesh_logs(self, node_id: str, *, tail: int = 100, follow: bool = False) -> Iterator[bytes]:
         yield from self._stream(f"/v1/nodes/{node_id}/mesh/logs", {"tail": tail, "follow": follow})
 
+    def mesh_services(self, service: str = "", index: int = 0, wait: float = 0.0) -> Any:
+        """The service registry (``{"index", "services"}``); with ``index`` a blocking query."""
+        params: dict[str, Any] = {"service": service, "index": index, "wait": wait}
+        return self.call("GET", "/v1/mesh/services", params=params, timeout=wait + 30)
+
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")
 
@@ -207,6 +212,16 @@ class AsyncClient:
             timeout=wait + 30,
         )
         return from_data(MeshSnapshot, data)
+
+    async def mesh_converged(self, version: int, wait: float) -> list[str]:
+        """Nodes whose proxies do not serve mesh ``version`` after ``wait`` s (empty: all do)."""
+        data = await self.call(
+            "GET",
+            "/v1/mesh/converged",
+            params={"version": version, "wait": wait},
+            timeout=wait + 30,
+        )
+        return [str(n) for n in data["pending"]]
 
     async def allocs_status(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]:
         data = await self.call("POST", "/v1/allocations/status", json={"reports": reports})

@@ -24,6 +24,8 @@ Routes (users)::
     GET    /v1/resources                the accounting report (per kind, node, cluster)
     GET    /v1/status                   server version, revision, data directory
     GET    /v1/metrics                  Prometheus text
+    GET    /v1/mesh/services[?service=&index=&wait=]  the service registry: every service port
+                                        with its endpoints (a blocking query: a watch)
 
 Routes (agents)::
 
@@ -32,6 +34,8 @@ Routes (agents)::
     GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
     GET    /v1/nodes/{id}/mesh?index=&wait=          blocking query for a node's mesh snapshot
     GET    /v1/nodes/{id}/mesh/logs?tail=&follow=    the node's HAProxy access log (JSON lines)
+    GET    /v1/mesh/converged?version=&wait=         wait until every live proxy serves a mesh
+                                        version (agents drain an instance with it)
     POST   /v1/allocations/{id}/status  an agent's report on one allocation
     POST   /v1/allocations/status       several reports at once
     POST   /v1/events                   events from agents
@@ -51,6 +55,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 
 from elastin import __version__
+from elastin.mesh.model.registry import find_service
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
 from elastin.model.errors import ModelError
@@ -329,6 +334,24 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     ) -> dict[str, Any]:
         out: dict[str, Any] = to_data(await cluster.mesh_snapshot(node_id, index, wait))
         return out
+
+    @api.get("/v1/mesh/services")
+    async def mesh_services(
+        index: int = 0, wait: float = Query(0.0, le=300), service: str = ""
+    ) -> dict[str, Any]:
+        version, entries = await cluster.service_registry(index, wait)
+        found = find_service(entries, service) if service else list(entries)
+        if service and not found:
+            raise NotFound(
+                f"no service {service!r} in the registry",
+                hint="name it as `service` or `app/service`; see `elastin endpoints`",
+            )
+        return {"index": version, "services": [to_data(e) for e in found]}
+
+    @api.get("/v1/mesh/converged")
+    async def mesh_converged(version: int, wait: float = Query(0.0, le=60)) -> dict[str, Any]:
+        pending = await cluster.mesh_converged(version, wait)
+        return {"version": version, "converged": not pending, "pending": pending}
 
     @api.get("/v1/nodes/{node_id}/mesh/logs", response_model=None)
     async def node_mesh_logs(node_id: str, tail: int = 100, follow: bool = False) -> Response:

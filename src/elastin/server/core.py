@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from elastin.mesh.model import MeshSnapshot
 from elastin.mesh.model.build import build_snapshot
+from elastin.mesh.model.registry import ServiceEntry, registry
 from elastin.model.cluster import (
     Allocation,
     AllocStatus,
@@ -49,6 +50,7 @@ from elastin.store.base import Compare, StateStore
 log = logging.getLogger("elastin.server")
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
+MESH_LIVE = 45.0  # seconds since a node's last mesh query before its proxy stops counting
 HISTORY_KEPT = 100_000  # store revisions of change history kept for watchers
 
 
@@ -140,6 +142,10 @@ class Cluster:
         # revision of the last change that can alter a mesh snapshot (endpoints, apps)
         self._mesh_rev = 0
         self.mesh_changed = asyncio.Condition()
+        # node id -> (last mesh version its agent applied, when it said so); an agent asks
+        # for version > N only after it has applied N, so its query is its acknowledgement
+        self._mesh_acked: dict[str, tuple[int, float]] = {}
+        self.mesh_acks = asyncio.Condition()
 
     def new_id(self) -> str:
         return secrets.token_hex(4) + f"{next(self._ids) % 0xFFFF:04x}"
@@ -406,16 +412,64 @@ class Cluster:
         return [a for a in allocs if a.node_id == node_id and not a.terminal], node_rev
 
     async def mesh_snapshot(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
-        """Node ``node_id``'s mesh snapshot; blocks up to ``wait`` s for a version > ``index``."""
+        """Node ``node_id``'s mesh snapshot; blocks up to ``wait`` s for a version > ``index``.
+
+        Asking with ``index`` N acknowledges that the node's proxy serves version N."""
+        await self._mesh_ack(node_id, index)
+        if not self._mesh_rev:
+            self._mesh_rev = await self.store.revision()
+        await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
+        self._mesh_acked[node_id] = (self._mesh_acked[node_id][0], time.monotonic())
+        version = self._mesh_rev
+        apps, allocs, addresses = await self._mesh_inputs()
+        return build_snapshot(version, node_id, apps, allocs, addresses)
+
+    async def _mesh_inputs(
+        self,
+    ) -> tuple[dict[str, Application], list[Allocation], dict[str, str]]:
+        snap = await self.repo.snapshot()
+        apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
+        addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
+        return apps, [a for a, _ in snap.allocs.values()], addresses
+
+    async def _mesh_ack(self, node_id: str, version: int) -> None:
+        before = self._mesh_acked.get(node_id, (0, 0.0))[0]
+        self._mesh_acked[node_id] = (max(before, version), time.monotonic())
+        if version > before:
+            async with self.mesh_acks:
+                self.mesh_acks.notify_all()
+
+    def mesh_pending(self, version: int) -> list[str]:
+        """Nodes whose proxies are live but do not serve mesh ``version`` yet. A node whose
+        agent has not asked for a snapshot within ``MESH_LIVE`` s does not count."""
+        now = time.monotonic()
+        return sorted(
+            n for n, (v, seen) in self._mesh_acked.items() if v < version and now - seen < MESH_LIVE
+        )
+
+    async def mesh_converged(self, version: int, wait: float) -> list[str]:
+        """Wait up to ``wait`` s until every live proxy serves mesh ``version`` or later;
+        returns the nodes still behind (empty when converged)."""
+        deadline = time.monotonic() + wait
+        while pending := self.mesh_pending(version):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return pending
+            async with self.mesh_acks:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mesh_acks.wait(), timeout=min(remaining, 1.0))
+        return []
+
+    async def service_registry(
+        self, index: int, wait: float
+    ) -> tuple[int, tuple[ServiceEntry, ...]]:
+        """The service registry; blocks up to ``wait`` s for a change past ``index``."""
         if not self._mesh_rev:
             self._mesh_rev = await self.store.revision()
         await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
         version = self._mesh_rev
-        snap = await self.repo.snapshot()
-        apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
-        addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
-        allocs = [a for a, _ in snap.allocs.values()]
-        return build_snapshot(version, node_id, apps, allocs, addresses)
+        apps, allocs, addresses = await self._mesh_inputs()
+        return version, registry(apps, allocs, addresses)
 
     def _touch(self, node_ids: set[str], rev: int) -> None:
         for n in node_ids:

@@ -138,3 +138,25 @@ async def test_resources_report_is_json(cluster: Cluster) -> None:
     await cluster.schedule_once()
     report: dict[str, Any] = await cluster.resources()
     assert report
+
+
+async def test_mesh_convergence_follows_the_agents_acknowledgements(cluster: Cluster) -> None:
+    # an agent asking for a version past N has applied N
+    await cluster.mesh_snapshot("n1", 0, 0)
+    await cluster.mesh_snapshot("n2", 0, 0)
+    await cluster.apply(SPEC)
+    version = (await cluster.mesh_snapshot("n1", 0, 0)).version
+    assert version > 0
+    assert cluster.mesh_pending(version) == ["n1", "n2"]
+    await cluster.mesh_snapshot("n1", version, 0)
+    assert await cluster.mesh_converged(version, 0.05) == ["n2"]
+    await cluster.mesh_snapshot("n2", version + 5, 0)
+    assert await cluster.mesh_converged(version, 1.0) == []
+
+
+async def test_service_registry_is_a_blocking_query(cluster: Cluster) -> None:
+    index, entries = await cluster.service_registry(0, 0)
+    assert entries == ()
+    await cluster.apply(SPEC)
+    newer, entries = await cluster.service_registry(index, 1.0)
+    assert newer > index and {e.name for e in entries} == {"web", "worker"}

@@ -143,6 +143,11 @@ def _backend(c: Cluster) -> list[str]:
         out.append("    option redispatch 1")
     if mode == "http" and c.retries.on:
         out.append(f"    retry-on {' '.join(c.retries.on)}")
+        # a request that reached an endpoint is retried only when its method is idempotent
+        # (RFC 9110 §9.2.2); connection failures are retried for every method
+        out.append(
+            "    http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE TRACE }"
+        )
     if mode == "http" and c.rate_limit:
         # one shared counter for the service: requests in the last second
         out += [

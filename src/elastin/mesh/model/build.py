@@ -1,9 +1,8 @@
 """Build one node's ``MeshSnapshot`` from applications and allocations (pure).
 
-* Every named port of every service is a cluster ``<app>.<service>.<port>`` with the
-  service's ``mesh`` policy; its endpoints are the service's running instances that have that
-  port, at their node's address. An instance is *ready* when it runs and — if its service has
-  a health check — its last verdict is healthy. Instances on this node are marked local.
+* Every port of the service registry (``registry.py``) is a cluster
+  ``<app>.<service>.<port>`` with the service's ``mesh`` policy and the registry's endpoints
+  for it, those on this node marked local.
 * Every upstream of an instance on this node is a listener of its own: the agent picked a
   loopback port for it when it started the instance (kept in the allocation's ports as
   ``upstream.<service>``) and passed it as ``ELASTIN_UPSTREAM_<SERVICE>``. The listener's
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from elastin.mesh.model.registry import cluster_name, registry
 from elastin.mesh.model.types import (
     CircuitBreaker,
     Cluster,
@@ -28,10 +28,6 @@ from elastin.model.cluster import Allocation
 from elastin.model.workload import Application, MeshPolicy, Workload
 
 UPSTREAM_PREFIX = "upstream."
-
-
-def cluster_name(app: str, service: str, port: str) -> str:
-    return f"{app}.{service}.{port}"
 
 
 def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, ...]) -> Cluster:
@@ -62,34 +58,23 @@ def build_snapshot(
 ) -> MeshSnapshot:
     live = [a for a in allocations if a.desired == "run" and not a.terminal]
     clusters: list[Cluster] = []
-    for app_name in sorted(apps):
-        app = apps[app_name]
-        for w in app.workloads:
-            if w.type != "service":
-                continue
-            mine = sorted(
-                (a for a in live if a.app == app_name and a.workload == w.name),
-                key=lambda a: (a.index, a.id),
+    for entry in registry(apps, live, node_addresses):
+        w = apps[entry.app].workload(entry.name)
+        assert w is not None
+        for port in entry.ports:
+            endpoints = tuple(
+                Endpoint(
+                    id=e.id,
+                    address=e.address,
+                    port=e.port,
+                    weight=e.weight,
+                    node=e.node,
+                    ready=e.ready,
+                    local=e.node == node_id,
+                )
+                for e in port.endpoints
             )
-            for port in w.ports:
-                endpoints = []
-                for a in mine:
-                    number = dict(a.ports).get(port.name)
-                    if not number or a.status != "running":
-                        continue
-                    ready = a.healthy is True if w.health is not None else a.healthy is not False
-                    endpoints.append(
-                        Endpoint(
-                            id=f"{a.id}-{port.name}",
-                            address=node_addresses.get(a.node_id, "127.0.0.1"),
-                            port=number,
-                            node=a.node_id,
-                            ready=ready,
-                            local=a.node_id == node_id,
-                        )
-                    )
-                name = cluster_name(app_name, w.name, port.name)
-                clusters.append(_cluster(name, w, port.protocol, tuple(endpoints)))
+            clusters.append(_cluster(port.cluster, w, port.protocol, endpoints))
     names = {c.name for c in clusters}
     listeners: list[Listener] = []
     for a in sorted(live, key=lambda a: a.id):
