@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/setup.sh
 	@touch $(STAMP)
 
+# The demo's workloads run `python3`: with .venv/bin first on PATH that is the venv's
+# interpreter, which has grpcio (the inventory service speaks gRPC).
+RUNPATH := PATH="$(abspath $(BIN)):$$PATH"
+
 demo: $(STAMP)
-	$(BIN)/elastin up $(SPEC)
+	$(RUNPATH) $(BIN)/elastin up $(SPEC)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
@@ -33,10 +37,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -q -m integration tests
+	$(RUNPATH) $(BIN)/pytest -q -m integration tests
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q tests
+	$(RUNPATH) $(BIN)/pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

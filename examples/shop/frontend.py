@@ -1,21 +1,25 @@
-"""frontend: the shop's front door. GET / lists products with stock (calls catalog and
-inventory), POST /order {id, qty} checks the catalog and reserves in inventory, GET /healthz
-is this process alone, GET /readyz checks both upstreams."""
+"""frontend: the shop's front door. GET / lists products with stock (calls catalog over HTTP
+and inventory over gRPC), POST /order {id, qty} checks the catalog and reserves in inventory,
+GET /healthz is this process alone, GET /readyz checks both upstreams."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from shoplib import call, serve, upstream_url
+from shoplib import call, grpc_call, grpc_serving, serve, upstream_addr, upstream_url
 
 CATALOG = upstream_url("catalog", "http://127.0.0.1:18081")
-INVENTORY = upstream_url("inventory", "http://127.0.0.1:18082")
+INVENTORY = upstream_addr("inventory", "127.0.0.1:18082")  # gRPC: host:port
+
+
+def inventory(method: str, body: Any) -> Any:
+    return grpc_call("inventory", INVENTORY, f"/shop.Inventory/{method}", body)
 
 
 def index(_path: str, _body: Any) -> tuple[int, Any]:
     products = call("catalog", f"{CATALOG}/products")
     for p in products:
-        p["stock"] = call("inventory", f"{INVENTORY}/stock/{p['id']}")["stock"]
+        p["stock"] = inventory("Stock", {"id": p["id"]})["stock"]
     return 200, {"shop": "elastin demo shop", "products": products}
 
 
@@ -23,9 +27,7 @@ def order(_path: str, body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict) or "id" not in body:
         return 400, {"error": 'send {"id": ..., "qty": N}'}
     product = call("catalog", f"{CATALOG}/products/{body['id']}")
-    reserved = call(
-        "inventory", f"{INVENTORY}/reserve", {"id": body["id"], "qty": int(body.get("qty", 1))}
-    )
+    reserved = inventory("Reserve", {"id": body["id"], "qty": int(body.get("qty", 1))})
     return 200, {
         "ordered": product["name"],
         "qty": reserved["reserved"],
@@ -39,7 +41,8 @@ def healthz(_path: str, _body: Any) -> tuple[int, Any]:
 
 def readyz(_path: str, _body: Any) -> tuple[int, Any]:
     call("catalog", f"{CATALOG}/healthz")
-    call("inventory", f"{INVENTORY}/healthz")
+    if not grpc_serving("inventory", INVENTORY):
+        return 503, {"ready": False, "why": "inventory is not SERVING"}
     return 200, {"ready": True}
 
 

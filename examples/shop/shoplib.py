@@ -1,4 +1,4 @@
-"""The little HTTP toolkit the shop's services share (standard library only).
+"""The little HTTP and gRPC toolkit the shop's services share (standard library + grpcio).
 
 ``serve(name, routes, port)`` runs a threaded HTTP server on 127.0.0.1 that dispatches
 ``(method, path prefix)`` to handlers returning ``(status, json body)``, logs one line per
@@ -7,6 +7,11 @@ request, and on SIGTERM or SIGINT stops accepting, finishes in-flight requests a
 passes in ``ELASTIN_UPSTREAM_<SERVICE>_URL`` when the spec names it in ``upstreams``).
 ``call(upstream, url, ...)`` makes an upstream call and turns failures into ``UpstreamError``,
 which ``serve`` answers with a 502 naming the upstream.
+
+gRPC: ``serve_grpc(name, service, methods, port)`` runs a grpcio server whose unary methods
+take and return JSON documents (a gRPC codec of our choosing, so no code generation), plus
+the standard ``grpc.health.v1.Health/Check``; ``grpc_call(upstream, target, method, body)``
+calls one, through ``upstream_addr`` (``ELASTIN_UPSTREAM_<SERVICE>``, host:port).
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import grpc
 
 Handler = Callable[[str, Any], tuple[int, Any]]  # (path, json body or None) -> (status, body)
 
@@ -39,6 +47,13 @@ def upstream_url(service: str, default: str) -> str:
     key = service.upper().replace("-", "_")
     url = os.environ.get(f"ELASTIN_UPSTREAM_{key}_URL") or os.environ.get(f"{key}_URL")
     return (url or default).rstrip("/")
+
+
+def upstream_addr(service: str, default: str) -> str:
+    """``host:port`` of ``service`` for non-HTTP/1 clients (gRPC): ``ELASTIN_UPSTREAM_<SERVICE>``
+    (the same mesh listener as the URL form), else ``default``."""
+    key = service.upper().replace("-", "_")
+    return os.environ.get(f"ELASTIN_UPSTREAM_{key}") or default
 
 
 def call(upstream: str, url: str, body: Any = None, timeout: float = 2.0) -> Any:
@@ -125,5 +140,111 @@ def serve(name: str, routes: dict[tuple[str, str], Handler], default_port: int) 
     print(f"{name} listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever(poll_interval=0.2)
     server.server_close()
+    print(f"{name} stopped", flush=True)
+    sys.exit(0)
+
+
+# gRPC ----------------------------------------------------------------------------------------
+GrpcHandler = Callable[[Any], Any]  # json body -> json answer; raise GrpcFailure to fail
+_channels: dict[str, grpc.Channel] = {}
+_channels_lock = threading.Lock()
+
+
+class GrpcFailure(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _encode(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def _decode(data: bytes) -> Any:
+    return json.loads(data or b"null")
+
+
+def _channel(target: str) -> grpc.Channel:
+    with _channels_lock:
+        channel = _channels.get(target)
+        if channel is None:
+            channel = _channels[target] = grpc.insecure_channel(target)
+        return channel
+
+
+def grpc_call(upstream: str, target: str, method: str, body: Any, timeout: float = 2.0) -> Any:
+    """Call unary ``method`` (``/package.Service/Method``) on ``target`` (host:port)."""
+    stub: grpc.UnaryUnaryMultiCallable[Any, Any] = _channel(target).unary_unary(
+        method, request_serializer=_encode, response_deserializer=_decode
+    )
+    return _unary(upstream, method, stub, body, timeout)
+
+
+def grpc_serving(upstream: str, target: str, timeout: float = 2.0) -> bool:
+    """The standard gRPC health check of the whole server: True when SERVING."""
+    method = "/grpc.health.v1.Health/Check"
+    stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = _channel(target).unary_unary(method)
+    return bool(_unary(upstream, method, stub, b"", timeout) == b"\x08\x01")
+
+
+def _unary(
+    upstream: str, method: str, stub: grpc.UnaryUnaryMultiCallable[Any, Any], body: Any, t: float
+) -> Any:
+    try:
+        return stub(body, timeout=t)
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        raise UpstreamError(upstream, f"gRPC {code} from {method}: {details}") from None
+
+
+def serve_grpc(name: str, service: str, methods: dict[str, GrpcHandler], default_port: int) -> None:
+    """Serve ``methods`` of ``service`` (e.g. ``shop.Inventory``) and grpc.health.v1 until
+    SIGTERM or SIGINT, then finish in-flight calls (up to 5 s) and exit 0."""
+    port = int(os.environ.get("PORT", default_port))
+
+    def unary(method: str, fn: GrpcHandler) -> grpc.RpcMethodHandler[Any, Any]:
+        def handle(body: Any, context: grpc.ServicerContext) -> Any:
+            t0 = time.perf_counter()
+            try:
+                out = fn(body)
+                code = "OK"
+            except GrpcFailure as e:
+                print(f"{name} {method} {e.code.name} {e}", flush=True)
+                context.abort(e.code, str(e))
+            ms = (time.perf_counter() - t0) * 1000
+            print(f"{name} {method} {code} {ms:.1f}ms", flush=True)
+            return out
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=_decode, response_serializer=_encode
+        )
+
+    def health(_request: bytes, _context: grpc.ServicerContext) -> bytes:
+        return b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service, {m: unary(m, fn) for m, fn in methods.items()}
+            ),
+            grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(health)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    print(f"{name} (gRPC {service}) listening on 127.0.0.1:{port}", flush=True)
+    stopping.wait()
+    server.stop(grace=5).wait()
     print(f"{name} stopped", flush=True)
     sys.exit(0)

@@ -44,6 +44,8 @@ class Harness:
             "ELASTIN_DATA_DIR": str(self.data_dir),
             "ELASTIN_CGROUP_ROOT": self.cgroup_root,
             "PYTHONUNBUFFERED": "1",
+            # workloads run `python3`: the interpreter of this environment (as `make` does)
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         }
         self.env.pop("ELASTIN_ADDR", None)
         self.env.pop("ELASTIN_TOKEN", None)

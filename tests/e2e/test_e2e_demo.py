@@ -56,6 +56,11 @@ def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
         assert "elastin ps" in text and "/v1" in text
         with urllib.request.urlopen("http://127.0.0.1:18080/", timeout=5) as r:
             assert r.status == 200
+            page = json.loads(r.read())
+        # stock comes from inventory, a gRPC service, through the mesh over HTTP/2
+        assert all(isinstance(p["stock"], int) for p in page["products"]), page
+        mesh_log = harness.cli("logs", "--mesh", "inventory", check=True).stdout
+        assert "/shop.Inventory/Stock" in mesh_log, mesh_log[-2000:]
         ps = harness.cli("ps", "--json", check=True)
         data = json.loads(ps.stdout)
         names = {s["name"] for s in data["services"]}

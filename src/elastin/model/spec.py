@@ -87,6 +87,8 @@ RESTART_KEYS = ("policy", "attempts", "backoff", "max_backoff", "reset_after")
 HEALTH_KEYS = (
     "http",
     "tcp",
+    "grpc",
+    "service",
     "exec",
     "port",
     "interval",
@@ -412,14 +414,15 @@ def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> Hea
     m = _mapping(ctx, node, path, HEALTH_KEYS, "health")
     if m is None:
         return None
-    types = [t for t in ("http", "tcp", "exec") if t in m]
+    types = [t for t in ("http", "tcp", "grpc", "exec") if t in m]
     if len(types) != 1:
         ctx.add(
             node,
             path,
-            "a health check needs exactly one of http, tcp, exec"
+            "a health check needs exactly one of http, tcp, grpc, exec"
             + (f" (found {', '.join(types)})" if types else ""),
-            "e.g. `http: /healthz`, `tcp: http` (a port name), or `exec: [cmd, arg]`",
+            "e.g. `http: /healthz`, `tcp: http` or `grpc: api` (a port name), "
+            "or `exec: [cmd, arg]`",
         )
         return None
     kind = types[0]
@@ -441,8 +444,8 @@ def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> Hea
             ok = False
         else:
             kw["path"] = p
-    elif kind == "tcp":
-        p = _str(ctx, m["tcp"][1], f"{path}.tcp")
+    elif kind in ("tcp", "grpc"):
+        p = _str(ctx, m[kind][1], f"{path}.{kind}")
         if p is None:
             ok = False
         elif not port:
@@ -453,7 +456,18 @@ def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> Hea
             ok = False
         else:
             kw["command"] = tuple(cmd)
-    if kind in ("http", "tcp"):
+    if "service" in m:
+        if kind != "grpc":
+            ctx.add(
+                m["service"][1],
+                f"{path}.service",
+                "`service` belongs to a grpc health check",
+                "remove it, or check with `grpc: <port>` and `service: <name>`",
+            )
+            ok = False
+        else:
+            kw["service"] = _str(ctx, m["service"][1], f"{path}.service") or ""
+    if kind in ("http", "tcp", "grpc"):
         if not port:
             if len(port_names) == 1:
                 port = port_names[0]
@@ -473,7 +487,7 @@ def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> Hea
         elif port not in port_names:
             close = difflib.get_close_matches(port, port_names, n=1)
             ctx.add(
-                m.get("port", m.get("tcp", (node, node)))[1],
+                m.get("port", m.get(kind, (node, node)))[1],
                 f"{path}.port",
                 f"the workload has no port named {port!r}",
                 (f"did you mean {close[0]!r}? " if close else "")

@@ -18,7 +18,7 @@ WorkloadType = Literal["service", "job"]
 Kind = Literal["task", "container", "vm"]
 KINDS: tuple[Kind, ...] = ("task", "container", "vm")
 RestartMode = Literal["always", "on-failure", "never"]
-CheckType = Literal["http", "tcp", "exec"]
+CheckType = Literal["http", "tcp", "grpc", "exec"]
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 
 
@@ -47,8 +47,9 @@ class HealthCheck:
     """How the agent decides an instance is healthy (ready for traffic)."""
 
     type: CheckType
-    port: str = ""  # named port (http, tcp)
+    port: str = ""  # named port (http, tcp, grpc)
     path: str = "/"  # http
+    service: str = ""  # grpc: the service name asked of grpc.health.v1 ("" = the server)
     command: tuple[str, ...] = ()  # exec
     interval: float = 10.0
     timeout: float = 2.0

@@ -81,6 +81,7 @@ def test_full_format() -> None:
     assert db.resources == Resources(2000, 1024 << 20, 0)
     assert db.ports == (Port("pg", 5432, "tcp"), Port("admin", 0, "http"))
     assert db.health is not None and db.health.type == "tcp" and db.health.port == "pg"
+
     assert db.restart.mode == "always"
     assert report.type == "job" and report.restart.mode == "on-failure"
     assert (report.parallelism, report.completions, report.retries) == (2, 4, 1)
@@ -170,6 +171,18 @@ W = "app: a\nservices:\n  w:\n    command: x\n"
             "did you mean 'http'",
         ),
         (W + "    health: {http: /}\n", "services.w.health.port", 5, "declares none"),
+        (
+            W + "    health: {grpc: api}\n    ports: {rpc: {port: 0, protocol: grpc}}\n",
+            "services.w.health.port",
+            5,
+            "no port named 'api'",
+        ),
+        (
+            W + "    health: {tcp: http, service: x}\n    ports: {http: 80}\n",
+            "services.w.health.service",
+            5,
+            "belongs to a grpc health check",
+        ),
         (W + "    depends_on: [w]\n", "services.w.depends_on[0]", 5, "itself"),
         (W + "    depends_on: [ww]\n", "services.w.depends_on[0]", 5, "did you mean 'w'"),
         (W + "    ports: {a: 80, b: 80}\n", "services.w.ports.b", 5, "already used"),
@@ -305,3 +318,15 @@ def test_any_structure_gives_an_application_or_a_spec_error(tree: object) -> Non
 def test_any_text_gives_an_application_or_a_spec_error(text: str) -> None:
     with contextlib.suppress(SpecError):
         parse_spec(text, file="f.yaml")
+
+
+def test_grpc_health_check() -> None:
+    app = parse_spec(
+        "app: a\nservices:\n  api:\n    command: x\n"
+        "    ports: {rpc: {port: 0, protocol: grpc}}\n"
+        "    health: {grpc: rpc, service: shop.Catalog, interval: 2s}\n"
+    )
+    w = app.workload("api")
+    assert w is not None and w.health == HealthCheck(
+        type="grpc", port="rpc", service="shop.Catalog", interval=2.0
+    )
