@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -35,31 +36,32 @@ async def _check(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     return b"\x08" + bytes([STATUS[service]])
 
 
-@pytest.fixture
-async def health_server() -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def grpc_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[int]:
     server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(_check)}
-    )
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         yield port
     finally:
         await server.stop(0)
+
+
+@pytest.fixture
+async def health_server() -> AsyncIterator[int]:
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(_check)}
+    )
+    async with grpc_server(handler) as port:
+        yield port
 
 
 @pytest.fixture
 async def plain_server() -> AsyncIterator[int]:
     """A gRPC server without the health service."""
-    server = grpc.aio.server()
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with grpc_server() as port:
         yield port
-    finally:
-        await server.stop(0)
 
 
 def test_codec_matches_protobuf_encoding() -> None:
