@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -83,6 +84,31 @@ def test_upstream_through_haproxy(harness: Any) -> None:
     assert logged[-1]["service"] == "c_m.api.http" and logged[-1]["status"] == 200
     assert logged[-1]["caller"] == "m/web" and logged[-1]["traceparent"].startswith("00-")
     assert h.cli("logs", "--mesh", "nope").stdout == ""
+    # metrics: the agent's own /metrics labels the mesh's traffic with Elastin's names; the
+    # server sums every node's (heartbeats) for `elastin traffic` and /v1/metrics
+    (node,) = h.client.nodes()
+    agent_metrics = f"http://{dict(node['attributes'])['agent.metrics']}/metrics"
+    with urllib.request.urlopen(agent_metrics, timeout=5) as r:
+        text = r.read().decode()
+    assert 'elastin_mesh_requests_total{app="m",service="api",port="http"}' in text, text
+    assert "elastin_agent_mesh_up 1" in text
+    exporter = re.search(r"^elastin_agent_mesh_exporter_port (\d+)$", text, re.M)
+    assert exporter, text
+    with urllib.request.urlopen(f"http://127.0.0.1:{exporter[1]}/metrics", timeout=5) as r:
+        assert 'proxy="c_m.api.http"' in r.read().decode()  # HAProxy's own exporter
+    traffic = h.wait_for(
+        lambda: [
+            t
+            for t in json.loads(h.cli("traffic", "--json", check=True).stdout)["services"]
+            if t["service"] == "api" and t["requests"] > 0
+        ],
+        30,
+        "traffic reported by the agent's heartbeat",
+    )
+    assert traffic[0]["endpoints_up"] == 1  # (errors: the 503s before api was ready)
+    assert "m/api" in h.cli("traffic", check=True).stdout
+    server_metrics = h.client.metrics()
+    assert 'elastin_mesh_requests_total{app="m",service="api",port="http",node=' in server_metrics
     pid_file = Path(h.data_dir) / "mesh" / "haproxy.pid"
     master = int(pid_file.read_text().split()[0])
     # two more replicas: endpoint churn, served without a reload

@@ -24,10 +24,12 @@ from typing import Any
 
 from elastin.agent.drivers.base import Driver
 from elastin.agent.mesh import MeshManager
+from elastin.agent.metrics import MetricsServer
 from elastin.agent.runner import AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
+from elastin.mesh.haproxy.stats import prometheus_lines
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
@@ -49,6 +51,7 @@ class AgentConfig:
     cgroup_root: str = "elastin"
     rediscover: bool = False  # re-read the local server's address when it stops answering
     mesh: bool = True  # run this node's HAProxy (when installed)
+    metrics_port: int | None = 0  # the agent's /metrics on 127.0.0.1 (0: any free port; None: off)
 
 
 def memory_total() -> int:
@@ -150,6 +153,50 @@ class Agent:
         self._apps: dict[str, tuple[float, Application, dict[str, int]]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.mesh: MeshManager | None = None
+        self.metrics: MetricsServer | None = None
+        if cfg.metrics_port is not None:
+            self.metrics = MetricsServer(self.metrics_text, port=cfg.metrics_port)
+
+    def metrics_text(self) -> str:
+        """The agent's ``/metrics``: its instances, its proxy, and the mesh's traffic per
+        service as this node's proxy sees it (labelled app, service, port)."""
+        counts: dict[str, int] = {}
+        for r in self.runners.values():
+            counts[r.state.status] = counts.get(r.state.status, 0) + 1
+        lines = [
+            "# HELP elastin_agent_instances Instances this agent runs, by status.",
+            "# TYPE elastin_agent_instances gauge",
+            *(f'elastin_agent_instances{{status="{k}"}} {v}' for k, v in sorted(counts.items())),
+            "# HELP elastin_agent_restarts_total Restarts of this agent's instances.",
+            "# TYPE elastin_agent_restarts_total counter",
+            f"elastin_agent_restarts_total {sum(r.state.restarts for r in self.runners.values())}",
+        ]
+        m = self.mesh
+        if m is None or m.proxy is None:
+            return "\n".join(lines) + "\n"
+        proxy_up = int(m.proxy.alive())
+        lines += [
+            "# HELP elastin_agent_mesh_up Whether this node's HAProxy runs.",
+            "# TYPE elastin_agent_mesh_up gauge",
+            f"elastin_agent_mesh_up {proxy_up}",
+            "# HELP elastin_agent_mesh_version The mesh snapshot version the proxy serves.",
+            "# TYPE elastin_agent_mesh_version gauge",
+            f"elastin_agent_mesh_version {m.current.version if m.current else 0}",
+            "# HELP elastin_agent_mesh_reloads_total Hitless reloads (structural changes).",
+            "# TYPE elastin_agent_mesh_reloads_total counter",
+            f"elastin_agent_mesh_reloads_total {m.proxy.reloads}",
+            "# HELP elastin_agent_mesh_starts_total Proxy starts (first, and after it died).",
+            "# TYPE elastin_agent_mesh_starts_total counter",
+            f"elastin_agent_mesh_starts_total {m.proxy.starts}",
+            "# HELP elastin_agent_mesh_runtime_commands_total Runtime API commands (no reload).",
+            "# TYPE elastin_agent_mesh_runtime_commands_total counter",
+            f"elastin_agent_mesh_runtime_commands_total {m.runtime_commands}",
+            "# HELP elastin_agent_mesh_exporter_port HAProxy's own Prometheus exporter port.",
+            "# TYPE elastin_agent_mesh_exporter_port gauge",
+            f"elastin_agent_mesh_exporter_port {m.exporter_port}",
+        ]
+        lines += prometheus_lines([(m.stats(), {})])
+        return "\n".join(lines) + "\n"
 
     def _node_id(self) -> str:
         path = self.cfg.data_dir / "agent" / "node-id"
@@ -162,6 +209,9 @@ class Agent:
 
     async def register(self) -> Node:
         node = fingerprint(self.cfg, self.node_id, self.drivers)
+        if self.metrics is not None:
+            attrs = dict(node.attributes) | {"agent.metrics": self.metrics.address}
+            node = replace(node, attributes=tuple(sorted(attrs.items())))
         delay = 0.2
         for _ in range(10**6):
             try:
@@ -347,8 +397,9 @@ class Agent:
                 memory=sum(u.memory for u in usage.values()),
                 sampled_at=time.time(),
             )
+            mesh = await asyncio.to_thread(self.mesh.stats) if self.mesh is not None else {}
             try:
-                await self.client.heartbeat(self.node_id, usage, total)
+                await self.client.heartbeat(self.node_id, usage, total, mesh)
             except ApiError as e:
                 if e.status == 404:
                     await self.register()
@@ -359,6 +410,8 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops."""
         self.alloc_root.mkdir(parents=True, exist_ok=True)
+        if self.metrics is not None:
+            await self.metrics.start()
         await self.register()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -375,6 +428,8 @@ class Agent:
                     tg.create_task(mesh.run())
                     tg.create_task(mesh.supervise())
         finally:
+            if self.metrics is not None:
+                await self.metrics.close()
             with contextlib.suppress(Exception):
                 await self.client.close()
 

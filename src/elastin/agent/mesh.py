@@ -16,10 +16,12 @@ works as before).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from elastin.client.errors import ClientError
@@ -27,6 +29,7 @@ from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
 from elastin.mesh.haproxy.render import Paths, render
 from elastin.mesh.haproxy.runtime import runtime_commands
+from elastin.mesh.haproxy.stats import ClusterStats, parse_stats
 from elastin.mesh.model import MeshSnapshot, diff
 
 log = logging.getLogger("elastin.agent.mesh")
@@ -43,6 +46,33 @@ class MeshManager:
         self.proxy = HaproxyProcess(directory, binary) if binary else None
         self.current: MeshSnapshot | None = None
         self.pending_deletes: list[str] = []
+        self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
+        self.exporter_port = self._exporter_port()
+
+    def _exporter_port(self) -> int:
+        """The port of HAProxy's Prometheus exporter: chosen once per node and kept (in the
+        mesh directory), so that agent restarts do not change it."""
+        path = self.dir / "exporter-port"
+        try:
+            return int(path.read_text())
+        except (OSError, ValueError):
+            pass
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with contextlib.suppress(OSError):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(port))
+        return port
+
+    def stats(self) -> dict[str, ClusterStats]:
+        """Per-cluster counters of the running proxy (empty when none runs)."""
+        if self.proxy is None or not self.proxy.alive():
+            return {}
+        try:
+            return parse_stats(self.proxy.send("show stat -1 6 -1"))  # backends + servers
+        except (HaproxyError, OSError):
+            return {}
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
@@ -82,6 +112,7 @@ class MeshManager:
     def apply(self, snap: MeshSnapshot) -> str:
         """Bring the proxy to ``snap``; returns what was done (for logs and tests)."""
         assert self.proxy is not None
+        snap = replace(snap, metrics_port=self.exporter_port)
         if not snap.listeners and not self.proxy.alive():
             self.current = snap
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
@@ -94,6 +125,7 @@ class MeshManager:
         try:
             for cmd in now:
                 self.proxy.send(cmd)
+                self.runtime_commands += 1
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
             return self._full(snap)

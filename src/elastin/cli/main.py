@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 
 from elastin import __version__
@@ -158,7 +159,15 @@ def server(host: str, port: int, store_url: str, algorithm: str) -> None:
 @click.option("--server", "server_url", default="", help="server URL (default: found locally)")
 @click.option("--token", default="", help="API token (default: ELASTIN_TOKEN or the data dir)")
 @click.option("--name", default="", help="node name (default: the host name)")
-def agent(server_url: str, token: str, name: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=0,
+    show_default=True,
+    help="port of the agent's /metrics on 127.0.0.1 (0: any free port, -1: off); the node's "
+    "agent.metrics attribute says where",
+)
+def agent(server_url: str, token: str, name: str, metrics_port: int) -> None:
     """Run a node agent in the foreground. Its instances keep running when it stops."""
     from elastin.agent.agent import Agent, AgentConfig
     from elastin.agent.drivers.registry import default_drivers
@@ -184,6 +193,7 @@ def agent(server_url: str, token: str, name: str) -> None:
         server_url=server_url or url,
         token=token,
         rediscover=not server_url and not os.environ.get("ELASTIN_ADDR"),
+        metrics_port=None if metrics_port < 0 else metrics_port,
     )
     if name:
         cfg.name = name
@@ -289,6 +299,8 @@ def look_around(url: str) -> None:
         ("elastin ps", "instances, limits and measured use"),
         ("elastin top", "live cpu and memory per instance"),
         ("elastin logs frontend -f", "follow a service's output"),
+        ("elastin traffic -w", "requests per second through the mesh, per service"),
+        ("elastin endpoints", "every service's endpoints and whether they are ready"),
         ("elastin logs --mesh", "the requests between services, one JSON line each"),
         ("elastin events", "what happened"),
         ("elastin resources", "requested, allocated and measured, per kind and node"),
@@ -430,29 +442,43 @@ def _up_foreground(
 
 
 async def _follow(url: str, token: str, app: str, shutdown: asyncio.Event) -> None:
-    """Until Ctrl-C: a live view on a terminal, a table every 30 s otherwise."""
+    """Until Ctrl-C: a live view of the instances and the requests flowing through the mesh
+    per service on a terminal; otherwise a traffic table every 10 s and the instances every
+    30 s."""
     c = Client(url, token)
+    rates = render.TrafficRates()
+
+    def sample() -> tuple[list[dict[str, Any]], Table]:
+        allocs = c.call("GET", "/v1/allocations", params={"app": app})
+        rows = [r for r in c.call("GET", "/v1/mesh/traffic")["services"] if r["app"] == app]
+        title = "requests through the mesh (elastin traffic -w)"
+        return allocs, render.traffic_table(rows, rates.update(rows, time.monotonic()), title)
+
     try:
         if console.is_terminal:
             with Live(console=console, refresh_per_second=1, transient=True) as live:
                 while not shutdown.is_set():
-                    allocs = await asyncio.to_thread(
-                        c.call, "GET", "/v1/allocations", params={"app": app}
-                    )
+                    allocs, table = await asyncio.to_thread(sample)
                     live.update(
-                        Group(render.allocations_table(allocs), Text("Ctrl-C to stop", style="dim"))
+                        Group(
+                            render.allocations_table(allocs),
+                            Text(""),
+                            table,
+                            Text("Ctrl-C to stop", style="dim"),
+                        )
                     )
                     with suppress(TimeoutError):
                         await asyncio.wait_for(shutdown.wait(), 2.0)
         else:
-            while not shutdown.is_set():
+            for tick in range(1, 10**7):
                 try:
-                    await asyncio.wait_for(shutdown.wait(), 30.0)
+                    await asyncio.wait_for(shutdown.wait(), 10.0)
+                    break
                 except TimeoutError:
-                    allocs = await asyncio.to_thread(
-                        c.call, "GET", "/v1/allocations", params={"app": app}
-                    )
-                    console.print(render.allocations_table(allocs))
+                    allocs, table = await asyncio.to_thread(sample)
+                    if tick % 3 == 0:
+                        console.print(render.allocations_table(allocs))
+                    console.print(table)
         console.print(Text("stopping the application…", style="bold"))
     finally:
         c.close()
@@ -610,6 +636,30 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
                 index = data["index"]
                 while data["index"] == index:
                     data = c.mesh_services(service, index=index, wait=30)
+            except KeyboardInterrupt:
+                return
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", "-w", is_flag=True, help="refresh every 5 s with rates (Ctrl-C ends)")
+def traffic(as_json: bool, watch: bool) -> None:
+    """Requests through the service mesh per service: totals, errors, retries, in flight,
+    average response time and endpoints up, summed over every node's proxy. With --watch,
+    requests per second too."""
+    with errors(), client() as c:
+        if as_json:
+            print_json(c.call("GET", "/v1/mesh/traffic"))
+            return
+        rates = render.TrafficRates()
+        for i in range(10**6 if watch else 1):
+            rows = c.call("GET", "/v1/mesh/traffic")["services"]
+            r = rates.update(rows, time.monotonic())
+            console.print(render.traffic_table(rows, r if i else None))
+            if not watch:
+                return
+            try:
+                time.sleep(5)
             except KeyboardInterrupt:
                 return
 

@@ -142,6 +142,55 @@ def endpoints_table(services: list[dict[str, Any]], title: str = "") -> Table:
     return t
 
 
+class TrafficRates:
+    """Requests (and errors) per second per service from successive ``/v1/mesh/traffic``
+    samples. The counters are cumulative and move when an agent heartbeats (every 5 s), so a
+    rate is taken between two samples that differ, and drops to 0 after 15 s unchanged."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[float, int, int]] = {}  # cluster -> (time, requests, errors)
+        self.rates: dict[str, tuple[float, float]] = {}
+
+    def update(self, rows: list[dict[str, Any]], now: float) -> dict[str, tuple[float, float]]:
+        for r in rows:
+            key, req, err = r["cluster"], r["requests"], r["errors"]
+            prev = self.last.get(key)
+            if prev is None:
+                self.last[key] = (now, req, err)
+            elif (req, err) != prev[1:]:
+                dt = max(now - prev[0], 1e-6)
+                self.rates[key] = (max(0, req - prev[1]) / dt, max(0, err - prev[2]) / dt)
+                self.last[key] = (now, req, err)
+            elif now - prev[0] > 15:
+                self.rates[key] = (0.0, 0.0)
+        return dict(self.rates)
+
+
+def traffic_table(
+    rows: list[dict[str, Any]], rates: dict[str, tuple[float, float]] | None = None, title: str = ""
+) -> Table:
+    """Requests through the mesh per service port."""
+    t = Table(show_edge=False, header_style="bold", title=title or None)
+    cols = ["SERVICE", "PORT", "MODE", "REQ/S", "REQUESTS", "ERRORS", "RETRIES", "IN FLIGHT"]
+    for col in [*cols, "AVG MS", "ENDPOINTS UP"]:
+        t.add_column(col, justify="left" if col in ("SERVICE", "PORT", "MODE") else "right")
+    for r in rows:
+        rate = (rates or {}).get(r["cluster"])
+        t.add_row(
+            f"{r['app']}/{r['service']}",
+            r["port"],
+            r["mode"],
+            f"{rate[0]:.1f}" if rate else "-",
+            str(r["requests"]),
+            Text(str(r["errors"]), style="red" if r["errors"] else ""),
+            str(r["retries"]),
+            str(r["in_flight"]),
+            str(r["avg_response_ms"]),
+            str(r["endpoints_up"]),
+        )
+    return t
+
+
 def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     t = Table(show_edge=False, header_style="bold")
     for col in ("NODE", "ID", "STATUS", "DRIVERS", "CGROUPS", "CPU (use/cap)", "MEMORY (use/cap)"):

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from elastin.client.errors import ApiError, ServerUnavailable
+from elastin.mesh.haproxy.stats import ClusterStats
 from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
@@ -140,6 +141,15 @@ class Client:
         params: dict[str, Any] = {"service": service, "index": index, "wait": wait}
         return self.call("GET", "/v1/mesh/services", params=params, timeout=wait + 30)
 
+    def metrics(self) -> str:
+        """The server's Prometheus text (``/v1/metrics``)."""
+        try:
+            resp = self._http.get("/v1/metrics")
+        except httpx.TransportError as e:
+            raise _unavailable(self.url, e) from None
+        _raise_for(resp)
+        return resp.text
+
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")
 
@@ -181,11 +191,16 @@ class AsyncClient:
         return from_data(Node, await self.call("POST", "/v1/nodes", json={"node": to_data(node)}))
 
     async def heartbeat(
-        self, node_id: str, usage: dict[str, Usage], node_usage: Usage | None
+        self,
+        node_id: str,
+        usage: dict[str, Usage],
+        node_usage: Usage | None,
+        mesh: dict[str, ClusterStats] | None = None,
     ) -> Any:
         body = {
             "usage": {k: to_data(v) for k, v in usage.items()},
             "node_usage": to_data(node_usage) if node_usage else None,
+            "mesh": {k: to_data(v) for k, v in (mesh or {}).items()},
         }
         return await self.call("POST", f"/v1/nodes/{node_id}/heartbeat", json=body)
 

@@ -24,6 +24,7 @@ Routes (users)::
     GET    /v1/resources                the accounting report (per kind, node, cluster)
     GET    /v1/status                   server version, revision, data directory
     GET    /v1/metrics                  Prometheus text
+    GET    /v1/mesh/traffic             requests, errors, retries per service (all nodes' proxies)
     GET    /v1/mesh/services[?service=&index=&wait=]  the service registry: every service port
                                         with its endpoints (a blocking query: a watch)
 
@@ -55,6 +56,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 
 from elastin import __version__
+from elastin.mesh.haproxy.stats import ClusterStats, prometheus_lines
 from elastin.mesh.model.registry import find_service
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
@@ -87,6 +89,7 @@ class NodeBody(BaseModel):
 class HeartbeatBody(BaseModel):
     usage: dict[str, dict[str, Any]] = {}
     node_usage: dict[str, Any] | None = None
+    mesh: dict[str, dict[str, Any]] = {}  # cluster -> its proxy counters on this node
 
 
 class StatusBody(BaseModel):
@@ -318,7 +321,8 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     async def heartbeat(node_id: str, body: HeartbeatBody) -> dict[str, Any]:
         usage = {k: from_data(Usage, v) for k, v in body.usage.items()}
         nu = from_data(Usage, body.node_usage) if body.node_usage else None
-        node = await cluster.heartbeat(node_id, usage, nu)
+        mesh = {k: from_data(ClusterStats, v) for k, v in body.mesh.items()}
+        node = await cluster.heartbeat(node_id, usage, nu, mesh)
         return {"status": node.status}
 
     @api.get("/v1/nodes/{node_id}/allocations")
@@ -347,6 +351,10 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
                 hint="name it as `service` or `app/service`; see `elastin endpoints`",
             )
         return {"index": version, "services": [to_data(e) for e in found]}
+
+    @api.get("/v1/mesh/traffic")
+    async def mesh_traffic() -> dict[str, Any]:
+        return {"services": cluster.mesh_traffic()}
 
     @api.get("/v1/mesh/converged")
     async def mesh_converged(version: int, wait: float = Query(0.0, le=60)) -> dict[str, Any]:
@@ -454,6 +462,9 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
                         f'elastin_allocation_{name}{{app="{a.app}",workload="{a.workload}",'
                         f'index="{a.index}"}} {value(u)}'
                     )
+        lines += prometheus_lines(
+            [(stats, {"node": n}) for n, stats in sorted(cluster.mesh_stats.items())]
+        )
         return "\n".join(lines) + "\n"
 
     return api

@@ -85,7 +85,14 @@ async def run_server(
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     server = _Server(
-        uvicorn.Config(api, log_level="warning", lifespan="off", access_log=False, loop="asyncio")
+        uvicorn.Config(
+            api,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            loop="asyncio",
+            timeout_graceful_shutdown=5,
+        )
     )
     info = cfg.data_dir / SERVER_FILE
     try:
@@ -106,6 +113,9 @@ async def run_server(
                 # shutting down: in-flight long polls are cancelled on purpose; that is not
                 # an error to print
                 logging.getLogger("uvicorn.error").disabled = True
+                # long polls answer now, so that uvicorn's graceful shutdown does not wait
+                # for them (agents ask again, of the next server)
+                cluster.close_queries()
                 raise
     finally:
         server.should_exit = True

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from elastin.mesh.haproxy.stats import ClusterStats
 from elastin.mesh.model import MeshSnapshot
 from elastin.mesh.model.build import build_snapshot
 from elastin.mesh.model.registry import ServiceEntry, registry
@@ -50,6 +51,15 @@ from elastin.store.base import Compare, StateStore
 log = logging.getLogger("elastin.server")
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
+TRAFFIC_COUNTERS = (
+    "requests",
+    "errors",
+    "connect_errors",
+    "retries",
+    "in_flight",
+    "endpoints_up",
+    "avg_response_ms",
+)
 MESH_LIVE = 45.0  # seconds since a node's last mesh query before its proxy stops counting
 HISTORY_KEPT = 100_000  # store revisions of change history kept for watchers
 
@@ -133,6 +143,8 @@ class Cluster:
         self.dirty = asyncio.Event()
         self.usage: dict[str, Usage] = {}  # alloc id -> last measured usage (not persisted)
         self.node_usage: dict[str, Usage] = {}
+        # node id -> its proxy's counters per mesh cluster, from heartbeats (not persisted)
+        self.mesh_stats: dict[str, dict[str, ClusterStats]] = {}
         self._ids = itertools.count()
         self._lock = asyncio.Lock()  # serialises scheduling passes
         self._last_seen: dict[str, float] = {}  # node id -> last heartbeat (in memory)
@@ -146,6 +158,19 @@ class Cluster:
         # for version > N only after it has applied N, so its query is its acknowledgement
         self._mesh_acked: dict[str, tuple[int, float]] = {}
         self.mesh_acks = asyncio.Condition()
+        self._closing = False  # shutting down: blocking queries answer at once
+        self._closer: asyncio.Task[None] | None = None
+
+    def close_queries(self) -> None:
+        """Answer every blocking query now (the server is stopping; agents ask again)."""
+        self._closing = True
+
+        async def wake() -> None:
+            for cond in (self.changed, self.mesh_changed, self.mesh_acks):
+                async with cond:
+                    cond.notify_all()
+
+        self._closer = asyncio.get_running_loop().create_task(wake())
 
     def new_id(self) -> str:
         return secrets.token_hex(4) + f"{next(self._ids) % 0xFFFF:04x}"
@@ -342,7 +367,11 @@ class Cluster:
         return node
 
     async def heartbeat(
-        self, node_id: str, usage: dict[str, Usage], node_usage: Usage | None
+        self,
+        node_id: str,
+        usage: dict[str, Usage],
+        node_usage: Usage | None,
+        mesh: dict[str, ClusterStats] | None = None,
     ) -> Node:
         found = await self.repo.get_node(node_id)
         if not found:
@@ -351,6 +380,8 @@ class Cluster:
         self.usage.update(usage)
         if node_usage is not None:
             self.node_usage[node_id] = node_usage
+        if mesh is not None:
+            self.mesh_stats[node_id] = mesh
         if node.status != "ready":
             node = replace(node, status="ready", last_heartbeat=self.clock())
             await self.repo.commit(
@@ -389,7 +420,7 @@ class Cluster:
     ) -> None:
         """A blocking query's wait: until ``current()`` passes ``index`` or ``wait`` s pass."""
         deadline = self.clock() + wait
-        while current() <= index and wait > 0:
+        while current() <= index and wait > 0 and not self._closing:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return
@@ -453,12 +484,33 @@ class Cluster:
         deadline = time.monotonic() + wait
         while pending := self.mesh_pending(version):
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 return pending
             async with self.mesh_acks:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.mesh_acks.wait(), timeout=min(remaining, 1.0))
         return []
+
+    def mesh_traffic(self) -> list[dict[str, Any]]:
+        """Requests, errors and retries per service port, summed over every node's proxy
+        (counters since each proxy started; ``elastin traffic`` turns them into rates)."""
+        total: dict[str, dict[str, Any]] = {}
+        for node_id, stats in self.mesh_stats.items():
+            for name, st in stats.items():
+                t = total.setdefault(
+                    name,
+                    {"cluster": name, **st.labels, "mode": st.mode, "nodes": []}
+                    | dict.fromkeys(TRAFFIC_COUNTERS, 0),
+                )
+                t["nodes"].append(node_id)
+                t["requests"] += st.requests
+                t["errors"] += st.errors
+                t["connect_errors"] += st.connect_errors
+                t["retries"] += st.retries
+                t["in_flight"] += st.active
+                t["endpoints_up"] += sum(1 for e in st.endpoints if e.status.startswith("UP"))
+                t["avg_response_ms"] = max(t["avg_response_ms"], st.avg_response_ms)
+        return [total[k] for k in sorted(total)]
 
     async def service_registry(
         self, index: int, wait: float
