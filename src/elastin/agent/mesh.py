@@ -27,7 +27,7 @@ from pathlib import Path
 from elastin.client.errors import ClientError
 from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
-from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.render import render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.stats import ClusterStats, parse_stats
 from elastin.mesh.model import MeshSnapshot, diff
@@ -76,7 +76,7 @@ class MeshManager:
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
-        return render(snap, Paths(str(self.proxy.socket), str(self.proxy.pid_file)))
+        return render(snap, self.proxy.paths())
 
     def _listening(self, snap: MeshSnapshot, timeout: float) -> list[str]:
         """Listeners of ``snap`` that do not accept connections within ``timeout``."""

@@ -26,6 +26,7 @@ from elastin.model.units import parse_cpu, parse_size
 from elastin.model.workload import (
     Application,
     Constraint,
+    Fault,
     HealthCheck,
     MeshPolicy,
     Port,
@@ -68,7 +69,9 @@ MESH_KEYS = (
     "max_queue",
     "consecutive_errors",
     "rate_limit",
+    "fault",
 )
+FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
 LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
 RETRY_CONDITIONS = (
     "conn-failure",
@@ -621,9 +624,39 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
             )
             ok = False
         kw["retry_on"] = tuple(conds or ())
+    if "fault" in m:
+        kw["fault"] = _fault(ctx, m["fault"][1], f"{path}.fault")
     if not ok or any(v is None for v in kw.values()):
         return None
     return MeshPolicy(**kw)
+
+
+def _fault(ctx: _Ctx, node: yaml.Node, path: str) -> Fault | None:
+    """``{abort: 503, abort_percent: 10, delay: 200ms, delay_percent: 50}``; a percentage
+    left out is 100 when its fault is given."""
+    m = _mapping(ctx, node, path, FAULT_KEYS, "fault")
+    if m is None:
+        return None
+    if "abort" not in m and "delay" not in m:
+        ctx.add(node, path, "a fault needs abort or delay", "e.g. {abort: 503, abort_percent: 10}")
+        return None
+    kw: dict[str, Any] = {}
+    if "abort" in m:
+        kw["abort_status"] = _int(ctx, m["abort"][1], f"{path}.abort", 200, 599, "an HTTP status")
+        kw["abort_percent"] = 100
+    if "delay" in m:
+        kw["delay"] = _duration(ctx, m["delay"][1], f"{path}.delay", 60)
+        kw["delay_percent"] = 100
+    for key, needs in (("abort_percent", "abort"), ("delay_percent", "delay")):
+        if key not in m:
+            continue
+        if needs not in m:
+            ctx.add(m[key][1], f"{path}.{key}", f"{key} without {needs}", f"add {needs}: ...")
+            return None
+        kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 0, 100, "a percentage, 0 to 100")
+    if any(v is None for v in kw.values()):
+        return None
+    return Fault(**kw)
 
 
 def _constraints(ctx: _Ctx, node: yaml.Node, path: str) -> list[Constraint] | None:

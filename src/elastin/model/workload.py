@@ -81,6 +81,17 @@ LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", 
 
 
 @dataclass(frozen=True)
+class Fault:
+    """Fault injection for testing: abort or delay a share of the requests to a service
+    (every caller's listener for it). Percentages are 0..100."""
+
+    abort_status: int = 0
+    abort_percent: float = 0.0
+    delay: float = 0.0  # seconds
+    delay_percent: float = 0.0
+
+
+@dataclass(frozen=True)
 class MeshPolicy:
     """How the mesh treats calls *to* this service (the proxy's cluster for its ports)."""
 
@@ -95,6 +106,7 @@ class MeshPolicy:
     max_queue: int = 0  # per endpoint; 0 = unlimited
     consecutive_errors: int = 5  # outlier detection; 0 = off
     rate_limit: int = 0  # requests per second for the service; 0 = none
+    fault: Fault | None = None
 
 
 @dataclass(frozen=True)

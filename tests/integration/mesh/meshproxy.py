@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
-from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.render import render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.model import MeshSnapshot, diff
 
@@ -61,7 +61,7 @@ class MeshProxy:
             wait_listening(lst.port)
 
     def _text(self, snap: MeshSnapshot) -> str:
-        return render(snap, Paths(str(self.process.socket), str(self.process.pid_file)))
+        return render(snap, self.process.paths())
 
     @property
     def reloads(self) -> int:

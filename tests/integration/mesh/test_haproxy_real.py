@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 from meshproxy import HAPROXY, MeshProxy, free_port, get, http_backend, needs_haproxy
 
 from elastin.mesh.haproxy.process import check_config
-from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.render import LUA_SCRIPT, Paths, render
 from elastin.mesh.model import (
     CircuitBreaker,
     Cluster,
@@ -54,11 +55,10 @@ def test_every_policy_and_protocol_renders_a_valid_config(
         fault=Fault(abort_status=503, abort_percent=10, delay=0.5, delay_percent=20),
     )
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(
-        render(
-            MeshSnapshot(1, "n1", (lst,), (c,), metrics_port=9101), Paths(str(tmp_path / "rt.sock"))
-        )
-    )
+    lua = tmp_path / "elastin.lua"
+    lua.write_text(LUA_SCRIPT)
+    paths = Paths(str(tmp_path / "rt.sock"), lua_file=str(lua))
+    cfg.write_text(render(MeshSnapshot(1, "n1", (lst,), (c,), metrics_port=9101), paths))
     assert HAPROXY is not None
     check_config(str(cfg), HAPROXY)
 
@@ -124,3 +124,32 @@ def test_rate_limit_answers_429_naming_the_service(mesh_proxy: Start) -> None:
                 headers.append(e.headers.get("x-elastin-error", ""))
         assert 200 in statuses and 429 in statuses, statuses
         assert all("shop.web.http" in h and "3/s" in h for h in headers)
+
+
+def test_fault_injection_delays_and_aborts(mesh_proxy: Start) -> None:
+    with http_backend("one") as p1:
+        slow, broken = free_port(), free_port()
+        cluster = Cluster("shop.web.http", endpoints=(Endpoint("a1-http", "127.0.0.1", p1),))
+        proxy = mesh_proxy(
+            MeshSnapshot(
+                1,
+                "n1",
+                (
+                    Listener(
+                        "a.web", slow, "shop.web.http", fault=Fault(delay=0.3, delay_percent=100)
+                    ),
+                    Listener(
+                        "b.web",
+                        broken,
+                        "shop.web.http",
+                        fault=Fault(abort_status=418, abort_percent=100),
+                    ),
+                ),
+                (cluster,),
+            )
+        )
+        t0 = time.monotonic()
+        assert get(proxy.url(slow)) == (200, "one")
+        assert time.monotonic() - t0 >= 0.3  # held by the Lua delay
+        status, body = get(proxy.url(broken))
+        assert status == 418 and "fault injected" in body

@@ -100,7 +100,8 @@ def test_build_snapshot_from_apps_and_allocations() -> None:
         "app: shop\nservices:\n"
         "  web:\n    command: x\n    upstreams: [api]\n"
         "  api:\n    command: y\n    ports: {grpc: {port: 0, protocol: grpc}}\n"
-        "    health: {tcp: grpc}\n    mesh: {lb: least_request, max_connections: 50}\n"
+        "    health: {tcp: grpc}\n    mesh: {lb: least_request, max_connections: 50,"
+        " fault: {abort: 503, abort_percent: 5}}\n"
     )
 
     def alloc(
@@ -138,6 +139,7 @@ def test_build_snapshot_from_apps_and_allocations() -> None:
         ("a2-grpc", "10.0.0.2", 9002, False, False),
     ]
     (lst,) = snap.listeners  # only the caller on this node
+    assert lst.fault is not None and (lst.fault.abort_status, lst.fault.abort_percent) == (503, 5)
     assert (lst.port, lst.cluster, lst.owner, lst.protocol) == (
         21000,
         "shop.api.grpc",

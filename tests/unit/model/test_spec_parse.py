@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from elastin.model.errors import SpecError, SpecIssue
 from elastin.model.resources import Resources
 from elastin.model.spec import load_spec, parse_duration, parse_spec
-from elastin.model.workload import Constraint, HealthCheck, Port, RestartPolicy
+from elastin.model.workload import Constraint, Fault, HealthCheck, Port, RestartPolicy
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -206,6 +206,20 @@ W = "app: a\nservices:\n  w:\n    command: x\n"
         (W + "    upstreams: [db]\n", "services.w.upstreams[0]", 5, "no service named 'db'"),
         (W + "    upstreams: [w]\n", "services.w.upstreams[0]", 5, "its own upstream"),
         (W + "    mesh: {lb: fastest}\n", "services.w.mesh.lb", 5, "least_request"),
+        (W + "    mesh: {fault: {}}\n", "services.w.mesh.fault", 5, "needs abort or delay"),
+        (W + "    mesh: {fault: {abort: 99}}\n", "services.w.mesh.fault.abort", 5, "HTTP"),
+        (
+            W + "    mesh: {fault: {delay: 1s, abort_percent: 5}}\n",
+            "services.w.mesh.fault.abort_percent",
+            5,
+            "without abort",
+        ),
+        (
+            W + "    mesh: {fault: {delay: 1s, delay_percent: 101}}\n",
+            "services.w.mesh.fault.delay_percent",
+            5,
+            "percentage",
+        ),
         (W + "    mesh: {lb: hash_header}\n", "services.w.mesh.hash_key", 5, "needs hash_key"),
         (
             W + "    mesh: {retry_on: [sometimes]}\n",
@@ -329,4 +343,15 @@ def test_grpc_health_check() -> None:
     w = app.workload("api")
     assert w is not None and w.health == HealthCheck(
         type="grpc", port="rpc", service="shop.Catalog", interval=2.0
+    )
+
+
+def test_mesh_fault_injection() -> None:
+    app = parse_spec(
+        "app: a\nservices:\n  api:\n    command: x\n    ports: {http: 0}\n"
+        "    mesh: {fault: {delay: 200ms, delay_percent: 25, abort: 503}}\n"
+    )
+    w = app.workload("api")
+    assert w is not None and w.mesh.fault == Fault(
+        abort_status=503, abort_percent=100, delay=0.2, delay_percent=25
     )

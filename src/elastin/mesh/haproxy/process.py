@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from elastin.mesh.haproxy.render import LUA_SCRIPT, Paths
+
 
 class HaproxyError(Exception):
     """HAProxy rejected a configuration or a runtime command."""
@@ -72,6 +74,7 @@ class HaproxyProcess:
         self.config = directory / "haproxy.cfg"
         self.pid_file = directory / "haproxy.pid"
         self.socket = directory / "haproxy.sock"
+        self.lua_file = directory / "elastin.lua"
         self.reloads = 0
         self.starts = 0
         self._child: subprocess.Popen[bytes] | None = None  # when this process started it
@@ -105,9 +108,14 @@ class HaproxyProcess:
             self._child = None  # reaped: no zombie left behind
         return self.master_pid() is not None
 
+    def paths(self) -> Paths:
+        """Where this proxy's files are, for ``render``."""
+        return Paths(str(self.socket), str(self.pid_file), str(self.lua_file))
+
     def ensure(self, text: str) -> str:
         """Apply a full configuration: start or reload. Returns "started" or "reloaded"."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.lua_file.write_text(LUA_SCRIPT)
         candidate = self.dir / "haproxy.cfg.new"
         candidate.write_text(text)
         check_config(str(candidate), self.binary)

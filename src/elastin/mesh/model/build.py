@@ -101,6 +101,7 @@ def build_snapshot(
                     cluster=cname,
                     protocol=first.protocol,
                     owner=f"{a.app}/{a.workload}",
+                    fault=target.mesh.fault,
                 )
             )
     return MeshSnapshot(version, node_id, tuple(listeners), tuple(clusters), metrics_port)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+# Fault is defined with the spec's mesh policy and used as it is on listeners
+from elastin.model.workload import Fault as Fault
 from elastin.model.workload import Protocol
 
 LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", "hash_cookie"]
@@ -99,16 +101,6 @@ class CircuitBreaker:
 class OutlierDetection:
     consecutive_errors: int = 5  # 5xx or connection errors in a row mark an endpoint down
     enabled: bool = True
-
-
-@dataclass(frozen=True)
-class Fault:
-    """Fault injection on a listener, for testing: abort or delay a share of requests."""
-
-    abort_status: int = 0
-    abort_percent: float = 0.0
-    delay: float = 0.0  # seconds
-    delay_percent: float = 0.0
 
 
 @dataclass(frozen=True)
