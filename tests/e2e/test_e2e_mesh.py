@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from elastin.mesh.haproxy.process import haproxy_binary
+from elastin.sdk import EngineError, MeshClient
 
 pytestmark = [
     pytest.mark.integration,
@@ -164,6 +165,20 @@ def test_registry_lists_and_watches_endpoints(harness: Any) -> None:
     data = json.loads(h.cli("endpoints", "--json", check=True).stdout)
     assert {s["name"] for s in data["services"]} == {"api", "web"}
     assert h.cli("endpoints", "nope").returncode == 1
+    # the SDK's mesh client: resolve, and a watch that sees the scale-down
+    token = (Path(h.data_dir) / "token").read_text().strip()
+    with MeshClient(c.url, token) as mesh:
+        endpoints = mesh.resolve("m/api")
+        assert len(endpoints) == 2 and all(e.ready and e.port for e in endpoints)
+        watcher = mesh.watch("api", timeout=60)
+        assert len(next(watcher)) == 2
+        path.write_text(spec(1))
+        h.cli("apply", str(path), check=True)
+        assert len(next(watcher)) == 1
+        with pytest.raises(EngineError, match="no port 'nope'"):
+            mesh.resolve("api", port="nope")
+        with pytest.raises(EngineError, match="no service 'nope'"):
+            mesh.resolve("nope")
 
 
 def test_scaled_away_replicas_drain_under_load(harness: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from elastin.mesh.model.registry import find_service, registry
 from elastin.model.cluster import Allocation
 from elastin.model.spec import parse_spec
+from elastin.sdk import EngineError, upstream
 
 APP = parse_spec(
     "app: shop\nservices:\n"
@@ -58,3 +61,12 @@ def test_find_service_by_name_app_slash_name_or_dotted() -> None:
     assert [e.ref for e in find_service(entries, "shop/api")] == ["shop/api"]
     assert [e.ref for e in find_service(entries, "api.shop")] == ["shop/api"]
     assert find_service(entries, "other/api") == []
+
+
+def test_sdk_upstream_reads_the_callers_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ELASTIN_UPSTREAM_ORDER_API_URL", "http://127.0.0.1:4000")
+    monkeypatch.setenv("ELASTIN_UPSTREAM_ORDER_API", "127.0.0.1:4000")
+    assert upstream("order-api") == "http://127.0.0.1:4000"
+    assert upstream("order-api", url=False) == "127.0.0.1:4000"
+    with pytest.raises(EngineError, match="upstreams"):
+        upstream("billing")
