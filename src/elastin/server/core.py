@@ -51,6 +51,7 @@ from elastin.store.base import Compare, StateStore
 log = logging.getLogger("elastin.server")
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
+MeshInputs = tuple[dict[str, Application], list[Allocation], dict[str, str]]
 TRAFFIC_COUNTERS = (
     "requests",
     "errors",
@@ -158,6 +159,7 @@ class Cluster:
         # for version > N only after it has applied N, so its query is its acknowledgement
         self._mesh_acked: dict[str, tuple[int, float]] = {}
         self.mesh_acks = asyncio.Condition()
+        self._mesh_cache: tuple[int, asyncio.Future[MeshInputs]] | None = None
         self._closing = False  # shutting down: blocking queries answer at once
         self._closer: asyncio.Task[None] | None = None
 
@@ -455,9 +457,22 @@ class Cluster:
         apps, allocs, addresses = await self._mesh_inputs()
         return build_snapshot(version, node_id, apps, allocs, addresses)
 
-    async def _mesh_inputs(
-        self,
-    ) -> tuple[dict[str, Application], list[Allocation], dict[str, str]]:
+    async def _mesh_inputs(self) -> MeshInputs:
+        """What mesh snapshots are built from, read once per mesh version: when a change
+        wakes every agent's query at once, they share one read of the store."""
+        version = self._mesh_rev
+        cached = self._mesh_cache
+        failed = (
+            cached is not None
+            and cached[1].done()
+            and (cached[1].cancelled() or cached[1].exception() is not None)
+        )
+        if cached is None or cached[0] != version or failed:
+            cached = (version, asyncio.ensure_future(self._read_mesh_inputs()))
+            self._mesh_cache = cached
+        return await asyncio.shield(cached[1])
+
+    async def _read_mesh_inputs(self) -> MeshInputs:
         snap = await self.repo.snapshot()
         apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
         addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}

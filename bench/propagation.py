@@ -1,0 +1,300 @@
+"""How fast an endpoint change reaches every proxy: from the store to 1,000 watchers, and to a
+real HAProxy serving it.
+
+A real ``elastin server`` runs in its own process. This script plays one agent (node
+``bench-node``): it registers, reports the instances the scheduler placed on it as running
+with ports, heartbeats, and runs the agent's own mesh manager (``elastin.agent.mesh``) with
+a real HAProxy. Next to it, N simulated agents hold the same blocking query an agent holds
+(``GET /v1/nodes/{id}/mesh?index=&wait=``) on one event loop.
+
+Each change flips one ``api`` endpoint's readiness (an agent's health report,
+``POST /v1/allocations/{id}/status``) and measures, from just before the report is sent:
+
+* ``all_watchers_ms`` — until every simulated agent has a snapshot with the new readiness;
+* ``haproxy_ms`` — until the real HAProxy has the server in the new state (runtime API,
+  ``show servers state``), i.e. serves the change.
+
+Cases: 1, 100 and 1,000 watchers; p50 and p99 over the changes. The target in issue #3 is
+p99 <= 100 ms (Istio publishes 1.5-4.5 s convergence). There is no peer process to run side
+by side: the figure is compared with the target and that published number.
+
+Usage: ``python bench/propagation.py [--json] [--changes N] [--watchers 1,100,1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Row, emit
+from elastin.agent.mesh import MeshManager
+from elastin.client.http import AsyncClient
+from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
+from elastin.model.cluster import Node
+from elastin.model.resources import Resources
+
+NODE = "bench-node"
+REPLICAS = 4
+SPEC = f"""
+app: prop
+services:
+  api:
+    command: ["true"]
+    ports: {{http: 0}}
+    replicas: {REPLICAS}
+    health: {{http: /, interval: 1s}}
+    resources: {{cpu: 10m, memory: 16Mi}}
+  web:
+    command: ["true"]
+    upstreams: [api]
+    resources: {{cpu: 10m, memory: 16Mi}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(tmp: Path) -> Iterator[tuple[str, str]]:
+    data = tmp / "data"
+    env = {**os.environ, "ELASTIN_DATA_DIR": str(data)}
+    env.pop("ELASTIN_ADDR", None)
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "elastin.cli.main", "server", "--port", "0"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 30
+        info: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                info = json.loads((data / "server.json").read_text())
+                if info["pid"] == proc.pid:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit("the server exited: " + (tmp / "server.log").read_text())
+            time.sleep(0.05)
+        else:
+            raise SystemExit("the server did not start within 30 s")
+        yield str(info["url"]), (data / "token").read_text().strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Bench:
+    def __init__(self, url: str, token: str, mesh_dir: Path) -> None:
+        self.url, self.token = url, token
+        self.client = AsyncClient(url, token)
+        self.mesh = MeshManager(lambda: self.client, NODE, mesh_dir)
+        self.target: tuple[str, bool] | None = None  # (endpoint id, ready) being waited for
+        self.seen: dict[int, float] = {}  # watcher -> when it saw the target
+        self.all_seen = asyncio.Event()
+        self.watchers = 0
+
+    async def setup(self) -> list[str]:
+        node = Node(NODE, NODE, capacity=Resources(64_000, 64 << 30, 100 << 30))
+        await self.client.register(node)
+        sync = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"})
+        sync.post("/v1/apps", json={"spec": SPEC, "file": "prop.yaml", "base_dir": "."})
+        deadline = time.monotonic() + 30
+        allocs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(allocs) < REPLICAS + 1:
+            allocs = sync.get("/v1/allocations", params={"app": "prop"}).json()
+            await asyncio.sleep(0.1)
+        sync.close()
+        if len(allocs) < REPLICAS + 1:
+            raise SystemExit("the scheduler did not place the bench's instances")
+        api = []
+        for a in allocs:
+            ports = (
+                {"http": free_port()} if a["workload"] == "api" else {"upstream.api": free_port()}
+            )
+            for status in ("starting", "running"):
+                await self.client.alloc_status(
+                    a["id"], status=status, ports=list(ports.items()), healthy=True
+                )
+            if a["workload"] == "api":
+                api.append(a["id"])
+        return api
+
+    async def heartbeat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.client.heartbeat(NODE, {}, None)
+            await asyncio.sleep(5)
+
+    async def watcher(self, i: int) -> None:
+        """One simulated agent: the mesh blocking query on a kept-alive connection of its
+        own (raw HTTP/1.1 on asyncio streams: an HTTP client library's pool would measure
+        itself at 1,000 connections, not the server)."""
+        host, _, port = self.url.removeprefix("http://").partition(":")
+        index = 0
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while True:
+                writer.write(
+                    f"GET /v1/nodes/w{i}/mesh?index={index}&wait=30 HTTP/1.1\r\n"
+                    f"Host: {host}\r\nAuthorization: Bearer {self.token}\r\n\r\n".encode()
+                )
+                await writer.drain()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                snap = json.loads(await reader.readexactly(length))
+                t = time.perf_counter()
+                index = snap["version"]
+                self.saw(i, snap, t)
+        finally:
+            writer.close()
+
+    def saw(self, i: int, snap: dict[str, Any], t: float) -> None:
+        target = self.target
+        if target is None or i in self.seen:
+            return
+        for c in snap["clusters"]:
+            for e in c["endpoints"]:
+                if e["id"] == target[0] and e["ready"] == target[1]:
+                    self.seen[i] = t
+                    if len(self.seen) == self.watchers:
+                        self.all_seen.set()
+
+    def haproxy_state(self, endpoint: str) -> bool | None:
+        """Whether HAProxy has ``endpoint`` ready (not in maintenance); None if unknown."""
+        if self.mesh.proxy is None:
+            return None
+        try:
+            text = self.mesh.proxy.send("show servers state c_prop.api.http")
+        except Exception:
+            return None
+        for line in text.splitlines():
+            cols = line.split()
+            if len(cols) > 6 and cols[3] == f"e_{endpoint}":
+                return not int(cols[6]) & 0x01  # srv_admin_state: FMAINT
+        return None
+
+    async def change(self, alloc: str, ready: bool) -> tuple[float, float]:
+        endpoint = f"{alloc}-http"
+        self.seen.clear()
+        self.all_seen.clear()
+        self.target = (endpoint, ready)
+        t0 = time.perf_counter()
+        await self.client.alloc_status(alloc, healthy=ready)
+        t_proxy = -1.0
+        deadline = t0 + 10
+        while time.perf_counter() < deadline:
+            if t_proxy < 0 and await asyncio.to_thread(self.haproxy_state, endpoint) == ready:
+                t_proxy = time.perf_counter()
+            if t_proxy >= 0 and self.all_seen.is_set():
+                break
+            await asyncio.sleep(0.001)
+        if t_proxy < 0 or not self.all_seen.is_set():
+            raise SystemExit(f"a change did not arrive within 10 s ({len(self.seen)} watchers)")
+        return (max(self.seen.values()) - t0) * 1000, (t_proxy - t0) * 1000
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def measure(url: str, token: str, tmp: Path, cases: list[int], changes: int) -> list[Row]:
+    b = Bench(url, token, tmp / "mesh")
+    api = await b.setup()
+    rows: list[Row] = []
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(b.heartbeat()), tg.create_task(b.mesh.run())]
+        deadline = time.monotonic() + 30
+        while b.haproxy_state(f"{api[0]}-http") is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if b.haproxy_state(f"{api[0]}-http") is None:
+            raise SystemExit("HAProxy did not start with the bench's listener")
+        started = 0
+        for n in cases:
+            while started < n:
+                tasks.append(tg.create_task(b.watcher(started)))
+                started += 1
+            b.watchers = n
+            await asyncio.sleep(1.0 + n / 500)  # every watcher holds its query
+            watch_ms: list[float] = []
+            proxy_ms: list[float] = []
+            for k in range(changes):
+                alloc = api[k % len(api)]
+                for ready in (False, True):
+                    w, p = await b.change(alloc, ready)
+                    watch_ms.append(w)
+                    proxy_ms.append(p)
+                    await asyncio.sleep(0.05)
+            case = f"endpoint readiness change, {n} watchers"
+            for metric, values in (("all_watchers_ms", watch_ms), ("haproxy_ms", proxy_ms)):
+                rows.append(Row(case, "elastin", f"{metric}_p50", (pct(values, 50),)))
+                rows.append(Row(case, "elastin", f"{metric}_p99", (pct(values, 99),)))
+            print(
+                f"{n:>5} watchers: all p50 {pct(watch_ms, 50):6.1f} ms, p99 "
+                f"{pct(watch_ms, 99):6.1f} ms; haproxy p50 {pct(proxy_ms, 50):6.1f} ms, p99 "
+                f"{pct(proxy_ms, 99):6.1f} ms",
+                file=sys.stderr,
+            )
+        for t in tasks:
+            t.cancel()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--changes", type=int, default=25, help="changes per case (x2: down, up)")
+    ap.add_argument("--watchers", default="1,100,1000", help="comma-separated watcher counts")
+    args = ap.parse_args(argv)
+    if haproxy_binary() is None:
+        print("haproxy is not installed (make setup installs it)", file=sys.stderr)
+        return 1
+    cases = sorted(int(x) for x in args.watchers.split(","))
+    with tempfile.TemporaryDirectory(prefix="elastin-prop-") as d:
+        tmp = Path(d)
+        with server(tmp) as (url, token):
+            try:
+                rows = asyncio.run(measure(url, token, tmp, cases, args.changes))
+            finally:  # the mesh manager's HAProxy runs detached, as an agent's does
+                HaproxyProcess(tmp / "mesh", str(haproxy_binary())).stop()
+    emit(
+        "propagation",
+        rows,
+        as_json=args.json,
+        title="endpoint change -> every watcher / a real HAProxy (p50, p99; target p99 <= 100 ms)",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
