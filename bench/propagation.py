@@ -152,28 +152,46 @@ class Bench:
                 await self.client.heartbeat(NODE, {}, None)
             await asyncio.sleep(5)
 
-    async def watcher(self, i: int) -> None:
-        """One simulated agent: the mesh blocking query on a kept-alive connection of its
-        own (raw HTTP/1.1 on asyncio streams: an HTTP client library's pool would measure
-        itself at 1,000 connections, not the server)."""
+    async def watcher(self, i: int, mode: str) -> None:
+        """One simulated agent, doing what the agent does: follow the snapshot stream and
+        acknowledge each version (``stream``), or hold the blocking query (``poll``). Raw
+        HTTP/1.1 on asyncio streams: an HTTP client library's pool would measure itself at
+        1,000 connections, not the server."""
         host, _, port = self.url.removeprefix("http://").partition(":")
-        index = 0
+        auth = f"Host: {host}\r\nAuthorization: Bearer {self.token}\r\n"
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
+            if mode == "poll":
+                index = 0
+                while True:
+                    query = f"index={index}&wait=30"
+                    writer.write(f"GET /v1/nodes/w{i}/mesh?{query} HTTP/1.1\r\n{auth}\r\n".encode())
+                    await writer.drain()
+                    snap = json.loads(await _body(reader))
+                    self.saw(i, snap, time.perf_counter())
+                    index = snap["version"]
+            ack_r, ack_w = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET /v1/nodes/w{i}/mesh/stream HTTP/1.1\r\n{auth}\r\n".encode())
+            await writer.drain()
+            await _headers(reader)
+            buf = b""
             while True:
-                writer.write(
-                    f"GET /v1/nodes/w{i}/mesh?index={index}&wait=30 HTTP/1.1\r\n"
-                    f"Host: {host}\r\nAuthorization: Bearer {self.token}\r\n\r\n".encode()
-                )
-                await writer.drain()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                snap = json.loads(await reader.readexactly(length))
-                t = time.perf_counter()
-                index = snap["version"]
-                self.saw(i, snap, t)
+                size = int((await reader.readline()).strip(), 16)  # chunked encoding
+                buf += await reader.readexactly(size + 2)
+                buf = buf[:-2] if buf.endswith(b"\r\n") else buf
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        snap = json.loads(line)
+                        self.saw(i, snap, time.perf_counter())
+                        if not snap["ack_wanted"]:
+                            continue  # as the agent does: acks only while a drain waits
+                        ack_w.write(
+                            f"POST /v1/nodes/w{i}/mesh/ack?version={snap['version']} "
+                            f"HTTP/1.1\r\n{auth}Content-Length: 0\r\n\r\n".encode()
+                        )
+                        await ack_w.drain()
+                        await _body(ack_r)
         finally:
             writer.close()
 
@@ -222,50 +240,69 @@ class Bench:
         return (max(self.seen.values()) - t0) * 1000, (t_proxy - t0) * 1000
 
 
+async def _headers(reader: asyncio.StreamReader) -> int:
+    """Read a response's head; its Content-Length (0 when chunked or absent)."""
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return length
+
+
+async def _body(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readexactly(await _headers(reader))
+
+
 def pct(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def measure(url: str, token: str, tmp: Path, cases: list[int], changes: int) -> list[Row]:
+async def measure(
+    url: str, token: str, tmp: Path, cases: list[int], modes: list[str], changes: int
+) -> list[Row]:
     b = Bench(url, token, tmp / "mesh")
     api = await b.setup()
     rows: list[Row] = []
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(b.heartbeat()), tg.create_task(b.mesh.run())]
+        background = [tg.create_task(b.heartbeat()), tg.create_task(b.mesh.run())]
         deadline = time.monotonic() + 30
         while b.haproxy_state(f"{api[0]}-http") is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if b.haproxy_state(f"{api[0]}-http") is None:
             raise SystemExit("HAProxy did not start with the bench's listener")
-        started = 0
-        for n in cases:
-            while started < n:
-                tasks.append(tg.create_task(b.watcher(started)))
-                started += 1
-            b.watchers = n
-            await asyncio.sleep(1.0 + n / 500)  # every watcher holds its query
-            watch_ms: list[float] = []
-            proxy_ms: list[float] = []
-            for k in range(changes):
-                alloc = api[k % len(api)]
-                for ready in (False, True):
-                    w, p = await b.change(alloc, ready)
-                    watch_ms.append(w)
-                    proxy_ms.append(p)
-                    await asyncio.sleep(0.05)
-            case = f"endpoint readiness change, {n} watchers"
-            for metric, values in (("all_watchers_ms", watch_ms), ("haproxy_ms", proxy_ms)):
-                rows.append(Row(case, "elastin", f"{metric}_p50", (pct(values, 50),)))
-                rows.append(Row(case, "elastin", f"{metric}_p99", (pct(values, 99),)))
-            print(
-                f"{n:>5} watchers: all p50 {pct(watch_ms, 50):6.1f} ms, p99 "
-                f"{pct(watch_ms, 99):6.1f} ms; haproxy p50 {pct(proxy_ms, 50):6.1f} ms, p99 "
-                f"{pct(proxy_ms, 99):6.1f} ms",
-                file=sys.stderr,
-            )
-        for t in tasks:
+        for mode in modes:
+            watchers: list[asyncio.Task[None]] = []
+            for n in cases:
+                while len(watchers) < n:
+                    watchers.append(tg.create_task(b.watcher(len(watchers), mode)))
+                b.watchers = n
+                await asyncio.sleep(1.0 + n / 500)  # every watcher is connected and current
+                watch_ms: list[float] = []
+                proxy_ms: list[float] = []
+                for k in range(changes):
+                    alloc = api[k % len(api)]
+                    for ready in (False, True):
+                        w, p = await b.change(alloc, ready)
+                        watch_ms.append(w)
+                        proxy_ms.append(p)
+                        await asyncio.sleep(0.05)
+                what = "pushed stream" if mode == "stream" else "blocking query"
+                case = f"readiness change, {n} watchers, {what}"
+                for metric, values in (("all_watchers_ms", watch_ms), ("haproxy_ms", proxy_ms)):
+                    rows.append(Row(case, "elastin", f"{metric}_p50", (pct(values, 50),)))
+                    rows.append(Row(case, "elastin", f"{metric}_p99", (pct(values, 99),)))
+                print(
+                    f"{mode:>6} {n:>5} watchers: all p50 {pct(watch_ms, 50):6.1f} ms, p99 "
+                    f"{pct(watch_ms, 99):6.1f} ms; haproxy p50 {pct(proxy_ms, 50):6.1f} ms, "
+                    f"p99 {pct(proxy_ms, 99):6.1f} ms",
+                    file=sys.stderr,
+                )
+            for t in watchers:
+                t.cancel()
+            await asyncio.sleep(0.5)
+        for t in background:
             t.cancel()
     return rows
 
@@ -275,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--changes", type=int, default=25, help="changes per case (x2: down, up)")
     ap.add_argument("--watchers", default="1,100,1000", help="comma-separated watcher counts")
+    ap.add_argument(
+        "--modes", default="stream,poll", help="how watchers follow: stream (agents), poll"
+    )
     args = ap.parse_args(argv)
     if haproxy_binary() is None:
         print("haproxy is not installed (make setup installs it)", file=sys.stderr)
@@ -284,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         with server(tmp) as (url, token):
             try:
-                rows = asyncio.run(measure(url, token, tmp, cases, args.changes))
+                rows = asyncio.run(
+                    measure(url, token, tmp, cases, args.modes.split(","), args.changes)
+                )
             finally:  # the mesh manager's HAProxy runs detached, as an agent's does
                 HaproxyProcess(tmp / "mesh", str(haproxy_binary())).stop()
     emit(

@@ -1,8 +1,8 @@
 """The agent's mesh manager: keeps this node's HAProxy in step with its mesh snapshot.
 
-It holds a blocking query open for the node's snapshot, asking for a version past the one
-its proxy serves: the server takes that as the node's acknowledgement, which is how an agent
-stopping an instance knows every proxy has dropped it (``docs/mesh.md``, "Draining").
+It follows the node's snapshot stream (the server pushes each new version) and acknowledges
+each version once its proxy serves it, which is how an agent stopping an instance knows
+every proxy has dropped it (``docs/mesh.md``, "Draining").
 Endpoint churn goes to the running proxy through the runtime API (no reload); a structural
 change renders the configuration and reloads hitlessly; a proxy that died is started again
 with the current snapshot. HAProxy runs detached, so a restart of the agent leaves it and its
@@ -160,28 +160,53 @@ class MeshManager:
         self.pending_deletes = keep[-1000:]
 
     async def run(self) -> None:
+        """Follow the server's snapshot stream: apply the newest snapshot, acknowledge it,
+        and delete drained servers on the side (so that a drain never delays the next
+        change)."""
         if self.proxy is None:
             log.warning("no haproxy binary: the service mesh is off on this node")
             return
-        index = 0
-        while True:
-            try:
-                snap = await self.client().mesh(self.node_id, index, 20.0)
-            except ClientError as e:
-                log.warning("cannot fetch the mesh snapshot: %s", e.message)
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                done = await asyncio.to_thread(self.apply, snap)
+        mailbox: list[MeshSnapshot] = []  # the newest snapshot not applied yet
+        arrived = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive(mailbox, arrived))
+            tg.create_task(self._delete_drained_loop())
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                snap = mailbox.pop()
+                try:
+                    done = await asyncio.to_thread(self.apply, snap)
+                except (HaproxyError, OSError) as e:
+                    log.error("cannot apply mesh version %d: %s", snap.version, e)
+                    await asyncio.sleep(1.0)
+                    if not mailbox:  # nothing newer came: try this one again
+                        mailbox.append(snap)
+                    arrived.set()
+                    continue
                 if done not in ("unchanged", "idle"):
                     log.info("mesh version %d: %s", snap.version, done)
-                # the next query acknowledges this version: ask past it only once it is served
-                index = snap.version
-            except (HaproxyError, OSError) as e:
-                log.error("cannot apply mesh version %d: %s", snap.version, e)
-                await asyncio.sleep(1.0)
+                if not snap.ack_wanted:
+                    continue  # the server acks only matter while an instance drains
+                try:
+                    await self.client().mesh_ack(self.node_id, snap.version)
+                except ClientError as e:
+                    log.warning("cannot acknowledge mesh version %d: %s", snap.version, e.message)
+
+    async def _receive(self, mailbox: list[MeshSnapshot], arrived: asyncio.Event) -> None:
+        while True:
+            try:
+                async for snap in self.client().mesh_stream(self.node_id):
+                    mailbox[:] = [snap]  # only the newest matters
+                    arrived.set()
+            except ClientError as e:
+                log.warning("mesh snapshot stream: %s", e.message)
+            await asyncio.sleep(1.0)
+
+    async def _delete_drained_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DRAIN_SECONDS)
             if self.pending_deletes:
-                await asyncio.sleep(DRAIN_SECONDS)
                 await asyncio.to_thread(self.delete_drained)
 
     async def supervise(self) -> None:

@@ -5,7 +5,8 @@ with the server's message and hint, and connection failures into ``ServerUnavail
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import httpx
 from elastin.client.errors import ApiError, ServerUnavailable
 from elastin.mesh.haproxy.stats import ClusterStats
 from elastin.mesh.model import MeshSnapshot
+from elastin.mesh.model.build import localize
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
 
@@ -226,7 +228,27 @@ class AsyncClient:
             params={"index": index, "wait": wait},
             timeout=wait + 30,
         )
-        return from_data(MeshSnapshot, data)
+        return localize(from_data(MeshSnapshot, data))
+
+    async def mesh_stream(self, node_id: str, quiet: float = 60.0) -> AsyncIterator[MeshSnapshot]:
+        """The node's mesh snapshots as the server pushes them (the current one first).
+        Ends with ``ServerUnavailable`` when the connection drops or stays silent for
+        ``quiet`` s (the server sends a newline every 15 s)."""
+        try:
+            async with self._http.stream(
+                "GET", f"/v1/nodes/{node_id}/mesh/stream", timeout=httpx.Timeout(10, read=quiet)
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield localize(from_data(MeshSnapshot, json.loads(line)))
+        except httpx.TransportError as e:
+            raise _unavailable(self.url, e) from None
+
+    async def mesh_ack(self, node_id: str, version: int) -> None:
+        await self.call("POST", f"/v1/nodes/{node_id}/mesh/ack", params={"version": version})
 
     async def mesh_converged(self, version: int, wait: float) -> list[str]:
         """Nodes whose proxies do not serve mesh ``version`` after ``wait`` s (empty: all do)."""

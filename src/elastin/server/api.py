@@ -34,6 +34,9 @@ Routes (agents)::
     POST   /v1/nodes/{id}/heartbeat     liveness and measured usage
     GET    /v1/nodes/{id}/allocations?index=&wait=   blocking query for a node's allocations
     GET    /v1/nodes/{id}/mesh?index=&wait=          blocking query for a node's mesh snapshot
+    GET    /v1/nodes/{id}/mesh/stream               the node's mesh snapshots as they change
+                                        (NDJSON, pushed; what agents use)
+    POST   /v1/nodes/{id}/mesh/ack?version=         the node's proxy serves that version
     GET    /v1/nodes/{id}/mesh/logs?tail=&follow=    the node's HAProxy access log (JSON lines)
     GET    /v1/mesh/converged?version=&wait=         wait until every live proxy serves a mesh
                                         version (agents drain an instance with it)
@@ -357,10 +360,10 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
 
     @api.get("/v1/nodes/{node_id}/mesh", response_model=None)
     async def node_mesh(node_id: str, index: int = 0, wait: float = Query(0.0, le=300)) -> Response:
-        snap = await cluster.mesh_snapshot(node_id, index, wait)
-        # encoded here: every agent's query wakes on each change, so skip the generic
-        # response encoder (the body is plain JSON data already)
-        return Response(json.dumps(to_data(snap)), media_type="application/json")
+        # encoded by the cluster, once per version for what every node shares: every
+        # agent's query wakes on each change
+        body = await cluster.mesh_snapshot_json(node_id, index, wait)
+        return Response(body, media_type="application/json")
 
     @api.get("/v1/mesh/services")
     async def mesh_services(
@@ -383,6 +386,15 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     async def mesh_converged(version: int, wait: float = Query(0.0, le=60)) -> dict[str, Any]:
         pending = await cluster.mesh_converged(version, wait)
         return {"version": version, "converged": not pending, "pending": pending}
+
+    @api.get("/v1/nodes/{node_id}/mesh/stream", response_model=None)
+    async def node_mesh_stream(node_id: str) -> StreamingResponse:
+        return StreamingResponse(cluster.mesh_stream(node_id), media_type="application/x-ndjson")
+
+    @api.post("/v1/nodes/{node_id}/mesh/ack")
+    async def node_mesh_ack(node_id: str, version: int) -> dict[str, Any]:
+        await cluster.mesh_ack(node_id, version)
+        return {"version": version}
 
     @api.get("/v1/nodes/{node_id}/mesh/logs", response_model=None)
     async def node_mesh_logs(node_id: str, tail: int = 100, follow: bool = False) -> Response:

@@ -22,13 +22,14 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from elastin.mesh.haproxy.stats import ClusterStats
+from elastin.mesh.model import Cluster as MeshCluster
 from elastin.mesh.model import MeshSnapshot
-from elastin.mesh.model.build import build_snapshot
+from elastin.mesh.model.build import build_clusters, build_listeners, localize, wants_ack
 from elastin.mesh.model.registry import ServiceEntry, registry
 from elastin.model.cluster import (
     Allocation,
@@ -51,7 +52,23 @@ from elastin.store.base import Compare, StateStore
 log = logging.getLogger("elastin.server")
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
-MeshInputs = tuple[dict[str, Application], list[Allocation], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class MeshInputs:
+    """What every node's mesh snapshot of one version is built from, read and encoded once."""
+
+    version: int
+    apps: dict[str, Application]
+    allocs: list[Allocation]
+    addresses: dict[str, str]
+    by_node: dict[str, list[Allocation]]
+    clusters: tuple[MeshCluster, ...]  # shared form: no endpoint marked local
+    names: frozenset[str]
+    clusters_json: bytes
+    ack_wanted: bool
+
+
 TRAFFIC_COUNTERS = (
     "requests",
     "errors",
@@ -158,6 +175,7 @@ class Cluster:
         # node id -> (last mesh version its agent applied, when it said so); an agent asks
         # for version > N only after it has applied N, so its query is its acknowledgement
         self._mesh_acked: dict[str, tuple[int, float]] = {}
+        self._mesh_streams: dict[str, int] = {}  # node id -> open snapshot streams
         self.mesh_acks = asyncio.Condition()
         self._mesh_cache: tuple[int, asyncio.Future[MeshInputs]] | None = None
         self._closing = False  # shutting down: blocking queries answer at once
@@ -448,14 +466,69 @@ class Cluster:
         """Node ``node_id``'s mesh snapshot; blocks up to ``wait`` s for a version > ``index``.
 
         Asking with ``index`` N acknowledges that the node's proxy serves version N."""
+        await self._mesh_poll(node_id, index, wait)
+        return await self._build_mesh(node_id)
+
+    async def mesh_snapshot_json(self, node_id: str, index: int, wait: float) -> bytes:
+        """``mesh_snapshot`` as the API sends it (see ``mesh_json``)."""
+        await self._mesh_poll(node_id, index, wait)
+        return (await self.mesh_json(node_id))[1]
+
+    async def _mesh_poll(self, node_id: str, index: int, wait: float) -> None:
         await self._mesh_ack(node_id, index)
+        await self._wait_mesh(index, wait)
+        self._mesh_acked[node_id] = (self._mesh_acked[node_id][0], time.monotonic())
+
+    async def _wait_mesh(self, index: int, wait: float) -> None:
         if not self._mesh_rev:
             self._mesh_rev = await self.store.revision()
         await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
-        self._mesh_acked[node_id] = (self._mesh_acked[node_id][0], time.monotonic())
-        version = self._mesh_rev
-        apps, allocs, addresses = await self._mesh_inputs()
-        return build_snapshot(version, node_id, apps, allocs, addresses)
+
+    async def _build_mesh(self, node_id: str) -> MeshSnapshot:
+        m = await self._mesh_inputs()
+        listeners = build_listeners(node_id, m.apps, m.by_node.get(node_id, ()), m.names)
+        snap = MeshSnapshot(m.version, node_id, listeners, m.clusters, ack_wanted=m.ack_wanted)
+        return localize(snap)
+
+    async def mesh_json(self, node_id: str) -> tuple[int, bytes]:
+        """``_build_mesh`` encoded for the wire: the clusters (the same for every node) are
+        encoded once per version and spliced in; endpoints are not marked local (the agent
+        does that, ``localize``)."""
+        m = await self._mesh_inputs()
+        listeners = build_listeners(node_id, m.apps, m.by_node.get(node_id, ()), m.names)
+        head = {
+            "version": m.version,
+            "node": node_id,
+            "listeners": to_data(listeners),
+            "metrics_port": 0,
+            "ack_wanted": m.ack_wanted,
+        }
+        body = json.dumps(head)[:-1].encode() + b', "clusters": ' + m.clusters_json + b"}"
+        return m.version, body
+
+    async def mesh_stream(self, node_id: str, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+        """Node ``node_id``'s mesh snapshots as they change, one JSON line each (the current
+        one first), a bare newline every ``keepalive`` s of quiet. The push counterpart of
+        ``mesh_snapshot``: a change costs one write per agent, not a request and an answer.
+        The agent acknowledges what it applied with ``mesh_ack``; while its stream is open,
+        its proxy counts as live for draining."""
+        self._mesh_streams[node_id] = self._mesh_streams.get(node_id, 0) + 1
+        self._mesh_acked.setdefault(node_id, (0, time.monotonic()))
+        try:
+            version = -1
+            while not self._closing:
+                await self._wait_mesh(version, keepalive)
+                if self._mesh_rev <= version:
+                    yield b"\n"
+                    continue
+                version, body = await self.mesh_json(node_id)
+                yield body + b"\n"
+        finally:
+            self._mesh_streams[node_id] -= 1
+
+    async def mesh_ack(self, node_id: str, version: int) -> None:
+        """Node ``node_id``'s proxy serves mesh ``version`` (agents on the stream say so)."""
+        await self._mesh_ack(node_id, version)
 
     async def _mesh_inputs(self) -> MeshInputs:
         """What mesh snapshots are built from, read once per mesh version: when a change
@@ -468,15 +541,30 @@ class Cluster:
             and (cached[1].cancelled() or cached[1].exception() is not None)
         )
         if cached is None or cached[0] != version or failed:
-            cached = (version, asyncio.ensure_future(self._read_mesh_inputs()))
+            cached = (version, asyncio.ensure_future(self._read_mesh_inputs(version)))
             self._mesh_cache = cached
         return await asyncio.shield(cached[1])
 
-    async def _read_mesh_inputs(self) -> MeshInputs:
+    async def _read_mesh_inputs(self, version: int) -> MeshInputs:
         snap = await self.repo.snapshot()
         apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
         addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
-        return apps, [a for a, _ in snap.allocs.values()], addresses
+        allocs = [a for a, _ in snap.allocs.values()]
+        by_node: dict[str, list[Allocation]] = {}
+        for a in allocs:
+            by_node.setdefault(a.node_id, []).append(a)
+        clusters = build_clusters(apps, allocs, addresses)
+        return MeshInputs(
+            version=version,
+            apps=apps,
+            allocs=allocs,
+            addresses=addresses,
+            by_node=by_node,
+            clusters=clusters,
+            names=frozenset(c.name for c in clusters),
+            clusters_json=json.dumps(to_data(clusters)).encode(),
+            ack_wanted=wants_ack(allocs),
+        )
 
     async def _mesh_ack(self, node_id: str, version: int) -> None:
         before = self._mesh_acked.get(node_id, (0, 0.0))[0]
@@ -490,7 +578,9 @@ class Cluster:
         agent has not asked for a snapshot within ``MESH_LIVE`` s does not count."""
         now = time.monotonic()
         return sorted(
-            n for n, (v, seen) in self._mesh_acked.items() if v < version and now - seen < MESH_LIVE
+            n
+            for n, (v, seen) in self._mesh_acked.items()
+            if v < version and (now - seen < MESH_LIVE or self._mesh_streams.get(n))
         )
 
     async def mesh_converged(self, version: int, wait: float) -> list[str]:
@@ -534,9 +624,8 @@ class Cluster:
         if not self._mesh_rev:
             self._mesh_rev = await self.store.revision()
         await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
-        version = self._mesh_rev
-        apps, allocs, addresses = await self._mesh_inputs()
-        return version, registry(apps, allocs, addresses)
+        m = await self._mesh_inputs()
+        return m.version, registry(m.apps, m.allocs, m.addresses)
 
     def _touch(self, node_ids: set[str], rev: int) -> None:
         for n in node_ids:

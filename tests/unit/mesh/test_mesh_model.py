@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from elastin.mesh.haproxy.render import Paths, render
@@ -147,3 +149,16 @@ def test_build_snapshot_from_apps_and_allocations() -> None:
         "grpc",
     )
     assert "bind 127.0.0.1:21000 proto h2" in render(snap, Paths("/tmp/x.sock"))
+
+
+def test_localize_and_wants_ack() -> None:
+    from elastin.mesh.model.build import localize, wants_ack
+    from elastin.model.cluster import Allocation
+
+    shared = snap((Endpoint("a1-p", "h1", 1, node="n1"), Endpoint("a2-p", "h2", 2, node="n2")))
+    mine = localize(MeshSnapshot(shared.version, "n2", shared.listeners, shared.clusters))
+    assert [e.local for e in mine.clusters[0].endpoints] == [False, True]
+    a = Allocation(id="x", app="a", workload="w", index=0, status="running")
+    assert not wants_ack([a])
+    assert wants_ack([replace(a, desired="stop")])  # someone drains: agents must say
+    assert not wants_ack([replace(a, desired="stop", status="stopped")])

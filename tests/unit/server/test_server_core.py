@@ -160,3 +160,28 @@ async def test_service_registry_is_a_blocking_query(cluster: Cluster) -> None:
     await cluster.apply(SPEC)
     newer, entries = await cluster.service_registry(index, 1.0)
     assert newer > index and {e.name for e in entries} == {"web", "worker"}
+
+
+async def test_mesh_stream_pushes_each_version_as_the_model_encodes_it(cluster: Cluster) -> None:
+    import json
+
+    from elastin.mesh.model import MeshSnapshot
+    from elastin.mesh.model.build import localize
+    from elastin.model.codec import from_data
+
+    await cluster.register_node(node())
+    await cluster.apply(SPEC.replace("python3 -m http.server", "web\n    ports: {http: 8080}"))
+    await cluster.schedule_once()
+    stream = cluster.mesh_stream("n1", keepalive=0.05)
+    first = localize(from_data(MeshSnapshot, json.loads(await anext(stream))))
+    assert first == await cluster.mesh_snapshot("n1", 0, 0)  # the wire form is the model's
+    assert [c.name for c in first.clusters] == ["shop.web.http"]
+    assert await anext(stream) == b"\n"  # quiet: a keep-alive line
+    await cluster.scale("web", 3)
+    await cluster.schedule_once()
+    line = await anext(stream)
+    while line == b"\n":
+        line = await anext(stream)
+    assert json.loads(line)["version"] > first.version
+    await stream.aclose()
+    assert cluster.mesh_pending(10**9) == ["n1"]  # a proxy that streamed counts for draining

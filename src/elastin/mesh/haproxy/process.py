@@ -128,7 +128,7 @@ class HaproxyProcess:
         self.socket.unlink(missing_ok=True)
         log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
         self._child = subprocess.Popen(
-            [self.binary, "-W", "-f", str(self.config), "-p", str(self.pid_file)],
+            [self.binary, "-W", "-f", str(self.config)],  # the config names the pidfile
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

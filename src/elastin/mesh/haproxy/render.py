@@ -163,7 +163,10 @@ def _backend(c: Cluster) -> list[str]:
     out += [f"    {line}" for line in _balance(c)]
     out += [
         f"    timeout connect {_ms(t.connect)}",
-        f"    timeout server {_ms(t.request)}",
+        # server inactivity; a gRPC stream may rightly stay quiet as long as a caller may
+        f"    timeout server {_ms(max(t.request, t.idle) if c.protocol == 'grpc' else t.request)}",
+        # an upgraded connection (WebSocket) idles like a caller's connection
+        f"    timeout tunnel {_ms(t.idle)}",
         f"    timeout queue {_ms(c.breaker.queue_timeout)}",
         f"    retries {c.retries.attempts}",
     ]

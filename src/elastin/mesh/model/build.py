@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from elastin.mesh.model.registry import cluster_name, registry
 from elastin.mesh.model.types import (
@@ -48,14 +49,14 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
     )
 
 
-def build_snapshot(
-    version: int,
-    node_id: str,
+def build_clusters(
     apps: Mapping[str, Application],
     allocations: Iterable[Allocation],
     node_addresses: Mapping[str, str],
-    metrics_port: int = 0,
-) -> MeshSnapshot:
+    node_id: str = "",
+) -> tuple[Cluster, ...]:
+    """Every service port's cluster; endpoints on ``node_id`` are marked local (none when it
+    is "": the form shared by every node, see ``localize``)."""
     live = [a for a in allocations if a.desired == "run" and not a.terminal]
     clusters: list[Cluster] = []
     for entry in registry(apps, live, node_addresses):
@@ -70,15 +71,26 @@ def build_snapshot(
                     weight=e.weight,
                     node=e.node,
                     ready=e.ready,
-                    local=e.node == node_id,
+                    local=bool(node_id) and e.node == node_id,
                 )
                 for e in port.endpoints
             )
             clusters.append(_cluster(port.cluster, w, port.protocol, endpoints))
-    names = {c.name for c in clusters}
+    return tuple(clusters)
+
+
+def build_listeners(
+    node_id: str,
+    apps: Mapping[str, Application],
+    allocations: Iterable[Allocation],
+    clusters: Iterable[str],
+) -> tuple[Listener, ...]:
+    """The upstream listeners of the callers on ``node_id`` (to the clusters named)."""
+    names = set(clusters)
     listeners: list[Listener] = []
-    for a in sorted(live, key=lambda a: a.id):
-        if a.node_id != node_id:
+    mine = (a for a in allocations if a.node_id == node_id)
+    for a in sorted(mine, key=lambda a: a.id):
+        if a.desired != "run" or a.terminal:
             continue
         caller_app = apps.get(a.app)
         caller = caller_app.workload(a.workload) if caller_app else None
@@ -104,4 +116,40 @@ def build_snapshot(
                     fault=target.mesh.fault,
                 )
             )
-    return MeshSnapshot(version, node_id, tuple(listeners), tuple(clusters), metrics_port)
+    return tuple(listeners)
+
+
+def wants_ack(allocations: Iterable[Allocation]) -> bool:
+    """Whether agents should acknowledge a version built from ``allocations``: only while an
+    instance is being stopped (its agent waits for every proxy to drop it)."""
+    return any(a.desired == "stop" and not a.terminal for a in allocations)
+
+
+def localize(snap: MeshSnapshot) -> MeshSnapshot:
+    """Mark the endpoints on the snapshot's own node local (the server sends the shared form)."""
+    if not snap.node:
+        return snap
+    clusters = tuple(
+        replace(
+            c,
+            endpoints=tuple(replace(e, local=e.node == snap.node) for e in c.endpoints),
+        )
+        for c in snap.clusters
+    )
+    return replace(snap, clusters=clusters)
+
+
+def build_snapshot(
+    version: int,
+    node_id: str,
+    apps: Mapping[str, Application],
+    allocations: Iterable[Allocation],
+    node_addresses: Mapping[str, str],
+    metrics_port: int = 0,
+) -> MeshSnapshot:
+    allocations = list(allocations)
+    clusters = build_clusters(apps, allocations, node_addresses, node_id)
+    listeners = build_listeners(node_id, apps, allocations, (c.name for c in clusters))
+    return MeshSnapshot(
+        version, node_id, listeners, clusters, metrics_port, ack_wanted=wants_ack(allocations)
+    )

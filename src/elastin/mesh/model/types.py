@@ -70,7 +70,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 2.0
-    request: float = 30.0  # whole response for HTTP; server inactivity for TCP
+    request: float = 30.0  # endpoint inactivity while a request or connection is open
     idle: float = 60.0  # client / keep-alive inactivity
 
 
@@ -169,6 +169,7 @@ class MeshSnapshot:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     metrics_port: int = 0  # Prometheus exporter on 127.0.0.1; 0 = none
+    ack_wanted: bool = False  # the server waits to hear when this version is served (drains)
 
     def __post_init__(self) -> None:
         names = {c.name for c in self.clusters}
