@@ -119,12 +119,19 @@ def http_backend(name: str, handler: Handler | None = None) -> Iterator[int]:
         def log_message(self, *_: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    with serve_http(H) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve ``handler`` on a free loopback port from a thread; yields the port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        yield srv.server_address[1]
+        yield int(srv.server_address[1])
     finally:
         srv.shutdown()
         srv.server_close()
