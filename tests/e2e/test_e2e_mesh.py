@@ -1,6 +1,7 @@
 """Upstreams through the node's HAProxy, end to end: a caller reaches a service through its
 private listener, replicas are added without a reload, a killed HAProxy comes back, the
-registry lists and watches endpoints, and replicas scaled away under load drain first."""
+registry lists and watches endpoints, replicas scaled away under load drain first, and an
+agent killed and started again under load leaves HAProxy and every request untouched."""
 
 from __future__ import annotations
 
@@ -226,3 +227,47 @@ def test_scaled_away_replicas_drain_under_load(harness: Any) -> None:
     assert len(results) > 50 and not failed, (len(results), failed[:5])
     events = h.cli("events", "--json", check=True).stdout
     assert events.count("out of every proxy") >= 2, events
+
+
+def test_agent_restart_leaves_haproxy_and_traffic_untouched(harness: Any) -> None:
+    h = harness.start()
+    path = harness.write_spec("m.yaml", spec(2))
+    h.cli("apply", str(path), "--wait", check=True)
+    web = h.wait_for(lambda: h.running("m", "web"), 30, "web running")[0]
+    url = f"http://127.0.0.1:{dict(web.ports)['upstream.api']}/"
+    ids = {a.id for a in h.wait_for(lambda: h.running("m", "api"), 30, "api running")}
+
+    def get() -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status if r.read().decode() in ids else -1
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    h.wait_for(lambda: get() == 200, 30, "a call through the mesh")
+    pid_file = Path(h.data_dir) / "mesh" / "haproxy.pid"
+    master = int(pid_file.read_text().split()[0])
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        for _ in range(5000):  # bounded; ends when the test says so
+            if stop.is_set():
+                return
+            statuses.append(get())
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(0.5)
+    h.kill("agent", signal.SIGKILL)  # the proxy and the instances carry on without it
+    time.sleep(2.0)
+    during = len(statuses)
+    h.start_agent()  # the new agent finds HAProxy by its pid file and takes it over
+    time.sleep(4.0)
+    stop.set()
+    t.join(30)
+    assert len(statuses) > during > 10
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert int(pid_file.read_text().split()[0]) == master  # the same master throughout
