@@ -21,6 +21,8 @@ from elastin.mesh.model import (
     Fault,
     Listener,
     MeshSnapshot,
+    RetryPolicy,
+    Timeouts,
 )
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
@@ -153,3 +155,43 @@ def test_fault_injection_delays_and_aborts(mesh_proxy: Start) -> None:
         assert time.monotonic() - t0 >= 0.3  # held by the Lua delay
         status, body = get(proxy.url(broken))
         assert status == 418 and "fault injected" in body
+
+
+def test_errors_haproxy_returns_name_the_service_and_why(mesh_proxy: Start) -> None:
+    def slow(_: object) -> tuple[int, bytes]:
+        time.sleep(1.0)
+        return 200, b"late"
+
+    with http_backend("slow", slow) as p_slow:
+        closed, listen_a, listen_b = free_port(), free_port(), free_port()
+        gone = (Endpoint("g1-http", "127.0.0.1", closed),)
+        unreachable = Cluster("shop.gone.http", endpoints=gone)
+        timing_out = Cluster(
+            "shop.slow.http",
+            endpoints=(Endpoint("s1-http", "127.0.0.1", p_slow),),
+            timeouts=Timeouts(request=0.3),
+            retries=RetryPolicy(attempts=0),
+        )
+        proxy = mesh_proxy(
+            MeshSnapshot(
+                1,
+                "n1",
+                (
+                    Listener("a.gone", listen_a, "shop.gone.http"),
+                    Listener("a.slow", listen_b, "shop.slow.http"),
+                ),
+                (unreachable, timing_out),
+            )
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(proxy.url(listen_a), timeout=10)
+        assert err.value.code == 503
+        # "could not connect to any endpoint of …" while HAProxy still counts the endpoint
+        # up, "no endpoint of … is up" once its checks failed: either way, named
+        assert "of shop.gone.http" in err.value.headers["x-elastin-error"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(proxy.url(listen_b), timeout=10)
+        assert err.value.code == 504
+        assert err.value.headers["x-elastin-error"] == (
+            "no answer from an endpoint of shop.slow.http within 300ms"
+        )

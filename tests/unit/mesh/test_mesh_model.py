@@ -89,7 +89,7 @@ def test_render_maps_the_policies() -> None:
     assert "server e_a3-http 127.0.0.1:8003 weight 256" in text and text.count("disabled") == 1
     assert 'x-elastin-caller "shop/frontend"' in text
     assert "prometheus-exporter" in text and "bind 127.0.0.1:9101" in text
-    assert "no ready endpoint for service shop.web.http" in text
+    assert "no endpoint of shop.web.http is up" in text
     assert "retry-on conn-failure empty-response response-timeout" in text
 
 

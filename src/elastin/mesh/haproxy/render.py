@@ -190,17 +190,35 @@ def _backend(c: Cluster) -> list[str]:
             f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}",
         ]
     if mode == "http":
-        out.append(
-            "    http-error status 503 content-type text/plain "
-            f'hdr x-elastin-error "no ready endpoint for {c.name}" '
-            f'string "elastin: no ready endpoint for service {c.name}\\n"'
-        )
+        out += _named_errors(c)
     for e in c.endpoints:
         line = f"    server {server_name(e)} {e.address}:{e.port} {server_params(c, e)}"
         if not e.ready:
             line += " disabled"
         out.append(line)
     return out
+
+
+def _named_errors(c: Cluster) -> list[str]:
+    """The answers HAProxy itself gives, each naming the service and why (never an opaque
+    5xx), in ``x-elastin-error`` and the body; the access log has the service, the endpoint
+    and HAProxy's termination state for the same request."""
+    b, name = backend_name(c.name), c.name
+    # the iif() arguments may hold neither commas nor parentheses
+    why_503 = (
+        f"%[nbsrv({b}),iif(could not connect to any endpoint of {name},"
+        f"no endpoint of {name} is up - none is ready or all fail their checks)]"
+    )
+    reasons = (
+        (503, why_503),
+        (502, f"invalid or empty response from an endpoint of {name}"),
+        (504, f"no answer from an endpoint of {name} within {_ms(c.timeouts.request)}"),
+    )
+    return [
+        f"    http-error status {status} content-type text/plain "
+        f'hdr x-elastin-error "{why}" lf-string "elastin: {why}\\n"'
+        for status, why in reasons
+    ]
 
 
 def render(snapshot: MeshSnapshot, paths: Paths) -> str:
