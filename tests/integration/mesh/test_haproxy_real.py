@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,3 +198,44 @@ def test_errors_haproxy_returns_name_the_service_and_why(mesh_proxy: Start) -> N
         assert err.value.headers["x-elastin-error"] == (
             "no answer from an endpoint of shop.slow.http within 300ms"
         )
+
+
+def test_raw_tcp_through_a_listener(mesh_proxy: Start) -> None:
+    """A tcp port: bytes both ways, the connection balanced, nothing HTTP about it."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data.upper())
+
+    def accept() -> None:  # ends when the test closes the listening socket
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = srv.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        listen = free_port()
+        cluster = Cluster(
+            "shop.db.pg", protocol="tcp", endpoints=(Endpoint("d1-pg", "127.0.0.1", port),)
+        )
+        mesh_proxy(
+            MeshSnapshot(
+                1, "n1", (Listener("a.db", listen, "shop.db.pg", protocol="tcp"),), (cluster,)
+            )
+        )
+        for payload in (b"hello\n", b"x" * 200_000, b"\x00\x01binary\xff"):
+            with socket.create_connection(("127.0.0.1", listen), timeout=5) as c:
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := c.recv(65536):
+                    got += chunk
+            assert got == payload.upper()
+    finally:
+        srv.close()
+        t.join(5)
