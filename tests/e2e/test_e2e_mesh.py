@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -44,6 +46,12 @@ API = (
     "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
     ".serve_forever()\n"
 )
+
+
+def dns_query(name: str, qtype: int) -> bytes:
+    labels = b"".join(bytes([len(x)]) + x.encode() for x in name.split("."))
+    head = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+    return head + labels + b"\0" + struct.pack("!HH", qtype, 1)
 
 
 def spec(replicas: int) -> str:
@@ -109,6 +117,18 @@ def test_upstream_through_haproxy(harness: Any) -> None:
     )
     assert traffic[0]["endpoints_up"] == 1  # (errors: the 503s before api was ready)
     assert "m/api" in h.cli("traffic", check=True).stdout
+    # DNS: the agent answers <service>.service.elastin from the snapshot its proxy serves,
+    # and every instance is told where (ELASTIN_DNS)
+    dns = dict(node["attributes"])["agent.dns"]
+    host, _, dns_port = dns.partition(":")
+    environ = Path(f"/proc/{web.pid}/environ").read_bytes().split(b"\0")
+    assert f"ELASTIN_DNS={dns}".encode() in environ
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(dns_query("_http._tcp.api.m.service.elastin", 33), (host, int(dns_port)))
+        reply = s.recv(4096)
+    assert reply[3] & 0xF == 0 and struct.unpack("!H", reply[6:8])[0] == 1  # one SRV record
+    assert struct.pack("!H", dict(api[0].ports)["http"]) in reply
     server_metrics = h.client.metrics()
     assert 'elastin_mesh_requests_total{app="m",service="api",port="http",node=' in server_metrics
     pid_file = Path(h.data_dir) / "mesh" / "haproxy.pid"

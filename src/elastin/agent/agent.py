@@ -29,6 +29,7 @@ from elastin.agent.runner import AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
+from elastin.mesh.dns import DnsServer, Target
 from elastin.mesh.haproxy.stats import prometheus_lines
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data
@@ -51,6 +52,7 @@ class AgentConfig:
     cgroup_root: str = "elastin"
     rediscover: bool = False  # re-read the local server's address when it stops answering
     mesh: bool = True  # run this node's HAProxy (when installed)
+    dns_port: int | None = 0  # the DNS interface on 127.0.0.1 (0: any free port; None: off)
     metrics_port: int | None = 0  # the agent's /metrics on 127.0.0.1 (0: any free port; None: off)
 
 
@@ -156,6 +158,30 @@ class Agent:
         self.metrics: MetricsServer | None = None
         if cfg.metrics_port is not None:
             self.metrics = MetricsServer(self.metrics_text, port=cfg.metrics_port)
+        self.dns: DnsServer | None = None
+        if cfg.dns_port is not None:
+            self.dns = DnsServer(self.dns_lookup, port=cfg.dns_port)
+        self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
+
+    def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
+        """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
+        snap = self.mesh.current if self.mesh is not None else None
+        if snap is None:
+            return None
+        found = False
+        targets: list[Target] = []
+        for c in snap.clusters:
+            c_app, _, rest = c.name.partition(".")
+            c_service, _, c_port = rest.rpartition(".")
+            if c_service != service or (app is not None and c_app != app):
+                continue
+            if port is not None and c_port != port:
+                continue
+            if port is None and found:
+                continue  # the first port of the service only
+            found = True
+            targets += [Target(e.address, e.port, e.node) for e in c.endpoints if e.ready]
+        return targets if found else None
 
     def metrics_text(self) -> str:
         """The agent's ``/metrics``: its instances, its proxy, and the mesh's traffic per
@@ -209,9 +235,12 @@ class Agent:
 
     async def register(self) -> Node:
         node = fingerprint(self.cfg, self.node_id, self.drivers)
+        attrs = dict(node.attributes)
         if self.metrics is not None:
-            attrs = dict(node.attributes) | {"agent.metrics": self.metrics.address}
-            node = replace(node, attributes=tuple(sorted(attrs.items())))
+            attrs["agent.metrics"] = self.metrics.address
+        if self.dns is not None:
+            attrs["agent.dns"] = f"{self.dns.host}:{self.dns.port}"
+        node = replace(node, attributes=tuple(sorted(attrs.items())))
         delay = 0.2
         for _ in range(10**6):
             try:
@@ -283,6 +312,7 @@ class Agent:
             report=self.reporter.report,
             deps_ready=self.deps_ready,
             drain=self.drain,
+            node_env=self.node_env,
         )
 
     async def recover(self, tg: asyncio.TaskGroup) -> None:
@@ -412,6 +442,9 @@ class Agent:
         self.alloc_root.mkdir(parents=True, exist_ok=True)
         if self.metrics is not None:
             await self.metrics.start()
+        if self.dns is not None:
+            await self.dns.start()
+            self.node_env["ELASTIN_DNS"] = f"{self.dns.host}:{self.dns.port}"
         await self.register()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -430,6 +463,8 @@ class Agent:
         finally:
             if self.metrics is not None:
                 await self.metrics.close()
+            if self.dns is not None:
+                await self.dns.close()
             with contextlib.suppress(Exception):
                 await self.client.close()
 

@@ -85,6 +85,7 @@ class AllocRunner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         drain: Drain | None = None,
+        node_env: dict[str, str] | None = None,
     ) -> None:
         self.alloc = alloc
         self.workload = workload
@@ -99,6 +100,7 @@ class AllocRunner:
         self.handle: Handle | None = None
         self.stop_requested = asyncio.Event()
         self.drain = drain
+        self.node_env = node_env if node_env is not None else {}  # the node's, e.g. ELASTIN_DNS
         self.drain_after = 0  # the server revision that told this instance to stop
         self.done = asyncio.Event()
         self.ports: dict[str, int] = dict(alloc.ports)
@@ -207,6 +209,7 @@ class AllocRunner:
             if p.name not in self.ports:
                 self.ports[p.name] = p.port or free_port()
         env = base_env()
+        env.update(self.node_env)
         env.update(
             {
                 "ELASTIN_ALLOC_ID": self.alloc.id,

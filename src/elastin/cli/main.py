@@ -155,19 +155,27 @@ def server(host: str, port: int, store_url: str, algorithm: str) -> None:
     _run_async(main)
 
 
+def _loopback_port(flag: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An agent option for a port on 127.0.0.1: 0 picks a free one, -1 turns it off."""
+    return click.option(
+        flag,
+        type=click.IntRange(-1, 65535),
+        default=0,
+        show_default=True,
+        help=f"port on 127.0.0.1 of {what} (0: any free port, -1: off)",
+    )
+
+
 @cli.command()
 @click.option("--server", "server_url", default="", help="server URL (default: found locally)")
 @click.option("--token", default="", help="API token (default: ELASTIN_TOKEN or the data dir)")
 @click.option("--name", default="", help="node name (default: the host name)")
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(-1, 65535),
-    default=0,
-    show_default=True,
-    help="port of the agent's /metrics on 127.0.0.1 (0: any free port, -1: off); the node's "
-    "agent.metrics attribute says where",
+@_loopback_port("--metrics-port", "the agent's /metrics; the node's agent.metrics says where")
+@_loopback_port(
+    "--dns-port",
+    "the DNS interface (<service>.service.elastin, UDP and TCP); instances find it in ELASTIN_DNS",
 )
-def agent(server_url: str, token: str, name: str, metrics_port: int) -> None:
+def agent(server_url: str, token: str, name: str, metrics_port: int, dns_port: int) -> None:
     """Run a node agent in the foreground. Its instances keep running when it stops."""
     from elastin.agent.agent import Agent, AgentConfig
     from elastin.agent.drivers.registry import default_drivers
@@ -194,6 +202,7 @@ def agent(server_url: str, token: str, name: str, metrics_port: int) -> None:
         token=token,
         rediscover=not server_url and not os.environ.get("ELASTIN_ADDR"),
         metrics_port=None if metrics_port < 0 else metrics_port,
+        dns_port=None if dns_port < 0 else dns_port,
     )
     if name:
         cfg.name = name
