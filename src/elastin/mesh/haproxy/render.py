@@ -133,12 +133,14 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     if mode == "http":
         out.append("    option http-keep-alive")
         out.append(f"    log-format '{HTTP_LOG_FORMAT}'".replace("{caller}", lst.owner or "-"))
-        # W3C trace context: start a trace when the caller did not send one, else pass it on
+        # W3C trace context: start a trace when the caller did not send one, else pass it
+        # on. One random UUID makes both ids (trace: all 32 hex digits, span: the last 16),
+        # and only when a trace is started: this runs on every request
         out += [
-            "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)",
-            "    http-request set-var(txn.span_id) uuid,regsub(-,,g),bytes(0,16)",
+            "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)"
+            " unless { req.hdr(traceparent) -m found }",
             '    http-request set-header traceparent "00-%[var(txn.trace_id)]-'
-            '%[var(txn.span_id)]-01" unless { req.hdr(traceparent) -m found }',
+            '%[var(txn.trace_id),bytes(16,16)]-01" unless { req.hdr(traceparent) -m found }',
             "    http-request set-var(txn.traceparent) req.hdr(traceparent)",
         ]
         if lst.owner:
