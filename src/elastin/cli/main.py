@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -266,7 +266,7 @@ def wait_settled(
     c: Client, app: str, timeout: float, show: bool = True, cancel: threading.Event | None = None
 ) -> bool:
     deadline = time.monotonic() + timeout
-    with console.status("starting…", spinner="dots") if show else _null():
+    with console.status("starting…", spinner="dots") if show else nullcontext():
         while time.monotonic() < deadline and not (cancel and cancel.is_set()):
             services = c.services()
             settled, failed, summary = settle_state(services, app)
@@ -289,11 +289,6 @@ def _status_line(summary: str) -> None:
     if summary != _last_line[0]:
         console.print(Text("  … " + summary, style="dim"))
         _last_line[0] = summary
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def show_app(c: Client, app: str | None = None) -> None:

@@ -122,7 +122,8 @@ class Repo:
         self, type_: str, subject: str, message: str, level: str = "info"
     ) -> tuple[str, JSON]:
         ev = Event(time=self.clock(), type=type_, subject=subject, message=message, level=level)  # type: ignore[arg-type]
-        key = f"{EVENTS}{time.time_ns():020d}-{next(self._seq):06d}"
+        # ordered by the (injected) clock, then by a counter within one process
+        key = f"{EVENTS}{int(self.clock() * 1e9):020d}-{next(self._seq):06d}"
         return key, to_data(ev)
 
     async def record_events(self, events: Iterable[tuple[str, str, str, str]]) -> None:
