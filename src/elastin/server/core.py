@@ -422,6 +422,7 @@ class Cluster:
         for node in await self.repo.list_nodes():
             seen = max(node.last_heartbeat, self._last_seen.get(node.id, 0.0))
             if node.status == "ready" and now - seen > HEARTBEAT_TTL:
+                self.mesh_stats.pop(node.id, None)  # its proxy's counters are not current
                 await self.repo.commit(
                     nodes=[replace(node, status="down")],
                     events=[

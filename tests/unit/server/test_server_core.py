@@ -185,3 +185,20 @@ async def test_mesh_stream_pushes_each_version_as_the_model_encodes_it(cluster: 
     assert json.loads(line)["version"] > first.version
     await stream.aclose()
     assert cluster.mesh_pending(10**9) == ["n1"]  # a proxy that streamed counts for draining
+
+
+async def test_a_silent_node_is_marked_down_and_its_mesh_counters_dropped() -> None:
+    from elastin.mesh.haproxy.stats import ClusterStats
+
+    now = [1000.0]
+    c = Cluster(MemoryStore(), clock=lambda: now[0], seed=1)
+    await c.register_node(node())
+    await c.heartbeat("n1", {}, None, {"shop.web.http": ClusterStats("shop.web.http", "http", 7)})
+    assert c.mesh_traffic()[0]["requests"] == 7
+    now[0] += 31  # past the heartbeat TTL
+    await c.check_nodes()
+    found = await c.repo.get_node("n1")
+    assert found is not None and found[0].status == "down"
+    assert c.mesh_traffic() == []
+    events = await c.repo.list_events()
+    assert events[-1].type == "node.down"
