@@ -109,6 +109,7 @@ def cli() -> None:
       elastin up examples/shop.yaml      start a server and agent here, run the app
       elastin ps                         what runs, with limits and measured use
       elastin logs frontend -f           follow a service's output
+      elastin traffic -w                 requests per second between services (the mesh)
       elastin down                       stop it all
 
     The server's address and token are found in the data directory

@@ -445,11 +445,13 @@ class Cluster:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return
-            async with cond:
-                try:
-                    await asyncio.wait_for(cond.wait(), timeout=remaining)
-                except TimeoutError:
-                    return
+            try:
+                # asyncio.timeout, not wait_for: no extra task per waiter, and a change wakes
+                # every agent's query or stream at once
+                async with asyncio.timeout(remaining), cond:
+                    await cond.wait()
+            except TimeoutError:
+                return
 
     async def node_allocations(
         self, node_id: str, index: int, wait: float
