@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -47,6 +48,8 @@ class MeshManager:
         self.current: MeshSnapshot | None = None
         self.pending_deletes: list[str] = []
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
+        # apply and delete_drained run in worker threads, side by side: one at a time
+        self._lock = threading.Lock()
         self.exporter_port = self._exporter_port()
 
     def _exporter_port(self) -> int:
@@ -111,6 +114,10 @@ class MeshManager:
 
     def apply(self, snap: MeshSnapshot) -> str:
         """Bring the proxy to ``snap``; returns what was done (for logs and tests)."""
+        with self._lock:
+            return self._apply(snap)
+
+    def _apply(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
         snap = replace(snap, metrics_port=self.exporter_port)
         if not snap.listeners and not self.proxy.alive():
@@ -150,6 +157,10 @@ class MeshManager:
         return total
 
     def delete_drained(self) -> None:
+        with self._lock:
+            self._delete_drained()
+
+    def _delete_drained(self) -> None:
         assert self.proxy is not None
         keep = []
         for cmd in self.pending_deletes:
@@ -209,6 +220,11 @@ class MeshManager:
             if self.pending_deletes:
                 await asyncio.to_thread(self.delete_drained)
 
+    def _restart(self) -> None:
+        with self._lock:
+            if self.proxy is not None and self.current is not None and not self.proxy.alive():
+                self.proxy.ensure(self._config(self.current))
+
     async def supervise(self) -> None:
         """Start the proxy again when it dies."""
         if self.proxy is None:
@@ -218,6 +234,6 @@ class MeshManager:
             if self.current is not None and self.current.listeners and not self.proxy.alive():
                 log.warning("haproxy is not running; starting it again")
                 try:
-                    await asyncio.to_thread(self.proxy.ensure, self._config(self.current))
+                    await asyncio.to_thread(self._restart)
                 except (HaproxyError, OSError) as e:
                     log.error("cannot restart haproxy: %s", e)
