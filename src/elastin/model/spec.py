@@ -70,6 +70,7 @@ MESH_KEYS = (
     "consecutive_errors",
     "rate_limit",
     "fault",
+    "access_log",
 )
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
 LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
@@ -626,6 +627,13 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
         kw["retry_on"] = tuple(conds or ())
     if "fault" in m:
         kw["fault"] = _fault(ctx, m["fault"][1], f"{path}.fault")
+    if "access_log" in m:
+        node_ = m["access_log"][1]
+        value = _scalar(node_) if isinstance(node_, yaml.ScalarNode) else None
+        if not isinstance(value, bool):
+            ctx.add(node_, f"{path}.access_log", "must be true or false", "e.g. access_log: false")
+            ok = False
+        kw["access_log"] = value
     if not ok or any(v is None for v in kw.values()):
         return None
     return MeshPolicy(**kw)

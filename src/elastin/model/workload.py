@@ -107,6 +107,7 @@ class MeshPolicy:
     consecutive_errors: int = 5  # outlier detection; 0 = off
     rate_limit: int = 0  # requests per second for the service; 0 = none
     fault: Fault | None = None
+    access_log: bool = True  # the mesh logs every request to this service
 
 
 @dataclass(frozen=True)

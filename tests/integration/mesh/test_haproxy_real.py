@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import threading
@@ -223,7 +224,7 @@ def test_raw_tcp_through_a_listener(mesh_proxy: Start) -> None:
         cluster = Cluster(
             "shop.db.pg", protocol="tcp", endpoints=(Endpoint("d1-pg", "127.0.0.1", port),)
         )
-        mesh_proxy(
+        proxy = mesh_proxy(
             MeshSnapshot(
                 1, "n1", (Listener("a.db", listen, "shop.db.pg", protocol="tcp"),), (cluster,)
             )
@@ -236,6 +237,13 @@ def test_raw_tcp_through_a_listener(mesh_proxy: Start) -> None:
                 while chunk := c.recv(65536):
                     got += chunk
             assert got == payload.upper()
+        # every connection is a JSON line in the access log too
+        log = proxy.process.dir / "haproxy.log"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and log.read_text().count('"c_shop.db.pg"') < 3:
+            time.sleep(0.05)
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        assert any(x["bytes"] >= 200_000 and x["service"] == "c_shop.db.pg" for x in lines)
     finally:
         srv.close()
         t.join(5)

@@ -162,3 +162,11 @@ def test_localize_and_wants_ack() -> None:
     assert not wants_ack([a])
     assert wants_ack([replace(a, desired="stop")])  # someone drains: agents must say
     assert not wants_ack([replace(a, desired="stop", status="stopped")])
+
+
+def test_access_log_can_be_turned_off_per_service() -> None:
+    on = render(snap((E1,)), Paths("/tmp/x.sock"))
+    off = render(snap((E1,), access_log=False), Paths("/tmp/x.sock"))
+    assert "log-format" in on and "no log" not in on
+    assert "log-format" not in off and "    no log" in off
+    assert diff(snap((E1,)), snap((E1,), version=2, access_log=False)).reload  # structural

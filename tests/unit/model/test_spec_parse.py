@@ -207,6 +207,7 @@ W = "app: a\nservices:\n  w:\n    command: x\n"
         (W + "    upstreams: [w]\n", "services.w.upstreams[0]", 5, "its own upstream"),
         (W + "    mesh: {lb: fastest}\n", "services.w.mesh.lb", 5, "least_request"),
         (W + "    mesh: {fault: {}}\n", "services.w.mesh.fault", 5, "needs abort or delay"),
+        (W + "    mesh: {access_log: maybe}\n", "services.w.mesh.access_log", 5, "true or false"),
         (W + "    mesh: {fault: {abort: 99}}\n", "services.w.mesh.fault.abort", 5, "HTTP"),
         (
             W + "    mesh: {fault: {delay: 1s, abort_percent: 5}}\n",

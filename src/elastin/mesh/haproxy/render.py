@@ -46,6 +46,12 @@ HTTP_LOG_FORMAT = (
     '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
     '"traceparent":"%[var(txn.traceparent)]"}'
 )
+# one JSON object per TCP connection
+TCP_LOG_FORMAT = (
+    '{"time":"%t","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
+    '"bytes_in":%U,"bytes":%B,"retries":%rc,"time_ms":%Tt,"connect_ms":%Tc,'
+    '"termination":"%ts"}'
+)
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,13 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
         bind,
         f"    timeout client {_ms(c.timeouts.idle)}",
     ]
+    if c.access_log:
+        fmt = HTTP_LOG_FORMAT if mode == "http" else TCP_LOG_FORMAT
+        out.append(f"    log-format '{fmt}'".replace("{caller}", lst.owner or "-"))
+    else:
+        out.append("    no log")
     if mode == "http":
         out.append("    option http-keep-alive")
-        out.append(f"    log-format '{HTTP_LOG_FORMAT}'".replace("{caller}", lst.owner or "-"))
         # W3C trace context: start a trace when the caller did not send one, else pass it
         # on. One random UUID makes both ids (trace: all 32 hex digits, span: the last 16),
         # and only when a trace is started: this runs on every request

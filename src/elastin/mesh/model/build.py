@@ -46,6 +46,7 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
             consecutive_errors=max(1, p.consecutive_errors), enabled=p.consecutive_errors > 0
         ),
         rate_limit=p.rate_limit,
+        access_log=p.access_log,
     )
 
 

@@ -7,7 +7,7 @@ both are limited to ``[A-Za-z0-9._-]`` so that every renderer can use them as id
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 # Fault is defined with the spec's mesh policy and used as it is on listeners
@@ -115,6 +115,7 @@ class Cluster:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     outlier: OutlierDetection = field(default_factory=OutlierDetection)
     rate_limit: int = 0  # requests per second for the whole service; 0 = none
+    access_log: bool = True  # a JSON line per request to this service
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
@@ -132,18 +133,7 @@ class Cluster:
 
     def policy(self) -> Cluster:
         """This cluster without its endpoints: what needs a reload when it changes."""
-        return Cluster(
-            self.name,
-            self.protocol,
-            self.lb,
-            self.hash_key,
-            (),
-            self.timeouts,
-            self.retries,
-            self.breaker,
-            self.outlier,
-            self.rate_limit,
-        )
+        return replace(self, endpoints=())
 
 
 @dataclass(frozen=True)
