@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -105,6 +106,9 @@ async def run_server(
                     break
                 await asyncio.sleep(0.01)
             info.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+            # what exists now lives as long as the server: keep it out of the collector's
+            # scans, whose pauses showed as the tail of the mesh's propagation time
+            gc.freeze()
             tg.create_task(cluster.run_scheduler())
             log.info("server listening on %s (data in %s)", url, cfg.data_dir)
             if on_ready is not None:

@@ -22,7 +22,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -509,7 +509,9 @@ class Cluster:
         body = json.dumps(head)[:-1].encode() + b', "clusters": ' + m.clusters_json + b"}"
         return m.version, body
 
-    async def mesh_stream(self, node_id: str, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+    async def mesh_stream(
+        self, node_id: str, keepalive: float = 15.0
+    ) -> AsyncGenerator[bytes, None]:
         """Node ``node_id``'s mesh snapshots as they change, one JSON line each (the current
         one first), a bare newline every ``keepalive`` s of quiet. The push counterpart of
         ``mesh_snapshot``: a change costs one write per agent, not a request and an answer.
