@@ -50,7 +50,13 @@ def test_token_is_private_and_stable(tmp_path: Path) -> None:
 
 async def test_every_call_needs_the_token(api: tuple[httpx.AsyncClient, Cluster]) -> None:
     client, _ = api
-    for path in ("/v1/apps", "/v1/openapi.json", "/v1/status", "/v1/metrics"):
+    for path in (
+        "/v1/apps",
+        "/v1/openapi.json",
+        "/v1/status",
+        "/v1/metrics",
+        "/v1/nodes/n1/mesh/stream",
+    ):
         r = await client.get(path, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401, path
         assert "token" in r.json()["hint"]
@@ -101,3 +107,46 @@ async def test_services_nodes_allocations_and_errors(
     assert "elastin_allocations" in r.text
     r = await client.get("/v1/events")
     assert any(e["type"] == "app.applied" for e in r.json())
+
+
+async def test_mesh_stream_is_pushed_on_plain_asgi(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    cluster = Cluster(MemoryStore(), seed=1)
+    token = ensure_token(tmp_path)
+    app = create_api(cluster, token, tmp_path)
+    sent: list[dict[str, object]] = []
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            gone.set()  # the agent goes away after the first snapshot
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/nodes/n1/mesh/stream",
+        "raw_path": b"/v1/nodes/n1/mesh/stream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    task = asyncio.create_task(app(scope, receive, send))  # type: ignore[arg-type]
+    await gone.wait()
+    await cluster.apply(SPEC)  # a change: the stream's next write notices the client is gone
+    await asyncio.wait_for(task, 5)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    first = json.loads(sent[1]["body"])  # type: ignore[arg-type]
+    assert first["node"] == "n1" and "clusters" in first
+    assert cluster.mesh_pending(10**9) == ["n1"]  # it streamed: counted for draining
