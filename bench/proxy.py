@@ -14,8 +14,9 @@ gRPC-shaped upstream: POST, ``application/grpc``, trailers). Upstreams are nginx
 on two ports, and for gRPC nginx's ``grpc_pass``-free static answer with a ``grpc-status``
 trailer. Systems run interleaved (A B C D, A B C D, …) and each row is the median of the runs.
 
-The proxy under test runs pinned to one core, the upstreams and the load generator to the
-other, so that the systems compete for nothing but their own work.
+The proxy under test is started on one core (so it sizes its threads for that core, as
+HAProxy does by default), the upstreams and the load generator on the other, so that the
+systems compete for nothing but their own work.
 
 Rows: ``rps``, ``p50_ms``, ``p99_ms``, ``proxy_cpu_us_per_req`` (user + system time of the
 proxy's processes over the run, per request), ``rss_mib`` (the proxy's processes) and, for
@@ -107,8 +108,25 @@ def pin(pids: list[int], cpu: int) -> None:
                     os.sched_setaffinity(int(task.name), {cpu})
 
 
+def on_cpu(cpu: int, argv: list[str]) -> list[str]:
+    """``argv`` started on ``cpu`` alone: a proxy sizes its threads for what it may use."""
+    return [which("taskset"), "-c", str(cpu), *argv] if (os.cpu_count() or 1) >= 2 else argv
+
+
 def on_load_cpu(argv: list[str]) -> list[str]:
-    return [which("taskset"), "-c", str(LOAD_CPU), *argv] if (os.cpu_count() or 1) >= 2 else argv
+    return on_cpu(LOAD_CPU, argv)
+
+
+@contextlib.contextmanager
+def started_on(cpu: int) -> Iterator[None]:
+    """Processes started inside run on ``cpu`` (they inherit this process's affinity)."""
+    before = os.sched_getaffinity(0)
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -310,20 +328,23 @@ def system(name: str, case: str, p: Ports, tmp: Path) -> Iterator[tuple[int, int
     if name == "haproxy":
         cfg = tmp / f"raw-{case}.cfg"
         cfg.write_text(raw_haproxy_cfg(case, listen, p))
-        with process([which("haproxy"), "-W", "-f", str(cfg)], tmp / "raw.log") as proc:
+        argv = on_cpu(PROXY_CPU, [which("haproxy"), "-W", "-f", str(cfg)])
+        with process(argv, tmp / "raw.log") as proc:
             wait_port(listen)
             yield listen, proc.pid
         return
     if name == "nginx":
         conf = nginx_conf(tmp, f"proxy-{case}", nginx_proxy_body(case, listen, p))
-        with process([which("nginx"), "-c", str(conf)], tmp / "nginx-proxy.log") as proc:
+        argv = on_cpu(PROXY_CPU, [which("nginx"), "-c", str(conf)])
+        with process(argv, tmp / "nginx-proxy.log") as proc:
             wait_port(listen)
             yield listen, proc.pid
         return
     keep = VARIANTS[name]
     hp = HaproxyProcess(tmp / f"mesh-{case}", which("haproxy"))
     text = render(elastin_snapshot(case, listen, p, free_port()), hp.paths())
-    hp.ensure("\n".join(line for line in text.splitlines() if keep(line)) + "\n")
+    with started_on(PROXY_CPU):  # as the raw HAProxy: started on the proxy's core
+        hp.ensure("\n".join(line for line in text.splitlines() if keep(line)) + "\n")
     try:
         wait_port(listen)
         yield listen, hp.master_pid() or 0
