@@ -365,3 +365,43 @@ def test_h2load_http2_load(mesh_proxy: Start, tmp_path: Path) -> None:
     assert line is not None, out.stdout
     assert "2000 succeeded, 0 failed" in line.group(0), out.stdout
     assert re.search(r"^status codes: 2000 2xx", out.stdout, re.M), out.stdout
+
+
+def test_http2_is_balanced_per_request_not_per_connection(mesh_proxy: Start) -> None:
+    """One client connection (one gRPC channel) to the listener; its calls spread over both
+    endpoints, because HAProxy balances each HTTP/2 stream."""
+    servers = []
+    ports = []
+    for name in (b"a", b"b"):
+
+        def whoami(_: bytes, __: grpc.ServicerContext, name: bytes = name) -> bytes:
+            return name
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "test.Who", {"Ami": grpc.unary_unary_rpc_method_handler(whoami)}
+                ),
+            )
+        )
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servers.append(server)
+    try:
+        listen = free_port()
+        cluster = Cluster(
+            "interop.who.grpc",
+            protocol="grpc",
+            endpoints=tuple(Endpoint(f"w{i}-grpc", "127.0.0.1", p) for i, p in enumerate(ports)),
+        )
+        listener = Listener("caller.who", listen, "interop.who.grpc", protocol="grpc")
+        mesh_proxy(MeshSnapshot(1, "n1", (listener,), (cluster,)))
+        with grpc.insecure_channel(f"127.0.0.1:{listen}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=5)
+            call = channel.unary_unary("/test.Who/Ami")
+            answers = {call(b"", timeout=5) for _ in range(20)}
+        assert answers == {b"a", b"b"}
+    finally:
+        for server in servers:
+            server.stop(grace=None)
