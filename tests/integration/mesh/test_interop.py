@@ -399,7 +399,7 @@ def test_http2_is_balanced_per_request_not_per_connection(mesh_proxy: Start) -> 
         mesh_proxy(MeshSnapshot(1, "n1", (listener,), (cluster,)))
         with grpc.insecure_channel(f"127.0.0.1:{listen}") as channel:
             grpc.channel_ready_future(channel).result(timeout=5)
-            call = channel.unary_unary("/test.Who/Ami")
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Who/Ami")
             answers = {call(b"", timeout=5) for _ in range(20)}
         assert answers == {b"a", b"b"}
     finally:
