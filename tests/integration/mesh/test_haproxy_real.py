@@ -190,7 +190,7 @@ def test_errors_haproxy_returns_name_the_service_and_why(mesh_proxy: Start) -> N
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(proxy.url(listen_a), timeout=10)
         assert err.value.code == 503
-        # "could not connect to any endpoint of …" while HAProxy still counts the endpoint
+        # "no endpoint of … took the request" while HAProxy still counts the endpoint
         # up, "no endpoint of … is up" once its checks failed: either way, named
         assert "of shop.gone.http" in err.value.headers["x-elastin-error"]
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -247,3 +247,38 @@ def test_raw_tcp_through_a_listener(mesh_proxy: Start) -> None:
     finally:
         srv.close()
         t.join(5)
+
+
+def test_circuit_breaker_queues_then_answers_503_naming_the_service(mesh_proxy: Start) -> None:
+    def slow(_: object) -> tuple[int, bytes]:
+        time.sleep(0.6)
+        return 200, b"done"
+
+    with http_backend("slow", slow) as port:
+        listen = free_port()
+        cluster = Cluster(
+            "shop.pay.http",
+            endpoints=(Endpoint("p1-http", "127.0.0.1", port),),
+            breaker=CircuitBreaker(max_connections=1, max_queue=1, queue_timeout=0.3),
+        )
+        proxy = mesh_proxy(
+            MeshSnapshot(1, "n1", (Listener("a.pay", listen, "shop.pay.http"),), (cluster,))
+        )
+        results: list[tuple[int, str]] = []
+
+        def call() -> None:
+            try:
+                with urllib.request.urlopen(proxy.url(listen), timeout=10) as r:
+                    results.append((r.status, ""))
+            except urllib.error.HTTPError as e:
+                results.append((e.code, e.headers.get("x-elastin-error", "")))
+
+        threads = [threading.Thread(target=call) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+    statuses = sorted(s for s, _ in results)
+    assert statuses.count(200) >= 1 and 503 in statuses, results
+    # one at a time reaches the endpoint; the rest wait up to queue_timeout, then get a 503
+    assert all("shop.pay.http" in why for s, why in results if s == 503)

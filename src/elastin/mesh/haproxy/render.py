@@ -218,7 +218,8 @@ def _named_errors(c: Cluster) -> list[str]:
     b, name = backend_name(c.name), c.name
     # the iif() arguments may hold neither commas nor parentheses
     why_503 = (
-        f"%[nbsrv({b}),iif(could not connect to any endpoint of {name},"
+        f"%[nbsrv({b}),iif(no endpoint of {name} took the request - connections failed"
+        f" or its circuit breaker queue is full,"
         f"no endpoint of {name} is up - none is ready or all fail their checks)]"
     )
     reasons = (
