@@ -6,8 +6,9 @@ backend, all on 127.0.0.1:
 
 * curl, HTTP/1.1: keep-alive reuse of one client connection and a chunked response;
 * curl, HTTP/2 with prior knowledge (h2c) to an nginx h2c backend;
-* grpcio client and server: unary call, a lock-step bidirectional stream, and an error
-  status with its details and trailing metadata;
+* grpcio client and server: unary call, server and client streaming, a lock-step
+  bidirectional stream, and an error status with its details and trailing metadata;
+* HTTP/2 balanced per request: one gRPC channel's calls reach both endpoints;
 * a WebSocket (``websockets``) echo through an HTTP/1.1 listener (Upgrade);
 * wrk (HTTP/1.1 load) and h2load (HTTP/2 load) against nginx, with bounded counts and time.
 """
@@ -238,6 +239,15 @@ def _bidi(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[
     yield from requests
 
 
+def _count_to(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    for i in range(int(request)):  # server streaming
+        yield str(i).encode()
+
+
+def _total(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    return str(sum(int(r) for r in requests)).encode()  # client streaming
+
+
 def _missing(request: bytes, context: grpc.ServicerContext) -> bytes:
     context.set_trailing_metadata((("x-elastin-test", "trailer-value"),))
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
@@ -246,13 +256,15 @@ def _missing(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 @contextlib.contextmanager
 def grpc_backend() -> Iterator[int]:
-    """A gRPC server on a free loopback port with ``/test.Echo/{Unary,Bidi,Missing}`` on raw
-    bytes (generic handlers, no codegen)."""
+    """A gRPC server on a free loopback port with ``/test.Echo/{Unary,Bidi,CountTo,Total,
+    Missing}`` — every streaming kind — on raw bytes (generic handlers, no codegen)."""
     handler = grpc.method_handlers_generic_handler(
         "test.Echo",
         {
             "Unary": grpc.unary_unary_rpc_method_handler(_unary),
             "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+            "CountTo": grpc.unary_stream_rpc_method_handler(_count_to),
+            "Total": grpc.stream_unary_rpc_method_handler(_total),
             "Missing": grpc.unary_unary_rpc_method_handler(_missing),
         },
     )
@@ -302,6 +314,15 @@ def test_grpc_unary_bidi_stream_and_error_status(mesh_proxy: Start) -> None:
             outgoing.put(None)
             assert list(responses) == []
             assert got == [f"message-{i:02d}".encode() for i in range(20)]
+
+            count_to: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                "/test.Echo/CountTo"
+            )
+            assert [int(x) for x in count_to(b"50", timeout=5)] == list(range(50))
+            total: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+                "/test.Echo/Total"
+            )
+            assert total(iter([b"1", b"2", b"39"]), timeout=5) == b"42"
 
             missing: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                 "/test.Echo/Missing", request_serializer=None, response_deserializer=None
