@@ -168,20 +168,18 @@ class Agent:
         snap = self.mesh.current if self.mesh is not None else None
         if snap is None:
             return None
-        found = False
+        seen: set[str] = set()  # apps whose service matched (the first port of each)
         targets: list[Target] = []
         for c in snap.clusters:
             c_app, _, rest = c.name.partition(".")
             c_service, _, c_port = rest.rpartition(".")
-            if c_service != service or (app is not None and c_app != app):
+            if c_service != service or (app is not None and c_app != app) or c_app in seen:
                 continue
             if port is not None and c_port != port:
                 continue
-            if port is None and found:
-                continue  # the first port of the service only
-            found = True
+            seen.add(c_app)
             targets += [Target(e.address, e.port, e.node) for e in c.endpoints if e.ready]
-        return targets if found else None
+        return targets if seen else None
 
     def metrics_text(self) -> str:
         """The agent's ``/metrics``: its instances, its proxy, and the mesh's traffic per
