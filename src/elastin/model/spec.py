@@ -36,6 +36,8 @@ from elastin.model.workload import (
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# a header or cookie name to hash on: it goes into haproxy.cfg, so nothing else gets through
+HASH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 TOP_KEYS = ("app", "services", "jobs")
@@ -592,7 +594,16 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
             ok = False
         kw["lb"] = lb
     if "hash_key" in m:
-        kw["hash_key"] = _str(ctx, m["hash_key"][1], f"{path}.hash_key")
+        key = _str(ctx, m["hash_key"][1], f"{path}.hash_key")
+        if key is not None and not HASH_KEY_RE.match(key):
+            ctx.add(
+                m["hash_key"][1],
+                f"{path}.hash_key",
+                f"{key!r} is not a header or cookie name",
+                "use letters, digits, '-', '_' and '.' (at most 128), e.g. hash_key: x-user",
+            )
+            ok = False
+        kw["hash_key"] = key
     if kw.get("lb") in ("hash_header", "hash_cookie") and not kw.get("hash_key"):
         ctx.add(
             node,

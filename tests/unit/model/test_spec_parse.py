@@ -223,6 +223,12 @@ W = "app: a\nservices:\n  w:\n    command: x\n"
         ),
         (W + "    mesh: {lb: hash_header}\n", "services.w.mesh.hash_key", 5, "needs hash_key"),
         (
+            W + '    mesh: {lb: hash_header, hash_key: "x) \\n  server evil"}\n',
+            "services.w.mesh.hash_key",
+            5,
+            "not a header or cookie name",
+        ),
+        (
             W + "    mesh: {retry_on: [sometimes]}\n",
             "services.w.mesh.retry_on",
             5,
