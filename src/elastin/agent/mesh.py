@@ -166,8 +166,11 @@ class MeshManager:
         for cmd in self.pending_deletes:
             try:
                 self.proxy.send(cmd)
-            except (HaproxyError, OSError):
-                keep.append(cmd)  # still has connections: try again later
+            except HaproxyError as e:
+                if "no such server" not in str(e).lower():  # gone already (a reload): done
+                    keep.append(cmd)  # still has connections: try again later
+            except OSError:
+                keep.append(cmd)
         self.pending_deletes = keep[-1000:]
 
     async def run(self) -> None:

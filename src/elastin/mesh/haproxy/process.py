@@ -49,14 +49,22 @@ def runtime(socket_path: str, command: str, timeout: float = 5.0) -> str:
                 break
             chunks.append(data)
     answer = b"".join(chunks).decode(errors="replace")
-    lowered = answer.lower()
-    if (
-        "unknown command" in lowered
-        or lowered.startswith(("no such", "error"))
-        or ("not found" in lowered)
-    ):
+    if refused(answer):
         raise HaproxyError(f"haproxy refused {command!r}: {answer.strip()}")
     return answer
+
+
+# How HAProxy 2.6's runtime API says no: a one-line answer. Successes are empty, data, or a
+# line of news ("New server registered.", "Server deleted.", "IP changed from ...").
+_REFUSAL_STARTS = ("no such", "error", "unknown", "already exists", "only ", "require", "'")
+_REFUSAL_WORDS = ("not found", "cannot", "expects", "invalid", "garbage", "must be")
+
+
+def refused(answer: str) -> bool:
+    """Whether a runtime API answer is a refusal (e.g. "Server still has connections
+    attached to it, cannot remove it." or "Already exists a server with the same name")."""
+    first = next((line for line in answer.splitlines() if line.strip()), "").strip().lower()
+    return first.startswith(_REFUSAL_STARTS) or any(w in first for w in _REFUSAL_WORDS)
 
 
 class HaproxyProcess:
