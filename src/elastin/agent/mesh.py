@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from elastin.agent.drivers.task import rotate
 from elastin.client.errors import ClientError
 from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
@@ -36,6 +37,10 @@ from elastin.mesh.model import MeshSnapshot, diff
 log = logging.getLogger("elastin.agent.mesh")
 
 DRAIN_SECONDS = 2.0
+# the access log (HAProxy's stdout, one line per request) is rotated copy-truncate like
+# workload logs: at most LOG_FILES files of LOG_MAX_BYTES on disk
+LOG_MAX_BYTES = 64 << 20
+LOG_FILES = 3
 
 
 class MeshManager:
@@ -228,12 +233,20 @@ class MeshManager:
             if self.proxy is not None and self.current is not None and not self.proxy.alive():
                 self.proxy.ensure(self._config(self.current))
 
+    def rotate_log(self) -> bool:
+        """Rotate the access log when it passed ``LOG_MAX_BYTES``; True when it did."""
+        return rotate(self.dir / "haproxy.log", LOG_MAX_BYTES, LOG_FILES - 1)
+
     async def supervise(self) -> None:
-        """Start the proxy again when it dies."""
+        """Start the proxy again when it dies; keep its log within bounds."""
         if self.proxy is None:
             return
         while True:
             await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.rotate_log)
+            except OSError as e:
+                log.warning("cannot rotate the mesh access log: %s", e)
             if self.current is not None and self.current.listeners and not self.proxy.alive():
                 log.warning("haproxy is not running; starting it again")
                 try:
