@@ -798,8 +798,8 @@ def _mesh_logs(service: str | None, follow: bool, tail: int) -> None:
                             entry = json.loads(line)
                         except ValueError:
                             continue  # HAProxy's own notices
-                        if isinstance(entry, dict) and wanted(entry):
-                            click.echo(line.decode(errors="replace"))
+                        if isinstance(entry, dict) and wanted(entry):  # "\/" -> "/"
+                            click.echo(json.dumps(entry, separators=(",", ":"), ensure_ascii=False))
         except KeyboardInterrupt:
             return
 

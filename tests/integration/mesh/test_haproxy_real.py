@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import re
 import socket
@@ -282,3 +283,40 @@ def test_circuit_breaker_queues_then_answers_503_naming_the_service(mesh_proxy: 
     assert statuses.count(200) >= 1 and 503 in statuses, results
     # one at a time reaches the endpoint; the rest wait up to queue_timeout, then get a 503
     assert all("shop.pay.http" in why for s, why in results if s == 503)
+
+
+def test_what_a_caller_sends_cannot_break_or_hide_its_access_log_line(
+    mesh_proxy: Start,
+) -> None:
+    seen: list[str] = []
+
+    def record(h: http.server.BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        seen.append(h.headers.get("traceparent", ""))
+        return 200, b"ok"
+
+    with http_backend("one", record) as port:
+        listen = free_port()
+        lst = (Listener("caller.web", listen, "shop.web.http", owner="shop/caller"),)
+        cluster = Cluster("shop.web.http", endpoints=(Endpoint("a1-http", "127.0.0.1", port),))
+        proxy = mesh_proxy(MeshSnapshot(1, "n1", lst, (cluster,)))
+        valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        requests = [
+            (b'/a"b\\c]d?token=secret', b""),  # quote, backslash; the query is not logged
+            (b"/t", b'traceparent: ev"il\\\r\n'),  # not a traceparent: a new trace
+            (b"/v", f"traceparent: {valid}\r\n".encode()),  # a valid one is passed on
+        ]
+        for target, header in requests:
+            with socket.create_connection(("127.0.0.1", listen), timeout=5) as c:
+                c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + header)
+                c.sendall(b"Connection: close\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.1 200")
+        log = proxy.process.dir / "haproxy.log"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and log.read_text().count('"status":') < 3:
+            time.sleep(0.05)
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        assert [x["path"] for x in lines] == ['/a"b\\c]d', "/t", "/v"]
+        fresh = lines[1]["traceparent"]
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", fresh), fresh
+        assert lines[2]["traceparent"] == valid
+        assert seen[1:] == [fresh, valid]  # what the endpoint got is what was logged

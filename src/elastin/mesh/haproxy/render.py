@@ -39,13 +39,19 @@ from elastin.mesh.model.types import (
 
 LOCAL_WEIGHT_FACTOR = 4
 # one JSON object per request; %b is the backend (c_<service>), %s the endpoint (e_<id>),
-# %ts the termination state that says why HAProxy ended a failed request
+# %ts the termination state that says why HAProxy ended a failed request. The path is the
+# only text a caller chooses (the method is a token, the traceparent is checked first): it
+# goes through HAProxy's json converter, so that a quote or backslash cannot break (or hide)
+# the line
 HTTP_LOG_FORMAT = (
     '{"time":"%tr","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
-    '"method":"%HM","path":"%HPO","status":%ST,"bytes":%B,"retries":%rc,'
+    '"method":"%HM","path":"%[capture.req.uri,field(1,?),json(utf8s)]","status":%ST,'
+    '"bytes":%B,"retries":%rc,'
     '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
     '"traceparent":"%[var(txn.traceparent)]"}'
 )
+# a W3C traceparent: version, trace id, parent id, flags in lower-case hex
+TRACEPARENT_RE = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 # one JSON object per TCP connection
 TCP_LOG_FORMAT = (
     '{"time":"%t","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
@@ -143,14 +149,15 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
         out.append("    no log")
     if mode == "http":
         out.append("    option http-keep-alive")
-        # W3C trace context: start a trace when the caller did not send one, else pass it
-        # on. One random UUID makes both ids (trace: all 32 hex digits, span: the last 16),
-        # and only when a trace is started: this runs on every request
+        # W3C trace context: start a trace when the caller sent no valid one (the spec: an
+        # invalid traceparent is replaced), else pass it on. One random UUID makes both ids
+        # (trace: all 32 hex digits, span: the last 16), and only when a trace is started:
+        # this runs on every request
         out += [
             "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)"
-            " unless { req.hdr(traceparent) -m found }",
+            f" unless {{ req.hdr(traceparent) -m reg {TRACEPARENT_RE} }}",
             '    http-request set-header traceparent "00-%[var(txn.trace_id)]-'
-            '%[var(txn.trace_id),bytes(16,16)]-01" unless { req.hdr(traceparent) -m found }',
+            '%[var(txn.trace_id),bytes(16,16)]-01" if { var(txn.trace_id) -m found }',
             "    http-request set-var(txn.traceparent) req.hdr(traceparent)",
         ]
         if lst.owner:
