@@ -6,7 +6,8 @@
 * ``elastin`` — one mesh hop exactly as Elastin configures it: a ``MeshSnapshot`` with one
   listener and a two-endpoint cluster rendered by ``elastin.mesh.haproxy`` and started by
   ``HaproxyProcess`` — JSON access log, trace context, retries, health checks and outlier
-  detection, the Prometheus exporter, all on.
+  detection, the Prometheus exporter, all on — with the agent's access log collector
+  draining HAProxy's log ring, on the proxy's core and counted in its cpu.
 
 Cases: ``http1_keepalive`` and ``http1_new_conn`` (wrk), ``tcp`` (wrk over a TCP proxy),
 ``http2`` (h2load, h2c prior knowledge) and ``grpc_unary`` (h2load sending gRPC frames to a
@@ -322,10 +323,10 @@ VARIANTS: dict[str, Callable[[str], bool]] = {
 
 
 @contextlib.contextmanager
-def system(name: str, case: str, p: Ports, tmp: Path) -> Iterator[tuple[int, int]]:
-    """Start ``name`` for ``case``; yields (port to load, proxy pid or 0)."""
+def system(name: str, case: str, p: Ports, tmp: Path) -> Iterator[tuple[int, list[int]]]:
+    """Start ``name`` for ``case``; yields (port to load, the proxy's processes)."""
     if name == "direct":
-        yield (p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0]), 0
+        yield (p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0]), []
         return
     listen = free_port()
     if name == "haproxy":
@@ -334,23 +335,29 @@ def system(name: str, case: str, p: Ports, tmp: Path) -> Iterator[tuple[int, int
         argv = on_cpu(PROXY_CPU, [which("haproxy"), "-W", "-f", str(cfg)])
         with process(argv, tmp / "raw.log") as proc:
             wait_port(listen)
-            yield listen, proc.pid
+            yield listen, tree_pids(proc.pid)
         return
     if name == "nginx":
         conf = nginx_conf(tmp, f"proxy-{case}", nginx_proxy_body(case, listen, p))
         argv = on_cpu(PROXY_CPU, [which("nginx"), "-c", str(conf)])
         with process(argv, tmp / "nginx-proxy.log") as proc:
             wait_port(listen)
-            yield listen, proc.pid
+            yield listen, tree_pids(proc.pid)
         return
     keep = VARIANTS[name]
     hp = HaproxyProcess(tmp / f"mesh-{case}", which("haproxy"))
     text = render(elastin_snapshot(case, listen, p, free_port()), hp.paths())
     with started_on(PROXY_CPU):  # as the raw HAProxy: started on the proxy's core
         hp.ensure("\n".join(line for line in text.splitlines() if keep(line)) + "\n")
+    # the agent's access log collector drains HAProxy's ring: part of the hop's cost, so
+    # it runs on the proxy's core and its cpu is counted with HAProxy's
+    collector = [sys.executable, "-m", "elastin.mesh.haproxy.accesslog", str(hp.socket)]
     try:
-        wait_port(listen)
-        yield listen, hp.master_pid() or 0
+        with process(
+            on_cpu(PROXY_CPU, [*collector, str(hp.dir / "haproxy.log")]), tmp / "c.log"
+        ) as c:
+            wait_port(listen)
+            yield listen, [*tree_pids(hp.master_pid() or 0), c.pid]
     finally:
         hp.stop()
 
@@ -373,8 +380,7 @@ def measure(
                 rps: dict[str, float] = {}
                 cpu_per_req: dict[str, float] = {}
                 for name in systems:
-                    with system(name, case, p, tmp) as (port, pid):
-                        pids = tree_pids(pid) if pid else []
+                    with system(name, case, p, tmp) as (port, pids):
                         pin(pids, PROXY_CPU)
                         load(case, port, min(1.0, seconds), tmp)  # warm up
                         cpu0 = cpu_seconds(pids)
@@ -394,7 +400,7 @@ def measure(
                         ("p99_ms", r.p99_ms),
                     ):
                         samples.setdefault((case, name, metric), []).append(value)
-                    if pid:
+                    if pids:
                         per_req = cpu * 1e6 / max(1, r.requests)
                         cpu_per_req[name] = per_req
                         samples.setdefault((case, name, "proxy_cpu_us_per_req"), []).append(per_req)

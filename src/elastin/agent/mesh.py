@@ -9,6 +9,10 @@ with the current snapshot. HAProxy runs detached, so a restart of the agent leav
 traffic untouched: the new agent finds it by its pid file and reloads it once with the
 snapshot it fetches.
 
+The access log: HAProxy writes it into a ring in its memory; the manager's
+``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
+HAProxy's own messages), which ``elastin logs --mesh`` reads, and rotates that file.
+
 Without an ``haproxy`` binary the manager says so once and stays idle (the rest of the agent
 works as before).
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 from elastin.agent.drivers.task import rotate
 from elastin.client.errors import ClientError
 from elastin.client.http import AsyncClient
+from elastin.mesh.haproxy.accesslog import AccessLogCollector
 from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
 from elastin.mesh.haproxy.render import render
 from elastin.mesh.haproxy.runtime import runtime_commands
@@ -37,8 +42,8 @@ from elastin.mesh.model import MeshSnapshot, diff
 log = logging.getLogger("elastin.agent.mesh")
 
 DRAIN_SECONDS = 2.0
-# the access log (HAProxy's stdout, one line per request) is rotated copy-truncate like
-# workload logs: at most LOG_FILES files of LOG_MAX_BYTES on disk
+# the access log (one line per request, drained from HAProxy's ring) is rotated
+# copy-truncate like workload logs: at most LOG_FILES files of LOG_MAX_BYTES on disk
 LOG_MAX_BYTES = 64 << 20
 LOG_FILES = 3
 
@@ -50,12 +55,18 @@ class MeshManager:
         self.dir = directory
         binary = haproxy_binary()
         self.proxy = HaproxyProcess(directory, binary) if binary else None
+        sock = self.proxy.socket if self.proxy else directory / "haproxy.sock"
+        self.access_log = AccessLogCollector(sock, self.log_path)
         self.current: MeshSnapshot | None = None
         self.pending_deletes: list[str] = []
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
         # apply and delete_drained run in worker threads, side by side: one at a time
         self._lock = threading.Lock()
         self.exporter_port = self._exporter_port()
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "haproxy.log"
 
     def _exporter_port(self) -> int:
         """The port of HAProxy's Prometheus exporter: chosen once per node and kept (in the
@@ -115,6 +126,7 @@ class MeshManager:
             log.warning("listeners not up after %s: %s; reloading again", done, ", ".join(missing))
             done = self.proxy.ensure(self._config(snap))
         self.current = snap
+        self.access_log.wake()  # a new worker: follow its access log at once
         return done
 
     def apply(self, snap: MeshSnapshot) -> str:
@@ -189,6 +201,7 @@ class MeshManager:
         arrived = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._receive(mailbox, arrived))
+            tg.create_task(self.access_log.run())
             tg.create_task(self._delete_drained_loop())
             while True:
                 await arrived.wait()
@@ -232,10 +245,11 @@ class MeshManager:
         with self._lock:
             if self.proxy is not None and self.current is not None and not self.proxy.alive():
                 self.proxy.ensure(self._config(self.current))
+                self.access_log.wake()
 
     def rotate_log(self) -> bool:
         """Rotate the access log when it passed ``LOG_MAX_BYTES``; True when it did."""
-        return rotate(self.dir / "haproxy.log", LOG_MAX_BYTES, LOG_FILES - 1)
+        return rotate(self.log_path, LOG_MAX_BYTES, LOG_FILES - 1)
 
     async def supervise(self) -> None:
         """Start the proxy again when it dies; keep its log within bounds."""

@@ -25,4 +25,4 @@ def mesh_proxy(tmp_path: Path) -> Iterator[Callable[[MeshSnapshot], MeshProxy]]:
         yield start
     finally:
         for p in started:
-            p.process.stop()
+            p.stop()

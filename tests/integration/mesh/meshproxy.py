@@ -4,20 +4,26 @@ HTTP backends.
 
 ``MeshProxy.apply(snapshot)`` moves the running proxy to a new snapshot the way the agent's
 mesh manager does: runtime commands for endpoint churn, a hitless reload for anything
-structural; ``reloads`` counts the reloads so tests can assert there were none.
+structural; ``reloads`` counts the reloads so tests can assert there were none. Its access
+log is collected as the agent collects it (``AccessLogCollector``, in a process of its own)
+into ``log``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,8 +63,32 @@ class MeshProxy:
         self.current = snapshot
         self.pending_deletes: list[str] = []
         self.process.ensure(self._text(snapshot))
+        self.log = directory / "haproxy.log"
+        self.collector = self.start_collector()
         for lst in snapshot.listeners:
             wait_listening(lst.port)
+
+    def start_collector(self) -> subprocess.Popen[bytes]:
+        """The agent's access log collector, in a process of its own."""
+        module = "elastin.mesh.haproxy.accesslog"
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(self.process.socket), str(self.log)]
+        )
+
+    def stop(self) -> None:
+        self.collector.terminate()
+        self.collector.wait(10)
+        self.process.stop()
+
+    def access_log(self, count: int, text: str = '"status":', timeout: float = 5.0) -> list[Any]:
+        """The JSON lines of the access log, once ``count`` of them hold ``text``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self.log.read_text().count(text) >= count:
+                    break
+            time.sleep(0.05)
+        return [json.loads(x) for x in self.log.read_text().splitlines() if x.startswith("{")]
 
     def _text(self, snap: MeshSnapshot) -> str:
         return render(snap, self.process.paths())

@@ -17,7 +17,9 @@ Mapping of the model:
   connect check that brings the endpoint back.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
 * HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on,
-  and log one JSON line per request (``HTTP_LOG_FORMAT``) to HAProxy's stdout.
+  and log one JSON line per request (``HTTP_LOG_FORMAT``, TCP listeners one per connection)
+  into an in-memory ring that the agent drains into the node's log file
+  (``elastin.mesh.haproxy.accesslog``): no file write in HAProxy's event loop.
 
 Server lines carry every parameter explicitly (no ``default-server``), because servers added
 at run time (``add server``) do not inherit defaults: ``server_params`` is the one source of
@@ -38,6 +40,12 @@ from elastin.mesh.model.types import (
 )
 
 LOCAL_WEIGHT_FACTOR = 4
+# the access log's ring in HAProxy's memory, drained by the agent (``accesslog``): about
+# 12,000 lines. The longest line: a logged path is at most 1,024 bytes
+# (tune.http.logurilen), at most doubled by JSON escaping, plus the other fields
+RING_NAME = "elastin_log"
+RING_BYTES = 4 << 20
+LINE_MAX = 8192
 # one JSON object per request; %b is the backend (c_<service>), %s the endpoint (e_<id>),
 # %ts the termination state that says why HAProxy ended a failed request. The path is the
 # only text a caller chooses (the method is a token, the traceparent is checked first): it
@@ -48,7 +56,7 @@ HTTP_LOG_FORMAT = (
     '"method":"%HM","path":"%[capture.req.uri,field(1,?),json(utf8s)]","status":%ST,'
     '"bytes":%B,"retries":%rc,'
     '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
-    '"traceparent":"%[var(txn.traceparent)]"}'
+    '"traceparent":"%[capture.req.hdr(0)]"}'
 )
 # a W3C traceparent: version, trace id, parent id, flags in lower-case hex
 TRACEPARENT_RE = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -150,15 +158,15 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     if mode == "http":
         out.append("    option http-keep-alive")
         # W3C trace context: start a trace when the caller sent no valid one (the spec: an
-        # invalid traceparent is replaced), else pass it on. One random UUID makes both ids
-        # (trace: all 32 hex digits, span: the last 16), and only when a trace is started:
-        # this runs on every request
+        # invalid traceparent is replaced), else pass it on. One random UUID (the request's
+        # unique id, made only when a trace is started) gives both ids: the trace id is all
+        # 32 hex digits, the span id the last 16. The header as sent on is captured for the
+        # access log (a capture slot costs less than a variable: this runs on every request)
         out += [
-            "    http-request set-var(txn.trace_id) uuid,regsub(-,,g)"
+            "    unique-id-format %[uuid,regsub(-,,g)]",
+            '    http-request set-header traceparent "00-%[unique-id]-%[unique-id,bytes(16,16)]-01"'
             f" unless {{ req.hdr(traceparent) -m reg {TRACEPARENT_RE} }}",
-            '    http-request set-header traceparent "00-%[var(txn.trace_id)]-'
-            '%[var(txn.trace_id),bytes(16,16)]-01" if { var(txn.trace_id) -m found }',
-            "    http-request set-var(txn.traceparent) req.hdr(traceparent)",
+            "    http-request capture req.hdr(traceparent) len 55",
         ]
         if lst.owner:
             out.append(f'    http-request set-header x-elastin-caller "{lst.owner}"')
@@ -249,7 +257,8 @@ def render(snapshot: MeshSnapshot, paths: Paths) -> str:
         "global",
         "    master-worker",
         f"    stats socket {paths.runtime_socket} mode 600 level admin expose-fd listeners",
-        "    log stdout format raw local0",
+        # the access log goes into a ring in memory, drained by the agent (accesslog.py)
+        f"    log ring@{RING_NAME} len {LINE_MAX} format raw local0",
         "    hard-stop-after 30s",
     ]
     if paths.pid_file:
@@ -259,6 +268,12 @@ def render(snapshot: MeshSnapshot, paths: Paths) -> str:
             raise MeshModelError("a listener injects delays: render needs Paths.lua_file")
         lines.append(f"    lua-load {paths.lua_file}")
     lines += [
+        "",
+        f"ring {RING_NAME}",
+        "    description elastin-access-log",
+        "    format raw",
+        f"    maxlen {LINE_MAX}",
+        f"    size {RING_BYTES}",
         "",
         "defaults",
         "    log global",

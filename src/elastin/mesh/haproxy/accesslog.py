@@ -1,0 +1,246 @@
+"""Collect the mesh's access log: HAProxy writes each request's JSON line into an in-memory
+ring (``log ring@elastin_log``, rendered by ``render``); ``AccessLogCollector`` follows that
+ring over the runtime API (``show events elastin_log -w``) and appends the lines to the
+node's log file, which ``elastin logs --mesh`` reads.
+
+Why a ring and not HAProxy's stdout into a file: a write to a file is one blocking
+``writev(2)`` per request inside HAProxy's event loop (HAProxy's manual calls it a debugging
+set-up that "will significantly slow HAProxy down"); a slow or full disk would stall every
+request on the node. Writing into the ring is a copy in memory; the collector reads what
+has piled up in one go, so under load one read carries hundreds of lines. HAProxy never
+waits for the collector: when nobody reads, the oldest lines are overwritten.
+
+Where lines could be lost or doubled, and what is done about it:
+
+* a reload starts a new worker with an empty ring: the collector asks every second (and at
+  once when told with ``wake()``) which worker answers the socket (``show info``'s Pid) and
+  follows each new one, while the old worker's follower goes on until the old worker has
+  logged its last request and exits (or its idle CLI session times out);
+* a follower reconnecting to a worker it followed before (the CLI's idle timeout) is sent
+  the whole ring again: the lines up to the last one it wrote are skipped (``after``);
+* a restarted agent starts from the last line in the file, the same way;
+* the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
+  oldest of those lines are gone.
+
+The splitting and skipping are pure (``LineBuffer``, ``after``); ``AccessLogCollector``
+is the I/O around them. The agent's mesh manager runs one; ``python -m
+elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its own until SIGTERM (the
+benchmarks and the real-HAProxy tests use it to drive a proxy as the agent does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from elastin.mesh.haproxy.render import RING_BYTES, RING_NAME
+
+log = logging.getLogger("elastin.mesh.accesslog")
+
+PROBE_SECONDS = 1.0  # how often the collector asks which worker serves the socket
+READ_BYTES = 1 << 18
+REPLAY_SECONDS = 0.5  # a ring's old content arrives well within this
+BATCH_SECONDS = 0.05  # after a short read, wait this long for lines to pile up
+
+
+class LineBuffer:
+    """Bytes in, complete lines out (each with its newline); keeps a partial last line."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        data = self._partial + data
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return split_lines(data[:cut])
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """``data`` cut after each ``\\n`` (only there: a line may hold a ``\\r``); a last
+    piece without a newline is kept as it is."""
+    parts = [x + b"\n" for x in data.split(b"\n")]
+    parts[-1] = parts[-1][:-1]
+    return parts if parts[-1] else parts[:-1]
+
+
+def after(lines: list[bytes], anchor: bytes | None) -> list[bytes]:
+    """The lines after the last occurrence of ``anchor`` (the last line already written);
+    all of them when ``anchor`` is not among them (a new worker, or a ring that wrapped)."""
+    if anchor is None:
+        return lines
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i] == anchor:
+            return lines[i + 1 :]
+    return lines
+
+
+def split_info(data: bytes) -> tuple[int | None, bytes]:
+    """``show info``'s answer (up to its blank line) -> (the worker's pid, what follows);
+    (None, data) while the answer is incomplete."""
+    end = data.find(b"\n\n")
+    if end < 0:
+        return None, data
+    for line in data[:end].splitlines():
+        key, _, value = line.partition(b":")
+        if key == b"Pid" and value.strip().isdigit():
+            return int(value), data[end + 2 :]
+    return 0, data[end + 2 :]  # no pid: not an answer we understand
+
+
+def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
+    """The file's last complete line, or None (no file, or empty)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - window))
+            tail = f.read()
+    except OSError:
+        return None
+    complete = [x for x in split_lines(tail) if x.endswith(b"\n")]
+    return complete[-1] if complete else None
+
+
+class AccessLogCollector:
+    """Follows the access log ring of the HAProxy behind ``socket_path`` (every worker in
+    turn, across reloads and restarts) and appends its lines to ``log_path``."""
+
+    def __init__(self, socket_path: Path, log_path: Path, probe: float = PROBE_SECONDS) -> None:
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.probe = probe
+        self.lines = 0  # written, for tests and metrics
+        self._anchors: dict[int, bytes] = {}  # worker pid -> the last line written from it
+        self._start_anchor = last_line(log_path)  # after a restart: where the file ends
+        self._following: set[int] = set()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Look for a new worker now (after a reload); callable from any thread."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        """Follow every worker that serves the socket, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                attached = await self._attach()
+                if attached is not None:
+                    pid, sock, rest = attached
+                    self._following.add(pid)
+                    tg.create_task(self._follow(pid, sock, rest))
+                    continue  # a follower ended or a reload: maybe one more worker at once
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.probe):
+                        await self._wake.wait()
+                self._wake.clear()
+
+    async def _attach(self) -> tuple[int, socket.socket, bytes] | None:
+        """Connect and ask which worker answers; a socket that follows its ring when that
+        worker is not followed yet, else None."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(5):
+                await loop.sock_connect(sock, str(self.socket_path))
+                await loop.sock_sendall(sock, f"show info;show events {RING_NAME} -w\n".encode())
+                data, pid, rest = b"", None, b""
+                while pid is None:
+                    chunk = await loop.sock_recv(sock, READ_BYTES)
+                    if not chunk:
+                        break
+                    data += chunk
+                    pid, rest = split_info(data)
+            if pid and pid not in self._following:
+                return pid, sock, rest
+        except (OSError, TimeoutError):
+            pass  # no proxy (yet), or not answering: ask again later
+        sock.close()
+        return None
+
+    async def _follow(self, pid: int, sock: socket.socket, first: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        buf = LineBuffer()
+        anchor = self._anchors.get(pid, self._start_anchor)
+        # the ring's old content comes first: it is held back until the last line written
+        # is found in it (what follows is new) or cannot be (the replay is over, or more
+        # than a ring's worth came), and then all of it is new
+        held: list[bytes] | None = [] if anchor is not None else None
+        received = 0
+        deadline = loop.time() + REPLAY_SECONDS
+        data = first
+        try:
+            while True:
+                lines = buf.feed(data)
+                received += len(data)
+                if held is not None:
+                    held += lines
+                    rest = after(held, anchor)
+                    over = loop.time() >= deadline or received > RING_BYTES + READ_BYTES
+                    lines, held = (rest, None) if len(rest) < len(held) or over else ([], held)
+                if lines:
+                    self._write(lines)
+                    self._anchors[pid] = lines[-1]
+                if len(data) < READ_BYTES // 4 and held is None:
+                    # little came: let lines pile up (in the socket, then in the ring)
+                    # rather than wake for each one — a read then carries hundreds
+                    await asyncio.sleep(BATCH_SECONDS)
+                wait = max(0.0, deadline - loop.time()) if held is not None else None
+                try:
+                    async with asyncio.timeout(wait):
+                        data = await loop.sock_recv(sock, READ_BYTES)
+                except TimeoutError:
+                    data = b""  # nothing more of the replay: what is held is new
+                    continue
+                if not data:
+                    break  # held lines (if any) come again with the next follower
+        except OSError as e:
+            log.debug("access log of worker %d: %s", pid, e)
+        finally:
+            sock.close()
+            self._following.discard(pid)
+            self._start_anchor = None
+            if self._wake is not None:
+                self._wake.set()  # maybe the newest worker needs a follower now
+
+    def _write(self, lines: Iterable[bytes]) -> None:
+        data = b"".join(lines)
+        with open(self.log_path, "ab") as f:
+            f.write(data)
+        self.lines += data.count(b"\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m elastin.mesh.haproxy.accesslog SOCKET LOG", file=sys.stderr)
+        return 2
+    collector = AccessLogCollector(Path(args[0]), Path(args[1]))
+
+    async def until_stopped() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(collector.run())
+            await stop.wait()
+            task.cancel()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(until_stopped())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

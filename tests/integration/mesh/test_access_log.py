@@ -1,0 +1,96 @@
+"""The access log as the agent collects it from HAProxy's ring (``AccessLogCollector``),
+against a real HAProxy: every request's line arrives once — across a reload with a request
+in flight, and across a restart of the collector (an agent restart) — and a long path still
+gives one valid JSON line."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from meshproxy import MeshProxy, free_port, get, http_backend, needs_haproxy
+
+from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot, Timeouts
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+Start = Callable[[MeshSnapshot], MeshProxy]
+
+
+def one_service(port: int, listen: int, version: int = 1) -> MeshSnapshot:
+    cluster = Cluster(
+        "shop.web.http",
+        endpoints=(Endpoint("w1-http", "127.0.0.1", port),),
+        timeouts=Timeouts(request=10),
+    )
+    return MeshSnapshot(version, "n1", (Listener("c.web", listen, "shop.web.http"),), (cluster,))
+
+
+def paths(lines: list[dict[str, object]]) -> Counter[object]:
+    return Counter(x["path"] for x in lines)
+
+
+def test_a_request_in_flight_across_a_reload_is_logged_once(mesh_proxy: Start) -> None:
+    def handler(h: http.server.BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        if h.path == "/slow":
+            time.sleep(1.5)
+        return 200, b"ok"
+
+    with http_backend("web", handler) as port:
+        listen = free_port()
+        proxy = mesh_proxy(one_service(port, listen))
+        for i in range(20):
+            assert get(proxy.url(listen, f"/before{i}"))[0] == 200
+        slow = threading.Thread(target=get, args=(proxy.url(listen, "/slow"),))
+        slow.start()
+        time.sleep(0.3)
+        # a structural change: a new worker with a new, empty ring; the old worker logs
+        # /slow when it ends
+        snap = one_service(port, listen, 2)
+        proxy.apply(replace(snap, listeners=(replace(snap.listeners[0], owner="shop/c"),)))
+        assert proxy.reloads == 1
+        for i in range(20):
+            assert get(proxy.url(listen, f"/after{i}"))[0] == 200
+        slow.join(10)
+        lines = proxy.access_log(41)
+    seen = paths(lines)
+    assert seen["/slow"] == 1
+    assert all(seen[f"/before{i}"] == 1 and seen[f"/after{i}"] == 1 for i in range(20)), seen
+    assert len(lines) == 41
+
+
+def test_lines_made_while_the_collector_was_away_arrive_once(mesh_proxy: Start) -> None:
+    with http_backend("web") as port:
+        listen = free_port()
+        proxy = mesh_proxy(one_service(port, listen))
+        for i in range(10):
+            get(proxy.url(listen, f"/a{i}"))
+        assert len(proxy.access_log(10)) == 10
+        proxy.collector.terminate()  # the agent stops; HAProxy goes on serving and logging
+        proxy.collector.wait(10)
+        for i in range(10):
+            get(proxy.url(listen, f"/b{i}"))
+        proxy.collector = proxy.start_collector()
+        lines = proxy.access_log(20)
+        for i in range(5):
+            get(proxy.url(listen, f"/c{i}"))
+        lines = proxy.access_log(25)
+    assert sorted(paths(lines).values()) == [1] * 25, paths(lines)
+
+
+def test_a_long_path_is_one_valid_line(mesh_proxy: Start) -> None:
+    with http_backend("web") as port:
+        listen = free_port()
+        proxy = mesh_proxy(one_service(port, listen))
+        path = "/" + "a/" * 1000  # logged JSON-escaped: each / becomes \/
+        with urllib.request.urlopen(proxy.url(listen, path), timeout=5) as r:
+            assert r.status == 200
+        get(proxy.url(listen, "/next"))
+        lines = proxy.access_log(2)
+    assert [x["path"] for x in lines][-1] == "/next"
+    assert str(lines[0]["path"]).startswith("/a/a/")  # whole, or cut at 1,024 bytes
