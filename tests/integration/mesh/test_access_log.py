@@ -5,6 +5,7 @@ gives one valid JSON line."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 import time
@@ -76,7 +77,7 @@ def test_lines_made_while_the_collector_was_away_arrive_once(mesh_proxy: Start) 
         for i in range(10):
             get(proxy.url(listen, f"/b{i}"))
         proxy.collector = proxy.start_collector()
-        lines = proxy.access_log(20)
+        proxy.access_log(20)
         for i in range(5):
             get(proxy.url(listen, f"/c{i}"))
         lines = proxy.access_log(25)
@@ -94,3 +95,33 @@ def test_a_long_path_is_one_valid_line(mesh_proxy: Start) -> None:
         lines = proxy.access_log(2)
     assert [x["path"] for x in lines][-1] == "/next"
     assert str(lines[0]["path"]).startswith("/a/a/")  # whole, or cut at 1,024 bytes
+
+
+def test_a_follower_reconnecting_to_the_same_worker_writes_nothing_twice(
+    mesh_proxy: Start,
+) -> None:
+    with http_backend("web") as port:
+        listen = free_port()
+        proxy = mesh_proxy(one_service(port, listen))
+        for i in range(5):
+            get(proxy.url(listen, f"/a{i}"))
+        proxy.access_log(5)
+        # an agent restart with nothing new: the new follower skips the whole replay
+        proxy.collector.terminate()
+        proxy.collector.wait(10)
+        proxy.collector = proxy.start_collector()
+        time.sleep(1.5)
+        for _ in range(2):
+            # its CLI session ends (as HAProxy's idle timeout ends it): it comes back to the
+            # same worker and is sent the whole ring again
+            sessions = proxy.send("show sess")
+            followers = [x.split(":")[0] for x in sessions.splitlines() if "fe=GLOBAL" in x]
+            for sid in followers:
+                with contextlib.suppress(Exception):
+                    proxy.send(f"shutdown session {sid}")
+            time.sleep(2.5)
+        get(proxy.url(listen, "/b"))
+        proxy.access_log(6)
+        time.sleep(0.5)  # time for a line to come twice
+        lines = proxy.access_log(6)
+    assert sorted(paths(lines).values()) == [1] * 6, paths(lines)

@@ -8,7 +8,14 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elastin.mesh.haproxy.accesslog import LineBuffer, after, last_line, split_info
+from elastin.mesh.haproxy.accesslog import (
+    LineBuffer,
+    Replay,
+    after,
+    last_line,
+    refusal,
+    split_info,
+)
 
 
 def test_lines_come_out_whole_whatever_the_chunks() -> None:
@@ -54,3 +61,24 @@ def test_last_line_of_the_file(tmp_path: Path) -> None:
     assert last_line(f) == b"b\n"
     f.write_bytes(b"x" * 100_000 + b"\nend\n")
     assert last_line(f) == b"end\n"
+
+
+def test_a_replay_is_held_until_the_anchor_comes_then_passes_through() -> None:
+    replay = Replay(b"b\n")
+    assert replay.feed([b"a\n"], over=False) == [] and replay.holding
+    assert replay.feed([b"b\n", b"c\n"], over=False) == [b"c\n"]
+    assert not replay.holding
+    assert replay.feed([b"b\n"], over=False) == [b"b\n"]  # live lines are never skipped
+
+
+def test_a_replay_without_its_anchor_is_all_new_once_it_is_over() -> None:
+    replay = Replay(b"gone\n")
+    assert replay.feed([b"x\n"], over=False) == []
+    assert replay.feed([b"y\n"], over=True) == [b"x\n", b"y\n"]
+    assert Replay(None).feed([b"z\n"], over=False) == [b"z\n"]  # a new worker
+
+
+def test_refusals_are_told_from_ring_lines() -> None:
+    assert refusal(b"No such event sink\n") and refusal(b"Unknown command: 'show'\n")
+    assert not refusal(b'{"path":"/no such thing"}\n')
+    assert not refusal(b"Server c_a/e_1 is DOWN, reason: Layer7 invalid response\n")

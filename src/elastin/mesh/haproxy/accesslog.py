@@ -22,7 +22,7 @@ Where lines could be lost or doubled, and what is done about it:
 * the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
   oldest of those lines are gone.
 
-The splitting and skipping are pure (``LineBuffer``, ``after``); ``AccessLogCollector``
+The splitting and skipping are pure (``LineBuffer``, ``Replay``); ``AccessLogCollector``
 is the I/O around them. The agent's mesh manager runs one; ``python -m
 elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its own until SIGTERM (the
 benchmarks and the real-HAProxy tests use it to drive a proxy as the agent does).
@@ -34,7 +34,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,6 +82,37 @@ def after(lines: list[bytes], anchor: bytes | None) -> list[bytes]:
     return lines
 
 
+class Replay:
+    """What of a followed ring is new. Its old content comes first: that is held back until
+    ``anchor`` (the last line written from it) is found in it — what follows is new — or
+    cannot be (``over``: the replay is done, or more than a ring's worth came), and then all
+    of it is new. Without an anchor everything is new."""
+
+    def __init__(self, anchor: bytes | None) -> None:
+        self.anchor = anchor
+        self._held: list[bytes] | None = [] if anchor is not None else None
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def feed(self, lines: list[bytes], over: bool) -> list[bytes]:
+        if self._held is None:
+            return lines
+        self._held += lines
+        rest = after(self._held, self.anchor)
+        if len(rest) < len(self._held) or over:
+            self._held = None
+            return rest
+        return []
+
+
+def refusal(line: bytes) -> bool:
+    """Whether the CLI's first line is a refusal ("No such event sink", "Unknown command")
+    rather than a line of the ring (a JSON line, or a notice such as "Server ... is DOWN")."""
+    return line.lower().startswith((b"no such", b"unknown"))
+
+
 def split_info(data: bytes) -> tuple[int | None, bytes]:
     """``show info``'s answer (up to its blank line) -> (the worker's pid, what follows);
     (None, data) while the answer is incomplete."""
@@ -114,8 +147,8 @@ class AccessLogCollector:
         self.socket_path = socket_path
         self.log_path = log_path
         self.probe = probe
-        self.lines = 0  # written, for tests and metrics
-        self._anchors: dict[int, bytes] = {}  # worker pid -> the last line written from it
+        # worker pid -> the last line written from it (or, before any, where to start)
+        self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
         self._following: set[int] = set()
         self._wake: asyncio.Event | None = None
@@ -169,32 +202,31 @@ class AccessLogCollector:
 
     async def _follow(self, pid: int, sock: socket.socket, first: bytes) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         buf = LineBuffer()
-        anchor = self._anchors.get(pid, self._start_anchor)
-        # the ring's old content comes first: it is held back until the last line written
-        # is found in it (what follows is new) or cannot be (the replay is over, or more
-        # than a ring's worth came), and then all of it is new
-        held: list[bytes] | None = [] if anchor is not None else None
-        received = 0
-        deadline = loop.time() + REPLAY_SECONDS
+        replay = Replay(self._anchors.setdefault(pid, self._start_anchor))
+        deadline = started + REPLAY_SECONDS
+        received, checked = 0, False
         data = first
         try:
             while True:
                 lines = buf.feed(data)
                 received += len(data)
-                if held is not None:
-                    held += lines
-                    rest = after(held, anchor)
-                    over = loop.time() >= deadline or received > RING_BYTES + READ_BYTES
-                    lines, held = (rest, None) if len(rest) < len(held) or over else ([], held)
+                if lines and not checked:
+                    checked = True
+                    if refusal(lines[0]):
+                        log.warning("haproxy has no access log ring: %s", lines[0].decode().strip())
+                        break
+                over = loop.time() >= deadline or received > RING_BYTES + READ_BYTES
+                lines = replay.feed(lines, over)
                 if lines:
                     self._write(lines)
                     self._anchors[pid] = lines[-1]
-                if len(data) < READ_BYTES // 4 and held is None:
+                wait = max(0.0, deadline - loop.time()) if replay.holding else None
+                if wait is None and len(data) < READ_BYTES // 4:
                     # little came: let lines pile up (in the socket, then in the ring)
                     # rather than wake for each one — a read then carries hundreds
                     await asyncio.sleep(BATCH_SECONDS)
-                wait = max(0.0, deadline - loop.time()) if held is not None else None
                 try:
                     async with asyncio.timeout(wait):
                         data = await loop.sock_recv(sock, READ_BYTES)
@@ -208,21 +240,18 @@ class AccessLogCollector:
         finally:
             sock.close()
             self._following.discard(pid)
-            self._start_anchor = None
-            if self._wake is not None:
-                self._wake.set()  # maybe the newest worker needs a follower now
+            # maybe the newest worker needs a follower now; a follower that ended at once
+            # (a worker exiting, a refusal) waits for the next probe instead
+            if self._wake is not None and loop.time() - started >= self.probe:
+                self._wake.set()
 
     def _write(self, lines: Iterable[bytes]) -> None:
         data = b"".join(lines)
         with open(self.log_path, "ab") as f:
             f.write(data)
-        self.lines += data.count(b"\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m elastin.mesh.haproxy.accesslog SOCKET LOG", file=sys.stderr)
