@@ -10,6 +10,7 @@ Routes (users)::
     POST   /v1/apps                     apply a spec (``dry_run`` gives the diff only)
     GET    /v1/apps                     list applications
     GET    /v1/apps/{name}              one application as applied
+    GET    /v1/apps/{name}/settlement[?index=&wait=]  settling, settled or failed (blocking)
     DELETE /v1/apps/{name}              delete it (its instances stop)
     GET    /v1/services                 services and jobs with desired and running counts
     GET    /v1/services/{ref}           one (``name`` or ``app/name``) with its allocations
@@ -257,6 +258,15 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
             await cluster.repo.get_app(name), f"no application named {name!r}", "see `elastin ps`"
         )
         out: dict[str, Any] = to_data(rec)
+        return out
+
+    @api.get("/v1/apps/{name}/settlement")
+    async def app_settlement(
+        name: str, index: int = 0, wait: float = Query(0.0, le=300)
+    ) -> dict[str, Any]:
+        rev, s = await cluster.settlement(name, index, wait)
+        out: dict[str, Any] = to_data(s)
+        out.update(index=rev, summary=s.summary, done=s.done)
         return out
 
     @api.delete("/v1/apps/{name}")

@@ -41,6 +41,7 @@ from elastin.model.cluster import (
 )
 from elastin.model.codec import to_data
 from elastin.model.errors import SpecError
+from elastin.model.settled import Settlement, settlement
 from elastin.model.spec import parse_spec
 from elastin.model.workload import Application, Workload
 from elastin.scheduler import ClusterState, Plan, SchedulerOptions, check_plan, schedule
@@ -280,6 +281,20 @@ class Cluster:
             raise Conflict(f"application {name!r} changed while deleting; try again")
         await self._committed()
         return rev
+
+    async def settlement(self, name: str, index: int, wait: float) -> tuple[int, Settlement]:
+        """Where application ``name`` stands; blocks up to ``wait`` s for a change of its
+        allocations past ``index`` (the index of an earlier answer)."""
+        if not self._mesh_rev:
+            self._mesh_rev = await self.store.revision()
+        await self._wait_past(lambda: self._mesh_rev, index, wait, self.mesh_changed)
+        rev = self._mesh_rev
+        found = await self.repo.get_app(name)
+        if found is None:
+            raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
+        allocs, _ = await self.repo.list_allocs()
+        rec = found[0]
+        return rev, settlement(rec.app, rec.stopped, allocs)
 
     async def find_workload(self, ref: str) -> tuple[AppRecord, int, Workload]:
         """Find a workload by ``name`` or ``app/name``."""

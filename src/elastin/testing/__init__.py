@@ -4,20 +4,7 @@ memory), ``FakeDriver`` (a controllable driver) and ``FakeClock``."""
 from __future__ import annotations
 
 from elastin.store.memory import MemoryStore
+from elastin.testing.clock import FakeClock
 from elastin.testing.fake_driver import FakeDriver, FakeInstance
-
-
-class FakeClock:
-    """A clock that moves only when told to: ``clock()`` reads it, ``advance(s)`` moves it."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 __all__ = ["FakeClock", "FakeDriver", "FakeInstance", "MemoryStore"]
