@@ -6,7 +6,9 @@ Nothing here does I/O, reads a clock or draws randomness other than from the see
 
 Modules:
     state       ``ClusterState``: the snapshot, with lazily built indexes
-    plan        ``Plan``, ``SchedulerOptions``, ``apply_plan`` (a pure commit, for tests)
+    plan        ``Plan`` (with ``Preemption``, ``Lost``) and ``SchedulerOptions``
+    commit      ``plan_writes``: what committing a plan writes (the server's applier and
+                ``apply_plan``, the same commit on a ``ClusterState``, both use it)
     reconcile   desired vs actual per application: what stops, what needs a node
     core        ``schedule`` / ``reconcile``: feasibility, sampling, ranking, preemption
     check       ``check_plan``: re-validate a plan against a newer snapshot
@@ -17,19 +19,24 @@ Modules:
 from __future__ import annotations
 
 from elastin.scheduler.check import check_plan
+from elastin.scheduler.commit import PlanWrites, apply_plan, plan_writes
 from elastin.scheduler.core import reconcile, schedule
 from elastin.scheduler.errors import InvalidOptions, SchedulerError
-from elastin.scheduler.plan import Plan, SchedulerOptions, apply_plan
+from elastin.scheduler.plan import Lost, Plan, Preemption, SchedulerOptions
 from elastin.scheduler.state import ClusterState
 
 __all__ = [
     "ClusterState",
     "InvalidOptions",
+    "Lost",
     "Plan",
+    "PlanWrites",
+    "Preemption",
     "SchedulerError",
     "SchedulerOptions",
     "apply_plan",
     "check_plan",
+    "plan_writes",
     "reconcile",
     "schedule",
 ]

@@ -3,7 +3,7 @@
 The applier calls it when the store's revision moved after the plan was made. A placement
 is still valid when its node exists and is ready and its request fits in the node's capacity
 minus the requests of the node's current allocations (non-terminal, ``desired="run"``, not
-stopped or preempted by this plan) and of the plan's other placements on that node.
+released by this plan) and of the plan's other placements on that node.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from elastin.scheduler.state import ClusterState
 def check_plan(plan: Plan, state: ClusterState) -> list[str]:
     """Conflicts between ``plan`` and ``state`` (an empty list means it can be committed)."""
     conflicts: list[str] = []
-    released = {i for i, _ in plan.stop} | {i for i, _ in plan.preempt}
+    released = plan.released()
     placed: dict[str, list[Allocation]] = {}
     for a in [*plan.place, *plan.update]:
         if a.node_id:

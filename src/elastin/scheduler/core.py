@@ -52,7 +52,7 @@ from dataclasses import replace
 from elastin.model.cluster import Allocation, Node
 from elastin.model.units import format_cpu, format_size
 from elastin.model.workload import Constraint, Port
-from elastin.scheduler.plan import Plan, SchedulerOptions
+from elastin.scheduler.plan import Lost, Plan, Preemption, SchedulerOptions
 from elastin.scheduler.reconcile import Request, diff_app
 from elastin.scheduler.state import ClusterState
 
@@ -119,6 +119,26 @@ def describe_constraint(c: Constraint) -> str:
 def static_ports(ports: Sequence[Port]) -> frozenset[int]:
     """The fixed port numbers a workload listens on (0 means "any free port")."""
     return frozenset(p.port for p in ports if p.port)
+
+
+def new_allocation(
+    alloc_id: str, req: Request, *, node_id: str = "", reason: str = ""
+) -> Allocation:
+    """A new allocation for ``req``: placed on ``node_id``, or pending with ``reason``."""
+    w = req.workload
+    return Allocation(
+        id=alloc_id,
+        app=req.app,
+        workload=w.name,
+        index=req.index,
+        type=w.type,
+        kind=w.kind,
+        node_id=node_id,
+        resources=w.resources,
+        priority=w.priority,
+        spec_version=req.version,
+        reason=reason,
+    )
 
 
 def _plural(n: int, one: str, many: str) -> str:
@@ -239,8 +259,9 @@ class _Pass:
         for name in names:
             d = diff_app(name, state.apps.get(name), state.allocs_by_app.get(name, ()), state.nodes)
             self.plan.stop.extend(d.stops)
+            self.plan.lost.extend(Lost(i, reason) for i, reason in d.lost)
             requests.extend(d.requests)
-        self.stopped.update(i for i, _ in self.plan.stop)
+        self.stopped.update(self.plan.released())
         if not requests:
             return self.plan
         self._load()
@@ -293,20 +314,7 @@ class _Pass:
             self.plan.update.append(replace(req.existing, node_id=node_id, reason=""))
             return req.existing.id
         alloc_id = alloc_id or self.new_id()
-        self.plan.place.append(
-            Allocation(
-                id=alloc_id,
-                app=req.app,
-                workload=w.name,
-                index=req.index,
-                type=w.type,
-                kind=w.kind,
-                node_id=node_id,
-                resources=r,
-                priority=w.priority,
-                spec_version=req.version,
-            )
-        )
+        self.plan.place.append(new_allocation(alloc_id, req, node_id=node_id))
         return alloc_id
 
     def _select(self, req: Request) -> int:
@@ -500,7 +508,7 @@ class _Pass:
                 f"preempted by {name} (allocation {alloc_id}, priority {w.priority}) "
                 f"on node {node.name}"
             )
-            self.plan.preempt.append((a.id, reason))
+            self.plan.preempt.append(Preemption(a.id, alloc_id, reason))
             self.stopped.add(a.id)
             self.victims[i].remove(a)
             self.vmin[i] = min((v.priority for v in self.victims[i]), default=_NO_VICTIM)
@@ -545,20 +553,7 @@ class _Pass:
                 if req.existing.reason != reason:
                     self.plan.update.append(replace(req.existing, reason=reason))
                 continue
-            self.plan.place.append(
-                Allocation(
-                    id=self.new_id(),
-                    app=req.app,
-                    workload=w.name,
-                    index=req.index,
-                    type=w.type,
-                    kind=w.kind,
-                    resources=r,
-                    priority=w.priority,
-                    spec_version=req.version,
-                    reason=reason,
-                )
-            )
+            self.plan.place.append(new_allocation(self.new_id(), req, reason=reason))
 
     def _explain(self, req: Request) -> str:
         """Why ``req`` fits on no node, from the final free resources of the pass."""

@@ -1,19 +1,19 @@
 """``Plan`` (what one scheduling pass decided) and ``SchedulerOptions`` (how it decides).
 
 A plan is data only: the applier in the server commits it with a revision check, after
-``check_plan`` when the store moved. ``apply_plan`` is the same commit done purely on a
-``ClusterState`` - for tests, simulations and the benchmark.
+``check_plan`` when the store moved. What a plan writes is decided by one pure function,
+``commit.plan_writes``, used both by the server's applier and by ``apply_plan`` (the same
+commit done on a ``ClusterState``, for tests, simulations and the benchmark).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from elastin.model.cluster import Allocation
 from elastin.scheduler.errors import InvalidOptions
-from elastin.scheduler.state import ClusterState
 
 Algorithm = Literal["binpack", "spread"]
 
@@ -52,52 +52,55 @@ class SchedulerOptions:
         return max(2, math.ceil(math.log2(nodes))) if nodes > 1 else 2
 
 
+@dataclass(frozen=True)
+class Preemption:
+    """``victim`` is evicted so that allocation ``by`` (placed or updated by the same plan)
+    fits on its node; ``reason`` says so in words."""
+
+    victim: str
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Allocation ``alloc_id`` was on a node that is down or gone: it is ``lost``."""
+
+    alloc_id: str
+    reason: str
+
+
 @dataclass
 class Plan:
     """The decisions of one scheduling pass on the snapshot at revision ``base_rev``.
 
     ``place``: new allocations, placed (``node_id`` set) or pending (``node_id == ""``,
     ``reason`` says why nothing fits). ``update``: existing pending allocations now placed,
-    or whose pending reason changed. ``stop`` and ``preempt``: ``(allocation id, reason)``.
+    or whose pending reason changed. ``stop``: ``(allocation id, reason)``. ``preempt``:
+    who is evicted for whom. ``lost``: live allocations on nodes that are down or gone.
     """
 
     base_rev: int
     place: list[Allocation] = field(default_factory=list)
     update: list[Allocation] = field(default_factory=list)
     stop: list[tuple[str, str]] = field(default_factory=list)
-    preempt: list[tuple[str, str]] = field(default_factory=list)
+    preempt: list[Preemption] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)
 
     def is_empty(self) -> bool:
-        return not (self.place or self.update or self.stop or self.preempt)
+        return not (self.place or self.update or self.stop or self.preempt or self.lost)
+
+    def released(self) -> set[str]:
+        """Allocations this plan takes off their nodes (stopped, preempted or lost)."""
+        return (
+            {i for i, _ in self.stop}
+            | {p.victim for p in self.preempt}
+            | {x.alloc_id for x in self.lost}
+        )
 
     def summary(self) -> str:
         placed = sum(1 for a in self.place if a.node_id)
         return (
             f"place {placed}, pending {len(self.place) - placed}, update {len(self.update)}, "
-            f"stop {len(self.stop)}, preempt {len(self.preempt)}"
+            f"stop {len(self.stop)}, preempt {len(self.preempt)}, lost {len(self.lost)}"
         )
-
-
-def apply_plan(state: ClusterState, plan: Plan) -> ClusterState:
-    """The state after committing ``plan``, as the server's applier commits it.
-
-    Placements and updates are written as they are; stopped and preempted allocations get
-    ``desired="stop"`` and their reason (and ``status="stopped"`` if they never reached a
-    node or were still pending). The revision goes up by one.
-    """
-    allocs = dict(state.allocations)
-    for a in plan.place:
-        allocs[a.id] = a
-    for a in plan.update:
-        allocs[a.id] = a
-    for alloc_id, reason in [*plan.stop, *plan.preempt]:
-        old = allocs.get(alloc_id)
-        if old is None:
-            continue
-        status = old.status
-        if not old.terminal and (not old.node_id or old.status == "pending"):
-            status = "stopped"
-        allocs[alloc_id] = replace(old, desired="stop", reason=reason, status=status)
-    return ClusterState(
-        revision=state.revision + 1, nodes=state.nodes, apps=state.apps, allocations=allocs
-    )

@@ -1,8 +1,12 @@
 """Reconciliation: compare one application's desired state with its allocations.
 
-``diff_app`` says what must stop and which instances need a node; it does not pick nodes
-(``core`` does). The rules, per workload (spec version ``v`` = the app's current version of
-that workload):
+``diff_app`` says what must stop, what is lost and which instances need a node; it does not
+pick nodes (``core`` does).
+
+Any allocation that is not terminal and sits on a node that is down or gone is *lost*
+(``node <name> is down``): it counts as terminal below, so a service's index is filled again
+and a job's run is placed again (a lost run is not a failure). The rules, per workload (spec
+version ``v`` = the app's current version of that workload):
 
 Services want instances with index ``0 .. replicas-1`` running version ``v``.
   * A *live* allocation (``desired="run"`` and not terminal) holds its index. Terminal
@@ -12,8 +16,7 @@ Services want instances with index ``0 .. replicas-1`` running version ``v``.
     once and stays visible with its reason instead of looping.
   * A live allocation of an older version is stopped ("spec changed") and replaced.
   * A live allocation with ``index >= replicas`` is stopped ("scaled down").
-  * A live allocation on a node that is down or gone is stopped ("node <name> is down")
-    and replaced; so is a second live allocation on the same index ("duplicate").
+  * A second live allocation on the same index is stopped ("duplicate").
   * A live pending allocation (``node_id == ""``) is retried: it becomes a request that
     carries the existing allocation.
 
@@ -22,9 +25,8 @@ time.
   * ``complete`` allocations of version ``v`` are done (their index is a filled slot).
   * ``failed`` allocations of version ``v`` are counted; when more than ``retries`` have
     failed the job has failed and nothing new is placed (the failures keep their reasons).
-  * Live allocations of an older version, or on a down node, are stopped (the latter are
-    replaced, a lost run is not a failure); live ones beyond the completions still missing
-    are stopped ("job complete").
+  * Live allocations of an older version are stopped; live ones beyond the completions
+    still missing are stopped ("job complete").
   * New runs take the lowest completion slots that are neither done nor live.
 
 Allocations of a workload that is no longer in the application are stopped ("workload
@@ -56,6 +58,7 @@ class Request:
 class AppDiff:
     stops: list[tuple[str, str]]
     requests: list[Request]
+    lost: list[tuple[str, str]]
 
 
 def _live(a: Allocation) -> bool:
@@ -80,12 +83,23 @@ def diff_app(
     allocs: Sequence[Allocation],
     nodes: Mapping[str, Node],
 ) -> AppDiff:
-    """What must stop and what needs a node for application ``name`` (``None``: deleted)."""
+    """What must stop, what is lost and what needs a node for application ``name``
+    (``entry is None``: the application was deleted)."""
     stops: list[tuple[str, str]] = []
     requests: list[Request] = []
+    lost: list[tuple[str, str]] = []
+    if any(a.node_id and not a.terminal for a in allocs):
+        kept = []
+        for a in allocs:
+            problem = "" if a.terminal else _node_problem(a, nodes)
+            if problem:
+                lost.append((a.id, problem))
+            else:
+                kept.append(a)
+        allocs = kept
     if entry is None:
         stops.extend((a.id, "application deleted") for a in allocs if a.desired == "run")
-        return AppDiff(stops, requests)
+        return AppDiff(stops, requests, lost)
     app, versions = entry
     by_workload: dict[str, list[Allocation]] = {}
     for a in allocs:
@@ -98,10 +112,10 @@ def diff_app(
         version = versions.get(w.name, 0)
         group = by_workload.get(w.name, [])
         if w.type == "service":
-            _diff_service(name, w, version, group, nodes, stops, requests)
+            _diff_service(name, w, version, group, stops, requests)
         else:
-            _diff_job(name, w, version, group, nodes, stops, requests)
-    return AppDiff(stops, requests)
+            _diff_job(name, w, version, group, stops, requests)
+    return AppDiff(stops, requests, lost)
 
 
 def _rank(a: Allocation) -> tuple[int, int, str]:
@@ -114,7 +128,6 @@ def _diff_service(
     w: Workload,
     version: int,
     group: Sequence[Allocation],
-    nodes: Mapping[str, Node],
     stops: list[tuple[str, str]],
     requests: list[Request],
 ) -> None:
@@ -132,10 +145,6 @@ def _diff_service(
             continue
         if a.index >= w.replicas:
             stops.append((a.id, f"scaled down to {w.replicas} replicas"))
-            continue
-        problem = _node_problem(a, nodes)
-        if problem:
-            stops.append((a.id, problem))
             continue
         if a.index in held:
             stops.append((a.id, f"duplicate of {held[a.index].id}"))
@@ -155,7 +164,6 @@ def _diff_job(
     w: Workload,
     version: int,
     group: Sequence[Allocation],
-    nodes: Mapping[str, Node],
     stops: list[tuple[str, str]],
     requests: list[Request],
 ) -> None:
@@ -172,11 +180,7 @@ def _diff_job(
         elif a.status == "failed":
             failed += 1
         elif _live(a):
-            problem = _node_problem(a, nodes)
-            if problem:
-                stops.append((a.id, problem))
-            else:
-                live.append(a)
+            live.append(a)
     missing = max(0, w.completions - len(done))
     busy: set[int] = set()
     kept: list[Allocation] = []

@@ -33,7 +33,6 @@ from elastin.mesh.model.build import build_clusters, build_listeners, localize, 
 from elastin.mesh.model.registry import ServiceEntry, registry
 from elastin.model.cluster import (
     Allocation,
-    AllocStatus,
     IllegalTransition,
     Node,
     Usage,
@@ -44,11 +43,18 @@ from elastin.model.errors import SpecError
 from elastin.model.settled import Settlement, settlement
 from elastin.model.spec import parse_spec
 from elastin.model.workload import Application, Workload
-from elastin.scheduler import ClusterState, Plan, SchedulerOptions, check_plan, schedule
+from elastin.scheduler import (
+    ClusterState,
+    Plan,
+    SchedulerOptions,
+    check_plan,
+    plan_writes,
+    schedule,
+)
 from elastin.scheduler.accounting import resource_report
 from elastin.server.errors import Conflict, Invalid, NotFound
 from elastin.server.repo import AppRecord, Repo, Snapshot
-from elastin.store.base import Compare, StateStore
+from elastin.store.base import StateStore
 
 log = logging.getLogger("elastin.server")
 
@@ -716,96 +722,26 @@ class Cluster:
             snap = await self.repo.snapshot()
             state = to_cluster_state(snap)
             plan = schedule(state, self.options, self.rng, self.new_id)
-            lost = self._lost(snap)
             for _ in range(5):
-                if plan.is_empty() and not lost:
+                if plan.is_empty():
                     return None
-                rev = await self._commit_plan(snap, plan, lost)
+                writes = plan_writes(state, plan, self.clock())
+                rev = await self.repo.commit(
+                    compares=[self.repo.compare_alloc(i, snap.allocs[i][1]) for i in writes.read],
+                    allocs=list(writes.allocs.values()),
+                    events=writes.events,
+                )
                 if rev is not None:
-                    nodes = {a.node_id for a in [*plan.place, *plan.update, *lost]}
-                    nodes |= {
-                        snap.allocs[i][0].node_id
-                        for i, _ in [*plan.stop, *plan.preempt]
-                        if i in snap.allocs
-                    }
+                    nodes = {a.node_id for a in writes.allocs.values()}
                     self._touch(nodes, rev)
                     await self._committed()
                     return plan
-                fresh = await self.repo.snapshot()
-                if check_plan(plan, to_cluster_state(fresh)):
-                    plan = schedule(to_cluster_state(fresh), self.options, self.rng, self.new_id)
-                snap, lost = fresh, self._lost(fresh)
+                snap = await self.repo.snapshot()
+                state = to_cluster_state(snap)
+                if check_plan(plan, state):
+                    plan = schedule(state, self.options, self.rng, self.new_id)
             log.warning("could not commit a plan after 5 tries; the next pass retries")
             return None
-
-    def _lost(self, snap: Snapshot) -> list[Allocation]:
-        """Non-terminal allocations on nodes that are down or gone become ``lost``."""
-        out = []
-        for a, _ in snap.allocs.values():
-            if a.terminal or not a.node_id:
-                continue
-            node = snap.nodes.get(a.node_id)
-            if node is None or node[0].status != "ready":
-                out.append(replace(a, status="lost", desired="stop", reason="its node is down"))
-        return out
-
-    async def _commit_plan(self, snap: Snapshot, plan: Plan, lost: list[Allocation]) -> int | None:
-        now = self.clock()
-        compares: list[Compare] = []
-        writes: dict[str, Allocation] = {}
-        events: list[tuple[str, str, str, str]] = []
-        for a in lost:
-            compares.append(self.repo.compare_alloc(a.id, snap.allocs[a.id][1]))
-            writes[a.id] = replace(a, updated_at=now)
-            events.append(("alloc.lost", a.name, a.reason, "warning"))
-        for a in plan.place:
-            writes[a.id] = replace(a, created_at=now, updated_at=now)
-            if a.node_id:
-                node = snap.nodes.get(a.node_id)
-                where = node[0].name if node else a.node_id
-                events.append(("alloc.placed", a.name, f"placed on {where}", "info"))
-            else:
-                events.append(("alloc.pending", a.name, a.reason, "warning"))
-        for a in plan.update:
-            if a.id in snap.allocs:
-                compares.append(self.repo.compare_alloc(a.id, snap.allocs[a.id][1]))
-            writes[a.id] = replace(a, updated_at=now)
-            if a.node_id:
-                events.append(("alloc.placed", a.name, "placed after waiting", "info"))
-        for kind, items in (("stop", plan.stop), ("preempt", plan.preempt)):
-            for alloc_id, reason in items:
-                found = snap.allocs.get(alloc_id)
-                if not found:
-                    continue
-                a, mod_rev = found
-                if a.id not in writes:
-                    compares.append(self.repo.compare_alloc(a.id, mod_rev))
-                base = writes.get(a.id, a)
-                # an instance that never reached a node is stopped right here
-                status: AllocStatus = (
-                    "stopped" if not base.node_id or base.status == "pending" else base.status
-                )
-                if base.terminal:
-                    status = base.status
-                writes[a.id] = replace(
-                    base,
-                    desired="stop",
-                    reason=reason,
-                    status=status,
-                    updated_at=now,
-                )
-                level = "warning" if kind == "preempt" else "info"
-                events.append(
-                    (
-                        "alloc.stopped" if kind == "stop" else "alloc.preempted",
-                        a.name,
-                        reason,
-                        level,
-                    )
-                )
-        return await self.repo.commit(
-            compares=compares, allocs=list(writes.values()), events=events
-        )
 
     async def run_scheduler(self, interval: float = 2.0) -> None:
         """The scheduling loop: a pass when kicked, and every ``interval`` seconds."""

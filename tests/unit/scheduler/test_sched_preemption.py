@@ -43,10 +43,11 @@ def test_high_priority_preempts_and_names_the_preemptor() -> None:
     assert new.node_id == "id-n1"
     # the evicted instance gets a replacement in the same plan (pending: no room left)
     (again,) = [a for a in plan.place if a.app == "low"]
-    assert again.node_id == "" and f"v-{again.workload}" == plan.preempt[0][0]
-    (victim, reason) = plan.preempt[0]
-    assert len(plan.preempt) == 1 and victim in ("v-a", "v-b")
-    assert f"allocation {new.id}" in reason and "hi.urgent[0]" in reason and "priority 60" in reason
+    assert again.node_id == "" and f"v-{again.workload}" == plan.preempt[0].victim
+    (p,) = plan.preempt
+    assert p.victim in ("v-a", "v-b") and p.by == new.id
+    assert f"allocation {new.id}" in p.reason and "hi.urgent[0]" in p.reason
+    assert "priority 60" in p.reason
 
 
 def test_gap_below_ten_never_preempts() -> None:
@@ -55,7 +56,7 @@ def test_gap_below_ten_never_preempts() -> None:
     assert not plan.preempt and plan.place[0].node_id == ""
     assert "even after preempting allocations of priority <= 50" in plan.place[0].reason
     st = cluster(filled(("a", 50, 1000)), 500, 60)
-    assert [v for v, _ in run(st).preempt] == ["v-a"]
+    assert [p.victim for p in run(st).preempt] == ["v-a"]
 
 
 def test_preemption_can_be_turned_off() -> None:
@@ -66,16 +67,16 @@ def test_preemption_can_be_turned_off() -> None:
 
 def test_lowest_priority_then_fewest_victims() -> None:
     st = cluster(filled(("a", 30, 400), ("b", 10, 300), ("c", 10, 300)), 600, 90)
-    assert sorted(v for v, _ in run(st).preempt) == ["v-b", "v-c"]
+    assert sorted(p.victim for p in run(st).preempt) == ["v-b", "v-c"]
     # one big victim of the lowest priority beats two small ones
     st = cluster(filled(("a", 10, 600), ("b", 10, 200), ("c", 10, 200)), 600, 90)
-    assert [v for v, _ in run(st).preempt] == ["v-a"]
+    assert [p.victim for p in run(st).preempt] == ["v-a"]
 
 
 def test_unneeded_victims_are_put_back() -> None:
     # lowest priority first takes a then b; a is not needed once b is gone, so it stays
     st = cluster(filled(("a", 10, 100), ("b", 20, 900)), 900, 90)
-    assert [v for v, _ in run(st).preempt] == ["v-b"]
+    assert [p.victim for p in run(st).preempt] == ["v-b"]
 
 
 def test_allocations_placed_in_the_same_pass_are_not_victims() -> None:

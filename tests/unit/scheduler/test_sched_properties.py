@@ -102,9 +102,9 @@ def check_invariants(before: ClusterState, plan: Plan) -> ClusterState:
         assert all(constraint_ok(c, n.attrs()) for c in w.constraints)
     # preemption only across the gap
     placed = {a.id: a for a in [*plan.place, *plan.update]}
-    for victim_id, reason in plan.preempt:
-        preemptor = placed[reason.split("allocation ")[1].split(",")[0]]
-        victim = before.allocations[victim_id]
+    for p in plan.preempt:
+        preemptor = placed[p.by]
+        victim = before.allocations[p.victim]
         assert victim.priority <= preemptor.priority - 10
         assert victim.node_id == preemptor.node_id
     return after

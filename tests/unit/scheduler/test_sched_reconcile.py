@@ -8,7 +8,7 @@ from sched_support import app, live, node, run, settle, state, svc, with_alloc
 
 from elastin.model.resources import Resources
 from elastin.model.workload import Workload
-from elastin.scheduler import ClusterState, apply_plan, reconcile
+from elastin.scheduler import ClusterState, Lost, apply_plan, plan_writes, reconcile
 
 
 def test_service_places_every_replica_once() -> None:
@@ -50,7 +50,7 @@ def test_spec_change_replaces_old_version() -> None:
     assert new.index == 0 and new.spec_version == 2 and new.node_id == old.node_id
 
 
-def test_down_node_allocation_is_stopped_and_replaced() -> None:
+def test_down_node_allocation_is_lost_and_replaced() -> None:
     st = settle(state([node("n1"), node("n2", cpu=100)], [app("shop", svc("web"))]))
     (old,) = live(st)
     assert old.node_id == "id-n1"
@@ -61,7 +61,7 @@ def test_down_node_allocation_is_stopped_and_replaced() -> None:
         st.allocations,
     )
     plan = run(down)
-    assert plan.stop == [(old.id, "node n1 is down")]
+    assert plan.lost == [Lost(old.id, "node n1 is down")] and not plan.stop
     (new,) = plan.place
     assert new.node_id == "" and new.index == 0  # n2 is too small: pending
     assert "1 node is down" in new.reason
@@ -205,7 +205,8 @@ def test_job_instances_on_down_node_are_replaced() -> None:
         st.allocations,
     )
     plan = run(down)
-    assert plan.stop == [(a.id, f"node {st.nodes[a.node_id].name} is down")]
+    assert plan.lost == [Lost(a.id, f"node {st.nodes[a.node_id].name} is down")]
+    assert not plan.stop
     assert [p.index for p in plan.place] == [0] and plan.place[0].node_id != a.node_id
 
 
@@ -224,3 +225,48 @@ def test_reconcile_touches_one_app_only() -> None:
     st = state([node("n1")], [app("a1", svc("web")), app("a2", svc("web"))])
     plan = reconcile(st, "a1")
     assert {p.app for p in plan.place} == {"a1"}
+
+
+def test_an_allocation_already_stopping_on_a_down_node_is_lost_too() -> None:
+    st = settle(state([node("n1")], [app("shop", svc("web"))]))
+    (a,) = live(st)
+    stopping = replace(a, desired="stop", status="running")
+    down = ClusterState(
+        st.revision,
+        {**st.nodes, "id-n1": replace(st.nodes["id-n1"], status="down")},
+        st.apps,
+        {**st.allocations, a.id: stopping},
+    )
+    plan = run(down)
+    assert plan.lost == [Lost(a.id, "node n1 is down")]
+    after = apply_plan(down, plan, now=5.0).allocations[a.id]
+    assert (after.status, after.desired, after.reason, after.updated_at) == (
+        "lost",
+        "stop",
+        "node n1 is down",
+        5.0,
+    )
+
+
+def test_commit_starts_from_the_current_allocation_not_the_plans_copy() -> None:
+    """A plan made on an older snapshot changes only what it decided: a reason or a field
+    changed since (here by another writer) survives the commit."""
+    st = state([node("n1", cpu=100)], [app("shop", svc("web"))])
+    plan = run(st)
+    (pending,) = plan.place
+    st = apply_plan(st, plan)
+    roomy = ClusterState(
+        st.revision,
+        {"id-n1": replace(st.nodes["id-n1"], capacity=Resources(4000, 8 << 30, 0))},
+        st.apps,
+        st.allocations,
+    )
+    plan = run(roomy)
+    (update,) = plan.update
+    assert update.id == pending.id and update.node_id == "id-n1"
+    moved = replace(roomy.allocations[pending.id], restarts=7)  # written after the plan
+    newer = ClusterState(roomy.revision + 1, roomy.nodes, roomy.apps, {pending.id: moved})
+    writes = plan_writes(newer, plan, now=1.0)
+    assert writes.read == {pending.id}
+    written = writes.allocs[pending.id]
+    assert (written.node_id, written.reason, written.restarts) == ("id-n1", "", 7)
