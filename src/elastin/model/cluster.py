@@ -120,6 +120,10 @@ class Allocation:
         return f"{self.app}.{self.workload}[{self.index}]"
 
 
+EventSpec = tuple[str, str, str, str]
+"""An event to record: (type, subject, message, level)."""
+
+
 @dataclass(frozen=True)
 class Event:
     """Something that happened, for ``elastin events`` and the watch stream."""

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from elastin.model.cluster import Allocation, AllocStatus
+from elastin.model.cluster import Allocation, AllocStatus, EventSpec
 from elastin.scheduler.plan import Plan
 from elastin.scheduler.state import ClusterState
-
-EventSpec = tuple[str, str, str, str]  # (type, subject, message, level)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Wires a store, the ``Cluster``, the API and the scheduling loop into one running server.
+"""Wires a store, the ``Cluster`` (its rooms), the API and the scheduling loop into one
+running server.
 
 ``run_server`` serves until cancelled. It writes ``<data_dir>/server.json`` (URL and pid) so
 that the CLI, the SDK and a local agent find the server without flags, and removes it on a
@@ -24,7 +25,7 @@ import uvicorn
 from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
-from elastin.server.core import Cluster
+from elastin.server.cluster import Cluster
 from elastin.store.open import open_store
 
 log = logging.getLogger("elastin.server")
@@ -82,7 +83,7 @@ async def run_server(
     token = ensure_token(cfg.data_dir)
     store = open_store(cfg.store())
     options = SchedulerOptions(algorithm="spread" if cfg.algorithm == "spread" else "binpack")
-    cluster = Cluster(store, options=options)
+    cluster = await Cluster.open(store, options=options)
     api = create_api(cluster, token, cfg.data_dir)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
@@ -109,7 +110,7 @@ async def run_server(
             # what exists now lives as long as the server: keep it out of the collector's
             # scans, whose pauses showed as the tail of the mesh's propagation time
             gc.freeze()
-            tg.create_task(cluster.run_scheduler())
+            tg.create_task(cluster.run())
             log.info("server listening on %s (data in %s)", url, cfg.data_dir)
             if on_ready is not None:
                 tg.create_task(on_ready(url, token))
@@ -121,7 +122,7 @@ async def run_server(
                 logging.getLogger("uvicorn.error").disabled = True
                 # long polls answer now, so that uvicorn's graceful shutdown does not wait
                 # for them (agents ask again, of the next server)
-                cluster.close_queries()
+                cluster.close()
                 raise
     finally:
         server.should_exit = True

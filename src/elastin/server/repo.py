@@ -14,12 +14,12 @@ Only the server writes the store; agents, the CLI and the SDK go through the API
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from elastin.model.cluster import Allocation, Event, Node
+from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import Allocation, Event, EventSpec, Node
 from elastin.model.codec import from_data, to_data
 from elastin.model.workload import Application
 from elastin.store.base import JSON, Compare, StateStore
@@ -63,7 +63,7 @@ class Snapshot:
 class Repo:
     """Reads and writes of the cluster state; a thin typed layer over a ``StateStore``."""
 
-    def __init__(self, store: StateStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: StateStore, clock: Clock = SYSTEM) -> None:
         self.store = store
         self.clock = clock
         self._seq = itertools.count()
@@ -121,12 +121,13 @@ class Repo:
     def event_put(
         self, type_: str, subject: str, message: str, level: str = "info"
     ) -> tuple[str, JSON]:
-        ev = Event(time=self.clock(), type=type_, subject=subject, message=message, level=level)  # type: ignore[arg-type]
+        now = self.clock.time()
+        ev = Event(time=now, type=type_, subject=subject, message=message, level=level)  # type: ignore[arg-type]
         # ordered by the (injected) clock, then by a counter within one process
-        key = f"{EVENTS}{int(self.clock() * 1e9):020d}-{next(self._seq):06d}"
+        key = f"{EVENTS}{int(now * 1e9):020d}-{next(self._seq):06d}"
         return key, to_data(ev)
 
-    async def record_events(self, events: Iterable[tuple[str, str, str, str]]) -> None:
+    async def record_events(self, events: Iterable[EventSpec]) -> None:
         puts = [self.event_put(t, s, m, lvl) for t, s, m, lvl in events]
         if puts:
             await self.store.txn(puts=puts)
@@ -140,7 +141,7 @@ class Repo:
         nodes: Sequence[Node] = (),
         delete_apps: Sequence[str] = (),
         delete_allocs: Sequence[str] = (),
-        events: Sequence[tuple[str, str, str, str]] = (),
+        events: Sequence[EventSpec] = (),
     ) -> int | None:
         """One atomic write; returns the new revision, or None when a compare failed."""
         puts: list[tuple[str, Any]] = []

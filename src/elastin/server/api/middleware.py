@@ -1,0 +1,100 @@
+"""Plain ASGI middleware in front of the FastAPI app: the token check and the agents' mesh
+snapshot streams.
+
+Both are plain ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` costs a task and a
+stream per request (it halved the API's throughput for agents' blocking queries), and a
+``StreamingResponse`` per mesh stream (a task group, several wrappers per message) was three
+quarters of the server's time with 1,000 agents (bench/propagation.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from elastin.server.auth import token_matches
+from elastin.server.meshfeed import MeshFeed
+
+
+class RequireToken:
+    """Every call needs the server's bearer token (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, token: str, data_dir: Path) -> None:
+        self.app = app
+        self.token = token
+        self.denied = json.dumps(
+            {
+                "error": "Unauthorized",
+                "message": "this call needs the server's token",
+                "hint": f"send 'Authorization: Bearer <token>'; the token is in "
+                f"{data_dir / 'token'} (readable by its owner only)",
+            }
+        ).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not token_matches(self.token, header.decode("latin-1")):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(self.denied)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": self.denied})
+                return
+        await self.app(scope, receive, send)
+
+
+STREAM_PATH = re.compile(r"^/v1/nodes/([^/]+)/mesh/stream$")
+
+
+class MeshStreams:
+    """``GET /v1/nodes/{id}/mesh/stream``: the node's snapshots as they change (NDJSON).
+    It sits inside ``RequireToken``; anything else goes on to the app."""
+
+    def __init__(self, app: ASGIApp, feed: MeshFeed) -> None:
+        self.app = app
+        self.feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = (
+            STREAM_PATH.match(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "GET"
+            else None
+        )
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/x-ndjson")],
+        }
+        await send(start)
+
+        async def disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        stream = self.feed.stream(unquote(found[1]))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                gone = tg.create_task(disconnect())
+                async for chunk in stream:  # a bare newline at least every 15 s: gone is seen
+                    if gone.done():
+                        return
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+                gone.cancel()
+        finally:
+            await stream.aclose()

@@ -1,0 +1,292 @@
+"""Routes for users (the CLI, the SDK, scripts): applications, services, allocations and
+their logs, nodes, events, the change stream, reports and metrics. Translation only: each
+handler calls one of the cluster's rooms and shapes the answer."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from elastin import __version__
+from elastin.mesh.haproxy.stats import prometheus_lines
+from elastin.mesh.model.registry import find_service
+from elastin.model.cluster import Allocation, Event, Usage
+from elastin.model.codec import to_data
+from elastin.scheduler.accounting import ResourceReport
+from elastin.server.api.models import (
+    AllocationView,
+    ApplyAnswer,
+    ApplyBody,
+    Deleted,
+    NodeView,
+    Registry,
+    ScaleBody,
+    Scaled,
+    ServerStatus,
+    ServiceDetail,
+    ServiceSummary,
+    SettlementAnswer,
+    StopBody,
+    Stopped,
+    Traffic,
+)
+from elastin.server.cluster import Cluster
+from elastin.server.errors import Invalid, NotFound
+from elastin.server.repo import AppRecord
+from elastin.server.views import AllocFilter
+from elastin.store.base import CompactedError
+
+
+def alloc_view(a: Allocation) -> dict[str, Any]:
+    d: dict[str, Any] = to_data(a)
+    d["name"] = a.name
+    return d
+
+
+def user_routes(cluster: Cluster, data_dir: Path) -> APIRouter:
+    r = APIRouter()
+    views = cluster.views
+
+    # --- applications -----------------------------------------------------------------
+    @r.post("/v1/apps", response_model=ApplyAnswer)
+    async def apply_app(body: ApplyBody) -> dict[str, Any]:
+        res = await cluster.apps.apply(
+            body.spec, file=body.file, base_dir=body.base_dir, dry_run=body.dry_run
+        )
+        out: dict[str, Any] = to_data(res)
+        out["changed"] = res.changed
+        return out
+
+    @r.get("/v1/apps", response_model=list[AppRecord])
+    async def list_apps() -> list[dict[str, Any]]:
+        return [to_data(rec) for rec in await views.applications()]
+
+    @r.get("/v1/apps/{name}", response_model=AppRecord)
+    async def get_app(name: str) -> dict[str, Any]:
+        out: dict[str, Any] = to_data(await views.application(name))
+        return out
+
+    @r.get("/v1/apps/{name}/settlement", response_model=SettlementAnswer)
+    async def app_settlement(
+        name: str, index: int = 0, wait: float = Query(0.0, le=300)
+    ) -> dict[str, Any]:
+        rev, s = await cluster.apps.settlement(name, index, wait)
+        out: dict[str, Any] = to_data(s)
+        out.update(index=rev, summary=s.summary, done=s.done)
+        return out
+
+    @r.delete("/v1/apps/{name}", response_model=Deleted)
+    async def delete_app(name: str) -> dict[str, Any]:
+        return {"deleted": name, "revision": await cluster.apps.delete(name)}
+
+    # --- services ---------------------------------------------------------------------
+    @r.get("/v1/services", response_model=list[ServiceSummary])
+    async def list_services() -> list[dict[str, Any]]:
+        return await views.services()
+
+    @r.get("/v1/services/{ref:path}", response_model=ServiceDetail)
+    async def get_service(ref: str) -> dict[str, Any]:
+        rec, w, allocs = await views.service(ref)
+        return {
+            "app": rec.app.name,
+            "workload": to_data(w),
+            "allocations": [alloc_view(a) for a in allocs],
+        }
+
+    @r.post("/v1/scale/{ref:path}", response_model=Scaled)
+    async def scale(ref: str, body: ScaleBody) -> dict[str, Any]:
+        rec = await cluster.apps.scale(ref, body.replicas)
+        return {"app": rec.app.name, "generation": rec.generation}
+
+    @r.post("/v1/stop", response_model=Stopped)
+    async def stop(body: StopBody) -> dict[str, Any]:
+        return {"stopped": await cluster.apps.stop(body.ref)}
+
+    # --- allocations ------------------------------------------------------------------
+    @r.get("/v1/allocations", response_model=list[AllocationView])  # type: ignore[valid-type]
+    async def list_allocations(
+        app: str | None = None,
+        workload: str | None = None,
+        node: str | None = None,
+        all: bool = Query(False, description="include stopped and lost allocations"),
+    ) -> list[dict[str, Any]]:
+        where = AllocFilter(app, workload, node, all)
+        return [alloc_view(a) for a in await views.allocations(where)]
+
+    @r.get("/v1/allocations/{alloc_id}", response_model=AllocationView)
+    async def get_allocation(alloc_id: str) -> dict[str, Any]:
+        return alloc_view(await views.allocation(alloc_id))
+
+    @r.get(
+        "/v1/allocations/{alloc_id}/logs",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "the log's lines"}},
+    )
+    async def alloc_logs(
+        alloc_id: str, stream: str = "stdout", tail: int = 100, follow: bool = False
+    ) -> Response:
+        if stream not in ("stdout", "stderr"):
+            raise Invalid(f"stream must be stdout or stderr, not {stream!r}")
+        alloc = await views.allocation(alloc_id)
+        node = await views.node(alloc.node_id) if alloc.node_id else None
+        root = node.attrs().get("agent.alloc_root", "") if node else ""
+        path = Path(root) / alloc_id / "logs" / f"{stream}.log" if root else None
+        if path is None or not path.parent.exists():
+            raise NotFound(
+                f"no logs for {alloc.name} on this machine",
+                hint="logs stay on the node that ran the instance; it may not have started yet",
+            )
+        return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")
+
+    # --- nodes ------------------------------------------------------------------------
+    @r.get("/v1/nodes", response_model=list[NodeView])  # type: ignore[valid-type]
+    async def list_nodes() -> list[dict[str, Any]]:
+        out = []
+        for n, usage in await views.nodes():
+            d: dict[str, Any] = to_data(n)
+            d["usage"] = to_data(usage)
+            out.append(d)
+        return out
+
+    @r.get("/v1/nodes/{node_id}", response_model=NodeView)
+    async def get_node(node_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = to_data(await views.node(node_id))
+        return out
+
+    # --- the mesh ---------------------------------------------------------------------
+    @r.get("/v1/mesh/services", response_model=Registry)
+    async def mesh_services(
+        index: int = 0, wait: float = Query(0.0, le=300), service: str = ""
+    ) -> dict[str, Any]:
+        version, entries = await cluster.mesh.registry(index, wait)
+        found = find_service(entries, service) if service else list(entries)
+        if service and not found:
+            raise NotFound(
+                f"no service {service!r} in the registry",
+                hint="name it as `service` or `app/service`; see `elastin endpoints`",
+            )
+        return {"index": version, "services": [to_data(e) for e in found]}
+
+    @r.get("/v1/mesh/traffic", response_model=Traffic)
+    async def mesh_traffic() -> dict[str, Any]:
+        return {"services": cluster.telemetry.traffic()}
+
+    # --- events, watch, reports -------------------------------------------------------
+    @r.get("/v1/events", response_model=list[Event])
+    async def events(since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        return [to_data(e) for e in await views.events(since, limit)]
+
+    @r.get(
+        "/v1/watch",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {}},
+                "description": 'one JSON object per change: {"rev", "type", "key", "value"}; '
+                '{"error": "Compacted"} when `from_rev` is older than the history kept',
+            }
+        },
+    )
+    async def watch(from_rev: int = 0, prefix: str = "/") -> Response:
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for ev in views.watch(prefix, from_rev):
+                    yield (
+                        json.dumps(
+                            {"rev": ev.rev, "type": ev.type, "key": ev.key, "value": ev.value}
+                        ).encode()
+                        + b"\n"
+                    )
+            except CompactedError as e:
+                yield json.dumps({"error": "Compacted", "message": str(e)}).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @r.get("/v1/resources", response_model=ResourceReport)
+    async def resources() -> dict[str, Any]:
+        return await views.resources()
+
+    @r.get("/v1/status", response_model=ServerStatus)
+    async def status() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "revision": await views.revision(),
+            "data_dir": str(data_dir),
+            "pid": os.getpid(),
+        }
+
+    @r.get(
+        "/v1/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
+    async def metrics() -> str:
+        allocs, rev = await views.live_allocations()
+        usage = cluster.telemetry.usage()
+        lines = [
+            "# HELP elastin_store_revision Current revision of the state store.",
+            "# TYPE elastin_store_revision gauge",
+            f"elastin_store_revision {rev}",
+            "# HELP elastin_allocations Allocations by status.",
+            "# TYPE elastin_allocations gauge",
+        ]
+        counts: dict[str, int] = {}
+        for a in allocs:
+            counts[a.status] = counts.get(a.status, 0) + 1
+        lines += [f'elastin_allocations{{status="{s}"}} {n}' for s, n in sorted(counts.items())]
+        gauges: tuple[tuple[str, str, Callable[[Usage], str]], ...] = (
+            ("cpu_millicores", "Measured cpu use.", lambda u: f"{u.cpu:.1f}"),
+            ("memory_bytes", "Measured memory use (working set).", lambda u: str(u.memory)),
+        )
+        for name, help_, value in gauges:
+            lines += [
+                f"# HELP elastin_allocation_{name} {help_}",
+                f"# TYPE elastin_allocation_{name} gauge",
+            ]
+            for a in allocs:
+                u = usage.get(a.id)
+                if u and not a.terminal:
+                    lines.append(
+                        f'elastin_allocation_{name}{{app="{a.app}",workload="{a.workload}",'
+                        f'index="{a.index}"}} {value(u)}'
+                    )
+        mesh = cluster.telemetry.mesh()
+        lines += prometheus_lines([(stats, {"node": n}) for n, stats in sorted(mesh.items())])
+        return "\n".join(lines) + "\n"
+
+    return r
+
+
+async def _read_logs(path: Path, tail: int, follow: bool) -> AsyncIterator[bytes]:
+    """The last ``tail`` lines of a log file, then (with ``follow``) what is appended."""
+    import asyncio
+
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError:
+        data = b""
+    lines = data.splitlines(keepends=True)
+    yield b"".join(lines[-tail:] if tail > 0 else lines)
+    if not follow:
+        return
+    pos = len(data)
+    for _ in range(24 * 3600 * 4):  # bounded: a day of following
+        await asyncio.sleep(0.25)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if size < pos:  # rotated (copy-truncate): start again from the top
+            pos = 0
+        if size > pos:
+            with path.open("rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            pos = size
+            yield chunk

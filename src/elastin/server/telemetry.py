@@ -1,0 +1,96 @@
+"""What agents measure, kept in memory (never in the store): usage per allocation and per
+node, and every node's proxy counters per mesh service port.
+
+Each heartbeat replaces what its node said before, so the usage of an allocation that is gone
+from its node disappears with the next heartbeat, and a node marked down (``forget``) takes
+its numbers with it. ``traffic()`` sums the proxies' counters per service port for
+``elastin traffic`` and ``/v1/mesh/traffic``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from elastin.mesh.haproxy.stats import ClusterStats
+from elastin.model.cluster import Allocation, Usage
+
+TRAFFIC_COUNTERS = (
+    "requests",
+    "errors",
+    "connect_errors",
+    "retries",
+    "in_flight",
+    "endpoints_up",
+    "avg_response_ms",
+)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self._usage: dict[str, dict[str, Usage]] = {}  # node -> allocation -> usage
+        self._node_usage: dict[str, Usage] = {}
+        self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
+
+    def record(
+        self,
+        node_id: str,
+        usage: Mapping[str, Usage],
+        node_usage: Usage | None,
+        mesh: Mapping[str, ClusterStats] | None,
+    ) -> None:
+        """A heartbeat's numbers: they replace what ``node_id`` said before."""
+        self._usage[node_id] = dict(usage)
+        if node_usage is not None:
+            self._node_usage[node_id] = node_usage
+        if mesh is not None:
+            self._mesh[node_id] = dict(mesh)
+
+    def forget(self, node_id: str) -> None:
+        """Node ``node_id`` is down: its numbers are not current any more."""
+        self._usage.pop(node_id, None)
+        self._node_usage.pop(node_id, None)
+        self._mesh.pop(node_id, None)
+
+    def usage(self) -> dict[str, Usage]:
+        """Measured usage per allocation id, over every node."""
+        out: dict[str, Usage] = {}
+        for per_node in self._usage.values():
+            out.update(per_node)
+        return out
+
+    def node_usage(self, node_id: str) -> Usage:
+        return self._node_usage.get(node_id, Usage())
+
+    def with_usage(self, a: Allocation) -> Allocation:
+        """``a`` with its last measured usage (live allocations only)."""
+        u = self._usage.get(a.node_id, {}).get(a.id)
+        if u is None or a.terminal:
+            return a
+        return replace(a, usage=u)
+
+    def mesh(self) -> dict[str, dict[str, ClusterStats]]:
+        """Every node's proxy counters per mesh cluster."""
+        return {n: dict(s) for n, s in self._mesh.items()}
+
+    def traffic(self) -> list[dict[str, Any]]:
+        """Requests, errors and retries per service port, summed over every node's proxy
+        (counters since each proxy started; ``elastin traffic`` turns them into rates)."""
+        total: dict[str, dict[str, Any]] = {}
+        for node_id, stats in self._mesh.items():
+            for name, st in stats.items():
+                t = total.setdefault(
+                    name,
+                    {"cluster": name, **st.labels, "mode": st.mode, "nodes": []}
+                    | dict.fromkeys(TRAFFIC_COUNTERS, 0),
+                )
+                t["nodes"].append(node_id)
+                t["requests"] += st.requests
+                t["errors"] += st.errors
+                t["connect_errors"] += st.connect_errors
+                t["retries"] += st.retries
+                t["in_flight"] += st.active
+                t["endpoints_up"] += sum(1 for e in st.endpoints if e.status.startswith("UP"))
+                t["avg_response_ms"] = max(t["avg_response_ms"], st.avg_response_ms)
+        return [total[k] for k in sorted(total)]
