@@ -76,7 +76,10 @@ MESH_KEYS = (
 )
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
 LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
-RETRY_CONDITIONS = (
+# HAProxy's `retry-on` conditions the mesh offers (the renderer writes them as they are). The one
+# list: the mesh model (elastin.mesh.model.types) checks a cluster's retry policy against it.
+# Not offered: 0rtt-rejected (the mesh sends no TLS early data to endpoints: it cannot happen).
+RETRY_CONDITIONS: tuple[str, ...] = (
     "conn-failure",
     "empty-response",
     "response-timeout",
