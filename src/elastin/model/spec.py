@@ -212,6 +212,24 @@ def _int(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int, hint: str = ""
     return v
 
 
+def _one_of(
+    ctx: _Ctx, node: yaml.Node, path: str, choices: tuple[str, ...], what: str
+) -> str | None:
+    """The value of a scalar that must be one of ``choices`` (numbers compare as their text),
+    or None once an unknown one is reported with a did-you-mean and the choices."""
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    text = "" if value is None else str(value)
+    if text in choices:
+        return text
+    close = difflib.get_close_matches(text, choices, n=1) if text else []
+    hint = (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(choices)}"
+    if isinstance(node, yaml.ScalarNode):
+        ctx.add(node, path, f"unknown {what} {node.value!r}", hint)
+    else:
+        ctx.add(node, path, f"the {what} must be a name, not {_kind_of(node)}", hint)
+    return None
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"1h"``."""
     if isinstance(value, bool):
@@ -374,31 +392,14 @@ def _resources(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Resources | None,
 
 def _restart(ctx: _Ctx, node: yaml.Node, path: str, default: str) -> RestartPolicy | None:
     if isinstance(node, yaml.ScalarNode):
-        mode = _scalar(node)
-        if mode not in RESTART_MODES:
-            ctx.add(
-                node,
-                path,
-                f"unknown restart policy {node.value!r}",
-                f"use one of {', '.join(RESTART_MODES)}",
-            )
-            return None
-        return RestartPolicy(mode=mode)
+        mode = _one_of(ctx, node, path, RESTART_MODES, "restart policy")
+        return None if mode is None else RestartPolicy(mode=mode)  # type: ignore[arg-type]
     m = _mapping(ctx, node, path, RESTART_KEYS, "restart")
     if m is None:
         return None
     kw: dict[str, Any] = {"mode": default}
     if "policy" in m:
-        mode = _scalar(m["policy"][1]) if isinstance(m["policy"][1], yaml.ScalarNode) else None
-        if mode not in RESTART_MODES:
-            ctx.add(
-                m["policy"][1],
-                f"{path}.policy",
-                "unknown restart policy",
-                f"use one of {', '.join(RESTART_MODES)}",
-            )
-            return None
-        kw["mode"] = mode
+        kw["mode"] = _one_of(ctx, m["policy"][1], f"{path}.policy", RESTART_MODES, "restart policy")
     if "attempts" in m:
         kw["attempts"] = _int(
             ctx, m["attempts"][1], f"{path}.attempts", 0, 10_000, "0 (unlimited) up to 10000"
@@ -547,15 +548,10 @@ def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
             if pm is None:
                 continue
             if "protocol" in pm:
-                proto = str(_scalar(pm["protocol"][1]))
-                if proto not in PROTOCOLS:
-                    ctx.add(
-                        pm["protocol"][1],
-                        f"{ppath}.protocol",
-                        f"unknown protocol {proto!r}",
-                        f"use one of {', '.join(PROTOCOLS)}",
-                    )
+                p = _one_of(ctx, pm["protocol"][1], f"{ppath}.protocol", PROTOCOLS, "protocol")
+                if p is None:
                     continue
+                proto = p
             pnode = pm["port"][1] if "port" in pm else None  # type: ignore[assignment]
         number = 0
         if pnode is not None and not (
@@ -586,16 +582,7 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
     kw: dict[str, Any] = {}
     ok = True
     if "lb" in m:
-        lb = _scalar(m["lb"][1]) if isinstance(m["lb"][1], yaml.ScalarNode) else None
-        if lb not in LB_POLICIES:
-            ctx.add(
-                m["lb"][1],
-                f"{path}.lb",
-                "unknown load-balancing policy",
-                f"use one of {', '.join(LB_POLICIES)}",
-            )
-            ok = False
-        kw["lb"] = lb
+        kw["lb"] = _one_of(ctx, m["lb"][1], f"{path}.lb", LB_POLICIES, "load-balancing policy")
     if "hash_key" in m:
         key = _str(ctx, m["hash_key"][1], f"{path}.hash_key")
         if key is not None and not HASH_KEY_RE.match(key):
@@ -628,17 +615,15 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
         if key in m:
             kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 0, hi)
     if "retry_on" in m:
-        conds = _str_list(ctx, m["retry_on"][1], f"{path}.retry_on")
-        bad = [c for c in conds or [] if c not in RETRY_CONDITIONS]
-        if bad:
-            ctx.add(
-                m["retry_on"][1],
-                f"{path}.retry_on",
-                f"unknown retry condition {bad[0]!r}",
-                f"use {', '.join(RETRY_CONDITIONS)}",
-            )
+        rnode = m["retry_on"][1]
+        items = rnode.value if isinstance(rnode, yaml.SequenceNode) else [rnode]
+        conds = [
+            _one_of(ctx, item, f"{path}.retry_on", RETRY_CONDITIONS, "retry condition")
+            for item in items
+        ]
+        if None in conds:
             ok = False
-        kw["retry_on"] = tuple(conds or ())
+        kw["retry_on"] = tuple(conds)
     if "fault" in m:
         kw["fault"] = _fault(ctx, m["fault"][1], f"{path}.fault")
     if "access_log" in m:
@@ -705,18 +690,8 @@ def _constraints(ctx: _Ctx, node: yaml.Node, path: str) -> list[Constraint] | No
             )
             continue
         attr = _str(ctx, m["attribute"][1], f"{cpath}.attribute")
-        op = (
-            str(_scalar(m["op"][1]))
-            if "op" in m and isinstance(m["op"][1], yaml.ScalarNode)
-            else "=="
-        )
-        if op not in OPS:
-            ctx.add(
-                m["op"][1],
-                f"{cpath}.op",
-                f"unknown operator {op!r}",
-                f"use one of {', '.join(OPS)}",
-            )
+        op = _one_of(ctx, m["op"][1], f"{cpath}.op", OPS, "operator") if "op" in m else "=="
+        if op is None:
             continue
         vnode = m["value"][1]
         value: str | tuple[str, ...]
@@ -761,14 +736,7 @@ def _workload(
     kw: dict[str, Any] = {"name": name, "type": wtype}
     kind = "task"
     if "kind" in m:
-        kind = str(_scalar(m["kind"][1])) if isinstance(m["kind"][1], yaml.ScalarNode) else "?"
-        if kind not in KINDS:
-            ctx.add(
-                m["kind"][1],
-                f"{path}.kind",
-                f"unknown kind {kind!r}",
-                f"use one of {', '.join(KINDS)}",
-            )
+        kind = _one_of(ctx, m["kind"][1], f"{path}.kind", KINDS, "kind") or "?"
         kw["kind"] = kind
     if "image" in m:
         kw["image"] = _str(ctx, m["image"][1], f"{path}.image") or ""
