@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -24,12 +24,16 @@ from elastin.model.errors import SpecError, SpecIssue, UnitError
 from elastin.model.resources import Resources
 from elastin.model.units import parse_cpu, parse_size
 from elastin.model.workload import (
+    KINDS,
     Application,
     Constraint,
     Fault,
     HealthCheck,
+    LbPolicy,
     MeshPolicy,
     Port,
+    Protocol,
+    RestartMode,
     RestartPolicy,
     Workload,
 )
@@ -75,7 +79,6 @@ MESH_KEYS = (
     "access_log",
 )
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
-LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
 # HAProxy's `retry-on` conditions the mesh offers (the renderer writes them as they are). The one
 # list: the mesh model (elastin.mesh.model.types) checks a cluster's retry policy against it.
 # Not offered: 0rtt-rejected (the mesh sends no TLS early data to endpoints: it cannot happen).
@@ -108,10 +111,11 @@ HEALTH_KEYS = (
 )
 PORT_KEYS = ("port", "protocol")
 CONSTRAINT_KEYS = ("attribute", "op", "value")
-KINDS = ("task", "container", "vm")
-RESTART_MODES = ("always", "on-failure", "never")
-PROTOCOLS = ("http", "http2", "grpc", "tcp")
-OPS = ("==", "!=", "in", "not_in")
+# the names a spec may choose from are those of the model's types (workload.py); KINDS too
+RESTART_MODES: tuple[str, ...] = get_args(RestartMode)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+OPS: tuple[str, ...] = get_args(get_type_hints(Constraint)["op"])
+LB_POLICIES: tuple[str, ...] = get_args(LbPolicy)
 
 MIN_MEMORY = 4 * 1024**2
 MAX_MEMORY = 64 * 1024**4

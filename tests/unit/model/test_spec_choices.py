@@ -87,3 +87,11 @@ def test_a_structure_where_a_name_belongs_is_refused() -> None:
     issue = one_issue(W + "    constraints: [{attribute: node.name, op: [in], value: n1}]\n")
     assert issue.path == "services.w.constraints[0].op"
     assert issue.message == "the operator must be a name, not a list"
+
+
+def test_the_choices_come_from_the_model_types() -> None:
+    # derived from the Literal types of workload.py: an annotation that stops being a Literal
+    # would leave a spec nothing to choose from
+    for choices in (KINDS, RESTART_MODES, PROTOCOLS, OPS, LB_POLICIES):
+        assert choices and all(isinstance(c, str) for c in choices)
+    assert "not_in" in OPS and "hash_cookie" in LB_POLICIES and "on-failure" in RESTART_MODES
