@@ -67,3 +67,19 @@ def test_a_wrong_import_breaks_its_contract(
     assert any(contract in line for line in broken), out
     importer = "elastin." + module.removesuffix(".py").replace("/", ".")
     assert f"{importer} -> {wrong}" in out, out
+
+
+def test_a_new_top_level_package_must_be_given_a_layer(tmp_path: Path) -> None:
+    copy = tmp_path / "elastin"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "newpkg").mkdir()
+    (copy / "newpkg" / "__init__.py").write_text('"""Not placed in any layer yet."""\n')
+    result = lint_imports(tmp_path, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not listed as layers" in result.stdout and "- elastin.newpkg" in result.stdout
+
+
+def test_make_lint_runs_the_contracts() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "lint-imports" in lint, lint
