@@ -234,6 +234,20 @@ def _one_of(
     return None
 
 
+def _name(ctx: _Ctx, node: yaml.Node, path: str, name: str, what: str, example: str) -> bool:
+    """Whether ``name`` is a valid name (of an application, workload or port); reported if not."""
+    if NAME_RE.match(name):
+        return True
+    ctx.add(
+        node,
+        path,
+        f"{name!r} is not a valid {what}",
+        "use lower-case letters, digits and - (at most 63), starting and ending with a letter "
+        f"or digit, e.g. {example}",
+    )
+    return False
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"1h"``."""
     if isinstance(value, bool):
@@ -537,13 +551,7 @@ def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
     seen: dict[int, str] = {}
     for name, (knode, vnode) in m.items():
         ppath = f"{path}.{name}"
-        if not NAME_RE.match(name):
-            ctx.add(
-                knode,
-                ppath,
-                f"{name!r} is not a valid port name",
-                "use lower-case letters, digits and -, e.g. http",
-            )
+        if not _name(ctx, knode, ppath, name, "port name", "http"):
             continue
         proto = "http"
         pnode = vnode
@@ -719,14 +727,7 @@ def _workload(
 ) -> Workload | None:
     section = "services" if wtype == "service" else "jobs"
     path = f"{section}.{name}"
-    if not NAME_RE.match(name):
-        ctx.add(
-            knode,
-            path,
-            f"{name!r} is not a valid name",
-            "use lower-case letters, digits and - (at most 63), starting with a letter "
-            "or digit, e.g. web-api",
-        )
+    _name(ctx, knode, path, name, "name", "web-api")
     m = _mapping(
         ctx,
         node,
@@ -928,13 +929,8 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
         ctx.add(root, "app", "the spec needs an application name", "add `app: my-app` at the top")
     else:
         name = _str(ctx, top["app"][1], "app") or ""
-        if name and not NAME_RE.match(name):
-            ctx.add(
-                top["app"][1],
-                "app",
-                f"{name!r} is not a valid application name",
-                "use lower-case letters, digits and - (at most 63), e.g. shop",
-            )
+        if name:
+            _name(ctx, top["app"][1], "app", name, "application name", "shop")
     workloads: list[Workload] = []
     names: dict[str, str] = {}
     declared: list[str] = []
