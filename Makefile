@@ -13,7 +13,7 @@ help:
 	@echo "make demo   run the example application (examples/shop.yaml) on this machine"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make bench  run the benchmarks (bench/*.py), writing bench/results/latest.json"
-	@echo "make lint   ruff and mypy --strict"
+	@echo "make lint   ruff, mypy --strict and the layer contracts (lint-imports)"
 
 setup: $(STAMP)
 
@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy --strict src examples/shop
+	$(BIN)/lint-imports --no-cache --no-logo
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

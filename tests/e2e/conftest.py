@@ -25,6 +25,16 @@ from elastin.agent.drivers.cgroups import destroy_root
 from elastin.client.http import Client
 
 CGROUP_BASE = Path("/sys/fs/cgroup")
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is an ``integration`` test, whether or not its module says
+    so (tests/unit/arch/test_markers.py checks it)."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 def _can_cgroup() -> bool:

@@ -7,7 +7,6 @@ The arithmetic serves the accounting formulas of the scheduler (R_total = Σ R_i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from elastin.model.units import format_cpu, format_size, parse_cpu, parse_size
 
@@ -56,21 +55,8 @@ class Resources:
             out.append("disk")
         return out
 
-    def is_zero(self) -> bool:
-        return self.cpu == 0 and self.memory == 0 and self.disk == 0
-
-    def to_dict(self) -> dict[str, int]:
-        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Resources:
-        return cls(int(d.get("cpu", 0)), int(d.get("memory", 0)), int(d.get("disk", 0)))
-
     def human(self) -> str:
         return (
             f"cpu {format_cpu(self.cpu)}, mem {format_size(self.memory)}, "
             f"disk {format_size(self.disk)}"
         )
-
-
-ZERO = Resources()

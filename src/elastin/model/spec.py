@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -24,12 +24,16 @@ from elastin.model.errors import SpecError, SpecIssue, UnitError
 from elastin.model.resources import Resources
 from elastin.model.units import parse_cpu, parse_size
 from elastin.model.workload import (
+    KINDS,
     Application,
     Constraint,
     Fault,
     HealthCheck,
+    LbPolicy,
     MeshPolicy,
     Port,
+    Protocol,
+    RestartMode,
     RestartPolicy,
     Workload,
 )
@@ -75,8 +79,10 @@ MESH_KEYS = (
     "access_log",
 )
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
-LB_POLICIES = ("round_robin", "least_request", "least_conn", "hash_header", "hash_cookie")
-RETRY_CONDITIONS = (
+# HAProxy's `retry-on` conditions the mesh offers (the renderer writes them as they are). The one
+# list: the mesh model (elastin.mesh.model.types) checks a cluster's retry policy against it.
+# Not offered: 0rtt-rejected (the mesh sends no TLS early data to endpoints: it cannot happen).
+RETRY_CONDITIONS: tuple[str, ...] = (
     "conn-failure",
     "empty-response",
     "response-timeout",
@@ -105,10 +111,11 @@ HEALTH_KEYS = (
 )
 PORT_KEYS = ("port", "protocol")
 CONSTRAINT_KEYS = ("attribute", "op", "value")
-KINDS = ("task", "container", "vm")
-RESTART_MODES = ("always", "on-failure", "never")
-PROTOCOLS = ("http", "http2", "grpc", "tcp")
-OPS = ("==", "!=", "in", "not_in")
+# the names a spec may choose from are those of the model's types (workload.py); KINDS too
+RESTART_MODES: tuple[str, ...] = get_args(RestartMode)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+OPS: tuple[str, ...] = get_args(get_type_hints(Constraint)["op"])
+LB_POLICIES: tuple[str, ...] = get_args(LbPolicy)
 
 MIN_MEMORY = 4 * 1024**2
 MAX_MEMORY = 64 * 1024**4
@@ -207,6 +214,38 @@ def _int(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int, hint: str = ""
         ctx.add(node, path, f"{v} is out of range", hint or f"use a number from {lo} to {hi}")
         return None
     return v
+
+
+def _one_of(
+    ctx: _Ctx, node: yaml.Node, path: str, choices: tuple[str, ...], what: str
+) -> str | None:
+    """The value of a scalar that must be one of ``choices`` (numbers compare as their text),
+    or None once an unknown one is reported with a did-you-mean and the choices."""
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    text = "" if value is None else str(value)
+    if text in choices:
+        return text
+    close = difflib.get_close_matches(text, choices, n=1) if text else []
+    hint = (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(choices)}"
+    if isinstance(node, yaml.ScalarNode):
+        ctx.add(node, path, f"unknown {what} {node.value!r}", hint)
+    else:
+        ctx.add(node, path, f"the {what} must be a name, not {_kind_of(node)}", hint)
+    return None
+
+
+def _name(ctx: _Ctx, node: yaml.Node, path: str, name: str, what: str, example: str) -> bool:
+    """Whether ``name`` is a valid name (of an application, workload or port); reported if not."""
+    if NAME_RE.match(name):
+        return True
+    ctx.add(
+        node,
+        path,
+        f"{name!r} is not a valid {what}",
+        "use lower-case letters, digits and - (at most 63), starting and ending with a letter "
+        f"or digit, e.g. {example}",
+    )
+    return False
 
 
 def parse_duration(value: object) -> float:
@@ -371,31 +410,14 @@ def _resources(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Resources | None,
 
 def _restart(ctx: _Ctx, node: yaml.Node, path: str, default: str) -> RestartPolicy | None:
     if isinstance(node, yaml.ScalarNode):
-        mode = _scalar(node)
-        if mode not in RESTART_MODES:
-            ctx.add(
-                node,
-                path,
-                f"unknown restart policy {node.value!r}",
-                f"use one of {', '.join(RESTART_MODES)}",
-            )
-            return None
-        return RestartPolicy(mode=mode)
+        mode = _one_of(ctx, node, path, RESTART_MODES, "restart policy")
+        return None if mode is None else RestartPolicy(mode=mode)  # type: ignore[arg-type]
     m = _mapping(ctx, node, path, RESTART_KEYS, "restart")
     if m is None:
         return None
     kw: dict[str, Any] = {"mode": default}
     if "policy" in m:
-        mode = _scalar(m["policy"][1]) if isinstance(m["policy"][1], yaml.ScalarNode) else None
-        if mode not in RESTART_MODES:
-            ctx.add(
-                m["policy"][1],
-                f"{path}.policy",
-                "unknown restart policy",
-                f"use one of {', '.join(RESTART_MODES)}",
-            )
-            return None
-        kw["mode"] = mode
+        kw["mode"] = _one_of(ctx, m["policy"][1], f"{path}.policy", RESTART_MODES, "restart policy")
     if "attempts" in m:
         kw["attempts"] = _int(
             ctx, m["attempts"][1], f"{path}.attempts", 0, 10_000, "0 (unlimited) up to 10000"
@@ -529,13 +551,7 @@ def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
     seen: dict[int, str] = {}
     for name, (knode, vnode) in m.items():
         ppath = f"{path}.{name}"
-        if not NAME_RE.match(name):
-            ctx.add(
-                knode,
-                ppath,
-                f"{name!r} is not a valid port name",
-                "use lower-case letters, digits and -, e.g. http",
-            )
+        if not _name(ctx, knode, ppath, name, "port name", "http"):
             continue
         proto = "http"
         pnode = vnode
@@ -544,15 +560,10 @@ def _ports(ctx: _Ctx, node: yaml.Node, path: str) -> list[Port] | None:
             if pm is None:
                 continue
             if "protocol" in pm:
-                proto = str(_scalar(pm["protocol"][1]))
-                if proto not in PROTOCOLS:
-                    ctx.add(
-                        pm["protocol"][1],
-                        f"{ppath}.protocol",
-                        f"unknown protocol {proto!r}",
-                        f"use one of {', '.join(PROTOCOLS)}",
-                    )
+                p = _one_of(ctx, pm["protocol"][1], f"{ppath}.protocol", PROTOCOLS, "protocol")
+                if p is None:
                     continue
+                proto = p
             pnode = pm["port"][1] if "port" in pm else None  # type: ignore[assignment]
         number = 0
         if pnode is not None and not (
@@ -583,16 +594,7 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
     kw: dict[str, Any] = {}
     ok = True
     if "lb" in m:
-        lb = _scalar(m["lb"][1]) if isinstance(m["lb"][1], yaml.ScalarNode) else None
-        if lb not in LB_POLICIES:
-            ctx.add(
-                m["lb"][1],
-                f"{path}.lb",
-                "unknown load-balancing policy",
-                f"use one of {', '.join(LB_POLICIES)}",
-            )
-            ok = False
-        kw["lb"] = lb
+        kw["lb"] = _one_of(ctx, m["lb"][1], f"{path}.lb", LB_POLICIES, "load-balancing policy")
     if "hash_key" in m:
         key = _str(ctx, m["hash_key"][1], f"{path}.hash_key")
         if key is not None and not HASH_KEY_RE.match(key):
@@ -625,17 +627,15 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
         if key in m:
             kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 0, hi)
     if "retry_on" in m:
-        conds = _str_list(ctx, m["retry_on"][1], f"{path}.retry_on")
-        bad = [c for c in conds or [] if c not in RETRY_CONDITIONS]
-        if bad:
-            ctx.add(
-                m["retry_on"][1],
-                f"{path}.retry_on",
-                f"unknown retry condition {bad[0]!r}",
-                f"use {', '.join(RETRY_CONDITIONS)}",
-            )
+        rnode = m["retry_on"][1]
+        items = rnode.value if isinstance(rnode, yaml.SequenceNode) else [rnode]
+        conds = [
+            _one_of(ctx, item, f"{path}.retry_on", RETRY_CONDITIONS, "retry condition")
+            for item in items
+        ]
+        if None in conds:
             ok = False
-        kw["retry_on"] = tuple(conds or ())
+        kw["retry_on"] = tuple(conds)
     if "fault" in m:
         kw["fault"] = _fault(ctx, m["fault"][1], f"{path}.fault")
     if "access_log" in m:
@@ -702,18 +702,8 @@ def _constraints(ctx: _Ctx, node: yaml.Node, path: str) -> list[Constraint] | No
             )
             continue
         attr = _str(ctx, m["attribute"][1], f"{cpath}.attribute")
-        op = (
-            str(_scalar(m["op"][1]))
-            if "op" in m and isinstance(m["op"][1], yaml.ScalarNode)
-            else "=="
-        )
-        if op not in OPS:
-            ctx.add(
-                m["op"][1],
-                f"{cpath}.op",
-                f"unknown operator {op!r}",
-                f"use one of {', '.join(OPS)}",
-            )
+        op = _one_of(ctx, m["op"][1], f"{cpath}.op", OPS, "operator") if "op" in m else "=="
+        if op is None:
             continue
         vnode = m["value"][1]
         value: str | tuple[str, ...]
@@ -737,14 +727,7 @@ def _workload(
 ) -> Workload | None:
     section = "services" if wtype == "service" else "jobs"
     path = f"{section}.{name}"
-    if not NAME_RE.match(name):
-        ctx.add(
-            knode,
-            path,
-            f"{name!r} is not a valid name",
-            "use lower-case letters, digits and - (at most 63), starting with a letter "
-            "or digit, e.g. web-api",
-        )
+    _name(ctx, knode, path, name, "name", "web-api")
     m = _mapping(
         ctx,
         node,
@@ -758,14 +741,7 @@ def _workload(
     kw: dict[str, Any] = {"name": name, "type": wtype}
     kind = "task"
     if "kind" in m:
-        kind = str(_scalar(m["kind"][1])) if isinstance(m["kind"][1], yaml.ScalarNode) else "?"
-        if kind not in KINDS:
-            ctx.add(
-                m["kind"][1],
-                f"{path}.kind",
-                f"unknown kind {kind!r}",
-                f"use one of {', '.join(KINDS)}",
-            )
+        kind = _one_of(ctx, m["kind"][1], f"{path}.kind", KINDS, "kind") or "?"
         kw["kind"] = kind
     if "image" in m:
         kw["image"] = _str(ctx, m["image"][1], f"{path}.image") or ""
@@ -953,13 +929,8 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
         ctx.add(root, "app", "the spec needs an application name", "add `app: my-app` at the top")
     else:
         name = _str(ctx, top["app"][1], "app") or ""
-        if name and not NAME_RE.match(name):
-            ctx.add(
-                top["app"][1],
-                "app",
-                f"{name!r} is not a valid application name",
-                "use lower-case letters, digits and - (at most 63), e.g. shop",
-            )
+        if name:
+            _name(ctx, top["app"][1], "app", name, "application name", "shop")
     workloads: list[Workload] = []
     names: dict[str, str] = {}
     declared: list[str] = []

@@ -1,8 +1,10 @@
 """The scheduler: pure functions from a cluster snapshot to a ``Plan``.
 
+Layer 2: it imports only ``elastin.model`` (not the store: the server hands it a snapshot).
 Nothing here does I/O, reads a clock or draws randomness other than from the seeded
-``random.Random`` passed in; the server's applier commits the plans (see DESIGN.md,
-"Deciding is separate from applying").
+``random.Random`` passed in. The server (``server.core``) commits a plan in one store
+transaction guarded by the revision it read, re-checking it with ``check_plan`` when the state
+moved in between (docs/scheduler.md: deciding is separate from applying).
 
 Modules:
     state       ``ClusterState``: the snapshot, with lazily built indexes

@@ -8,8 +8,7 @@ disk, so a new agent process can ``recover`` instances an old one started.
 Exceptions::
 
     DriverError            root; its message is shown to the user as the allocation's reason
-     ├── StartError        the instance could not be started (e.g. the OS error of exec)
-     └── NotSupported      the driver cannot run on this node
+     └── StartError        the instance could not be started (e.g. the OS error of exec)
 """
 
 from __future__ import annotations
@@ -27,10 +26,6 @@ class DriverError(Exception):
 
 class StartError(DriverError):
     """An instance could not be started; the message carries the OS error."""
-
-
-class NotSupported(DriverError):
-    """This driver is not available on this node."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from elastin.model.spec import RETRY_CONDITIONS
+
 # Fault is defined with the spec's mesh policy and used as it is on listeners
 from elastin.model.workload import Fault as Fault
 from elastin.model.workload import Protocol
@@ -23,17 +25,6 @@ LB_POLICIES: tuple[LbPolicy, ...] = (
     "hash_cookie",
 )
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,120}$")
-RETRY_CONDITIONS = (
-    "conn-failure",
-    "empty-response",
-    "response-timeout",
-    "junk-response",
-    "0rtt-rejected",
-    "500",
-    "502",
-    "503",
-    "504",
-)
 
 
 class MeshModelError(ValueError):

@@ -1,1 +1,0 @@
-"""Reserved for later issues (see docs/architecture.md)."""
