@@ -171,13 +171,15 @@ class Agent:
         seen: set[str] = set()  # apps whose service matched (the first port of each)
         targets: list[Target] = []
         for c in snap.clusters:
-            c_app, _, rest = c.name.partition(".")
-            c_service, _, c_port = rest.rpartition(".")
-            if c_service != service or (app is not None and c_app != app) or c_app in seen:
+            try:
+                name = c.service_port
+            except ValueError:
+                continue  # not a service port: nothing DNS can name
+            if name.service != service or (app is not None and name.app != app):
                 continue
-            if port is not None and c_port != port:
+            if name.app in seen or (port is not None and name.port != port):
                 continue
-            seen.add(c_app)
+            seen.add(name.app)
             targets += [Target(e.address, e.port, e.node) for e in c.endpoints if e.ready]
         return targets if seen else None
 
