@@ -188,12 +188,14 @@ async def test_mesh_stream_pushes_each_version_as_the_model_encodes_it(cluster: 
 
 
 async def test_a_silent_node_is_marked_down_and_its_mesh_counters_dropped() -> None:
-    from elastin.mesh.haproxy.stats import ClusterStats
+    from elastin.mesh.model.traffic import ClusterStats
 
     now = [1000.0]
     c = Cluster(MemoryStore(), clock=lambda: now[0], seed=1)
     await c.register_node(node())
-    await c.heartbeat("n1", {}, None, {"shop.web.http": ClusterStats("shop.web.http", "http", 7)})
+    await c.heartbeat(
+        "n1", {}, None, {"shop.web.http": ClusterStats("shop", "web", "http", "http", 7)}
+    )
     assert c.mesh_traffic()[0]["requests"] == 7
     now[0] += 31  # past the heartbeat TTL
     await c.check_nodes()
