@@ -4,8 +4,8 @@ The one place that parses ``show stat``'s CSV. The agent asks its proxy for it a
 ``parse_stats`` turns it into one ``mesh.model.traffic.ClusterStats`` per mesh cluster: a
 backend ``c_<app>.<service>.<port>`` (``render.py`` names them so) becomes the service port
 ``ClusterName(app, service, port)``, each of its servers ``e_<endpoint id>`` an
-``EndpointStats``; other proxies (listeners, stats) are ignored. ``in_flight`` answers the
-drain's question from the servers-only form (``show stat -1 4 -1``).
+``EndpointStats``; other proxies (listeners, stats) are ignored. ``allocation_in_flight``
+answers the drain's question from the servers-only form (``show stat -1 4 -1``).
 
 Only the agent imports this module: the client, the server and the CLI know the traffic
 model, not HAProxy.
@@ -90,7 +90,7 @@ def parse_stats(text: str) -> dict[str, ClusterStats]:
     return out
 
 
-def in_flight(text: str, allocation: str) -> int:
+def allocation_in_flight(text: str, allocation: str) -> int:
     """Requests or connections in flight on the endpoints of ``allocation`` (ids
     ``<allocation>-<port>``) in every mesh cluster of ``show stat`` (servers suffice)."""
     prefix = f"{SERVER_PREFIX}{allocation}-"
@@ -101,7 +101,13 @@ def in_flight(text: str, allocation: str) -> int:
 # server/core.py and server/api.py still import ``ClusterStats`` and ``prometheus_lines``
 # from here; once they import ``ClusterStats`` from ``mesh.model.traffic`` and ``/v1/metrics``
 # is ``server.metrics.render_metrics``, delete this block and the re-export in ``__all__``.
-__all__ = ["ClusterStats", "EndpointStats", "in_flight", "parse_stats", "prometheus_lines"]
+__all__ = [
+    "ClusterStats",
+    "EndpointStats",
+    "allocation_in_flight",
+    "parse_stats",
+    "prometheus_lines",
+]
 
 
 def prometheus_lines(
