@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from elastin.mesh.haproxy.process import haproxy_binary
 from elastin.sdk import EngineError, MeshClient
@@ -46,6 +46,15 @@ API = (
     "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
     ".serve_forever()\n"
 )
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}, as Prometheus reads it."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def dns_query(name: str, qtype: int) -> bytes:
@@ -100,11 +109,12 @@ def test_upstream_through_haproxy(harness: Any) -> None:
     agent_metrics = f"http://{dict(node['attributes'])['agent.metrics']}/metrics"
     with urllib.request.urlopen(agent_metrics, timeout=5) as r:
         text = r.read().decode()
-    assert 'elastin_mesh_requests_total{app="m",service="api",port="http"}' in text, text
-    assert "elastin_agent_mesh_up 1" in text
-    exporter = re.search(r"^elastin_agent_mesh_exporter_port (\d+)$", text, re.M)
-    assert exporter, text
-    with urllib.request.urlopen(f"http://127.0.0.1:{exporter[1]}/metrics", timeout=5) as r:
+    found = metric_samples(text)
+    api_port = (("app", "m"), ("port", "http"), ("service", "api"))
+    assert ("elastin_mesh_requests_total", api_port) in found, text
+    assert found[("elastin_agent_mesh_up", ())] == 1, text
+    exporter = int(found[("elastin_agent_mesh_exporter_port", ())])
+    with urllib.request.urlopen(f"http://127.0.0.1:{exporter}/metrics", timeout=5) as r:
         assert 'proxy="c_m.api.http"' in r.read().decode()  # HAProxy's own exporter
     traffic = h.wait_for(
         lambda: [
@@ -130,7 +140,15 @@ def test_upstream_through_haproxy(harness: Any) -> None:
     assert reply[3] & 0xF == 0 and struct.unpack("!H", reply[6:8])[0] == 1  # one SRV record
     assert struct.pack("!H", dict(api[0].ports)["http"]) in reply
     server_metrics = h.client.metrics()
-    assert 'elastin_mesh_requests_total{app="m",service="api",port="http",node=' in server_metrics
+    assert any(
+        name == "elastin_mesh_requests_total" and dict(labels).get("service") == "api"
+        for name, labels in metric_samples(server_metrics)
+    ), server_metrics
+    assert all(
+        "node" in dict(labels)
+        for name, labels in metric_samples(server_metrics)
+        if name.startswith("elastin_mesh_")
+    )
     pid_file = Path(h.data_dir) / "mesh" / "haproxy.pid"
     master = int(pid_file.read_text().split()[0])
     # two more replicas: endpoint churn, served without a reload

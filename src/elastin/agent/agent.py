@@ -24,13 +24,12 @@ from typing import Any
 
 from elastin.agent.drivers.base import Driver
 from elastin.agent.mesh import MeshManager
-from elastin.agent.metrics import MetricsServer
+from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
 from elastin.agent.runner import AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
 from elastin.mesh.dns import DnsServer, Target
-from elastin.mesh.haproxy.stats import prometheus_lines
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
@@ -157,7 +156,7 @@ class Agent:
         self.mesh: MeshManager | None = None
         self.metrics: MetricsServer | None = None
         if cfg.metrics_port is not None:
-            self.metrics = MetricsServer(self.metrics_text, port=cfg.metrics_port)
+            self.metrics = MetricsServer(self.metrics_view, port=cfg.metrics_port)
         self.dns: DnsServer | None = None
         if cfg.dns_port is not None:
             self.dns = DnsServer(self.dns_lookup, port=cfg.dns_port)
@@ -171,56 +170,41 @@ class Agent:
         seen: set[str] = set()  # apps whose service matched (the first port of each)
         targets: list[Target] = []
         for c in snap.clusters:
-            c_app, _, rest = c.name.partition(".")
-            c_service, _, c_port = rest.rpartition(".")
-            if c_service != service or (app is not None and c_app != app) or c_app in seen:
+            try:
+                name = c.service_port
+            except ValueError:
+                continue  # not a service port: nothing DNS can name
+            if name.service != service or (app is not None and name.app != app):
                 continue
-            if port is not None and c_port != port:
+            if name.app in seen or (port is not None and name.port != port):
                 continue
-            seen.add(c_app)
+            seen.add(name.app)
             targets += [Target(e.address, e.port, e.node) for e in c.endpoints if e.ready]
         return targets if seen else None
 
-    def metrics_text(self) -> str:
-        """The agent's ``/metrics``: its instances, its proxy, and the mesh's traffic per
-        service as this node's proxy sees it (labelled app, service, port)."""
+    def metrics_view(self) -> AgentView:
+        """What the agent's ``/metrics`` reports now: its instances, its proxy, and the mesh's
+        traffic per service as this node's proxy sees it. Called in the metrics server's
+        thread (reads only; asking the proxy for its counters does not block the loop)."""
+        runners = list(self.runners.values())
         counts: dict[str, int] = {}
-        for r in self.runners.values():
+        for r in runners:
             counts[r.state.status] = counts.get(r.state.status, 0) + 1
-        lines = [
-            "# HELP elastin_agent_instances Instances this agent runs, by status.",
-            "# TYPE elastin_agent_instances gauge",
-            *(f'elastin_agent_instances{{status="{k}"}} {v}' for k, v in sorted(counts.items())),
-            "# HELP elastin_agent_restarts_total Restarts of this agent's instances.",
-            "# TYPE elastin_agent_restarts_total counter",
-            f"elastin_agent_restarts_total {sum(r.state.restarts for r in self.runners.values())}",
-        ]
+        restarts = sum(r.state.restarts for r in runners)
         m = self.mesh
         if m is None or m.proxy is None:
-            return "\n".join(lines) + "\n"
-        proxy_up = int(m.proxy.alive())
-        lines += [
-            "# HELP elastin_agent_mesh_up Whether this node's HAProxy runs.",
-            "# TYPE elastin_agent_mesh_up gauge",
-            f"elastin_agent_mesh_up {proxy_up}",
-            "# HELP elastin_agent_mesh_version The mesh snapshot version the proxy serves.",
-            "# TYPE elastin_agent_mesh_version gauge",
-            f"elastin_agent_mesh_version {m.current.version if m.current else 0}",
-            "# HELP elastin_agent_mesh_reloads_total Hitless reloads (structural changes).",
-            "# TYPE elastin_agent_mesh_reloads_total counter",
-            f"elastin_agent_mesh_reloads_total {m.proxy.reloads}",
-            "# HELP elastin_agent_mesh_starts_total Proxy starts (first, and after it died).",
-            "# TYPE elastin_agent_mesh_starts_total counter",
-            f"elastin_agent_mesh_starts_total {m.proxy.starts}",
-            "# HELP elastin_agent_mesh_runtime_commands_total Runtime API commands (no reload).",
-            "# TYPE elastin_agent_mesh_runtime_commands_total counter",
-            f"elastin_agent_mesh_runtime_commands_total {m.runtime_commands}",
-            "# HELP elastin_agent_mesh_exporter_port HAProxy's own Prometheus exporter port.",
-            "# TYPE elastin_agent_mesh_exporter_port gauge",
-            f"elastin_agent_mesh_exporter_port {m.exporter_port}",
-        ]
-        lines += prometheus_lines([(m.stats(), {})])
-        return "\n".join(lines) + "\n"
+            return AgentView(counts, restarts)
+        current = m.current
+        proxy = ProxyView(
+            up=m.proxy.alive(),
+            version=current.version if current else 0,
+            reloads=m.proxy.reloads,
+            starts=m.proxy.starts,
+            runtime_commands=m.runtime_commands,
+            exporter_port=m.exporter_port,
+            traffic=m.stats(),
+        )
+        return AgentView(counts, restarts, proxy)
 
     def _node_id(self) -> str:
         path = self.cfg.data_dir / "agent" / "node-id"

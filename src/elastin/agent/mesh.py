@@ -36,8 +36,9 @@ from elastin.mesh.haproxy.accesslog import AccessLogCollector
 from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
 from elastin.mesh.haproxy.render import render
 from elastin.mesh.haproxy.runtime import runtime_commands
-from elastin.mesh.haproxy.stats import ClusterStats, parse_stats
+from elastin.mesh.haproxy.stats import parse_stats
 from elastin.mesh.model import MeshSnapshot, diff
+from elastin.mesh.model.traffic import ClusterStats
 
 log = logging.getLogger("elastin.agent.mesh")
 

@@ -1,70 +1,174 @@
-"""The agent's own ``/metrics`` endpoint (Prometheus text format, plain HTTP on loopback).
+"""The agent's own ``/metrics`` endpoint, served by ``prometheus_client`` on loopback.
 
-A deliberately small HTTP/1.1 server on asyncio streams: ``GET /metrics`` answers with the
-text the agent renders at that moment, anything else with 404; every connection is closed
-after one answer. The agent publishes where it listens as its node's ``agent.metrics``
-attribute. What it exports is listed in ``docs/mesh.md`` ("Metrics").
+``agent_families`` is pure: an ``AgentView`` (what the agent runs, and what its node's proxy
+did and counted) in, Prometheus metric families out. ``MetricsServer`` is the thin I/O
+around it: a private ``CollectorRegistry`` whose one collector asks the agent for a fresh
+view on every scrape, served by ``prometheus_client.start_http_server`` (a thread of its
+own; the view is read there, so that asking the proxy for its counters never blocks the
+agent's event loop). The agent publishes where it listens as its node's ``agent.metrics``
+attribute. What it exports is listed in ``docs/mesh.md`` ("Metrics"): ``elastin_agent_*``
+here and the mesh's traffic per service port (``elastin_mesh_*``, ``mesh.model.traffic``)
+labelled app, service and port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
-log = logging.getLogger("elastin.agent.metrics")
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from elastin.mesh.model.traffic import ClusterStats, MetricKind, traffic_samples
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """This node's HAProxy as the agent's mesh manager knows it."""
+
+    up: bool
+    version: int  # the mesh snapshot version it serves (0: none yet)
+    reloads: int
+    starts: int
+    runtime_commands: int
+    exporter_port: int  # HAProxy's own Prometheus exporter
+    traffic: Mapping[str, ClusterStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What ``/metrics`` reports at one moment."""
+
+    instances: Mapping[str, int]  # instances this agent runs, by status
+    restarts: int
+    proxy: ProxyView | None = None  # None: no mesh on this node
+
+
+def family(
+    name: str,
+    help_: str,
+    kind: MetricKind,
+    samples: Iterable[tuple[Mapping[str, str], float]] = (),
+    labels: Sequence[str] = (),
+) -> Metric:
+    """A metric family; every sample has exactly the label names ``labels``."""
+    fam = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+        name, help_, labels=labels
+    )
+    for values, value in samples:
+        fam.add_metric([values[k] for k in labels], value)
+    return fam
+
+
+def _single(name: str, help_: str, kind: MetricKind, value: float) -> Metric:
+    return family(name, help_, kind, [({}, value)])
+
+
+def agent_families(view: AgentView) -> list[Metric]:
+    out = [
+        family(
+            "elastin_agent_instances",
+            "Instances this agent runs, by status.",
+            "gauge",
+            (({"status": s}, n) for s, n in sorted(view.instances.items())),
+            labels=("status",),
+        ),
+        _single(
+            "elastin_agent_restarts_total",
+            "Restarts of this agent's instances.",
+            "counter",
+            view.restarts,
+        ),
+    ]
+    p = view.proxy
+    if p is None:
+        return out
+    out += [
+        _single("elastin_agent_mesh_up", "Whether this node's HAProxy runs.", "gauge", float(p.up)),
+        _single(
+            "elastin_agent_mesh_version",
+            "The mesh snapshot version the proxy serves.",
+            "gauge",
+            p.version,
+        ),
+        _single(
+            "elastin_agent_mesh_reloads_total",
+            "Hitless reloads (structural changes).",
+            "counter",
+            p.reloads,
+        ),
+        _single(
+            "elastin_agent_mesh_starts_total",
+            "Proxy starts (first, and after it died).",
+            "counter",
+            p.starts,
+        ),
+        _single(
+            "elastin_agent_mesh_runtime_commands_total",
+            "Runtime API commands (no reload).",
+            "counter",
+            p.runtime_commands,
+        ),
+        _single(
+            "elastin_agent_mesh_exporter_port",
+            "HAProxy's own Prometheus exporter port.",
+            "gauge",
+            p.exporter_port,
+        ),
+    ]
+    for metric, samples in traffic_samples([(p.traffic, {})]):
+        out.append(
+            family(metric.name, metric.help, metric.kind, samples, ("app", "service", "port"))
+        )
+    return out
+
+
+class _AgentCollector(Collector):
+    def __init__(self, view: Callable[[], AgentView]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        yield from agent_families(self.view())
 
 
 class MetricsServer:
-    def __init__(self, render: Callable[[], str], host: str = "127.0.0.1", port: int = 0):
-        self.render = render
+    """``GET /metrics`` (any path but ``/favicon.ico``, as prometheus_client serves it) on
+    ``host:port``; ``view`` is called in the server's thread on every scrape."""
+
+    def __init__(
+        self, view: Callable[[], AgentView], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.host = host
         self.want_port = port
-        self._server: asyncio.Server | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_AgentCollector(view))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         assert self._server is not None, "start() first"
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._server.server_port)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.want_port)
+        self._server, self._thread = start_http_server(
+            self.want_port, addr=self.host, registry=self.registry
+        )
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10):
-                request = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # headers: none matter here
-                parts = request.decode("latin-1").split()
-                if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and parts[1] == "/metrics":
-                    status, ctype, body = "200 OK", CONTENT_TYPE, self.render().encode()
-                else:
-                    status, ctype, body = "404 Not Found", "text/plain", b"try GET /metrics\n"
-                head = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(head.encode() + (b"" if parts[:1] == ["HEAD"] else body))
-                await writer.drain()
-        except (TimeoutError, OSError, UnicodeError):
-            pass
-        except Exception:  # a bug in rendering must not end the agent
-            log.exception("cannot answer /metrics")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        # shutdown() waits for serve_forever's loop (polls every 0.5 s): not on the loop
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        await asyncio.to_thread(thread.join, 5.0)
+        self._thread = None

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 
 from elastin.client.errors import ApiError, ServerUnavailable
-from elastin.mesh.haproxy.stats import ClusterStats
 from elastin.mesh.model import MeshSnapshot
 from elastin.mesh.model.build import localize
+from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from elastin.clock import SYSTEM, Clock
-from elastin.mesh.haproxy.stats import ClusterStats
+from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.server.errors import NotFound
 from elastin.server.repo import Repo

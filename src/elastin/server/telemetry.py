@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from elastin.mesh.haproxy.stats import ClusterStats
+from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Usage
 
 TRAFFIC_COUNTERS = (

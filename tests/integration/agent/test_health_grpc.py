@@ -1,4 +1,5 @@
-"""The gRPC health check against a real grpcio server implementing grpc.health.v1."""
+"""The gRPC health check against a real grpcio server implementing grpc.health.v1 (the
+reference servicer of grpcio-health-checking), and against servers that answer otherwise."""
 
 from __future__ import annotations
 
@@ -8,69 +9,62 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
-from elastin.agent.health import (
-    HEALTH_METHOD,
-    decode_health_status,
-    encode_health_request,
-    grpc_health,
-    probe,
-)
+from elastin.agent.health import grpc_health, probe
 from elastin.model.workload import HealthCheck
 
 pytestmark = pytest.mark.integration
 
-# what the server answers per service name: 1 SERVING, 2 NOT_SERVING
-STATUS = {"": 1, "shop.Catalog": 1, "shop.Broken": 2}
-
-
-def _decode_request(data: bytes) -> str:
-    # field 1 (service), length-delimited; a one-byte length is enough for these names
-    return data[2 : 2 + data[1]].decode() if data else ""
-
-
-async def _check(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    service = _decode_request(request)
-    if service not in STATUS:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service}")
-    return b"\x08" + bytes([STATUS[service]])
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @contextlib.asynccontextmanager
-async def grpc_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[int]:
+async def grpc_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[grpc.aio.Server]:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(handlers)
+    yield server
+    await server.stop(0)
+
+
+async def start(server: grpc.aio.Server) -> int:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(0)
+    return port
 
 
 @pytest.fixture
 async def health_server() -> AsyncIterator[int]:
-    handler = grpc.method_handlers_generic_handler(
-        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(_check)}
-    )
-    async with grpc_server(handler) as port:
-        yield port
+    """The whole server SERVING, shop.Catalog SERVING, shop.Broken NOT_SERVING."""
+    health = health_aio.HealthServicer()
+    await health.set("shop.Catalog", SERVING)
+    await health.set("shop.Broken", NOT_SERVING)
+    async with grpc_server() as server:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        yield await start(server)
 
 
 @pytest.fixture
 async def plain_server() -> AsyncIterator[int]:
     """A gRPC server without the health service."""
-    async with grpc_server() as port:
-        yield port
+    async with grpc_server() as server:
+        yield await start(server)
 
 
-def test_codec_matches_protobuf_encoding() -> None:
-    assert HEALTH_METHOD == "/grpc.health.v1.Health/Check"
-    assert encode_health_request("") == b""
-    assert encode_health_request("a.B") == b"\x0a\x03a.B"
-    assert decode_health_status(b"\x08\x01") == 1
-    assert decode_health_status(b"") == 0
-    assert decode_health_status(b"\x12\x02hi\x08\x02") == 2  # unknown field skipped
+@pytest.fixture
+async def odd_server() -> AsyncIterator[int]:
+    """Answers every check with a status value the protocol does not define (7)."""
+
+    async def check(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b"\x08\x07"
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}
+    )
+    async with grpc_server(handler) as server:
+        yield await start(server)
 
 
 async def test_serving_and_not_serving(health_server: int) -> None:
@@ -85,6 +79,13 @@ async def test_serving_and_not_serving(health_server: int) -> None:
 async def test_a_server_without_the_health_service(plain_server: int) -> None:
     ok, why = await grpc_health("127.0.0.1", plain_server, "", 2.0)
     assert not ok and "does not implement grpc.health.v1" in why
+
+
+async def test_a_status_outside_the_protocol_is_unhealthy(odd_server: int) -> None:
+    assert await grpc_health("127.0.0.1", odd_server, "", 2.0) == (
+        False,
+        "gRPC health of the server: 7",
+    )
 
 
 async def test_probe_with_a_check_from_the_spec(health_server: int) -> None:

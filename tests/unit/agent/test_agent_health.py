@@ -23,8 +23,12 @@ def test_thresholds_and_grace() -> None:
 
 
 async def test_probes_against_real_sockets() -> None:
+    seen: list[bytes] = []
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         line = await reader.readline()
+        if line:
+            seen.append(line + await reader.readuntil(b"\r\n\r\n"))
         status = "200 OK" if b" /ok " in line else "500 Oops"
         writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n".encode())
         await writer.drain()
@@ -39,6 +43,7 @@ async def test_probes_against_real_sockets() -> None:
         assert not ok and "500" in err
         ok, _ = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, {}, "")
         assert ok
+        assert seen and all(b"user-agent: elastin-health" in h.lower() for h in seen)
     finally:
         server.close()
         await server.wait_closed()
@@ -52,3 +57,53 @@ async def test_probes_against_real_sockets() -> None:
         HealthCheck(type="exec", command=("sleep", "5"), timeout=0.2), "", None, {}, ""
     )
     assert not ok and "0.2" in err
+
+
+async def test_http_probe_semantics_against_a_real_server() -> None:
+    """2xx and 3xx are healthy (a redirect is not followed), the rest is not; an answer
+    that is not HTTP, a refused connection and a silent server say so."""
+    answers = {
+        b"/ok": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"/moved": b"HTTP/1.1 302 Found\r\nLocation: /nowhere\r\nContent-Length: 0\r\n\r\n",
+        b"/missing": b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        b"/junk": b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"/stream": b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\npartial",
+    }
+
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        if path == b"/silent":
+            await done.wait()
+        writer.write(answers.get(path, b""))
+        await writer.drain()
+        if path == b"/stream":
+            await done.wait()  # the body never ends: the probe must not wait for it
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def check(path: str, timeout: float = 2.0) -> tuple[bool, str]:
+        return await probe(
+            HealthCheck(type="http", path=path, timeout=timeout), "127.0.0.1", port, {}, ""
+        )
+
+    try:
+        assert await check("/ok") == (True, "")
+        assert await check("/moved") == (True, "")
+        assert await check("/stream") == (True, "")
+        assert await check("/missing") == (False, "HTTP 404 from /missing")
+        assert await check("/junk") == (False, "not an HTTP response")
+        assert await check("/silent", timeout=0.3) == (False, "no answer within 0.3s")
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+    ok, err = await check("/ok")
+    _, tcp_err = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, {}, "")
+    assert not ok and err and err == tcp_err  # the socket's error, as a tcp check says it
+    ok, err = await probe(HealthCheck(type="http"), "127.0.0.1", None, {}, "")
+    assert (ok, err) == (False, "no port to check")

@@ -44,8 +44,8 @@ def test_the_source_keeps_every_contract() -> None:
 WRONG_IMPORTS = [
     ("model/units.py", "elastin.server", "Layers: model < pure logic, client"),
     ("scheduler/core.py", "elastin.store", "Layers: model < pure logic, client"),
-    ("server/core.py", "elastin.mesh.haproxy.render", "HAProxy-specific code is imported only"),
-    ("mesh/haproxy/render.py", "elastin.server.core", "mesh's running parts never import the se"),
+    ("server/apps.py", "elastin.mesh.haproxy.render", "HAProxy-specific code is imported only"),
+    ("mesh/haproxy/render.py", "elastin.server.apps", "mesh's running parts never import the se"),
     ("server/app.py", "elastin.agent.runner", "The server never imports the agent"),
     ("client/http.py", "elastin.store.base", "The client is a thin HTTP client"),
     ("agent/mesh.py", "elastin.agent.drivers.base", "The agent's mesh manager does not import"),

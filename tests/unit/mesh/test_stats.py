@@ -1,9 +1,12 @@
-"""HAProxy ``show stat`` read back into Elastin's names, and its Prometheus text (pure)."""
+"""HAProxy ``show stat`` read into the mesh's traffic model, and what is exported of it
+(pure)."""
 
 from __future__ import annotations
 
 from elastin.cli.render import TrafficRates
-from elastin.mesh.haproxy.stats import parse_stats, prometheus_lines
+from elastin.mesh.haproxy.stats import allocation_in_flight, parse_stats
+from elastin.mesh.model.names import ClusterName
+from elastin.mesh.model.traffic import TRAFFIC_METRICS, traffic_samples
 
 HEADER = (
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,"
@@ -45,7 +48,9 @@ TEXT = "\n".join(
             scur=2,
             rtime=7,
         ),
+        row("c_shop.db.pg", "e_a1-pg", status="UP", scur=3, stot=12),
         row("c_shop.db.pg", "BACKEND", status="UP", mode="tcp", stot=12),
+        row("c_not-a-cluster", "BACKEND", status="UP", mode="http", req_tot=5),  # ignored
         "",
     ]
 )
@@ -62,19 +67,33 @@ def test_parse_stats_per_cluster_with_endpoints() -> None:
         ("a1-http", "UP", 2, 60),
         ("a2-http", "MAINT", 0, 40),
     ]
+    assert api.name == ClusterName("shop", "api", "http")
+    assert (api.app, api.service, api.port) == ("shop", "api", "http")
     assert api.labels == {"app": "shop", "service": "api", "port": "http"}
+    assert api.endpoints_up == 1
     assert stats["shop.db.pg"].requests == 12  # tcp: connections
     assert parse_stats("") == {} and parse_stats("garbage") == {}
 
 
-def test_prometheus_text_has_one_help_per_metric_and_elastin_labels() -> None:
+def test_in_flight_sums_the_endpoints_of_one_allocation() -> None:
+    assert allocation_in_flight(TEXT, "a1") == 5  # a1-http (2) and a1-pg (3)
+    assert allocation_in_flight(TEXT, "a2") == 0 and allocation_in_flight(TEXT, "a") == 0
+    servers_only = "\n".join(line for line in TEXT.splitlines() if "BACKEND" not in line)
+    assert allocation_in_flight(servers_only, "a1") == 5
+    assert allocation_in_flight("", "a1") == 0
+
+
+def test_traffic_samples_one_entry_per_metric_labelled_with_elastin_names() -> None:
     stats = parse_stats(TEXT)
-    lines = prometheus_lines([(stats, {"node": "n1"}), (stats, {"node": "n2"})])
-    assert lines.count("# TYPE elastin_mesh_requests_total counter") == 1
-    assert 'elastin_mesh_requests_total{app="shop",service="api",port="http",node="n2"} 100' in (
-        lines
-    )
-    assert 'elastin_mesh_endpoints_up{app="shop",service="api",port="http",node="n1"} 1' in lines
+    out = dict((m.name, samples) for m, samples in traffic_samples([(stats, {"node": "n1"})]))
+    assert list(out) == [m.name for m in TRAFFIC_METRICS]
+    assert out["elastin_mesh_requests_total"] == [
+        ({"app": "shop", "service": "api", "port": "http", "node": "n1"}, 100.0),
+        ({"app": "shop", "service": "db", "port": "pg", "node": "n1"}, 12.0),
+    ]
+    assert out["elastin_mesh_errors_total"][0][1] == 4.0
+    assert out["elastin_mesh_endpoints_up"][0][1] == 1.0
+    assert all(samples == [] for _, samples in traffic_samples([]))
 
 
 def test_traffic_rates_between_changed_samples() -> None:

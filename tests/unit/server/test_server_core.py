@@ -198,12 +198,12 @@ async def test_mesh_stream_pushes_each_version_as_the_model_encodes_it(cluster: 
 
 
 async def test_a_silent_node_is_marked_down_and_its_mesh_counters_dropped() -> None:
-    from elastin.mesh.haproxy.stats import ClusterStats
+    from elastin.mesh.model.traffic import ClusterStats
 
     clock = FakeClock()
     c = await Cluster.open(MemoryStore(), clock=clock, seed=1)
     await c.nodes.register(node())
-    stats = {"shop.web.http": ClusterStats("shop.web.http", "http", 7)}
+    stats = {"shop.web.http": ClusterStats("shop", "web", "http", "http", 7)}
     await c.nodes.heartbeat("n1", {}, None, stats)
     assert c.telemetry.traffic()[0]["requests"] == 7
     clock.advance(29)

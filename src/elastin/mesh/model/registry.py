@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from elastin.mesh.model.names import ClusterName
 from elastin.model.cluster import Allocation
 from elastin.model.workload import Application, Protocol
 
@@ -64,7 +65,8 @@ class ServiceEntry:
 
 
 def cluster_name(app: str, service: str, port: str) -> str:
-    return f"{app}.{service}.{port}"
+    """The mesh cluster of a service port (``ClusterName``'s one textual form)."""
+    return str(ClusterName(app, service, port))
 
 
 def is_endpoint(a: Allocation) -> bool:

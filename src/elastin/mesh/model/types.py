@@ -1,6 +1,7 @@
 """Types of the mesh model (see the package docstring). Frozen, validated on construction.
 
-Names: a cluster is ``<app>.<service>.<port>``; an endpoint id is ``<alloc id>-<port>``;
+Names: a cluster is ``<app>.<service>.<port>`` (``names.ClusterName``, its one
+textual form and parser); an endpoint id is ``<alloc id>-<port>``;
 both are limited to ``[A-Za-z0-9._-]`` so that every renderer can use them as identifiers.
 """
 
@@ -10,9 +11,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from elastin.model.spec import RETRY_CONDITIONS
-
 # Fault is defined with the spec's mesh policy and used as it is on listeners
+from elastin.mesh.model.names import ClusterName
+from elastin.model.spec import RETRY_CONDITIONS
 from elastin.model.workload import Fault as Fault
 from elastin.model.workload import Protocol
 
@@ -115,6 +116,12 @@ class Cluster:
         ids = [e.id for e in self.endpoints]
         if len(ids) != len(set(ids)):
             raise MeshModelError(f"cluster {self.name}: endpoint ids repeat")
+
+    @property
+    def service_port(self) -> ClusterName:
+        """The service port this cluster is (its name, parsed); ValueError for a cluster not
+        named ``<app>.<service>.<port>``."""
+        return ClusterName.parse(self.name)
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         for e in self.endpoints:

@@ -15,8 +15,8 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, create_model
 
-from elastin.mesh.haproxy.stats import ClusterStats
 from elastin.mesh.model.registry import ServiceEntry
+from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, AllocStatus, Node, Usage
 from elastin.model.resources import Resources
 from elastin.model.settled import WorkloadProgress

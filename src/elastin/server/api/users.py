@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from elastin import __version__
-from elastin.mesh.haproxy.stats import prometheus_lines
 from elastin.mesh.model.registry import find_service
-from elastin.model.cluster import Allocation, Event, Usage
+from elastin.model.cluster import Allocation, Event
 from elastin.model.codec import to_data
 from elastin.scheduler.accounting import ResourceReport
 from elastin.server.api.models import (
@@ -38,6 +37,7 @@ from elastin.server.api.models import (
 )
 from elastin.server.cluster import Cluster
 from elastin.server.errors import Invalid, NotFound
+from elastin.server.metrics import CONTENT_TYPE, render_metrics
 from elastin.server.repo import AppRecord
 from elastin.server.views import AllocFilter
 from elastin.store.base import CompactedError
@@ -223,42 +223,14 @@ def user_routes(cluster: Cluster, data_dir: Path) -> APIRouter:
 
     @r.get(
         "/v1/metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
     )
-    async def metrics() -> str:
+    async def metrics() -> Response:
         allocs, rev = await views.live_allocations()
-        usage = cluster.telemetry.usage()
-        lines = [
-            "# HELP elastin_store_revision Current revision of the state store.",
-            "# TYPE elastin_store_revision gauge",
-            f"elastin_store_revision {rev}",
-            "# HELP elastin_allocations Allocations by status.",
-            "# TYPE elastin_allocations gauge",
-        ]
-        counts: dict[str, int] = {}
-        for a in allocs:
-            counts[a.status] = counts.get(a.status, 0) + 1
-        lines += [f'elastin_allocations{{status="{s}"}} {n}' for s, n in sorted(counts.items())]
-        gauges: tuple[tuple[str, str, Callable[[Usage], str]], ...] = (
-            ("cpu_millicores", "Measured cpu use.", lambda u: f"{u.cpu:.1f}"),
-            ("memory_bytes", "Measured memory use (working set).", lambda u: str(u.memory)),
-        )
-        for name, help_, value in gauges:
-            lines += [
-                f"# HELP elastin_allocation_{name} {help_}",
-                f"# TYPE elastin_allocation_{name} gauge",
-            ]
-            for a in allocs:
-                u = usage.get(a.id)
-                if u and not a.terminal:
-                    lines.append(
-                        f'elastin_allocation_{name}{{app="{a.app}",workload="{a.workload}",'
-                        f'index="{a.index}"}} {value(u)}'
-                    )
-        mesh = cluster.telemetry.mesh()
-        lines += prometheus_lines([(stats, {"node": n}) for n, stats in sorted(mesh.items())])
-        return "\n".join(lines) + "\n"
+        t = cluster.telemetry
+        body = render_metrics(rev, allocs, t.usage(), t.mesh())
+        return Response(body, media_type=CONTENT_TYPE)
 
     return r
 
