@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
@@ -36,53 +36,40 @@ from elastin.cli.common import (
 from elastin.client.discovery import default_data_dir, running_server
 from elastin.client.errors import ClientError
 from elastin.client.http import Client
+from elastin.client.local import start_daemon
 from elastin.model.spec import load_spec
 
-
-def settle_state(services: list[dict[str, Any]], app: str) -> tuple[bool, bool, str]:
-    """(settled, failed, summary) for an application's services and jobs."""
-    mine = [s for s in services if s["app"] == app]
-    parts, settled, failed = [], True, False
-    for s in mine:
-        if s["type"] == "job":
-            done = s["complete"] >= (s["completions"] or 0)
-            parts.append(f"{s['name']} {s['complete']}/{s['completions']} done")
-            settled &= done or s["failed"] > 0
-            failed |= s["failed"] > 0 and not done and s["running"] + s["pending"] == 0
-        else:
-            parts.append(f"{s['name']} {s['running']}/{s['desired']}")
-            settled &= s["running"] >= s["desired"]
-            failed |= s["failed"] > 0
-    return settled, failed, ", ".join(parts)
+SETTLE_WAIT = 2.0  # longest blocking query while waiting: how soon a Ctrl-C is noticed
 
 
 def wait_settled(
-    c: Client, app: str, timeout: float, show: bool = True, cancel: threading.Event | None = None
+    c: Client,
+    app: str,
+    timeout: float,
+    show: bool = True,
+    cancel: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> bool:
-    deadline = time.monotonic() + timeout
+    """Whether ``app`` settled (``elastin.model.settled``) within ``timeout`` s: False as soon
+    as it failed, or when the time ran out or ``cancel`` was set. Waits on the server's
+    blocking query (``Client.settlement``); shows each new progress summary."""
+    deadline = clock() + timeout
+    index, last = 0, ""
     with console.status("starting…", spinner="dots") if show else nullcontext():
-        while time.monotonic() < deadline and not (cancel and cancel.is_set()):
-            services = c.services()
-            settled, failed, summary = settle_state(services, app)
-            allocs = c.call("GET", "/v1/allocations", params={"app": app})
-            healthy = all(a.get("healthy") is not False for a in allocs if a["status"] == "running")
-            if failed:
+        while not (cancel and cancel.is_set()):
+            remaining = deadline - clock()
+            if remaining <= 0:
+                break
+            s = c.settlement(app, index=index, wait=min(remaining, SETTLE_WAIT))
+            if s["state"] == "failed":
                 return False
-            if settled and healthy:
+            if s["state"] == "settled":
                 return True
-            if show:
-                _status_line(summary)
-            time.sleep(0.5)
+            if show and s["summary"] != last:
+                console.print(Text("  … " + s["summary"], style="dim"))
+                last = s["summary"]
+            index = s["index"]
     return False
-
-
-_last_line = [""]
-
-
-def _status_line(summary: str) -> None:
-    if summary != _last_line[0]:
-        console.print(Text("  … " + summary, style="dim"))
-        _last_line[0] = summary
 
 
 def show_app(c: Client, app: str | None = None) -> None:
@@ -154,23 +141,9 @@ def _apply_and_wait(c: Client, text: str, name: str, base: str, app: str, timeou
 def _up_detached(
     data_dir: Path, port: int, text: str, name: str, base: str, app: str, timeout: float
 ) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "elastin.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "elastin.cli.main", "daemon", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+    with errors():
+        proc = start_daemon(data_dir, port=port, log_path=data_dir / "elastin.log")
     (data_dir / "daemon.pid").write_text(str(proc.pid))
-    for _ in range(300):
-        if running_server(data_dir) or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    if proc.poll() is not None:
-        fail(f"the background server exited ({proc.returncode})", f"see {log_path}")
     with errors(), client() as c:
         _apply_and_wait(c, text, name, base, app, timeout)
         show_app(c, app)
