@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -241,7 +242,7 @@ async def _follow(url: str, token: str, app: str, shutdown: asyncio.Event) -> No
                     with suppress(TimeoutError):
                         await asyncio.wait_for(shutdown.wait(), 2.0)
         else:
-            for tick in range(1, 10**7):
+            for tick in itertools.count(1):  # until shutdown
                 try:
                     await asyncio.wait_for(shutdown.wait(), 10.0)
                     break

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -56,7 +57,7 @@ def top(as_json: bool, once: bool) -> None:
             return
         try:
             with Live(console=console, refresh_per_second=1) as live:
-                for _ in range(10**6):
+                while True:  # until Ctrl-C
                     live.update(render.allocations_table(rows(), title="elastin top"))
                     time.sleep(2)
         except KeyboardInterrupt:
@@ -75,7 +76,7 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
     one JSON object per change."""
     with errors(), client() as c:
         data = c.mesh_services(service)
-        for _ in range(10**7 if watch else 1):
+        while True:  # once, or with --watch until Ctrl-C
             if as_json and watch:
                 click.echo(json.dumps(data))
             elif as_json:
@@ -105,7 +106,7 @@ def traffic(as_json: bool, watch: bool) -> None:
             print_json(c.call("GET", "/v1/mesh/traffic"))
             return
         rates = render.TrafficRates()
-        for i in range(10**6 if watch else 1):
+        for i in itertools.count():  # once, or with --watch until Ctrl-C
             rows = c.call("GET", "/v1/mesh/traffic")["services"]
             r = rates.update(rows, time.monotonic())
             console.print(render.traffic_table(rows, r if i else None))
@@ -153,7 +154,7 @@ def events(as_json: bool, follow: bool, limit: int) -> None:
             return
         since = data[-1]["rev"] if data else 0
         try:
-            for _ in range(10**7):
+            while True:  # until Ctrl-C
                 time.sleep(1)
                 new = c.events(since=since, limit=0)
                 if new:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from elastin.client.discovery import running_server
@@ -34,7 +33,6 @@ def start_daemon(
     log_path: Path,
     stop_workloads: bool = False,
     timeout: float = START_TIMEOUT,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> subprocess.Popen[bytes]:
     """Start ``elastin daemon --port PORT`` with its output appended to ``log_path`` and wait
     until it serves the API (``port`` 0: any free port). With ``stop_workloads`` the daemon
@@ -47,7 +45,8 @@ def start_daemon(
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
-    for _ in range(max(1, round(timeout / POLL))):
+    deadline = time.monotonic() + timeout
+    while True:
         found = running_server(data_dir)
         if found and found[1] == proc.pid:
             return proc
@@ -55,7 +54,9 @@ def start_daemon(
             raise DaemonFailed(
                 f"the background server exited ({proc.returncode})", f"see {log_path}"
             )
-        sleep(POLL)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL)
     stop_daemon(proc)
     raise ServerUnavailable(
         f"the background server (pid {proc.pid}) did not answer within {timeout:g} s",
