@@ -62,6 +62,7 @@ def test_apply_runs_replicas_in_cgroups_and_scale_stop_down(harness: Any) -> Non
     # ps --json shows limits and usage
     ps = json.loads(h.cli("ps", "--json", check=True).stdout)
     assert {s["name"] for s in ps["services"]} == {"sleeper"}
+    assert len(ps["allocations"]) == 2  # (all() of nothing would pass)
     assert all(a["resources"]["memory"] == 32 * 1024 * 1024 for a in ps["allocations"])
     # logs
     a0 = running[0]
@@ -92,6 +93,7 @@ def test_invalid_spec_is_rejected_and_changes_nothing(harness: Any) -> None:
     diff = json.loads(h.cli("diff", str(good), "--json", check=True).stdout)
     assert diff["dry_run"] and {c["change"] for c in diff["changes"]} == {"unchanged"}
     before = {(a.id, a.status, a.pid) for a in h.allocs("t", all=False)}
+    assert len(before) == 2  # "nothing changed" below must compare something
     rev = h.client.status()["revision"]
     bad = harness.write_spec("bad.yaml", sleeper_spec(extra="    replicaz: 3\n"))
     res = h.cli("apply", str(bad))
@@ -255,6 +257,7 @@ def test_server_killed_state_survives_and_apply_repeats(harness: Any) -> None:
     spec = harness.write_spec("t.yaml", sleeper_spec())
     h.cli("apply", str(spec), "--wait", check=True)
     before = {a.id: a.pid for a in h.running("t", "sleeper")}
+    assert len(before) == 2  # the subset check at the end must compare something
     # kill the server while an apply of a changed spec is in flight
     changed = harness.write_spec("t2.yaml", sleeper_spec().replace("replicas: 2", "replicas: 3"))
     import subprocess

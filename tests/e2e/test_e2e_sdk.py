@@ -45,6 +45,8 @@ def test_seed_example_starts_its_own_server(harness: Any) -> None:
     out = res.stdout
     assert "'allocated': {'cpu': 1.0, 'memory_mib': 128.0" in out
     assert "'instances': 1" in out
+    # the server it started stopped at interpreter exit (it removes server.json on a clean exit)
+    assert not (harness.data_dir / "server.json").exists()
 
 
 def test_seed_example_with_running_server_and_task_output(harness: Any) -> None:

@@ -4,7 +4,8 @@ Hierarchy::
 
     ClientError                 root; ``message`` and ``hint`` are meant for people
      ├── ServerUnavailable      no server answers at the address (or none was found)
-     └── ApiError               the server answered with an error (``status``, ``issues``)
+     ├── ApiError               the server answered with an error (``status``, ``issues``)
+     └── DaemonFailed           a background server started here exited before it answered
 """
 
 from __future__ import annotations
@@ -33,3 +34,7 @@ class ApiError(ClientError):
         super().__init__(message, hint)
         self.status = status
         self.issues = issues or []
+
+
+class DaemonFailed(ClientError):
+    """A background server (``elastin.client.local.start_daemon``) exited before it answered."""

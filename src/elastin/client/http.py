@@ -43,14 +43,22 @@ def _unavailable(url: str, e: Exception) -> ServerUnavailable:
 
 
 class Client:
-    """Synchronous client; every method is one API call."""
+    """Synchronous client; every method is one API call. ``transport`` replaces the network
+    (tests pass an ``httpx.MockTransport``)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            transport=transport,
         )
 
     @classmethod

@@ -9,13 +9,16 @@
 
 Each ``create_*`` call describes a workload (nothing runs yet); ``start_*`` applies it to the
 server as a one-workload application named ``sdk-<name>``, through the same validation as a
-spec file; ``get_*_resources`` reports what it asked for, the totals of the accounting formulas
-(request × instances), and what each instance measurably uses. Numbers without a unit are MiB
-for memory and disk, and cores for cpu.
+spec file, and waits up to ``wait`` s on the server's blocking settlement query
+(``elastin.model.settled``) until it has settled (a service's instances run, a job finished),
+failed, or waits for something (pending with a reason); ``get_*_resources`` reports what it
+asked for, the totals of the accounting formulas (request × instances), and what each instance
+measurably uses. Numbers without a unit are MiB for memory and disk, and cores for cpu.
 
 The engine talks to a running server (found like the CLI finds it), or starts one in the
-background (server and agent in one process, as ``elastin up --detach`` does) and shuts it down
-again on ``close()`` or at interpreter exit.
+background (server and agent in one process, as ``elastin up --detach`` does, through
+``elastin.client.local``) and stops it, with the instances it ran, at interpreter exit;
+``close()`` closes the engine's connection.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import atexit
 import os
 import re
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +34,15 @@ from typing import Any
 
 import yaml
 
-from elastin.client.discovery import default_data_dir, running_server
+from elastin.client.discovery import default_data_dir
 from elastin.client.errors import ClientError, ServerUnavailable
 from elastin.client.http import Client
+from elastin.client.local import start_daemon, stop_daemon
 from elastin.model.errors import SpecError
 from elastin.model.spec import parse_spec
 from elastin.model.units import MIB, format_cpu, format_size
+
+SETTLE_WAIT = 2.0  # longest blocking query while ``start_*`` waits
 
 
 class EngineError(Exception):
@@ -100,33 +104,21 @@ class _Engine:
 
     # server ---------------------------------------------------------------------------
     def _connect(self) -> Client:
+        """The server found here, or one started in the background (``elastin daemon``)
+        that stops, with the instances it ran, when the interpreter exits."""
         try:
             return Client.discover()
         except ServerUnavailable:
             pass
         data_dir = default_data_dir()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(data_dir / "sdk-server.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "elastin.cli.main", "daemon", "--port", "0", "--stop-workloads"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        for _ in range(300):
-            found = running_server(data_dir)
-            if found and found[1] == proc.pid:
-                break
-            if proc.poll() is not None:
-                raise EngineError(
-                    f"the embedded Elastin server exited with {proc.returncode}",
-                    f"see {data_dir / 'sdk-server.log'}",
-                )
-            time.sleep(0.1)
-        atexit.register(_stop_daemon, proc)
-        return Client.discover()
+        try:
+            proc = start_daemon(
+                data_dir, port=0, log_path=data_dir / "sdk-server.log", stop_workloads=True
+            )
+            atexit.register(stop_daemon, proc)
+            return Client.discover()
+        except ClientError as e:
+            raise EngineError(e.message, e.hint) from None
 
     def close(self) -> None:
         self._client.close()
@@ -161,15 +153,15 @@ class _Engine:
             raise EngineError(e.message, e.hint) from None
         w.started = True
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            allocs = self._client.allocations(app=w.app, all=True)
-            if (
-                allocs
-                and all(a.status != "pending" or a.reason for a in allocs)
-                and any(a.status in ("running", "complete", "failed") or a.reason for a in allocs)
-            ):
+        index = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                s = self._client.settlement(w.app, index=index, wait=min(remaining, SETTLE_WAIT))
+            except ClientError as e:
+                raise EngineError(e.message, e.hint) from None
+            if s["done"] or s["waiting"]:
                 break
-            time.sleep(0.1)
+            index = s["index"]
         return w
 
     def _stop(self, w: Workload) -> None:
@@ -223,15 +215,6 @@ class _Engine:
             },
             "allocations": instances,
         }
-
-
-def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _command(command: str | Sequence[str]) -> str | list[str]:

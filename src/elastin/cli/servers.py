@@ -1,0 +1,142 @@
+"""Commands that run Elastin's processes in the foreground: ``server``, ``agent`` and the
+hidden ``daemon`` (server and agent in one background process, started by ``up --detach`` and
+by the SDK through ``elastin.client.local``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from elastin.cli.common import EXIT_USAGE, err_console, errors, fail
+from elastin.client.discovery import default_data_dir, find_server, read_token
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=4850, show_default=True, help="port to listen on (0 = any)")
+@click.option(
+    "--store", "store_url", default="", help="state store URL (default: sqlite in the data dir)"
+)
+@click.option(
+    "--scheduler",
+    "algorithm",
+    type=click.Choice(["binpack", "spread"]),
+    default="binpack",
+    show_default=True,
+    help="how instances are placed on nodes",
+)
+def server(host: str, port: int, store_url: str, algorithm: str) -> None:
+    """Run the server (API, scheduler, SQLite state) in the foreground."""
+    from elastin.server.app import ServerConfig, run_server
+
+    cfg = ServerConfig(
+        default_data_dir(), host=host, port=port, store_url=store_url, algorithm=algorithm
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+
+        async def ready(url: str, _: str) -> None:
+            err_console.print(f"elastin server listening on {url} (data in {cfg.data_dir})")
+
+        await run_server(cfg, on_ready=ready)
+
+    _run_async(main)
+
+
+def _loopback_port(flag: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An agent option for a port on 127.0.0.1: 0 picks a free one, -1 turns it off."""
+    return click.option(
+        flag,
+        type=click.IntRange(-1, 65535),
+        default=0,
+        show_default=True,
+        help=f"port on 127.0.0.1 of {what} (0: any free port, -1: off)",
+    )
+
+
+@click.command()
+@click.option("--server", "server_url", default="", help="server URL (default: found locally)")
+@click.option("--token", default="", help="API token (default: ELASTIN_TOKEN or the data dir)")
+@click.option("--name", default="", help="node name (default: the host name)")
+@_loopback_port("--metrics-port", "the agent's /metrics; the node's agent.metrics says where")
+@_loopback_port(
+    "--dns-port",
+    "the DNS interface (<service>.service.elastin, UDP and TCP); instances find it in ELASTIN_DNS",
+)
+def agent(server_url: str, token: str, name: str, metrics_port: int, dns_port: int) -> None:
+    """Run a node agent in the foreground. Its instances keep running when it stops."""
+    from elastin.agent.agent import Agent, AgentConfig
+    from elastin.agent.drivers.registry import default_drivers
+
+    if server_url:
+        url = server_url
+        token = (
+            token or os.environ.get("ELASTIN_TOKEN", "") or (read_token(default_data_dir()) or "")
+        )
+        if not token:
+            fail(
+                "no API token",
+                "pass --token, set ELASTIN_TOKEN, or copy the server's token "
+                "file into this machine's data directory",
+                EXIT_USAGE,
+            )
+    else:
+        with errors():
+            url, found = find_server()
+        token = token or found
+    cfg = AgentConfig(
+        data_dir=default_data_dir(),
+        server_url=server_url or url,
+        token=token,
+        rediscover=not server_url and not os.environ.get("ELASTIN_ADDR"),
+        metrics_port=None if metrics_port < 0 else metrics_port,
+        dns_port=None if dns_port < 0 else dns_port,
+    )
+    if name:
+        cfg.name = name
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        err_console.print(f"elastin agent for {cfg.server_url} (data in {cfg.data_dir})")
+        await Agent(cfg, default_drivers()).run()
+
+    _run_async(main)
+
+
+def _run_async(main: Callable[[], Any]) -> None:
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except OSError as e:
+        fail(str(e.strerror or e))
+
+
+@click.command(hidden=True)
+@click.option("--port", default=4850)
+@click.option("--stop-workloads", is_flag=True, help="stop instances when the daemon stops")
+def daemon(port: int, stop_workloads: bool) -> None:
+    """Server and agent in one background process (started by `up --detach`)."""
+    from elastin.cli.embedded import run_embedded
+
+    async def idle(url: str, token: str, agent: Any, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+
+    async def main() -> None:
+        await run_embedded(default_data_dir(), port=port, main=idle, stop_workloads=stop_workloads)
+
+    _run_async(main)
