@@ -12,6 +12,7 @@ import click
 from rich.text import Text
 
 from elastin.cli.common import EXIT_USAGE, client, console, err_console, errors, fail
+from elastin.mesh.model.names import ClusterName
 
 
 @click.command()
@@ -64,8 +65,12 @@ def _mesh_logs(service: str | None, follow: bool, tail: int) -> None:
         if not name:
             return True
         # the backend is c_<app>.<service>.<port>
-        parts = str(entry.get("service", "")).removeprefix("c_").split(".")
-        return len(parts) >= 2 and parts[1] == name and (not app_name or parts[0] == app_name)
+        # the log's "service" is the proxy's backend, c_<app>.<service>.<port> (docs/mesh.md)
+        try:
+            c = ClusterName.parse(str(entry.get("service", "")).removeprefix("c_"))
+        except ValueError:
+            return False
+        return c.service == name and (not app_name or c.app == app_name)
 
     with errors(), client() as c:
         nodes = c.nodes()
