@@ -49,7 +49,6 @@ class AgentConfig:
     token: str
     name: str = field(default_factory=socket.gethostname)
     reserve: Resources = field(default_factory=lambda: Resources(0, 256 * 1024 * 1024, 0))
-    cgroup_root: str = "elastin"
     rediscover: bool = False  # re-read the local server's address when it stops answering
     mesh: bool = True  # run this node's HAProxy (when installed)
     dns_port: int | None = 0  # the DNS interface on 127.0.0.1 (0: any free port; None: off)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from elastin.agent.drivers.task import rotate
+from elastin.agent.logfiles import rotate
 from elastin.client.errors import ClientError
 from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.accesslog import AccessLogCollector

@@ -43,6 +43,7 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
+from elastin.agent.logfiles import rotate
 from elastin.model.cluster import Usage
 
 SH = "/bin/sh"
@@ -91,24 +92,6 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
             f"it is not on the PATH ({path_env})"
         )
     return found
-
-
-def rotate(path: Path, max_bytes: int, keep: int) -> bool:
-    """Copy-truncate ``path`` when it is larger than ``max_bytes``; True when rotated."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except OSError:
-        return False
-    for i in range(keep - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            older.replace(path.with_name(f"{path.name}.{i + 1}"))
-    if keep > 0:
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    return True
 
 
 class TaskDriver:
