@@ -67,7 +67,7 @@ async def test_drain_says_what_happened(tmp_path: Path) -> None:
     assert [v for v, _ in calls] == [7, 11]
     busy: dict[str, Any] = {"n": 2}
 
-    def in_flight(_: str) -> int:
+    async def in_flight(_: str) -> int:
         busy["n"] -= 1
         return max(0, busy["n"])
 

@@ -23,8 +23,10 @@ Where lines could be lost or doubled, and what is done about it:
   oldest of those lines are gone.
 
 The splitting and skipping are pure (``LineBuffer``, ``Replay``); ``AccessLogCollector``
-is the I/O around them. The agent's mesh manager runs one; ``python -m
-elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its own until SIGTERM (the
+is the I/O around them: it talks to HAProxy through the same asynchronous ``RuntimeClient``
+as the mesh manager, and takes its time from an injected ``Clock``. The agent's mesh
+manager runs one; ``python -m elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its
+own until SIGTERM (the
 benchmarks and the real-HAProxy tests use it to drive a proxy as the agent does).
 """
 
@@ -35,12 +37,13 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.render import RING_BYTES, RING_NAME
+from elastin.mesh.haproxy.runtime_client import RuntimeClient, RuntimeSession
 
 log = logging.getLogger("elastin.mesh.accesslog")
 
@@ -140,13 +143,20 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
 
 
 class AccessLogCollector:
-    """Follows the access log ring of the HAProxy behind ``socket_path`` (every worker in
+    """Follows the access log ring of the HAProxy behind ``runtime`` (every worker in
     turn, across reloads and restarts) and appends its lines to ``log_path``."""
 
-    def __init__(self, socket_path: Path, log_path: Path, probe: float = PROBE_SECONDS) -> None:
-        self.socket_path = socket_path
+    def __init__(
+        self,
+        runtime: RuntimeClient,
+        log_path: Path,
+        probe: float = PROBE_SECONDS,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self.runtime = runtime
         self.log_path = log_path
         self.probe = probe
+        self.clock = clock
         # worker pid -> the last line written from it (or, before any, where to start)
         self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
@@ -167,42 +177,42 @@ class AccessLogCollector:
             while True:
                 attached = await self._attach()
                 if attached is not None:
-                    pid, sock, rest = attached
+                    pid, sess, rest = attached
                     self._following.add(pid)
-                    tg.create_task(self._follow(pid, sock, rest))
+                    tg.create_task(self._follow(pid, sess, rest))
                     continue  # a follower ended or a reload: maybe one more worker at once
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.probe):
                         await self._wake.wait()
                 self._wake.clear()
 
-    async def _attach(self) -> tuple[int, socket.socket, bytes] | None:
-        """Connect and ask which worker answers; a socket that follows its ring when that
+    async def _attach(self) -> tuple[int, RuntimeSession, bytes] | None:
+        """Connect and ask which worker answers; a session that follows its ring when that
         worker is not followed yet, else None."""
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        try:
+            sess = await self.runtime.session(
+                f"show info;show events {RING_NAME} -w", limit=READ_BYTES
+            )
+        except OSError:  # TimeoutError too
+            return None  # no proxy (yet), or not answering: ask again later
         try:
             async with asyncio.timeout(5):
-                await loop.sock_connect(sock, str(self.socket_path))
-                await loop.sock_sendall(sock, f"show info;show events {RING_NAME} -w\n".encode())
                 data, pid, rest = b"", None, b""
                 while pid is None:
-                    chunk = await loop.sock_recv(sock, READ_BYTES)
+                    chunk = await sess.read(READ_BYTES)
                     if not chunk:
                         break
                     data += chunk
                     pid, rest = split_info(data)
             if pid and pid not in self._following:
-                return pid, sock, rest
-        except (OSError, TimeoutError):
-            pass  # no proxy (yet), or not answering: ask again later
-        sock.close()
+                return pid, sess, rest
+        except OSError:
+            pass
+        sess.close()
         return None
 
-    async def _follow(self, pid: int, sock: socket.socket, first: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _follow(self, pid: int, sess: RuntimeSession, first: bytes) -> None:
+        started = self.clock.monotonic()
         buf = LineBuffer()
         replay = Replay(self._anchors.setdefault(pid, self._start_anchor))
         deadline = started + REPLAY_SECONDS
@@ -217,19 +227,19 @@ class AccessLogCollector:
                     if refusal(lines[0]):
                         log.warning("haproxy has no access log ring: %s", lines[0].decode().strip())
                         break
-                over = loop.time() >= deadline or received > RING_BYTES + READ_BYTES
+                over = self.clock.monotonic() >= deadline or received > RING_BYTES + READ_BYTES
                 lines = replay.feed(lines, over)
                 if lines:
                     self._write(lines)
                     self._anchors[pid] = lines[-1]
-                wait = max(0.0, deadline - loop.time()) if replay.holding else None
+                wait = max(0.0, deadline - self.clock.monotonic()) if replay.holding else None
                 if wait is None and len(data) < READ_BYTES // 4:
                     # little came: let lines pile up (in the socket, then in the ring)
                     # rather than wake for each one — a read then carries hundreds
-                    await asyncio.sleep(BATCH_SECONDS)
+                    await self.clock.sleep(BATCH_SECONDS)
                 try:
                     async with asyncio.timeout(wait):
-                        data = await loop.sock_recv(sock, READ_BYTES)
+                        data = await sess.read(READ_BYTES)
                 except TimeoutError:
                     data = b""  # nothing more of the replay: what is held is new
                     continue
@@ -238,11 +248,11 @@ class AccessLogCollector:
         except OSError as e:
             log.debug("access log of worker %d: %s", pid, e)
         finally:
-            sock.close()
+            sess.close()
             self._following.discard(pid)
             # maybe the newest worker needs a follower now; a follower that ended at once
             # (a worker exiting, a refusal) waits for the next probe instead
-            if self._wake is not None and loop.time() - started >= self.probe:
+            if self._wake is not None and self.clock.monotonic() - started >= self.probe:
                 self._wake.set()
 
     def _write(self, lines: Iterable[bytes]) -> None:
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m elastin.mesh.haproxy.accesslog SOCKET LOG", file=sys.stderr)
         return 2
-    collector = AccessLogCollector(Path(args[0]), Path(args[1]))
+    collector = AccessLogCollector(RuntimeClient(args[0]), Path(args[1]))
 
     async def until_stopped() -> None:
         stop = asyncio.Event()
