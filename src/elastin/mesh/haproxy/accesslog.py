@@ -17,8 +17,15 @@ Where lines could be lost or doubled, and what is done about it:
   follows each new one, while the old worker's follower goes on until the old worker has
   logged its last request and exits (or its idle CLI session times out);
 * a follower reconnecting to a worker it followed before (the CLI's idle timeout) is sent
-  the whole ring again: the lines up to the last one it wrote are skipped (``after``);
-* a restarted agent starts from the last line in the file, the same way;
+  the whole ring again: the lines up to the last one it wrote are skipped (``after``). The
+  replay is over when the anchor comes, when the stream pauses for ``REPLAY_SECONDS`` (HAProxy
+  sends a ring's old content back to back) or when more than a ring's worth came — not at a
+  fixed time after connecting: a collector starved of cpu would otherwise take a replay that
+  is still arriving for new lines and write it twice;
+* a restarted agent starts from the last line of the ring in the file (HAProxy's own
+  messages, ``[NOTICE]``/``[WARNING]``/``[ALERT]`` lines, share the file and are never in the
+  ring), the same way; a worker that started after the collector has nothing in the file, so
+  all of its ring is new at once (no waiting for a replay to end);
 * the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
   oldest of those lines are gone.
 
@@ -26,8 +33,8 @@ The splitting and skipping are pure (``LineBuffer``, ``Replay``); ``AccessLogCol
 is the I/O around them: it talks to HAProxy through the same asynchronous ``RuntimeClient``
 as the mesh manager, and takes its time from an injected ``Clock``. The agent's mesh
 manager runs one; ``python -m elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its
-own until SIGTERM (the
-benchmarks and the real-HAProxy tests use it to drive a proxy as the agent does).
+own until SIGTERM (the benchmarks and the real-HAProxy tests use it to drive a proxy as the
+agent does).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ log = logging.getLogger("elastin.mesh.accesslog")
 
 PROBE_SECONDS = 1.0  # how often the collector asks which worker serves the socket
 READ_BYTES = 1 << 18
-REPLAY_SECONDS = 0.5  # a ring's old content arrives well within this
+REPLAY_SECONDS = 0.5  # a pause this long in a replay: the ring's old content has all come
 BATCH_SECONDS = 0.05  # after a short read, wait this long for lines to pile up
 
 
@@ -129,8 +136,15 @@ def split_info(data: bytes) -> tuple[int | None, bytes]:
     return 0, data[end + 2 :]  # no pid: not an answer we understand
 
 
+def haproxy_message(line: bytes) -> bool:
+    """Whether a line of the log file is HAProxy's own message on its stdout/stderr
+    (``[NOTICE]   (12) : Loading success.``), which is never a line of the ring."""
+    return line.startswith(b"[")
+
+
 def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
-    """The file's last complete line, or None (no file, or empty)."""
+    """The file's last complete line from the ring (HAProxy's own messages skipped), or
+    None (no file, or none)."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -138,8 +152,17 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
             tail = f.read()
     except OSError:
         return None
-    complete = [x for x in split_lines(tail) if x.endswith(b"\n")]
+    complete = [x for x in split_lines(tail) if x.endswith(b"\n") and not haproxy_message(x)]
     return complete[-1] if complete else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (None when unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class AccessLogCollector:
@@ -160,6 +183,7 @@ class AccessLogCollector:
         # worker pid -> the last line written from it (or, before any, where to start)
         self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
+        self._started = start_ticks(os.getpid())  # workers started later are all new
         self._following: set[int] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -214,9 +238,8 @@ class AccessLogCollector:
     async def _follow(self, pid: int, sess: RuntimeSession, first: bytes) -> None:
         started = self.clock.monotonic()
         buf = LineBuffer()
-        replay = Replay(self._anchors.setdefault(pid, self._start_anchor))
-        deadline = started + REPLAY_SECONDS
-        received, checked = 0, False
+        replay = Replay(self._anchor(pid))
+        received, checked, paused = 0, False, False
         data = first
         try:
             while True:
@@ -227,12 +250,12 @@ class AccessLogCollector:
                     if refusal(lines[0]):
                         log.warning("haproxy has no access log ring: %s", lines[0].decode().strip())
                         break
-                over = self.clock.monotonic() >= deadline or received > RING_BYTES + READ_BYTES
+                over = paused or received > RING_BYTES + READ_BYTES
                 lines = replay.feed(lines, over)
                 if lines:
                     self._write(lines)
                     self._anchors[pid] = lines[-1]
-                wait = max(0.0, deadline - self.clock.monotonic()) if replay.holding else None
+                wait = REPLAY_SECONDS if replay.holding else None
                 if wait is None and len(data) < READ_BYTES // 4:
                     # little came: let lines pile up (in the socket, then in the ring)
                     # rather than wake for each one — a read then carries hundreds
@@ -241,7 +264,7 @@ class AccessLogCollector:
                     async with asyncio.timeout(wait):
                         data = await sess.read(READ_BYTES)
                 except TimeoutError:
-                    data = b""  # nothing more of the replay: what is held is new
+                    data, paused = b"", True  # the replay is over: what is held is new
                     continue
                 if not data:
                     break  # held lines (if any) come again with the next follower
@@ -254,6 +277,16 @@ class AccessLogCollector:
             # (a worker exiting, a refusal) waits for the next probe instead
             if self._wake is not None and self.clock.monotonic() - started >= self.probe:
                 self._wake.set()
+
+    def _anchor(self, pid: int) -> bytes | None:
+        """The last line written from worker ``pid``: what a replay of its ring is skipped
+        up to. A worker not followed before: the file's last line when this collector
+        started — unless the worker started later (nothing of it can be in the file)."""
+        if pid not in self._anchors:
+            ticks = start_ticks(pid)
+            new = ticks is not None and self._started is not None and ticks > self._started
+            self._anchors[pid] = None if new else self._start_anchor
+        return self._anchors[pid]
 
     def _write(self, lines: Iterable[bytes]) -> None:
         data = b"".join(lines)
