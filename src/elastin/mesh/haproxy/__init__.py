@@ -1,3 +1,4 @@
 """HAProxy as the data plane: ``render`` (snapshot -> haproxy.cfg, pure), ``runtime``
-(snapshot diff -> runtime API commands, pure) and ``process`` (checking configs, talking to
-the runtime socket; the only I/O here)."""
+(snapshot diff -> runtime API commands, pure), ``runtime_client`` (the one asynchronous
+client of the runtime API socket), ``process`` (checking configs, starting and reloading
+HAProxy) and ``accesslog`` (draining the access log ring into the node's log file)."""
