@@ -225,7 +225,9 @@ class Agent:
         self.drivers = drivers
         self.clock = clock
         self.connect = connect
-        self.client: AgentClient = client or connect(cfg.server_url, cfg.token)
+        self.client: AgentClient = (
+            client if client is not None else connect(cfg.server_url, cfg.token)
+        )
         self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
         self.state_dir = cfg.data_dir / "agent" / "handles"
