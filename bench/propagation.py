@@ -44,7 +44,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Row, emit
-from elastin.agent.mesh import MeshManager
+from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
 from elastin.model.cluster import Node
@@ -115,7 +115,8 @@ class Bench:
     def __init__(self, url: str, token: str, mesh_dir: Path) -> None:
         self.url, self.token = url, token
         self.client = AsyncClient(url, token)
-        self.mesh = MeshManager(lambda: self.client, NODE, mesh_dir)
+        self.proxy = local_haproxy(mesh_dir)
+        self.mesh = MeshManager(lambda: self.client, NODE, mesh_dir, self.proxy)
         self.target: tuple[str, bool] | None = None  # (endpoint id, ready) being waited for
         self.seen: dict[int, float] = {}  # watcher -> when it saw the target
         self.all_seen = asyncio.Event()
@@ -224,10 +225,10 @@ class Bench:
 
     def haproxy_state(self, endpoint: str) -> bool | None:
         """Whether HAProxy has ``endpoint`` ready (not in maintenance); None if unknown."""
-        if self.mesh.proxy is None:
+        if self.proxy is None:
             return None
         try:
-            text = self.mesh.proxy.send("show servers state c_prop.api.http")
+            text = self.proxy.send("show servers state c_prop.api.http")
         except Exception:
             return None
         for line in text.splitlines():

@@ -244,7 +244,14 @@ def test_agent_killed_workloads_keep_running_and_reattach(harness: Any) -> None:
     time.sleep(1)
     assert all(pid_alive(p) for p in before.values())
     h.start_agent()
-    time.sleep(3)
+
+    def reattached() -> set[str]:
+        events = json.loads(h.cli("events", "--json", "--limit", "500", check=True).stdout)
+        return {e["message"] for e in events if e["type"] == "alloc.reattached"}
+
+    # the new agent took them over: one re-attach event per instance, with its pid
+    want = {f"re-attached to pid {p}" for p in before.values()}
+    h.wait_for(lambda: reattached() >= want, 30, "the new agent re-attached")
     after = {a.id: a.pid for a in h.running("t", "sleeper")}
     assert after == before
     # the new agent supervises them: a stop goes through it and the processes end

@@ -273,7 +273,9 @@ def test_agent_restart_leaves_haproxy_and_traffic_untouched(harness: Any) -> Non
     h.cli("apply", str(path), "--wait", check=True)
     web = h.wait_for(lambda: h.running("m", "web"), 30, "web running")[0]
     url = f"http://127.0.0.1:{dict(web.ports)['upstream.api']}/"
-    ids = {a.id for a in h.wait_for(lambda: h.running("m", "api"), 30, "api running")}
+    api = h.wait_for(lambda: h.running("m", "api"), 30, "api running")
+    ids = {a.id for a in api}
+    pids = {a.pid for a in [web, *api]}
 
     def get() -> int:
         try:
@@ -309,3 +311,11 @@ def test_agent_restart_leaves_haproxy_and_traffic_untouched(harness: Any) -> Non
     assert len(statuses) > during > 10
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert int(pid_file.read_text().split()[0]) == master  # the same master throughout
+
+    def reattached() -> set[str]:
+        events = json.loads(h.cli("events", "--json", "--limit", "500", check=True).stdout)
+        return {e["message"] for e in events if e["type"] == "alloc.reattached"}
+
+    # the new agent took the instances over (not merely left them running)
+    want = {f"re-attached to pid {p}" for p in pids}
+    h.wait_for(lambda: reattached() >= want, 30, "the new agent re-attached")

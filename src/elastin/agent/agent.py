@@ -2,9 +2,15 @@
 ``AllocRunner``, heartbeat with measured usage, and re-attach to running instances after a
 restart.
 
-It talks to the server only through ``elastin.client.AsyncClient``. Reports to the server go
-through ``Reporter``, which merges the newest state per allocation and retries while the
-server is unreachable, so that a server restart loses nothing.
+It talks to the server only through a client (``AgentClient``: the calls it makes, which
+``elastin.client.AsyncClient`` implements). Reports to the server go through ``Reporter``,
+which merges the newest state per allocation and retries while the server is unreachable,
+so that a server restart loses nothing.
+
+What should run here is decided by the pure ``elastin.agent.reconcile``; ``Agent.sync``
+executes its actions. The client, the DNS and metrics servers and the clock are constructor
+arguments (``Agent(cfg, drivers)`` builds the real ones from the configuration), so tests
+give it fakes; time comes from the injected ``Clock``.
 """
 
 from __future__ import annotations
@@ -15,24 +21,35 @@ import logging
 import os
 import shutil
 import socket
-import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from elastin.agent.drivers.base import Driver
-from elastin.agent.mesh import MeshManager
+from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
+from elastin.agent.reconcile import (
+    Forget,
+    ReportLost,
+    ReportStopped,
+    Start,
+    Stop,
+    StopUnknown,
+    reconcile,
+)
 from elastin.agent.runner import AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.dns import DnsServer, Target
+from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
+from elastin.model.settled import workload_ready
 from elastin.model.workload import Application, Workload
 
 log = logging.getLogger("elastin.agent")
@@ -48,7 +65,6 @@ class AgentConfig:
     token: str
     name: str = field(default_factory=socket.gethostname)
     reserve: Resources = field(default_factory=lambda: Resources(0, 256 * 1024 * 1024, 0))
-    cgroup_root: str = "elastin"
     rediscover: bool = False  # re-read the local server's address when it stops answering
     mesh: bool = True  # run this node's HAProxy (when installed)
     dns_port: int | None = 0  # the DNS interface on 127.0.0.1 (0: any free port; None: off)
@@ -93,11 +109,60 @@ def fingerprint(cfg: AgentConfig, node_id: str, drivers: dict[str, Driver]) -> N
     )
 
 
-class Reporter:
-    """Sends allocation reports; keeps the newest per allocation and retries until sent."""
+class ReportClient(Protocol):
+    async def allocs_status(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]: ...
 
-    def __init__(self, client: Callable[[], AsyncClient]) -> None:
+
+class AgentClient(ReportClient, Protocol):
+    """The server's API as the agent uses it (``elastin.client.AsyncClient`` implements it).
+    Every call raises ``elastin.client.errors.ClientError`` (``ServerUnavailable``,
+    ``ApiError``) when it fails."""
+
+    url: str
+
+    async def close(self) -> None: ...
+
+    async def call(
+        self, method: str, path: str, timeout: float | None = None, **kw: Any
+    ) -> Any: ...
+
+    async def register(self, node: Node) -> Node: ...
+
+    async def heartbeat(
+        self,
+        node_id: str,
+        usage: dict[str, Usage],
+        node_usage: Usage | None,
+        mesh: dict[str, Any] | None = None,
+    ) -> Any: ...
+
+    async def node_allocations(
+        self, node_id: str, index: int, wait: float
+    ) -> tuple[list[Allocation], int]: ...
+
+    async def allocations(self, app: str) -> list[Allocation]: ...
+
+    async def mesh_converged(self, version: int, wait: float) -> list[str]: ...
+
+    def mesh_stream(self, node_id: str, quiet: float = 60.0) -> AsyncIterator[MeshSnapshot]: ...
+
+    async def mesh_ack(self, node_id: str, version: int) -> None: ...
+
+
+def connect_server(url: str, token: str) -> AgentClient:
+    """The real client of the server at ``url``."""
+    return AsyncClient(url, token)
+
+
+class Reporter:
+    """Sends allocation reports; keeps the newest per allocation and retries until sent
+    (every ``RETRY`` seconds while the server is away)."""
+
+    RETRY = 1.0
+
+    def __init__(self, client: Callable[[], ReportClient], clock: Clock = SYSTEM) -> None:
         self.client = client
+        self.clock = clock
         self.pending: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
 
@@ -132,7 +197,7 @@ class Reporter:
                     if events:
                         body["events"] = events
                     self.pending[alloc_id] = body
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(self.RETRY)
                 continue
             for alloc_id, result in results.items():
                 if result != "ok":
@@ -141,11 +206,29 @@ class Reporter:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, drivers: dict[str, Driver]) -> None:
+    """One node's agent. ``client``, ``dns`` and ``metrics`` default to the real ones the
+    configuration asks for (``connect`` builds a client, also when the server moves);
+    ``clock`` is the time every wait and timestamp of the agent and its runners uses."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        drivers: dict[str, Driver],
+        *,
+        client: AgentClient | None = None,
+        connect: Callable[[str, str], AgentClient] = connect_server,
+        dns: DnsServer | None = None,
+        metrics: MetricsServer | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.cfg = cfg
         self.drivers = drivers
-        self.client = AsyncClient(cfg.server_url, cfg.token)
-        self.reporter = Reporter(lambda: self.client)
+        self.clock = clock
+        self.connect = connect
+        self.client: AgentClient = (
+            client if client is not None else connect(cfg.server_url, cfg.token)
+        )
+        self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
         self.state_dir = cfg.data_dir / "agent" / "handles"
         self.alloc_root = cfg.data_dir / "allocs"
@@ -160,6 +243,10 @@ class Agent:
         self.dns: DnsServer | None = None
         if cfg.dns_port is not None:
             self.dns = DnsServer(self.dns_lookup, port=cfg.dns_port)
+        if metrics is not None:
+            self.metrics = metrics
+        if dns is not None:
+            self.dns = dns
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
@@ -230,7 +317,7 @@ class Agent:
                 return self.node
             except ClientError as e:
                 log.warning("cannot register with the server yet: %s", e.message)
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise RuntimeError("unreachable")  # pragma: no cover
 
@@ -239,7 +326,7 @@ class Agent:
         cached = self._apps.get(alloc.app)
         if (
             cached is None
-            or time.monotonic() - cached[0] > 5
+            or self.clock.monotonic() - cached[0] > 5
             or (cached[2].get(alloc.workload, 0) < alloc.spec_version)
         ):
             try:
@@ -247,7 +334,11 @@ class Agent:
             except ClientError:
                 return None
             app = from_data(Application, data["app"])
-            cached = (time.monotonic(), app, {str(k): int(v) for k, v in data["versions"].items()})
+            cached = (
+                self.clock.monotonic(),
+                app,
+                {str(k): int(v) for k, v in data["versions"].items()},
+            )
             self._apps[alloc.app] = cached
         _, app, versions = cached
         if versions.get(alloc.workload) != alloc.spec_version:
@@ -263,23 +354,11 @@ class Agent:
         except ClientError as e:
             return f"waiting for the server to check dependencies: {e.message}"
         app = from_data(Application, data["app"])
-        waiting = []
-        for dep in w.depends_on:
-            dw = app.workload(dep)
-            if dw is None:
-                continue
-            mine = [a for a in allocs if a.workload == dep]
-            if dw.type == "job":
-                if sum(1 for a in mine if a.status == "complete") < dw.completions:
-                    waiting.append(dep)
-            else:
-                ready = [
-                    a
-                    for a in mine
-                    if a.status == "running" and (dw.health is None or a.healthy is True)
-                ]
-                if not ready:
-                    waiting.append(dep)
+        waiting = [
+            dep
+            for dep in w.depends_on
+            if (dw := app.workload(dep)) is not None and not workload_ready(dw, allocs)
+        ]
         return f"waiting for dependencies: {', '.join(waiting)}" if waiting else ""
 
     def _runner(self, alloc: Allocation, w: Workload | None) -> AllocRunner:
@@ -295,6 +374,7 @@ class Agent:
             deps_ready=self.deps_ready,
             drain=self.drain,
             node_env=self.node_env,
+            clock=self.clock,
         )
 
     async def recover(self, tg: asyncio.TaskGroup) -> None:
@@ -320,7 +400,7 @@ class Agent:
         """Wait until every live proxy has dropped ``alloc``'s endpoints (the server's mesh
         ``version`` that stopped it), then until this node's proxy has finished the requests
         it had sent there; both bounded by ``DRAIN_WAIT``."""
-        deadline = time.monotonic() + DRAIN_WAIT
+        deadline = self.clock.monotonic() + DRAIN_WAIT
         try:
             pending = await self.client.mesh_converged(version, DRAIN_WAIT)
         except ClientError as e:
@@ -331,43 +411,34 @@ class Agent:
                 "that they dropped it; stopping"
             )
         busy = 0
-        while self.mesh is not None and time.monotonic() < deadline:
-            busy = await asyncio.to_thread(self.mesh.in_flight, alloc.id)
+        while self.mesh is not None and self.clock.monotonic() < deadline:
+            busy = await self.mesh.in_flight(alloc.id)
             if not busy:
                 break
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
         if busy:
             return f"out of every proxy; {busy} request(s) still in flight after {DRAIN_WAIT:g}s"
         return "out of every proxy, no request in flight; stopping"
 
     async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:
-        seen = set()
-        for a in allocs:
-            seen.add(a.id)
-            runner = self.runners.get(a.id)
-            if a.desired == "stop":
-                if runner is not None:
-                    runner.request_stop(drain_after=index)
-                elif a.status in ("pending", "starting", "running"):
-                    self.reporter.report(a.id, status="stopped", reason=a.reason or "stopped")
-                continue
-            if runner is None and a.kind in self.drivers and a.status == "pending":
-                w = await self.workload(a)
-                runner = self._runner(a, w)
-                self.runners[a.id] = runner
-                tg.create_task(runner.run())
-            elif runner is None and a.status in ("starting", "running"):
-                # started by an earlier agent process whose handle did not survive
-                self.reporter.report(
-                    a.id,
-                    status="failed",
-                    reason="lost track of the instance across an agent restart",
-                )
-        for alloc_id, runner in list(self.runners.items()):
-            if runner.done.is_set():
-                del self.runners[alloc_id]
-            elif alloc_id not in seen:
-                runner.request_stop("the server no longer has this allocation")
+        """Execute what ``reconcile`` decides for the allocations the server sent."""
+        runners = {alloc_id: r.done.is_set() for alloc_id, r in self.runners.items()}
+        for action in reconcile(allocs, runners, self.drivers.keys(), index):
+            match action:
+                case Start(alloc=a):
+                    runner = self._runner(a, await self.workload(a))
+                    self.runners[a.id] = runner
+                    tg.create_task(runner.run())
+                case Stop(alloc_id=alloc_id, drain_after=drain_after):
+                    self.runners[alloc_id].request_stop(drain_after=drain_after)
+                case ReportStopped(alloc_id=alloc_id, reason=reason):
+                    self.reporter.report(alloc_id, status="stopped", reason=reason)
+                case ReportLost(alloc_id=alloc_id, reason=reason):
+                    self.reporter.report(alloc_id, status="failed", reason=reason)
+                case Forget(alloc_id=alloc_id):
+                    del self.runners[alloc_id]
+                case StopUnknown(alloc_id=alloc_id, reason=reason):
+                    self.runners[alloc_id].request_stop(reason)
 
     async def watch_allocations(self, tg: asyncio.TaskGroup) -> None:
         index = 0
@@ -376,7 +447,7 @@ class Agent:
                 allocs, index = await self.client.node_allocations(self.node_id, index, 30.0)
             except ClientError as e:
                 log.warning("cannot fetch allocations: %s", e.message)
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(1.0)
                 if isinstance(e, ServerUnavailable):
                     await self.rediscover()
                 if isinstance(e, ApiError) and e.status == 404:
@@ -392,7 +463,7 @@ class Agent:
         if found is None or found[0] == self.client.url:
             return
         log.warning("the server moved to %s; following it", found[0])
-        old, self.client = self.client, AsyncClient(found[0], self.cfg.token)
+        old, self.client = self.client, self.connect(found[0], self.cfg.token)
         self.cfg.server_url = found[0]
         with contextlib.suppress(Exception):
             await old.close()
@@ -407,9 +478,9 @@ class Agent:
             total = Usage(
                 cpu=sum(u.cpu for u in usage.values()),
                 memory=sum(u.memory for u in usage.values()),
-                sampled_at=time.time(),
+                sampled_at=self.clock.time(),
             )
-            mesh = await asyncio.to_thread(self.mesh.stats) if self.mesh is not None else {}
+            mesh = await self.mesh.read_stats() if self.mesh is not None else {}
             try:
                 await self.client.heartbeat(self.node_id, usage, total, mesh)
             except ApiError as e:
@@ -417,7 +488,7 @@ class Agent:
                     await self.register()
             except ClientError as e:
                 log.warning("heartbeat failed: %s", e.message)
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await self.clock.sleep(HEARTBEAT_INTERVAL)
 
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops."""
@@ -436,8 +507,13 @@ class Agent:
                 tg.create_task(self.heartbeat())
                 tg.create_task(self.watch_allocations(tg))
                 if self.cfg.mesh:
+                    mesh_dir = self.cfg.data_dir / "mesh"
                     mesh = MeshManager(
-                        lambda: self.client, self.node_id, self.cfg.data_dir / "mesh"
+                        lambda: self.client,
+                        self.node_id,
+                        mesh_dir,
+                        local_haproxy(mesh_dir, self.clock),
+                        clock=self.clock,
                     )
                     self.mesh = mesh
                     tg.create_task(mesh.run())

@@ -4,17 +4,21 @@ It follows the node's snapshot stream (the server pushes each new version) and a
 each version once its proxy serves it, which is how an agent stopping an instance knows
 every proxy has dropped it (``docs/mesh.md``, "Draining").
 Endpoint churn goes to the running proxy through the runtime API (no reload); a structural
-change renders the configuration and reloads hitlessly; a proxy that died is started again
-with the current snapshot. HAProxy runs detached, so a restart of the agent leaves it and its
-traffic untouched: the new agent finds it by its pid file and reloads it once with the
-snapshot it fetches.
+change renders the configuration and reloads hitlessly; a runtime command the proxy refuses
+falls back to a reload; a proxy that died is started again with the current snapshot.
+HAProxy runs detached, so a restart of the agent leaves it and its traffic untouched: the new
+agent finds it by its pid file and reloads it once with the snapshot it fetches.
+
+The proxy is a ``Proxy`` (``HaproxyProcess`` on a node; ``elastin.testing.FakeProxy`` in
+tests), given to the manager; ``None`` when this node has no ``haproxy`` binary
+(``local_haproxy``): the manager says so once and stays idle, the rest of the agent works as
+before. Everything runs on the event loop: runtime commands through the proxy's asynchronous
+client, starts and reloads in a worker thread; one ``asyncio.Lock`` serialises apply, the
+deletion of drained servers and restarts.
 
 The access log: HAProxy writes it into a ring in its memory; the manager's
 ``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
 HAProxy's own messages), which ``elastin logs --mesh`` reads, and rotates that file.
-
-Without an ``haproxy`` binary the manager says so once and stays idle (the rest of the agent
-works as before).
 """
 
 from __future__ import annotations
@@ -23,21 +27,21 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
-from elastin.agent.drivers.task import rotate
+from elastin.agent.logfiles import rotate
 from elastin.client.errors import ClientError
-from elastin.client.http import AsyncClient
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector
-from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess, haproxy_binary
-from elastin.mesh.haproxy.render import render
+from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
+from elastin.mesh.haproxy.render import Paths, render
 from elastin.mesh.haproxy.runtime import runtime_commands
-from elastin.mesh.haproxy.stats import parse_stats
-from elastin.mesh.model import MeshSnapshot, diff
+from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
+from elastin.mesh.haproxy.stats import allocation_in_flight, parse_stats
+from elastin.mesh.model import Listener, MeshSnapshot, diff
 from elastin.mesh.model.traffic import ClusterStats
 
 log = logging.getLogger("elastin.agent.mesh")
@@ -47,22 +51,73 @@ DRAIN_SECONDS = 2.0
 # copy-truncate like workload logs: at most LOG_FILES files of LOG_MAX_BYTES on disk
 LOG_MAX_BYTES = 64 << 20
 LOG_FILES = 3
+SUPERVISE_SECONDS = 1.0  # how often the proxy's life, its log and its counters are checked
+
+# per-cluster counters of the node's proxy, as ``parse_stats`` reads them
+Stats = dict[str, ClusterStats]
+
+
+class Proxy(Protocol):
+    """What the manager needs of a node's proxy (``HaproxyProcess``, ``FakeProxy``).
+
+    ``load`` starts it with a configuration, or reloads it when it runs ("started" /
+    "reloaded"; ``HaproxyError`` when the configuration is refused); ``command`` sends a
+    runtime API command (``HaproxyError`` on a refusal, ``OSError`` when it does not
+    answer); ``unreachable`` names the listeners that do not accept connections within
+    ``timeout`` s; ``reloads`` and ``starts`` count what ``load`` did."""
+
+    reloads: int
+    starts: int
+
+    def paths(self) -> Paths: ...
+
+    def alive(self) -> bool: ...
+
+    async def load(self, text: str) -> str: ...
+
+    async def command(self, command: str) -> str: ...
+
+    async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]: ...
+
+    def stop(self) -> None: ...
+
+
+class MeshClient(Protocol):
+    """The server's calls the manager makes (``elastin.client.AsyncClient`` has them)."""
+
+    def mesh_stream(self, node_id: str, quiet: float = 60.0) -> AsyncIterator[MeshSnapshot]: ...
+
+    async def mesh_ack(self, node_id: str, version: int) -> None: ...
+
+
+def local_haproxy(directory: Path, clock: Clock = SYSTEM) -> HaproxyProcess | None:
+    """This node's HAProxy, run from ``directory``; None without an ``haproxy`` binary."""
+    binary = haproxy_binary()
+    return HaproxyProcess(directory, binary, clock) if binary else None
 
 
 class MeshManager:
-    def __init__(self, client: Callable[[], AsyncClient], node_id: str, directory: Path) -> None:
+    def __init__(
+        self,
+        client: Callable[[], MeshClient],
+        node_id: str,
+        directory: Path,
+        proxy: Proxy | None,
+        *,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.client = client
         self.node_id = node_id
         self.dir = directory
-        binary = haproxy_binary()
-        self.proxy = HaproxyProcess(directory, binary) if binary else None
-        sock = self.proxy.socket if self.proxy else directory / "haproxy.sock"
-        self.access_log = AccessLogCollector(sock, self.log_path)
+        self.proxy = proxy
+        self.clock = clock
+        sock = proxy.paths().runtime_socket if proxy else directory / "haproxy.sock"
+        self.access_log = AccessLogCollector(RuntimeClient(sock), self.log_path, clock=clock)
         self.current: MeshSnapshot | None = None
         self.pending_deletes: list[str] = []
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
-        # apply and delete_drained run in worker threads, side by side: one at a time
-        self._lock = threading.Lock()
+        self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
+        self._stats: Stats = {}
         self.exporter_port = self._exporter_port()
 
     @property
@@ -85,111 +140,107 @@ class MeshManager:
             path.write_text(str(port))
         return port
 
-    def stats(self) -> dict[str, ClusterStats]:
-        """Per-cluster counters of the running proxy (empty when none runs)."""
+    def stats(self) -> Stats:
+        """Per-cluster counters of the running proxy as last read (``read_stats``, every
+        ``SUPERVISE_SECONDS`` by ``supervise``); empty when none runs."""
         if self.proxy is None or not self.proxy.alive():
             return {}
-        try:
-            return parse_stats(self.proxy.send("show stat -1 6 -1"))  # backends + servers
-        except (HaproxyError, OSError):
-            return {}
+        return self._stats
+
+    async def read_stats(self) -> Stats:
+        """Read the running proxy's per-cluster counters now (empty when none runs)."""
+        self._stats = {}
+        if self.proxy is not None and self.proxy.alive():
+            with contextlib.suppress(HaproxyError, OSError):
+                self._stats = parse_stats(await self.proxy.command("show stat -1 6 -1"))
+        return self._stats
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
         return render(snap, self.proxy.paths())
 
-    def _listening(self, snap: MeshSnapshot, timeout: float) -> list[str]:
-        """Listeners of ``snap`` that do not accept connections within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        missing = list(snap.listeners)
-        while missing and time.monotonic() < deadline:
-            still = []
-            for lst in missing:
-                try:
-                    with socket.create_connection((lst.address, lst.port), timeout=0.2):
-                        pass
-                except OSError:
-                    still.append(lst)
-            missing = still
-            if missing:
-                time.sleep(0.05)
-        return [f"{lst.name} ({lst.address}:{lst.port})" for lst in missing]
-
-    def _full(self, snap: MeshSnapshot) -> str:
+    async def _full(self, snap: MeshSnapshot) -> str:
         """Start or reload with the whole configuration, and check that it took effect: a
         reload signalled while the previous one was still re-executing can be lost."""
         assert self.proxy is not None
-        done = self.proxy.ensure(self._config(snap))
+        done = await self.proxy.load(self._config(snap))
         for _ in range(3):
-            missing = self._listening(snap, 3.0)
+            missing = await self.proxy.unreachable(snap.listeners, 3.0)
             if not missing:
                 break
             log.warning("listeners not up after %s: %s; reloading again", done, ", ".join(missing))
-            done = self.proxy.ensure(self._config(snap))
+            done = await self.proxy.load(self._config(snap))
         self.current = snap
         self.access_log.wake()  # a new worker: follow its access log at once
         return done
 
-    def apply(self, snap: MeshSnapshot) -> str:
-        """Bring the proxy to ``snap``; returns what was done (for logs and tests)."""
-        with self._lock:
-            return self._apply(snap)
+    async def apply(self, snap: MeshSnapshot) -> str:
+        """Bring the proxy to ``snap``; returns what was done (for logs and tests):
+        "idle", "started", "reloaded", "updated" (runtime commands) or "unchanged"."""
+        async with self._lock:
+            return await self._apply(snap)
 
-    def _apply(self, snap: MeshSnapshot) -> str:
+    async def _apply(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
         snap = replace(snap, metrics_port=self.exporter_port)
         if not snap.listeners and not self.proxy.alive():
             self.current = snap
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
         if self.current is None or not self.proxy.alive():
-            return self._full(snap)
+            return await self._full(snap)
         d = diff(self.current, snap)
         if d.reload:
-            return self._full(snap)
+            return await self._full(snap)
         now, later = runtime_commands(d, snap)
         try:
             for cmd in now:
-                self.proxy.send(cmd)
+                await self.proxy.command(cmd)
                 self.runtime_commands += 1
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
-            return self._full(snap)
+            return await self._full(snap)
         self.pending_deletes += later
         self.current = snap
         return "updated" if now else "unchanged"
 
-    def in_flight(self, allocation: str) -> int:
-        """Requests this node's proxy is still serving on any endpoint of ``allocation``."""
+    async def in_flight(self, allocation: str) -> int:
+        """Requests this node's proxy is still serving on any endpoint of ``allocation``
+        (its endpoints' ids are ``<allocation>-<port>``)."""
         if self.proxy is None or not self.proxy.alive():
             return 0
         try:
-            text = self.proxy.send("show stat -1 4 -1")  # servers of every backend
+            text = await self.proxy.command("show stat -1 6 -1")  # backends + servers
         except (HaproxyError, OSError):
             return 0
-        prefix = f"e_{allocation}-"
-        total = 0
-        for line in text.splitlines():
-            cols = line.split(",")
-            if len(cols) > 4 and cols[1].startswith(prefix) and cols[4].isdigit():
-                total += int(cols[4])  # scur: current sessions
-        return total
+        return allocation_in_flight(text, allocation)
 
-    def delete_drained(self) -> None:
-        with self._lock:
-            self._delete_drained()
+    async def delete_drained(self) -> None:
+        """Delete the removed servers HAProxy lets go (no connection left); the others are
+        asked again later. A server that is gone already (a reload) is done."""
+        async with self._lock:
+            assert self.proxy is not None
+            keep = []
+            for cmd in self.pending_deletes:
+                try:
+                    await self.proxy.command(cmd)
+                except HaproxyError as e:
+                    if "no such server" not in str(e).lower():  # gone already: done
+                        keep.append(cmd)  # still has connections: try again later
+                except OSError:
+                    keep.append(cmd)
+            self.pending_deletes = keep[-1000:]
 
-    def _delete_drained(self) -> None:
-        assert self.proxy is not None
-        keep = []
-        for cmd in self.pending_deletes:
-            try:
-                self.proxy.send(cmd)
-            except HaproxyError as e:
-                if "no such server" not in str(e).lower():  # gone already (a reload): done
-                    keep.append(cmd)  # still has connections: try again later
-            except OSError:
-                keep.append(cmd)
-        self.pending_deletes = keep[-1000:]
+    async def _step(self, snap: MeshSnapshot) -> None:
+        """Apply ``snap`` and acknowledge it when the server wants to know."""
+        done = await self.apply(snap)
+        if done not in ("unchanged", "idle"):
+            log.info("mesh version %d: %s", snap.version, done)
+        if not snap.ack_wanted:
+            return  # the server acks only matter while an instance drains
+        try:
+            await self.client().mesh_ack(self.node_id, snap.version)
+        except ClientError as e:
+            log.warning("cannot acknowledge mesh version %d: %s", snap.version, e.message)
 
     async def run(self) -> None:
         """Follow the server's snapshot stream: apply the newest snapshot, acknowledge it,
@@ -209,22 +260,13 @@ class MeshManager:
                 arrived.clear()
                 snap = mailbox.pop()
                 try:
-                    done = await asyncio.to_thread(self.apply, snap)
+                    await self._step(snap)
                 except (HaproxyError, OSError) as e:
                     log.error("cannot apply mesh version %d: %s", snap.version, e)
-                    await asyncio.sleep(1.0)
+                    await self.clock.sleep(1.0)
                     if not mailbox:  # nothing newer came: try this one again
                         mailbox.append(snap)
                     arrived.set()
-                    continue
-                if done not in ("unchanged", "idle"):
-                    log.info("mesh version %d: %s", snap.version, done)
-                if not snap.ack_wanted:
-                    continue  # the server acks only matter while an instance drains
-                try:
-                    await self.client().mesh_ack(self.node_id, snap.version)
-                except ClientError as e:
-                    log.warning("cannot acknowledge mesh version %d: %s", snap.version, e.message)
 
     async def _receive(self, mailbox: list[MeshSnapshot], arrived: asyncio.Event) -> None:
         while True:
@@ -234,37 +276,46 @@ class MeshManager:
                     arrived.set()
             except ClientError as e:
                 log.warning("mesh snapshot stream: %s", e.message)
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
 
     async def _delete_drained_loop(self) -> None:
         while True:
-            await asyncio.sleep(DRAIN_SECONDS)
+            await self.clock.sleep(DRAIN_SECONDS)
             if self.pending_deletes:
-                await asyncio.to_thread(self.delete_drained)
+                await self.delete_drained()
 
-    def _restart(self) -> None:
-        with self._lock:
-            if self.proxy is not None and self.current is not None and not self.proxy.alive():
-                self.proxy.ensure(self._config(self.current))
-                self.access_log.wake()
+    async def restart_if_dead(self) -> bool:
+        """Start the proxy again with the current snapshot when it died; True when it did."""
+        async with self._lock:
+            if (
+                self.proxy is None
+                or self.current is None
+                or not self.current.listeners
+                or self.proxy.alive()
+            ):
+                return False
+            log.warning("haproxy is not running; starting it again")
+            await self.proxy.load(self._config(self.current))
+            self.access_log.wake()
+            return True
 
     def rotate_log(self) -> bool:
         """Rotate the access log when it passed ``LOG_MAX_BYTES``; True when it did."""
         return rotate(self.log_path, LOG_MAX_BYTES, LOG_FILES - 1)
 
     async def supervise(self) -> None:
-        """Start the proxy again when it dies; keep its log within bounds."""
+        """Start the proxy again when it dies; keep its log within bounds; read its
+        counters for ``stats``."""
         if self.proxy is None:
             return
         while True:
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(SUPERVISE_SECONDS)
             try:
                 await asyncio.to_thread(self.rotate_log)
             except OSError as e:
                 log.warning("cannot rotate the mesh access log: %s", e)
-            if self.current is not None and self.current.listeners and not self.proxy.alive():
-                log.warning("haproxy is not running; starting it again")
-                try:
-                    await asyncio.to_thread(self._restart)
-                except (HaproxyError, OSError) as e:
-                    log.error("cannot restart haproxy: %s", e)
+            try:
+                await self.restart_if_dead()
+            except (HaproxyError, OSError) as e:
+                log.error("cannot restart haproxy: %s", e)
+            await self.read_stats()

@@ -2,12 +2,22 @@
 
 It waits for the workload's dependencies, starts the instance through its driver, watches it,
 runs its health check, restarts it under the restart policy with exponential backoff, stops it
-gracefully when asked, and reports every step to the server through a ``Reporter``::
+gracefully when asked, and reports every step to the server through a ``Reporter``.
+
+Its status is the allocation's (``AllocStatus``) and every move is checked against the
+allocation's table (``elastin.model.cluster.check_transition``): an illegal one raises
+``IllegalTransition`` (a bug in the runner, reported as the allocation's failure). A restart
+backoff is shown as ``starting``::
 
     pending ──(deps ready)──► starting ──► running ──(exit)──┬─► restart? ──(backoff)──► starting
        │                          │                         ├─► complete  (exit 0, no restart)
        │                          └─(start error)──► failed  ├─► failed    (policy says stop)
        └──────────(stop asked)────────────────────────────► stopped
+
+A re-attached instance (``run(recovered=handle)``) starts from ``running``: the previous
+agent process started it. Whether and when to restart is decided by the pure
+``elastin.agent.restart.decide``; the runner applies the decision. Time comes from the
+injected ``Clock`` (``elastin.clock.SYSTEM`` by default).
 
 The handle of a started instance is kept on disk (``<state_dir>/<alloc>.json``) so that a new
 agent process re-attaches to it (``recover``) instead of starting it again.
@@ -24,7 +34,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +41,9 @@ from typing import Any
 
 from elastin.agent.drivers.base import Driver, DriverError, ExitResult, Handle, InstanceConfig
 from elastin.agent.health import HealthState, probe
-from elastin.model.cluster import Allocation, Usage
+from elastin.agent.restart import Finish, GiveUp, decide
+from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import TERMINAL, Allocation, AllocStatus, Usage, check_transition
 from elastin.model.codec import from_data, to_data
 from elastin.model.workload import Workload
 
@@ -48,7 +59,7 @@ Drain = Callable[[Allocation, int], Awaitable[str]]
 class RunnerState:
     """What a runner knows; also what the agent shows for this allocation."""
 
-    status: str = "pending"
+    status: AllocStatus = "pending"
     restarts: int = 0
     pid: int = 0
     healthy: bool | None = None
@@ -82,8 +93,7 @@ class AllocRunner:
         state_dir: Path,
         report: Report,
         deps_ready: DepsReady,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
         drain: Drain | None = None,
         node_env: dict[str, str] | None = None,
     ) -> None:
@@ -95,7 +105,6 @@ class AllocRunner:
         self.report = report
         self.deps_ready = deps_ready
         self.clock = clock
-        self.sleep = sleep
         self.state = RunnerState(status=alloc.status, restarts=alloc.restarts)
         self.handle: Handle | None = None
         self.stop_requested = asyncio.Event()
@@ -104,7 +113,7 @@ class AllocRunner:
         self.drain_after = 0  # the server revision that told this instance to stop
         self.done = asyncio.Event()
         self.ports: dict[str, int] = dict(alloc.ports)
-        self.run_started = self.clock()  # when the current run began (restart counting)
+        self.run_started = clock.monotonic()  # when the current run began (restart counting)
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -145,7 +154,8 @@ class AllocRunner:
             self.drain_after = drain_after
         self.stop_requested.set()
 
-    def _set(self, status: str, **extra: Any) -> None:
+    def _set(self, status: AllocStatus, **extra: Any) -> None:
+        check_transition(self.state.status, status)  # IllegalTransition: a bug here
         self.state.status = status
         self.report(self.alloc.id, status=status, restarts=self.state.restarts, **extra)
 
@@ -159,7 +169,8 @@ class AllocRunner:
             raise
         except Exception as e:  # a bug here must not take the agent down with it
             log.exception("runner for %s failed", self.alloc.name)
-            self._set("failed", reason=f"agent error: {e}")
+            if self.state.status not in TERMINAL:
+                self._set("failed", reason=f"agent error: {e}")
         finally:
             self.done.set()
 
@@ -167,6 +178,7 @@ class AllocRunner:
         w = self.workload
         if recovered is not None:
             self.handle = recovered
+            self.state.status = "running"  # the previous agent process started it
             if await self.driver.recover(recovered):
                 self._set("running", pid=recovered.pid, reason="re-attached after agent restart")
                 self._event("alloc.reattached", f"re-attached to pid {recovered.pid}")
@@ -198,11 +210,21 @@ class AllocRunner:
             if why != last:
                 self._set("pending", reason=why)
                 last = why
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.stop_requested.wait()
+            await self._stop_within(1.0)
         self._set("stopped", reason="stopped before it started")
         return False
+
+    async def _stop_within(self, seconds: float) -> bool:
+        """Wait until a stop is asked or ``seconds`` passed on the clock; True when asked."""
+        if self.stop_requested.is_set():
+            return True
+        async with asyncio.TaskGroup() as tg:
+            asked = tg.create_task(self.stop_requested.wait())
+            timer = tg.create_task(self.clock.sleep(seconds))
+            await asyncio.wait({asked, timer}, return_when=asyncio.FIRST_COMPLETED)
+            asked.cancel()
+            timer.cancel()
+        return self.stop_requested.is_set()
 
     def config(self, w: Workload) -> InstanceConfig:
         for p in w.ports:
@@ -254,7 +276,7 @@ class AllocRunner:
             self._event("alloc.start_failed", str(e), "error")
             return None
         self.handle = handle
-        self.run_started = self.clock()
+        self.run_started = self.clock.monotonic()
         self.save_handle(handle)
         self.state.pid = handle.pid
         self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
@@ -299,24 +321,24 @@ class AllocRunner:
         if w is None:
             self._set("complete" if ok else "failed", reason=what, exit_code=result.exit_code)
             return False
-        policy = w.restart
-        restart = w.type == "service" and (
-            policy.mode == "always" or (policy.mode == "on-failure" and not ok)
+        decision = decide(
+            w.restart,
+            w.type,
+            restarts=self.state.restarts,
+            started=self.run_started,
+            ended=self.clock.monotonic(),
+            ok=ok,
         )
-        if not restart:
-            self._set(
-                "complete" if ok else "failed", reason=what, exit_code=result.exit_code, pid=0
-            )
+        if isinstance(decision, Finish):
+            self._set(decision.status, reason=what, exit_code=result.exit_code, pid=0)
             return False
-        if self.clock() - self.run_started >= policy.reset_after:
-            self.state.restarts = 0  # it ran well for a while: a fresh series of attempts
-        if policy.attempts and self.state.restarts >= policy.attempts:
+        self.state.restarts = decision.restarts
+        if isinstance(decision, GiveUp):
             reason = f"{what}; gave up after {self.state.restarts} restarts"
             self._set("failed", reason=reason, exit_code=result.exit_code, pid=0)
             self._event("alloc.failed", reason, "error")
             return False
-        self.state.restarts += 1
-        delay = policy.delay(self.state.restarts)
+        delay = decision.delay
         self._set(
             "starting",
             reason=f"{what}; restart {self.state.restarts} in {delay:g}s",
@@ -324,10 +346,7 @@ class AllocRunner:
             pid=0,
         )
         self._event("alloc.restarting", f"{what}; restarting in {delay:g}s", "warning")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self.stop_requested.wait()
-        if self.stop_requested.is_set():
+        if await self._stop_within(delay):
             self._set("stopped", reason="stopped during restart backoff", pid=0)
             return False
         return True
@@ -336,13 +355,13 @@ class AllocRunner:
         if w is None or w.health is None:
             return
         check = w.health
-        state = HealthState(check, started_at=self.clock())
+        state = HealthState(check, started_at=self.clock.monotonic())
         port_name = check.port or (w.ports[0].name if w.ports else "")
         port = self.ports.get(port_name)
         cfg = self.config(w)
         for _ in range(10**9):  # bounded only by the instance's life
             ok, err = await probe(check, "127.0.0.1", port, cfg.env, cfg.workdir)
-            verdict = state.record(ok, self.clock(), err)
+            verdict = state.record(ok, self.clock.monotonic(), err)
             if verdict is not None:
                 self.state.healthy = verdict
                 self.report(self.alloc.id, healthy=verdict)
@@ -350,7 +369,7 @@ class AllocRunner:
                     self._event("alloc.healthy", "health check passes")
                 else:
                     self._event("alloc.unhealthy", f"health check fails: {err}", "warning")
-            await self.sleep(check.interval if state.healthy else min(check.interval, 1.0))
+            await self.clock.sleep(check.interval if state.healthy else min(check.interval, 1.0))
 
     async def sample(self) -> Usage | None:
         if self.handle is None:

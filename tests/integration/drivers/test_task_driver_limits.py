@@ -13,7 +13,8 @@ import pytest
 
 from elastin.agent.drivers.base import InstanceConfig
 from elastin.agent.drivers.cgroups import Cgroup, destroy_root
-from elastin.agent.drivers.task import TaskDriver, rotate
+from elastin.agent.drivers.task import TaskDriver
+from elastin.agent.logfiles import rotate
 from elastin.model.resources import Resources
 
 pytestmark = [

@@ -6,7 +6,10 @@ HTTP backends.
 mesh manager does: runtime commands for endpoint churn, a hitless reload for anything
 structural; ``reloads`` counts the reloads so tests can assert there were none. Its access
 log is collected as the agent collects it (``AccessLogCollector``, in a process of its own)
-into ``log``.
+into ``log``; ``start_collector`` returns once the collector follows the worker, so that a
+test's requests are never made before anyone reads their lines (on a loaded machine the
+collector's start can take longer than a test's first requests and a reload: the worker
+those went to was then never followed, and its lines never collected).
 """
 
 from __future__ import annotations
@@ -68,12 +71,25 @@ class MeshProxy:
         for lst in snapshot.listeners:
             wait_listening(lst.port)
 
-    def start_collector(self) -> subprocess.Popen[bytes]:
-        """The agent's access log collector, in a process of its own."""
+    def start_collector(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """The agent's access log collector, in a process of its own; returns once it
+        follows the worker (its CLI session is there beside the one asking)."""
         module = "elastin.mesh.haproxy.accesslog"
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", module, str(self.process.socket), str(self.log)]
         )
+        deadline = time.monotonic() + timeout
+        while self.cli_sessions() < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the access log collector did not attach to HAProxy")
+            time.sleep(0.05)
+        return proc
+
+    def cli_sessions(self) -> int:
+        """Sessions on the runtime API socket (this question's own among them)."""
+        with contextlib.suppress(Exception):
+            return sum("fe=GLOBAL" in x for x in self.process.send("show sess").splitlines())
+        return 0
 
     def stop(self) -> None:
         self.collector.terminate()

@@ -58,7 +58,7 @@ def test_a_request_in_flight_across_a_reload_is_logged_once(mesh_proxy: Start) -
         for i in range(20):
             assert get(proxy.url(listen, f"/after{i}"))[0] == 200
         slow.join(10)
-        lines = proxy.access_log(41)
+        lines = proxy.access_log(41, timeout=20)  # the old worker's last line comes late
     seen = paths(lines)
     assert seen["/slow"] == 1
     assert all(seen[f"/before{i}"] == 1 and seen[f"/after{i}"] == 1 for i in range(20)), seen
@@ -125,3 +125,27 @@ def test_a_follower_reconnecting_to_the_same_worker_writes_nothing_twice(
         time.sleep(0.5)  # time for a line to come twice
         lines = proxy.access_log(6)
     assert sorted(paths(lines).values()) == [1] * 6, paths(lines)
+
+
+def test_a_collector_restarted_after_a_reload_writes_nothing_twice(mesh_proxy: Start) -> None:
+    with http_backend("web") as port:
+        listen = free_port()
+        proxy = mesh_proxy(one_service(port, listen))
+        for i in range(5):
+            get(proxy.url(listen, f"/a{i}"))
+        proxy.access_log(5)
+        snap = one_service(port, listen, 2)
+        proxy.apply(replace(snap, listeners=(replace(snap.listeners[0], owner="shop/c"),)))
+        for i in range(5):
+            get(proxy.url(listen, f"/b{i}"))
+        proxy.access_log(10, timeout=15)
+        proxy.collector.terminate()
+        proxy.collector.wait(10)
+        time.sleep(1.0)  # the old worker exits: HAProxy's own messages end the file
+        assert proxy.log.read_text().splitlines()[-1].startswith("[")
+        get(proxy.url(listen, "/c"))
+        proxy.collector = proxy.start_collector()
+        proxy.access_log(11)
+        time.sleep(1.5)  # time for the ring to come twice
+        lines = proxy.access_log(11)
+    assert sorted(paths(lines).values()) == [1] * 11, paths(lines)

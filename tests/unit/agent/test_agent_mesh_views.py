@@ -12,12 +12,13 @@ from elastin.agent.agent import Agent, AgentConfig
 from elastin.mesh.dns import Target
 from elastin.mesh.model import Cluster, Endpoint, MeshSnapshot
 from elastin.model.cluster import Allocation
+from elastin.testing import FakeClock
 from elastin.testing.fake_driver import FakeDriver
 
 
 def agent(tmp: Path) -> Agent:
     cfg = AgentConfig(data_dir=tmp, server_url="http://127.0.0.1:9", token="t", mesh=False)
-    return Agent(cfg, {"task": FakeDriver()})
+    return Agent(cfg, {"task": FakeDriver()}, clock=FakeClock(autojump=True))
 
 
 def test_dns_answers_from_the_snapshot_the_proxy_serves(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ async def test_drain_says_what_happened(tmp_path: Path) -> None:
     assert [v for v, _ in calls] == [7, 11]
     busy: dict[str, Any] = {"n": 2}
 
-    def in_flight(_: str) -> int:
+    async def in_flight(_: str) -> int:
         busy["n"] -= 1
         return max(0, busy["n"])
 

@@ -1,16 +1,22 @@
-"""``AllocRunner`` on the fake driver: lifecycle, restart policy, stop, deps, re-attach."""
+"""``AllocRunner`` on the fake driver: lifecycle, restart policy, stop, deps, re-attach.
+
+Time is a ``FakeClock``: backoffs and the restart count's reset take no real time."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from elastin.agent.runner import AllocRunner
-from elastin.model.cluster import Allocation
+from elastin.clock import yield_now
+from elastin.model.cluster import Allocation, IllegalTransition
 from elastin.model.resources import Resources
 from elastin.model.workload import RestartPolicy, Workload
-from elastin.testing import FakeDriver
+from elastin.testing import FakeClock, FakeDriver
 
 
 class Reports:
@@ -27,7 +33,9 @@ class Reports:
         return [e[0] for _, f in self.items for e in f.get("events", [])]
 
 
-def make(tmp: Path, w: Workload, driver: FakeDriver, deps: str = "") -> tuple[AllocRunner, Reports]:
+def make(
+    tmp: Path, w: Workload, driver: FakeDriver, deps: str = "", clock: FakeClock | None = None
+) -> tuple[AllocRunner, Reports]:
     reports = Reports()
     alloc = Allocation(id="a1", app="app", workload=w.name, index=0, type=w.type)
 
@@ -42,17 +50,18 @@ def make(tmp: Path, w: Workload, driver: FakeDriver, deps: str = "") -> tuple[Al
         state_dir=tmp / "h",
         report=reports,
         deps_ready=deps_ready,
+        clock=clock or FakeClock(autojump=True),
     )
     return runner, reports
 
 
-FAST = RestartPolicy(mode="always", backoff=0.01, max_backoff=0.02)
+FAST = RestartPolicy(mode="always", backoff=1, max_backoff=2)  # on a clock that jumps
 
 
 async def until(cond: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
-            await asyncio.sleep(0.005)
+            await yield_now()
 
 
 async def test_service_restarts_with_backoff_then_stops(tmp_path: Path) -> None:
@@ -78,14 +87,13 @@ async def test_restart_attempts_exhausted_fails(tmp_path: Path) -> None:
     w = Workload(
         name="web",
         command=("srv",),
-        restart=RestartPolicy(mode="on-failure", attempts=2, backoff=0.01, max_backoff=0.01),
+        restart=RestartPolicy(mode="on-failure", attempts=2, backoff=1, max_backoff=1),
     )
     runner, reports = make(tmp_path, w, d)
     task = asyncio.create_task(runner.run())
-    for _ in range(3):
-        await until(lambda: d.running("a1"))
+    for n in range(3):
+        await until(lambda n=n: len(d.started) == n + 1 and d.running("a1"))
         d.exit("a1", 3)
-        await asyncio.sleep(0.03)
     await asyncio.wait_for(task, 5)
     assert reports.statuses()[-1] == "failed"
     last = [f for _, f in reports.items if f.get("status") == "failed"][-1]
@@ -180,24 +188,29 @@ async def test_reattach_after_agent_restart(tmp_path: Path) -> None:
 
 async def test_a_long_run_resets_the_restart_count(tmp_path: Path) -> None:
     d = FakeDriver()
+    clock = FakeClock()
     w = Workload(
         name="web",
         command=("srv",),
-        restart=RestartPolicy(
-            mode="always", attempts=1, backoff=0.01, max_backoff=0.01, reset_after=0.05
-        ),
+        restart=RestartPolicy(mode="always", attempts=1, backoff=2, max_backoff=2, reset_after=60),
     )
-    runner, reports = make(tmp_path, w, d)
+    runner, reports = make(tmp_path, w, d, clock=clock)
     task = asyncio.create_task(runner.run())
-    for _ in range(3):  # each run outlives reset_after, so attempts=1 is never exhausted
-        await until(lambda: d.running("a1"))
-        await asyncio.sleep(0.08)
+    for n in range(3):  # each run outlives reset_after, so attempts=1 is never exhausted
+        await until(lambda n=n: len(d.started) == n + 1 and d.running("a1"))
+        clock.advance(60)
         d.exit("a1", 1)
-        await until(lambda: not d.running("a1"))
-    await until(lambda: d.running("a1"))
-    assert "failed" not in reports.statuses()
-    runner.request_stop()
+        await until(lambda: clock.sleepers == 1)  # the backoff
+        assert "restart 1 in 2s" in reports.items[-2][1]["reason"]
+        clock.advance(1.9)
+        await yield_now()
+        assert not d.running("a1")  # not before the backoff is over
+        clock.advance(0.1)
+    await until(lambda: len(d.started) == 4 and d.running("a1"))
+    d.exit("a1", 1)  # a short run: the one attempt is used up
     await asyncio.wait_for(task, 5)
+    assert reports.statuses().count("failed") == 1
+    assert "gave up after 1 restarts" in reports.items[-2][1]["reason"]
 
 
 async def test_upstreams_get_a_private_local_listener_port(tmp_path: Path) -> None:
@@ -214,3 +227,50 @@ async def test_upstreams_get_a_private_local_listener_port(tmp_path: Path) -> No
     assert runner.ports["upstream.catalog"] == int(port)
     runner.request_stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_stop_during_the_backoff_stops_at_once(tmp_path: Path) -> None:
+    d = FakeDriver()
+    clock = FakeClock()
+    w = Workload(name="web", command=("srv",), restart=RestartPolicy(mode="always", backoff=30))
+    runner, reports = make(tmp_path, w, d, clock=clock)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1"))
+    d.exit("a1", 1)
+    await until(lambda: clock.sleepers == 1)
+    assert runner.state.status == "starting"
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+    assert reports.statuses()[-1] == "stopped"
+    assert len(d.started) == 1
+
+
+async def test_an_illegal_move_raises_and_fails_the_allocation(tmp_path: Path) -> None:
+    d = FakeDriver()
+    w = Workload(name="web", command=("srv",), restart=FAST)
+    runner, reports = make(tmp_path, w, d)
+    with pytest.raises(IllegalTransition):
+        runner._set("complete")  # pending -> complete: never a legal move
+    assert runner.state.status == "pending" and not reports.items
+    runner.state.status = "stopped"
+    with pytest.raises(IllegalTransition):
+        runner._set("running")  # nothing leaves a terminal state
+
+
+async def test_every_reported_move_is_legal(tmp_path: Path) -> None:
+    from elastin.model.cluster import check_transition
+
+    d = FakeDriver()
+    w = Workload(name="web", command=("srv",), restart=FAST)
+    runner, reports = make(tmp_path, w, d)
+    task = asyncio.create_task(runner.run())
+    for n in range(3):
+        await until(lambda n=n: len(d.started) == n + 1 and d.running("a1"))
+        d.exit("a1", 1)
+    await until(lambda: d.running("a1"))
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+    moves = ["pending", *reports.statuses()]
+    for old, new in itertools.pairwise(moves):
+        check_transition(old, new)
+    assert moves[-1] == "stopped"

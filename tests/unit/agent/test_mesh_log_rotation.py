@@ -9,13 +9,14 @@ import pytest
 
 from elastin.agent import mesh
 from elastin.agent.mesh import MeshManager
+from elastin.testing import FakeProxy
 
 
 def test_the_access_log_is_rotated_and_old_copies_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(mesh, "LOG_MAX_BYTES", 100)
-    manager = MeshManager(lambda: None, "n1", tmp_path)  # type: ignore[arg-type,return-value]
+    manager = MeshManager(lambda: None, "n1", tmp_path, FakeProxy())  # type: ignore[arg-type,return-value]
     log = tmp_path / "haproxy.log"
     with open(log, "ab") as writer:  # as HAProxy's stdout: appending
         for round_ in range(5):

@@ -1,21 +1,33 @@
 """The pure parts of the access log collector: splitting a stream into lines, skipping what
-was written already when a ring is replayed, and reading ``show info``'s pid."""
+was written already when a ring is replayed, and reading ``show info``'s pid; and the
+collector's follower on a scripted session: a replay that arrives slowly is still skipped
+up to its anchor, and a worker started after the collector is all new."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from elastin.mesh.haproxy import accesslog
 from elastin.mesh.haproxy.accesslog import (
+    AccessLogCollector,
     LineBuffer,
     Replay,
     after,
     last_line,
     refusal,
     split_info,
+    start_ticks,
 )
+from elastin.mesh.haproxy.runtime_client import RuntimeClient
+from elastin.testing import FakeClock
 
 
 def test_lines_come_out_whole_whatever_the_chunks() -> None:
@@ -82,3 +94,86 @@ def test_refusals_are_told_from_ring_lines() -> None:
     assert refusal(b"No such event sink\n") and refusal(b"Unknown command: 'show'\n")
     assert not refusal(b'{"path":"/no such thing"}\n')
     assert not refusal(b"Server c_a/e_1 is DOWN, reason: Layer7 invalid response\n")
+
+
+def test_the_anchor_after_a_restart_is_a_line_of_the_ring(tmp_path: Path) -> None:
+    f = tmp_path / "haproxy.log"
+    f.write_bytes(
+        b'{"path":"/a"}\n'
+        b"[NOTICE]   (6909) : Reloading HAProxy\n"
+        b"[WARNING]  (6911) : Proxy c_shop.web.http stopped (cumulated conns: FE: 0, BE: 2).\n"
+    )
+    assert last_line(f) == b'{"path":"/a"}\n'  # HAProxy's own messages are never in a ring
+    f.write_bytes(b"[NOTICE]   (6909) : Loading success.\n")
+    assert last_line(f) is None
+
+
+class ScriptedSession:
+    """A runtime API session whose chunks arrive ``gap`` seconds apart, then end."""
+
+    def __init__(self, chunks: list[bytes], gap: float) -> None:
+        self.chunks = chunks
+        self.gap = gap
+        self.closed = False
+
+    async def read(self, limit: int) -> bytes:
+        if not self.chunks:
+            return b""
+        await asyncio.sleep(self.gap)
+        return self.chunks.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def collector(tmp: Path) -> AccessLogCollector:
+    return AccessLogCollector(
+        RuntimeClient(tmp / "none.sock"), tmp / "haproxy.log", clock=FakeClock(autojump=True)
+    )
+
+
+async def test_a_slow_replay_is_still_skipped_up_to_its_anchor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accesslog, "REPLAY_SECONDS", 0.2)
+    log = tmp_path / "haproxy.log"
+    written = b"0\n1\n2\n2x\n3\n"
+    log.write_bytes(written)
+    c = collector(tmp_path)  # restarted: the file ends with 3
+    pid = os.getppid()  # a process older than the collector: its ring may hold what is written
+    # the replay of the ring comes in pieces, together longer than REPLAY_SECONDS (a
+    # collector starved of cpu): still all skipped up to 3
+    sess = ScriptedSession([b"1\n", b"2\n", b"2x\n", b"3\n", b"4\n", b"5\n"], gap=0.08)
+    await asyncio.wait_for(c._follow(pid, sess, b"0\n"), 5)  # type: ignore[arg-type]
+    assert log.read_bytes() == written + b"4\n5\n" and sess.closed
+
+
+async def test_a_replay_without_its_anchor_is_new_once_it_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accesslog, "REPLAY_SECONDS", 0.05)
+    log = tmp_path / "haproxy.log"
+    log.write_bytes(b"gone\n")
+    c = collector(tmp_path)
+    sess = ScriptedSession([b"b\n", b"c\n"], gap=0.1)  # a pause after the first line
+    await asyncio.wait_for(c._follow(os.getppid(), sess, b"a\n"), 5)  # type: ignore[arg-type]
+    assert log.read_bytes() == b"gone\na\nb\nc\n"
+
+
+async def test_a_worker_started_after_the_collector_is_all_new(tmp_path: Path) -> None:
+    log = tmp_path / "haproxy.log"
+    log.write_bytes(b"x\n")
+    c = collector(tmp_path)
+    time.sleep(0.05)  # start times are counted in clock ticks (10 ms)
+    worker = subprocess.Popen(["sleep", "5"])
+    try:
+        ticks = start_ticks(worker.pid)
+        assert ticks is not None and ticks >= (start_ticks(os.getpid()) or 0)
+        assert c._anchor(worker.pid) is None  # nothing to wait for: no replay to skip
+        assert c._anchor(os.getppid()) == b"x\n"  # older: maybe written already
+        sess = ScriptedSession([b"y\n"], gap=0)
+        await asyncio.wait_for(c._follow(worker.pid, sess, b"x\n"), 5)  # type: ignore[arg-type]
+        assert log.read_bytes() == b"x\nx\ny\n"  # its own "x" line is new
+    finally:
+        worker.kill()
+        worker.wait()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from elastin.mesh.haproxy.process import refused
+from elastin.mesh.haproxy.runtime_client import refused
 
 
 @pytest.mark.parametrize(

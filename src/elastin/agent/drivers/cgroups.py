@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elastin.agent.drivers.base import DriverError
+from elastin.clock import SYSTEM, Clock
 from elastin.model.resources import Resources
 
 BASE = Path("/sys/fs/cgroup")
@@ -209,10 +210,11 @@ class Cgroup:
                 n += 1
         return n
 
-    def destroy(self, timeout: float = 5.0) -> None:
-        """Kill what is left and remove the cgroup directories."""
-        deadline = time.monotonic() + timeout
-        while self.pids() and time.monotonic() < deadline:
+    def destroy(self, timeout: float = 5.0, clock: Clock = SYSTEM) -> None:
+        """Kill what is left and remove the cgroup directories (blocking: the kernel lets
+        the last processes go within milliseconds)."""
+        deadline = clock.monotonic() + timeout
+        while self.pids() and clock.monotonic() < deadline:
             self.kill_all(signal.SIGKILL)
             time.sleep(0.02)
         for d in set(self.dirs.values()):
@@ -231,7 +233,7 @@ def _rmdir(d: Path, tries: int) -> None:
             time.sleep(0.02)
 
 
-def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0) -> None:
+def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0, clock: Clock = SYSTEM) -> None:
     """Kill every process under ``root`` (all hierarchies) and remove its cgroups.
 
     For tests and for wiping a node; the agent itself removes one instance's cgroup at a time.
@@ -239,8 +241,8 @@ def destroy_root(root: str, base: Path = BASE, timeout: float = 5.0) -> None:
     roots = {p.resolve() / root for p in base.iterdir() if (p / root).is_dir()}
     if (base / root / "cgroup.procs").exists():
         roots.add(base / root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline:
         pids: set[int] = set()
         for r in roots:
             for procs in r.rglob("cgroup.procs"):

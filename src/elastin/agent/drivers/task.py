@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
+from elastin.agent.logfiles import rotate
+from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
 
 SH = "/bin/sh"
@@ -93,29 +94,12 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
     return found
 
 
-def rotate(path: Path, max_bytes: int, keep: int) -> bool:
-    """Copy-truncate ``path`` when it is larger than ``max_bytes``; True when rotated."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except OSError:
-        return False
-    for i in range(keep - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            older.replace(path.with_name(f"{path.name}.{i + 1}"))
-    if keep > 0:
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    return True
-
-
 class TaskDriver:
     name = "task"
 
-    def __init__(self, cgroup_root: str = "elastin") -> None:
+    def __init__(self, cgroup_root: str = "elastin", clock: Clock = SYSTEM) -> None:
         self.cgroup_root = cgroup_root
+        self.clock = clock
         self.info = detect_cgroups()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._cpu: dict[str, tuple[int, float]] = {}  # alloc -> (cpu ns, monotonic s)
@@ -177,12 +161,12 @@ class TaskDriver:
             ) from None
         self._children[proc.pid] = proc
         ticks = proc_start_ticks(proc.pid) or 0
-        self._cpu[config.alloc_id] = (0, time.monotonic())
+        self._cpu[config.alloc_id] = (0, self.clock.monotonic())
         return Handle(
             alloc_id=config.alloc_id,
             driver=self.name,
             pid=proc.pid,
-            started_at=time.time(),
+            started_at=self.clock.time(),
             data={
                 "start_ticks": ticks,
                 "cgroup_root": self.cgroup_root,
@@ -202,7 +186,7 @@ class TaskDriver:
 
     async def recover(self, handle: Handle) -> bool:
         self._cpu.setdefault(
-            handle.alloc_id, (self._cgroup(handle).cpu_usage_ns(), time.monotonic())
+            handle.alloc_id, (self._cgroup(handle).cpu_usage_ns(), self.clock.monotonic())
         )
         return self._alive(handle)
 
@@ -222,7 +206,7 @@ class TaskDriver:
             return
         except OSError:  # no pidfd (old kernel): poll
             while proc_start_ticks(pid) is not None:
-                await asyncio.sleep(0.1)
+                await self.clock.sleep(0.1)
             return
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -263,27 +247,27 @@ class TaskDriver:
             return
         cg = self._cgroup(handle)
         cg.kill_all(signal.SIGTERM, spare=handle.pid)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self._alive(handle):
+        deadline = self.clock.monotonic() + grace
+        while self.clock.monotonic() < deadline and self._alive(handle):
             if not (cg.pids() - {handle.pid}):
                 break
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
         cg.kill_all(signal.SIGKILL, spare=handle.pid)
         for _ in range(100):  # the shim writes the status and exits
             if not self._alive(handle):
                 return
-            await asyncio.sleep(0.02)
+            await self.clock.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.kill(handle.pid, signal.SIGKILL)
 
     async def stats(self, handle: Handle) -> Usage:
         cg = self._cgroup(handle)
-        now_ns, now = cg.cpu_usage_ns(), time.monotonic()
+        now_ns, now = cg.cpu_usage_ns(), self.clock.monotonic()
         last_ns, last = self._cpu.get(handle.alloc_id, (now_ns, now))
         self._cpu[handle.alloc_id] = (now_ns, now)
         millis = (now_ns - last_ns) / 1e6 / (now - last) if now > last else 0.0
         self.rotate_logs(handle)
-        return Usage(cpu=max(0.0, millis), memory=cg.memory_bytes(), sampled_at=time.time())
+        return Usage(cpu=max(0.0, millis), memory=cg.memory_bytes(), sampled_at=self.clock.time())
 
     def rotate_logs(self, handle: Handle) -> None:
         logs = Path(str(handle.data.get("log_dir", "")))

@@ -8,6 +8,6 @@ Modules:
     runtime    snapshot diff -> runtime API commands, so endpoint churn needs no reload (pure)
     stats      ``show stat`` read back into per-cluster counters (pure)
     accesslog  drains the access log ring HAProxy writes into, to the node's log file
-    process    checking configs, starting and reloading the master-worker HAProxy, talking
-               to its runtime socket (I/O)
+    runtime_client  the one asynchronous client of the runtime API socket (I/O)
+    process    checking configs, starting and reloading the master-worker HAProxy (I/O)
 """

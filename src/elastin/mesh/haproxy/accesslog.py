@@ -17,15 +17,24 @@ Where lines could be lost or doubled, and what is done about it:
   follows each new one, while the old worker's follower goes on until the old worker has
   logged its last request and exits (or its idle CLI session times out);
 * a follower reconnecting to a worker it followed before (the CLI's idle timeout) is sent
-  the whole ring again: the lines up to the last one it wrote are skipped (``after``);
-* a restarted agent starts from the last line in the file, the same way;
+  the whole ring again: the lines up to the last one it wrote are skipped (``after``). The
+  replay is over when the anchor comes, when the stream pauses for ``REPLAY_SECONDS`` (HAProxy
+  sends a ring's old content back to back) or when more than a ring's worth came — not at a
+  fixed time after connecting: a collector starved of cpu would otherwise take a replay that
+  is still arriving for new lines and write it twice;
+* a restarted agent starts from the last line of the ring in the file (HAProxy's own
+  messages, ``[NOTICE]``/``[WARNING]``/``[ALERT]`` lines, share the file and are never in the
+  ring), the same way; a worker that started after the collector has nothing in the file, so
+  all of its ring is new at once (no waiting for a replay to end);
 * the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
   oldest of those lines are gone.
 
 The splitting and skipping are pure (``LineBuffer``, ``Replay``); ``AccessLogCollector``
-is the I/O around them. The agent's mesh manager runs one; ``python -m
-elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its own until SIGTERM (the
-benchmarks and the real-HAProxy tests use it to drive a proxy as the agent does).
+is the I/O around them: it talks to HAProxy through the same asynchronous ``RuntimeClient``
+as the mesh manager, and takes its time from an injected ``Clock``. The agent's mesh
+manager runs one; ``python -m elastin.mesh.haproxy.accesslog SOCKET LOG`` runs one on its
+own until SIGTERM (the benchmarks and the real-HAProxy tests use it to drive a proxy as the
+agent does).
 """
 
 from __future__ import annotations
@@ -35,18 +44,19 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.render import RING_BYTES, RING_NAME
+from elastin.mesh.haproxy.runtime_client import RuntimeClient, RuntimeSession
 
 log = logging.getLogger("elastin.mesh.accesslog")
 
 PROBE_SECONDS = 1.0  # how often the collector asks which worker serves the socket
 READ_BYTES = 1 << 18
-REPLAY_SECONDS = 0.5  # a ring's old content arrives well within this
+REPLAY_SECONDS = 0.5  # a pause this long in a replay: the ring's old content has all come
 BATCH_SECONDS = 0.05  # after a short read, wait this long for lines to pile up
 
 
@@ -126,8 +136,15 @@ def split_info(data: bytes) -> tuple[int | None, bytes]:
     return 0, data[end + 2 :]  # no pid: not an answer we understand
 
 
+def haproxy_message(line: bytes) -> bool:
+    """Whether a line of the log file is HAProxy's own message on its stdout/stderr
+    (``[NOTICE]   (12) : Loading success.``), which is never a line of the ring."""
+    return line.startswith(b"[")
+
+
 def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
-    """The file's last complete line, or None (no file, or empty)."""
+    """The file's last complete line from the ring (HAProxy's own messages skipped), or
+    None (no file, or none)."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -135,21 +152,38 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
             tail = f.read()
     except OSError:
         return None
-    complete = [x for x in split_lines(tail) if x.endswith(b"\n")]
+    complete = [x for x in split_lines(tail) if x.endswith(b"\n") and not haproxy_message(x)]
     return complete[-1] if complete else None
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (None when unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class AccessLogCollector:
-    """Follows the access log ring of the HAProxy behind ``socket_path`` (every worker in
+    """Follows the access log ring of the HAProxy behind ``runtime`` (every worker in
     turn, across reloads and restarts) and appends its lines to ``log_path``."""
 
-    def __init__(self, socket_path: Path, log_path: Path, probe: float = PROBE_SECONDS) -> None:
-        self.socket_path = socket_path
+    def __init__(
+        self,
+        runtime: RuntimeClient,
+        log_path: Path,
+        probe: float = PROBE_SECONDS,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self.runtime = runtime
         self.log_path = log_path
         self.probe = probe
+        self.clock = clock
         # worker pid -> the last line written from it (or, before any, where to start)
         self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
+        self._started = start_ticks(os.getpid())  # workers started later are all new
         self._following: set[int] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,46 +201,45 @@ class AccessLogCollector:
             while True:
                 attached = await self._attach()
                 if attached is not None:
-                    pid, sock, rest = attached
+                    pid, sess, rest = attached
                     self._following.add(pid)
-                    tg.create_task(self._follow(pid, sock, rest))
+                    tg.create_task(self._follow(pid, sess, rest))
                     continue  # a follower ended or a reload: maybe one more worker at once
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.probe):
                         await self._wake.wait()
                 self._wake.clear()
 
-    async def _attach(self) -> tuple[int, socket.socket, bytes] | None:
-        """Connect and ask which worker answers; a socket that follows its ring when that
+    async def _attach(self) -> tuple[int, RuntimeSession, bytes] | None:
+        """Connect and ask which worker answers; a session that follows its ring when that
         worker is not followed yet, else None."""
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        try:
+            sess = await self.runtime.session(
+                f"show info;show events {RING_NAME} -w", limit=READ_BYTES
+            )
+        except OSError:  # TimeoutError too
+            return None  # no proxy (yet), or not answering: ask again later
         try:
             async with asyncio.timeout(5):
-                await loop.sock_connect(sock, str(self.socket_path))
-                await loop.sock_sendall(sock, f"show info;show events {RING_NAME} -w\n".encode())
                 data, pid, rest = b"", None, b""
                 while pid is None:
-                    chunk = await loop.sock_recv(sock, READ_BYTES)
+                    chunk = await sess.read(READ_BYTES)
                     if not chunk:
                         break
                     data += chunk
                     pid, rest = split_info(data)
             if pid and pid not in self._following:
-                return pid, sock, rest
-        except (OSError, TimeoutError):
-            pass  # no proxy (yet), or not answering: ask again later
-        sock.close()
+                return pid, sess, rest
+        except OSError:
+            pass
+        sess.close()
         return None
 
-    async def _follow(self, pid: int, sock: socket.socket, first: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _follow(self, pid: int, sess: RuntimeSession, first: bytes) -> None:
+        started = self.clock.monotonic()
         buf = LineBuffer()
-        replay = Replay(self._anchors.setdefault(pid, self._start_anchor))
-        deadline = started + REPLAY_SECONDS
-        received, checked = 0, False
+        replay = Replay(self._anchor(pid))
+        received, checked, paused = 0, False, False
         data = first
         try:
             while True:
@@ -217,33 +250,43 @@ class AccessLogCollector:
                     if refusal(lines[0]):
                         log.warning("haproxy has no access log ring: %s", lines[0].decode().strip())
                         break
-                over = loop.time() >= deadline or received > RING_BYTES + READ_BYTES
+                over = paused or received > RING_BYTES + READ_BYTES
                 lines = replay.feed(lines, over)
                 if lines:
                     self._write(lines)
                     self._anchors[pid] = lines[-1]
-                wait = max(0.0, deadline - loop.time()) if replay.holding else None
+                wait = REPLAY_SECONDS if replay.holding else None
                 if wait is None and len(data) < READ_BYTES // 4:
                     # little came: let lines pile up (in the socket, then in the ring)
                     # rather than wake for each one — a read then carries hundreds
-                    await asyncio.sleep(BATCH_SECONDS)
+                    await self.clock.sleep(BATCH_SECONDS)
                 try:
                     async with asyncio.timeout(wait):
-                        data = await loop.sock_recv(sock, READ_BYTES)
+                        data = await sess.read(READ_BYTES)
                 except TimeoutError:
-                    data = b""  # nothing more of the replay: what is held is new
+                    data, paused = b"", True  # the replay is over: what is held is new
                     continue
                 if not data:
                     break  # held lines (if any) come again with the next follower
         except OSError as e:
             log.debug("access log of worker %d: %s", pid, e)
         finally:
-            sock.close()
+            sess.close()
             self._following.discard(pid)
             # maybe the newest worker needs a follower now; a follower that ended at once
             # (a worker exiting, a refusal) waits for the next probe instead
-            if self._wake is not None and loop.time() - started >= self.probe:
+            if self._wake is not None and self.clock.monotonic() - started >= self.probe:
                 self._wake.set()
+
+    def _anchor(self, pid: int) -> bytes | None:
+        """The last line written from worker ``pid``: what a replay of its ring is skipped
+        up to. A worker not followed before: the file's last line when this collector
+        started — unless the worker started later (nothing of it can be in the file)."""
+        if pid not in self._anchors:
+            ticks = start_ticks(pid)
+            new = ticks is not None and self._started is not None and ticks > self._started
+            self._anchors[pid] = None if new else self._start_anchor
+        return self._anchors[pid]
 
     def _write(self, lines: Iterable[bytes]) -> None:
         data = b"".join(lines)
@@ -256,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m elastin.mesh.haproxy.accesslog SOCKET LOG", file=sys.stderr)
         return 2
-    collector = AccessLogCollector(Path(args[0]), Path(args[1]))
+    collector = AccessLogCollector(RuntimeClient(args[0]), Path(args[1]))
 
     async def until_stopped() -> None:
         stop = asyncio.Event()

@@ -1,11 +1,18 @@
-"""The I/O around HAProxy: validate a configuration with ``haproxy -c``, talk to the runtime
-API socket, and start / reload one master-worker HAProxy (``HaproxyProcess``).
+"""The I/O around HAProxy: validate a configuration with ``haproxy -c`` and start / reload
+one master-worker HAProxy (``HaproxyProcess``, the agent's ``Proxy``); its runtime API goes
+through the asynchronous ``RuntimeClient`` (``runtime_client.py``).
+
+Starting and reloading block (``haproxy -c``, waiting for the socket): ``ensure`` does it in
+the calling thread (scripts, tests), ``load`` in a worker thread for the agent's event loop.
+``runtime`` and ``HaproxyProcess.send`` are blocking runtime API calls for scripts, tests and
+benchmarks only; the agent never uses them.
 
 Exceptions: ``HaproxyError`` with HAProxy's own message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -13,13 +20,22 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.render import LUA_SCRIPT, Paths
+from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient, refused
+from elastin.mesh.model import Listener
 
-
-class HaproxyError(Exception):
-    """HAProxy rejected a configuration or a runtime command."""
+__all__ = [
+    "HaproxyError",
+    "HaproxyProcess",
+    "check_config",
+    "haproxy_binary",
+    "refused",
+    "runtime",
+]
 
 
 def haproxy_binary() -> str | None:
@@ -37,7 +53,8 @@ def check_config(path: str, binary: str = "haproxy") -> None:
 
 
 def runtime(socket_path: str, command: str, timeout: float = 5.0) -> str:
-    """Send one command to the runtime API; return its answer."""
+    """Send one command to the runtime API; return its answer (blocking: for scripts and
+    tests; the agent uses ``RuntimeClient``)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(socket_path)
@@ -54,35 +71,25 @@ def runtime(socket_path: str, command: str, timeout: float = 5.0) -> str:
     return answer
 
 
-# How HAProxy 2.6's runtime API says no: a one-line answer. Successes are empty, data, or a
-# line of news ("New server registered.", "Server deleted.", "IP changed from ...").
-_REFUSAL_STARTS = ("no such", "error", "unknown", "already exists", "only ", "require", "'")
-_REFUSAL_WORDS = ("not found", "cannot", "expects", "invalid", "garbage", "must be")
-
-
-def refused(answer: str) -> bool:
-    """Whether a runtime API answer is a refusal (e.g. "Server still has connections
-    attached to it, cannot remove it." or "Already exists a server with the same name")."""
-    first = next((line for line in answer.splitlines() if line.strip()), "").strip().lower()
-    return first.startswith(_REFUSAL_STARTS) or any(w in first for w in _REFUSAL_WORDS)
-
-
 class HaproxyProcess:
     """One HAProxy in master-worker mode, started detached so that it outlives the agent.
 
     ``ensure(config)`` writes and checks the configuration, then starts HAProxy — or, when
     one is already running (this agent's or a previous agent's, found by its pid file),
     reloads it hitlessly (SIGUSR2 to the master; listening sockets are passed to the new
-    workers). ``alive()`` tells whether the master still runs; ``send`` uses the runtime API.
+    workers); ``load(config)`` does the same off the event loop. ``alive()`` tells whether the
+    master still runs; ``command`` uses the runtime API (``runtime``, a ``RuntimeClient``).
     """
 
-    def __init__(self, directory: Path, binary: str) -> None:
+    def __init__(self, directory: Path, binary: str, clock: Clock = SYSTEM) -> None:
         self.dir = directory
         self.binary = binary
+        self.clock = clock
         self.config = directory / "haproxy.cfg"
         self.pid_file = directory / "haproxy.pid"
         self.socket = directory / "haproxy.sock"
         self.lua_file = directory / "elastin.lua"
+        self.runtime = RuntimeClient(self.socket)
         self.reloads = 0
         self.starts = 0
         self._child: subprocess.Popen[bytes] | None = None  # when this process started it
@@ -144,15 +151,45 @@ class HaproxyProcess:
         )
         self._pid = self._child.pid  # -W without -D: the process we started is the master
         log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + 10
+        while self.clock.monotonic() < deadline:
             if self.socket.exists() and self.alive():
                 self.starts += 1
                 return "started"
-            time.sleep(0.02)
+            time.sleep(0.02)  # blocking: in the caller's thread (``load``: a worker thread)
         raise HaproxyError(f"haproxy did not start; see {self.dir / 'haproxy.log'}")
 
+    async def load(self, text: str) -> str:
+        """``ensure`` in a worker thread: the event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.ensure, text)
+
+    async def command(self, command: str) -> str:
+        """One runtime API command (``RuntimeClient.command``)."""
+        return await self.runtime.command(command)
+
+    async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]:
+        """Listeners that do not accept connections within ``timeout`` (a reload signalled
+        while the previous one was still re-executing can be lost)."""
+        deadline = self.clock.monotonic() + timeout
+        missing = list(listeners)
+        while missing and self.clock.monotonic() < deadline:
+            still = []
+            for lst in missing:
+                try:
+                    async with asyncio.timeout(0.2):
+                        _, writer = await asyncio.open_connection(lst.address, lst.port)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                except OSError:
+                    still.append(lst)
+            missing = still
+            if missing:
+                await self.clock.sleep(0.05)
+        return [f"{lst.name} ({lst.address}:{lst.port})" for lst in missing]
+
     def send(self, command: str) -> str:
+        """Blocking ``command``, for scripts and tests (never in the agent)."""
         return runtime(str(self.socket), command)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -162,8 +199,8 @@ class HaproxyProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self._is_master(pid) and time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + timeout
+        while self._is_master(pid) and self.clock.monotonic() < deadline:
             if self._child is not None:
                 self._child.poll()
             time.sleep(0.02)

@@ -1,0 +1,92 @@
+"""The one asynchronous client of HAProxy's runtime API (the ``stats socket``, a unix socket).
+
+``RuntimeClient.command`` sends one command and returns the answer (HAProxy closes the
+connection after it); ``RuntimeClient.session`` keeps a connection open for a command whose
+answer goes on (``show events <ring> -w``: the access log collector). The agent's mesh
+manager (apply, delete, in flight, stats) and the access log collector both go through it,
+on the event loop; nothing waits in a thread for the socket.
+
+Exceptions::
+
+    HaproxyError        HAProxy refused a command (its own one-line answer in the message)
+    OSError             the socket is not there or does not answer (``TimeoutError`` after
+                        ``timeout`` s is one)
+
+How a refusal is told from a success is ``refused`` (HAProxy 2.6's answers, tested in
+``tests/unit/mesh/test_runtime_answers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+
+class HaproxyError(Exception):
+    """HAProxy rejected a configuration or a runtime command."""
+
+
+# How HAProxy 2.6's runtime API says no: a one-line answer. Successes are empty, data, or a
+# line of news ("New server registered.", "Server deleted.", "IP changed from ...").
+_REFUSAL_STARTS = ("no such", "error", "unknown", "already exists", "only ", "require", "'")
+_REFUSAL_WORDS = ("not found", "cannot", "expects", "invalid", "garbage", "must be")
+
+
+def refused(answer: str) -> bool:
+    """Whether a runtime API answer is a refusal (e.g. "Server still has connections
+    attached to it, cannot remove it." or "Already exists a server with the same name")."""
+    first = next((line for line in answer.splitlines() if line.strip()), "").strip().lower()
+    return first.startswith(_REFUSAL_STARTS) or any(w in first for w in _REFUSAL_WORDS)
+
+
+class RuntimeSession:
+    """An open connection to the runtime API, reading what a long command sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, limit: int) -> bytes:
+        """What has arrived, up to ``limit`` bytes (waits for some); b"" at the end."""
+        return await self._reader.read(limit)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class RuntimeClient:
+    def __init__(self, socket_path: Path | str, timeout: float = 5.0) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+
+    async def command(self, command: str) -> str:
+        """Send one command; return its answer. Raises ``HaproxyError`` on a refusal,
+        ``OSError`` when the socket does not answer within ``timeout``."""
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+            try:
+                writer.write(command.encode() + b"\n")
+                await writer.drain()
+                data = await reader.read()  # HAProxy closes after one command
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        answer = data.decode(errors="replace")
+        if refused(answer):
+            raise HaproxyError(f"haproxy refused {command!r}: {answer.strip()}")
+        return answer
+
+    async def session(self, command: str, limit: int = 1 << 18) -> RuntimeSession:
+        """Connect and send ``command`` (e.g. ``show info;show events <ring> -w``); the
+        answer is read from the session as it comes. ``limit``: the most one read returns."""
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=limit)
+            try:
+                writer.write(command.encode() + b"\n")
+                await writer.drain()
+            except BaseException:
+                writer.close()
+                raise
+        return RuntimeSession(reader, writer)
