@@ -102,7 +102,7 @@ async def test_the_tail_of_a_large_file_reads_little(
         read.append(n)
         return real(fd, n, off)
 
-    monkeypatch.setattr(logfiles.os, "pread", counting)
+    monkeypatch.setattr(os, "pread", counting)
     async with client(api) as c:
         resp = await c.get(f"/v1/allocations/{ALLOC}/logs", params={"tail": 10})
     assert resp.content == line * 10

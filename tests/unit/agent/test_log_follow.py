@@ -115,7 +115,7 @@ async def test_tail_reads_only_the_end_of_a_large_file(
         read.append(n)
         return real_pread(fd, n, off)
 
-    monkeypatch.setattr(logfiles.os, "pread", counting_pread)
+    monkeypatch.setattr(os, "pread", counting_pread)
     got = await tail(path, 3)
     assert got == b"line 0999997\nline 0999998\nline 0999999\n"
     assert sum(read) <= 2 * logfiles.BLOCK
