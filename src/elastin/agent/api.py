@@ -218,6 +218,7 @@ class AgentApi:
         config = uvicorn.Config(
             self.app,
             log_level="warning",
+            log_config=None,  # the agent's logging stays as its owner set it
             lifespan="off",
             access_log=False,
             proxy_headers=False,

@@ -19,7 +19,8 @@ closes the upstream request, which ends the agent's follow.
 Errors (``elastin.server.errors``' root, turned into JSON by the API)::
 
     ServerError
-     ├── NotFound            404: the agent has no such logs (its message and hint)
+     ├── NotFound            404: the agent has no such logs (its message, the node's
+     │                        name, its hint)
      ├── Invalid             422: the agent refused a parameter
      ├── AgentUnavailable    503: no agent API published, or it cannot be reached
      └── BadGateway          502: a bad published address, or the agent answered badly
@@ -240,7 +241,7 @@ async def _refusal(node: Node, response: httpx.Response) -> ServerError:
     message, hint = _clean(data.get("message")), _clean(data.get("hint"))
     status = response.status_code
     if status == 404 and message:
-        return NotFound(message, hint=hint)
+        return NotFound(f"{message} (node {node.name})", hint=hint)
     if status in (400, 422) and message:
         return Invalid(message, hint=hint)
     if status in (401, 403):

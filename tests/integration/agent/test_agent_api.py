@@ -218,9 +218,12 @@ async def test_followers_are_bounded(tmp_path: Path) -> None:
             client(a) as c,
             c.stream("GET", f"/v1/allocations/{ALLOC}/logs", params={"follow": "true"}) as first,
         ):
-            assert await read_until(first.aiter_raw(), b"x\n") == b"x\n"
-            second = await c.get(f"/v1/allocations/{ALLOC}/logs", params={"follow": "true"})
+            chunks = first.aiter_raw()  # kept: a dropped iterator would end the stream
+            assert await read_until(chunks, b"x\n") == b"x\n"
+            async with client(a) as other:
+                second = await other.get(f"/v1/allocations/{ALLOC}/logs", params={"follow": "true"})
             assert second.status_code == 503
             assert "follow" in second.json()["hint"]
+            assert a.follows == 1
     finally:
         await a.close()

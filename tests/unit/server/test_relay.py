@@ -150,7 +150,7 @@ async def test_agent_answers_become_errors_before_streaming(
         )
     assert type(e.value) is error and e.value.status == code
     if status == 404 and isinstance(body, dict):
-        assert (e.value.message, e.value.hint) == ("no logs for ab12", "h")
+        assert (e.value.message, e.value.hint) == ("no logs for ab12 (node worker-7)", "h")
     else:
         assert "worker-7" in e.value.message or e.value.status == 422
 
@@ -178,5 +178,6 @@ async def test_an_agents_message_is_bounded_and_printable() -> None:
         await open_relay(
             node("127.0.0.1:4851"), "/v1/mesh/logs", {}, TOKEN, transport=answering(404, body)
         )
-    assert len(e.value.message) <= 500 and "\x1b" not in e.value.message
+    assert len(e.value.message) <= 500 + len(" (node worker-7)")
+    assert "\x1b" not in e.value.message
     assert e.value.hint.strip() == ""
