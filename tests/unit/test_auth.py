@@ -3,6 +3,7 @@ both APIs put in front of everything (no sockets: httpx's ASGI transport)."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
+import elastin.auth
 from elastin.auth import RequireToken, token_matches
 from elastin.server import auth as server_auth
 
@@ -59,3 +61,20 @@ async def test_require_token_lets_the_token_through() -> None:
 def test_the_servers_hint_names_its_token_file() -> None:
     hint = server_auth.token_hint(Path("/var/lib/elastin"))
     assert "/var/lib/elastin/token" in hint
+
+
+def test_the_shared_check_imports_nothing_of_ours() -> None:
+    """Both the server and the agent import it: it must not pull either in."""
+    tree = ast.parse(Path(elastin.auth.__file__).read_text())
+    ours = [
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("elastin")
+    ] + [
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for a in n.names
+        if a.name.startswith("elastin")
+    ]
+    assert ours == []
