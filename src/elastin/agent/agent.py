@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from elastin.agent.api import AgentApi
 from elastin.agent.drivers.base import Driver
 from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
@@ -69,6 +70,8 @@ class AgentConfig:
     mesh: bool = True  # run this node's HAProxy (when installed)
     dns_port: int | None = 0  # the DNS interface on 127.0.0.1 (0: any free port; None: off)
     metrics_port: int | None = 0  # the agent's /metrics on 127.0.0.1 (0: any free port; None: off)
+    api_host: str = "127.0.0.1"  # the agent's API (logs, relayed by the server): an IP literal
+    api_port: int = 0  # 0: any free port
 
 
 def memory_total() -> int:
@@ -87,8 +90,6 @@ def fingerprint(cfg: AgentConfig, node_id: str, drivers: dict[str, Driver]) -> N
         "kernel.name": os.uname().sysname.lower(),
         "kernel.release": os.uname().release,
         "cpu.cores": str(cpus),
-        "agent.alloc_root": str(cfg.data_dir / "allocs"),
-        "agent.mesh_dir": str(cfg.data_dir / "mesh"),
     }
     names, cgv = [], ""
     for name, d in drivers.items():
@@ -247,6 +248,13 @@ class Agent:
             self.metrics = metrics
         if dns is not None:
             self.dns = dns
+        self.api = AgentApi(
+            self.alloc_root,
+            cfg.data_dir / "mesh" / "haproxy.log",
+            cfg.token,
+            host=cfg.api_host,
+            port=cfg.api_port,
+        )
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
@@ -305,6 +313,7 @@ class Agent:
     async def register(self) -> Node:
         node = fingerprint(self.cfg, self.node_id, self.drivers)
         attrs = dict(node.attributes)
+        attrs["agent.api"] = self.api.address
         if self.metrics is not None:
             attrs["agent.metrics"] = self.metrics.address
         if self.dns is not None:
@@ -493,13 +502,18 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops."""
         self.alloc_root.mkdir(parents=True, exist_ok=True)
-        if self.metrics is not None:
-            await self.metrics.start()
-        if self.dns is not None:
-            await self.dns.start()
-            self.node_env["ELASTIN_DNS"] = f"{self.dns.host}:{self.dns.port}"
-        await self.register()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_client)
+            await self.api.start()  # the agent's API: logs, relayed by the server
+            stack.push_async_callback(self.api.close)
+            if self.metrics is not None:
+                await self.metrics.start()
+                stack.push_async_callback(self.metrics.close)
+            if self.dns is not None:
+                await self.dns.start()
+                stack.push_async_callback(self.dns.close)
+                self.node_env["ELASTIN_DNS"] = f"{self.dns.host}:{self.dns.port}"
+            await self.register()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self.recover(tg)
@@ -518,13 +532,10 @@ class Agent:
                     self.mesh = mesh
                     tg.create_task(mesh.run())
                     tg.create_task(mesh.supervise())
-        finally:
-            if self.metrics is not None:
-                await self.metrics.close()
-            if self.dns is not None:
-                await self.dns.close()
-            with contextlib.suppress(Exception):
-                await self.client.close()
+
+    async def _close_client(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
 
     def stop_mesh_if_idle(self, force: bool = False) -> None:
         """Stop this node's HAProxy when no instance runs here any more (or ``force``)."""

@@ -2,14 +2,19 @@
 
 The token is made at the server's first start and kept in ``<data_dir>/token`` with mode
 0600, readable by its owner only; the CLI, the SDK and a local agent read it from there.
+Checking it is ``elastin.auth`` (shared with the agents' APIs); ``token_matches`` is
+re-exported here.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 from pathlib import Path
+
+from elastin.auth import token_matches
+
+__all__ = ["TOKEN_FILE", "ensure_token", "token_hint", "token_matches"]
 
 TOKEN_FILE = "token"
 
@@ -30,10 +35,9 @@ def ensure_token(data_dir: Path) -> str:
     return token
 
 
-def token_matches(expected: str, header: str | None) -> bool:
-    if not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), expected.encode())
+def token_hint(data_dir: Path) -> str:
+    """Where a caller refused for want of the token finds it (the 401 body's hint)."""
+    return (
+        f"send 'Authorization: Bearer <token>'; the token is in "
+        f"{data_dir / TOKEN_FILE} (readable by its owner only)"
+    )

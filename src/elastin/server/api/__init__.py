@@ -2,9 +2,11 @@
 describes every request and response body, ``models.py``).
 
 Handlers only translate between HTTP and the cluster's rooms (``elastin.server.cluster``).
-Every request needs the server's bearer token (``middleware.RequireToken``), the OpenAPI
-document included. Errors are JSON bodies ``{"error", "message", "hint", "issues"}`` with a
-4xx status; a rejected spec returns the same located messages the CLI prints.
+Every request needs the server's bearer token (``elastin.auth.RequireToken``), the OpenAPI
+document included. Logs are relayed from the node's agent API (``server/relay.py``): the
+server never opens a file on a node. Errors are JSON bodies ``{"error", "message", "hint",
+"issues"}`` with a 4xx or 5xx status; a rejected spec returns the same located messages the
+CLI prints.
 
 Routes for users (``users.py``)::
 
@@ -52,11 +54,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from elastin import __version__
+from elastin.auth import RequireToken
 from elastin.model.errors import ModelError
 from elastin.server.api.agents import agent_routes
-from elastin.server.api.middleware import MeshStreams, RequireToken
+from elastin.server.api.middleware import MeshStreams
 from elastin.server.api.models import ErrorBody
 from elastin.server.api.users import user_routes
+from elastin.server.auth import token_hint
 from elastin.server.cluster import Cluster
 from elastin.server.errors import ServerError
 
@@ -80,7 +84,12 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
         redoc_url=None,
     )
     api.add_middleware(MeshStreams, feed=cluster.mesh)  # added first: inside the token check
-    api.add_middleware(RequireToken, token=token, data_dir=data_dir)
+    api.add_middleware(
+        RequireToken,
+        token=token,
+        message="this call needs the server's token",
+        hint=token_hint(data_dir),
+    )
 
     @api.exception_handler(ServerError)
     async def server_error(_: Request, exc: ServerError) -> JSONResponse:
@@ -90,6 +99,6 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     async def model_error(_: Request, exc: ModelError) -> JSONResponse:
         return JSONResponse({"error": "Invalid", "message": str(exc)}, status_code=422)
 
-    api.include_router(user_routes(cluster, data_dir), responses=ERRORS)
-    api.include_router(agent_routes(cluster), responses=ERRORS)
+    api.include_router(user_routes(cluster, token, data_dir), responses=ERRORS)
+    api.include_router(agent_routes(cluster, token), responses=ERRORS)
     return api

@@ -9,7 +9,6 @@ against it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -24,15 +23,16 @@ from elastin.server.api.models import (
     BatchResults,
     BatchStatusBody,
     Converged,
+    ErrorBody,
     HeartbeatBody,
     NodeAllocations,
     NodeBody,
     NodeStatus,
     StatusBody,
 )
-from elastin.server.api.users import _read_logs, alloc_view
+from elastin.server.api.users import MAX_TAIL, alloc_view
 from elastin.server.cluster import Cluster
-from elastin.server.errors import NotFound
+from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.reports import AllocReport
 
 
@@ -49,7 +49,7 @@ def to_report(body: StatusBody) -> AllocReport:
     )
 
 
-def agent_routes(cluster: Cluster) -> APIRouter:
+def agent_routes(cluster: Cluster, token: str) -> APIRouter:
     r = APIRouter()
 
     @r.post("/v1/nodes", response_model=Node)
@@ -102,18 +102,18 @@ def agent_routes(cluster: Cluster) -> APIRouter:
     @r.get(
         "/v1/nodes/{node_id}/mesh/logs",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/plain": {}}, "description": "JSON lines"}},
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "JSON lines"},
+            502: {"model": ErrorBody, "description": "the node's agent answered badly"},
+            503: {"model": ErrorBody, "description": "the node's agent cannot be reached"},
+        },
     )
-    async def node_mesh_logs(node_id: str, tail: int = 100, follow: bool = False) -> Response:
+    async def node_mesh_logs(
+        node_id: str, tail: int = Query(100, ge=0), follow: bool = False
+    ) -> Response:
         node = await cluster.views.node(node_id)
-        mesh_dir = node.attrs().get("agent.mesh_dir", "")
-        path = Path(mesh_dir) / "haproxy.log" if mesh_dir else None
-        if path is None or not path.exists():
-            raise NotFound(
-                f"no mesh access log on node {node.name}",
-                hint="the node's HAProxy starts when an instance there has upstreams",
-            )
-        return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")
+        params: dict[str, str | int | bool] = {"tail": min(tail, MAX_TAIL), "follow": follow}
+        return RelayResponse(await open_relay(node, "/v1/mesh/logs", params, token))
 
     @r.post("/v1/allocations/{alloc_id}/status", response_model=AllocationView)
     async def alloc_status(alloc_id: str, body: StatusBody) -> Response:

@@ -1,59 +1,20 @@
-"""Plain ASGI middleware in front of the FastAPI app: the token check and the agents' mesh
-snapshot streams.
+"""The agents' mesh snapshot streams, served on plain ASGI in front of the FastAPI app
+(the token check, ``elastin.auth.RequireToken``, sits in front of it).
 
-Both are plain ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` costs a task and a
-stream per request (it halved the API's throughput for agents' blocking queries), and a
-``StreamingResponse`` per mesh stream (a task group, several wrappers per message) was three
-quarters of the server's time with 1,000 agents (bench/propagation.py).
+Plain ASGI on purpose: a ``StreamingResponse`` per mesh stream (a task group, several
+wrappers per message) was three quarters of the server's time with 1,000 agents
+(bench/propagation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from pathlib import Path
 from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from elastin.server.auth import token_matches
 from elastin.server.meshfeed import MeshFeed
-
-
-class RequireToken:
-    """Every call needs the server's bearer token (constant-time compare)."""
-
-    def __init__(self, app: ASGIApp, token: str, data_dir: Path) -> None:
-        self.app = app
-        self.token = token
-        self.denied = json.dumps(
-            {
-                "error": "Unauthorized",
-                "message": "this call needs the server's token",
-                "hint": f"send 'Authorization: Bearer <token>'; the token is in "
-                f"{data_dir / 'token'} (readable by its owner only)",
-            }
-        ).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not token_matches(self.token, header.decode("latin-1")):
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(self.denied)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": self.denied})
-                return
-        await self.app(scope, receive, send)
-
 
 STREAM_PATH = re.compile(r"^/v1/nodes/([^/]+)/mesh/stream$")
 

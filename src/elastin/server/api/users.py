@@ -23,6 +23,7 @@ from elastin.server.api.models import (
     ApplyAnswer,
     ApplyBody,
     Deleted,
+    ErrorBody,
     NodeView,
     Registry,
     ScaleBody,
@@ -38,9 +39,12 @@ from elastin.server.api.models import (
 from elastin.server.cluster import Cluster
 from elastin.server.errors import Invalid, NotFound
 from elastin.server.metrics import CONTENT_TYPE, render_metrics
+from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.repo import AppRecord
 from elastin.server.views import AllocFilter
 from elastin.store.base import CompactedError
+
+MAX_TAIL = 100_000  # most lines a log request may ask for
 
 
 def alloc_view(a: Allocation) -> dict[str, Any]:
@@ -49,7 +53,7 @@ def alloc_view(a: Allocation) -> dict[str, Any]:
     return d
 
 
-def user_routes(cluster: Cluster, data_dir: Path) -> APIRouter:
+def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
     r = APIRouter()
     views = cluster.views
 
@@ -126,23 +130,30 @@ def user_routes(cluster: Cluster, data_dir: Path) -> APIRouter:
     @r.get(
         "/v1/allocations/{alloc_id}/logs",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/plain": {}}, "description": "the log's lines"}},
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "the log's lines"},
+            502: {"model": ErrorBody, "description": "the node's agent answered badly"},
+            503: {"model": ErrorBody, "description": "the node's agent cannot be reached"},
+        },
     )
     async def alloc_logs(
-        alloc_id: str, stream: str = "stdout", tail: int = 100, follow: bool = False
+        alloc_id: str,
+        stream: str = "stdout",
+        tail: int = Query(100, ge=0, le=MAX_TAIL, description="lines (0: the whole log)"),
+        follow: bool = False,
     ) -> Response:
         if stream not in ("stdout", "stderr"):
             raise Invalid(f"stream must be stdout or stderr, not {stream!r}")
         alloc = await views.allocation(alloc_id)
-        node = await views.node(alloc.node_id) if alloc.node_id else None
-        root = node.attrs().get("agent.alloc_root", "") if node else ""
-        path = Path(root) / alloc_id / "logs" / f"{stream}.log" if root else None
-        if path is None or not path.parent.exists():
+        if not alloc.node_id:
             raise NotFound(
-                f"no logs for {alloc.name} on this machine",
-                hint="logs stay on the node that ran the instance; it may not have started yet",
+                f"no logs for {alloc.name}: it is on no node",
+                hint="it may not have been placed yet; see `elastin ps -a`",
             )
-        return StreamingResponse(_read_logs(path, tail, follow), media_type="text/plain")
+        node = await views.node(alloc.node_id)
+        params: dict[str, str | int | bool] = {"stream": stream, "tail": tail, "follow": follow}
+        relay = await open_relay(node, f"/v1/allocations/{alloc.id}/logs", params, token)
+        return RelayResponse(relay)
 
     # --- nodes ------------------------------------------------------------------------
     @r.get("/v1/nodes", response_model=list[NodeView])  # type: ignore[valid-type]
@@ -233,32 +244,3 @@ def user_routes(cluster: Cluster, data_dir: Path) -> APIRouter:
         return Response(body, media_type=CONTENT_TYPE)
 
     return r
-
-
-async def _read_logs(path: Path, tail: int, follow: bool) -> AsyncIterator[bytes]:
-    """The last ``tail`` lines of a log file, then (with ``follow``) what is appended."""
-    import asyncio
-
-    try:
-        data = path.read_bytes() if path.exists() else b""
-    except OSError:
-        data = b""
-    lines = data.splitlines(keepends=True)
-    yield b"".join(lines[-tail:] if tail > 0 else lines)
-    if not follow:
-        return
-    pos = len(data)
-    for _ in range(24 * 3600 * 4):  # bounded: a day of following
-        await asyncio.sleep(0.25)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            continue
-        if size < pos:  # rotated (copy-truncate): start again from the top
-            pos = 0
-        if size > pos:
-            with path.open("rb") as f:
-                f.seek(pos)
-                chunk = f.read(size - pos)
-            pos = size
-            yield chunk
