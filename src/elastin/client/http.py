@@ -92,9 +92,6 @@ class Client:
     def apps(self) -> Any:
         return self.call("GET", "/v1/apps")
 
-    def app(self, name: str) -> Any:
-        return self.call("GET", f"/v1/apps/{name}")
-
     def delete_app(self, name: str) -> Any:
         return self.call("DELETE", f"/v1/apps/{name}")
 
@@ -129,9 +126,6 @@ class Client:
         return [
             from_data(Allocation, a) for a in self.call("GET", "/v1/allocations", params=params)
         ]
-
-    def allocation(self, alloc_id: str) -> Allocation:
-        return from_data(Allocation, self.call("GET", f"/v1/allocations/{alloc_id}"))
 
     def logs(
         self, alloc_id: str, *, stream: str = "stdout", tail: int = 100, follow: bool = False
@@ -236,15 +230,6 @@ class AsyncClient:
         data = await self.call("POST", f"/v1/allocations/{alloc_id}/status", json=report)
         return from_data(Allocation, data)
 
-    async def mesh(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
-        data = await self.call(
-            "GET",
-            f"/v1/nodes/{node_id}/mesh",
-            params={"index": index, "wait": wait},
-            timeout=wait + 30,
-        )
-        return localize(from_data(MeshSnapshot, data))
-
     async def mesh_stream(self, node_id: str, quiet: float = 60.0) -> AsyncIterator[MeshSnapshot]:
         """The node's mesh snapshots as the server pushes them (the current one first).
         Ends with ``ServerUnavailable`` when the connection drops or stays silent for
@@ -282,6 +267,3 @@ class AsyncClient:
     async def allocations(self, app: str) -> list[Allocation]:
         data = await self.call("GET", "/v1/allocations", params={"app": app, "all": False})
         return [from_data(Allocation, a) for a in data]
-
-    async def events(self, events: list[tuple[str, str, str, str]]) -> Any:
-        return await self.call("POST", "/v1/events", json={"events": events})

@@ -4,7 +4,8 @@ health and events, checked against the allocation lifecycle
 
 A report that ends an allocation frees resources and may complete a job: the applier is
 kicked. One that changes what the mesh sees (status, health, ports) advances the mesh
-version, so that every proxy learns of the endpoint.
+version, so that every proxy learns of the endpoint. A batch of reports (what agents send) is
+one transaction: one revision, one wake, however many allocations it moves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from elastin.model.cluster import (
 from elastin.server.errors import Conflict, NotFound
 from elastin.server.repo import Repo
 from elastin.server.waits import Changes
+from elastin.store.base import Compare
 
 _TRIES = 10
 
@@ -60,6 +62,29 @@ class Reports:
         self.changes = changes
         self.clock = clock
 
+    @staticmethod
+    def _next(alloc: Allocation, report: AllocReport, now: float) -> Allocation | None:
+        """``alloc`` after ``report`` (None when nothing changes); an illegal move raises."""
+        if report.status is not None:
+            try:
+                check_transition(alloc.status, report.status)
+            except IllegalTransition as e:
+                raise Conflict(str(e)) from None
+        new = report.applied_to(alloc, now)
+        if replace(new, updated_at=alloc.updated_at) == alloc:
+            return None
+        return new
+
+    def _signal(self, changed: list[tuple[Allocation, Allocation]], rev: int) -> None:
+        """Wake who a commit of ``(old, new)`` allocations concerns, once per commit."""
+        if any(new.terminal and not old.terminal for old, new in changed):
+            self.changes.committed(rev)  # resources freed, a job slot done: schedule
+        elif any(
+            (new.status, new.healthy, new.ports) != (old.status, old.healthy, old.ports)
+            for old, new in changed
+        ):
+            self.changes.mesh.advance(rev)  # endpoints changed
+
     async def update(self, alloc_id: str, report: AllocReport) -> Allocation:
         """Take an agent's report on one allocation."""
         for _ in range(_TRIES):
@@ -67,35 +92,61 @@ class Reports:
             if not found:
                 raise NotFound(f"no allocation {alloc_id!r}")
             alloc, mod_rev = found
-            if report.status is not None:
-                try:
-                    check_transition(alloc.status, report.status)
-                except IllegalTransition as e:
-                    raise Conflict(str(e)) from None
-            new = report.applied_to(alloc, self.clock.time())
-            if replace(new, updated_at=alloc.updated_at) == alloc and not report.events:
+            new = self._next(alloc, report, self.clock.time())
+            if new is None and not report.events:
                 return alloc
             rev = await self.repo.commit(
                 compares=[self.repo.compare_alloc(alloc_id, mod_rev)],
-                allocs=[new],
+                allocs=[new] if new is not None else [],
                 events=list(report.events),
             )
             if rev is None:
                 continue
-            if new.terminal and not alloc.terminal:
-                self.changes.committed(rev)  # resources freed, a job slot done: schedule
-            elif (new.status, new.healthy, new.ports) != (alloc.status, alloc.healthy, alloc.ports):
-                self.changes.mesh.advance(rev)  # endpoints changed
-            return new
+            if new is not None:
+                self._signal([(alloc, new)], rev)
+            return new or alloc
         raise Conflict(f"allocation {alloc_id!r} kept changing; try again")
 
     async def update_many(self, reports: Mapping[str, AllocReport]) -> dict[str, str]:
-        """Several reports at once; ``ok`` or the error per allocation."""
+        """Several reports at once, committed in one transaction (one revision, one wake
+        for the applier and the mesh feed); ``ok`` or the error per allocation. When an
+        allocation changed in between, the batch is taken one report at a time."""
         out: dict[str, str] = {}
+        changed: list[tuple[Allocation, Allocation]] = []
+        compares: list[Compare] = []
+        events: list[EventSpec] = []
+        now = self.clock.time()
         for alloc_id, report in reports.items():
+            found = await self.repo.get_alloc(alloc_id)
+            if not found:
+                out[alloc_id] = f"no allocation {alloc_id!r}"
+                continue
+            alloc, mod_rev = found
+            try:
+                new = self._next(alloc, report, now)
+            except Conflict as e:
+                out[alloc_id] = e.message
+                continue
+            out[alloc_id] = "ok"
+            if new is None and not report.events:
+                continue
+            compares.append(self.repo.compare_alloc(alloc_id, mod_rev))
+            events += report.events
+            if new is not None:
+                changed.append((alloc, new))
+        if not compares:
+            return out
+        rev = await self.repo.commit(
+            compares=compares, allocs=[new for _, new in changed], events=events
+        )
+        if rev is not None:
+            self._signal(changed, rev)
+            return out
+        for alloc_id, report in reports.items():  # something moved: one at a time
+            if out.get(alloc_id) != "ok":
+                continue
             try:
                 await self.update(alloc_id, report)
-                out[alloc_id] = "ok"
             except (NotFound, Conflict) as e:
                 out[alloc_id] = e.message
         return out

@@ -13,6 +13,7 @@ from elastin.model.resources import Resources
 from elastin.server.cluster import Cluster
 from elastin.server.errors import Conflict, Invalid, NotFound
 from elastin.server.reports import AllocReport
+from elastin.server.views import AllocFilter
 from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
 
@@ -215,3 +216,28 @@ async def test_a_silent_node_is_marked_down_and_its_mesh_counters_dropped() -> N
     assert c.telemetry.traffic() == []
     events = await c.views.events(limit=0)
     assert events[-1].type == "node.down"
+
+
+async def test_a_batch_of_reports_is_one_commit_and_a_bad_one_fails_alone(
+    cluster: Cluster,
+) -> None:
+    await cluster.nodes.register(node())
+    await cluster.apps.apply(SPEC)
+    await cluster.applier.schedule_once()
+    allocs, _ = await cluster.views.live_allocations()
+    web = [a for a in allocs if a.workload == "web"]
+    rev = await cluster.views.revision()
+    reports = {a.id: AllocReport(status="running", pid=10 + a.index) for a in web}
+    reports["nope"] = AllocReport(status="running")
+    job = next(a for a in allocs if a.workload == "report")
+    reports[job.id] = AllocReport(status="complete")  # pending -> complete: illegal
+    results = await cluster.reports.update_many(reports)
+    assert [results[a.id] for a in web] == ["ok", "ok"]
+    assert "no allocation" in results["nope"] and "cannot go from" in results[job.id]
+    assert await cluster.views.revision() == rev + 1  # one transaction for the batch
+    assert cluster.changes.mesh.value == rev + 1  # endpoints changed: one wake
+    assert {a.status for a in await cluster.views.allocations(AllocFilter(workload="web"))} == {
+        "running"
+    }
+    again = await cluster.reports.update_many({web[0].id: AllocReport(status="running")})
+    assert again == {web[0].id: "ok"} and await cluster.views.revision() == rev + 1
