@@ -98,14 +98,26 @@ class SqliteStore(HubStore):
         ).fetchone()
         return None if row is None else KeyValue(row[0], json.loads(row[1]), row[2], row[3])
 
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
-        self._check()
+    def _range(self, prefix: str) -> list[KeyValue]:
         rows = self._db.execute(
             "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ? AND key < ? "
             "ORDER BY key",
             (prefix, _prefix_end(prefix)),
         ).fetchall()
-        return [KeyValue(r[0], json.loads(r[1]), r[2], r[3]) for r in rows], self._rev
+        return [KeyValue(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    async def list(self, prefix: str) -> tuple[builtins.list[KeyValue], int]:
+        self._check()
+        return self._range(prefix), self._rev
+
+    async def read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
+        self._check()
+        # One read transaction: every prefix sees the same committed state.
+        self._db.execute("BEGIN")
+        try:
+            return {p: self._range(p) for p in prefixes}, self._rev
+        finally:
+            self._db.execute("COMMIT")
 
     async def txn(
         self,
