@@ -204,7 +204,8 @@ class SqliteStore(HubStore):
         try:
             await self._call(self._close_db)  # after every queued job
         finally:
-            self._executor.shutdown(wait=True)  # the thread is idle: this only joins it
+            # Joins the thread: idle by now, unless this close() was cancelled while it waited.
+            self._executor.shutdown(wait=True)
             self._hub.close()
             self._closing.set_result(None)
 
