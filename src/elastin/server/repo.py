@@ -70,15 +70,10 @@ class Repo:
 
     # reads -------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
-        apps, rev1 = await self.store.list(APPS)
-        allocs, rev2 = await self.store.list(ALLOCS)
-        nodes, rev3 = await self.store.list(NODES)
-        # The store is written only by this process's event loop between awaits; lists made
-        # without an intervening write share a revision. Re-read if one slipped in.
-        if not rev1 == rev2 == rev3:
-            return await self.snapshot()
+        kvs, rev = await self.store.read((APPS, ALLOCS, NODES))  # one revision for all three
+        apps, allocs, nodes = kvs[APPS], kvs[ALLOCS], kvs[NODES]
         return Snapshot(
-            revision=rev3,
+            revision=rev,
             apps={kv.key[len(APPS) :]: (from_data(AppRecord, kv.value), kv.mod_rev) for kv in apps},
             allocs={
                 kv.key[len(ALLOCS) :]: (from_data(Allocation, kv.value), kv.mod_rev)

@@ -4,6 +4,7 @@ Modelled on etcd v3 so that an etcd implementation can follow behind the same pr
 
 * one store-wide revision counter, incremented by every successful write transaction;
 * every key carries ``create_rev`` and ``mod_rev``;
+* ``read`` returns several prefixes at one revision (a consistent snapshot);
 * ``txn`` applies puts and deletes atomically if every ``Compare`` holds (compare-and-set);
 * ``watch(prefix, from_rev)`` yields every change with ``rev >= from_rev`` under ``prefix``,
   in revision order, none missed and none twice, then follows new changes live.
@@ -20,6 +21,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -90,6 +92,14 @@ class StateStore(Protocol):
 
     async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key starting with ``prefix`` in key order, and the revision they were read at."""
+        ...
+
+    async def read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
+        """Every key under each of ``prefixes``, all read at one revision, and that revision.
+
+        The answer maps each prefix to its keys in key order (overlapping prefixes each get
+        theirs); no write lands between the prefixes, as with etcd's reads at one revision.
+        """
         ...
 
     async def txn(

@@ -43,15 +43,23 @@ class MemoryStore(HubStore):
             else KeyValue(kv.key, copy.deepcopy(kv.value), kv.create_rev, kv.mod_rev)
         )
 
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
-        self._check()
+    def _range(self, prefix: str) -> list[KeyValue]:
         i = bisect.bisect_left(self._keys, prefix)
         out = []
         while i < len(self._keys) and self._keys[i].startswith(prefix):
             kv = self._kv[self._keys[i]]
             out.append(KeyValue(kv.key, copy.deepcopy(kv.value), kv.create_rev, kv.mod_rev))
             i += 1
-        return out, self._rev
+        return out
+
+    async def list(self, prefix: str) -> tuple[builtins.list[KeyValue], int]:
+        self._check()
+        return self._range(prefix), self._rev
+
+    async def read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
+        self._check()
+        # No await between the prefixes: no write can land in between.
+        return {p: self._range(p) for p in prefixes}, self._rev
 
     async def txn(
         self,

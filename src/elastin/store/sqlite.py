@@ -11,23 +11,49 @@ On-disk schema::
 
 Every transaction is one SQLite transaction (``BEGIN IMMEDIATE`` … ``COMMIT``): a process
 killed at any moment leaves the state of the last committed revision, never half of one.
-The file is created 0600. The store is used by one process (the server) from its event loop;
-the calls are short and run synchronously.
+The file is created 0600. The store is used by one process (the server); that process's
+revision counter is the file's.
+
+Threads. SQLite's calls block (reading pages, syncing the WAL at commit, waiting for a lock
+another process holds), so none of them runs on the event loop. One worker thread owns the
+connection (opened there, ``check_same_thread`` on) and runs each operation whole, one at a
+time, in the order they were called; the loop awaits the result::
+
+    event loop                              worker thread (elastin-sqlite)
+    ──────────                              ──────────────────────────────
+    txn(): encode values, queue the job ──► BEGIN IMMEDIATE … COMMIT
+                                            loop.call_soon_threadsafe(deliver)
+    deliver: revision, hub.publish, ◄───────┘
+             then the caller's result
+
+One thread hop per operation: the job does all of the operation's SQLite work, and one loop
+callback both publishes its changes and resolves the caller's future. Callbacks reach the
+loop in the order the jobs ran, so watchers get changes in revision order, before any caller
+sees the revision. A caller cancelled while its job is queued or running does not undo it:
+the change commits and is published (as with etcd, a cancelled request may have been
+applied). ``revision()`` answers on the loop from the last delivered commit, without a hop.
+``close()`` refuses new operations, lets the queued ones finish, closes the connection,
+stops the thread, and then ends every watch. ``sqlite3`` errors become ``StoreError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from elastin.store.base import (
     JSON,
     Compare,
     KeyValue,
+    StoreClosedError,
     StoreError,
     TxnResult,
     WatchEvent,
@@ -46,46 +72,92 @@ CREATE TABLE IF NOT EXISTS log (
     type TEXT NOT NULL, value TEXT, PRIMARY KEY (rev, seq));
 """
 
+THREAD_NAME = "elastin-sqlite"
+
+T = TypeVar("T")
+
+# What a job returns: its result, and the changes it committed (empty unless it wrote).
+_Done = tuple[T, Sequence[WatchEvent]]
+
 
 def _prefix_end(prefix: str) -> str:
     """The smallest string greater than every string starting with ``prefix``."""
     return prefix + "\U0010ffff"
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """``begin`` … ``COMMIT``, rolled back if the body raises; the body may end it itself."""
+    db.execute(begin)
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if db.in_transaction:
+        db.execute("COMMIT")
+
+
+def _settle(fut: asyncio.Future[T], result: T) -> None:
+    if not fut.done():  # its caller may have been cancelled
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[T], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 class SqliteStore(HubStore):
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
         self.path = Path(path)
+        # Owned by the worker thread: the connection, its revision and compaction floor.
+        self._db: sqlite3.Connection
+        self._db_rev = 0
+        self._compacted = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(SCHEMA)
-            fmt = self._meta("format")
-            if fmt is None:
-                if self._db.execute("SELECT count(*) FROM kv").fetchone()[0]:
-                    raise StoreError(f"{self.path} is not an Elastin state database")
-                self._db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
-            elif fmt != FORMAT:
-                raise StoreError(
-                    f"{self.path} has state format {fmt!r}; this Elastin reads {FORMAT!r}"
-                )
-        except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"{self.path} is not an Elastin state database ({e}); move it aside or point "
-                "--store at another file"
-            ) from None
-        self._rev = int(self._meta("revision") or 0)
-        self._compacted = int(self._meta("compacted") or 0)
+            # The constructor is synchronous (``open_store``): it waits for the worker.
+            self._executor.submit(self._open, durable).result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+        # Owned by the event loop: the last revision delivered to it, and close().
+        self._rev = self._db_rev
+        self._closing: asyncio.Future[None] | None = None
         HubStore.__init__(self)
 
-    def _meta(self, name: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
+    # event loop side ---------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._closing is not None:
+            raise StoreClosedError("the store is closed")
+
+    def _call(self, job: Callable[[], _Done[T]]) -> asyncio.Future[T]:
+        """Queue ``job`` on the worker; its changes are published before the future resolves."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def run() -> None:  # on the worker thread
+            try:
+                result, events = job()
+            except sqlite3.Error as e:
+                err = StoreError(f"state database {self.path}: {e}")
+                err.__cause__ = e
+                loop.call_soon_threadsafe(_fail, fut, err)
+            except BaseException as e:
+                loop.call_soon_threadsafe(_fail, fut, e)
+            else:
+                loop.call_soon_threadsafe(self._deliver, fut, result, events)
+
+        self._executor.submit(run)
+        return fut
+
+    def _deliver(self, fut: asyncio.Future[T], result: T, events: Sequence[WatchEvent]) -> None:
+        if events:
+            self._rev = events[0].rev
+            self._hub.publish(events)
+        _settle(fut, result)
 
     async def revision(self) -> int:
         self._check()
@@ -93,19 +165,16 @@ class SqliteStore(HubStore):
 
     async def get(self, key: str) -> KeyValue | None:
         self._check()
-        row = self._db.execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
-        ).fetchone()
-        return None if row is None else KeyValue(row[0], json.loads(row[1]), row[2], row[3])
+        return await self._call(lambda: (self._get(key), ()))
 
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+    async def list(self, prefix: str) -> tuple[builtins.list[KeyValue], int]:
         self._check()
-        rows = self._db.execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ? AND key < ? "
-            "ORDER BY key",
-            (prefix, _prefix_end(prefix)),
-        ).fetchall()
-        return [KeyValue(r[0], json.loads(r[1]), r[2], r[3]) for r in rows], self._rev
+        return await self._call(lambda: ((self._range(prefix), self._db_rev), ()))
+
+    async def read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
+        self._check()
+        prefixes = tuple(prefixes)
+        return await self._call(lambda: (self._read(prefixes), ()))
 
     async def txn(
         self,
@@ -114,15 +183,103 @@ class SqliteStore(HubStore):
         deletes: Sequence[str] = (),
     ) -> TxnResult:
         self._check()
-        db = self._db
+        # Encoded and copied here: the caller may change its values while the job waits.
         encoded = [(k, json.dumps(v, separators=(",", ":"))) for k, v in puts]
-        db.execute("BEGIN IMMEDIATE")
+        compares, deletes = tuple(compares), tuple(deletes)
+        return await self._call(lambda: self._txn(compares, encoded, deletes))
+
+    async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
+        self._check()
+        return await self._call(lambda: (self._log_since(prefix, from_rev), ()))
+
+    async def compact(self, keep_revisions: int) -> None:
+        self._check()
+        await self._call(lambda: self._compact(keep_revisions))
+
+    async def close(self) -> None:
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closing = asyncio.get_running_loop().create_future()
         try:
+            await self._call(self._close_db)  # after every queued job
+        finally:
+            # Joins the thread: idle by now, unless this close() was cancelled while it waited.
+            self._executor.shutdown(wait=True)
+            self._hub.close()
+            self._closing.set_result(None)
+
+    # worker thread side ------------------------------------------------------------------
+    def _open(self, durable: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            self._db = db
+            fmt = self._meta("format")
+            if fmt is None:
+                if db.execute("SELECT count(*) FROM kv").fetchone()[0]:
+                    raise StoreError(f"{self.path} is not an Elastin state database")
+                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            elif fmt != FORMAT:
+                raise StoreError(
+                    f"{self.path} has state format {fmt!r}; this Elastin reads {FORMAT!r}"
+                )
+            self._db_rev = int(self._meta("revision") or 0)
+            self._compacted = int(self._meta("compacted") or 0)
+        except BaseException as e:
+            if db is not None:
+                db.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise StoreError(
+                    f"{self.path} is not an Elastin state database ({e}); move it aside or "
+                    "point --store at another file"
+                ) from None
+            raise
+
+    def _meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _get(self, key: str) -> KeyValue | None:
+        row = self._db.execute(
+            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else KeyValue(row[0], json.loads(row[1]), row[2], row[3])
+
+    def _range(self, prefix: str) -> builtins.list[KeyValue]:
+        rows = self._db.execute(
+            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ? AND key < ? "
+            "ORDER BY key",
+            (prefix, _prefix_end(prefix)),
+        ).fetchall()
+        return [KeyValue(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    def _read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
+        # One read transaction: every prefix sees the same committed state.
+        with _transaction(self._db, "BEGIN"):
+            return {p: self._range(p) for p in prefixes}, self._db_rev
+
+    def _txn(
+        self,
+        compares: Sequence[Compare],
+        encoded: Sequence[tuple[str, str]],
+        deletes: Sequence[str],
+    ) -> _Done[TxnResult]:
+        db = self._db
+        with _transaction(db, "BEGIN IMMEDIATE"):
             for c in compares:
                 row = db.execute("SELECT mod_rev FROM kv WHERE key = ?", (c.key,)).fetchone()
                 if (row[0] if row else 0) != c.mod_rev:
                     db.execute("ROLLBACK")
-                    return TxnResult(False, self._rev)
+                    return TxnResult(False, self._db_rev), ()
             dels = [
                 k
                 for k in dict.fromkeys(deletes)
@@ -130,9 +287,9 @@ class SqliteStore(HubStore):
             ]
             if not encoded and not dels:
                 db.execute("ROLLBACK")
-                return TxnResult(True, self._rev)
-            rev = self._rev + 1
-            events: list[WatchEvent] = []
+                return TxnResult(True, self._db_rev), ()
+            rev = self._db_rev + 1
+            events: builtins.list[WatchEvent] = []
             seq = 0
             for key in dels:
                 db.execute("DELETE FROM kv WHERE key = ?", (key,))
@@ -149,16 +306,11 @@ class SqliteStore(HubStore):
                 events.append(WatchEvent("put", key, json.loads(text), rev))
                 seq += 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (rev,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._rev = rev
-        self._hub.publish(events)
-        return TxnResult(True, rev)
+        self._db_rev = rev
+        return TxnResult(True, rev), events
 
-    async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
+    def _log_since(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
+        # Checked here, not on the loop: a compaction queued before this job has run.
         self._check_from(from_rev)
         rows = self._db.execute(
             "SELECT rev, key, type, value FROM log WHERE rev >= ? AND key >= ? AND key < ? "
@@ -175,16 +327,15 @@ class SqliteStore(HubStore):
             for r in rows
         ]
 
-    async def compact(self, keep_revisions: int) -> None:
-        self._check()
-        floor = max(0, self._rev - keep_revisions)
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM log WHERE rev <= ?", (floor,))
-        self._compacted = max(self._compacted, floor + 1)
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (self._compacted,))
-        self._db.execute("COMMIT")
+    def _compact(self, keep_revisions: int) -> _Done[None]:
+        floor = max(0, self._db_rev - keep_revisions)
+        compacted = max(self._compacted, floor + 1)
+        with _transaction(self._db, "BEGIN IMMEDIATE"):
+            self._db.execute("DELETE FROM log WHERE rev <= ?", (floor,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (compacted,))
+        self._compacted = compacted
+        return None, ()
 
-    async def close(self) -> None:
-        if not self._hub.closed:
-            self._hub.close()
-            self._db.close()
+    def _close_db(self) -> _Done[None]:
+        self._db.close()
+        return None, ()

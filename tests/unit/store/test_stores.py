@@ -133,6 +133,52 @@ async def test_compaction_and_close(store: StateStore) -> None:
         await store.put("/k", 1)
 
 
+async def test_read_several_prefixes_at_one_revision(store: StateStore) -> None:
+    await store.txn(puts=[("/a/1", 1), ("/a/2", 2), ("/ab", 3), ("/b/1", 4)])
+    await store.put("/a/1", 5)
+    got, rev = await store.read(["/a/", "/b/", "/a", "/none/"])
+    assert rev == await store.revision() == 2
+    assert {
+        p: [(kv.key, kv.value, kv.create_rev, kv.mod_rev) for kv in kvs] for p, kvs in got.items()
+    } == {
+        "/a/": [("/a/1", 5, 1, 2), ("/a/2", 2, 1, 1)],
+        "/b/": [("/b/1", 4, 1, 1)],
+        "/a": [("/a/1", 5, 1, 2), ("/a/2", 2, 1, 1), ("/ab", 3, 1, 1)],  # overlaps: each its own
+        "/none/": [],
+    }
+    assert await store.read([]) == ({}, 2)
+
+
+async def test_read_never_mixes_two_revisions_while_a_writer_runs(store: StateStore) -> None:
+    """The writer updates a key under each of two prefixes in one transaction, many times;
+    every read sees the two equal, at the revision it reports."""
+    n = 200
+    seen: set[int] = set()
+
+    async def write() -> None:
+        for i in range(1, n + 1):
+            await store.txn(puts=[("/x/k", i), ("/y/k", i)])
+            await asyncio.sleep(0)  # the memory store never yields on its own
+
+    async def read_until(writer: asyncio.Task[None]) -> None:
+        while True:
+            done = writer.done()
+            got, rev = await store.read(["/x/", "/y/"])
+            if got["/x/"]:
+                (x,), (y,) = got["/x/"], got["/y/"]
+                assert x.value == y.value and x.mod_rev == y.mod_rev == rev
+                seen.add(x.value)
+            if done:
+                return
+            await asyncio.sleep(0)
+
+    async with asyncio.TaskGroup() as tg:
+        writer = tg.create_task(write())
+        for _ in range(3):
+            tg.create_task(read_until(writer))
+    assert n in seen and len(seen) > 10  # the reads did run between the writes
+
+
 def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(open_store("memory://"), MemoryStore)
     s = open_store(f"sqlite:///{tmp_path}/a/b.db")
