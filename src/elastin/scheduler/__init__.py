@@ -2,7 +2,7 @@
 
 Layer 2: it imports only ``elastin.model`` (not the store: the server hands it a snapshot).
 Nothing here does I/O, reads a clock or draws randomness other than from the seeded
-``random.Random`` passed in. The server (``server.core``) commits a plan in one store
+``random.Random`` passed in. The server's applier (``server.applier``) commits a plan in one store
 transaction guarded by the revision it read, re-checking it with ``check_plan`` when the state
 moved in between (docs/scheduler.md: deciding is separate from applying).
 

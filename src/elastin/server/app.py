@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from elastin.clock import SYSTEM
 from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
@@ -102,10 +103,10 @@ async def run_server(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(server.serve(sockets=[sock]))
-            for _ in range(500):
+            for _ in range(500):  # up to 5 s for uvicorn to listen
                 if server.started:
                     break
-                await asyncio.sleep(0.01)
+                await SYSTEM.sleep(0.01)
             info.write_text(json.dumps({"url": url, "pid": os.getpid()}))
             # what exists now lives as long as the server: keep it out of the collector's
             # scans, whose pauses showed as the tail of the mesh's propagation time

@@ -20,6 +20,10 @@ Modules:
     registry   the service registry: every named port of every service, with its endpoints
     build      ``build_snapshot``: applications and allocations -> one node's snapshot
     diff       ``diff``: what changed between two snapshots, and whether it needs a reload
+    names      ``ClusterName``: a cluster's structured name (app, service, port), built and
+               parsed in this one place
+    traffic    ``ClusterStats`` / ``EndpointStats``: a proxy's counters per service port, and
+               the table of ``elastin_mesh_*`` metrics made from them
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from elastin.model import spec
 from elastin.model.errors import SpecError
 from elastin.model.workload import MeshPolicy
 
-DOCS = Path(__file__).resolve().parents[3] / "docs" / "spec.md"
+DOCS = Path(__file__).resolve().parents[4] / "docs" / "spec.md"
 
 
 def spec_with(retry_on: str) -> str:
