@@ -108,7 +108,7 @@ def test_invalid_spec_is_rejected_and_changes_nothing(harness: Any) -> None:
     with pytest.raises(ApiError) as err:
         h.client.apply(bad.read_text(), file="bad.yaml")
     assert err.value.status == 422 and err.value.issues
-    time.sleep(1)
+    time.sleep(1)  # an observation window: nothing may change in it
     assert {(a.id, a.status, a.pid) for a in h.allocs("t", all=False)} == before
     assert h.client.status()["revision"] == rev
 
@@ -155,7 +155,7 @@ services:
     assert any(e["type"] == "alloc.pending" and "memory" in e["message"] for e in events)
     assert any(e["type"] == "alloc.start_failed" for e in events)
     # the failed one is not retried in a loop; the good one was never disturbed
-    time.sleep(2)
+    time.sleep(2)  # an observation window: no retry may appear in it
     assert len([a for a in h.allocs("mixed") if a.workload == "missing"]) == 1
     assert h.running("mixed", "ok")[0].restarts == 0
 
@@ -226,7 +226,7 @@ services:
         return len(Path(base + rel, "cgroup.procs").read_text().split())
 
     h.wait_for(lambda: count() >= 20, 30, "bomb forking")
-    time.sleep(1)
+    time.sleep(1)  # an observation window: the bomb keeps forking, the limit holds
     assert count() <= 32
     assert h.running("bomb", "calm")
     h.cli("stop", "bomb", check=True)
@@ -241,7 +241,7 @@ def test_agent_killed_workloads_keep_running_and_reattach(harness: Any) -> None:
     before = {a.id: a.pid for a in h.running("t", "sleeper")}
     assert len(before) == 2
     h.kill("agent", signal.SIGKILL)
-    time.sleep(1)
+    time.sleep(1)  # an observation window: the instances outlive their agent
     assert all(pid_alive(p) for p in before.values())
     h.start_agent()
 

@@ -251,11 +251,12 @@ def test_scaled_away_replicas_drain_under_load(harness: Any) -> None:
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    h.wait_for(lambda: len(results) >= 20, 30, "load under way")
     path.write_text(spec(1))
     h.cli("apply", str(path), check=True)
     h.wait_for(lambda: len(h.running("m", "api")) == 1, 30, "scaled down to one")
-    time.sleep(1.0)
+    after = len(results)
+    h.wait_for(lambda: len(results) >= after + 20, 30, "load after the scale-down")
     stop.set()
     for t in threads:
         t.join(30)
@@ -300,12 +301,13 @@ def test_agent_restart_leaves_haproxy_and_traffic_untouched(harness: Any) -> Non
 
     t = threading.Thread(target=load)
     t.start()
-    time.sleep(0.5)
+    h.wait_for(lambda: len(statuses) >= 10, 30, "load under way")
     h.kill("agent", signal.SIGKILL)  # the proxy and the instances carry on without it
-    time.sleep(2.0)
+    killed = len(statuses)
+    h.wait_for(lambda: len(statuses) >= killed + 20, 30, "calls while no agent runs")
     during = len(statuses)
     h.start_agent()  # the new agent finds HAProxy by its pid file and takes it over
-    time.sleep(4.0)
+    h.wait_for(lambda: len(statuses) >= during + 20, 30, "calls after the agent is back")
     stop.set()
     t.join(30)
     assert len(statuses) > during > 10

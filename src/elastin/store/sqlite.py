@@ -26,12 +26,20 @@ time, in the order they were called; the loop awaits the result::
     deliver: revision, hub.publish, ◄───────┘
              then the caller's result
 
-One thread hop per operation: the job does all of the operation's SQLite work, and one loop
-callback both publishes its changes and resolves the caller's future. Callbacks reach the
-loop in the order the jobs ran, so watchers get changes in revision order, before any caller
-sees the revision. A caller cancelled while its job is queued or running does not undo it:
-the change commits and is published (as with etcd, a cancelled request may have been
-applied). ``revision()`` answers on the loop from the last delivered commit, without a hop.
+Reads never hop: the loop keeps a mirror of the ``kv`` table (each value's JSON text, its
+revisions, the keys in order), loaded once at open and brought forward by each committed
+transaction as it is delivered — the store has one writer, this process, so the mirror is the
+table at the delivered revision. ``get``, ``list`` and ``read`` answer from it on the loop,
+without a lock and without an await between prefixes: a consistent read at one revision (as
+the watch cache of etcd's clients and Kubernetes' API server serve reads). Writes, watch
+replays and compaction go to the worker.
+
+One thread hop per write: the job does all of the operation's SQLite work, and one loop
+callback brings the mirror forward, publishes its changes and resolves the caller's future.
+Callbacks reach the loop in the order the jobs ran, so watchers get changes in revision
+order, before any caller sees the revision. A caller cancelled while its job is queued or
+running does not undo it: the change commits and is published (as with etcd, a cancelled
+request may have been applied). ``revision()`` answers on the loop from the last delivered commit, without a hop.
 ``close()`` refuses new operations, lets the queued ones finish, closes the connection,
 stops the thread, and then ends every watch. ``sqlite3`` errors become ``StoreError``.
 """
@@ -39,6 +47,7 @@ stops the thread, and then ends every watch. ``sqlite3`` errors become ``StoreEr
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import contextlib
 import json
@@ -116,6 +125,7 @@ class SqliteStore(HubStore):
         self._db: sqlite3.Connection
         self._db_rev = 0
         self._compacted = 0
+        self._rows: builtins.list[tuple[str, str, int, int]] = []  # kv as read at open
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         try:
             # The constructor is synchronous (``open_store``): it waits for the worker.
@@ -123,8 +133,12 @@ class SqliteStore(HubStore):
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
-        # Owned by the event loop: the last revision delivered to it, and close().
+        # Owned by the event loop: the last revision delivered to it, the mirror of ``kv`` at
+        # that revision (key -> (JSON text, create_rev, mod_rev); keys in order), and close().
         self._rev = self._db_rev
+        self._kv: dict[str, tuple[str, int, int]] = {r[0]: (r[1], r[2], r[3]) for r in self._rows}
+        self._keys = sorted(self._kv)
+        self._rows = []
         self._closing: asyncio.Future[None] | None = None
         HubStore.__init__(self)
 
@@ -133,8 +147,11 @@ class SqliteStore(HubStore):
         if self._closing is not None:
             raise StoreClosedError("the store is closed")
 
-    def _call(self, job: Callable[[], _Done[T]]) -> asyncio.Future[T]:
-        """Queue ``job`` on the worker; its changes are published before the future resolves."""
+    def _call(
+        self, job: Callable[[], _Done[T]], applied: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Queue ``job`` on the worker; ``applied(result)`` runs on the loop and its changes
+        are published before the future resolves."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
 
@@ -148,12 +165,20 @@ class SqliteStore(HubStore):
             except BaseException as e:
                 loop.call_soon_threadsafe(_fail, fut, e)
             else:
-                loop.call_soon_threadsafe(self._deliver, fut, result, events)
+                loop.call_soon_threadsafe(self._deliver, fut, result, events, applied)
 
         self._executor.submit(run)
         return fut
 
-    def _deliver(self, fut: asyncio.Future[T], result: T, events: Sequence[WatchEvent]) -> None:
+    def _deliver(
+        self,
+        fut: asyncio.Future[T],
+        result: T,
+        events: Sequence[WatchEvent],
+        applied: Callable[[T], None] | None,
+    ) -> None:
+        if applied is not None:
+            applied(result)
         if events:
             self._rev = events[0].rev
             self._hub.publish(events)
@@ -165,16 +190,27 @@ class SqliteStore(HubStore):
 
     async def get(self, key: str) -> KeyValue | None:
         self._check()
-        return await self._call(lambda: (self._get(key), ()))
+        row = self._kv.get(key)
+        return None if row is None else KeyValue(key, json.loads(row[0]), row[1], row[2])
+
+    def _mirror_range(self, prefix: str) -> builtins.list[KeyValue]:
+        keys, kv = self._keys, self._kv
+        i = bisect.bisect_left(keys, prefix)
+        out = []
+        while i < len(keys) and keys[i].startswith(prefix):
+            text, create_rev, mod_rev = kv[keys[i]]
+            out.append(KeyValue(keys[i], json.loads(text), create_rev, mod_rev))
+            i += 1
+        return out
 
     async def list(self, prefix: str) -> tuple[builtins.list[KeyValue], int]:
         self._check()
-        return await self._call(lambda: ((self._range(prefix), self._db_rev), ()))
+        return self._mirror_range(prefix), self._rev
 
     async def read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
         self._check()
-        prefixes = tuple(prefixes)
-        return await self._call(lambda: (self._read(prefixes), ()))
+        # From the mirror, with no await in between: every prefix at the same revision.
+        return {p: self._mirror_range(p) for p in prefixes}, self._rev
 
     async def txn(
         self,
@@ -186,7 +222,23 @@ class SqliteStore(HubStore):
         # Encoded and copied here: the caller may change its values while the job waits.
         encoded = [(k, json.dumps(v, separators=(",", ":"))) for k, v in puts]
         compares, deletes = tuple(compares), tuple(deletes)
-        return await self._call(lambda: self._txn(compares, encoded, deletes))
+
+        def applied(res: TxnResult) -> None:  # on the loop, before the changes are published
+            if res.succeeded and res.rev > self._rev:
+                self._mirror(res.rev, encoded, deletes)
+
+        return await self._call(lambda: self._txn(compares, encoded, deletes), applied)
+
+    def _mirror(self, rev: int, encoded: Sequence[tuple[str, str]], deletes: Sequence[str]) -> None:
+        """Bring the mirror to ``rev``: the transaction's deletes, then its puts."""
+        for key in deletes:
+            if self._kv.pop(key, None) is not None:
+                self._keys.pop(bisect.bisect_left(self._keys, key))
+        for key, text in encoded:
+            old = self._kv.get(key)
+            if old is None:
+                bisect.insort(self._keys, key)
+            self._kv[key] = (text, old[1] if old else rev, rev)
 
     async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
         self._check()
@@ -234,6 +286,8 @@ class SqliteStore(HubStore):
                 )
             self._db_rev = int(self._meta("revision") or 0)
             self._compacted = int(self._meta("compacted") or 0)
+            # what the loop's mirror starts from (the constructor takes it over)
+            self._rows = db.execute("SELECT key, value, create_rev, mod_rev FROM kv").fetchall()
         except BaseException as e:
             if db is not None:
                 db.close()
@@ -247,25 +301,6 @@ class SqliteStore(HubStore):
     def _meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
-
-    def _get(self, key: str) -> KeyValue | None:
-        row = self._db.execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
-        ).fetchone()
-        return None if row is None else KeyValue(row[0], json.loads(row[1]), row[2], row[3])
-
-    def _range(self, prefix: str) -> builtins.list[KeyValue]:
-        rows = self._db.execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ? AND key < ? "
-            "ORDER BY key",
-            (prefix, _prefix_end(prefix)),
-        ).fetchall()
-        return [KeyValue(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
-
-    def _read(self, prefixes: Sequence[str]) -> tuple[dict[str, builtins.list[KeyValue]], int]:
-        # One read transaction: every prefix sees the same committed state.
-        with _transaction(self._db, "BEGIN"):
-            return {p: self._range(p) for p in prefixes}, self._db_rev
 
     def _txn(
         self,

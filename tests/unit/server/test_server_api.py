@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -222,3 +223,43 @@ async def test_a_report_that_breaks_the_lifecycle_is_refused(
     assert r.status_code == 409 and "cannot go from" in r.json()["message"]
     r = await client.post(f"/v1/allocations/{a['id']}/status", json={"status": "dancing"})
     assert r.status_code == 422
+
+
+async def test_polled_user_routes_answer_what_their_models_document(
+    api: tuple[httpx.AsyncClient, Cluster],
+) -> None:
+    """The routes clients poll skip FastAPI's response validation too: their bodies must
+    match the models the OpenAPI document names."""
+    from pydantic import TypeAdapter
+
+    from elastin.model.cluster import Event
+    from elastin.server.api.models import (
+        AllocationView,
+        NodeView,
+        ServiceDetail,
+        ServiceSummary,
+        SettlementAnswer,
+    )
+
+    client, cluster = api
+    n = Node(id="n1", name="n1", capacity=Resources(2000, 4 << 30, 10 << 30))
+    await client.post("/v1/nodes", json={"node": to_data(n)})
+    await client.post("/v1/apps", json={"spec": SPEC})
+    await cluster.applier.schedule_once()
+    checks: list[tuple[str, Any]] = [
+        ("/v1/allocations", list[AllocationView]),  # type: ignore[valid-type]
+        ("/v1/services", list[ServiceSummary]),
+        ("/v1/services/web", ServiceDetail),
+        ("/v1/nodes", list[NodeView]),  # type: ignore[valid-type]
+        ("/v1/events", list[Event]),
+        ("/v1/apps/shop/settlement", SettlementAnswer),
+    ]
+    for path, model in checks:
+        r = await client.get(path)
+        assert r.status_code == 200, path
+        body = r.json()
+        assert body, path
+        TypeAdapter(model).validate_python(body, strict=False)
+    (a,) = (await client.get("/v1/allocations")).json()
+    r = await client.get(f"/v1/allocations/{a['id']}")
+    AllocationView.model_validate(r.json())
