@@ -39,7 +39,8 @@ callback brings the mirror forward, publishes its changes and resolves the calle
 Callbacks reach the loop in the order the jobs ran, so watchers get changes in revision
 order, before any caller sees the revision. A caller cancelled while its job is queued or
 running does not undo it: the change commits and is published (as with etcd, a cancelled
-request may have been applied). ``revision()`` answers on the loop from the last delivered commit, without a hop.
+request may have been applied). ``revision()`` answers on the loop from the last delivered
+commit, without a hop.
 ``close()`` refuses new operations, lets the queued ones finish, closes the connection,
 stops the thread, and then ends every watch. ``sqlite3`` errors become ``StoreError``.
 """
@@ -87,6 +88,7 @@ T = TypeVar("T")
 
 # What a job returns: its result, and the changes it committed (empty unless it wrote).
 _Done = tuple[T, Sequence[WatchEvent]]
+_IN_CHUNK = 500  # keys per ``IN (...)`` (SQLite limits the variables of one statement)
 
 
 def _prefix_end(prefix: str) -> str:
@@ -148,10 +150,13 @@ class SqliteStore(HubStore):
             raise StoreClosedError("the store is closed")
 
     def _call(
-        self, job: Callable[[], _Done[T]], applied: Callable[[T], None] | None = None
+        self,
+        job: Callable[[], _Done[T]],
+        applied: Callable[[T], Sequence[WatchEvent]] | None = None,
     ) -> asyncio.Future[T]:
-        """Queue ``job`` on the worker; ``applied(result)`` runs on the loop and its changes
-        are published before the future resolves."""
+        """Queue ``job`` on the worker; on the loop, ``applied(result)`` says what changed
+        (and brings the mirror forward), and the changes are published before the future
+        resolves."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
 
@@ -175,10 +180,10 @@ class SqliteStore(HubStore):
         fut: asyncio.Future[T],
         result: T,
         events: Sequence[WatchEvent],
-        applied: Callable[[T], None] | None,
+        applied: Callable[[T], Sequence[WatchEvent]] | None,
     ) -> None:
         if applied is not None:
-            applied(result)
+            events = applied(result)
         if events:
             self._rev = events[0].rev
             self._hub.publish(events)
@@ -223,22 +228,31 @@ class SqliteStore(HubStore):
         encoded = [(k, json.dumps(v, separators=(",", ":"))) for k, v in puts]
         compares, deletes = tuple(compares), tuple(deletes)
 
-        def applied(res: TxnResult) -> None:  # on the loop, before the changes are published
-            if res.succeeded and res.rev > self._rev:
-                self._mirror(res.rev, encoded, deletes)
+        def applied(res: TxnResult) -> Sequence[WatchEvent]:  # on the loop
+            if not res.succeeded or res.rev <= self._rev:
+                return ()
+            return self._mirror(res.rev, encoded, deletes)
 
         return await self._call(lambda: self._txn(compares, encoded, deletes), applied)
 
-    def _mirror(self, rev: int, encoded: Sequence[tuple[str, str]], deletes: Sequence[str]) -> None:
-        """Bring the mirror to ``rev``: the transaction's deletes, then its puts."""
-        for key in deletes:
+    def _mirror(
+        self, rev: int, encoded: Sequence[tuple[str, str]], deletes: Sequence[str]
+    ) -> builtins.list[WatchEvent]:
+        """Bring the mirror to ``rev`` (the transaction's deletes, then its puts) and say
+        what changed: the mirror is the table at ``rev - 1``, so a delete of a key it does
+        not have changed nothing, as in the transaction."""
+        events: builtins.list[WatchEvent] = []
+        for key in dict.fromkeys(deletes):
             if self._kv.pop(key, None) is not None:
                 self._keys.pop(bisect.bisect_left(self._keys, key))
+                events.append(WatchEvent("delete", key, None, rev))
         for key, text in encoded:
             old = self._kv.get(key)
             if old is None:
                 bisect.insort(self._keys, key)
             self._kv[key] = (text, old[1] if old else rev, rev)
+            events.append(WatchEvent("put", key, json.loads(text), rev))
+        return events
 
     async def _history(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
         self._check()
@@ -308,41 +322,44 @@ class SqliteStore(HubStore):
         encoded: Sequence[tuple[str, str]],
         deletes: Sequence[str],
     ) -> _Done[TxnResult]:
+        """Few statements per transaction, each run whole in C: while the event loop is busy,
+        every return of the worker to Python waits for the GIL, so the worker returns
+        seldom. The changes' events are made on the loop (``txn``'s ``applied``)."""
         db = self._db
         with _transaction(db, "BEGIN IMMEDIATE"):
-            for c in compares:
-                row = db.execute("SELECT mod_rev FROM kv WHERE key = ?", (c.key,)).fetchone()
-                if (row[0] if row else 0) != c.mod_rev:
+            if compares:
+                mod = self._mod_revs([c.key for c in compares])
+                if any(mod.get(c.key, 0) != c.mod_rev for c in compares):
                     db.execute("ROLLBACK")
                     return TxnResult(False, self._db_rev), ()
-            dels = [
-                k
-                for k in dict.fromkeys(deletes)
-                if db.execute("SELECT 1 FROM kv WHERE key = ?", (k,)).fetchone()
-            ]
+            dels = list(self._mod_revs(list(dict.fromkeys(deletes)))) if deletes else []
             if not encoded and not dels:
                 db.execute("ROLLBACK")
                 return TxnResult(True, self._db_rev), ()
             rev = self._db_rev + 1
-            events: builtins.list[WatchEvent] = []
-            seq = 0
-            for key in dels:
-                db.execute("DELETE FROM kv WHERE key = ?", (key,))
-                db.execute("INSERT INTO log VALUES (?, ?, ?, 'delete', NULL)", (rev, seq, key))
-                events.append(WatchEvent("delete", key, None, rev))
-                seq += 1
-            for key, text in encoded:
-                db.execute(
-                    "INSERT INTO kv VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                    "value = excluded.value, mod_rev = excluded.mod_rev",
-                    (key, text, rev, rev),
-                )
-                db.execute("INSERT INTO log VALUES (?, ?, ?, 'put', ?)", (rev, seq, key, text))
-                events.append(WatchEvent("put", key, json.loads(text), rev))
-                seq += 1
+            db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in dels])
+            db.executemany(
+                "INSERT INTO kv VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value, mod_rev = excluded.mod_rev",
+                [(key, text, rev, rev) for key, text in encoded],
+            )
+            log: builtins.list[tuple[int, int, str, str, str | None]]
+            log = [(rev, seq, key, "delete", None) for seq, key in enumerate(dels)]
+            log += [(rev, len(dels) + i, k, "put", t) for i, (k, t) in enumerate(encoded)]
+            db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (rev,))
         self._db_rev = rev
-        return TxnResult(True, rev), events
+        return TxnResult(True, rev), ()
+
+    def _mod_revs(self, keys: Sequence[str]) -> dict[str, int]:
+        """``mod_rev`` of those of ``keys`` that exist, in a statement per 500 keys."""
+        out: dict[str, int] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, mod_rev FROM kv WHERE key IN ({marks})", chunk)
+            out.update(rows.fetchall())
+        return out
 
     def _log_since(self, prefix: str, from_rev: int) -> builtins.list[WatchEvent]:
         # Checked here, not on the loop: a compaction queued before this job has run.

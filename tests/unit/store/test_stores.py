@@ -158,7 +158,7 @@ async def test_read_never_mixes_two_revisions_while_a_writer_runs(store: StateSt
     async def write() -> None:
         for i in range(1, n + 1):
             await store.txn(puts=[("/x/k", i), ("/y/k", i)])
-            await asyncio.sleep(0)  # the memory store never yields on its own
+            await asyncio.sleep(0.001)  # pacing: the memory store never yields on its own
 
     async def read_until(writer: asyncio.Task[None]) -> None:
         while True:
@@ -170,7 +170,9 @@ async def test_read_never_mixes_two_revisions_while_a_writer_runs(store: StateSt
                 seen.add(x.value)
             if done:
                 return
-            await asyncio.sleep(0)
+            # pacing, not synchronisation: readers that never sleep would hold the GIL
+            # against the SQLite store's worker thread (its writes would crawl)
+            await asyncio.sleep(0.001)
 
     async with asyncio.TaskGroup() as tg:
         writer = tg.create_task(write())
