@@ -16,19 +16,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation, Event, EventSpec, Node
 from elastin.model.codec import from_data, to_data
 from elastin.model.workload import Application
-from elastin.store.base import JSON, Compare, StateStore
+from elastin.store.base import JSON, Compare, KeyValue, StateStore
 
 APPS = "/apps/"
 ALLOCS = "/allocs/"
 NODES = "/nodes/"
 EVENTS = "/events/"
 EVENTS_KEPT = 5000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,43 @@ class Snapshot:
     nodes: dict[str, tuple[Node, int]]
 
 
+class _Decoded(Generic[T]):
+    """Decoded objects of one key prefix by key, each with the ``mod_rev`` it was read at.
+
+    The model's objects are frozen, and a key's ``mod_rev`` changes with every write, so an
+    object decoded once serves every later read of the same version: decoding (the model
+    codec) was most of the cost of the server's reads, which the scheduler, the mesh feed
+    and every polled view make all the time. A full listing of the prefix replaces the
+    cache, which drops deleted keys."""
+
+    def __init__(self, cls: type[T], prefix: str) -> None:
+        self.cls = cls
+        self.prefix = prefix
+        self.by_key: dict[str, tuple[int, T]] = {}
+
+    def one(self, kv: KeyValue) -> T:
+        hit = self.by_key.get(kv.key)
+        if hit is not None and hit[0] == kv.mod_rev:
+            return hit[1]
+        obj = from_data(self.cls, kv.value)
+        self.by_key[kv.key] = (kv.mod_rev, obj)
+        return obj
+
+    def all(self, kvs: Sequence[KeyValue]) -> list[tuple[str, T, int]]:
+        """``(name, object, mod_rev)`` of a full listing of the prefix."""
+        old, self.by_key = self.by_key, {}
+        out = []
+        for kv in kvs:
+            hit = old.get(kv.key)
+            if hit is not None and hit[0] == kv.mod_rev:
+                obj = hit[1]
+            else:
+                obj = from_data(self.cls, kv.value)
+            self.by_key[kv.key] = (kv.mod_rev, obj)
+            out.append((kv.key[len(self.prefix) :], obj, kv.mod_rev))
+        return out
+
+
 class Repo:
     """Reads and writes of the cluster state; a thin typed layer over a ``StateStore``."""
 
@@ -67,44 +106,43 @@ class Repo:
         self.store = store
         self.clock = clock
         self._seq = itertools.count()
+        self._apps = _Decoded(AppRecord, APPS)
+        self._allocs = _Decoded(Allocation, ALLOCS)
+        self._nodes = _Decoded(Node, NODES)
 
     # reads -------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
         kvs, rev = await self.store.read((APPS, ALLOCS, NODES))  # one revision for all three
-        apps, allocs, nodes = kvs[APPS], kvs[ALLOCS], kvs[NODES]
         return Snapshot(
             revision=rev,
-            apps={kv.key[len(APPS) :]: (from_data(AppRecord, kv.value), kv.mod_rev) for kv in apps},
-            allocs={
-                kv.key[len(ALLOCS) :]: (from_data(Allocation, kv.value), kv.mod_rev)
-                for kv in allocs
-            },
-            nodes={kv.key[len(NODES) :]: (from_data(Node, kv.value), kv.mod_rev) for kv in nodes},
+            apps={k: (o, m) for k, o, m in self._apps.all(kvs[APPS])},
+            allocs={k: (o, m) for k, o, m in self._allocs.all(kvs[ALLOCS])},
+            nodes={k: (o, m) for k, o, m in self._nodes.all(kvs[NODES])},
         )
 
     async def get_app(self, name: str) -> tuple[AppRecord, int] | None:
         kv = await self.store.get(APPS + name)
-        return None if kv is None else (from_data(AppRecord, kv.value), kv.mod_rev)
+        return None if kv is None else (self._apps.one(kv), kv.mod_rev)
 
     async def list_apps(self) -> list[AppRecord]:
         kvs, _ = await self.store.list(APPS)
-        return [from_data(AppRecord, kv.value) for kv in kvs]
+        return [o for _, o, _ in self._apps.all(kvs)]
 
     async def get_alloc(self, alloc_id: str) -> tuple[Allocation, int] | None:
         kv = await self.store.get(ALLOCS + alloc_id)
-        return None if kv is None else (from_data(Allocation, kv.value), kv.mod_rev)
+        return None if kv is None else (self._allocs.one(kv), kv.mod_rev)
 
     async def list_allocs(self) -> tuple[list[Allocation], int]:
         kvs, rev = await self.store.list(ALLOCS)
-        return [from_data(Allocation, kv.value) for kv in kvs], rev
+        return [o for _, o, _ in self._allocs.all(kvs)], rev
 
     async def get_node(self, node_id: str) -> tuple[Node, int] | None:
         kv = await self.store.get(NODES + node_id)
-        return None if kv is None else (from_data(Node, kv.value), kv.mod_rev)
+        return None if kv is None else (self._nodes.one(kv), kv.mod_rev)
 
     async def list_nodes(self) -> list[Node]:
         kvs, _ = await self.store.list(NODES)
-        return [from_data(Node, kv.value) for kv in kvs]
+        return [o for _, o, _ in self._nodes.all(kvs)]
 
     async def list_events(self, since_rev: int = 0, limit: int = 200) -> list[Event]:
         kvs, _ = await self.store.list(EVENTS)

@@ -4,6 +4,7 @@ the mesh feed, liveness and settlement, driven by a FakeClock."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -241,3 +242,28 @@ async def test_a_batch_of_reports_is_one_commit_and_a_bad_one_fails_alone(
     }
     again = await cluster.reports.update_many({web[0].id: AllocReport(status="running")})
     assert again == {web[0].id: "ok"} and await cluster.views.revision() == rev + 1
+
+
+async def test_reads_decode_each_version_once_and_see_every_write() -> None:
+    """The repo's decoded objects are shared between reads of one version (they are
+    frozen); a write, a delete or a re-created key is never served from the old one."""
+    from elastin.model.cluster import Allocation
+    from elastin.server.repo import Repo
+
+    repo = Repo(MemoryStore())
+    a = Allocation("a1", "shop", "web", 0)
+    await repo.commit(allocs=[a, Allocation("a2", "shop", "web", 1)])
+    first, _ = await repo.list_allocs()
+    again, _ = await repo.list_allocs()
+    assert first == again and all(x is y for x, y in zip(first, again, strict=True))
+    found = await repo.get_alloc("a1")
+    assert found is not None and found[0] is first[0]
+    await repo.commit(allocs=[replace(a, status="running")])
+    found = await repo.get_alloc("a1")
+    assert found is not None and found[0].status == "running"
+    await repo.commit(delete_allocs=["a1"])
+    assert await repo.get_alloc("a1") is None
+    assert [x.id for x in (await repo.list_allocs())[0]] == ["a2"]
+    await repo.commit(allocs=[a])  # the same key again, at a new revision
+    snap = await repo.snapshot()
+    assert snap.allocs["a1"][0].status == "pending"
