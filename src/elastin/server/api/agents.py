@@ -18,6 +18,7 @@ from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
 from elastin.server.api.models import (
+    ERRORS,
     Acked,
     AllocationView,
     BatchResults,
@@ -50,7 +51,7 @@ def to_report(body: StatusBody) -> AllocReport:
 
 
 def agent_routes(cluster: Cluster, token: str) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(responses=ERRORS)
 
     @r.post("/v1/nodes", response_model=Node)
     async def register_node(body: NodeBody) -> dict[str, Any]:

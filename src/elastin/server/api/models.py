@@ -63,6 +63,18 @@ class ErrorBody(BaseModel):
     )
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": what}
+    for code, what in (
+        (401, "no or wrong token"),
+        (404, "no such application, service, allocation or node"),
+        (409, "the request conflicts with the current state; try again"),
+        (422, "the request is invalid (a spec's located issues are in `issues`)"),
+    )
+}
+"""The error answers every route documents."""
+
+
 # --- requests --------------------------------------------------------------------------
 class ApplyBody(BaseModel):
     spec: str = Field(description="the spec file's YAML text")

@@ -24,6 +24,7 @@ from elastin.model.cluster import Allocation, Event
 from elastin.model.codec import to_data
 from elastin.scheduler.accounting import ResourceReport
 from elastin.server.api.models import (
+    ERRORS,
     AllocationView,
     ApplyAnswer,
     ApplyBody,
@@ -59,7 +60,7 @@ def alloc_view(a: Allocation) -> dict[str, Any]:
 
 
 def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(responses=ERRORS)
     views = cluster.views
 
     # --- applications -----------------------------------------------------------------
