@@ -1,10 +1,10 @@
 """Elastin: elastic compute and a service mesh for Python shops.
 
 The package is layered (see docs/architecture.md; import-linter keeps it so): ``model``,
-``clock`` and ``auth`` at the bottom; pure logic (``store``, ``scheduler``, ``mesh.model``)
-and the ``client`` above them; the running parts (``mesh.haproxy``, ``mesh.dns``, ``server``,
-``agent``) on top of those, with ``sdk`` and ``cli`` as the user-facing faces and
-``testing`` holding the public fakes.
+``clock``, ``auth`` and ``metrics`` at the bottom; pure logic (``store``, ``scheduler``,
+``mesh.model``) and the ``client`` above them; the running parts (``mesh.haproxy``,
+``mesh.dns``, ``server``, ``agent``) on top of those, with ``sdk`` and ``cli`` as the
+user-facing faces and ``testing`` holding the public fakes.
 
 The SDK's engines are importable from the top level::
 

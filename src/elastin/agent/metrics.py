@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from elastin.mesh.model.traffic import ClusterStats, MetricKind, traffic_samples
+from elastin.mesh.model.traffic import ClusterStats, traffic_samples
+from elastin.metrics import MetricKind, family
 
 
 @dataclass(frozen=True)
@@ -46,22 +47,6 @@ class AgentView:
     instances: Mapping[str, int]  # instances this agent runs, by status
     restarts: int
     proxy: ProxyView | None = None  # None: no mesh on this node
-
-
-def family(
-    name: str,
-    help_: str,
-    kind: MetricKind,
-    samples: Iterable[tuple[Mapping[str, str], float]] = (),
-    labels: Sequence[str] = (),
-) -> Metric:
-    """A metric family; every sample has exactly the label names ``labels``."""
-    fam = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-        name, help_, labels=labels
-    )
-    for values, value in samples:
-        fam.add_metric([values[k] for k in labels], value)
-    return fam
 
 
 def _single(name: str, help_: str, kind: MetricKind, value: float) -> Metric:

@@ -17,34 +17,20 @@ The API layer serves it with ``CONTENT_TYPE``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from elastin.mesh.model.traffic import ClusterStats, MetricKind, traffic_samples
+from elastin.mesh.model.traffic import ClusterStats, traffic_samples
+from elastin.metrics import family
 from elastin.model.cluster import Allocation, Usage
 
 # what generate_latest writes (and what prometheus_client's own server sends with it)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 TRAFFIC_LABELS = ("app", "service", "port", "node")
-
-
-def _family(
-    name: str,
-    help_: str,
-    kind: MetricKind,
-    samples: Iterable[tuple[Mapping[str, str], float]],
-    labels: Sequence[str] = (),
-) -> Metric:
-    fam = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-        name, help_, labels=labels
-    )
-    for values, value in samples:
-        fam.add_metric([values[k] for k in labels], value)
-    return fam
 
 
 def server_families(
@@ -58,13 +44,13 @@ def server_families(
     for a in allocs:
         counts[a.status] = counts.get(a.status, 0) + 1
     out = [
-        _family(
+        family(
             "elastin_store_revision",
             "Current revision of the state store.",
             "gauge",
             [({}, revision)],
         ),
-        _family(
+        family(
             "elastin_allocations",
             "Allocations by status.",
             "gauge",
@@ -78,7 +64,7 @@ def server_families(
         ("memory_bytes", "Measured memory use (working set).", lambda u: float(u.memory)),
     ):
         out.append(
-            _family(
+            family(
                 f"elastin_allocation_{name}",
                 help_,
                 "gauge",
@@ -91,7 +77,7 @@ def server_families(
         )
     groups = [(mesh[n], {"node": n}) for n in sorted(mesh)]
     for metric, samples in traffic_samples(groups):
-        out.append(_family(metric.name, metric.help, metric.kind, samples, TRAFFIC_LABELS))
+        out.append(family(metric.name, metric.help, metric.kind, samples, TRAFFIC_LABELS))
     return out
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from elastin.mesh.model.names import ClusterName
+from elastin.metrics import MetricKind
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,6 @@ class ClusterStats:
     @property
     def labels(self) -> dict[str, str]:
         return {"app": self.app, "service": self.service, "port": self.port}
-
-
-MetricKind = Literal["counter", "gauge"]
 
 
 @dataclass(frozen=True)
