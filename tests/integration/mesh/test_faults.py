@@ -61,9 +61,21 @@ class Load:
 
     def stop(self) -> list[tuple[int, str]]:
         self._stop.set()
+        return self.finish()
+
+    def finish(self) -> list[tuple[int, str]]:
+        """Wait until the clients end by themselves (their limit or their time)."""
         for t in self._threads:
             t.join(30)
         return self.results
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` requests have been answered (a condition, not a time)."""
+        deadline = time.monotonic() + timeout
+        while len(self.results) < count:
+            assert time.monotonic() < deadline, f"{len(self.results)} of {count} requests"
+            assert any(t.is_alive() for t in self._threads), "the load ended early"
+            time.sleep(0.01)
 
 
 def one_cluster(listen: int, endpoints: tuple[Endpoint, ...], **policy: object) -> MeshSnapshot:
@@ -84,10 +96,10 @@ def test_an_endpoint_killed_under_load_fails_no_request(mesh_proxy: Start) -> No
         listen = free_port()
         endpoints = tuple(Endpoint(f"e{i}-http", "127.0.0.1", p) for i, p in enumerate(ports))
         proxy = mesh_proxy(one_cluster(listen, endpoints))
-        load = Load(proxy.url(listen), threads=4, limit=1500, seconds=6)
-        time.sleep(1.5)
+        load = Load(proxy.url(listen), threads=4, limit=1500, seconds=30)
+        load.wait_for(150)  # every endpoint served some
         victim.close()  # "c" stops: its port refuses connections from now on
-        time.sleep(1.5)
+        load.wait_for(len(load.results) + 300)  # and the load goes on without it
         results = load.stop()
     assert len(results) > 100
     assert not failures(results), failures(results)
@@ -109,8 +121,7 @@ def test_traffic_moves_away_from_a_slow_endpoint(mesh_proxy: Start, lb: str, sha
         )
         proxy = mesh_proxy(one_cluster(listen, endpoints, lb=lb))
         results = Load(proxy.url(listen), threads=8, limit=300, seconds=4)
-        time.sleep(4.5)
-        done = results.stop()
+        done = results.finish()  # the clients end at their limit or after 4 s
     assert not failures(done), failures(done)
     bodies = [b for _, b in done]
     # round robin would give each half; least-request (the less busy of two random draws,
