@@ -10,7 +10,8 @@ which may be older — and changes only what the plan decided:
 - ``update``: a pending allocation gets its node (or a new pending reason);
 - ``stop`` / ``preempt``: ``desired="stop"`` and the reason; an allocation that never reached
   a node (or was still pending) is ``stopped`` at once, a terminal one keeps its status;
-- ``lost``: a live allocation on a node that is down or gone becomes ``lost``.
+- ``lost``: a live allocation on a node that is down or gone becomes ``lost`` (not when the
+  node is ready again in ``state``: a plan retried on a newer snapshot).
 
 ``apply_plan(state, plan)`` is the state after such a commit (the revision goes up by one).
 """
@@ -45,8 +46,9 @@ def plan_writes(state: ClusterState, plan: Plan, now: float = 0.0) -> PlanWrites
 
     for lost in plan.lost:
         a = base(lost.alloc_id)
-        if a is None or a.terminal:
-            continue
+        node = state.nodes.get(a.node_id) if a is not None else None
+        if a is None or a.terminal or (node is not None and node.status == "ready"):
+            continue  # gone, ended, or its node came back since the plan was made
         out.allocs[a.id] = replace(
             a, status="lost", desired="stop", reason=lost.reason, updated_at=now
         )

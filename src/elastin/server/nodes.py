@@ -3,7 +3,9 @@ should run.
 
 A heartbeat is kept in memory (``Telemetry`` takes its numbers); the node's record is written
 at most every ``PERSIST_EVERY`` s, or when it comes back. ``check`` marks a node ``down`` after
-``HEARTBEAT_TTL`` s of silence (the scheduler then finds its allocations lost).
+``HEARTBEAT_TTL`` s of silence (the scheduler then finds its allocations lost). Every write of
+a node's record is guarded by the record it read (the store's writes yield to other tasks: a
+registration or a heartbeat may land in between, and must not be overwritten).
 ``allocations(node, index, wait)`` answers once what the node should run changed past
 ``index`` (``Changes.node``), so an agent's own status reports do not wake it.
 """
@@ -23,6 +25,7 @@ from elastin.server.waits import Changes
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
 PERSIST_EVERY = 10.0  # seconds between writes of a ready node's last heartbeat
+_TRIES = 5
 
 
 class Nodes:
@@ -36,8 +39,12 @@ class Nodes:
         self._last_seen: dict[str, float] = {}  # node id -> last heartbeat (in memory)
 
     async def register(self, node: Node) -> Node:
+        """The agent's own description of its node: written as it is (it wins over any
+        record of the node), and the node is ready."""
+        now = self.clock.time()
+        self._last_seen[node.id] = now
         found = await self.repo.get_node(node.id)
-        node = replace(node, status="ready", last_heartbeat=self.clock.time())
+        node = replace(node, status="ready", last_heartbeat=now)
         what = "re-registered" if found else "registered"
         drivers = ", ".join(node.drivers)
         rev = await self.repo.commit(
@@ -63,46 +70,55 @@ class Nodes:
         node_usage: Usage | None,
         mesh: Mapping[str, ClusterStats] | None = None,
     ) -> Node:
-        found = await self.repo.get_node(node_id)
-        if not found:
-            raise NotFound(f"node {node_id!r} is not registered", hint="the agent registers again")
-        node, _ = found
         now = self.clock.time()
+        self._last_seen[node_id] = now  # before any await: a liveness check sees it
         self.telemetry.record(node_id, usage, node_usage, mesh)
-        if node.status != "ready":
+        for _ in range(_TRIES):
+            found = await self.repo.get_node(node_id)
+            if not found:
+                raise NotFound(
+                    f"node {node_id!r} is not registered", hint="the agent registers again"
+                )
+            node, mod_rev = found
+            if node.status == "ready" and now - node.last_heartbeat <= PERSIST_EVERY:
+                return node  # heartbeats are frequent: kept in memory, persisted now and then
+            back = node.status != "ready"
             node = replace(node, status="ready", last_heartbeat=now)
             rev = await self.repo.commit(
-                nodes=[node], events=[("node.ready", node.name, "node is back", "info")]
+                compares=[self.repo.compare_node(node_id, mod_rev)],
+                nodes=[node],
+                events=[("node.ready", node.name, "node is back", "info")] if back else [],
             )
-            if rev is not None:
+            if rev is None:
+                continue  # registered or marked down meanwhile: look again
+            if back:
                 self.changes.committed(rev)
-        elif now - node.last_heartbeat > PERSIST_EVERY:
-            # heartbeats are frequent: keep them in memory and persist now and then
-            node = replace(node, last_heartbeat=now)
-            await self.repo.commit(nodes=[node])
-        self._last_seen[node_id] = now
+            return node
         return node
 
     async def check(self) -> None:
-        """Mark nodes down that missed heartbeats for ``HEARTBEAT_TTL`` seconds."""
+        """Mark nodes down that missed heartbeats for ``HEARTBEAT_TTL`` seconds. Each write
+        is guarded by the record it read: a node registered or heard from meanwhile stays."""
         now = self.clock.time()
-        for node in await self.repo.list_nodes():
+        for node, mod_rev in await self.repo.list_nodes_with_revs():
             seen = max(node.last_heartbeat, self._last_seen.get(node.id, 0.0))
-            if node.status == "ready" and now - seen > HEARTBEAT_TTL:
+            if node.status != "ready" or now - seen <= HEARTBEAT_TTL:
+                continue
+            rev = await self.repo.commit(
+                compares=[self.repo.compare_node(node.id, mod_rev)],
+                nodes=[replace(node, status="down")],
+                events=[
+                    (
+                        "node.down",
+                        node.name,
+                        f"no heartbeat for {now - seen:.0f}s; its instances are lost",
+                        "warning",
+                    )
+                ],
+            )
+            if rev is not None:
                 self.telemetry.forget(node.id)  # its numbers are not current
-                rev = await self.repo.commit(
-                    nodes=[replace(node, status="down")],
-                    events=[
-                        (
-                            "node.down",
-                            node.name,
-                            f"no heartbeat for {now - seen:.0f}s; its instances are lost",
-                            "warning",
-                        )
-                    ],
-                )
-                if rev is not None:
-                    self.changes.committed(rev)
+                self.changes.committed(rev)
 
     async def allocations(
         self, node_id: str, index: int, wait: float

@@ -141,8 +141,11 @@ class Repo:
         return None if kv is None else (self._nodes.one(kv), kv.mod_rev)
 
     async def list_nodes(self) -> list[Node]:
+        return [n for n, _ in await self.list_nodes_with_revs()]
+
+    async def list_nodes_with_revs(self) -> list[tuple[Node, int]]:
         kvs, _ = await self.store.list(NODES)
-        return [o for _, o, _ in self._nodes.all(kvs)]
+        return [(o, m) for _, o, m in self._nodes.all(kvs)]
 
     async def list_events(self, since_rev: int = 0, limit: int = 200) -> list[Event]:
         kvs, _ = await self.store.list(EVENTS)
@@ -194,6 +197,10 @@ class Repo:
     @staticmethod
     def compare_alloc(alloc_id: str, mod_rev: int) -> Compare:
         return Compare(ALLOCS + alloc_id, mod_rev)
+
+    @staticmethod
+    def compare_node(node_id: str, mod_rev: int) -> Compare:
+        return Compare(NODES + node_id, mod_rev)
 
     @staticmethod
     def compare_app(name: str, mod_rev: int) -> Compare:

@@ -102,12 +102,13 @@ def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
     db.execute(begin)
     try:
         yield
+        if db.in_transaction:
+            db.execute("COMMIT")  # inside: a failed COMMIT rolls back too, or every later
+            # BEGIN would fail with "cannot start a transaction within a transaction"
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    if db.in_transaction:
-        db.execute("COMMIT")
 
 
 def _settle(fut: asyncio.Future[T], result: T) -> None:
@@ -269,11 +270,15 @@ class SqliteStore(HubStore):
         self._closing = asyncio.get_running_loop().create_future()
         try:
             await self._call(self._close_db)  # after every queued job
+            self._executor.shutdown(wait=True)  # idle by now: returns at once
+        except BaseException:
+            # cancelled while jobs were queued: wait for them off the loop
+            await asyncio.shield(asyncio.to_thread(self._executor.shutdown, wait=True))
+            raise
         finally:
-            # Joins the thread: idle by now, unless this close() was cancelled while it waited.
-            self._executor.shutdown(wait=True)
             self._hub.close()
-            self._closing.set_result(None)
+            if not self._closing.done():
+                self._closing.set_result(None)
 
     # worker thread side ------------------------------------------------------------------
     def _open(self, durable: bool) -> None:
@@ -332,7 +337,9 @@ class SqliteStore(HubStore):
                 if any(mod.get(c.key, 0) != c.mod_rev for c in compares):
                     db.execute("ROLLBACK")
                     return TxnResult(False, self._db_rev), ()
-            dels = list(self._mod_revs(list(dict.fromkeys(deletes)))) if deletes else []
+            keys = list(dict.fromkeys(deletes))
+            found = self._mod_revs(keys) if keys else {}
+            dels = [k for k in keys if k in found]  # the caller's order, as the live events
             if not encoded and not dels:
                 db.execute("ROLLBACK")
                 return TxnResult(True, self._db_rev), ()

@@ -270,3 +270,19 @@ def test_commit_starts_from_the_current_allocation_not_the_plans_copy() -> None:
     assert writes.read == {pending.id}
     written = writes.allocs[pending.id]
     assert (written.node_id, written.reason, written.restarts) == ("id-n1", "", 7)
+
+
+def test_a_retried_plan_does_not_lose_allocations_whose_node_came_back() -> None:
+    st = settle(state([node("n1"), node("n2")], [app("shop", svc("web"))]))
+    (a,) = live(st)
+    down = ClusterState(
+        st.revision,
+        {**st.nodes, a.node_id: replace(st.nodes[a.node_id], status="down")},
+        st.apps,
+        st.allocations,
+    )
+    plan = run(down)
+    assert [x.alloc_id for x in plan.lost] == [a.id]
+    back = ClusterState(down.revision + 1, st.nodes, st.apps, st.allocations)  # ready again
+    assert a.id not in plan_writes(back, plan).allocs
+    assert plan_writes(down, plan).allocs[a.id].status == "lost"

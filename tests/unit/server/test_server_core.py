@@ -3,8 +3,10 @@ the mesh feed, liveness and settlement, driven by a FakeClock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +269,33 @@ async def test_reads_decode_each_version_once_and_see_every_write() -> None:
     await repo.commit(allocs=[a])  # the same key again, at a new revision
     snap = await repo.snapshot()
     assert snap.allocs["a1"][0].status == "pending"
+
+
+async def test_liveness_never_overwrites_a_registration_or_a_heartbeat(tmp_path: Path) -> None:
+    """The SQLite store's writes yield to other tasks: a node marked down, a registration and
+    a heartbeat in flight at once must not undo each other."""
+    from elastin.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "s.db")
+    clock = FakeClock()
+    c = await Cluster.open(store, clock=clock, seed=1)
+    try:
+        old = replace(node(), attributes=(("agent.api", "127.0.0.1:1111"),))
+        await c.nodes.register(old)
+        clock.advance(31)  # silent past the TTL, still ready
+        new = replace(node(), attributes=(("agent.api", "127.0.0.1:2222"),))
+        registering = asyncio.create_task(c.nodes.register(new))
+        await asyncio.sleep(0)  # its write is queued on the store's thread
+        await c.nodes.check()
+        await registering
+        n = await c.views.node("n1")
+        assert (n.status, n.attrs()["agent.api"]) == ("ready", "127.0.0.1:2222")
+
+        clock.advance(30.5)
+        beating = asyncio.create_task(c.nodes.heartbeat("n1", {}, None))
+        await asyncio.sleep(0)  # the heartbeat arrived; its record is being written
+        await c.nodes.check()
+        await beating
+        assert (await c.views.node("n1")).status == "ready"
+    finally:
+        await store.close()

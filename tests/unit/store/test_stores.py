@@ -273,3 +273,31 @@ def test_model_based(ops: list[tuple[str, str, int]], kind: str, tmp_path_factor
         await s.close()
 
     asyncio.run(run())
+
+
+def test_a_commit_that_fails_is_rolled_back_and_the_next_one_works() -> None:
+    import sqlite3
+
+    from elastin.store.sqlite import _transaction
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE p(id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE c(pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), _transaction(db, "BEGIN IMMEDIATE"):
+        db.execute("INSERT INTO c VALUES (42)")  # fails only at COMMIT
+    assert not db.in_transaction
+    with _transaction(db, "BEGIN IMMEDIATE"):
+        db.execute("INSERT INTO p VALUES (1)")
+    assert db.execute("SELECT count(*) FROM p").fetchone() == (1,)
+
+
+async def test_deletes_replay_in_the_order_they_were_published(store: StateStore) -> None:
+    await store.txn(puts=[("/a", 1), ("/b", 2)])
+    watching = asyncio.create_task(collect(store, "/", 2, 2))
+    for _ in range(20):  # let the watcher subscribe
+        await asyncio.sleep(0)
+    await store.txn(deletes=["/b", "/nope", "/a"])
+    live = [(e.type, e.key) for e in await watching]
+    replay = [(e.type, e.key) for e in await collect(store, "/", 2, 2)]
+    assert live == replay == [("delete", "/b"), ("delete", "/a")]
