@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -64,19 +65,58 @@ def _loopback_port(flag: str, what: str) -> Callable[[Callable[..., Any]], Calla
     )
 
 
+def read_token_file(path: str) -> str:
+    """The token in ``path``; refused when other users may read it or it is empty."""
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        fail(f"cannot read the token file {path}: {e.strerror}", "check the path", EXIT_USAGE)
+    if mode & 0o077:
+        fail(
+            f"the token file {path} is readable by other users (mode {mode & 0o777:o})",
+            f"chmod 600 {path}",
+            EXIT_USAGE,
+        )
+    if not text:
+        fail(f"the token file {path} is empty", "copy the server's token into it", EXIT_USAGE)
+    return text
+
+
 @click.command()
 @click.option("--server", "server_url", default="", help="server URL (default: found locally)")
-@click.option("--token", default="", help="API token (default: ELASTIN_TOKEN or the data dir)")
+@click.option(
+    "--token",
+    default="",
+    help="API token; every local user sees it in `ps`: prefer --token-file or ELASTIN_TOKEN",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default="",
+    help="file holding the API token (readable by its owner only)",
+)
 @click.option("--name", default="", help="node name (default: the host name)")
 @_loopback_port("--metrics-port", "the agent's /metrics; the node's agent.metrics says where")
 @_loopback_port(
     "--dns-port",
     "the DNS interface (<service>.service.elastin, UDP and TCP); instances find it in ELASTIN_DNS",
 )
-def agent(server_url: str, token: str, name: str, metrics_port: int, dns_port: int) -> None:
+def agent(
+    server_url: str, token: str, token_file: str, name: str, metrics_port: int, dns_port: int
+) -> None:
     """Run a node agent in the foreground. Its instances keep running when it stops."""
     from elastin.agent.agent import Agent, AgentConfig
     from elastin.agent.drivers.registry import default_drivers
+
+    if token:
+        err_console.print(
+            "warning: --token puts the API token on the command line, where every local user "
+            "can read it (`ps`); use --token-file FILE (0600) or ELASTIN_TOKEN instead",
+            style="yellow",
+        )
+    if token_file:
+        token = read_token_file(token_file)
 
     if server_url:
         url = server_url
@@ -86,7 +126,7 @@ def agent(server_url: str, token: str, name: str, metrics_port: int, dns_port: i
         if not token:
             fail(
                 "no API token",
-                "pass --token, set ELASTIN_TOKEN, or copy the server's token "
+                "pass --token-file, set ELASTIN_TOKEN, or copy the server's token "
                 "file into this machine's data directory",
                 EXIT_USAGE,
             )

@@ -10,6 +10,7 @@ position. The format is documented field by field in docs/spec.md.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shlex
@@ -248,11 +249,16 @@ def _name(ctx: _Ctx, node: yaml.Node, path: str, name: str, what: str, example: 
     return False
 
 
+_HTTP_PATH = re.compile(r"/[\x21-\x7e]*")  # printable ASCII, no space: goes on a request line
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"1h"``."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # .nan passes every comparison; .inf is no duration
+            raise ValueError(f"{value!r} is not a duration")
         if value < 0:
             raise ValueError(f"{value!r} is negative")
         return float(value)
@@ -265,7 +271,7 @@ def parse_duration(value: object) -> float:
             n, unit = float(m.group(1)), m.group(2)
             total += n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
             pos = m.end()
-        if pos == len(text) and text:
+        if pos == len(text) and text and math.isfinite(total):
             return total
     raise ValueError(f"{value!r} is not a duration")
 
@@ -461,7 +467,15 @@ def _health(ctx: _Ctx, node: yaml.Node, path: str, port_names: list[str]) -> Hea
         port = _str(ctx, m["port"][1], f"{path}.port") or ""
     if kind == "http":
         p = _str(ctx, m["http"][1], f"{path}.http")
-        if p is None or not p.startswith("/"):
+        if p is not None and p.startswith("/") and not _HTTP_PATH.fullmatch(p):
+            ctx.add(
+                m["http"][1],
+                f"{path}.http",
+                f"{p!r} is not a URL path (spaces and control characters cannot be sent)",
+                "percent-encode them, e.g. /health%20check",
+            )
+            ok = False
+        elif p is None or not p.startswith("/"):
             if p is not None:
                 ctx.add(
                     m["http"][1],
@@ -962,9 +976,14 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
             "add a `services:` or `jobs:` section",
         )
     # references between workloads, checked once every name is known
+    seen_refs: set[tuple[str, str, str]] = set()
     for section, wname, field_, i, item in _references(top):
         ref = str(item.value) if isinstance(item, yaml.ScalarNode) else ""
         p = f"{section}.{wname}.{field_}[{i}]"
+        if (wname, field_, ref) in seen_refs:
+            ctx.add(item, p, f"{ref!r} is named twice", "name each one once")
+            continue
+        seen_refs.add((wname, field_, ref))
         if ref == wname:
             what = "depends on itself" if field_ == "depends_on" else "cannot be its own upstream"
             ctx.add(item, p, f"{ref!r} {what}", "remove it")

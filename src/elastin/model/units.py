@@ -38,6 +38,16 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _CPU_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(m?)\s*$")
 
 
+MAX_QUANTITY = 1 << 62  # far above any machine; keeps every quantity a sane integer
+
+
+def _whole(value: float, what: str) -> int:
+    """``value`` rounded, refused when it is not finite or absurdly large."""
+    if not value < MAX_QUANTITY:  # also false for nan and inf
+        raise UnitError(f"{what} is too large")
+    return round(value)
+
+
 def parse_cpu(value: object) -> int:
     """Return millicores for ``value`` (cores as a number or string, or ``"500m"``)."""
     if isinstance(value, bool):
@@ -47,7 +57,7 @@ def parse_cpu(value: object) -> int:
             raise UnitError(f"cpu must be a finite number, not {value!r}")
         if value < 0:
             raise UnitError(f"cpu must not be negative, got {value!r}")
-        return round(value * 1000)
+        return _whole(value * 1000, "cpu")
     if isinstance(value, str):
         m = _CPU_RE.match(value)
         if not m:
@@ -55,7 +65,7 @@ def parse_cpu(value: object) -> int:
                 f"cpu {value!r} is not a quantity; use cores (1, 0.5) or millicores ('500m')"
             )
         number = float(m.group(1))
-        return round(number) if m.group(2) == "m" else round(number * 1000)
+        return _whole(number if m.group(2) == "m" else number * 1000, "cpu")
     raise UnitError(f"cpu must be a number or a string like '500m', not {type(value).__name__}")
 
 
@@ -68,7 +78,7 @@ def parse_size(value: object, *, what: str = "size") -> int:
             raise UnitError(f"{what} must be a finite number, not {value!r}")
         if value < 0:
             raise UnitError(f"{what} must not be negative, got {value!r}")
-        return round(value * MIB)
+        return _whole(value * MIB, what)
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if not m:
@@ -79,7 +89,7 @@ def parse_size(value: object, *, what: str = "size") -> int:
                 f"{what} {value!r} has an unknown unit {m.group(2)!r}; "
                 "use Ki, Mi, Gi, Ti (powers of 1024) or K, M, G, T (powers of 1000)"
             )
-        return round(float(m.group(1)) * _SIZE_UNITS[unit])
+        return _whole(float(m.group(1)) * _SIZE_UNITS[unit], what)
     raise UnitError(f"{what} must be a number or a string like '128Mi', not {type(value).__name__}")
 
 

@@ -12,13 +12,15 @@ registration or a heartbeat may land in between, and must not be overwritten).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Node, Usage
-from elastin.server.errors import NotFound
+from elastin.server.errors import Invalid, NotFound
 from elastin.server.repo import Repo
 from elastin.server.telemetry import Telemetry
 from elastin.server.waits import Changes
@@ -26,6 +28,34 @@ from elastin.server.waits import Changes
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
 PERSIST_EVERY = 10.0  # seconds between writes of a ready node's last heartbeat
 _TRIES = 5
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_node(node: Node) -> None:
+    """Refuse a node whose id, name or address could inject into a config, a path or a
+    line of output: an IP literal or a host name, printable attributes."""
+    try:
+        ipaddress.ip_address(node.address)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(node.address):
+            raise Invalid(
+                f"node address {node.address!r} is neither an IP address nor a host name",
+                hint="the agent registers its node's address; check its configuration",
+            ) from None
+    for what, value in (("id", node.id), ("name", node.name)):
+        if not _ID.fullmatch(value):
+            raise Invalid(
+                f"node {what} {value!r} is not a name (letters, digits, '.', '_', '-')",
+                hint="name the node with --name",
+            )
+    for k, v in node.attributes:
+        if not (k.isprintable() and v.isprintable()) or len(k) > 128 or len(v) > 1024:
+            raise Invalid(f"node attribute {k!r} has control characters or is too long")
 
 
 class Nodes:
@@ -40,7 +70,9 @@ class Nodes:
 
     async def register(self, node: Node) -> Node:
         """The agent's own description of its node: written as it is (it wins over any
-        record of the node), and the node is ready."""
+        record of the node), and the node is ready. It is checked where it enters: the
+        address reaches every proxy's configuration, the names reach logs and tables."""
+        check_node(node)
         now = self.clock.time()
         self._last_seen[node.id] = now
         found = await self.repo.get_node(node.id)

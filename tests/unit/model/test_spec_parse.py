@@ -362,3 +362,48 @@ def test_mesh_fault_injection() -> None:
     assert w is not None and w.mesh.fault == Fault(
         abort_status=503, abort_percent=100, delay=0.2, delay_percent=25
     )
+
+
+def _issues(text: str) -> list[str]:
+    from elastin.model.errors import SpecError
+    from elastin.model.spec import parse_spec
+
+    try:
+        parse_spec(text)
+    except SpecError as e:
+        return [f"{i.path}: {i.message}" for i in e.issues]
+    return []
+
+
+BASE = "app: a\nservices:\n  api:\n    command: x\n    ports: {http: 8080}\n"
+
+
+def test_durations_and_quantities_that_are_no_numbers_are_refused() -> None:
+    """``.nan`` passed every range check and took the node down at render time."""
+    for extra, where in (
+        ("    stop_grace: .nan\n", "services.api.stop_grace"),
+        ("    mesh: {request_timeout: .nan}\n", "services.api.mesh.request_timeout"),
+        ("    mesh: {request_timeout: .inf}\n", "services.api.mesh.request_timeout"),
+        ("    health: {http: /h, interval: .nan}\n", "services.api.health.interval"),
+        ("    resources: {cpu: .nan, memory: 64Mi}\n", "services.api.resources.cpu"),
+        ("    resources: {cpu: 1, memory: 1.0e+308}\n", "services.api.resources.memory"),
+        (
+            "    resources: {cpu: '99999999999999999999999', memory: 1Mi}\n",
+            "services.api.resources.cpu",
+        ),
+    ):
+        found = _issues(BASE + extra)
+        assert any(i.startswith(where) for i in found), (extra, found)
+
+
+def test_an_upstream_or_dependency_named_twice_is_refused() -> None:
+    spec = BASE + "  web:\n    command: x\n    upstreams: [api, api]\n    depends_on: [api, api]\n"
+    found = _issues(spec)
+    assert "services.web.upstreams[1]: 'api' is named twice" in found
+    assert "services.web.depends_on[1]: 'api' is named twice" in found
+
+
+def test_a_health_path_cannot_carry_headers() -> None:
+    found = _issues(BASE + '    health: {http: "/h\\r\\nX-Evil: 1"}\n')
+    assert any(i.startswith("services.api.health.http") for i in found), found
+    assert _issues(BASE + "    health: {http: '/h?x=1%20y'}\n") == []

@@ -299,3 +299,18 @@ async def test_liveness_never_overwrites_a_registration_or_a_heartbeat(tmp_path:
         assert (await c.views.node("n1")).status == "ready"
     finally:
         await store.close()
+
+
+async def test_a_node_that_could_inject_into_a_proxy_config_is_refused(cluster: Cluster) -> None:
+    for bad in (
+        replace(node(), address="127.0.0.1\n    server evil 6.6.6.6:80"),
+        replace(node(), address="not a host"),
+        replace(node(), name="n1\nnode.down"),
+        replace(node(), id="../../etc"),
+        replace(node(), attributes=(("agent.api", "127.0.0.1:1\r\nX: y"),)),
+    ):
+        with pytest.raises(Invalid):
+            await cluster.nodes.register(bad)
+    assert await cluster.views.nodes() == []  # nothing was written
+    for good in ("10.0.0.7", "::1", "node-7.example.internal"):
+        await cluster.nodes.register(replace(node(), address=good))
