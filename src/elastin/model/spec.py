@@ -158,8 +158,8 @@ def _scalar(node: yaml.Node) -> Any:
         return node.value
     try:
         return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError):
-        return node.value
+    except Exception:  # a tag its text does not fit (`!!bool x`, `!!float`): the text
+        return node.value  # as written, which the field's own check then refuses
 
 
 def _mapping(
@@ -257,6 +257,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
+        try:
+            value = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"{value} is not a duration") from None
         if not math.isfinite(value):  # .nan passes every comparison; .inf is no duration
             raise ValueError(f"{value!r} is not a duration")
         if value < 0:
@@ -819,11 +823,12 @@ def _workload(
             kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 1, 1000)
     if "retries" in m:
         kw["retries"] = _int(ctx, m["retries"][1], f"{path}.retries", 0, 1000)
+    completions = kw.get("completions", 1)  # None: invalid, reported above
     if (
         wtype == "job"
         and isinstance(kw.get("parallelism"), int)
-        and kw["parallelism"] > kw.get("completions", 1)
-        and kw.get("completions") is not None
+        and isinstance(completions, int)
+        and kw["parallelism"] > completions
     ):
         ctx.add(
             m["parallelism"][1],
@@ -909,6 +914,10 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
     ctx = _Ctx(file)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError(
+            [SpecIssue("", "nested too deeply", "a spec needs a few levels, not thousands", file)]
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         ctx.issues.append(
@@ -942,9 +951,10 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
     if "app" not in top:
         ctx.add(root, "app", "the spec needs an application name", "add `app: my-app` at the top")
     else:
-        name = _str(ctx, top["app"][1], "app") or ""
-        if name:
-            _name(ctx, top["app"][1], "app", name, "application name", "shop")
+        found = _str(ctx, top["app"][1], "app")
+        if found is not None:  # "" too: an application needs a name
+            _name(ctx, top["app"][1], "app", found, "application name", "shop")
+        name = found or ""
     workloads: list[Workload] = []
     names: dict[str, str] = {}
     declared: list[str] = []
