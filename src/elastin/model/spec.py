@@ -311,7 +311,22 @@ def _str_list(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
     return out
 
 
+def _no_nul(ctx: _Ctx, node: yaml.Node, path: str, text: str) -> bool:
+    """Whether ``text`` can reach a command line or an environment (no NUL byte)."""
+    if "\0" not in text:
+        return True
+    ctx.add(node, path, "contains a NUL byte, which no program can receive", "remove it")
+    return False
+
+
 def _command(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
+    parts = _command_parts(ctx, node, path)
+    if parts is not None and not all(_no_nul(ctx, node, path, p) for p in parts):
+        return None
+    return parts
+
+
+def _command_parts(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
     if isinstance(node, yaml.ScalarNode):
         text = _str(ctx, node, path)
         if text is None:
@@ -795,11 +810,15 @@ def _workload(
             if not isinstance(ev, yaml.ScalarNode):
                 ctx.add(ev, f"{path}.env.{key}", "must be a string or number")
                 continue
-            env.append((key, "" if _scalar(ev) is None else str(ev.value)))
+            value = "" if _scalar(ev) is None else str(ev.value)
+            if _no_nul(ctx, ev, f"{path}.env.{key}", value):
+                env.append((key, value))
         kw["env"] = tuple(sorted(env))
     if "workdir" in m:
         wd = _str(ctx, m["workdir"][1], f"{path}.workdir") or ""
-        if wd and not os.path.isabs(wd):
+        if not _no_nul(ctx, m["workdir"][1], f"{path}.workdir", wd):
+            wd = ""
+        elif wd and not os.path.isabs(wd):
             wd = os.path.normpath(os.path.join(base_dir or os.getcwd(), wd))
         kw["workdir"] = wd
     if "resources" in m:

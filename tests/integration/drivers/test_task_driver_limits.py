@@ -189,3 +189,18 @@ async def test_workdir_that_does_not_exist_fails_clearly(
 
     with pytest.raises(StartError, match="No such file"):
         await driver.start(c)
+
+
+async def test_a_start_that_fails_leaves_no_cgroup(driver: TaskDriver, tmp_path: Path) -> None:
+    """A NUL byte in the environment failed in Popen with ValueError, which left the
+    instance's cgroup behind in every hierarchy."""
+    from dataclasses import replace
+
+    from elastin.agent.drivers.base import StartError
+
+    bad = cfg(tmp_path, "nul", SLEEP)
+    bad = replace(bad, env={**bad.env, "A": "x\0y"})
+    with pytest.raises(StartError, match="null byte"):
+        await driver.start(bad)
+    cg = Cgroup(driver.cgroup_root, "nul", version=driver.info.version)
+    assert not any(os.path.exists(p) for p in cg.paths())

@@ -407,3 +407,15 @@ def test_a_health_path_cannot_carry_headers() -> None:
     found = _issues(BASE + '    health: {http: "/h\\r\\nX-Evil: 1"}\n')
     assert any(i.startswith("services.api.health.http") for i in found), found
     assert _issues(BASE + "    health: {http: '/h?x=1%20y'}\n") == []
+
+
+def test_a_nul_byte_never_reaches_a_command_or_an_environment() -> None:
+    """It failed only at start ("embedded null byte") and leaked the instance's cgroups."""
+    for extra, where in (
+        ('    env: {A: "x\\0y"}\n', "services.api.env.A"),
+        ('    workdir: "/tmp\\0x"\n', "services.api.workdir"),
+    ):
+        found = _issues(BASE + extra)
+        assert any(i.startswith(where) and "NUL" in i for i in found), found
+    found = _issues('app: a\nservices:\n  api:\n    command: ["sh", "-c\\0"]\n')
+    assert any(i.startswith("services.api.command") and "NUL" in i for i in found), found

@@ -136,13 +136,14 @@ class TaskDriver:
         exe = resolve_command(config.command[0], config.env.get("PATH", os.defpath), workdir)
         cg = Cgroup(self.cgroup_root, config.alloc_id, version=self.info.version)
         cg.create(config.resources, config.pids_limit)
-        logs = alloc_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
         status = alloc_dir / "status"
-        status.unlink(missing_ok=True)
-        procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
-        argv = [SH, "-c", SHIM, "elastin-shim", str(status), *procs, "--", exe, *config.command[1:]]
-        try:
+        try:  # every failure from here on removes the cgroup again
+            logs = alloc_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            status.unlink(missing_ok=True)
+            procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
+            argv = [SH, "-c", SHIM, "elastin-shim", str(status), *procs, "--"]
+            argv += [exe, *config.command[1:]]
             with open(logs / "stdout.log", "ab") as out, open(logs / "stderr.log", "ab") as err:
                 proc = subprocess.Popen(
                     argv,
@@ -159,6 +160,12 @@ class TaskDriver:
             raise StartError(
                 f"cannot start {config.command[0]!r}: {e.strerror} (errno {e.errno})"
             ) from None
+        except ValueError as e:  # e.g. a NUL byte in an argument or the environment
+            cg.destroy()
+            raise StartError(f"cannot start {config.command[0]!r}: {e}") from None
+        except BaseException:
+            cg.destroy()
+            raise
         self._children[proc.pid] = proc
         ticks = proc_start_ticks(proc.pid) or 0
         self._cpu[config.alloc_id] = (0, self.clock.monotonic())
