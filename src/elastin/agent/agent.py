@@ -238,16 +238,12 @@ class Agent:
         self._apps: dict[str, tuple[float, Application, dict[str, int]]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.mesh: MeshManager | None = None
-        self.metrics: MetricsServer | None = None
-        if cfg.metrics_port is not None:
-            self.metrics = MetricsServer(self.metrics_view, port=cfg.metrics_port)
-        self.dns: DnsServer | None = None
-        if cfg.dns_port is not None:
-            self.dns = DnsServer(self.dns_lookup, port=cfg.dns_port)
-        if metrics is not None:
-            self.metrics = metrics
-        if dns is not None:
-            self.dns = dns
+        if metrics is None and cfg.metrics_port is not None:
+            metrics = MetricsServer(self.metrics_view, port=cfg.metrics_port)
+        self.metrics: MetricsServer | None = metrics
+        if dns is None and cfg.dns_port is not None:
+            dns = DnsServer(self.dns_lookup, port=cfg.dns_port)
+        self.dns: DnsServer | None = dns
         self.api = AgentApi(
             self.alloc_root,
             cfg.data_dir / "mesh" / "haproxy.log",
@@ -330,26 +326,28 @@ class Agent:
                 delay = min(delay * 2, 5.0)
         raise RuntimeError("unreachable")  # pragma: no cover
 
-    async def workload(self, alloc: Allocation) -> Workload | None:
-        """The workload spec an allocation runs (cached for a few seconds)."""
+    async def _application(self, alloc: Allocation) -> tuple[Application, dict[str, int]]:
+        """``alloc``'s application as applied and its spec versions, cached for a few
+        seconds (fetched again when ``alloc`` runs a newer version). ``ClientError`` when the
+        server cannot say."""
         cached = self._apps.get(alloc.app)
         if (
             cached is None
             or self.clock.monotonic() - cached[0] > 5
             or (cached[2].get(alloc.workload, 0) < alloc.spec_version)
         ):
-            try:
-                data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
-            except ClientError:
-                return None
-            app = from_data(Application, data["app"])
-            cached = (
-                self.clock.monotonic(),
-                app,
-                {str(k): int(v) for k, v in data["versions"].items()},
-            )
+            data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
+            versions = {str(k): int(v) for k, v in data["versions"].items()}
+            cached = (self.clock.monotonic(), from_data(Application, data["app"]), versions)
             self._apps[alloc.app] = cached
-        _, app, versions = cached
+        return cached[1], cached[2]
+
+    async def workload(self, alloc: Allocation) -> Workload | None:
+        """The workload spec an allocation runs (None when it is not available)."""
+        try:
+            app, versions = await self._application(alloc)
+        except ClientError:
+            return None
         if versions.get(alloc.workload) != alloc.spec_version:
             return None
         return app.workload(alloc.workload)
@@ -359,10 +357,9 @@ class Agent:
             return ""
         try:
             allocs = await self.client.allocations(alloc.app)
-            data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
+            app, _ = await self._application(alloc)
         except ClientError as e:
             return f"waiting for the server to check dependencies: {e.message}"
-        app = from_data(Application, data["app"])
         waiting = [
             dep
             for dep in w.depends_on
@@ -489,7 +486,7 @@ class Agent:
                 memory=sum(u.memory for u in usage.values()),
                 sampled_at=self.clock.time(),
             )
-            mesh = await self.mesh.read_stats() if self.mesh is not None else {}
+            mesh = self.mesh.stats() if self.mesh is not None else {}  # read every second
             try:
                 await self.client.heartbeat(self.node_id, usage, total, mesh)
             except ApiError as e:

@@ -149,11 +149,12 @@ class MeshManager:
 
     async def read_stats(self) -> Stats:
         """Read the running proxy's per-cluster counters now (empty when none runs)."""
-        self._stats = {}
+        stats: Stats = {}  # assigned whole: /metrics reads it from another thread
         if self.proxy is not None and self.proxy.alive():
             with contextlib.suppress(HaproxyError, OSError):
-                self._stats = parse_stats(await self.proxy.command("show stat -1 6 -1"))
-        return self._stats
+                stats = parse_stats(await self.proxy.command("show stat -1 6 -1"))
+        self._stats = stats
+        return stats
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None

@@ -60,7 +60,8 @@ class MeshFeed:
         self._acked: dict[str, tuple[int, float]] = {}
         self._streams: dict[str, int] = {}  # node id -> open snapshot streams
         self._acks = Watermark()  # bumped on every acknowledgement of a newer version
-        self._cache: tuple[int, asyncio.Future[MeshInputs]] | None = None
+        self._cache: MeshInputs | None = None
+        self._reading = asyncio.Lock()  # one read of the store per version
 
     # snapshots --------------------------------------------------------------------------
     async def snapshot(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
@@ -152,18 +153,16 @@ class MeshFeed:
 
     # inputs ------------------------------------------------------------------------------
     async def _inputs(self) -> MeshInputs:
-        """What snapshots are built from, read once per mesh version."""
-        version = self.version.value
+        """What snapshots are built from, read once per mesh version: when a change wakes
+        every agent's stream at once, the first reads and the others find it cached."""
         cached = self._cache
-        failed = (
-            cached is not None
-            and cached[1].done()
-            and (cached[1].cancelled() or cached[1].exception() is not None)
-        )
-        if cached is None or cached[0] != version or failed:
-            cached = (version, asyncio.ensure_future(self._read(version)))
-            self._cache = cached
-        return await asyncio.shield(cached[1])
+        if cached is not None and cached.version == self.version.value:
+            return cached
+        async with self._reading:
+            version = self.version.value
+            if self._cache is None or self._cache.version != version:
+                self._cache = await self._read(version)
+            return self._cache
 
     async def _read(self, version: int) -> MeshInputs:
         snap = await self.repo.snapshot()

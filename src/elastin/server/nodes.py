@@ -20,7 +20,8 @@ from dataclasses import replace
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Node, Usage
-from elastin.server.errors import Invalid, NotFound
+from elastin.server.errors import Invalid, NotFound, ServerError
+from elastin.server.relay import AGENT_API_ATTR, agent_address
 from elastin.server.repo import Repo
 from elastin.server.telemetry import Telemetry
 from elastin.server.waits import Changes
@@ -56,6 +57,13 @@ def check_node(node: Node) -> None:
     for k, v in node.attributes:
         if not (k.isprintable() and v.isprintable()) or len(k) > 128 or len(v) > 1024:
             raise Invalid(f"node attribute {k!r} has control characters or is too long")
+    if any(x < 0 for x in (node.capacity.cpu, node.capacity.memory, node.capacity.disk)):
+        raise Invalid(f"node capacity {node.capacity.human()} is negative")
+    if AGENT_API_ATTR in node.attrs():
+        try:  # the same check the relay makes before it sends a request there
+            agent_address(node)
+        except ServerError as e:
+            raise Invalid(e.message, hint=e.hint) from None
 
 
 class Nodes:

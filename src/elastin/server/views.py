@@ -11,6 +11,7 @@ from typing import Any
 
 from elastin.model.cluster import Allocation, Event, Node, Usage
 from elastin.model.codec import to_data
+from elastin.model.workload import Workload
 from elastin.scheduler.accounting import resource_report
 from elastin.server.applier import to_cluster_state
 from elastin.server.apps import Apps
@@ -83,7 +84,7 @@ class Views:
                 )
         return out
 
-    async def service(self, ref: str) -> tuple[AppRecord, Any, list[Allocation]]:
+    async def service(self, ref: str) -> tuple[AppRecord, Workload, list[Allocation]]:
         """One workload (``name`` or ``app/name``) with its allocations."""
         rec, _, w = await self.apps.find_workload(ref)
         allocs, _ = await self.repo.list_allocs()
@@ -130,6 +131,6 @@ class Views:
         data: dict[str, Any] = to_data(report)
         return data
 
-    async def live_allocations(self) -> tuple[list[Allocation], int]:
-        """Every allocation and the revision they were read at (for metrics)."""
+    async def all_allocations(self) -> tuple[list[Allocation], int]:
+        """Every allocation, finished ones too, and the revision they were read at."""
         return await self.repo.list_allocs()

@@ -263,3 +263,15 @@ async def test_polled_user_routes_answer_what_their_models_document(
     (a,) = (await client.get("/v1/allocations")).json()
     r = await client.get(f"/v1/allocations/{a['id']}")
     AllocationView.model_validate(r.json())
+
+
+async def test_a_malformed_request_gets_the_apis_own_error_body(
+    api: tuple[httpx.AsyncClient, Cluster],
+) -> None:
+    client, _ = api
+    r = await client.get("/v1/allocations/x/logs", params={"tail": 10**9})
+    body = r.json()
+    assert r.status_code == 422 and body["error"] == "Invalid" and "detail" not in body
+    assert body["message"].startswith("query.tail: ") and body["issues"][0]["path"] == "query.tail"
+    r = await client.post("/v1/scale/web", json={"replicas": "many"})
+    assert r.status_code == 422 and "replicas" in r.json()["message"]

@@ -78,12 +78,12 @@ async def test_schedule_places_and_scale_down_stops(cluster: Cluster) -> None:
     await cluster.nodes.register(node())
     await cluster.apps.apply(SPEC)
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     assert sorted(a.workload for a in allocs) == ["report", "web", "web", "worker"]
     assert all(a.node_id == "n1" and a.status == "pending" for a in allocs)
     await cluster.apps.scale("web", 1)
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     web = [a for a in allocs if a.workload == "web"]
     assert sorted(a.desired for a in web) == ["run", "stop"]
     # never-started instances stop at once
@@ -95,7 +95,7 @@ async def test_no_node_big_enough_stays_pending_with_reason(cluster: Cluster) ->
     await cluster.nodes.register(node(cpu=1000, mem_gi=1))
     await cluster.apps.apply(SPEC.replace("memory: 128Mi", "memory: 64Gi"))
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     web = [a for a in allocs if a.workload == "web"]
     assert web and all(a.status == "pending" and not a.node_id for a in web)
     assert "memory" in web[0].reason
@@ -107,7 +107,7 @@ async def test_agent_reports_follow_the_lifecycle(cluster: Cluster) -> None:
     await cluster.nodes.register(node())
     await cluster.apps.apply(SPEC)
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     a = allocs[0]
     await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
     done = await cluster.reports.update(a.id, AllocReport(status="failed", reason="exited 3"))
@@ -130,11 +130,11 @@ async def test_stop_delete_and_scale_errors(cluster: Cluster) -> None:
     stopped = await cluster.apps.stop("web")
     assert stopped == ["shop/web"]
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     assert all(a.desired == "stop" for a in allocs if a.workload == "web")
     await cluster.apps.delete("shop")
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     assert all(a.desired == "stop" for a in allocs)
     with pytest.raises(NotFound):
         await cluster.apps.delete("shop")
@@ -227,7 +227,7 @@ async def test_a_batch_of_reports_is_one_commit_and_a_bad_one_fails_alone(
     await cluster.nodes.register(node())
     await cluster.apps.apply(SPEC)
     await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.live_allocations()
+    allocs, _ = await cluster.views.all_allocations()
     web = [a for a in allocs if a.workload == "web"]
     rev = await cluster.views.revision()
     reports = {a.id: AllocReport(status="running", pid=10 + a.index) for a in web}
@@ -308,6 +308,9 @@ async def test_a_node_that_could_inject_into_a_proxy_config_is_refused(cluster: 
         replace(node(), name="n1\nnode.down"),
         replace(node(), id="../../etc"),
         replace(node(), attributes=(("agent.api", "127.0.0.1:1\r\nX: y"),)),
+        replace(node(), attributes=(("agent.api", "169.254.169.254:80"),)),  # not an agent
+        replace(node(), attributes=(("agent.api", "localhost:4851"),)),  # not an IP literal
+        replace(node(), capacity=Resources(-5, 1, 1)),
     ):
         with pytest.raises(Invalid):
             await cluster.nodes.register(bad)

@@ -116,7 +116,7 @@ async def test_the_api_serves_the_same_metrics(tmp_path: Path) -> None:
     ) as client:
         r = await client.get("/v1/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    allocs, rev = await cluster.views.live_allocations()
+    allocs, rev = await cluster.views.all_allocations()
     t = cluster.telemetry
     expected = render_metrics(rev, allocs, t.usage(), t.mesh())
     assert parse(r.content) == parse(expected)

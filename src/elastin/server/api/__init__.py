@@ -51,6 +51,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from elastin import __version__
@@ -83,6 +84,22 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     @api.exception_handler(ServerError)
     async def server_error(_: Request, exc: ServerError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own {"detail": [...]}, said as every other error of this API is
+        issues = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            issues.append({"path": where, "message": str(err.get("msg", ""))})
+        message = "; ".join(f"{i['path']}: {i['message']}" for i in issues) or "invalid request"
+        body = {
+            "error": "Invalid",
+            "message": message,
+            "hint": "see /v1/openapi.json for what this call takes",
+            "issues": issues,
+        }
+        return JSONResponse(body, status_code=422)
 
     @api.exception_handler(ModelError)
     async def model_error(_: Request, exc: ModelError) -> JSONResponse:

@@ -246,7 +246,7 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
     )
     async def metrics() -> Response:
-        allocs, rev = await views.live_allocations()
+        allocs, rev = await views.all_allocations()
         t = cluster.telemetry
         body = render_metrics(rev, allocs, t.usage(), t.mesh())
         return Response(body, media_type=CONTENT_TYPE)
