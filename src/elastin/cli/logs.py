@@ -19,7 +19,13 @@ from elastin.mesh.model.names import ClusterName
 @click.argument("service", required=False)
 @click.option("--follow", "-f", is_flag=True)
 @click.option("--stderr", is_flag=True, help="show stderr instead of stdout")
-@click.option("--tail", default=100, show_default=True, help="lines to show first")
+@click.option(
+    "--tail",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="lines to show first (0: all)",
+)
 @click.option("--index", "-i", default=None, type=int, help="instance index (default: all)")
 @click.option(
     "--mesh",

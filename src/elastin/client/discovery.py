@@ -44,7 +44,17 @@ def running_server(data_dir: Path) -> tuple[str, int] | None:
         return None
     except PermissionError:
         pass
+    if _zombie(pid):  # killed, not yet reaped (its parent is gone): it serves nothing
+        return None
     return url, pid
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def find_server(data_dir: Path | None = None) -> tuple[str, str]:

@@ -187,3 +187,29 @@ def test_find_server_from_the_data_directory(
     assert err.value.message == f"no API token found in {tmp_path / 'token'}"
     (tmp_path / "token").write_text("t0k\n")
     assert find_server(tmp_path) == (URL, "t0k")
+
+
+def test_a_killed_server_not_yet_reaped_is_not_running(tmp_path: Path) -> None:
+    """After `kill -9` the process may linger as a zombie; it answers nothing, so `up` must
+    start a new server instead of failing with "connection refused"."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "server.json").write_text(
+            json.dumps({"url": "http://127.0.0.1:1", "pid": proc.pid})
+        )
+        assert running_server(tmp_path) == ("http://127.0.0.1:1", proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        for _ in range(500):  # until the kernel has made it a zombie (we do not reap it)
+            if Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        assert running_server(tmp_path) is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -272,6 +272,6 @@ async def test_a_malformed_request_gets_the_apis_own_error_body(
     r = await client.get("/v1/allocations/x/logs", params={"tail": 10**9})
     body = r.json()
     assert r.status_code == 422 and body["error"] == "Invalid" and "detail" not in body
-    assert body["message"].startswith("query.tail: ") and body["issues"][0]["path"] == "query.tail"
+    assert body["message"].startswith("query.tail: ") and "issues" not in body
     r = await client.post("/v1/scale/web", json={"replicas": "many"})
     assert r.status_code == 422 and "replicas" in r.json()["message"]

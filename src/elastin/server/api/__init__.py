@@ -93,11 +93,11 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             issues.append({"path": where, "message": str(err.get("msg", ""))})
         message = "; ".join(f"{i['path']}: {i['message']}" for i in issues) or "invalid request"
+        # no "issues": those are a spec's located problems (file, line, column)
         body = {
             "error": "Invalid",
             "message": message,
             "hint": "see /v1/openapi.json for what this call takes",
-            "issues": issues,
         }
         return JSONResponse(body, status_code=422)
 
