@@ -52,6 +52,10 @@ def test_seed_example_starts_its_own_server(harness: Any) -> None:
 def test_seed_example_with_running_server_and_task_output(harness: Any) -> None:
     h = harness.start()
     (harness.tmp / "marker.txt").write_text("x")
+    # the task runs in this directory as a dynamic user: pytest made it 0700 (a project
+    # directory is normally readable; the refusal otherwise is tested in
+    # tests/integration/drivers/test_task_isolation.py)
+    harness.tmp.chmod(0o755)
     code = SEED + textwrap.dedent(
         """
         import time

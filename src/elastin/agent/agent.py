@@ -231,6 +231,10 @@ class Agent:
         )
         self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
+        # the data directory is root's alone (a standalone agent's too): instances reach
+        # their own directory through their mount namespace (agent/drivers/sandbox.py)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.data_dir, 0o700)
         self.state_dir = cfg.data_dir / "agent" / "handles"
         self.alloc_root = cfg.data_dir / "allocs"
         self.node_id = self._node_id()

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
+from elastin.agent.drivers.base import DriverError
 from elastin.model.workload import HealthCheck
 
 
@@ -51,10 +52,15 @@ class HealthState:
         return None
 
 
+ExecIn = Callable[[tuple[str, ...]], Awaitable[int]]
+
+
 async def probe(
-    check: HealthCheck, host: str, port: int | None, env: dict[str, str], cwd: str
+    check: HealthCheck, host: str, port: int | None, exec_in: ExecIn
 ) -> tuple[bool, str]:
-    """Run one probe; return ``(ok, error)``."""
+    """Run one probe; return ``(ok, error)``. ``exec_in`` runs an exec check's command
+    inside the instance (its cgroup, user, environment and workdir) and answers its exit
+    status; the check's timeout cancels it, which kills what it started."""
     try:
         async with asyncio.timeout(check.timeout):
             if check.type == "tcp":
@@ -73,25 +79,14 @@ async def probe(
                 if not port:
                     return False, "no port to check"
                 return await grpc_health(host, port, check.service, check.timeout)
-            proc = await asyncio.create_subprocess_exec(
-                *check.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env={**os.environ, **env},
-                cwd=cwd or None,
-            )
-            try:
-                code = await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+            code = await exec_in(check.command)
             return code == 0, "" if code == 0 else f"check command exited with {code}"
     except TimeoutError:
         return False, f"no answer within {check.timeout:g}s"
     except OSError as e:
         return False, e.strerror or str(e)
+    except DriverError as e:
+        return False, str(e)
 
 
 def _url(host: str, port: int, path: str) -> str:

@@ -39,7 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elastin.agent.drivers.base import Driver, DriverError, ExitResult, Handle, InstanceConfig
+from elastin.agent.drivers.base import (
+    Driver,
+    DriverError,
+    ExitResult,
+    Handle,
+    InstanceConfig,
+    StartError,
+)
 from elastin.agent.health import HealthState, probe
 from elastin.agent.restart import Finish, GiveUp, decide
 from elastin.clock import SYSTEM, Clock
@@ -75,7 +82,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def base_env() -> dict[str, str]:
     """The few variables of the agent's environment every instance inherits."""
-    keep = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "PYTHONUNBUFFERED")
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONUNBUFFERED")  # not HOME, USER: the driver's
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -264,6 +271,7 @@ class AllocRunner:
             alloc_dir=str(self.alloc_dir),
             pids_limit=w.pids,
             image=w.image,
+            user=w.user,
         )
 
     async def _start(self, w: Workload) -> Handle | None:
@@ -358,9 +366,15 @@ class AllocRunner:
         state = HealthState(check, started_at=self.clock.monotonic())
         port_name = check.port or (w.ports[0].name if w.ports else "")
         port = self.ports.get(port_name)
-        cfg = self.config(w)
+        env = self.config(w).env
+
+        async def exec_in(command: tuple[str, ...]) -> int:
+            if self.handle is None:
+                raise StartError("the instance is not running")
+            return await self.driver.exec_in(self.handle, command, env)
+
         for _ in range(10**9):  # bounded only by the instance's life
-            ok, err = await probe(check, "127.0.0.1", port, cfg.env, cfg.workdir)
+            ok, err = await probe(check, "127.0.0.1", port, exec_in)
             verdict = state.record(ok, self.clock.monotonic(), err)
             if verdict is not None:
                 self.state.healthy = verdict

@@ -95,7 +95,7 @@ def allocations_table(allocs: list[dict[str, Any]], title: str = "") -> Table:
 
 def services_table(services: list[dict[str, Any]]) -> Table:
     t = Table(show_edge=False, header_style="bold")
-    for col in ("SERVICE", "TYPE", "KIND", "RUNNING", "CPU", "MEMORY", "PRIORITY"):
+    for col in ("SERVICE", "TYPE", "KIND", "RUNNING", "CPU", "MEMORY", "PRIORITY", "USER"):
         t.add_column(col)
     for s in services:
         if s["type"] == "job":
@@ -115,8 +115,18 @@ def services_table(services: list[dict[str, Any]]) -> Table:
             format_cpu(r["cpu"]),
             format_size(r["memory"]),
             str(s["priority"]),
+            user_cell(s.get("user", "")),
         )
     return t
+
+
+def user_cell(user: str) -> Text:
+    """Who a workload's instances run as; root stands out (the spec asked for it)."""
+    if not user:
+        return Text("dynamic", "dim")
+    if user == "root":
+        return Text("root", "bold red")
+    return Text(user)
 
 
 def endpoints_table(services: list[dict[str, Any]], title: str = "") -> Table:

@@ -43,6 +43,8 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # a header or cookie name to hash on: it goes into haproxy.cfg, so nothing else gets through
 HASH_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+USER_ID_RE = re.compile(r"^(\d{1,10})(?::(\d{1,10}))?$")
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 TOP_KEYS = ("app", "services", "jobs")
@@ -63,6 +65,7 @@ COMMON_KEYS = (
     "mesh",
     "constraints",
     "stop_grace",
+    "user",
 )
 MESH_KEYS = (
     "lb",
@@ -189,6 +192,27 @@ def _mapping(
             continue
         out[key] = (k, v)
     return out
+
+
+def _user(ctx: _Ctx, node: yaml.Node, path: str) -> str:
+    """``user:``: a user name of the node, ``uid`` or ``uid:gid``, or ``root``."""
+    v = _str(ctx, node, path)
+    if v is None:
+        return ""
+    m = USER_ID_RE.match(v)
+    if m and all(int(g) < 2**32 - 1 for g in m.groups() if g is not None):
+        return "root" if m.group(1).lstrip("0") == "" and m.group(2) is None else v
+    if not m and USER_NAME_RE.match(v):
+        return v
+    ctx.add(
+        node,
+        path,
+        f"{v!r} is not a user",
+        "give a user name of the node (letters, digits, '_', '-', at most 32), a uid or "
+        'uid:gid (e.g. user: "1000:1000"), root, or leave user: out to run as a dynamic '
+        "user of its own",
+    )
+    return ""
 
 
 def _str(ctx: _Ctx, node: yaml.Node, path: str) -> str | None:
@@ -881,6 +905,8 @@ def _workload(
         )
     if "stop_grace" in m:
         kw["stop_grace"] = _duration(ctx, m["stop_grace"][1], f"{path}.stop_grace", 3600)
+    if "user" in m:
+        kw["user"] = _user(ctx, m["user"][1], f"{path}.user")
     if len(ctx.issues) != before or any(v is None for v in kw.values()):
         return None
     return Workload(**kw)

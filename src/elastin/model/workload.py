@@ -133,6 +133,7 @@ class Workload:
     constraints: tuple[Constraint, ...] = ()
     pids: int = 0  # pids limit, 0 = default (see agent)
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    user: str = ""  # "" = a dynamic user of its own; "root"; a user name; "uid" or "uid:gid"
     # jobs
     parallelism: int = 1
     completions: int = 1

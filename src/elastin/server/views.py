@@ -80,6 +80,7 @@ class Views:
                         "priority": w.priority,
                         "resources": to_data(w.resources),
                         "version": rec.versions.get(w.name, 0),
+                        "user": w.user,
                     }
                 )
         return out

@@ -37,6 +37,7 @@ class FakeDriver:
         self.started: list[InstanceConfig] = []
         self.fail_commands: set[str] = {"missing"}
         self.ignore_term = False
+        self.execs: list[tuple[str, tuple[str, ...]]] = []  # exec_in calls: (alloc, command)
         self._pids = itertools.count(10_000)
 
     def fingerprint(self) -> DriverInfo:
@@ -110,3 +111,25 @@ class FakeDriver:
 
     async def cleanup(self, handle: Handle) -> None:
         return None
+
+    async def exec_in(self, handle: Handle, command: tuple[str, ...], env: dict[str, str]) -> int:
+        """A check command inside the instance: ``true`` passes, anything else fails."""
+        self.execs.append((handle.alloc_id, command))
+        return 0 if command[:1] == ("true",) and self.running(handle.alloc_id) else 1
+
+
+async def exec_here(command: tuple[str, ...]) -> int:
+    """An exec check's command as a plain child of the test (no instance around it); the
+    ``exec_in`` of ``elastin.agent.health.probe``. Cancelling it kills the command."""
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -14,6 +14,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from elastin.agent.health import grpc_health, probe
 from elastin.model.workload import HealthCheck
+from elastin.testing.fake_driver import exec_here
 
 pytestmark = pytest.mark.integration
 
@@ -90,10 +91,10 @@ async def test_a_status_outside_the_protocol_is_unhealthy(odd_server: int) -> No
 
 async def test_probe_with_a_check_from_the_spec(health_server: int) -> None:
     check = HealthCheck(type="grpc", port="api", service="shop.Catalog", timeout=2.0)
-    assert await probe(check, "127.0.0.1", health_server, {}, "") == (True, "")
+    assert await probe(check, "127.0.0.1", health_server, exec_here) == (True, "")
     closed = HealthCheck(type="grpc", port="api", timeout=0.5)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    ok, why = await probe(closed, "127.0.0.1", free, {}, "")
+    ok, why = await probe(closed, "127.0.0.1", free, exec_here)
     assert not ok and why

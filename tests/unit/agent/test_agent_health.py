@@ -6,6 +6,7 @@ import asyncio
 
 from elastin.agent.health import HealthState, probe
 from elastin.model.workload import HealthCheck
+from elastin.testing.fake_driver import exec_here
 
 
 def test_thresholds_and_grace() -> None:
@@ -37,24 +38,24 @@ async def test_probes_against_real_sockets() -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        ok, _ = await probe(HealthCheck(type="http", path="/ok"), "127.0.0.1", port, {}, "")
+        ok, _ = await probe(HealthCheck(type="http", path="/ok"), "127.0.0.1", port, exec_here)
         assert ok
-        ok, err = await probe(HealthCheck(type="http", path="/bad"), "127.0.0.1", port, {}, "")
+        ok, err = await probe(HealthCheck(type="http", path="/bad"), "127.0.0.1", port, exec_here)
         assert not ok and "500" in err
-        ok, _ = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, {}, "")
+        ok, _ = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, exec_here)
         assert ok
         assert seen and all(b"user-agent: elastin-health" in h.lower() for h in seen)
     finally:
         server.close()
         await server.wait_closed()
-    ok, err = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, {}, "")
+    ok, err = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, exec_here)
     assert not ok and err
-    ok, _ = await probe(HealthCheck(type="exec", command=("true",)), "", None, {}, "")
+    ok, _ = await probe(HealthCheck(type="exec", command=("true",)), "", None, exec_here)
     assert ok
-    ok, err = await probe(HealthCheck(type="exec", command=("false",)), "", None, {}, "")
+    ok, err = await probe(HealthCheck(type="exec", command=("false",)), "", None, exec_here)
     assert not ok and "1" in err
     ok, err = await probe(
-        HealthCheck(type="exec", command=("sleep", "5"), timeout=0.2), "", None, {}, ""
+        HealthCheck(type="exec", command=("sleep", "5"), timeout=0.2), "", None, exec_here
     )
     assert not ok and "0.2" in err
 
@@ -88,7 +89,7 @@ async def test_http_probe_semantics_against_a_real_server() -> None:
 
     async def check(path: str, timeout: float = 2.0) -> tuple[bool, str]:
         return await probe(
-            HealthCheck(type="http", path=path, timeout=timeout), "127.0.0.1", port, {}, ""
+            HealthCheck(type="http", path=path, timeout=timeout), "127.0.0.1", port, exec_here
         )
 
     try:
@@ -103,7 +104,7 @@ async def test_http_probe_semantics_against_a_real_server() -> None:
         server.close()
         await server.wait_closed()
     ok, err = await check("/ok")
-    _, tcp_err = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, {}, "")
+    _, tcp_err = await probe(HealthCheck(type="tcp"), "127.0.0.1", port, exec_here)
     assert not ok and err and err == tcp_err  # the socket's error, as a tcp check says it
-    ok, err = await probe(HealthCheck(type="http"), "127.0.0.1", None, {}, "")
+    ok, err = await probe(HealthCheck(type="http"), "127.0.0.1", None, exec_here)
     assert (ok, err) == (False, "no port to check")

@@ -43,6 +43,7 @@ class InstanceConfig:
     image: str = ""  # containers and VMs
     log_max_bytes: int = 10 * 1024 * 1024  # rotate stdout/stderr when bigger
     log_max_files: int = 3  # rotated files kept per stream
+    user: str = ""  # the spec's user: "" = a dynamic user of its own, "root", a name, "uid[:gid]"
 
 
 @dataclass(frozen=True)
@@ -117,4 +118,9 @@ class Driver(Protocol):
 
     async def cleanup(self, handle: Handle) -> None:
         """Release what the instance held (cgroups, ...); called after it exited."""
+        ...
+
+    async def exec_in(self, handle: Handle, command: tuple[str, ...], env: dict[str, str]) -> int:
+        """Run ``command`` inside the running instance (its limits, user, filesystem view and
+        workdir) with ``env``; its exit status. Cancelling it kills what it started."""
         ...

@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from elastin.agent.drivers import sandbox
 from elastin.agent.drivers.base import (
     DriverInfo,
     ExitResult,
@@ -42,15 +43,31 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
+from elastin.agent.drivers.sandbox import Identity, resolve_user
 from elastin.agent.logfiles import rotate
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
 
 SH = "/bin/sh"
-# $1 = status file, then cgroup.procs files up to "--", then the command and its arguments.
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"  # util-linux
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+# $1 = status file, then cgroup.procs files up to "--", then the mount plan up to "--" (see
+# sandbox.View.mount_ops), then the command (with its setpriv prefix) and its arguments.
 SHIM = r"""
 status="$1"; shift
 while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift
+while [ "$1" != "--" ]; do
+  case "$1" in
+    open) eval "exec $2<\"\$3\"" || exit 124; shift 3 ;;
+    cover) mount -t tmpfs -o mode=0755,size=64k,nr_inodes=256,nosuid,nodev elastin "$2" \
+             || exit 124; shift 2 ;;
+    bind) mkdir -p "$3" && mount -c --bind "/proc/self/fd/$2" "$3" || exit 124
+          if [ "$4" = ro ]; then mount -c -o remount,bind,ro,nosuid,nodev "$3" || exit 124; fi
+          eval "exec $2<&-"; shift 4 ;;
+    *) exit 124 ;;
+  esac
+done; shift
 "$@" &
 child=$!
 trap 'kill -TERM $child 2>/dev/null' TERM
@@ -62,6 +79,15 @@ done
 echo $st > "$status"
 exit $st
 """
+# an exec health check: $1 = workdir, then cgroup.procs files up to "--", then the command
+JOIN = r"""
+dir="$1"; shift
+while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift
+cd "$dir" || exit 126
+exec "$@"
+"""
+STATUS_NOT_IN_CGROUP = 125
+STATUS_NO_VIEW = 124
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -94,6 +120,61 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
     return found
 
 
+def prepare_alloc_dir(alloc_dir: Path, ident: Identity) -> None:
+    """Owners and modes of an instance's directory: the directory and ``logs/`` are root's
+    and readable by the instance's group only (it reads its logs, cannot replace them or its
+    status file); ``local/`` (its HOME and default workdir) and ``tmp/`` are its own."""
+    alloc_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(alloc_dir, 0, ident.gid)
+    os.chmod(alloc_dir, 0o750)
+    logs = alloc_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    os.chown(logs, 0, ident.gid)
+    os.chmod(logs, 0o750)
+    for name in ("local", "tmp"):
+        own = alloc_dir / name
+        own.mkdir(exist_ok=True)
+        st = os.lstat(own)
+        if (st.st_uid, st.st_gid) != (ident.uid, ident.gid):
+            chown_tree(own, ident.uid, ident.gid)  # a restart as another dynamic uid
+        os.chmod(own, 0o700)
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """chown a tree the workload wrote, never following its symlinks."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def open_log(path: Path, gid: int) -> int:
+    """A log file for appending: root's, readable by the instance's group (0640)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, 0o640)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def instance_env(env: dict[str, str], ident: Identity, home: str, tmp: str) -> dict[str, str]:
+    """The environment with the instance's own HOME, USER and TMPDIR (the spec's win)."""
+    out = dict(env)
+    if ident.root:
+        out.setdefault("HOME", ident.home)
+        out.setdefault("USER", "root")
+    else:
+        out.setdefault("HOME", ident.home or home)
+        out.setdefault("USER", ident.name)
+        out.setdefault("TMPDIR", tmp)
+    out.setdefault("LOGNAME", out["USER"])
+    return out
+
+
 class TaskDriver:
     name = "task"
 
@@ -103,13 +184,17 @@ class TaskDriver:
         self.info = detect_cgroups()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._cpu: dict[str, tuple[int, float]] = {}  # alloc -> (cpu ns, monotonic s)
+        self.uids = sandbox.UidPool()
 
     def fingerprint(self) -> DriverInfo:
         attrs = {"cgroup.version": self.info.version}
         if not self.info.writable:
             return DriverInfo(self.name, False, self.info.reason, attrs)
-        if not os.access(SH, os.X_OK):
-            return DriverInfo(self.name, False, f"{SH} is missing", attrs)
+        for tool in (SH, UNSHARE, SETPRIV, NSENTER):
+            if not os.access(tool, os.X_OK):
+                return DriverInfo(
+                    self.name, False, f"{tool} is missing (install util-linux)", attrs
+                )
         return DriverInfo(self.name, True, "", attrs)
 
     def _cgroup(self, handle: Handle) -> Cgroup:
@@ -122,39 +207,66 @@ class TaskDriver:
     async def start(self, config: InstanceConfig) -> Handle:
         if not self.info.writable:
             raise StartError(f"the task driver cannot run here: {self.info.reason}")
+        if not config.command:
+            raise StartError("the workload has no command")
+        ident = resolve_user(config.user, self.uids, config.alloc_id)
+        try:
+            return self._start(config, ident)
+        except BaseException:
+            self.uids.release(ident.uid)
+            raise
+
+    def _start(self, config: InstanceConfig, ident: Identity) -> Handle:
         alloc_dir = Path(config.alloc_dir)
-        workdir = config.workdir or str(alloc_dir / "local")
-        if not config.workdir:
-            Path(workdir).mkdir(parents=True, exist_ok=True)
+        local, logs = alloc_dir / "local", alloc_dir / "logs"
+        prepare_alloc_dir(alloc_dir, ident)
+        workdir = config.workdir or str(local)
         if not os.path.isdir(workdir):
             raise StartError(
                 f"cannot start in {workdir!r}: No such file or directory (errno 2); "
                 "check the workload's workdir"
             )
-        if not config.command:
-            raise StartError("the workload has no command")
         exe = resolve_command(config.command[0], config.env.get("PATH", os.defpath), workdir)
+        exposes = [sandbox.Expose(str(alloc_dir), True)]
+        if config.workdir:
+            exposes.append(sandbox.Expose(workdir, not ident.dynamic))
+        exposes += [sandbox.Expose(p, False) for p in sandbox.python_of(exe)]
+        view = sandbox.View(exposes, ident)
+        view.require(workdir, 5, "workdir")
+        view.require(exe, 1, "command")
+        for arg in config.command[1:]:
+            if os.path.isabs(arg):
+                view.require(arg, 4, "argument")
+        env = instance_env(config.env, ident, str(local), str(alloc_dir / "tmp"))
         cg = Cgroup(self.cgroup_root, config.alloc_id, version=self.info.version)
         cg.create(config.resources, config.pids_limit)
         status = alloc_dir / "status"
         try:  # every failure from here on removes the cgroup again
-            logs = alloc_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
             status.unlink(missing_ok=True)
             procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
             argv = [SH, "-c", SHIM, "elastin-shim", str(status), *procs, "--"]
-            argv += [exe, *config.command[1:]]
-            with open(logs / "stdout.log", "ab") as out, open(logs / "stderr.log", "ab") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    env=config.env,
-                    cwd=workdir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    close_fds=True,
-                )
+            if not ident.root:
+                argv = [UNSHARE, "--mount", "--propagation", "private", "--", *argv]
+                argv += view.mount_ops()
+            argv += ["--", *sandbox.setpriv_argv(ident, SETPRIV), exe, *config.command[1:]]
+            out_fd = open_log(logs / "stdout.log", ident.gid)
+            try:
+                err_fd = open_log(logs / "stderr.log", ident.gid)
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        env=env,
+                        cwd=workdir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out_fd,
+                        stderr=err_fd,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                finally:
+                    os.close(err_fd)
+            finally:
+                os.close(out_fd)
         except OSError as e:
             cg.destroy()
             raise StartError(
@@ -183,6 +295,12 @@ class TaskDriver:
                 "log_dir": str(logs),
                 "log_max_bytes": config.log_max_bytes,
                 "log_max_files": config.log_max_files,
+                "uid": ident.uid,
+                "gid": ident.gid,
+                "user": ident.name,
+                "named": ident.named,
+                "workdir": workdir,
+                "namespace": not ident.root,
             },
         )
 
@@ -192,6 +310,7 @@ class TaskDriver:
         return ticks is not None and (not want or ticks == want)
 
     async def recover(self, handle: Handle) -> bool:
+        self.uids.claim(int(handle.data.get("uid", 0)))
         self._cpu.setdefault(
             handle.alloc_id, (self._cgroup(handle).cpu_usage_ns(), self.clock.monotonic())
         )
@@ -243,8 +362,15 @@ class TaskDriver:
                 "" if oom else "the instance's supervisor ended without a status",
             )
         st = int(text)
-        if st == 125:
+        if st == STATUS_NOT_IN_CGROUP:
             return ExitResult(st, None, False, "could not join the instance's cgroup")
+        if st == STATUS_NO_VIEW:
+            return ExitResult(
+                st,
+                None,
+                False,
+                "could not prepare the instance's view of the filesystem (see its stderr log)",
+            )
         if st > 128:
             return ExitResult(None, st - 128, oom or (st - 128 == signal.SIGKILL and oom))
         return ExitResult(st, None, oom)
@@ -285,8 +411,44 @@ class TaskDriver:
 
     async def cleanup(self, handle: Handle) -> None:
         self._cpu.pop(handle.alloc_id, None)
+        self.uids.release(int(handle.data.get("uid", 0)))
         with contextlib.suppress(CgroupError):
             self._cgroup(handle).destroy()
+
+    async def exec_in(self, handle: Handle, command: tuple[str, ...], env: dict[str, str]) -> int:
+        """Run ``command`` as the instance: in its cgroups, as its user, in its view of the
+        filesystem, in its working directory, with ``env``; answer its exit status. When the
+        caller gives up (cancellation, e.g. a check's timeout) the command's whole process
+        group is killed."""
+        if not self._alive(handle):
+            raise StartError("the instance is not running")
+        cg = self._cgroup(handle)
+        procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
+        workdir = str(handle.data.get("workdir") or "/")
+        uid, gid = int(handle.data.get("uid", 0)), int(handle.data.get("gid", 0))
+        ident = Identity(
+            uid, gid, str(handle.data.get("user", "")), "", named=bool(handle.data.get("named"))
+        )
+        argv = [SH, "-c", JOIN, "elastin-check", workdir, *procs, "--"]
+        if handle.data.get("namespace"):
+            argv = [NSENTER, f"--target={handle.pid}", "--mount", "--", *argv]
+        argv += [*sandbox.setpriv_argv(ident, SETPRIV), *command]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
+        try:
+            return await proc.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever it left in its group
+            if proc.returncode is None:
+                await asyncio.shield(proc.wait())
 
     def describe(self) -> dict[str, Any]:
         return {"cgroup_root": self.cgroup_root, "cgroup_version": self.info.version}

@@ -162,6 +162,9 @@ class ServiceSummary(BaseModel):
     priority: int
     resources: Resources
     version: int
+    user: str = Field(
+        description='who its instances run as: "" a dynamic user each, "root", or the spec\'s user'
+    )
 
 
 class ServiceDetail(BaseModel):
