@@ -157,7 +157,8 @@ def connect_server(url: str, token: str) -> AgentClient:
 
 class Reporter:
     """Sends allocation reports; keeps the newest per allocation and retries until sent
-    (every ``RETRY`` seconds while the server is away)."""
+    (every ``RETRY`` seconds while the server is away or answers with a server error, e.g.
+    a 500 when its disk is full). A report the server refuses (4xx) is dropped."""
 
     RETRY = 1.0
 
@@ -181,23 +182,34 @@ class Reporter:
             self.wake.clear()
             await self.flush()
 
+    def _put_back(self, batch: dict[str, dict[str, Any]]) -> None:
+        """Keep a batch that was not taken, merged under what was reported since (newer
+        fields win, events stay in order)."""
+        for alloc_id, body in batch.items():
+            newer = self.pending.pop(alloc_id, {})
+            events = body.pop("events", []) + newer.pop("events", [])
+            body.update(newer)
+            if events:
+                body["events"] = events
+            self.pending[alloc_id] = body
+
     async def flush(self) -> None:
         while self.pending:
             batch, self.pending = self.pending, {}
             try:
                 results = await self.client().allocs_status(batch)
             except ApiError as e:
-                log.warning("reports not taken: %s", e.message)
+                if e.status < 500 and e.status not in (408, 429):
+                    log.warning("reports not taken: %s", e.message)  # refused: final
+                    continue
+                # the server failed (e.g. its disk is full): keep them and retry shortly
+                log.warning("reports not taken yet (retrying): %s", e.message)
+                self._put_back(batch)
+                await self.clock.sleep(self.RETRY)
                 continue
             except ClientError:
                 # server away: put them back (newer reports win) and retry shortly
-                for alloc_id, body in batch.items():
-                    newer = self.pending.pop(alloc_id, {})
-                    events = body.pop("events", []) + newer.pop("events", [])
-                    body.update(newer)
-                    if events:
-                        body["events"] = events
-                    self.pending[alloc_id] = body
+                self._put_back(batch)
                 await self.clock.sleep(self.RETRY)
                 continue
             for alloc_id, result in results.items():
