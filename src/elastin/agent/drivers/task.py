@@ -14,8 +14,10 @@ the ``Handle``. Exits are awaited with a pidfd, so a recovered instance that is 
 agent's child is waited for just the same.
 
 stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode;
-``stats`` rotates them copy-truncate style when they pass ``log_max_bytes`` (the workload
-keeps writing at the new end of the same file), keeping ``log_max_files`` old copies.
+``rotate_logs`` (called by the agent every second) rotates them copy-truncate style when they
+pass ``log_max_bytes`` (the workload keeps writing at the new end of the same file), keeping
+``log_max_files`` old copies; on a disk without room for a copy it truncates them in place
+and says how many bytes were dropped.
 
 Stopping sends SIGTERM to every process of the instance's cgroup, waits the grace period,
 then SIGKILLs what is left. An exit status above 128 is reported as death by signal
@@ -42,7 +44,8 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
-from elastin.agent.logfiles import rotate
+from elastin.agent.logfiles import Rotation, cap
+from elastin.agent.logfiles import rotate as rotate  # re-exported (tests use it)
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
 
@@ -273,15 +276,20 @@ class TaskDriver:
         last_ns, last = self._cpu.get(handle.alloc_id, (now_ns, now))
         self._cpu[handle.alloc_id] = (now_ns, now)
         millis = (now_ns - last_ns) / 1e6 / (now - last) if now > last else 0.0
-        self.rotate_logs(handle)
         return Usage(cpu=max(0.0, millis), memory=cg.memory_bytes(), sampled_at=self.clock.time())
 
-    def rotate_logs(self, handle: Handle) -> None:
-        logs = Path(str(handle.data.get("log_dir", "")))
+    def rotate_logs(self, handle: Handle) -> list[Rotation]:
+        """Keep the instance's stdout/stderr within ``log_max_bytes`` (``logfiles.cap``: on a
+        full disk they are truncated in place and the bytes cut are counted); what was done
+        to each file that was cut. The agent calls it every ``LOG_CHECK_SECONDS``."""
+        log_dir = str(handle.data.get("log_dir", ""))
+        if not log_dir:
+            return []
+        logs = Path(log_dir)
         max_bytes = int(handle.data.get("log_max_bytes", 10 << 20))
         keep = int(handle.data.get("log_max_files", 3))
-        for name in ("stdout.log", "stderr.log"):
-            rotate(logs / name, max_bytes, keep)
+        done = [cap(logs / name, max_bytes, keep) for name in ("stdout.log", "stderr.log")]
+        return [r for r in done if r.changed]
 
     async def cleanup(self, handle: Handle) -> None:
         self._cpu.pop(handle.alloc_id, None)
