@@ -25,10 +25,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from elastin.agent.api import AgentApi
-from elastin.agent.drivers.base import Driver
+from elastin.agent.drivers.base import Driver, Handle
+from elastin.agent.gc import GC_INTERVAL, AllocDir, GcPolicy, collect, disk_used, held_by_handles
+from elastin.agent.gc import scan as scan_allocs
+from elastin.agent.logfiles import Rotation
 from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
 from elastin.agent.reconcile import (
@@ -56,6 +59,10 @@ from elastin.model.workload import Application, Workload
 log = logging.getLogger("elastin.agent")
 
 HEARTBEAT_INTERVAL = 5.0
+# how often every instance's logs are checked against their cap (an fstat each): a log can
+# pass its cap by what its workload writes in this long, no more
+LOG_CHECK_SECONDS = 1.0
+LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
 DRAIN_WAIT = 5.0  # seconds an instance being stopped waits for the proxies to drop it
 
 
@@ -72,6 +79,10 @@ class AgentConfig:
     metrics_port: int | None = 0  # the agent's /metrics on 127.0.0.1 (0: any free port; None: off)
     api_host: str = "127.0.0.1"  # the agent's API (logs, relayed by the server): an IP literal
     api_port: int = 0  # 0: any free port
+    # allocation directories the agent no longer knows are removed after this long idle
+    # (sooner when the data disk is used above gc_disk_threshold): elastin.agent.gc
+    gc_retention: float = 4 * 3600.0
+    gc_disk_threshold: float = 0.8
 
 
 def memory_total() -> int:
@@ -108,6 +119,13 @@ def fingerprint(cfg: AgentConfig, node_id: str, drivers: dict[str, Driver]) -> N
         cgroup_version=cgv,
         attributes=tuple(sorted(attrs.items())),
     )
+
+
+@runtime_checkable
+class LogCapping(Protocol):
+    """A driver that keeps its instances' logs within a size (the task driver)."""
+
+    def rotate_logs(self, handle: Handle) -> list[Rotation]: ...
 
 
 class ReportClient(Protocol):
@@ -157,7 +175,8 @@ def connect_server(url: str, token: str) -> AgentClient:
 
 class Reporter:
     """Sends allocation reports; keeps the newest per allocation and retries until sent
-    (every ``RETRY`` seconds while the server is away)."""
+    (every ``RETRY`` seconds while the server is away or answers with a server error, e.g.
+    a 500 when its disk is full). A report the server refuses (4xx) is dropped."""
 
     RETRY = 1.0
 
@@ -181,23 +200,34 @@ class Reporter:
             self.wake.clear()
             await self.flush()
 
+    def _put_back(self, batch: dict[str, dict[str, Any]]) -> None:
+        """Keep a batch that was not taken, merged under what was reported since (newer
+        fields win, events stay in order)."""
+        for alloc_id, body in batch.items():
+            newer = self.pending.pop(alloc_id, {})
+            events = body.pop("events", []) + newer.pop("events", [])
+            body.update(newer)
+            if events:
+                body["events"] = events
+            self.pending[alloc_id] = body
+
     async def flush(self) -> None:
         while self.pending:
             batch, self.pending = self.pending, {}
             try:
                 results = await self.client().allocs_status(batch)
             except ApiError as e:
-                log.warning("reports not taken: %s", e.message)
+                if e.status < 500 and e.status not in (408, 429):
+                    log.warning("reports not taken: %s", e.message)  # refused: final
+                    continue
+                # the server failed (e.g. its disk is full): keep them and retry shortly
+                log.warning("reports not taken yet (retrying): %s", e.message)
+                self._put_back(batch)
+                await self.clock.sleep(self.RETRY)
                 continue
             except ClientError:
                 # server away: put them back (newer reports win) and retry shortly
-                for alloc_id, body in batch.items():
-                    newer = self.pending.pop(alloc_id, {})
-                    events = body.pop("events", []) + newer.pop("events", [])
-                    body.update(newer)
-                    if events:
-                        body["events"] = events
-                    self.pending[alloc_id] = body
+                self._put_back(batch)
                 await self.clock.sleep(self.RETRY)
                 continue
             for alloc_id, result in results.items():
@@ -256,6 +286,8 @@ class Agent:
             port=cfg.api_port,
         )
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
+        self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)
+        self.allocs_collected = 0  # allocation directories garbage-collected
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -287,8 +319,9 @@ class Agent:
             counts[r.state.status] = counts.get(r.state.status, 0) + 1
         restarts = sum(r.state.restarts for r in runners)
         m = self.mesh
+        disk = {"log_dropped": self.log_dropped_bytes, "collected": self.allocs_collected}
         if m is None or m.proxy is None:
-            return AgentView(counts, restarts)
+            return AgentView(counts, restarts, disk=disk)
         current = m.current
         proxy = ProxyView(
             up=m.proxy.alive(),
@@ -299,7 +332,7 @@ class Agent:
             exporter_port=m.exporter_port,
             traffic=m.stats(),
         )
-        return AgentView(counts, restarts, proxy)
+        return AgentView(counts, restarts, proxy, disk=disk)
 
     def _node_id(self) -> str:
         path = self.cfg.data_dir / "agent" / "node-id"
@@ -520,6 +553,7 @@ class Agent:
                 await self.recover(tg)
                 tg.create_task(self.reporter.run())
                 tg.create_task(self.heartbeat())
+                tg.create_task(self.keep_disk())
                 tg.create_task(self.watch_allocations(tg))
                 if self.cfg.mesh:
                     mesh_dir = self.cfg.data_dir / "mesh"
@@ -533,6 +567,77 @@ class Agent:
                     self.mesh = mesh
                     tg.create_task(mesh.run())
                     tg.create_task(mesh.supervise())
+
+    async def keep_disk(self) -> None:
+        """Every ``LOG_CHECK_SECONDS`` cap every instance's logs; every ``GC_INTERVAL``
+        (every ``LOW_DISK_GC_INTERVAL`` while the data disk is low) collect the allocation
+        directories of allocations this agent no longer knows (``elastin.agent.gc``)."""
+        policy = GcPolicy(self.cfg.gc_retention, self.cfg.gc_disk_threshold)
+        last_gc = self.clock.monotonic()
+        while True:
+            await self.cap_logs()
+            since = self.clock.monotonic() - last_gc
+            if since >= GC_INTERVAL or (since >= LOW_DISK_GC_INTERVAL and self._disk_low(policy)):
+                await self.collect_allocs(policy)
+                last_gc = self.clock.monotonic()
+            await self.clock.sleep(LOG_CHECK_SECONDS)
+
+    def _disk_low(self, policy: GcPolicy) -> bool:
+        try:
+            return disk_used(self.alloc_root) >= policy.disk_threshold
+        except OSError:
+            return False
+
+    async def cap_logs(self) -> None:
+        """Keep every instance's logs within their cap (in a worker thread); bytes cut
+        without a copy (no room on the disk) are counted and reported as an event."""
+        todo = [
+            (r, h, r.driver)
+            for r in list(self.runners.values())
+            if (h := r.handle) is not None and isinstance(r.driver, LogCapping)
+        ]
+        if not todo:
+            return
+
+        def cap_all() -> list[tuple[AllocRunner, list[Rotation]]]:
+            out = []
+            for r, h, d in todo:
+                try:
+                    out.append((r, d.rotate_logs(h)))
+                except OSError as e:
+                    log.warning("cannot cap the logs of %s: %s", r.alloc.name, e)
+            return out
+
+        for r, done in await asyncio.to_thread(cap_all):
+            for rot in done:
+                if not rot.dropped:
+                    continue
+                self.log_dropped_bytes += rot.dropped
+                msg = (
+                    f"{rot.path.name} passed its size limit and {rot.dropped} bytes of it "
+                    f"were dropped: {rot.reason}; free space on the agent's data disk "
+                    f"({self.cfg.data_dir})"
+                )
+                log.warning("%s: %s", r.alloc.name, msg)
+                self.reporter.report(
+                    r.alloc.id, events=[("alloc.logs_dropped", r.alloc.name, msg, "warning")]
+                )
+
+    async def collect_allocs(self, policy: GcPolicy) -> list[str]:
+        """Remove the directories of allocations this agent no longer knows (``gc``)."""
+        try:
+            dirs: list[AllocDir] = await asyncio.to_thread(scan_allocs, self.alloc_root)
+            keep = set(self.runners) | await asyncio.to_thread(held_by_handles, self.state_dir)
+            removed = await asyncio.to_thread(
+                collect, self.alloc_root, dirs, keep, self.clock.time(), policy
+            )
+        except OSError as e:
+            log.warning("cannot collect allocation directories: %s", e)
+            return []
+        if removed:
+            self.allocs_collected += len(removed)
+            log.info("removed %d allocation directories: %s", len(removed), ", ".join(removed))
+        return removed
 
     async def _close_client(self) -> None:
         with contextlib.suppress(Exception):

@@ -2,9 +2,11 @@
 as they grow, without polling.
 
 What the agent's API (``agent/api.py``) streams: an instance's ``stdout.log`` / ``stderr.log``
-and the node's mesh access log. ``rotate`` copy-truncates a file that passed its size limit
-(used by the task driver for workload logs and by the mesh manager for the access log): the
-writer keeps appending to the same file, which shrinks to nothing now and then.
+and the node's mesh access log. ``cap`` (``rotate``: the same, as a bool) copy-truncates a
+file that passed its size limit (used by the task driver for workload logs and by the mesh
+manager for the access log): the writer keeps appending to the same file, which shrinks to
+nothing now and then. The limit holds on a full disk: when there is no room for the copy,
+the file is truncated in place and the bytes cut are counted (``Rotation.dropped``).
 
 Pure parts (no I/O, unit-tested):
 
@@ -14,6 +16,7 @@ Pure parts (no I/O, unit-tested):
 - ``parse_events`` decodes inotify's ``struct inotify_event`` records.
 - ``resume_at`` is where reading goes on after the file was looked at again (the top when
   it shrank: rotated).
+- ``room_for_copy`` whether a rotated copy fits on the disk.
 
 I/O (thin):
 
@@ -41,10 +44,11 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
-import shutil
+import stat
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +59,7 @@ BLOCK = 64 * 1024  # bytes read at once when scanning backwards
 CHUNK = 64 * 1024  # most bytes yielded at once when streaming
 TAIL_LIMIT = 16 << 20  # most bytes a tail scans (and so returns)
 FOLLOW_MAX_SECONDS = 24 * 3600.0  # a follow ends after a day (the client asks again)
+COPY_RESERVE = 1 << 20  # free bytes a rotated copy must leave on its disk, else none is made
 
 # inotify(7)
 IN_MODIFY = 0x00000002
@@ -400,19 +405,101 @@ async def read_log(
             on_close()
 
 
-def rotate(path: Path, max_bytes: int, keep: int) -> bool:
-    """Copy-truncate ``path`` when it is larger than ``max_bytes``; True when rotated."""
+@dataclass(frozen=True)
+class Rotation:
+    """What ``cap`` did to one log file."""
+
+    path: Path
+    rotated: bool = False  # cut to zero with its content kept as ``<name>.1`` (or keep=0)
+    dropped: int = 0  # bytes cut away without a copy: there was no room for one
+    reason: str = ""  # why no copy was kept (when ``dropped``)
+
+    @property
+    def changed(self) -> bool:
+        return self.rotated or self.dropped > 0
+
+
+def copy_private(fd: int, dest: Path) -> None:
+    """Copy the open file ``fd`` to ``dest`` with the source's owner and mode (a log of an
+    instance is root's and readable by its group only: its copies too), never following a
+    link at ``dest``."""
+    st = os.fstat(fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(dest, flags, 0o600)
     try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except OSError:
-        return False
+        os.fchown(out, st.st_uid, st.st_gid)
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        offset = 0
+        while offset < st.st_size:
+            sent = os.sendfile(out, fd, offset, st.st_size - offset)
+            if sent == 0:
+                break
+            offset += sent
+    finally:
+        os.close(out)
+
+
+def room_for_copy(size: int, free: int, reserve: int = COPY_RESERVE) -> bool:
+    """Whether a ``size``-byte copy fits in ``free`` bytes and still leaves ``reserve``."""
+    return free - size >= reserve
+
+
+def _shift(path: Path, keep: int) -> None:
     for i in range(keep - 1, 0, -1):
         older = path.with_name(f"{path.name}.{i}")
         if older.exists():
             older.replace(path.with_name(f"{path.name}.{i + 1}"))
-    if keep > 0:
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    return True
+
+
+def cap(path: Path, max_bytes: int, keep: int, *, reserve: int = COPY_RESERVE) -> Rotation:
+    """Keep ``path`` within ``max_bytes``: when it is larger, copy it to ``<name>.1`` (older
+    copies shift up to ``<name>.<keep>``) and truncate it in place, the writer going on at
+    the new end of the same file.
+
+    The cap holds with no free space at all: when the disk has no room for the copy (it
+    must leave ``reserve`` bytes free) or the copy fails (ENOSPC, EIO), the partial copy is
+    removed and the file is truncated in place anyway; what was cut is ``dropped`` (and
+    ``reason`` says why). Truncating needs no space, so a full disk gets room back."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return Rotation(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= max_bytes:
+            return Rotation(path)
+        if keep <= 0:
+            os.ftruncate(fd, 0)
+            return Rotation(path, rotated=True)
+        vfs = os.fstatvfs(fd)
+        free = vfs.f_bavail * vfs.f_frsize
+        if room_for_copy(size, free, reserve):
+            copy = path.with_name(f"{path.name}.1")
+            try:
+                _shift(path, keep)
+            except OSError as e:
+                reason = f"renaming its older copies failed: {e.strerror or e}"
+            else:
+                try:
+                    copy_private(fd, copy)
+                    os.ftruncate(fd, 0)
+                    return Rotation(path, rotated=True)
+                except OSError as e:
+                    with contextlib.suppress(OSError):
+                        copy.unlink()  # the partial copy (the previous one is .2 now)
+                    reason = f"copying it to {copy.name} failed: {e.strerror or e}"
+        else:
+            reason = (
+                f"no room on its disk for a copy ({size} bytes needed, {free} free, "
+                f"{reserve} kept in reserve)"
+            )
+        dropped = os.fstat(fd).st_size
+        os.ftruncate(fd, 0)
+        return Rotation(path, dropped=dropped, reason=reason)
+    finally:
+        os.close(fd)
+
+
+def rotate(path: Path, max_bytes: int, keep: int) -> bool:
+    """``cap`` for callers that only ask whether the file was cut: True when it was."""
+    return cap(path, max_bytes, keep).changed

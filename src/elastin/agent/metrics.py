@@ -47,6 +47,9 @@ class AgentView:
     instances: Mapping[str, int]  # instances this agent runs, by status
     restarts: int
     proxy: ProxyView | None = None  # None: no mesh on this node
+    # the agent's care of its data disk: "log_dropped" (log bytes truncated without a copy:
+    # no room for one), "collected" (allocation directories garbage-collected)
+    disk: Mapping[str, int] = field(default_factory=dict)
 
 
 def _single(name: str, help_: str, kind: MetricKind, value: float) -> Metric:
@@ -67,6 +70,20 @@ def agent_families(view: AgentView) -> list[Metric]:
             "Restarts of this agent's instances.",
             "counter",
             view.restarts,
+        ),
+    ]
+    out += [
+        _single(
+            "elastin_agent_log_dropped_bytes_total",
+            "Log bytes of instances truncated without a copy (no room on the data disk).",
+            "counter",
+            view.disk.get("log_dropped", 0),
+        ),
+        _single(
+            "elastin_agent_alloc_dirs_collected_total",
+            "Allocation directories removed by the agent's garbage collection.",
+            "counter",
+            view.disk.get("collected", 0),
         ),
     ]
     p = view.proxy

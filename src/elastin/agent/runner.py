@@ -20,7 +20,11 @@ agent process started it. Whether and when to restart is decided by the pure
 injected ``Clock`` (``elastin.clock.SYSTEM`` by default).
 
 The handle of a started instance is kept on disk (``<state_dir>/<alloc>.json``) so that a new
-agent process re-attaches to it (``recover``) instead of starting it again.
+agent process re-attaches to it (``recover``) instead of starting it again. Writing it is
+retried (``SAVE_RETRIES``); when it still fails (a full disk) the instance is stopped and the
+allocation fails with the reason: an instance no agent could find again is never left
+running. Likewise when the runner itself fails unexpectedly: its instance is stopped and the
+allocation is reported failed with no pid (never ``running`` with a pid that is gone).
 
 Jobs do not restart in place: a failed run is reported ``failed`` and the scheduler places a
 new attempt while the job's ``retries`` allow.
@@ -60,6 +64,7 @@ Report = Callable[..., None]
 DepsReady = Callable[[Allocation, Workload], Awaitable[str]]  # "" when ready, else why not
 # take an instance out of every proxy before it is stopped; returns what happened (an event)
 Drain = Callable[[Allocation, int], Awaitable[str]]
+SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries to save a handle
 
 
 @dataclass
@@ -87,6 +92,18 @@ def base_env() -> dict[str, str]:
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _os_error(e: OSError) -> str:
+    """``No space left on device (errno 28)``."""
+    return f"{e.strerror} (errno {e.errno})" if e.errno and e.strerror else str(e)
+
+
+def _describe(e: BaseException) -> str:
+    """What went wrong, the errors inside an exception group rather than the group."""
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(_describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
 
 
 class AllocRunner:
@@ -135,6 +152,22 @@ class AllocRunner:
         tmp.write_text(json.dumps(data))
         tmp.replace(self.handle_file)
 
+    async def _record(self, handle: Handle) -> OSError | None:
+        """Save the handle, retrying after ``SAVE_RETRIES`` (a full disk may get room back:
+        the agent truncates logs every second); the last error when it could not."""
+        for delay in (*SAVE_RETRIES, None):
+            try:
+                self.save_handle(handle)
+                return None
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    self.handle_file.with_suffix(".tmp").unlink()
+                if delay is None:
+                    return e
+                log.warning("cannot save the handle of %s (retrying): %s", self.alloc.name, e)
+                await self.clock.sleep(delay)
+        return None  # pragma: no cover
+
     def forget_handle(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.handle_file.unlink()
@@ -173,13 +206,35 @@ class AllocRunner:
         try:
             await self._run(recovered)
         except asyncio.CancelledError:
-            raise
+            raise  # the agent stops: the instance keeps running, a new agent re-attaches
         except Exception as e:  # a bug here must not take the agent down with it
             log.exception("runner for %s failed", self.alloc.name)
-            if self.state.status not in TERMINAL:
-                self._set("failed", reason=f"agent error: {e}")
+            await self._abandon(f"the agent's runner for it failed: {_describe(e)}")
         finally:
             self.done.set()
+
+    async def _abandon(self, why: str) -> None:
+        """The runner cannot go on: stop the instance it started (nothing would watch it
+        any more) and report the allocation failed, with no pid."""
+        handle = self.handle
+        stopped = ""
+        if handle is not None:
+            grace = self.workload.stop_grace if self.workload else 10.0
+            try:
+                await self.driver.stop(handle, grace)
+                stopped = f"; its instance (pid {handle.pid}) was stopped"
+            except (DriverError, OSError) as e:
+                stopped = f"; stopping its instance (pid {handle.pid}) failed: {e}"
+            with contextlib.suppress(DriverError, OSError):
+                await self.driver.cleanup(handle)
+            with contextlib.suppress(OSError):
+                self.forget_handle()
+            self.handle = None
+        self.state.pid = 0
+        reason = why + stopped
+        if self.state.status not in TERMINAL:
+            self._set("failed", reason=reason, pid=0)
+            self._event("alloc.failed", reason, "error")
 
     async def _run(self, recovered: Handle | None) -> None:
         w = self.workload
@@ -276,7 +331,16 @@ class AllocRunner:
 
     async def _start(self, w: Workload) -> Handle | None:
         self._set("starting", reason="")
-        self.alloc_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.alloc_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = (
+                f"cannot create the allocation directory {self.alloc_dir}: {_os_error(e)}; "
+                "free space on the agent's data disk (or check its permissions)"
+            )
+            self._set("failed", reason=why, pid=0)
+            self._event("alloc.start_failed", why, "error")
+            return None
         try:
             handle = await self.driver.start(self.config(w))
         except DriverError as e:
@@ -285,7 +349,16 @@ class AllocRunner:
             return None
         self.handle = handle
         self.run_started = self.clock.monotonic()
-        self.save_handle(handle)
+        err = await self._record(handle)
+        if err is not None:
+            why = (
+                f"started, but its handle could not be written to {self.handle_file}: "
+                f"{_os_error(err)}, "
+                f"{len(SAVE_RETRIES) + 1} tries; without it a restarted agent could not find "
+                "the instance. Free space on the agent's data disk"
+            )
+            await self._abandon(why)
+            return None
         self.state.pid = handle.pid
         self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
         self._event("alloc.started", f"pid {handle.pid}")

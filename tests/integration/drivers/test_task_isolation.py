@@ -27,6 +27,7 @@ from elastin.agent.drivers.cgroups import Cgroup, destroy_root
 from elastin.agent.drivers.sandbox import UID_BASE, UID_COUNT
 from elastin.agent.drivers.task import TaskDriver
 from elastin.agent.health import probe
+from elastin.agent.logfiles import cap
 from elastin.model.resources import Resources
 from elastin.model.workload import HealthCheck
 
@@ -268,3 +269,16 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_rotated_log_copies_keep_the_logs_owner_and_mode(tmp_path: Path) -> None:
+    """A rotated copy of an instance's log is as private as the log (0640, its group)."""
+    log = tmp_path / "stdout.log"
+    log.write_bytes(b"DB_PASSWORD=x\n" * 100)
+    os.chown(log, 0, UID_BASE + 7)
+    log.chmod(0o640)
+    assert cap(log, 100, 2).rotated
+    copy = tmp_path / "stdout.log.1"
+    st = copy.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, UID_BASE + 7)
+    assert copy.read_bytes().startswith(b"DB_PASSWORD=x") and log.stat().st_size == 0

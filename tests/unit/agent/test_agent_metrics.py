@@ -46,11 +46,18 @@ VIEW = AgentView(
         exporter_port=8405,
         traffic={"shop.api.http": API, "shop.db.pg": DB},
     ),
+    disk={"log_dropped": 4096, "collected": 2},
 )
 
 HELP = {
     "elastin_agent_instances": "Instances this agent runs, by status.",
     "elastin_agent_restarts": "Restarts of this agent's instances.",
+    "elastin_agent_log_dropped_bytes": (
+        "Log bytes of instances truncated without a copy (no room on the data disk)."
+    ),
+    "elastin_agent_alloc_dirs_collected": (
+        "Allocation directories removed by the agent's garbage collection."
+    ),
     "elastin_agent_mesh_up": "Whether this node's HAProxy runs.",
     "elastin_agent_mesh_version": "The mesh snapshot version the proxy serves.",
     "elastin_agent_mesh_reloads": "Hitless reloads (structural changes).",
@@ -67,6 +74,8 @@ HELP = {
 }
 COUNTERS = {
     "elastin_agent_restarts",
+    "elastin_agent_log_dropped_bytes",
+    "elastin_agent_alloc_dirs_collected",
     "elastin_agent_mesh_reloads",
     "elastin_agent_mesh_starts",
     "elastin_agent_mesh_runtime_commands",
@@ -117,6 +126,8 @@ async def test_a_real_scrape_has_every_name_help_type_label_and_value() -> None:
         ("elastin_agent_instances", label(status="failed")): 1,
         ("elastin_agent_instances", label(status="running")): 2,
         ("elastin_agent_restarts_total", label()): 3,
+        ("elastin_agent_log_dropped_bytes_total", label()): 4096,
+        ("elastin_agent_alloc_dirs_collected_total", label()): 2,
         ("elastin_agent_mesh_up", label()): 1,
         ("elastin_agent_mesh_version", label()): 9,
         ("elastin_agent_mesh_reloads_total", label()): 2,
@@ -150,10 +161,16 @@ async def test_without_a_mesh_only_the_instances_and_a_closed_server_refuses() -
     url = f"http://{server.address}/metrics"
     try:
         _, text = await asyncio.to_thread(scrape, url)
-        assert samples(text) == {("elastin_agent_restarts_total", label()): 0}
+        assert samples(text) == {
+            ("elastin_agent_restarts_total", label()): 0,
+            ("elastin_agent_log_dropped_bytes_total", label()): 0,
+            ("elastin_agent_alloc_dirs_collected_total", label()): 0,
+        }
         assert {f.name for f in text_string_to_metric_families(text)} == {
             "elastin_agent_instances",
             "elastin_agent_restarts",
+            "elastin_agent_log_dropped_bytes",
+            "elastin_agent_alloc_dirs_collected",
         }
         views.append(AgentView({"running": 1}, 2))  # every scrape asks again
         _, text = await asyncio.to_thread(scrape, url)
@@ -181,7 +198,8 @@ async def test_a_view_that_fails_is_an_error_answer_not_a_dead_agent() -> None:
 def test_the_agent_view_reads_its_runners_and_proxy(tmp_path: Path) -> None:
     cfg = AgentConfig(data_dir=tmp_path, server_url="http://127.0.0.1:9", token="t", mesh=False)
     agent = Agent(cfg, {"task": FakeDriver()})
-    assert agent.metrics_view() == AgentView({}, 0)
+    disk = {"log_dropped": 0, "collected": 0}
+    assert agent.metrics_view() == AgentView({}, 0, disk=disk)
     agent.runners = {  # type: ignore[dict-item]
         "a": SimpleNamespace(state=SimpleNamespace(status="running", restarts=2)),
         "b": SimpleNamespace(state=SimpleNamespace(status="running", restarts=1)),
@@ -195,5 +213,5 @@ def test_the_agent_view_reads_its_runners_and_proxy(tmp_path: Path) -> None:
         stats=lambda: {"shop.db.pg": DB},
     )
     assert agent.metrics_view() == AgentView(
-        {"running": 2}, 3, ProxyView(False, 5, 3, 4, 6, 7, {"shop.db.pg": DB})
+        {"running": 2}, 3, ProxyView(False, 5, 3, 4, 6, 7, {"shop.db.pg": DB}), disk
     )

@@ -14,8 +14,10 @@ the ``Handle``. Exits are awaited with a pidfd, so a recovered instance that is 
 agent's child is waited for just the same.
 
 stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode;
-``stats`` rotates them copy-truncate style when they pass ``log_max_bytes`` (the workload
-keeps writing at the new end of the same file), keeping ``log_max_files`` old copies.
+``rotate_logs`` (called by the agent every second) rotates them copy-truncate style when they
+pass ``log_max_bytes`` (the workload keeps writing at the new end of the same file), keeping
+``log_max_files`` old copies; on a disk without room for a copy it truncates them in place
+and says how many bytes were dropped.
 
 Stopping sends SIGTERM to every process of the instance's cgroup, waits the grace period,
 then SIGKILLs what is left. An exit status above 128 is reported as death by signal
@@ -44,7 +46,8 @@ from elastin.agent.drivers.base import (
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
 from elastin.agent.drivers.sandbox import Identity, resolve_user
-from elastin.agent.logfiles import rotate
+from elastin.agent.logfiles import Rotation, cap
+from elastin.agent.logfiles import rotate as rotate  # re-exported (tests use it)
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
 
@@ -68,6 +71,7 @@ while [ "$1" != "--" ]; do
     *) exit 124 ;;
   esac
 done; shift
+: > "$status.ready"
 "$@" &
 child=$!
 trap 'kill -TERM $child 2>/dev/null' TERM
@@ -118,6 +122,11 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
             f"it is not on the PATH ({path_env})"
         )
     return found
+
+
+def ready_file(status: Path) -> Path:
+    """Where the shim says the instance's view is ready and its command starts."""
+    return status.with_name(status.name + ".ready")
 
 
 def prepare_alloc_dir(alloc_dir: Path, ident: Identity) -> None:
@@ -243,6 +252,7 @@ class TaskDriver:
         status = alloc_dir / "status"
         try:  # every failure from here on removes the cgroup again
             status.unlink(missing_ok=True)
+            ready_file(status).unlink(missing_ok=True)
             procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
             argv = [SH, "-c", SHIM, "elastin-shim", str(status), *procs, "--"]
             if not ident.root:
@@ -399,15 +409,20 @@ class TaskDriver:
         last_ns, last = self._cpu.get(handle.alloc_id, (now_ns, now))
         self._cpu[handle.alloc_id] = (now_ns, now)
         millis = (now_ns - last_ns) / 1e6 / (now - last) if now > last else 0.0
-        self.rotate_logs(handle)
         return Usage(cpu=max(0.0, millis), memory=cg.memory_bytes(), sampled_at=self.clock.time())
 
-    def rotate_logs(self, handle: Handle) -> None:
-        logs = Path(str(handle.data.get("log_dir", "")))
+    def rotate_logs(self, handle: Handle) -> list[Rotation]:
+        """Keep the instance's stdout/stderr within ``log_max_bytes`` (``logfiles.cap``: on a
+        full disk they are truncated in place and the bytes cut are counted); what was done
+        to each file that was cut. The agent calls it every ``LOG_CHECK_SECONDS``."""
+        log_dir = str(handle.data.get("log_dir", ""))
+        if not log_dir:
+            return []
+        logs = Path(log_dir)
         max_bytes = int(handle.data.get("log_max_bytes", 10 << 20))
         keep = int(handle.data.get("log_max_files", 3))
-        for name in ("stdout.log", "stderr.log"):
-            rotate(logs / name, max_bytes, keep)
+        done = [cap(logs / name, max_bytes, keep) for name in ("stdout.log", "stderr.log")]
+        return [r for r in done if r.changed]
 
     async def cleanup(self, handle: Handle) -> None:
         self._cpu.pop(handle.alloc_id, None)
@@ -420,7 +435,13 @@ class TaskDriver:
         filesystem, in its working directory, with ``env``; answer its exit status. When the
         caller gives up (cancellation, e.g. a check's timeout) the command's whole process
         group is killed."""
-        if not self._alive(handle):
+        ready = ready_file(Path(str(handle.data["status_file"])))
+        sandboxed = bool(handle.data.get("namespace"))
+        for _ in range(500):  # the shim prepares the instance's view, then says so
+            if not sandboxed or ready.exists() or not self._alive(handle):
+                break
+            await self.clock.sleep(0.01)
+        if not self._alive(handle) or (sandboxed and not ready.exists()):
             raise StartError("the instance is not running")
         cg = self._cgroup(handle)
         procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
