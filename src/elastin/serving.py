@@ -199,8 +199,7 @@ async def accept_loop(
         if guard.full():
             if not full:
                 log.warning(
-                    "%s: %d connections open, the most it takes; new ones wait until one "
-                    "closes",
+                    "%s: %d connections open, the most it takes; new ones wait until one closes",
                     name,
                     guard.open,
                 )

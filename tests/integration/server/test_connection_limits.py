@@ -138,9 +138,8 @@ def test_a_connection_that_sends_nothing_or_half_a_head_is_closed(
         assert "ELASTIN_API_HEADER_TIMEOUT" in body_of(answer)["hint"]
     # a keep-alive connection idle after its answer is closed too
     with connect(d.port) as s:
-        s.sendall(
-            f"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n".encode()
-        )
+        head = f"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n"
+        s.sendall(head.encode())
         assert read_all(s).startswith(b"HTTP/1.1 200 ")
     assert d.get().status_code == 200
     assert d.proc.poll() is None
@@ -203,9 +202,7 @@ def test_running_out_of_descriptors_pauses_accepting_and_the_daemon_lives(
     start: Callable[..., Daemon],
 ) -> None:
     # caps far above the file limit: the kernel's EMFILE is what stops accepting
-    d = start(
-        nofile=96, max_connections="100000", max_per_client="100000", header_timeout="60"
-    )
+    d = start(nofile=96, max_connections="100000", max_per_client="100000", header_timeout="60")
     flood: list[socket.socket] = []
     try:
         for _ in range(200):  # more than the daemon can hold: the rest wait in the backlog
