@@ -24,7 +24,6 @@ digits (what the server makes), ``stream`` one of two names; the files are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -32,7 +31,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,6 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from elastin import serving
 from elastin.agent.logfiles import FollowUnavailable, Watch, read_log
 from elastin.auth import RequireToken
 
@@ -136,28 +135,6 @@ class _ClosingStream(StreamingResponse):
             self._release()
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield  # the agent's owner handles signals
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(
-            e.errno, f"the agent's API cannot listen on {host}:{port}: {e.strerror}"
-        ) from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 class AgentApi:
     """The agent's HTTP API on ``host:port`` (``port`` 0: any free port).
 
@@ -173,6 +150,7 @@ class AgentApi:
         port: int = 0,
         *,
         max_follows: int = MAX_FOLLOWS,
+        limits: serving.Limits | None = None,
     ) -> None:
         if not token:
             raise ValueError("the agent's API needs the cluster token")
@@ -181,9 +159,11 @@ class AgentApi:
         self.host = host
         self.want_port = port
         self.max_follows = max_follows
+        # timeouts, connection caps, body size (elastin.serving); ELASTIN_API_* by default
+        self.limits = limits if limits is not None else serving.Limits.from_env()
         self._watches: set[Watch] = set()
         self._sock: socket.socket | None = None
-        self._server: _Server | None = None
+        self._server: serving.Server | None = None
         app = Starlette(
             routes=[
                 Route("/v1/allocations/{alloc_id}/logs", self._alloc_logs, methods=["GET"]),
@@ -214,22 +194,18 @@ class AgentApi:
         return len(self._watches)
 
     async def start(self) -> None:
-        sock = _bind(self.host, self.want_port)
-        config = uvicorn.Config(
+        sock = serving.bind(self.host, self.want_port, what="the agent's API", backlog=128)
+        server = serving.Server(
             self.app,
+            self.limits,
+            name="the agent's API",
             log_level="warning",
             log_config=None,  # the agent's logging stays as its owner set it
-            lifespan="off",
-            access_log=False,
             proxy_headers=False,
             server_header=False,
-            loop="asyncio",
             limit_concurrency=4 * self.max_follows,
             timeout_graceful_shutdown=2,
         )
-        config.load()
-        server = _Server(config)
-        server.lifespan = config.lifespan_class(config)
         try:
             await server.startup(sockets=[sock])
         except BaseException:

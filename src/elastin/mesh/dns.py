@@ -30,12 +30,16 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from elastin import serving
+
 log = logging.getLogger("elastin.mesh.dns")
 
 A, AAAA, SRV, ANY = 1, 28, 33, 255
 NOERROR, FORMERR, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 3, 4, 5
 DOMAIN = ("elastin",)
 UDP_LIMIT = 512
+TCP_CONNECTIONS = 256  # TCP queries at once (answers too large for UDP come this way)
+TCP_SECONDS = 10  # the longest one TCP connection lives
 
 
 class DnsFormatError(ValueError):
@@ -209,7 +213,11 @@ class DnsServer:
         self.want_port = port
         self.ttl = ttl
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self._tcp: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        # TCP connections at once; each lives TCP_SECONDS at most. Out of descriptors, the
+        # accept loop pauses (elastin.serving) instead of logging a traceback per attempt
+        self._guard = serving.Guard(TCP_CONNECTIONS, TCP_CONNECTIONS)
         self.port = 0
 
     def respond(self, data: bytes, limit: int) -> bytes | None:
@@ -232,23 +240,36 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         # UDP and TCP on the same port: bind TCP first (port 0 picks), then UDP on it
         for _ in range(20):
-            self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.want_port)
-            self.port = int(self._tcp.sockets[0].getsockname()[1])
+            tcp = serving.bind(self.host, self.want_port, what="the DNS server", backlog=128)
+            self.port = int(tcp.getsockname()[1])
             try:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _Udp(self), local_addr=(self.host, self.port)
                 )
-                self._udp = transport
-                return
             except OSError:
-                self._tcp.close()
+                tcp.close()
                 if self.want_port:
                     raise
+                continue
+            self._udp, self._tcp = transport, tcp
+
+            def stream() -> asyncio.Protocol:
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._handle_tcp)
+
+            self._accepting = asyncio.create_task(
+                serving.accept_loop(tcp, stream, self._guard, "the DNS server (TCP)")
+            )
+            return
         raise OSError("no port free for both UDP and TCP")
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else ""
+        admitted = self._guard.admit(client)
         try:
-            async with asyncio.timeout(10):
+            if not admitted:
+                return  # this address has its share: closed at once
+            async with asyncio.timeout(TCP_SECONDS):
                 while True:
                     size = struct.unpack("!H", await reader.readexactly(2))[0]
                     out = self.respond(await reader.readexactly(size), 0)
@@ -259,6 +280,7 @@ class DnsServer:
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             pass
         finally:
+            self._guard.release(client, admitted)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -266,7 +288,11 @@ class DnsServer:
     async def close(self) -> None:
         if self._udp is not None:
             self._udp.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
         if self._tcp is not None:
             self._tcp.close()
-            with contextlib.suppress(Exception):
-                await self._tcp.wait_closed()
+            self._tcp = None

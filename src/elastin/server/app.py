@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from elastin import serving
 from elastin.clock import SYSTEM
 from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
@@ -42,35 +41,21 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     store_url: str = ""  # default: sqlite in the data directory
     algorithm: str = "binpack"  # or "spread"
+    # timeouts, connection caps, body size (elastin.serving); ELASTIN_API_* in the environment
+    limits: serving.Limits = field(default_factory=serving.Limits.from_env)
 
     def store(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'state.db'}"
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the CLI owns signal handling
-
-
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
-    # without it every keep-alive answer waited ~40 ms for the client's delayed ACK (Nagle)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(
-            e.errno,
-            f"cannot listen on {host}:{port}: {e.strerror}; is another Elastin server running? "
-            "(`elastin status`), or pick another port with --port",
-        ) from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+    return serving.bind(
+        host,
+        port,
+        what="the server",
+        hint="is another Elastin server running? (`elastin status`), or pick another port "
+        "with --port",
+    )
 
 
 async def run_server(
@@ -89,15 +74,12 @@ async def run_server(
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    server = _Server(
-        uvicorn.Config(
-            api,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            loop="asyncio",
-            timeout_graceful_shutdown=5,
-        )
+    server = serving.Server(
+        api,
+        cfg.limits,
+        name="the server's API",
+        log_level="warning",
+        timeout_graceful_shutdown=5,
     )
     info = cfg.data_dir / SERVER_FILE
     try:

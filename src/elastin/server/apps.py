@@ -8,6 +8,7 @@ new instances changes (its fingerprint: everything but the replica count).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -123,7 +124,8 @@ class Apps:
     async def apply(
         self, text: str, *, file: str = "", base_dir: str = "", dry_run: bool = False
     ) -> ApplyResult:
-        app = parse(text, file, base_dir)
+        # off the loop: a big spec must not stall every other call meanwhile
+        app = await asyncio.to_thread(parse, text, file, base_dir)
         for _ in range(_TRIES):
             found = await self.repo.get_app(app.name)
             old, mod_rev = found if found else (None, 0)

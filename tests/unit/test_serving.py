@@ -1,0 +1,41 @@
+"""The serving limits' pure parts: settings from the environment (a bad value names its
+variable) and the connection counts per address."""
+
+from __future__ import annotations
+
+import pytest
+
+from elastin.serving import Guard, Limits
+
+
+def test_limits_come_from_the_environment() -> None:
+    limits = Limits.from_env(
+        {"ELASTIN_API_HEADER_TIMEOUT": "0.5", "ELASTIN_API_MAX_BODY": "1024", "OTHER": "x"}
+    )
+    assert limits.header_timeout == 0.5
+    assert limits.max_body == 1024
+    assert limits.idle_timeout == Limits().idle_timeout
+    assert Limits.from_env({}, max_body=7).max_body == 7
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "1.5"])
+def test_a_bad_value_names_its_variable(value: str) -> None:
+    with pytest.raises(ValueError, match="ELASTIN_API_MAX_PER_CLIENT"):
+        Limits.from_env({"ELASTIN_API_MAX_PER_CLIENT": value})
+
+
+def test_default_caps_follow_the_file_limit() -> None:
+    limits = Limits()
+    assert 0 < limits.per_client < limits.total
+    assert Limits(max_connections=10).per_client == 5
+
+
+async def test_guard_counts_per_address_and_in_total() -> None:
+    g = Guard(total=3, per_client=2)
+    assert g.admit("a") and g.admit("a")
+    assert not g.admit("a")  # over its share, still counted in the total until closed
+    assert g.full()
+    g.release("a", admitted=False)
+    assert g.admit("b")
+    g.release("a", admitted=True)
+    assert g.by_client == {"a": 1, "b": 1} and g.open == 2
