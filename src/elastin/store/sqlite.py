@@ -55,13 +55,14 @@ connection, beside a running server (``elastin store check``).
 
 A full disk. ``<state file>.reserve`` is a reserve ("ballast") file of ``reserve_bytes``
 made beside the state file when there is room. A write that fails for lack of space
-(``SQLITE_FULL``: the kernel said ENOSPC) releases the reserve, truncates the WAL, and is
-retried a few times with a growing pause; the reserve's space is what lets a ``stop`` or a
-``down`` commit on a full disk. A write that still finds no room fails with a
-``StoreFullError`` ("the data directory's disk is full … free space on <filesystem>"),
-and nothing of it was applied. Once the filesystem has room for it again (twice its size
-free), the reserve is made again. ``stats()`` counts the writes that met a full disk, those
-refused, and the reserve's size, for ``/v1/metrics``.
+(``SQLITE_FULL``: the kernel said ENOSPC) releases the reserve, checkpoints the WAL (so that
+the retry reuses the WAL's own space), and is retried a few times with a growing pause: the
+reserve's space is what lets a ``stop`` or a ``down`` commit on a full disk. A write that
+still finds no room fails with a ``StoreFullError`` ("the data directory's disk is full …
+free space on <filesystem>"), and nothing of it was applied. The worker pauses between the
+retries: the writes queued behind would meet the same full disk. Once the filesystem has
+room for the reserve again (twice its size free), it is made again. ``stats()`` counts the
+writes that met a full disk, those refused, and the reserve's size, for ``/v1/metrics``.
 """
 
 from __future__ import annotations
@@ -496,7 +497,7 @@ class SqliteStore(HubStore):
             return str(self.path.parent)
 
     def _make_room(self, attempt: int) -> None:
-        """A write met a full disk: release the reserve, then give the WAL's space back."""
+        """A write met a full disk: release the reserve, and let the retry reuse the WAL."""
         if attempt == 0:
             self._disk_full = True
             held = self._reserve_held
@@ -509,8 +510,9 @@ class SqliteStore(HubStore):
                 f"released the {held} byte reserve {self.reserve}" if held else "no reserve left",
                 self._filesystem(),
             )
-        with contextlib.suppress(sqlite3.Error):  # copies the WAL in, then truncates it
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error):
+            # the WAL copied in: the retry writes over the WAL's start, on space it holds
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def _release_reserve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
