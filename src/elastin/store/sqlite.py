@@ -60,9 +60,11 @@ the retry reuses the WAL's own space), and is retried a few times with a growing
 reserve's space is what lets a ``stop`` or a ``down`` commit on a full disk. A write that
 still finds no room fails with a ``StoreFullError`` ("the data directory's disk is full …
 free space on <filesystem>"), and nothing of it was applied. The worker pauses between the
-retries: the writes queued behind would meet the same full disk. Once the filesystem has
-room for the reserve again (twice its size free), it is made again. ``stats()`` counts the
-writes that met a full disk, those refused, and the reserve's size, for ``/v1/metrics``.
+retries (the writes queued behind would meet the same full disk); for ``FULL_FAST_FOR`` s
+after a refusal, writes get one try, so a queue of them is not held up by every one's
+pauses. Once the filesystem has room for the reserve again (twice its size free), it is made
+again. ``stats()`` counts the writes that met a full disk, those refused, and the reserve's
+size, for ``/v1/metrics``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ RESERVE_BYTES = 1 << 20  # the reserve file: room for hundreds of stops and dele
 RESERVE_SUFFIX = ".reserve"
 FULL_BACKOFF = (0.05, 0.2, 0.5, 1.0)  # pauses before the retries of a write on a full disk
 RESERVE_RETRY_EVERY = 2.0  # seconds between tries to make the reserve again
+FULL_FAST_FOR = 1.0  # after a refused write, seconds in which the next ones are not retried
 
 # primary result codes (the low byte of an extended code)
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_IOERR, _SQLITE_NOTADB = 11, 13, 10, 26
@@ -289,6 +292,7 @@ class SqliteStore(HubStore):
         self._reserve_held = 0  # bytes of the reserve file now
         self._disk_full = False  # since a write met a full disk, until one succeeds
         self._next_reserve_try = 0.0
+        self._fast_until = 0.0  # a write was just refused: do not make the queue wait again
         self._rows: builtins.list[tuple[str, str, int, int]] = []  # kv as read at open
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         try:
@@ -463,7 +467,8 @@ class SqliteStore(HubStore):
         breaks the store for good."""
         if self._broken is not None:
             raise self._broken
-        for attempt, pause in enumerate((*self._full_backoff, None)):
+        backoff = self._full_backoff if time.monotonic() >= self._fast_until else ()
+        for attempt, pause in enumerate((*backoff, None)):
             try:
                 done = job()
             except sqlite3.Error as e:
@@ -476,6 +481,7 @@ class SqliteStore(HubStore):
                 self._writes_full += 1
                 if pause is None:
                     self._writes_refused += 1
+                    self._fast_until = time.monotonic() + FULL_FAST_FOR
                     err = StoreFullError(str(self.path), self._filesystem())
                     log.error("%s (a write was refused after %d retries)", err, attempt)
                     raise err from e
@@ -483,7 +489,7 @@ class SqliteStore(HubStore):
                 time.sleep(pause)
             else:
                 if self._disk_full:
-                    self._disk_full = False
+                    self._disk_full, self._fast_until = False, 0.0
                     log.warning("the state database %s is writable again", self.path)
                 if not self._reserve_held:
                     self._restore_reserve()

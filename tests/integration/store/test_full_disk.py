@@ -68,6 +68,7 @@ async def test_a_write_on_a_full_disk_releases_the_reserve_then_fails_clearly(
     tmpfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_store, "RESERVE_RETRY_EVERY", 0.0)
+    monkeypatch.setattr(sqlite_store, "FULL_FAST_FOR", 3600.0)  # not over during the test
     s = SqliteStore(tmpfs / "state.db", reserve_bytes=512 * KiB, full_backoff=(0.01, 0.02))
     reserve = tmpfs / "state.db.reserve"
     assert reserve.stat().st_size == 512 * KiB and s.stats()["reserve_bytes"] == 512 * KiB
@@ -82,12 +83,19 @@ async def test_a_write_on_a_full_disk_releases_the_reserve_then_fails_clearly(
     assert stats["writes_refused"] == 0
 
     fill(tmpfs, "filler-2")  # full again, and no reserve left
+    tried = s.stats()["writes_disk_full"]
     with pytest.raises(StoreFullError) as caught:
         await s.put("/apps/b", {"pad": "y" * (256 * KiB)})
     message = str(caught.value)
     assert "the data directory's disk is full" in message
     assert f"free space on {tmpfs}" in message and caught.value.filesystem == str(tmpfs)
     assert s.stats()["writes_refused"] == 1
+    assert s.stats()["writes_disk_full"] == tried + 3  # a try and its 2 retries
+    # right after a refusal the next write gets one try, not the whole backoff again
+    before = s.stats()["writes_disk_full"]
+    with pytest.raises(StoreFullError):
+        await s.put("/apps/b", {"pad": "y" * (256 * KiB)})
+    assert s.stats()["writes_disk_full"] == before + 1
     # nothing of it was applied, and what was committed before is all there
     assert await s.get("/apps/b") is None and await s.revision() == rev
 
