@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from elastin.cli.main import cli
-from elastin.store import SqliteStore
+from elastin.cli.common import errors
+from elastin.store import SqliteStore, StoreFullError
 
 
 def _check(data_dir: Path, *args: str) -> Result:
@@ -65,3 +66,22 @@ def test_a_missing_file_exits_1(tmp_path: Path, where: str) -> None:
     res = _check(tmp_path, *args)
     assert res.exit_code == 1
     assert "there is no state database" in res.output + res.stderr
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_store_errors_print_as_one_message(
+    grouped: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a server's task group raises when its store breaks, said as one message."""
+    err = StoreFullError("/data/state.db", "/data")
+    with pytest.raises(SystemExit) as ex, errors():
+        raise ExceptionGroup("server", [err]) if grouped else err
+    assert ex.value.code == 1
+    out = " ".join(capsys.readouterr().err.split())
+    assert "error: the data directory's disk is full: /data/state.db cannot be written" in out
+    assert "free space on /data" in out
+
+
+def test_other_exception_groups_are_not_swallowed() -> None:
+    with pytest.raises(ExceptionGroup), errors():
+        raise ExceptionGroup("server", [ValueError("x")])
