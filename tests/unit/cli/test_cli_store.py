@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from elastin.cli.main import cli
 from elastin.cli.common import errors
+from elastin.cli.main import cli
 from elastin.store import SqliteStore, StoreFullError
 
 
