@@ -1,5 +1,6 @@
-"""What every ``elastin`` command shares: the consoles, the exit codes, ``errors()`` (client and
-spec errors become a message and an exit code, never a traceback), ``client()`` (the server
+"""What every ``elastin`` command shares: the consoles, the exit codes, ``errors()`` (client,
+spec and state store errors become a message and an exit code, never a traceback; so do
+those a server's task group gathers), ``client()`` (the server
 found here), ``print_json`` and ``read_spec``.
 
 Exit codes (scripts can trust them; docs/cli.md lists them too)::
@@ -29,6 +30,7 @@ from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import Client
 from elastin.model.errors import SpecError
 from elastin.model.spec import load_spec
+from elastin.store.base import StoreCorruptError, StoreError, StoreFullError
 
 
 def _console(stderr: bool = False) -> Console:
@@ -49,11 +51,38 @@ def fail(message: str, hint: str = "", code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
+def fail_store(e: StoreError) -> NoReturn:
+    """A state store error as one message (its text says what is wrong, where, what to do)."""
+    if isinstance(e, StoreCorruptError):
+        fail(
+            f"the state database {e.path} is damaged ({e.problem})",
+            f"restore a backup of it, see `elastin store check`, or move it away "
+            f"(mv {e.path} {e.path}.damaged) to start with an empty state",
+        )
+    if isinstance(e, StoreFullError):
+        fail(
+            f"the data directory's disk is full: {e.path} cannot be written",
+            f"free space on {e.filesystem}",
+        )
+    fail(str(e))
+
+
 @contextmanager
 def errors() -> Iterator[None]:
     """Turn client errors into a message and an exit code; no traceback is a UI."""
     try:
         yield
+    except StoreError as e:
+        fail_store(e)
+    except ExceptionGroup as group:  # a server's task group: its store broke
+        store = group.subgroup(StoreError)
+        if store is None:
+            raise
+        first: BaseException = store
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert isinstance(first, StoreError)
+        fail_store(first)
     except ServerUnavailable as e:
         fail(e.message, e.hint, EXIT_UNAVAILABLE)
     except ApiError as e:

@@ -206,7 +206,8 @@ def _up_foreground(
         await run_embedded(data_dir, port=port, main=main, stop_workloads=True)
 
     try:
-        asyncio.run(run())
+        with errors():  # a damaged or full state store: one message, no traceback
+            asyncio.run(run())
     except OSError as e:
         fail(str(e.strerror or e))
     console.print(Text("stopped", style="bold"))

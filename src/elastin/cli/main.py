@@ -11,6 +11,7 @@ Ctrl-C 130); the commands live in modules named for what they do:
               nodes, events, resources,
               status, version
     logs      logs (--mesh)                      instances' output, the mesh's access log
+    store     store check                        is the state database whole
     common    consoles, exit codes, errors(), client(), print_json, read_spec
     render    the tables
     embedded  server and agent in one process (up in the foreground, daemon)
@@ -32,7 +33,7 @@ import sys
 import click
 
 from elastin import __version__
-from elastin.cli import deploy, logs, servers, views
+from elastin.cli import deploy, logs, servers, store, views
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -95,6 +96,7 @@ for command in (
     views.status,
     views.version,
     logs.logs,
+    store.store,
 ):
     cli.add_command(command)
 

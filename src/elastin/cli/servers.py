@@ -159,7 +159,8 @@ def agent(
 
 def _run_async(main: Callable[[], Any]) -> None:
     try:
-        asyncio.run(main())
+        with errors():  # a damaged or full state store: one message, no traceback
+            asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as e:

@@ -26,6 +26,7 @@ from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
+from elastin.store import raise_on_failure
 from elastin.store.open import open_store
 
 log = logging.getLogger("elastin.server")
@@ -94,6 +95,7 @@ async def run_server(
             # scans, whose pauses showed as the tail of the mesh's propagation time
             gc.freeze()
             tg.create_task(cluster.run())
+            tg.create_task(raise_on_failure(store))  # a damaged file: stop, said once
             log.info("server listening on %s (data in %s)", url, cfg.data_dir)
             if on_ready is not None:
                 tg.create_task(on_ready(url, token))

@@ -5,12 +5,19 @@ Hierarchy::
     ServerError                 root (500)
      ├── NotFound               404: no such application / service / allocation / node
      ├── Conflict               409: the request conflicts with the current state
-     └── Invalid                400/422: the request is malformed; carries ``issues``
+     ├── Invalid                400/422: the request is malformed; carries ``issues``
+     ├── StoreFull              507: the data directory's disk is full (nothing was changed)
+     └── StoreUnavailable       503: the state store cannot serve (damaged, closed, failed)
+
+``from_store_error`` says a state store error as one of these (the API answers every
+``StoreError`` through it, never with a bare 500).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from elastin.store.base import StoreClosedError, StoreCorruptError, StoreError, StoreFullError
 
 
 class ServerError(Exception):
@@ -41,3 +48,31 @@ class Conflict(ServerError):
 
 class Invalid(ServerError):
     status = 422
+
+
+class StoreFull(ServerError):
+    status = 507  # Insufficient Storage
+
+
+class StoreUnavailable(ServerError):
+    status = 503
+
+
+def from_store_error(e: StoreError) -> ServerError:
+    """What the API answers for a state store error: what is wrong, where, what to do."""
+    if isinstance(e, StoreFullError):
+        return StoreFull(
+            f"the data directory's disk is full: the state database {e.path} cannot be "
+            f"written, so nothing was changed; free space on {e.filesystem}",
+            hint=f"free space on {e.filesystem} (`df -h {e.filesystem}`) and try again; "
+            "`elastin stop` and `elastin down` use the space Elastin keeps in reserve",
+        )
+    if isinstance(e, StoreCorruptError):
+        return StoreUnavailable(
+            f"the state database {e.path} is damaged ({e.problem}); the server stops",
+            hint="restore a backup of it, see `elastin store check`, or move it away to "
+            "start with an empty state",
+        )
+    if isinstance(e, StoreClosedError):
+        return StoreUnavailable("the server is stopping", hint="try again in a moment")
+    return StoreUnavailable(f"the state store failed: {e}", hint="see the server's log")

@@ -16,7 +16,10 @@ Exceptions::
 
     StoreError                 root
      ├── CompactedError        watch asked for a revision older than the retained history
-     └── StoreClosedError      the store was closed
+     ├── StoreClosedError      the store was closed
+     ├── StoreCorruptError     the state file is damaged (found at open or while running):
+     │                         the server stops; restore a backup or move the file away
+     └── StoreFullError        a write failed for lack of disk space, after its retries
 """
 
 from __future__ import annotations
@@ -47,6 +50,33 @@ class CompactedError(StoreError):
 
 class StoreClosedError(StoreError):
     """An operation on a closed store."""
+
+
+class StoreCorruptError(StoreError):
+    """The state file ``path`` is damaged (``problem`` says how): nothing can be trusted or
+    written; the message says what to do."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"the state database {path} is damaged ({problem}); Elastin will not use it. "
+            f"Restore a backup of it, run `elastin store check` for the details, or move it "
+            f"away (mv {path} {path}.damaged) to start with an empty state"
+        )
+
+
+class StoreFullError(StoreError):
+    """A write to ``path`` failed for lack of space on the filesystem mounted at
+    ``filesystem``, after its retries; nothing of it was applied."""
+
+    def __init__(self, path: str, filesystem: str) -> None:
+        self.path = path
+        self.filesystem = filesystem
+        super().__init__(
+            f"the data directory's disk is full: the state database {path} cannot be written, "
+            f"nothing was changed; free space on {filesystem}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

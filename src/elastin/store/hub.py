@@ -12,7 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from elastin.store.base import JSON, CompactedError, StoreClosedError, TxnResult, WatchEvent
+from elastin.store.base import (
+    JSON,
+    CompactedError,
+    StoreClosedError,
+    StoreError,
+    TxnResult,
+    WatchEvent,
+)
 
 _CLOSED = None
 
@@ -64,12 +71,32 @@ class Hub:
 
 
 class HubStore:
-    """What both stores share: the hub, the compaction floor, put/delete as transactions."""
+    """What both stores share: the hub, the compaction floor, put/delete as transactions,
+    and ``failed()``: how a store that breaks for good (a damaged file) says so once."""
 
     _compacted: int
 
     def __init__(self) -> None:
         self._hub = Hub()
+        self._failure: StoreError | None = None  # set on the loop by ``_failed_now``
+        self._failure_seen: asyncio.Event | None = None
+
+    async def failed(self) -> StoreError:
+        """Wait until the store is broken for good and return why (never returns for a
+        store that does not break). The server stops on it rather than fail every call."""
+        if self._failure is None:
+            if self._failure_seen is None:
+                self._failure_seen = asyncio.Event()
+            await self._failure_seen.wait()
+        assert self._failure is not None
+        return self._failure
+
+    def _failed_now(self, err: StoreError) -> None:
+        """On the loop: the store is broken for good (``err``); wake ``failed()``."""
+        if self._failure is None:
+            self._failure = err
+            if self._failure_seen is not None:
+                self._failure_seen.set()
 
     async def txn(
         self,
@@ -83,6 +110,8 @@ class HubStore:
         raise NotImplementedError
 
     def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
         if self._hub.closed:
             raise StoreClosedError("the store is closed")
 
@@ -98,3 +127,11 @@ class HubStore:
 
     def watch(self, prefix: str, from_rev: int) -> AsyncIterator[WatchEvent]:
         return self._hub.watch(prefix, from_rev, self._history)
+
+
+async def raise_on_failure(store: object) -> None:
+    """Raise the error that breaks ``store`` for good, when it does (wait forever for a
+    store that cannot break): the server runs it beside its work and stops on it."""
+    if isinstance(store, HubStore):
+        raise await store.failed()
+    await asyncio.Event().wait()

@@ -19,6 +19,8 @@ def open_store(url: str) -> StateStore:
         path = url[len("sqlite://") :]
         if not path:
             raise StoreError(f"store URL {url!r} names no file; write sqlite:///path/state.db")
+        if path.startswith("//"):  # sqlite:////abs/path: one slash, as messages show it
+            path = "/" + path.lstrip("/")
         return SqliteStore(path)
     if url.startswith("sqlite:"):
         path = url[len("sqlite:") :]

@@ -43,6 +43,28 @@ request may have been applied). ``revision()`` answers on the loop from the last
 commit, without a hop.
 ``close()`` refuses new operations, lets the queued ones finish, closes the connection,
 stops the thread, and then ends every watch. ``sqlite3`` errors become ``StoreError``.
+
+A damaged file. The store checks the file when it opens it (``PRAGMA quick_check``, and a
+file shorter than its header says: a truncated copy) and refuses it with a
+``StoreCorruptError`` that names the file and what to do (restore a backup, ``elastin store
+check``, or move it away to start empty). Damage found later (``SQLITE_CORRUPT``,
+``SQLITE_NOTADB``) breaks the store for good: it is logged once, every later call raises the
+same error, and ``failed()`` returns it (the server stops on it instead of failing each
+request). ``check_file(path)`` runs the full ``PRAGMA integrity_check`` on a read-only
+connection, beside a running server (``elastin store check``).
+
+A full disk. ``<state file>.reserve`` is a reserve ("ballast") file of ``reserve_bytes``
+made beside the state file when there is room. A write that fails for lack of space
+(``SQLITE_FULL``: the kernel said ENOSPC) releases the reserve, checkpoints the WAL (so that
+the retry reuses the WAL's own space), and is retried a few times with a growing pause: the
+reserve's space is what lets a ``stop`` or a ``down`` commit on a full disk. A write that
+still finds no room fails with a ``StoreFullError`` ("the data directory's disk is full …
+free space on <filesystem>"), and nothing of it was applied. The worker pauses between the
+retries (the writes queued behind would meet the same full disk); for ``FULL_FAST_FOR`` s
+after a refusal, writes get one try, so a queue of them is not held up by every one's
+pauses. Once the filesystem has room for the reserve again (twice its size free), it is made
+again. ``stats()`` counts the writes that met a full disk, those refused, and the reserve's
+size, for ``/v1/metrics``.
 """
 
 from __future__ import annotations
@@ -52,23 +74,32 @@ import bisect
 import builtins
 import contextlib
 import json
+import logging
 import os
 import sqlite3
+import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from elastin.store.base import (
     JSON,
     Compare,
     KeyValue,
     StoreClosedError,
+    StoreCorruptError,
     StoreError,
+    StoreFullError,
     TxnResult,
     WatchEvent,
 )
 from elastin.store.hub import HubStore
+
+log = logging.getLogger("elastin.store")
 
 FORMAT = "elastin-state-1"
 
@@ -89,6 +120,16 @@ T = TypeVar("T")
 # What a job returns: its result, and the changes it committed (empty unless it wrote).
 _Done = tuple[T, Sequence[WatchEvent]]
 _IN_CHUNK = 500  # keys per ``IN (...)`` (SQLite limits the variables of one statement)
+
+RESERVE_BYTES = 1 << 20  # the reserve file: room for hundreds of stops and deletes
+RESERVE_SUFFIX = ".reserve"
+FULL_BACKOFF = (0.05, 0.2, 0.5, 1.0)  # pauses before the retries of a write on a full disk
+RESERVE_RETRY_EVERY = 2.0  # seconds between tries to make the reserve again
+FULL_FAST_FOR = 1.0  # after a refused write, seconds in which the next ones are not retried
+
+# primary result codes (the low byte of an extended code)
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_IOERR, _SQLITE_NOTADB = 11, 13, 10, 26
+_LOW_SPACE = 64 << 10  # an I/O error with less than this free is taken for a full disk
 
 
 def _prefix_end(prefix: str) -> str:
@@ -111,6 +152,112 @@ def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
         raise
 
 
+def mount_point(path: str | os.PathLike[str]) -> str:
+    """The mount point of the filesystem that holds ``path`` (what to free space on)."""
+    p = os.path.realpath(path)
+    while not os.path.ismount(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem of ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _is_corrupt(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(e)
+
+
+def _is_full(e: sqlite3.Error, path: Path) -> bool:
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    if code == _SQLITE_FULL or "disk is full" in str(e):
+        return True
+    if code == _SQLITE_IOERR:  # e.g. growing the WAL index (-shm) on a full tmpfs
+        with contextlib.suppress(OSError):
+            return free_bytes(path.parent) < _LOW_SPACE
+    return False
+
+
+def _file_problem(path: Path) -> str:
+    """What is wrong when ``path`` is not a SQLite file or is shorter than its header says
+    (a truncated copy), or "". The length only without a WAL: the WAL may hold pages the
+    file does not have yet."""
+    with open(path, "rb") as f:
+        header = f.read(100)
+    size = path.stat().st_size
+    if not header.startswith(b"SQLite format 3\x00"[: len(header)]):
+        return "no SQLite header: not an Elastin state database, or its start was overwritten"
+    if len(header) < 100:
+        return "" if size == 0 else f"the file is {size} bytes, shorter than a database header"
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    pages, change, valid_for = struct.unpack(">I", header[28:32])[0], header[24:28], header[92:96]
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return ""
+    if pages and change == valid_for and size < pages * page_size:
+        return (
+            f"the file is {size} bytes but its header says {pages * page_size}: "
+            "it was cut short (truncated)"
+        )
+    return ""
+
+
+@dataclass
+class CheckReport:
+    """What ``check_file`` found: ``ok``, and the problems (SQLite's words, one a line)."""
+
+    path: str
+    ok: bool
+    problems: builtins.list[str] = field(default_factory=builtins.list)
+    revision: int = 0
+    keys: int = 0
+
+
+def check_file(path: str | os.PathLike[str], max_problems: int = 20) -> CheckReport:
+    """``PRAGMA integrity_check`` of the state file ``path`` on a read-only connection (a
+    server may be running on it: nothing is written). Never raises for a damaged file."""
+    p = Path(path)
+    if not p.exists():
+        return CheckReport(str(p), False, [f"{p} does not exist"])
+    problems = [t] if (t := _file_problem(p)) else []
+    revision = keys = 0
+    # With no WAL beside it no one has it open: ``immutable`` reads without making the WAL
+    # and its index (-wal, -shm) that a read-only connection would otherwise leave behind.
+    wal = p.with_name(p.name + "-wal")
+    flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"file:{quote(str(p))}?{flags}", uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        return CheckReport(str(p), False, [*problems, f"cannot open it: {e}"])
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        rows = db.execute(f"PRAGMA integrity_check({int(max_problems)})").fetchall()
+        found = [str(r[0]) for r in rows if r[0] != "ok"]
+        problems += found
+        if not found:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if not {"meta", "kv", "log"} <= tables:
+                problems.append("it is a SQLite database but not an Elastin state database")
+            else:
+                fmt = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+                if fmt is not None and fmt[0] != FORMAT:
+                    problems.append(
+                        f"it has state format {fmt[0]!r}; this Elastin reads {FORMAT!r}"
+                    )
+                rev = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+                revision = int(rev[0]) if rev else 0
+                keys = int(db.execute("SELECT count(*) FROM kv").fetchone()[0])
+    except sqlite3.Error as e:
+        problems.append(str(e))
+    finally:
+        db.close()
+    return CheckReport(str(p), not problems, problems, revision, keys)
+
+
 def _settle(fut: asyncio.Future[T], result: T) -> None:
     if not fut.done():  # its caller may have been cancelled
         fut.set_result(result)
@@ -122,12 +269,30 @@ def _fail(fut: asyncio.Future[T], exc: BaseException) -> None:
 
 
 class SqliteStore(HubStore):
-    def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = False,
+        reserve_bytes: int = RESERVE_BYTES,
+        full_backoff: Sequence[float] = FULL_BACKOFF,
+    ) -> None:
         self.path = Path(path)
-        # Owned by the worker thread: the connection, its revision and compaction floor.
+        self.reserve = self.path.with_name(self.path.name + RESERVE_SUFFIX)
+        self.reserve_bytes = reserve_bytes
+        self._full_backoff = tuple(full_backoff)
+        # Owned by the worker thread: the connection, its revision and compaction floor, the
+        # full-disk state (counters read by ``stats()`` on the loop: ints, no lock needed).
         self._db: sqlite3.Connection
         self._db_rev = 0
         self._compacted = 0
+        self._broken: StoreCorruptError | None = None
+        self._writes_full = 0  # jobs that met a full disk (each retried)
+        self._writes_refused = 0  # jobs refused after their retries
+        self._reserve_held = 0  # bytes of the reserve file now
+        self._disk_full = False  # since a write met a full disk, until one succeeds
+        self._next_reserve_try = 0.0
+        self._fast_until = 0.0  # a write was just refused: do not make the queue wait again
         self._rows: builtins.list[tuple[str, str, int, int]] = []  # kv as read at open
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         try:
@@ -147,13 +312,26 @@ class SqliteStore(HubStore):
 
     # event loop side ---------------------------------------------------------------------
     def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
         if self._closing is not None:
             raise StoreClosedError("the store is closed")
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``/v1/metrics``: writes that met a full disk (and were retried),
+        writes refused after their retries, and the reserve file's size now."""
+        return {
+            "writes_disk_full": self._writes_full,
+            "writes_refused": self._writes_refused,
+            "reserve_bytes": self._reserve_held,
+        }
 
     def _call(
         self,
         job: Callable[[], _Done[T]],
         applied: Callable[[T], Sequence[WatchEvent]] | None = None,
+        *,
+        closing: bool = False,
     ) -> asyncio.Future[T]:
         """Queue ``job`` on the worker; on the loop, ``applied(result)`` says what changed
         (and brings the mirror forward), and the changes are published before the future
@@ -163,7 +341,10 @@ class SqliteStore(HubStore):
 
         def run() -> None:  # on the worker thread
             try:
-                result, events = job()
+                result, events = job() if closing else self._run(job)
+            except StoreCorruptError as e:
+                loop.call_soon_threadsafe(self._failed_now, e)
+                loop.call_soon_threadsafe(_fail, fut, e)
             except sqlite3.Error as e:
                 err = StoreError(f"state database {self.path}: {e}")
                 err.__cause__ = e
@@ -269,7 +450,7 @@ class SqliteStore(HubStore):
             return
         self._closing = asyncio.get_running_loop().create_future()
         try:
-            await self._call(self._close_db)  # after every queued job
+            await self._call(self._close_db, closing=True)  # after every queued job
             self._executor.shutdown(wait=True)  # idle by now: returns at once
         except BaseException:
             # cancelled while jobs were queued: wait for them off the loop
@@ -281,6 +462,100 @@ class SqliteStore(HubStore):
                 self._closing.set_result(None)
 
     # worker thread side ------------------------------------------------------------------
+    def _run(self, job: Callable[[], _Done[T]]) -> _Done[T]:
+        """``job``, retried on a full disk (the reserve released first); damage found here
+        breaks the store for good."""
+        if self._broken is not None:
+            raise self._broken
+        backoff = self._full_backoff if time.monotonic() >= self._fast_until else ()
+        for attempt, pause in enumerate((*backoff, None)):
+            try:
+                done = job()
+            except sqlite3.Error as e:
+                if _is_corrupt(e):
+                    self._broken = StoreCorruptError(str(self.path), str(e))
+                    log.critical("%s", self._broken)
+                    raise self._broken from e
+                if not _is_full(e, self.path):
+                    raise
+                self._writes_full += 1
+                if pause is None:
+                    self._writes_refused += 1
+                    self._fast_until = time.monotonic() + FULL_FAST_FOR
+                    err = StoreFullError(str(self.path), self._filesystem())
+                    log.error("%s (a write was refused after %d retries)", err, attempt)
+                    raise err from e
+                self._make_room(attempt)
+                time.sleep(pause)
+            else:
+                if self._disk_full:
+                    self._disk_full, self._fast_until = False, 0.0
+                    log.warning("the state database %s is writable again", self.path)
+                if not self._reserve_held:
+                    self._restore_reserve()
+                return done
+        raise AssertionError("unreachable")
+
+    def _filesystem(self) -> str:
+        try:
+            return mount_point(self.path.parent)
+        except OSError:
+            return str(self.path.parent)
+
+    def _make_room(self, attempt: int) -> None:
+        """A write met a full disk: release the reserve, and let the retry reuse the WAL."""
+        if attempt == 0:
+            self._disk_full = True
+            held = self._reserve_held
+            self._release_reserve()
+            log.warning(
+                "the data directory's disk is full (%s): a write to %s failed; %s "
+                "and retrying. Free space on %s",
+                self._filesystem(),
+                self.path,
+                f"released the {held} byte reserve {self.reserve}" if held else "no reserve left",
+                self._filesystem(),
+            )
+        with contextlib.suppress(sqlite3.Error):
+            # the WAL copied in: the retry writes over the WAL's start, on space it holds
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+
+    def _release_reserve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.reserve.unlink()
+        self._reserve_held = 0
+        self._next_reserve_try = time.monotonic() + RESERVE_RETRY_EVERY
+
+    def _restore_reserve(self) -> None:
+        """Make the reserve file when the filesystem has room for it twice over (at most
+        every ``RESERVE_RETRY_EVERY`` s): it must not be what fills the disk."""
+        now = time.monotonic()
+        if self.reserve_bytes <= 0 or now < self._next_reserve_try:
+            return
+        self._next_reserve_try = now + RESERVE_RETRY_EVERY
+        try:
+            if self.reserve.exists() and self.reserve.stat().st_size >= self.reserve_bytes:
+                self._reserve_held = self.reserve.stat().st_size
+                return
+            if free_bytes(self.path.parent) < 2 * self.reserve_bytes:
+                return
+            fd = os.open(self.reserve, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                try:  # allocates the blocks (a sparse file would reserve nothing)
+                    os.posix_fallocate(fd, 0, self.reserve_bytes)
+                except OSError:
+                    chunk = b"\0" * (64 << 10)
+                    for _ in range(0, self.reserve_bytes, len(chunk)):
+                        os.write(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._reserve_held = self.reserve_bytes
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+            log.warning("cannot make the reserve file %s: %s", self.reserve, e.strerror or e)
+
     def _open(self, durable: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
@@ -288,7 +563,13 @@ class SqliteStore(HubStore):
             os.close(fd)
         db: sqlite3.Connection | None = None
         try:
+            if problem := _file_problem(self.path):
+                raise StoreCorruptError(str(self.path), problem)
             db = sqlite3.connect(self.path, isolation_level=None)
+            # before anything writes to it: a damaged file is refused, not built upon
+            found = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            if found != ["ok"]:
+                raise StoreCorruptError(str(self.path), "; ".join(found))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute("PRAGMA busy_timeout=5000")
@@ -307,9 +588,14 @@ class SqliteStore(HubStore):
             self._compacted = int(self._meta("compacted") or 0)
             # what the loop's mirror starts from (the constructor takes it over)
             self._rows = db.execute("SELECT key, value, create_rev, mod_rev FROM kv").fetchall()
+            self._restore_reserve()
         except BaseException as e:
             if db is not None:
                 db.close()
+            if isinstance(e, sqlite3.Error) and _is_corrupt(e):
+                raise StoreCorruptError(str(self.path), str(e)) from None
+            if isinstance(e, sqlite3.Error) and _is_full(e, self.path):
+                raise StoreFullError(str(self.path), self._filesystem()) from None
             if isinstance(e, sqlite3.DatabaseError):
                 raise StoreError(
                     f"{self.path} is not an Elastin state database ({e}); move it aside or "

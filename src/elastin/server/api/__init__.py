@@ -62,7 +62,8 @@ from elastin.server.api.middleware import MeshStreams
 from elastin.server.api.users import user_routes
 from elastin.server.auth import token_hint
 from elastin.server.cluster import Cluster
-from elastin.server.errors import ServerError
+from elastin.server.errors import ServerError, from_store_error
+from elastin.store import StoreError
 
 
 def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
@@ -84,6 +85,11 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     @api.exception_handler(ServerError)
     async def server_error(_: Request, exc: ServerError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @api.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        err = from_store_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
 
     @api.exception_handler(RequestValidationError)
     async def request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,7 +44,7 @@ from elastin.server.api.models import (
 )
 from elastin.server.cluster import Cluster
 from elastin.server.errors import Invalid, NotFound
-from elastin.server.metrics import CONTENT_TYPE, render_metrics
+from elastin.server.metrics import CONTENT_TYPE, render_metrics, store_counters
 from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.repo import AppRecord
 from elastin.server.views import AllocFilter
@@ -248,7 +248,9 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
     async def metrics() -> Response:
         allocs, rev = await views.all_allocations()
         t = cluster.telemetry
-        body = render_metrics(rev, allocs, t.usage(), t.mesh())
+        body = render_metrics(
+            rev, allocs, t.usage(), t.mesh(), store_counters(cluster.applier.store)
+        )
         return Response(body, media_type=CONTENT_TYPE)
 
     return r
