@@ -31,7 +31,7 @@ from elastin.scheduler import (
 from elastin.server.nodes import Nodes
 from elastin.server.repo import Repo, Snapshot
 from elastin.server.waits import Changes
-from elastin.store.base import StateStore
+from elastin.store.base import StateStore, StoreError
 
 log = logging.getLogger("elastin.server")
 
@@ -119,5 +119,7 @@ class Applier:
                     await self.repo.prune_events()
                     await self.store.compact(HISTORY_KEPT)
                     last_prune = self.clock.monotonic()
+            except StoreError as e:  # a full disk: said once per pass in one line, retried
+                log.warning("scheduling pass failed: %s; the next pass retries", e)
             except Exception:  # the loop must survive one bad pass; the next one retries
                 log.exception("scheduling pass failed")
