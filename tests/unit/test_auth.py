@@ -78,3 +78,30 @@ def test_the_shared_check_imports_nothing_of_ours() -> None:
         if a.name.startswith("elastin")
     ]
     assert ours == []
+
+
+@pytest.mark.parametrize(
+    ("header", "reaches_app"), [(None, False), (b"Bearer wrong", False), (b"Bearer t0ken", True)]
+)
+async def test_a_websocket_needs_the_token_too(header: bytes | None, reaches_app: bool) -> None:
+    """The token check covered only HTTP: a WebSocket went straight to the app (issue #10)."""
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["type"])
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    headers = [(b"authorization", header)] if header else []
+    scope = {"type": "websocket", "path": "/ws", "headers": headers}
+    await RequireToken(app, token="t0ken")(scope, receive, send)  # type: ignore[arg-type]
+    if reaches_app:
+        assert reached == ["websocket"] and not sent
+    else:
+        assert not reached and sent == [{"type": "websocket.close", "code": 1008}]
