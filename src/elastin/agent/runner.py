@@ -166,13 +166,15 @@ class AllocRunner:
         try:
             await self._run(recovered)
         except asyncio.CancelledError:
+            # the agent stops: the instance (if any) keeps running, so this is not "done"
             raise
         except Exception as e:  # a bug here must not take the agent down with it
             log.exception("runner for %s failed", self.alloc.name)
+            why = f"agent error: {type(e).__name__}: {e}"
+            self._event("alloc.agent_error", f"{why} (traceback in the agent's log)", "error")
             if self.state.status not in TERMINAL:
-                self._set("failed", reason=f"agent error: {e}")
-        finally:
-            self.done.set()
+                self._set("failed", reason=why)
+        self.done.set()
 
     async def _run(self, recovered: Handle | None) -> None:
         w = self.workload
