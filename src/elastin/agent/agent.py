@@ -268,6 +268,7 @@ class Agent:
             port=cfg.api_port,
         )
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
+        self._left_out_told: set[tuple[str, str, str]] = set()  # (allocation, app, why)
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -627,7 +628,9 @@ class Agent:
             f"cannot be rendered ({why}); the agent's log has the details"
         )
         for alloc_id, r in list(self.runners.items()):
-            if r.alloc.app == app or alloc_id in callers:
+            told = (alloc_id, app, why)
+            if (r.alloc.app == app or alloc_id in callers) and told not in self._left_out_told:
+                self._left_out_told.add(told)  # once per allocation and reason
                 event = ("mesh.left_out", r.alloc.name, message, "error")
                 self.reporter.report(alloc_id, events=[event])
 

@@ -198,32 +198,35 @@ class MeshManager:
         return text
 
     def _renderable(self, snap: MeshSnapshot) -> MeshSnapshot:
-        """``snap`` without the applications whose part cannot be rendered; says once (log,
-        ``on_left_out``) when an application is left out, and when it is back."""
+        """``snap`` without the applications whose part cannot be rendered; logs once when an
+        application is left out (and when it is no longer), and tells ``on_left_out`` at every
+        version that leaves it out."""
         assert self.proxy is not None
         kept, text, bad = leave_out_unrenderable(snap, self.proxy.paths())
         self._rendered = (kept, text)  # what ``_full`` loads, when it reloads
         for app, why in bad.items():
-            if self.left_out.get(app) == why:
-                continue
-            dropped = [
-                lst for lst in snap.listeners if app_of(lst.cluster) == app
-            ]  # listeners named <allocation>.<upstream>
-            callers = tuple(sorted({lst.name.split(".", 1)[0] for lst in dropped}))
-            log.error(
-                "mesh version %d: application %s left out of this node's proxy, its "
-                "configuration cannot be rendered (%s); the other applications keep theirs",
-                snap.version,
-                app,
-                why,
-            )
-            if self.on_left_out is not None:
+            if self.left_out.get(app) != why:
+                log.error(
+                    "mesh version %d: application %s left out of this node's proxy, its "
+                    "configuration cannot be rendered (%s); the other applications keep theirs",
+                    snap.version,
+                    app,
+                    why,
+                )
+            if self.on_left_out is not None:  # every version: its allocations here change
+                # the listeners dropped with it are named <allocation>.<upstream>
+                dropped = [lst for lst in snap.listeners if app_of(lst.cluster) == app]
+                callers = tuple(sorted({lst.name.split(".", 1)[0] for lst in dropped}))
                 try:
                     self.on_left_out(app, why, callers)
                 except Exception:
                     log.exception("cannot report that %s was left out of the mesh", app)
         for app in set(self.left_out) - set(bad):
-            log.warning("mesh version %d: application %s is back in the proxy", snap.version, app)
+            log.warning(
+                "mesh version %d: application %s is no longer left out of the proxy",
+                snap.version,
+                app,
+            )
         self.left_out = bad
         return kept
 
