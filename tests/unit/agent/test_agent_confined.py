@@ -241,3 +241,56 @@ async def test_an_error_the_agent_cannot_confine_ends_run_with_agent_failed(
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert critical and critical[0].exc_info is not None
     assert "internal error" in critical[0].getMessage()
+
+
+def test_the_mesh_snapshot_leaves_out_an_app_whose_part_cannot_be_built(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The snapshot every agent receives: one app's clusters or listeners failing to build
+    (data validation did not catch, a bug) leaves that app out, not the whole mesh."""
+    import elastin.mesh.model.build as build_mod
+    from elastin.model.spec import parse_spec
+
+    def spec(app: str) -> Any:
+        return parse_spec(
+            f"app: {app}\nservices:\n"
+            "  web:\n    command: x\n    upstreams: [api]\n"
+            "  api:\n    command: y\n    ports: {http: 0}\n"
+        )
+
+    def running(app: str, i: str, w: str, ports: dict[str, int]) -> Allocation:
+        return Allocation(
+            id=f"{app[0]}{i}",
+            app=app,
+            workload=w,
+            index=0,
+            node_id="n1",
+            status="running",
+            ports=tuple(ports.items()),
+        )
+
+    apps = {"bad": spec("bad"), "good": spec("good")}
+    allocs = [
+        running(app, i, w, ports)
+        for app in apps
+        for i, w, ports in (("1", "web", {"upstream.api": 21000}), ("2", "api", {"http": 9001}))
+    ]
+    real = build_mod._cluster
+
+    def cluster(name: str, *args: Any) -> Cluster:
+        if name.startswith("bad."):
+            raise TypeError("'<' not supported between 'str' and 'int'")
+        return real(name, *args)
+
+    monkeypatch.setattr(build_mod, "_cluster", cluster)
+    snap = build_mod.build_snapshot(3, "n1", apps, allocs, {"n1": "127.0.0.1"})
+    assert [c.name for c in snap.clusters] == ["good.api.http"]
+    assert [lst.cluster for lst in snap.listeners] == ["good.api.http"]
+    (record,) = [r for r in caplog.records if "bad" in r.getMessage()]
+    assert record.exc_info is not None
+    # a caller whose listeners cannot be built loses those, the others keep theirs
+    monkeypatch.setattr(build_mod, "_cluster", real)
+    broken = {**apps, "bad": replace(apps["bad"], workloads=None)}  # not a sequence
+    snap = build_mod.build_snapshot(4, "n1", broken, allocs, {"n1": "127.0.0.1"})
+    assert [c.name for c in snap.clusters] == ["good.api.http"]
+    assert [lst.cluster for lst in snap.listeners] == ["good.api.http"]
