@@ -489,9 +489,10 @@ class Agent:
         try:
             await runner.run(recovered)
         except Exception as e:
-            if runner.state.status not in TERMINAL:
+            final = runner.state.status in TERMINAL
+            if not final:
                 runner.state.status = "failed"
-            self.agent_error(runner.alloc, "running it", e, fail=True)
+            self.agent_error(runner.alloc, "running it", e, fail=not final)
             runner.done.set()
         if runner.state.status == "failed" and runner.handle is not None:
             handle, runner.handle = runner.handle, None

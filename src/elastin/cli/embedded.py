@@ -80,8 +80,9 @@ async def run_embedded(
             for t in (main_task, stop_task, agent_task):
                 t.cancel()
             await _bounded({main_task, stop_task, agent_task}, "the agent")
-            # after the mesh manager stopped, so that nothing starts it again
-            agent.stop_mesh_if_idle(force=stop_workloads)
+            if stop_workloads and not failed:  # else it was kept only while instances run
+                # after the mesh manager stopped, so that nothing starts it again
+                agent.stop_mesh_if_idle(force=True)
             done.set()
 
     server = asyncio.create_task(
