@@ -70,7 +70,8 @@ RETRY_MAX = 30.0  # seconds: the longest wait before a failed task is run again
 async def keep_running(
     name: str, task: Callable[[], Awaitable[None]], clock: Clock = SYSTEM
 ) -> None:
-    """Run ``task`` until cancelled; when it fails unexpectedly, log the error with its
+    """Run ``task`` until it returns (or is cancelled); when it fails unexpectedly, log the
+    error with its
     traceback and run it again (after 1 s, doubling up to ``RETRY_MAX`` while it keeps
     failing): one bug in one of the agent's loops does not stop the node's other work."""
     delay = 1.0
@@ -80,10 +81,11 @@ async def keep_running(
             await task()
             return
         except Exception:
+            if clock.monotonic() - started > RETRY_MAX:
+                delay = 1.0  # it had been working for a while: a new failure, not the same
             log.exception("%s failed unexpectedly; running it again in %gs", name, delay)
         await clock.sleep(delay)
-        ran = clock.monotonic() - started
-        delay = 1.0 if ran > RETRY_MAX else min(delay * 2, RETRY_MAX)
+        delay = min(delay * 2, RETRY_MAX)
 
 
 class Proxy(Protocol):

@@ -225,8 +225,11 @@ async def test_a_failing_loop_is_logged_and_run_again(caplog: pytest.LogCaptureF
         if len(runs) < 3:
             raise RuntimeError("a bug")
 
-    await keep_running("flaky", flaky, FakeClock(autojump=True))
+    clock = FakeClock(autojump=True)
+    t0 = clock.monotonic()
+    await keep_running("flaky", flaky, clock)
     assert len(runs) == 3
+    assert clock.monotonic() - t0 == 1 + 2  # a growing pause between the runs
     failures = [r for r in caplog.records if "flaky failed" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info for r in failures)
 
