@@ -71,9 +71,9 @@ async def keep_running(
     name: str, task: Callable[[], Awaitable[None]], clock: Clock = SYSTEM
 ) -> None:
     """Run ``task`` until it returns (or is cancelled); when it fails unexpectedly, log the
-    error with its
-    traceback and run it again (after 1 s, doubling up to ``RETRY_MAX`` while it keeps
-    failing): one bug in one of the agent's loops does not stop the node's other work."""
+    error with its traceback and run it again (after 1 s, doubling up to ``RETRY_MAX`` while
+    it keeps failing): one bug in one of the agent's loops does not stop the node's other
+    work."""
     delay = 1.0
     while True:
         started = clock.monotonic()
