@@ -88,6 +88,15 @@ async def keep_running(
         delay = min(delay * 2, RETRY_MAX)
 
 
+def without(snap: MeshSnapshot, apps: set[str]) -> MeshSnapshot:
+    """``snap`` without the clusters of ``apps`` and the listeners that lead to them."""
+    if not apps:
+        return snap
+    clusters = tuple(c for c in snap.clusters if app_of(c.name) not in apps)
+    listeners = tuple(lst for lst in snap.listeners if app_of(lst.cluster) not in apps)
+    return replace(snap, clusters=clusters, listeners=listeners)
+
+
 class Proxy(Protocol):
     """What the manager needs of a node's proxy (``HaproxyProcess``, ``FakeProxy``).
 
@@ -199,10 +208,23 @@ class MeshManager:
         self._rendered = (snap, text)
         return text
 
+    def _left_out_changed(self, snap: MeshSnapshot) -> bool:
+        """Whether the applications left out would not all be left out of ``snap`` (fixed,
+        or gone): rendered alone, they cost what they are."""
+        if not self.left_out:
+            return False
+        assert self.proxy is not None
+        apps = set(self.left_out)
+        alone = replace(
+            snap,
+            clusters=tuple(c for c in snap.clusters if app_of(c.name) in apps),
+            listeners=tuple(lst for lst in snap.listeners if app_of(lst.cluster) in apps),
+        )
+        return leave_out_unrenderable(alone, self.proxy.paths())[2] != self.left_out
+
     def _renderable(self, snap: MeshSnapshot) -> MeshSnapshot:
-        """``snap`` without the applications whose part cannot be rendered; logs once when an
-        application is left out (and when it is no longer), and tells ``on_left_out`` at every
-        version that leaves it out."""
+        """``snap`` without the applications whose part cannot be rendered (``left_out``);
+        logs when an application is left out, and when it is no longer."""
         assert self.proxy is not None
         kept, text, bad = leave_out_unrenderable(snap, self.proxy.paths())
         self._rendered = (kept, text)  # what ``_full`` loads, when it reloads
@@ -215,14 +237,6 @@ class MeshManager:
                     app,
                     why,
                 )
-            if self.on_left_out is not None:  # every version: its allocations here change
-                # the listeners dropped with it are named <allocation>.<upstream>
-                dropped = [lst for lst in snap.listeners if app_of(lst.cluster) == app]
-                callers = tuple(sorted({lst.name.split(".", 1)[0] for lst in dropped}))
-                try:
-                    self.on_left_out(app, why, callers)
-                except Exception:
-                    log.exception("cannot report that %s was left out of the mesh", app)
         for app in set(self.left_out) - set(bad):
             log.warning(
                 "mesh version %d: application %s is no longer left out of the proxy",
@@ -251,19 +265,37 @@ class MeshManager:
         """Bring the proxy to ``snap``; returns what was done (for logs and tests):
         "idle", "started", "reloaded", "updated" (runtime commands) or "unchanged"."""
         async with self._lock:
-            return await self._apply(snap)
+            done = await self._apply(snap)
+        self._tell_left_out(snap)
+        return done
+
+    def _tell_left_out(self, snap: MeshSnapshot) -> None:
+        """``on_left_out`` for every application left out, at every version: the allocations
+        here that should hear of it change from one version to the next."""
+        if self.on_left_out is None:
+            return
+        for app, why in self.left_out.items():
+            # the listeners dropped with it are named <allocation>.<upstream>
+            dropped = [lst for lst in snap.listeners if app_of(lst.cluster) == app]
+            callers = tuple(sorted({lst.name.split(".", 1)[0] for lst in dropped}))
+            try:
+                self.on_left_out(app, why, callers)
+            except Exception:
+                log.exception("cannot report that %s was left out of the mesh", app)
 
     async def _apply(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
-        snap = self._renderable(replace(snap, metrics_port=self.exporter_port))
-        if not snap.listeners and not self.proxy.alive():
-            self.current = snap
+        full = replace(snap, metrics_port=self.exporter_port)
+        if not full.listeners and not self.proxy.alive():
+            self.current = full
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
         if self.current is None or not self.proxy.alive():
-            return await self._full(snap)
+            return await self._full(self._renderable(full))
+        # endpoint churn needs no render of the whole; what was left out is tried alone
+        snap = without(full, set(self.left_out))
         d = diff(self.current, snap)
-        if d.reload:
-            return await self._full(snap)
+        if d.reload or self._left_out_changed(full):
+            return await self._full(self._renderable(full))
         now, later = runtime_commands(d, snap)
         try:
             for cmd in now:
@@ -271,7 +303,7 @@ class MeshManager:
                 self.runtime_commands += 1
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
-            return await self._full(snap)
+            return await self._full(self._renderable(full))
         self.pending_deletes += later
         self.current = snap
         return "updated" if now else "unchanged"
