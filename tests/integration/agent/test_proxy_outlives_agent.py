@@ -1,13 +1,14 @@
 """The node's HAProxy outlives its agent while instances run (issue #10, item 8), and an agent
 that must stop on an internal error says so (item 3).
 
-A real ``elastin daemon`` (server + agent) runs a service and a caller with an upstream; the
-daemon is stopped with SIGTERM, then killed with SIGKILL: each time the instances and
-HAProxy keep running and the caller's upstream listener keeps answering through HAProxy; a
-new daemon adopts that HAProxy (the same master, reloaded, never a second one). Requests
-sent all along never fail. Once the application is deleted (no instance left), stopping the
-daemon stops HAProxy. A daemon whose agent cannot run exits non-zero with a line that says
-why (it exited 0, silently)."""
+A real ``elastin daemon`` (server + agent), or an ``elastin server`` and an ``elastin
+agent``, run a service and a caller with an upstream; the agent is stopped with SIGTERM, then
+killed with SIGKILL: each time the instances and HAProxy keep running and the caller's
+upstream listener keeps answering through HAProxy; a new agent adopts that HAProxy (the same
+master, reloaded, never a second one). Requests sent all along never fail. Once the
+application is deleted (no instance left), stopping the agent stops HAProxy (the daemon
+stopped it while instances ran; ``elastin agent`` never stopped it). An agent that cannot run
+exits non-zero with a line that says why (the daemon exited 0, silently)."""
 
 from __future__ import annotations
 
@@ -88,9 +89,13 @@ def pid_alive(pid: int) -> bool:
 
 
 class Node:
-    """A data directory, a cgroup root and the daemons started on them."""
+    """A data directory, a cgroup root and what runs on them: ``elastin daemon`` (server and
+    agent in one process), or with ``split`` an ``elastin server`` and an ``elastin agent``
+    (``start`` and ``stop`` then start and stop the agent alone)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, split: bool = False) -> None:
+        self.split = split
+        self.server: subprocess.Popen[bytes] | None = None
         self.tmp = tmp
         self.data = tmp / "data"
         self.log = tmp / "daemon.log"
@@ -106,26 +111,35 @@ class Node:
             self.env.pop(var, None)
         self.daemon: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> subprocess.Popen[bytes]:
-        (self.data / "server.json").unlink(missing_ok=True)
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as out:
-            self.daemon = subprocess.Popen(
-                [PY, "-m", "elastin.cli.main", "daemon", "--port", "0"],
+            return subprocess.Popen(
+                [PY, "-m", "elastin.cli.main", *args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        daemon = self.daemon
 
-        def serving() -> bool:
-            assert daemon.poll() is None, "the daemon exited"
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start the daemon, or the agent (and the server first, once) with ``split``."""
+        if self.split and self.server is not None:
+            self.daemon = self._spawn("agent")
+            return self.daemon
+        (self.data / "server.json").unlink(missing_ok=True)
+        self.daemon = self._spawn("server" if self.split else "daemon", "--port", "0")
+        serving = self.daemon
+
+        def listening() -> bool:
+            assert serving.poll() is None, "it exited"
             info = json.loads((self.data / "server.json").read_text())
-            return bool(info["pid"] == daemon.pid)
+            return bool(info["pid"] == serving.pid)
 
-        wait_for(serving, 30, "the daemon's server", self.log)
-        return daemon
+        wait_for(listening, 30, "the server", self.log)
+        if self.split:
+            self.server, self.daemon = self.daemon, self._spawn("agent")
+        return self.daemon
 
     def stop(self, sig: int) -> int:
         assert self.daemon is not None
@@ -182,17 +196,18 @@ class Node:
         return out
 
     def close(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.kill()
-            self.daemon.wait(30)
+        for proc in (self.daemon, self.server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
         destroy_root(self.cgroup_root)
         for pid in self.haproxy_masters():
             os.killpg(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node(tmp_path)
+@pytest.fixture(params=["daemon", "server+agent"])
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
+    n = Node(tmp_path, split=request.param == "server+agent")
     try:
         yield n
     finally:
@@ -296,19 +311,13 @@ def test_haproxy_outlives_a_stopped_or_killed_agent_and_the_next_one_adopts_it(
     assert node.haproxy_masters() == []
 
 
-def test_a_daemon_whose_agent_cannot_run_exits_non_zero_and_says_why(node: Node) -> None:
+def test_an_agent_that_cannot_run_exits_non_zero_and_says_why(node: Node) -> None:
     node.data.mkdir(parents=True)
     (node.data / "allocs").write_text("a file where the agent keeps its instances' directories")
-    with open(node.log, "ab") as out:
-        proc = subprocess.Popen(
-            [PY, "-m", "elastin.cli.main", "daemon", "--port", "0"],
-            env=node.env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    node.daemon = proc
+    if node.split:
+        proc = node.start()  # the server, then the agent
+    else:
+        proc = node.daemon = node._spawn("daemon", "--port", "0")
     code = proc.wait(60)
     log = node.log.read_text()
     assert code == 1, log
