@@ -569,11 +569,15 @@ class Agent:
 
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops, and so does the
-        node's HAProxy while any does (the next agent adopts both). ``AgentFailed`` (logged)
-        when the agent must stop on an error it could not confine."""
+        node's HAProxy while any does (the next agent adopts both). ``OSError`` when its
+        environment does not let it run (a path, a port); ``AgentFailed`` (logged with the
+        traceback) when it must stop on an error it could not confine."""
         try:
             self.alloc_root.mkdir(parents=True, exist_ok=True)
             await self._run()
+        except OSError as e:  # its environment (a path, a port): the command says what
+            log.error("the agent cannot run: %s", e)
+            raise
         except Exception as e:
             log.critical(
                 "the agent stopped on an internal error; its instances keep running",

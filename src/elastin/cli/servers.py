@@ -168,6 +168,8 @@ def _run_async(main: Callable[[], Any]) -> None:
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as e:
+        if e.filename:
+            fail(f"{e.strerror or e}: {e.filename}", "check that path and its permissions")
         fail(str(e.strerror or e))
     except AgentFailed as e:
         fail(

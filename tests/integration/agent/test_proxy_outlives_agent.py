@@ -8,7 +8,7 @@ upstream listener keeps answering through HAProxy; a new agent adopts that HAPro
 master, reloaded, never a second one). Requests sent all along never fail. Once the
 application is deleted (no instance left), stopping the agent stops HAProxy (the daemon
 stopped it while instances ran; ``elastin agent`` never stopped it). An agent that cannot run
-exits non-zero with a line that says why (the daemon exited 0, silently)."""
+exits non-zero with a line that says why and where (the daemon exited 0, silently)."""
 
 from __future__ import annotations
 
@@ -321,5 +321,6 @@ def test_an_agent_that_cannot_run_exits_non_zero_and_says_why(node: Node) -> Non
     code = proc.wait(60)
     log = node.log.read_text()
     assert code == 1, log
-    assert "the agent stopped on an internal error" in log
-    assert "FileExistsError" in log
+    assert "the agent cannot run" in log  # the agent's log line
+    assert f"File exists: {node.data / 'allocs'}" in log  # the command's: what and where
+    assert "Traceback" not in log

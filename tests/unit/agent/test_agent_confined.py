@@ -237,13 +237,29 @@ async def test_a_failing_loop_is_logged_and_run_again(caplog: pytest.LogCaptureF
 async def test_an_error_the_agent_cannot_confine_ends_run_with_agent_failed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (tmp_path / "allocs").write_text("a file where the agent keeps its instances' directories")
     a, _ = agent(tmp_path)
-    with pytest.raises(AgentFailed, match="FileExistsError"):
+
+    async def register() -> Any:
+        raise RuntimeError("a bug outside any allocation")
+
+    a.register = register  # type: ignore[method-assign]
+    with pytest.raises(AgentFailed, match="RuntimeError: a bug outside any allocation"):
         await a.run()
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert critical and critical[0].exc_info is not None
+    assert critical and critical[0].exc_info is not None  # the traceback, in the log
     assert "internal error" in critical[0].getMessage()
+
+
+async def test_an_agent_its_environment_does_not_let_run_says_what_and_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "allocs").write_text("a file where the agent keeps its instances' directories")
+    a, _ = agent(tmp_path)
+    with pytest.raises(FileExistsError) as e:
+        await a.run()
+    assert e.value.filename == str(tmp_path / "allocs")
+    (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "cannot run" in line.getMessage() and line.exc_info is None
 
 
 def test_the_mesh_snapshot_leaves_out_an_app_whose_part_cannot_be_built(
