@@ -11,6 +11,17 @@ What should run here is decided by the pure ``elastin.agent.reconcile``; ``Agent
 executes its actions. The client, the DNS and metrics servers and the clock are constructor
 arguments (``Agent(cfg, drivers)`` builds the real ones from the configuration), so tests
 give it fakes; time comes from the injected ``Clock``.
+
+Failures are confined to the allocation or application that caused them: an unexpected error
+while starting, re-attaching or sampling one allocation is logged with its traceback, becomes
+an error event on it and fails it (its instance, if one runs, is stopped); the agent's own
+loops are run again when they fail (``keep_running``); an application whose mesh part cannot
+be rendered is left out of the proxy (an event on its allocations here). Only an error the
+agent cannot confine ends ``run``: it logs it and raises ``AgentFailed`` (the commands exit
+non-zero).
+
+The node's HAProxy outlives the agent while instances run here (they survive an agent restart,
+and the next agent adopts the proxy); ``run`` stops it on the way out only when none does.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from elastin.agent.drivers.base import Driver, Handle
 from elastin.agent.gc import GC_INTERVAL, AllocDir, GcPolicy, collect, disk_used, held_by_handles
 from elastin.agent.gc import scan as scan_allocs
 from elastin.agent.logfiles import Rotation
-from elastin.agent.mesh import MeshManager, local_haproxy
+from elastin.agent.mesh import MeshManager, keep_running, local_haproxy
 from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
 from elastin.agent.reconcile import (
     Forget,
@@ -50,13 +61,18 @@ from elastin.client.http import AsyncClient
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.dns import DnsServer, Target
 from elastin.mesh.model import MeshSnapshot
-from elastin.model.cluster import Allocation, Node, Usage
+from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
 from elastin.model.settled import workload_ready
 from elastin.model.workload import Application, Workload
 
 log = logging.getLogger("elastin.agent")
+
+
+class AgentFailed(Exception):
+    """The agent stopped on an error it could not confine (logged with its traceback)."""
+
 
 HEARTBEAT_INTERVAL = 5.0
 # how often every instance's logs are checked against their cap (an fstat each): a log can
@@ -288,6 +304,7 @@ class Agent:
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)
         self.allocs_collected = 0  # allocation directories garbage-collected
+        self._left_out_told: set[tuple[str, str, str]] = set()  # (allocation, app, why)
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -431,12 +448,17 @@ class Agent:
             handle, alloc, restarts, ports = loaded
             if alloc.kind not in self.drivers:
                 continue
-            w = await self.workload(alloc)
-            runner = self._runner(replace(alloc, restarts=restarts), w)
+            try:
+                w = await self.workload(alloc)
+                runner = self._runner(replace(alloc, restarts=restarts), w)
+            except Exception as e:
+                # its instance keeps running: the next agent (or a fix) may re-attach to it
+                self.agent_error(alloc, "re-attaching to it", e)
+                continue
             runner.ports = ports
             runner.state.restarts = restarts
             self.runners[alloc.id] = runner
-            tg.create_task(runner.run(recovered=handle))
+            tg.create_task(self._run_runner(runner, handle))
             log.info("re-attaching to %s (pid %d)", alloc.name, handle.pid)
 
     async def drain(self, alloc: Allocation, version: int) -> str:
@@ -469,9 +491,13 @@ class Agent:
         for action in reconcile(allocs, runners, self.drivers.keys(), index):
             match action:
                 case Start(alloc=a):
-                    runner = self._runner(a, await self.workload(a))
+                    try:
+                        runner = self._runner(a, await self.workload(a))
+                    except Exception as e:
+                        self.agent_error(a, "preparing to start it", e, fail=True)
+                        continue
                     self.runners[a.id] = runner
-                    tg.create_task(runner.run())
+                    tg.create_task(self._run_runner(runner))
                 case Stop(alloc_id=alloc_id, drain_after=drain_after):
                     self.runners[alloc_id].request_stop(drain_after=drain_after)
                 case ReportStopped(alloc_id=alloc_id, reason=reason):
@@ -482,6 +508,47 @@ class Agent:
                     del self.runners[alloc_id]
                 case StopUnknown(alloc_id=alloc_id, reason=reason):
                     self.runners[alloc_id].request_stop(reason)
+
+    def agent_error(
+        self, alloc: Allocation, doing: str, e: BaseException, fail: bool = False
+    ) -> None:
+        """An unexpected error of the agent's own about ``alloc``: logged with its traceback,
+        an error event on the allocation, and (``fail``) the allocation reported failed."""
+        why = f"agent error while {doing}: {type(e).__name__}: {e}"
+        log.error("%s: %s", alloc.name, why, exc_info=e)
+        fields: dict[str, Any] = {"status": "failed", "reason": why} if fail else {}
+        event = ("alloc.agent_error", alloc.name, f"{why} (traceback in the agent's log)", "error")
+        self.reporter.report(alloc.id, events=[event], **fields)
+
+    async def _run_runner(self, runner: AllocRunner, recovered: Handle | None = None) -> None:
+        """``runner.run``, confined: whatever escapes it fails that allocation alone, and an
+        instance a failed runner leaves behind is stopped (nothing would supervise it)."""
+        try:
+            await runner.run(recovered)
+        except Exception as e:
+            final = runner.state.status in TERMINAL
+            if not final:
+                runner.state.status = "failed"
+            self.agent_error(runner.alloc, "running it", e, fail=not final)
+            runner.done.set()
+        if runner.state.status == "failed" and runner.handle is not None:
+            handle, runner.handle = runner.handle, None
+            try:
+                await runner.driver.stop(handle, 5.0)
+                await runner.driver.cleanup(handle)
+                runner.forget_handle()
+                log.warning(
+                    "%s: stopped its instance (pid %d) after the agent error",
+                    runner.alloc.name,
+                    handle.pid,
+                )
+            except Exception as e:
+                log.error(
+                    "%s: cannot stop its instance (pid %d) after the agent error: %s",
+                    runner.alloc.name,
+                    handle.pid,
+                    e,
+                )
 
     async def watch_allocations(self, tg: asyncio.TaskGroup) -> None:
         index = 0
@@ -515,7 +582,11 @@ class Agent:
         while True:
             usage: dict[str, Usage] = {}
             for alloc_id, runner in list(self.runners.items()):
-                u = await runner.sample()
+                try:
+                    u = await runner.sample()
+                except Exception:  # a bug in one driver's sampling: the others go on
+                    log.exception("cannot sample %s", runner.alloc.name)
+                    continue
                 if u is not None:
                     usage[alloc_id] = u
             total = Usage(
@@ -534,8 +605,26 @@ class Agent:
             await self.clock.sleep(HEARTBEAT_INTERVAL)
 
     async def run(self) -> None:
-        """Run until cancelled. Instances keep running when the agent stops."""
-        self.alloc_root.mkdir(parents=True, exist_ok=True)
+        """Run until cancelled. Instances keep running when the agent stops, and so does the
+        node's HAProxy while any does (the next agent adopts both). ``OSError`` when its
+        environment does not let it run (a path, a port); ``AgentFailed`` (logged with the
+        traceback) when it must stop on an error it could not confine."""
+        try:
+            self.alloc_root.mkdir(parents=True, exist_ok=True)
+            await self._run()
+        except OSError as e:  # its environment (a path, a port): the command says what
+            log.error("the agent cannot run: %s", e)
+            raise
+        except Exception as e:
+            log.critical(
+                "the agent stopped on an internal error; its instances keep running",
+                exc_info=e,
+            )
+            raise AgentFailed(f"{type(e).__name__}: {e}") from e
+        finally:
+            self.stop_mesh_if_idle()
+
+    async def _run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self._close_client)
             await self.api.start()  # the agent's API: logs, relayed by the server
@@ -551,10 +640,15 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self.recover(tg)
-                tg.create_task(self.reporter.run())
-                tg.create_task(self.heartbeat())
-                tg.create_task(self.keep_disk())
-                tg.create_task(self.watch_allocations(tg))
+                clock = self.clock
+                tg.create_task(keep_running("the agent's reporter", self.reporter.run, clock))
+                tg.create_task(keep_running("the agent's heartbeat", self.heartbeat, clock))
+                tg.create_task(keep_running("the agent's disk keeper", self.keep_disk, clock))
+                tg.create_task(
+                    keep_running(
+                        "the agent's allocation watch", lambda: self.watch_allocations(tg), clock
+                    )
+                )
                 if self.cfg.mesh:
                     mesh_dir = self.cfg.data_dir / "mesh"
                     mesh = MeshManager(
@@ -563,10 +657,25 @@ class Agent:
                         mesh_dir,
                         local_haproxy(mesh_dir, self.clock),
                         clock=self.clock,
+                        on_left_out=self.mesh_left_out,
                     )
                     self.mesh = mesh
-                    tg.create_task(mesh.run())
-                    tg.create_task(mesh.supervise())
+                    tg.create_task(keep_running("the mesh manager", mesh.run, clock))
+                    tg.create_task(keep_running("the mesh supervisor", mesh.supervise, clock))
+
+    def mesh_left_out(self, app: str, why: str, callers: tuple[str, ...]) -> None:
+        """The mesh left ``app`` out of this node's proxy: an error event on its allocations
+        here and on those whose upstream listeners to it were dropped."""
+        message = (
+            f"application {app} is left out of this node's proxy: its mesh configuration "
+            f"cannot be rendered ({why}); the agent's log has the details"
+        )
+        for alloc_id, r in list(self.runners.items()):
+            told = (alloc_id, app, why)
+            if (r.alloc.app == app or alloc_id in callers) and told not in self._left_out_told:
+                self._left_out_told.add(told)  # once per allocation and reason
+                event = ("mesh.left_out", r.alloc.name, message, "error")
+                self.reporter.report(alloc_id, events=[event])
 
     async def keep_disk(self) -> None:
         """Every ``LOG_CHECK_SECONDS`` cap every instance's logs; every ``GC_INTERVAL``
@@ -643,11 +752,28 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.client.close()
 
+    def instances_running(self) -> list[str]:
+        """The allocations whose instance may still run on this node: a runner supervising
+        one, or a handle on disk (what the next agent re-attaches to, also when a runner was
+        cancelled because this agent stops)."""
+        running = {alloc_id for alloc_id, r in self.runners.items() if r.handle is not None}
+        with contextlib.suppress(OSError):
+            running |= {p.stem for p in self.state_dir.glob("*.json")}
+        return sorted(running)
+
     def stop_mesh_if_idle(self, force: bool = False) -> None:
-        """Stop this node's HAProxy when no instance runs here any more (or ``force``)."""
-        idle = force or all(r.done.is_set() for r in self.runners.values())
-        if idle and self.mesh is not None and self.mesh.proxy is not None:
+        """Stop this node's HAProxy when no instance runs here any more (or ``force``); while
+        one does, the proxy keeps serving its upstream listeners without the agent."""
+        if self.mesh is None or self.mesh.proxy is None:
+            return
+        running = self.instances_running()
+        if force or not running:
             self.mesh.proxy.stop()
+        elif self.mesh.proxy.alive():
+            log.warning(
+                "the node's HAProxy keeps running for %d instance(s); the next agent adopts it",
+                len(running),
+            )
 
     async def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every instance this agent runs (used by `elastin up` on Ctrl-C)."""

@@ -16,6 +16,12 @@ before. Everything runs on the event loop: runtime commands through the proxy's 
 client, starts and reloads in a worker thread; one ``asyncio.Lock`` serialises apply, the
 deletion of drained servers and restarts.
 
+Failures stay confined: an application whose part of the configuration cannot be rendered is
+left out of it (``leave_out_unrenderable``; logged with the reason, and ``on_left_out`` tells
+the agent, which makes it an event) while every other application keeps its listeners; an
+unexpected error in one step is logged with its traceback and the step is tried again
+(``keep_running``), it never ends the agent.
+
 The access log: HAProxy writes it into a ring in its memory; the manager's
 ``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
 HAProxy's own messages), which ``elastin logs --mesh`` reads, and rotates that file.
@@ -27,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +43,7 @@ from elastin.client.errors import ClientError
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
-from elastin.mesh.haproxy.render import Paths, render
+from elastin.mesh.haproxy.render import Paths, app_of, leave_out_unrenderable, render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
 from elastin.mesh.haproxy.stats import allocation_in_flight, parse_stats
@@ -55,6 +61,40 @@ SUPERVISE_SECONDS = 1.0  # how often the proxy's life, its log and its counters 
 
 # per-cluster counters of the node's proxy, as ``parse_stats`` reads them
 Stats = dict[str, ClusterStats]
+# told when an application is left out of the proxy's configuration: (app, why, the local
+# allocations whose upstream listeners to it were dropped)
+LeftOut = Callable[[str, str, tuple[str, ...]], None]
+RETRY_MAX = 30.0  # seconds: the longest wait before a failed task is run again
+
+
+async def keep_running(
+    name: str, task: Callable[[], Awaitable[None]], clock: Clock = SYSTEM
+) -> None:
+    """Run ``task`` until it returns (or is cancelled); when it fails unexpectedly, log the
+    error with its traceback and run it again (after 1 s, doubling up to ``RETRY_MAX`` while
+    it keeps failing): one bug in one of the agent's loops does not stop the node's other
+    work."""
+    delay = 1.0
+    while True:
+        started = clock.monotonic()
+        try:
+            await task()
+            return
+        except Exception:
+            if clock.monotonic() - started > RETRY_MAX:
+                delay = 1.0  # it had been working for a while: a new failure, not the same
+            log.exception("%s failed unexpectedly; running it again in %gs", name, delay)
+        await clock.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+
+
+def without(snap: MeshSnapshot, apps: set[str]) -> MeshSnapshot:
+    """``snap`` without the clusters of ``apps`` and the listeners that lead to them."""
+    if not apps:
+        return snap
+    clusters = tuple(c for c in snap.clusters if app_of(c.name) not in apps)
+    listeners = tuple(lst for lst in snap.listeners if app_of(lst.cluster) not in apps)
+    return replace(snap, clusters=clusters, listeners=listeners)
 
 
 class Proxy(Protocol):
@@ -105,6 +145,7 @@ class MeshManager:
         proxy: Proxy | None,
         *,
         clock: Clock = SYSTEM,
+        on_left_out: LeftOut | None = None,
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -119,6 +160,9 @@ class MeshManager:
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
         self.exporter_port = self._exporter_port()
+        self.on_left_out = on_left_out
+        self.left_out: dict[str, str] = {}  # applications not in the configuration, and why
+        self._rendered: tuple[MeshSnapshot, str] | None = None  # the last render, reused
 
     @property
     def log_path(self) -> Path:
@@ -158,7 +202,49 @@ class MeshManager:
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
-        return render(snap, self.proxy.paths())
+        if self._rendered is not None and self._rendered[0] is snap:
+            return self._rendered[1]
+        text = render(snap, self.proxy.paths())
+        self._rendered = (snap, text)
+        return text
+
+    def _left_out_changed(self, snap: MeshSnapshot) -> bool:
+        """Whether the applications left out would not all be left out of ``snap`` (fixed,
+        or gone): rendered alone, they cost what they are."""
+        if not self.left_out:
+            return False
+        assert self.proxy is not None
+        apps = set(self.left_out)
+        alone = replace(
+            snap,
+            clusters=tuple(c for c in snap.clusters if app_of(c.name) in apps),
+            listeners=tuple(lst for lst in snap.listeners if app_of(lst.cluster) in apps),
+        )
+        return leave_out_unrenderable(alone, self.proxy.paths())[2] != self.left_out
+
+    def _renderable(self, snap: MeshSnapshot) -> MeshSnapshot:
+        """``snap`` without the applications whose part cannot be rendered (``left_out``);
+        logs when an application is left out, and when it is no longer."""
+        assert self.proxy is not None
+        kept, text, bad = leave_out_unrenderable(snap, self.proxy.paths())
+        self._rendered = (kept, text)  # what ``_full`` loads, when it reloads
+        for app, why in bad.items():
+            if self.left_out.get(app) != why:
+                log.error(
+                    "mesh version %d: application %s left out of this node's proxy, its "
+                    "configuration cannot be rendered (%s); the other applications keep theirs",
+                    snap.version,
+                    app,
+                    why,
+                )
+        for app in set(self.left_out) - set(bad):
+            log.warning(
+                "mesh version %d: application %s is no longer left out of the proxy",
+                snap.version,
+                app,
+            )
+        self.left_out = bad
+        return kept
 
     async def _full(self, snap: MeshSnapshot) -> str:
         """Start or reload with the whole configuration, and check that it took effect: a
@@ -179,19 +265,37 @@ class MeshManager:
         """Bring the proxy to ``snap``; returns what was done (for logs and tests):
         "idle", "started", "reloaded", "updated" (runtime commands) or "unchanged"."""
         async with self._lock:
-            return await self._apply(snap)
+            done = await self._apply(snap)
+        self._tell_left_out(snap)
+        return done
+
+    def _tell_left_out(self, snap: MeshSnapshot) -> None:
+        """``on_left_out`` for every application left out, at every version: the allocations
+        here that should hear of it change from one version to the next."""
+        if self.on_left_out is None:
+            return
+        for app, why in self.left_out.items():
+            # the listeners dropped with it are named <allocation>.<upstream>
+            dropped = [lst for lst in snap.listeners if app_of(lst.cluster) == app]
+            callers = tuple(sorted({lst.name.split(".", 1)[0] for lst in dropped}))
+            try:
+                self.on_left_out(app, why, callers)
+            except Exception:
+                log.exception("cannot report that %s was left out of the mesh", app)
 
     async def _apply(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
-        snap = replace(snap, metrics_port=self.exporter_port)
-        if not snap.listeners and not self.proxy.alive():
-            self.current = snap
+        full = replace(snap, metrics_port=self.exporter_port)
+        if not full.listeners and not self.proxy.alive():
+            self.current = full
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
         if self.current is None or not self.proxy.alive():
-            return await self._full(snap)
+            return await self._full(self._renderable(full))
+        # endpoint churn needs no render of the whole; what was left out is tried alone
+        snap = without(full, set(self.left_out))
         d = diff(self.current, snap)
-        if d.reload:
-            return await self._full(snap)
+        if d.reload or self._left_out_changed(full):
+            return await self._full(self._renderable(full))
         now, later = runtime_commands(d, snap)
         try:
             for cmd in now:
@@ -199,7 +303,7 @@ class MeshManager:
                 self.runtime_commands += 1
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
-            return await self._full(snap)
+            return await self._full(self._renderable(full))
         self.pending_deletes += later
         self.current = snap
         return "updated" if now else "unchanged"
@@ -253,17 +357,28 @@ class MeshManager:
         mailbox: list[MeshSnapshot] = []  # the newest snapshot not applied yet
         arrived = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._receive(mailbox, arrived))
-            tg.create_task(self.access_log.run())
-            tg.create_task(self._delete_drained_loop())
+            tg.create_task(
+                keep_running(
+                    "the mesh snapshot stream", lambda: self._receive(mailbox, arrived), self.clock
+                )
+            )
+            tg.create_task(keep_running("the mesh access log", self.access_log.run, self.clock))
+            tg.create_task(
+                keep_running(
+                    "the mesh's drained-server deletion", self._delete_drained_loop, self.clock
+                )
+            )
             while True:
                 await arrived.wait()
                 arrived.clear()
                 snap = mailbox.pop()
                 try:
                     await self._step(snap)
-                except (HaproxyError, OSError) as e:
-                    log.error("cannot apply mesh version %d: %s", snap.version, e)
+                except Exception as e:
+                    if isinstance(e, HaproxyError | OSError):
+                        log.error("cannot apply mesh version %d: %s", snap.version, e)
+                    else:  # a bug: with its traceback
+                        log.exception("cannot apply mesh version %d", snap.version)
                     await self.clock.sleep(1.0)
                     if not mailbox:  # nothing newer came: try this one again
                         mailbox.append(snap)
@@ -319,4 +434,9 @@ class MeshManager:
                 await self.restart_if_dead()
             except (HaproxyError, OSError) as e:
                 log.error("cannot restart haproxy: %s", e)
-            await self.read_stats()
+            except Exception:
+                log.exception("cannot restart haproxy")
+            try:
+                await self.read_stats()
+            except Exception:
+                log.exception("cannot read haproxy's counters")

@@ -206,12 +206,14 @@ class AllocRunner:
         try:
             await self._run(recovered)
         except asyncio.CancelledError:
-            raise  # the agent stops: the instance keeps running, a new agent re-attaches
+            # the agent stops: the instance (if any) keeps running, so this is not "done"
+            raise
         except Exception as e:  # a bug here must not take the agent down with it
             log.exception("runner for %s failed", self.alloc.name)
-            await self._abandon(f"the agent's runner for it failed: {_describe(e)}")
-        finally:
-            self.done.set()
+            why = f"the agent's runner for it failed: {_describe(e)}"
+            self._event("alloc.agent_error", f"{why} (traceback in the agent's log)", "error")
+            await self._abandon(why)
+        self.done.set()
 
     async def _abandon(self, why: str) -> None:
         """The runner cannot go on: stop the instance it started (nothing would watch it

@@ -48,6 +48,7 @@ async def run_embedded(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shutdown.set)
     done = asyncio.Event()
+    failed: list[BaseException] = []  # the agent's error: raised once everything stopped
 
     async def on_ready(url: str, token: str) -> None:
         agent = Agent(
@@ -60,8 +61,9 @@ async def run_embedded(
             await asyncio.wait(
                 {main_task, stop_task, agent_task}, return_when=asyncio.FIRST_COMPLETED
             )
-            if agent_task.done() and agent_task.exception():
-                raise agent_task.exception()  # type: ignore[misc]
+            if agent_task.done() and (error := agent_task.exception()) is not None:
+                failed.append(error)
+                return  # its runners are gone: nothing to stop through it
             if main_task.done():
                 main_task.result()
             shutdown.set()
@@ -78,8 +80,9 @@ async def run_embedded(
             for t in (main_task, stop_task, agent_task):
                 t.cancel()
             await _bounded({main_task, stop_task, agent_task}, "the agent")
-            # after the mesh manager stopped, so that nothing starts it again
-            agent.stop_mesh_if_idle(force=stop_workloads)
+            if stop_workloads and not failed:  # else it was kept only while instances run
+                # after the mesh manager stopped, so that nothing starts it again
+                agent.stop_mesh_if_idle(force=True)
             done.set()
 
     server = asyncio.create_task(
@@ -90,6 +93,8 @@ async def run_embedded(
         await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if server.done():
             server.result()  # re-raise a startup error (e.g. port in use)
+        if failed:
+            raise failed[0]
     finally:
         server.cancel()
         waiter.cancel()

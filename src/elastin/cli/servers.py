@@ -5,6 +5,7 @@ by the SDK through ``elastin.client.local``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -158,13 +159,31 @@ def agent(
 
 
 def _run_async(main: Callable[[], Any]) -> None:
+    """Run ``main``; a stop (signal, Ctrl-C) exits 0, a failure exits non-zero with a line
+    that says so (the traceback is in the log above it)."""
+    from elastin.agent.agent import AgentFailed
+
     try:
         with errors():  # a damaged or full state store: one message, no traceback
             asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as e:
+        if e.filename:
+            fail(f"{e.strerror or e}: {e.filename}", "check that path and its permissions")
         fail(str(e.strerror or e))
+    except AgentFailed as e:
+        fail(
+            f"the agent stopped on an internal error: {e}",
+            "its log (above) has the traceback; instances keep running and the next agent "
+            "re-attaches to them: please report it",
+        )
+    except Exception as e:
+        logging.getLogger("elastin").critical("stopped on an internal error", exc_info=e)
+        fail(
+            f"stopped on an internal error: {type(e).__name__}: {e}",
+            "the traceback is in the log above: please report it",
+        )
 
 
 @click.command(hidden=True)

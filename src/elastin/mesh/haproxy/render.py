@@ -21,6 +21,10 @@ Mapping of the model:
   into an in-memory ring that the agent drains into the node's log file
   (``elastin.mesh.haproxy.accesslog``): no file write in HAProxy's event loop.
 
+One application's part must not take the others' down: ``leave_out_unrenderable`` finds the
+applications whose clusters cannot be rendered and returns the snapshot without them (and
+without the listeners that lead to them), with the reason for each; the agent renders that.
+
 Server lines carry every parameter explicitly (no ``default-server``), because servers added
 at run time (``add server``) do not inherit defaults: ``server_params`` is the one source of
 both.
@@ -28,7 +32,7 @@ both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from elastin.mesh.model.types import (
     Cluster,
@@ -297,3 +301,47 @@ def render(snapshot: MeshSnapshot, paths: Paths) -> str:
     for c in snapshot.clusters:
         lines += [*_backend(c), ""]
     return "\n".join(lines)
+
+
+def app_of(cluster: str) -> str:
+    """The application a cluster belongs to (``<app>.<service>.<port>``; the whole name of a
+    cluster named otherwise)."""
+    return cluster.split(".", 1)[0]
+
+
+def leave_out_unrenderable(
+    snapshot: MeshSnapshot, paths: Paths
+) -> tuple[MeshSnapshot, str, dict[str, str]]:
+    """``snapshot`` without the applications whose part of the configuration cannot be
+    rendered, its configuration, and why for each application left out (``{app:
+    "ExceptionType: message"}``). A part is a cluster with the listeners that lead to it; an
+    application is left out whole (all its clusters and every listener to them). Nothing is
+    left out when the whole snapshot renders; the error of ``render`` when what is left does
+    not render either (nothing there to blame on one application)."""
+    try:
+        return snapshot, render(snapshot, paths), {}
+    except Exception:  # which part fails is found below
+        pass
+    bad: dict[str, str] = {}
+    for c in snapshot.clusters:
+        app = app_of(c.name)
+        if app in bad:
+            continue
+        part = replace(
+            snapshot,
+            clusters=(c,),
+            listeners=tuple(lst for lst in snapshot.listeners if lst.cluster == c.name),
+        )
+        try:
+            render(part, paths)
+        except Exception as e:  # any failure leaves this app out
+            bad[app] = f"{type(e).__name__}: {e}"
+    present = {c.name for c in snapshot.clusters}
+    for lst in snapshot.listeners:  # a listener to a cluster the snapshot lacks
+        if lst.cluster not in present:
+            bad.setdefault(app_of(lst.cluster), f"listener {lst.name}: no cluster {lst.cluster}")
+    kept = tuple(c for c in snapshot.clusters if app_of(c.name) not in bad)
+    names = {c.name for c in kept}
+    listeners = tuple(lst for lst in snapshot.listeners if lst.cluster in names)
+    rest = replace(snapshot, clusters=kept, listeners=listeners)
+    return rest, render(rest, paths), bad

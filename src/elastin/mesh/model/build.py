@@ -7,10 +7,15 @@
   loopback port for it when it started the instance (kept in the allocation's ports as
   ``upstream.<service>``) and passed it as ``ELASTIN_UPSTREAM_<SERVICE>``. The listener's
   ``owner`` is the calling workload, so the proxy knows the caller from where the call arrived.
+
+One application's data cannot take the others' mesh down: an application whose clusters or
+listeners cannot be built (data the validation did not catch, a bug) is left out, logged with
+its traceback, and every other application keeps its part.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -27,6 +32,8 @@ from elastin.mesh.model.types import (
 )
 from elastin.model.cluster import Allocation
 from elastin.model.workload import Application, MeshPolicy, Workload
+
+log = logging.getLogger("elastin.mesh")
 
 UPSTREAM_PREFIX = "upstream."
 
@@ -57,12 +64,33 @@ def build_clusters(
     node_id: str = "",
 ) -> tuple[Cluster, ...]:
     """Every service port's cluster; endpoints on ``node_id`` are marked local (none when it
-    is "": the form shared by every node, see ``localize``)."""
-    live = [a for a in allocations if a.desired == "run" and not a.terminal]
+    is "": the form shared by every node, see ``localize``). An application whose clusters
+    cannot be built is left out (logged)."""
+    live: dict[str, list[Allocation]] = {}
+    for a in allocations:
+        if a.desired == "run" and not a.terminal:
+            live.setdefault(a.app, []).append(a)
     clusters: list[Cluster] = []
-    for entry in registry(apps, live, node_addresses):
-        w = apps[entry.app].workload(entry.name)
-        assert w is not None
+    for name in sorted(apps):
+        try:
+            clusters += _app_clusters(name, apps[name], live.get(name, []), node_addresses, node_id)
+        except Exception:
+            log.exception("the mesh leaves application %s out: its clusters cannot be built", name)
+    return tuple(clusters)
+
+
+def _app_clusters(
+    name: str,
+    app: Application,
+    live: list[Allocation],
+    node_addresses: Mapping[str, str],
+    node_id: str,
+) -> list[Cluster]:
+    clusters: list[Cluster] = []
+    for entry in registry({name: app}, live, node_addresses):
+        w = app.workload(entry.name)
+        if w is None:
+            raise ValueError(f"the registry names a workload {entry.name!r} the app lacks")
         for port in entry.ports:
             endpoints = tuple(
                 Endpoint(
@@ -77,7 +105,7 @@ def build_clusters(
                 for e in port.endpoints
             )
             clusters.append(_cluster(port.cluster, w, port.protocol, endpoints))
-    return tuple(clusters)
+    return clusters
 
 
 def build_listeners(
@@ -86,38 +114,48 @@ def build_listeners(
     allocations: Iterable[Allocation],
     clusters: Iterable[str],
 ) -> tuple[Listener, ...]:
-    """The upstream listeners of the callers on ``node_id`` (to the clusters named)."""
+    """The upstream listeners of the callers on ``node_id`` (to the clusters named). The
+    listeners of an allocation that cannot be built are left out (logged)."""
     names = set(clusters)
     listeners: list[Listener] = []
     mine = (a for a in allocations if a.node_id == node_id)
     for a in sorted(mine, key=lambda a: a.id):
         if a.desired != "run" or a.terminal:
             continue
-        caller_app = apps.get(a.app)
-        caller = caller_app.workload(a.workload) if caller_app else None
-        if caller_app is None or caller is None:
-            continue
-        ports = dict(a.ports)
-        for up in caller.upstreams:
-            target = caller_app.workload(up)
-            number = ports.get(UPSTREAM_PREFIX + up)
-            if target is None or not target.ports or not number:
-                continue
-            first = target.ports[0]
-            cname = cluster_name(a.app, up, first.name)
-            if cname not in names:
-                continue
-            listeners.append(
-                Listener(
-                    name=f"{a.id}.{up}",
-                    port=number,
-                    cluster=cname,
-                    protocol=first.protocol,
-                    owner=f"{a.app}/{a.workload}",
-                    fault=target.mesh.fault,
-                )
-            )
+        try:
+            listeners += _listeners(a, apps, names)
+        except Exception:
+            log.exception("the mesh leaves the upstreams of %s out: they cannot be built", a.id)
     return tuple(listeners)
+
+
+def _listeners(a: Allocation, apps: Mapping[str, Application], names: set[str]) -> list[Listener]:
+    caller_app = apps.get(a.app)
+    caller = caller_app.workload(a.workload) if caller_app else None
+    if caller_app is None or caller is None:
+        return []
+    ports = dict(a.ports)
+    listeners: list[Listener] = []
+    for up in caller.upstreams:
+        target = caller_app.workload(up)
+        number = ports.get(UPSTREAM_PREFIX + up)
+        if target is None or not target.ports or not number:
+            continue
+        first = target.ports[0]
+        cname = cluster_name(a.app, up, first.name)
+        if cname not in names:
+            continue
+        listeners.append(
+            Listener(
+                name=f"{a.id}.{up}",
+                port=number,
+                cluster=cname,
+                protocol=first.protocol,
+                owner=f"{a.app}/{a.workload}",
+                fault=target.mesh.fault,
+            )
+        )
+    return listeners
 
 
 def wants_ack(allocations: Iterable[Allocation]) -> bool:
