@@ -34,6 +34,7 @@ from elastin.cli.common import (
     print_json,
     read_spec,
 )
+from elastin.cli.servers import run_async
 from elastin.client.discovery import default_data_dir, running_server
 from elastin.client.errors import ClientError
 from elastin.client.http import Client
@@ -205,11 +206,7 @@ def _up_foreground(
     async def run() -> None:
         await run_embedded(data_dir, port=port, main=main, stop_workloads=True)
 
-    try:
-        with errors():  # a damaged or full state store: one message, no traceback
-            asyncio.run(run())
-    except OSError as e:
-        fail(str(e.strerror or e))
+    run_async(run)  # a failure: one message and a non-zero exit, no traceback
     console.print(Text("stopped", style="bold"))
     sys.exit(outcome["code"])
 

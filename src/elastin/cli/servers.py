@@ -52,7 +52,7 @@ def server(host: str, port: int, store_url: str, algorithm: str) -> None:
 
         await run_server(cfg, on_ready=ready)
 
-    _run_async(main)
+    run_async(main)
 
 
 def _loopback_port(flag: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -155,10 +155,10 @@ def agent(
         err_console.print(f"elastin agent for {cfg.server_url} (data in {cfg.data_dir})")
         await Agent(cfg, default_drivers()).run()
 
-    _run_async(main)
+    run_async(main)
 
 
-def _run_async(main: Callable[[], Any]) -> None:
+def run_async(main: Callable[[], Any]) -> None:
     """Run ``main``; a stop (signal, Ctrl-C) exits 0, a failure exits non-zero with a line
     that says so (the traceback is in the log above it)."""
     from elastin.agent.agent import AgentFailed
@@ -199,4 +199,4 @@ def daemon(port: int, stop_workloads: bool) -> None:
     async def main() -> None:
         await run_embedded(default_data_dir(), port=port, main=idle, stop_workloads=stop_workloads)
 
-    _run_async(main)
+    run_async(main)
