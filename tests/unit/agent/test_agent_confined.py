@@ -313,3 +313,13 @@ def test_the_mesh_snapshot_leaves_out_an_app_whose_part_cannot_be_built(
     snap = build_mod.build_snapshot(4, "n1", broken, allocs, {"n1": "127.0.0.1"})
     assert [c.name for c in snap.clusters] == ["good.api.http"]
     assert [lst.cluster for lst in snap.listeners] == ["good.api.http"]
+
+
+def test_a_standalone_agents_data_directory_is_root_s_alone(tmp_path: Path) -> None:
+    """A standalone agent's data directory was 0755 and its instances' logs 0644: a second
+    user read a workload's DB_PASSWORD from its stdout log (issue #10, item 9)."""
+    data = tmp_path / "agent-data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    agent(data)
+    assert data.stat().st_mode & 0o777 == 0o700
