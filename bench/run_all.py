@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["scheduler.py", "tasks.py", "propagation.py", "proxy.py"]
+SCRIPTS = ["scheduler.py", "tasks.py", "sandbox.py", "propagation.py", "proxy.py"]
 
 
 def main() -> int:
