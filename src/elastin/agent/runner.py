@@ -329,6 +329,7 @@ class AllocRunner:
             pids_limit=w.pids,
             image=w.image,
             user=w.user,
+            bind_low_ports=any(0 < p.port < 1024 for p in w.ports),
         )
 
     async def _start(self, w: Workload) -> Handle | None:

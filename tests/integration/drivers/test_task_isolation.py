@@ -10,6 +10,7 @@ check started. A checkout under a directory closed to others (as ``/root``) stil
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -282,3 +283,26 @@ def test_rotated_log_copies_keep_the_logs_owner_and_mode(tmp_path: Path) -> None
     st = copy.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, UID_BASE + 7)
     assert copy.read_bytes().startswith(b"DB_PASSWORD=x") and log.stat().st_size == 0
+
+
+async def test_a_port_below_1024_is_the_one_privilege_a_dynamic_user_may_keep(
+    driver: TaskDriver, data: Path
+) -> None:
+    """A spec that names port 80 kept working when workloads stopped running as root: the
+    instance keeps CAP_NET_BIND_SERVICE, and only when its spec names such a port."""
+    with socket.socket() as s:  # a free port below 1024 on loopback
+        for port in range(1023, 600, -1):
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    code = f"import socket; socket.socket().bind(('127.0.0.1', {port})); print('bound')"
+    config = cfg(data, "low", (PY, "-c", code))
+    _, out = await run_to_end(driver, dataclasses.replace(config, bind_low_ports=True))
+    assert out.strip() == "bound"
+    h = await driver.start(cfg(data, "nolow", (PY, "-c", code)))
+    result = await driver.wait(h)
+    await driver.cleanup(h)
+    assert result.exit_code == 1
+    assert "Permission denied" in (data / "allocs" / "nolow" / "logs" / "stderr.log").read_text()

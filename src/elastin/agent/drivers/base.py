@@ -44,6 +44,7 @@ class InstanceConfig:
     log_max_bytes: int = 10 * 1024 * 1024  # rotate stdout/stderr when bigger
     log_max_files: int = 3  # rotated files kept per stream
     user: str = ""  # the spec's user: "" = a dynamic user of its own, "root", a name, "uid[:gid]"
+    bind_low_ports: bool = False  # it listens on a port below 1024 (CAP_NET_BIND_SERVICE only)
 
 
 @dataclass(frozen=True)

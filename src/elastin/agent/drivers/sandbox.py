@@ -261,17 +261,24 @@ def python_of(exe: str) -> list[str]:
     return out
 
 
-def setpriv_argv(ident: Identity, setpriv: str = "setpriv") -> list[str]:
-    """The command prefix that drops root for ``ident`` (empty for root)."""
+def setpriv_argv(
+    ident: Identity, setpriv: str = "setpriv", bind_low_ports: bool = False
+) -> list[str]:
+    """The command prefix that drops root for ``ident`` (empty for root). With
+    ``bind_low_ports`` the command keeps one capability, ``CAP_NET_BIND_SERVICE`` (ambient),
+    to listen on the port below 1024 its spec names; nothing else."""
     if ident.root:
         return []
     groups = ["--init-groups"] if ident.named else ["--clear-groups"]
+    caps = ["--inh-caps=-all"]
+    if bind_low_ports:
+        caps = ["--inh-caps=-all,+net_bind_service", "--ambient-caps=+net_bind_service"]
     return [
         setpriv,
         f"--reuid={ident.uid}",
         f"--regid={ident.gid}",
         *groups,
         "--no-new-privs",
-        "--inh-caps=-all",
+        *caps,
         "--",
     ]

@@ -258,7 +258,8 @@ class TaskDriver:
             if not ident.root:
                 argv = [UNSHARE, "--mount", "--propagation", "private", "--", *argv]
                 argv += view.mount_ops()
-            argv += ["--", *sandbox.setpriv_argv(ident, SETPRIV), exe, *config.command[1:]]
+            drop = sandbox.setpriv_argv(ident, SETPRIV, config.bind_low_ports)
+            argv += ["--", *drop, exe, *config.command[1:]]
             out_fd = open_log(logs / "stdout.log", ident.gid)
             try:
                 err_fd = open_log(logs / "stderr.log", ident.gid)
