@@ -25,6 +25,7 @@ from elastin.model.errors import SpecError, SpecIssue, UnitError
 from elastin.model.resources import Resources
 from elastin.model.units import parse_cpu, parse_size
 from elastin.model.workload import (
+    DYNAMIC_UIDS,
     KINDS,
     Application,
     Constraint,
@@ -200,6 +201,15 @@ def _user(ctx: _Ctx, node: yaml.Node, path: str) -> str:
     if v is None:
         return ""
     m = USER_ID_RE.match(v)
+    if m and int(m.group(1)) in DYNAMIC_UIDS:
+        ctx.add(
+            node,
+            path,
+            f"uid {int(m.group(1))} belongs to Elastin's dynamic users "
+            f"({DYNAMIC_UIDS.start}-{DYNAMIC_UIDS.stop - 1}): another instance may run as it",
+            "pick a uid outside that range, or leave user: out to get a dynamic user",
+        )
+        return ""
     if m and all(int(g) < 2**32 - 1 for g in m.groups() if g is not None):
         return "root" if m.group(1).lstrip("0") == "" and m.group(2) is None else v
     if not m and USER_NAME_RE.match(v):

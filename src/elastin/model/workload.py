@@ -110,6 +110,11 @@ class MeshPolicy:
     access_log: bool = True  # the mesh logs every request to this service
 
 
+DYNAMIC_UIDS = range(0x70000000, 0x70000000 + 65536)
+"""The uids of dynamic users (one per instance without ``user:``; docs/spec.md): above
+systemd's container range, below 2**31. A spec may not name one of them."""
+
+
 @dataclass(frozen=True)
 class Workload:
     """One service or job of an application, as validated from the spec."""

@@ -236,6 +236,7 @@ async def test_exec_checks_run_inside_the_instance_and_a_timeout_kills_them_all(
         report = data / "allocs" / "c" / "local" / "check.json"
         script = (
             "import json, os; json.dump({'uid': os.getuid(), 'env': sorted(os.environ), "
+            "'home': os.environ.get('HOME'), "
             f"'cg': open('/proc/self/cgroup').read()}}, open({str(report)!r}, 'w'))"
         )
 
@@ -249,6 +250,7 @@ async def test_exec_checks_run_inside_the_instance_and_a_timeout_kills_them_all(
         seen = json.loads(report.read_text())
         assert seen["uid"] == h.data["uid"]
         assert "ONLY_THE_INSTANCE" in seen["env"] and "ELASTIN_TOKEN" not in seen["env"]
+        assert seen["home"] == str(data / "allocs" / "c" / "local")  # the instance's, as it has
         assert h.alloc_id in seen["cg"]
         # a check that leaves children behind and outlives its timeout
         slow = ("sh", "-c", f'"$0" -c "import time; time.sleep(40)" {marker} & sleep 5', PY)

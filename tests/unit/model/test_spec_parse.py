@@ -419,3 +419,28 @@ def test_a_nul_byte_never_reaches_a_command_or_an_environment() -> None:
         assert any(i.startswith(where) and "NUL" in i for i in found), found
     found = _issues('app: a\nservices:\n  api:\n    command: ["sh", "-c\\0"]\n')
     assert any(i.startswith("services.api.command") and "NUL" in i for i in found), found
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("alice", "alice"), ("'1000'", "1000"), ("'1000:100'", "1000:100"), ("root", "root"),
+     ("0", "root"), ("'000'", "root")],
+)  # fmt: skip
+def test_user(given: str, stored: str) -> None:
+    app = parse_spec(f"app: a\nservices:\n  s:\n    command: x\n    user: {given}\n")
+    assert app.workloads[0].user == stored
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ("Bad Name", "is not a user"),
+        ("'1:2:3'", "is not a user"),
+        ("'99999999999'", "is not a user"),
+        ("'1879048200'", "belongs to Elastin's dynamic users"),  # it would share one's files
+        ("[a]", "must be a string"),
+    ],
+)
+def test_a_user_that_is_not_one_is_refused(given: str, words: str) -> None:
+    issue = one(f"app: a\nservices:\n  s:\n    command: x\n    user: {given}\n")
+    assert issue.path == "services.s.user" and words in issue.message

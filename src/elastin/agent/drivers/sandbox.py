@@ -33,16 +33,16 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from elastin.agent.drivers.base import StartError
+from elastin.model.spec import USER_ID_RE
+from elastin.model.workload import DYNAMIC_UIDS
 
-UID_BASE = 0x70000000  # 1879048192: above systemd's container range, below 2**31
-UID_COUNT = 65536
-NUMERIC_RE = re.compile(r"^(\d{1,10})(?::(\d{1,10}))?$")
+UID_BASE = DYNAMIC_UIDS.start  # 1879048192: above systemd's container range, below 2**31
+UID_COUNT = len(DYNAMIC_UIDS)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def resolve_user(spec_user: str, pool: UidPool, alloc_id: str) -> Identity:
         return Identity(uid, uid, f"dynamic:{uid}", "", dynamic=True)
     if spec_user == "root":
         return Identity(0, 0, "root", "/root")
-    m = NUMERIC_RE.match(spec_user)
+    m = USER_ID_RE.match(spec_user)
     if m:
         uid = int(m.group(1))
         gid = int(m.group(2)) if m.group(2) is not None else uid
@@ -143,10 +143,14 @@ def supplementary(ident: Identity) -> tuple[int, ...]:
         return ()
 
 
-def closed_ancestor(path: str, ident: Identity, stat_fn: Callable[[str], os.stat_result]) -> str:
-    """The ancestor of ``path`` nearest the root that ``ident`` cannot pass through ("" when
-    every ancestor lets it through)."""
-    groups = supplementary(ident)
+def closed_ancestor(
+    path: str,
+    ident: Identity,
+    stat_fn: Callable[[str], os.stat_result],
+    groups: tuple[int, ...] = (),
+) -> str:
+    """The ancestor of ``path`` nearest the root that ``ident`` (with ``groups``) cannot pass
+    through ("" when every ancestor lets it through)."""
     parts = Path(path).parts
     for i in range(1, len(parts)):
         ancestor = str(Path(*parts[:i]))
@@ -182,7 +186,7 @@ class View:
         covers: list[str] = []
         if not ident.root:
             for e in self.exposes:
-                closed = closed_ancestor(e.path, ident, stat_fn)
+                closed = closed_ancestor(e.path, ident, stat_fn, self.groups)
                 if closed and not any(_under(closed, c) for c in covers):
                     covers = [c for c in covers if not _under(c, closed)] + [closed]
         self.covers = sorted(covers)

@@ -309,6 +309,8 @@ class TaskDriver:
                 "uid": ident.uid,
                 "gid": ident.gid,
                 "user": ident.name,
+                "home": ident.home,
+                "dynamic": ident.dynamic,
                 "named": ident.named,
                 "workdir": workdir,
                 "namespace": not ident.root,
@@ -436,7 +438,8 @@ class TaskDriver:
         filesystem, in its working directory, with ``env``; answer its exit status. When the
         caller gives up (cancellation, e.g. a check's timeout) the command's whole process
         group is killed."""
-        ready = ready_file(Path(str(handle.data["status_file"])))
+        status = Path(str(handle.data["status_file"]))
+        ready = ready_file(status)
         sandboxed = bool(handle.data.get("namespace"))
         for _ in range(500):  # the shim prepares the instance's view, then says so
             if not sandboxed or ready.exists() or not self._alive(handle):
@@ -444,15 +447,20 @@ class TaskDriver:
             await self.clock.sleep(0.01)
         if not self._alive(handle) or (sandboxed and not ready.exists()):
             raise StartError("the instance is not running")
-        cg = self._cgroup(handle)
-        procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
+        procs = [str(Path(p) / "cgroup.procs") for p in self._cgroup(handle).paths()]
         workdir = str(handle.data.get("workdir") or "/")
-        uid, gid = int(handle.data.get("uid", 0)), int(handle.data.get("gid", 0))
         ident = Identity(
-            uid, gid, str(handle.data.get("user", "")), "", named=bool(handle.data.get("named"))
+            int(handle.data.get("uid", 0)),
+            int(handle.data.get("gid", 0)),
+            str(handle.data.get("user", "")),
+            str(handle.data.get("home", "")),
+            dynamic=bool(handle.data.get("dynamic")),
+            named=bool(handle.data.get("named")),
         )
+        alloc_dir = status.parent
+        env = instance_env(env, ident, str(alloc_dir / "local"), str(alloc_dir / "tmp"))
         argv = [SH, "-c", JOIN, "elastin-check", workdir, *procs, "--"]
-        if handle.data.get("namespace"):
+        if sandboxed:
             argv = [NSENTER, f"--target={handle.pid}", "--mount", "--", *argv]
         argv += [*sandbox.setpriv_argv(ident, SETPRIV), *command]
         proc = await asyncio.create_subprocess_exec(
