@@ -304,18 +304,10 @@ def down(app: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def apply(file: str, dry_run: bool, wait: bool, timeout: float, as_json: bool) -> None:
     """Apply the spec in FILE to the running server."""
-    with errors():
-        text, name, base = read_spec(file)
-        with client() as c:
-            res = c.apply(text, file=name, base_dir=base, dry_run=dry_run)
-            if as_json:
-                print_json(res)
-            else:
-                print_changes(res)
-            if wait and not dry_run and not wait_settled(c, res["app"], timeout):
-                fail(
-                    f"application {res['app']!r} did not settle", "see `elastin ps`", EXIT_UNSETTLED
-                )
+    with errors(), client() as c:
+        res = apply_and_show(c, file, dry_run=dry_run, as_json=as_json)
+        if wait and not dry_run and not wait_settled(c, res["app"], timeout):
+            fail(f"application {res['app']!r} did not settle", "see `elastin ps`", EXIT_UNSETTLED)
 
 
 @click.command()
@@ -323,14 +315,20 @@ def apply(file: str, dry_run: bool, wait: bool, timeout: float, as_json: bool) -
 @click.option("--json", "as_json", is_flag=True, help="print the changes as JSON")
 def diff(file: str, as_json: bool) -> None:
     """Show what applying FILE would change (exit 0 either way)."""
-    with errors():
-        text, name, base = read_spec(file)
-        with client() as c:
-            res = c.apply(text, file=name, base_dir=base, dry_run=True)
-            if as_json:
-                print_json(res)
-            else:
-                print_changes(res)
+    with errors(), client() as c:
+        apply_and_show(c, file, dry_run=True, as_json=as_json)
+
+
+def apply_and_show(c: Client, file: str, *, dry_run: bool, as_json: bool) -> dict[str, Any]:
+    """Send the spec in ``file`` (``dry_run``: only say what would change) and print the
+    changes, as JSON with ``as_json``."""
+    text, name, base = read_spec(file)
+    res: dict[str, Any] = c.apply(text, file=name, base_dir=base, dry_run=dry_run)
+    if as_json:
+        print_json(res)
+    else:
+        print_changes(res)
+    return res
 
 
 @click.command()

@@ -41,11 +41,7 @@ def server(host: str, port: int, store_url: str, algorithm: str) -> None:
     )
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+        cancel_on_signals()
 
         async def ready(url: str, _: str) -> None:
             err_console.print(f"elastin server listening on {url} (data in {cfg.data_dir})")
@@ -147,15 +143,20 @@ def agent(
         cfg.name = name
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+        cancel_on_signals()
         err_console.print(f"elastin agent for {cfg.server_url} (data in {cfg.data_dir})")
         await Agent(cfg, default_drivers()).run()
 
     run_async(main)
+
+
+def cancel_on_signals() -> None:
+    """SIGINT and SIGTERM cancel the running task (the command's main): it stops cleanly."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
 
 
 def run_async(main: Callable[[], Any]) -> None:
