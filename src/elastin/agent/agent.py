@@ -39,8 +39,16 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from elastin.agent.api import AgentApi
-from elastin.agent.drivers.base import Driver, Handle
-from elastin.agent.gc import GC_INTERVAL, AllocDir, GcPolicy, collect, disk_used, held_by_handles
+from elastin.agent.drivers.base import Driver, Handle, supervisor_alive
+from elastin.agent.gc import (
+    GC_INTERVAL,
+    AllocDir,
+    GcPolicy,
+    claim,
+    collect,
+    disk_used,
+    held_by_handles,
+)
 from elastin.agent.gc import scan as scan_allocs
 from elastin.agent.logfiles import Rotation
 from elastin.agent.mesh import MeshManager, keep_running, local_haproxy
@@ -59,6 +67,7 @@ from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
 from elastin.clock import SYSTEM, Clock
+from elastin.datadir import ensure_private
 from elastin.mesh.dns import DnsServer, Target
 from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
@@ -279,8 +288,7 @@ class Agent:
         self.runners: dict[str, AllocRunner] = {}
         # the data directory is root's alone (a standalone agent's too): instances reach
         # their own directory through their mount namespace (agent/drivers/sandbox.py)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(cfg.data_dir, 0o700)
+        ensure_private(cfg.data_dir)
         self.state_dir = cfg.data_dir / "agent" / "handles"
         self.alloc_root = cfg.data_dir / "allocs"
         self.node_id = self._node_id()
@@ -443,7 +451,11 @@ class Agent:
             return
         for path in sorted(self.state_dir.glob("*.json")):
             loaded = AllocRunner.load_handle(path)
-            if loaded is None:
+            if loaded is None:  # kept, it would hold the proxy and its directory forever
+                bad = path.with_suffix(".bad")
+                with contextlib.suppress(OSError):
+                    path.replace(bad)
+                log.warning("cannot read the instance handle %s: set aside as %s", path, bad)
                 continue
             handle, alloc, restarts, ports = loaded
             if alloc.kind not in self.drivers:
@@ -643,7 +655,8 @@ class Agent:
                 clock = self.clock
                 tg.create_task(keep_running("the agent's reporter", self.reporter.run, clock))
                 tg.create_task(keep_running("the agent's heartbeat", self.heartbeat, clock))
-                tg.create_task(keep_running("the agent's disk keeper", self.keep_disk, clock))
+                tg.create_task(keep_running("the agent's log caps", self.keep_logs, clock))
+                tg.create_task(keep_running("the agent's allocation GC", self.keep_allocs, clock))
                 tg.create_task(
                     keep_running(
                         "the agent's allocation watch", lambda: self.watch_allocations(tg), clock
@@ -677,21 +690,27 @@ class Agent:
                 event = ("mesh.left_out", r.alloc.name, message, "error")
                 self.reporter.report(alloc_id, events=[event])
 
-    async def keep_disk(self) -> None:
-        """Every ``LOG_CHECK_SECONDS`` cap every instance's logs; every ``GC_INTERVAL``
-        (every ``LOW_DISK_GC_INTERVAL`` while the data disk is low) collect the allocation
-        directories of allocations this agent no longer knows (``elastin.agent.gc``)."""
+    async def keep_logs(self) -> None:
+        """Every ``LOG_CHECK_SECONDS`` cap every instance's logs."""
+        while True:
+            await self.cap_logs()
+            await self.clock.sleep(LOG_CHECK_SECONDS)
+
+    async def keep_allocs(self) -> None:
+        """Every ``GC_INTERVAL`` (every ``LOW_DISK_GC_INTERVAL`` while the data disk is low)
+        collect the allocation directories of allocations this agent no longer knows
+        (``elastin.agent.gc``). Its own loop: a long removal never holds up the log caps."""
         policy = GcPolicy(self.cfg.gc_retention, self.cfg.gc_disk_threshold)
         last_gc = self.clock.monotonic()
         while True:
-            await self.cap_logs()
+            await self.clock.sleep(LOW_DISK_GC_INTERVAL)
             since = self.clock.monotonic() - last_gc
-            if since >= GC_INTERVAL or (since >= LOW_DISK_GC_INTERVAL and self._disk_low(policy)):
+            if since >= GC_INTERVAL or await asyncio.to_thread(self._disk_low, policy):
                 await self.collect_allocs(policy)
                 last_gc = self.clock.monotonic()
-            await self.clock.sleep(LOG_CHECK_SECONDS)
 
     def _disk_low(self, policy: GcPolicy) -> bool:
+        """Whether the data disk is above the GC's threshold (blocking: run it in a thread)."""
         try:
             return disk_used(self.alloc_root) >= policy.disk_threshold
         except OSError:
@@ -713,7 +732,7 @@ class Agent:
             for r, h, d in todo:
                 try:
                     out.append((r, d.rotate_logs(h)))
-                except OSError as e:
+                except Exception as e:  # one instance's logs never stop the others'
                     log.warning("cannot cap the logs of %s: %s", r.alloc.name, e)
             return out
 
@@ -733,14 +752,26 @@ class Agent:
                 )
 
     async def collect_allocs(self, policy: GcPolicy) -> list[str]:
-        """Remove the directories of allocations this agent no longer knows (``gc``)."""
+        """Remove the directories of allocations this agent no longer knows (``gc``). Each
+        is taken away on the event loop (``claim``: checked against the runners and handles,
+        then renamed aside in one step), so a runner starting meanwhile never loses its
+        directory; the removal itself runs in a thread."""
+        loop = asyncio.get_running_loop()
+
+        async def check(name: str) -> Path | None:
+            if name in self.runners or name in held_by_handles(self.state_dir):
+                return None
+            return claim(self.alloc_root, name)
+
+        def claim_on_loop(name: str) -> Path | None:
+            return asyncio.run_coroutine_threadsafe(check(name), loop).result()
+
         try:
             dirs: list[AllocDir] = await asyncio.to_thread(scan_allocs, self.alloc_root)
-            keep = set(self.runners) | await asyncio.to_thread(held_by_handles, self.state_dir)
             removed = await asyncio.to_thread(
-                collect, self.alloc_root, dirs, keep, self.clock.time(), policy
+                collect, self.alloc_root, dirs, claim_on_loop, self.clock.time(), policy
             )
-        except OSError as e:
+        except Exception as e:  # the next pass tries again
             log.warning("cannot collect allocation directories: %s", e)
             return []
         if removed:
@@ -758,7 +789,10 @@ class Agent:
         cancelled because this agent stops)."""
         running = {alloc_id for alloc_id, r in self.runners.items() if r.handle is not None}
         with contextlib.suppress(OSError):
-            running |= {p.stem for p in self.state_dir.glob("*.json")}
+            for path in self.state_dir.glob("*.json"):
+                loaded = AllocRunner.load_handle(path)
+                if loaded is not None and supervisor_alive(loaded[0]):
+                    running.add(path.stem)
         return sorted(running)
 
     def stop_mesh_if_idle(self, force: bool = False) -> None:

@@ -7,13 +7,15 @@ the directory is removed. When the data disk is used above ``GcPolicy.disk_thres
 Nomad's ``gc_disk_usage_threshold``), such directories go earlier, oldest first, until the
 disk is below the threshold again.
 
-Never collected: the directory of an allocation the agent runs (or still reports on), and of
-one whose handle is kept in ``<data_dir>/agent/handles`` (an instance a restarted agent
+Never collected: the directory of an allocation the agent runs, and of one whose handle is
+kept in ``<data_dir>/agent/handles`` (an instance a restarted agent
 re-attaches to).
 
 Pure (unit-tested): ``plan`` which directories to remove, in order, and whether each may go
 only while the disk is low. I/O (thin): ``scan`` the directories and when each was last
-active, ``disk_used``, ``held_by_handles``, ``collect`` (remove what ``plan`` says).
+active, ``disk_used``, ``held_by_handles``, ``claim`` (rename one aside, on the agent's loop),
+``collect`` (remove what ``plan`` says and ``claim`` gave, with ``rm -rf``: a tree a workload
+made thousands of directories deep is removed too).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-from collections.abc import Collection, Iterable
+import subprocess
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +100,7 @@ def scan(alloc_root: Path) -> list[AllocDir]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
         with contextlib.suppress(OSError):
             out.append(AllocDir(entry.name, _last_active(Path(entry.path))))
@@ -121,26 +123,70 @@ def disk_used(path: Path) -> float:
     return 1.0 if usable <= 0 else (st.f_blocks - st.f_bfree) / usable
 
 
+GC_PREFIX = ".gc-"  # a directory claimed for removal (renamed so; swept at the next pass)
+
+
+def claim(alloc_root: Path, name: str) -> Path | None:
+    """Take ``alloc_root/name`` away for removal in one step (a rename to ``.gc-<name>``);
+    None when it is gone. Called on the agent's loop after checking that no runner or handle
+    holds the allocation, so a runner never loses a directory it is using."""
+    target = alloc_root / f"{GC_PREFIX}{name}"
+    try:
+        os.rename(alloc_root / name, target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree a workload wrote: not recursive in Python (a tree thousands
+    deep raised RecursionError in ``shutil.rmtree``), never following a link, never leaving
+    the file system. Raises OSError with ``rm``'s message when it could not."""
+    proc = subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise OSError(f"rm -rf {path}: {proc.stderr.strip() or proc.returncode}")
+
+
 def collect(
     alloc_root: Path,
     dirs: Iterable[AllocDir],
-    keep: Collection[str],
+    take: Callable[[str], Path | None],
     now: float,
     policy: GcPolicy,
 ) -> list[str]:
-    """Remove the directories ``plan`` gives for ``dirs`` (from ``scan``; ``keep``, asked
-    after the scan, holds the allocations the agent has runners or handles for, so that a
-    directory made meanwhile is kept); the ids removed. Blocking: call it in a thread."""
+    """Remove the directories ``plan`` gives for ``dirs`` (from ``scan``), each after
+    ``take(name)`` claimed it (None: it is held, keep it), and what an earlier pass claimed
+    and did not finish; the ids removed. Blocking: call it in a thread."""
     dirs = list(dirs)
+    for leftover in _claimed(alloc_root):
+        _remove(leftover)
     low = bool(dirs) and disk_used(alloc_root) >= policy.disk_threshold
     removed: list[str] = []
-    for r in plan(dirs, keep, now, policy, low):
+    for r in plan(dirs, (), now, policy, low):
         if not r.expired and disk_used(alloc_root) < policy.disk_threshold:
             break  # room again: the rest waits for its retention
-        try:
-            shutil.rmtree(alloc_root / r.name)
-        except OSError as e:
-            log.warning("cannot remove the allocation directory %s: %s", alloc_root / r.name, e)
-            continue
-        removed.append(r.name)
+        taken = take(r.name)
+        if taken is not None and _remove(taken):
+            removed.append(r.name)
     return removed
+
+
+def _claimed(alloc_root: Path) -> list[Path]:
+    try:
+        return [alloc_root / n for n in os.listdir(alloc_root) if n.startswith(GC_PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: Path) -> bool:
+    try:
+        remove_tree(path)
+    except OSError as e:
+        log.warning("cannot remove the allocation directory %s: %s", path, e)
+        return False
+    return True

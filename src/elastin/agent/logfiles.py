@@ -451,6 +451,19 @@ def _shift(path: Path, keep: int) -> None:
             older.replace(path.with_name(f"{path.name}.{i + 1}"))
 
 
+def _replaced_bytes(path: Path, keep: int) -> int:
+    """The size of the oldest copy a rotation overwrites (``.<keep>``, replaced by the one
+    before it; with ``keep`` 1, ``.1`` is overwritten by the new copy); 0 when none is."""
+    oldest = path.with_name(f"{path.name}.{keep}")
+    before = path.with_name(f"{path.name}.{keep - 1}")
+    try:
+        if keep == 1 or before.exists():
+            return os.lstat(oldest).st_size
+    except OSError:
+        pass
+    return 0
+
+
 def cap(path: Path, max_bytes: int, keep: int, *, reserve: int = COPY_RESERVE) -> Rotation:
     """Keep ``path`` within ``max_bytes``: when it is larger, copy it to ``<name>.1`` (older
     copies shift up to ``<name>.<keep>``) and truncate it in place, the writer going on at
@@ -473,6 +486,7 @@ def cap(path: Path, max_bytes: int, keep: int, *, reserve: int = COPY_RESERVE) -
             return Rotation(path, rotated=True)
         vfs = os.fstatvfs(fd)
         free = vfs.f_bavail * vfs.f_frsize
+        free += _replaced_bytes(path, keep)  # the room of the copy that the shift overwrites
         if room_for_copy(size, free, reserve):
             copy = path.with_name(f"{path.name}.1")
             try:

@@ -81,8 +81,9 @@ async def run_embedded(
                 t.cancel()
             await _bounded({main_task, stop_task, agent_task}, "the agent")
             if stop_workloads and not failed:  # else it was kept only while instances run
-                # after the mesh manager stopped, so that nothing starts it again
-                agent.stop_mesh_if_idle(force=True)
+                # after the mesh manager stopped, so that nothing starts it again; not forced:
+                # an instance that outlived stop_all (a long stop_grace) keeps its listeners
+                agent.stop_mesh_if_idle()
             done.set()
 
     server = asyncio.create_task(

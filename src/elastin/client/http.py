@@ -6,6 +6,7 @@ with the server's message and hint, and connection failures into ``ServerUnavail
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,6 +18,9 @@ from elastin.mesh.model.build import localize
 from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Node, Usage
 from elastin.model.codec import from_data, to_data
+from elastin.model.errors import ModelError
+
+log = logging.getLogger("elastin.client")
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -175,14 +179,21 @@ class Client:
 
 
 class AsyncClient:
-    """Asynchronous client with the calls an agent makes."""
+    """Asynchronous client with the calls an agent makes (``transport``: as ``Client``'s)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            transport=transport,
         )
 
     async def close(self) -> None:
@@ -224,7 +235,18 @@ class AsyncClient:
             params={"index": index, "wait": wait},
             timeout=wait + 30,
         )
-        return [from_data(Allocation, a) for a in data["allocations"]], int(data["index"])
+        allocs = []
+        for a in data["allocations"]:
+            try:
+                allocs.append(from_data(Allocation, a))
+            except ModelError as e:  # one the agent cannot read must not stop the others
+                log.error(
+                    "allocation %s from the server cannot be read (%s): skipped; is this "
+                    "agent older than the server?",
+                    a.get("id", "?") if isinstance(a, dict) else "?",
+                    e,
+                )
+        return allocs, int(data["index"])
 
     async def alloc_status(self, alloc_id: str, **report: Any) -> Allocation:
         data = await self.call("POST", f"/v1/allocations/{alloc_id}/status", json=report)

@@ -22,6 +22,7 @@ from typing import Any
 
 from elastin import serving
 from elastin.clock import SYSTEM
+from elastin.datadir import ensure_private
 from elastin.scheduler import SchedulerOptions
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
@@ -65,8 +66,7 @@ async def run_server(
     on_ready: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Serve until cancelled. ``on_ready(url, token)`` runs once the API listens."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(cfg.data_dir, 0o700)
+    ensure_private(cfg.data_dir)
     token = ensure_token(cfg.data_dir)
     store = open_store(cfg.store())
     options = SchedulerOptions(algorithm="spread" if cfg.algorithm == "spread" else "binpack")

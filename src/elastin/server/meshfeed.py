@@ -24,8 +24,14 @@ from dataclasses import dataclass
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model import Cluster as MeshCluster
 from elastin.mesh.model import MeshSnapshot
-from elastin.mesh.model.build import build_clusters, build_listeners, localize, wants_ack
-from elastin.mesh.model.registry import ServiceEntry, registry
+from elastin.mesh.model.build import (
+    build_clusters,
+    build_listeners,
+    guarded_registry,
+    localize,
+    wants_ack,
+)
+from elastin.mesh.model.registry import ServiceEntry
 from elastin.model.cluster import Allocation
 from elastin.model.codec import to_data
 from elastin.model.workload import Application
@@ -149,7 +155,7 @@ class MeshFeed:
         """The service registry; blocks up to ``wait`` s for a change past ``index``."""
         await self.version.wait_past(index, wait)
         m = await self._inputs()
-        return m.version, registry(m.apps, m.allocs, m.addresses)
+        return m.version, guarded_registry(m.apps, m.allocs, m.addresses)
 
     # inputs ------------------------------------------------------------------------------
     async def _inputs(self) -> MeshInputs:

@@ -124,6 +124,20 @@ def test_with_room_a_log_is_still_copied(tmpfs: Path) -> None:
     assert (tmpfs / "stdout.log.1").stat().st_size == MiB + 1 and log.stat().st_size == 0
 
 
+def test_on_a_full_disk_the_oldest_copy_makes_room_for_the_newest_output(tmpfs: Path) -> None:
+    """The live file (the newest output, often a crash's) was cut while the older copies
+    stayed: the room of the copy a rotation overwrites was not counted."""
+    log = tmpfs / "stdout.log"
+    (tmpfs / "stdout.log.1").write_bytes(b"1" * (MiB // 2))
+    (tmpfs / "stdout.log.2").write_bytes(b"2" * (2 * MiB))
+    log.write_bytes(b"n" * (MiB + 1))
+    fill(tmpfs / "filler")
+    r = cap(log, max_bytes=MiB, keep=2, reserve=0)
+    assert (r.rotated, r.dropped) == (True, 0)
+    assert (tmpfs / "stdout.log.1").read_bytes()[:1] == b"n"  # the newest output is kept
+    assert (tmpfs / "stdout.log.2").read_bytes()[:1] == b"1"  # the oldest one went
+
+
 WRITER = (
     "import os, time\n"
     "chunk = b'x' * 65535 + b'\\n'\n"
@@ -148,7 +162,7 @@ async def test_a_fast_writer_cannot_keep_the_disk_full(tmpfs: Path, driver: Task
         **{**cfg.__dict__, "log_max_bytes": MiB, "log_max_files": 3}
     )
     task = asyncio.create_task(runner.run())
-    for _ in range(20_000):  # the agent's log check, as keep_disk runs it, until the job ends
+    for _ in range(20_000):  # the agent's log check, as keep_logs runs it, until the job ends
         await agent.cap_logs()
         if runner.done.is_set():
             break
@@ -205,7 +219,7 @@ async def test_a_handle_that_cannot_be_written_leaves_no_process(
 
 def age(path: Path, seconds: float) -> None:
     t = path.stat().st_mtime - seconds
-    for p in (path, *path.rglob("*")):
+    for p in (path, *path.iterdir(), *path.glob("logs/*")):  # what gc._last_active reads
         os.utime(p, (t, t), follow_symlinks=False)
 
 
@@ -219,6 +233,10 @@ async def test_gc_removes_unknown_directories_after_retention_or_when_the_disk_i
     for name in ("old", "young", "live", "held"):
         (allocs / name / "logs").mkdir(parents=True)
         (allocs / name / "logs" / "stdout.log").write_bytes(b"x" * 256 * 1024)
+    deep = allocs / "old"  # a workload's tree deeper than Python's recursion limit
+    for _ in range(1500):
+        deep = deep / "d"
+        os.mkdir(deep)
     for name in ("old", "live", "held"):
         age(allocs / name, 7200)
     agent.state_dir.mkdir(parents=True, exist_ok=True)

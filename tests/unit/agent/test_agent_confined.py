@@ -9,6 +9,7 @@ agent that fails is run again; an error the agent cannot confine ends ``run`` wi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +19,13 @@ import pytest
 
 import elastin.mesh.haproxy.render as render_mod
 from elastin.agent.agent import Agent, AgentConfig, AgentFailed
+from elastin.agent.drivers.base import Handle
+from elastin.agent.gc import held_by_handles
 from elastin.agent.mesh import MeshManager, keep_running
 from elastin.clock import yield_now
 from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot
 from elastin.model.cluster import Allocation
+from elastin.model.codec import to_data
 from elastin.model.workload import Workload
 from elastin.testing import FakeClock, FakeDriver, FakeProxy
 
@@ -323,3 +327,35 @@ def test_a_standalone_agents_data_directory_is_root_s_alone(tmp_path: Path) -> N
     data.chmod(0o755)
     agent(data)
     assert data.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_stale_or_unreadable_handle_neither_holds_the_proxy_nor_blocks_gc(
+    tmp_path: Path,
+) -> None:
+    """A truncated handle file kept HAProxy running after `elastin down`, for ever: every
+    handle on disk counted as a running instance, alive or not, readable or not."""
+    a, _ = agent(tmp_path)
+    handles = tmp_path / "agent" / "handles"
+    handles.mkdir(parents=True)
+    (handles / "torn.json").write_text('{"handle": {"alloc_id"')
+    dead = Handle("gone", "task", pid=2**22 + 7, started_at=0.0, data={"start_ticks": 1})
+    body = {"handle": to_data(dead), "alloc": to_data(alloc("gone")), "restarts": 0}
+    (handles / "gone.json").write_text(json.dumps(body))
+    assert a.instances_running() == []  # the proxy may stop
+    async with asyncio.TaskGroup() as tg:
+        await a.recover(tg)
+    assert (handles / "torn.bad").exists() and not (handles / "torn.json").exists()
+    assert "torn" not in held_by_handles(handles)  # its directory may be collected
+
+
+def test_the_registry_lists_every_app_it_can(caplog: pytest.LogCaptureFixture) -> None:
+    """`GET /v1/mesh/services` built the registry of all applications at once: one that
+    could not be listed failed it for every application (TypeError)."""
+    from elastin.mesh.model.build import guarded_registry
+    from elastin.model.spec import parse_spec
+
+    good = parse_spec("app: good\nservices:\n  api:\n    command: y\n    ports: {http: 0}\n")
+    broken = replace(good, name="bad", workloads=None)  # type: ignore[arg-type]
+    entries = guarded_registry({"bad": broken, "good": good}, [], {})
+    assert [(e.app, e.name) for e in entries] == [("good", "api")]
+    assert "the mesh leaves application bad out" in caplog.text

@@ -1,10 +1,11 @@
 """The agent's disk keeping on a ``FakeClock``: every instance's logs are capped every
 ``LOG_CHECK_SECONDS`` (not only at the 5 s heartbeat), bytes dropped become an event and a
-counter, and allocation directories are collected every ``GC_INTERVAL``."""
+counter; allocation directories are collected every ``GC_INTERVAL`` in a loop of their own."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,8 +45,7 @@ async def test_logs_are_checked_every_second_and_drops_are_reported(tmp_path: Pa
     agent.runners["a1"] = SimpleNamespace(  # type: ignore[assignment]
         handle=Handle("a1", "task", 1, 0.0), driver=d, alloc=alloc
     )
-    (tmp_path / "allocs" / "gone").mkdir(parents=True)
-    task = asyncio.create_task(agent.keep_disk())
+    task = asyncio.create_task(agent.keep_logs())
     try:
         for n in range(1, 4):
             await until(lambda n=n: d.checks == n and clock.sleepers == 1)
@@ -53,15 +53,36 @@ async def test_logs_are_checked_every_second_and_drops_are_reported(tmp_path: Pa
         assert agent.log_dropped_bytes == 4096
         events = agent.reporter.pending["a1"]["events"]
         assert events[0][0] == "alloc.logs_dropped" and "4096 bytes" in events[0][2]
-        assert (tmp_path / "allocs" / "gone").exists()  # within its retention
-        agent.cfg.gc_retention = 0.0
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        task = asyncio.create_task(agent.keep_disk())
+
+
+async def test_allocation_directories_are_collected_on_their_interval(tmp_path: Path) -> None:
+    """Only what is past its retention goes; what a runner holds stays, however old."""
+    clock = FakeClock(start=time.time())
+    cfg = AgentConfig(
+        data_dir=tmp_path,
+        server_url="http://127.0.0.1:9",
+        token="t",
+        mesh=False,
+        gc_retention=3600.0,
+        gc_disk_threshold=1.0,  # this test's disk is never "low"
+    )
+    agent = Agent(cfg, {"task": FakeDriver()}, clock=clock, dns=None, metrics=None)
+    allocs = tmp_path / "allocs"
+    for name in ("young", "old", "held"):
+        (allocs / name).mkdir(parents=True)
+    two_hours_ago = clock.time() - 7200
+    for name in ("old", "held"):
+        os.utime(allocs / name, (two_hours_ago, two_hours_ago))
+    agent.runners["held"] = SimpleNamespace()  # type: ignore[assignment]
+    task = asyncio.create_task(agent.keep_allocs())
+    try:
         await until(lambda: clock.sleepers == 1)
         clock.advance(GC_INTERVAL)
         await until(lambda: agent.allocs_collected == 1)
-        assert not (tmp_path / "allocs" / "gone").exists()
+        assert sorted(p.name for p in allocs.iterdir()) == ["held", "young"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

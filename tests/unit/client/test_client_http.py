@@ -12,7 +12,7 @@ import pytest
 
 from elastin.client.discovery import find_server, running_server
 from elastin.client.errors import ApiError, ServerUnavailable
-from elastin.client.http import Client
+from elastin.client.http import AsyncClient, Client
 from elastin.model.cluster import Allocation
 from elastin.model.codec import to_data
 
@@ -213,3 +213,21 @@ def test_a_killed_server_not_yet_reaped_is_not_running(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_an_allocation_the_agent_cannot_read_is_skipped_not_fatal_to_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One undecodable allocation made the agent's whole watch fail, every 30 s, for ever:
+    nothing on the node started or stopped any more."""
+    good = to_data(Allocation(id="good", app="a", workload="w", index=0))
+    bad = {**good, "id": "bad", "index": "zero"}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"allocations": [bad, good], "index": 7})
+
+    c = AsyncClient(URL, "s3cret", transport=httpx.MockTransport(handler))
+    allocs, index = await c.node_allocations("n1", 0, 0.0)
+    await c.close()
+    assert [a.id for a in allocs] == ["good"] and index == 7
+    assert "allocation bad from the server cannot be read" in caplog.text

@@ -14,6 +14,7 @@ Exceptions::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from elastin.model.cluster import Usage
@@ -125,3 +126,23 @@ class Driver(Protocol):
         """Run ``command`` inside the running instance (its limits, user, filesystem view and
         workdir) with ``env``; its exit status. Cancelling it kills what it started."""
         ...
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def supervisor_alive(handle: Handle) -> bool:
+    """Whether the process a handle names (an instance's supervisor) still runs: its pid
+    exists and started when the handle says (a reused pid is not it)."""
+    ticks = proc_start_ticks(handle.pid)
+    want = int(handle.data.get("start_ticks", 0))
+    return ticks is not None and (not want or ticks == want)

@@ -43,6 +43,8 @@ from elastin.agent.drivers.base import (
     Handle,
     InstanceConfig,
     StartError,
+    proc_start_ticks,
+    supervisor_alive,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
 from elastin.agent.drivers.sandbox import Identity, resolve_user
@@ -92,18 +94,6 @@ exec "$@"
 """
 STATUS_NOT_IN_CGROUP = 125
 STATUS_NO_VIEW = 124
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
 
 
 def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
@@ -318,9 +308,7 @@ class TaskDriver:
         )
 
     def _alive(self, handle: Handle) -> bool:
-        ticks = proc_start_ticks(handle.pid)
-        want = int(handle.data.get("start_ticks", 0))
-        return ticks is not None and (not want or ticks == want)
+        return supervisor_alive(handle)
 
     async def recover(self, handle: Handle) -> bool:
         self.uids.claim(int(handle.data.get("uid", 0)))

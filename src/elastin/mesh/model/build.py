@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from elastin.mesh.model.registry import cluster_name, registry
+from elastin.mesh.model.registry import ServiceEntry, cluster_name, registry
 from elastin.mesh.model.types import (
     CircuitBreaker,
     Cluster,
@@ -74,9 +74,44 @@ def build_clusters(
     for name in sorted(apps):
         try:
             clusters += _app_clusters(name, apps[name], live.get(name, []), node_addresses, node_id)
-        except Exception:
-            log.exception("the mesh leaves application %s out: its clusters cannot be built", name)
+        except Exception as e:
+            left_out(f"application {name}", "its clusters cannot be built", e)
     return tuple(clusters)
+
+
+def guarded_registry(
+    apps: Mapping[str, Application],
+    allocations: Iterable[Allocation],
+    node_addresses: Mapping[str, str],
+) -> tuple[ServiceEntry, ...]:
+    """``registry`` application by application: one that cannot be listed is left out
+    (logged) instead of failing the registry of every application."""
+    live: dict[str, list[Allocation]] = {}
+    for a in allocations:
+        live.setdefault(a.app, []).append(a)
+    out: list[ServiceEntry] = []
+    for name in sorted(apps):
+        try:
+            out += registry({name: apps[name]}, live.get(name, []), node_addresses)
+        except Exception as e:
+            left_out(f"application {name}", "its services cannot be listed", e)
+    return tuple(out)
+
+
+_told: dict[tuple[str, str, str], None] = {}  # what was logged with its traceback (bounded)
+
+
+def left_out(what: str, why: str, e: Exception) -> None:
+    """Log that the mesh leaves ``what`` out: with the traceback the first time for this
+    reason, in one line after (the feed builds every version, for every node)."""
+    key = (what, why, f"{type(e).__name__}: {e}")
+    if key in _told:
+        log.warning("the mesh leaves %s out: %s (%s)", what, why, key[2])
+        return
+    if len(_told) >= 1024:
+        _told.clear()
+    _told[key] = None
+    log.error("the mesh leaves %s out: %s", what, why, exc_info=e)
 
 
 def _app_clusters(
@@ -124,8 +159,8 @@ def build_listeners(
             continue
         try:
             listeners += _listeners(a, apps, names)
-        except Exception:
-            log.exception("the mesh leaves the upstreams of %s out: they cannot be built", a.id)
+        except Exception as e:
+            left_out(f"the upstreams of {a.id}", "they cannot be built", e)
     return tuple(listeners)
 
 
