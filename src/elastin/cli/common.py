@@ -15,6 +15,7 @@ Exit codes (scripts can trust them; docs/cli.md lists them too)::
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,9 +76,11 @@ def errors() -> Iterator[None]:
     except StoreError as e:
         fail_store(e)
     except ExceptionGroup as group:  # a server's task group: its store broke
-        store = group.subgroup(StoreError)
+        store, rest = group.split(StoreError)
         if store is None:
             raise
+        if rest is not None:  # said too, not lost behind the store's message
+            logging.getLogger("elastin").error("also failed:", exc_info=rest)
         first: BaseException = store
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]

@@ -5,6 +5,7 @@ by the SDK through ``elastin.client.local``)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -170,6 +171,11 @@ def run_async(main: Callable[[], Any]) -> None:
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            fail(
+                f"the disk is full: {e.filename or 'a write'} could not be made",
+                "free space on the data directory's file system and start again",
+            )
         if e.filename:
             fail(f"{e.strerror or e}: {e.filename}", "check that path and its permissions")
         fail(str(e.strerror or e))

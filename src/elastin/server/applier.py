@@ -31,7 +31,7 @@ from elastin.scheduler import (
 from elastin.server.nodes import Nodes
 from elastin.server.repo import Repo, Snapshot
 from elastin.server.waits import Changes
-from elastin.store.base import StateStore, StoreError
+from elastin.store.base import StateStore, StoreError, deferrable
 
 log = logging.getLogger("elastin.server")
 
@@ -116,8 +116,9 @@ class Applier:
                 await self.nodes.check()
                 await self.schedule_once()
                 if self.clock.monotonic() - last_prune > PRUNE_EVERY:
-                    await self.repo.prune_events()
-                    await self.store.compact(HISTORY_KEPT)
+                    with deferrable():  # upkeep: never the space kept for stopping things
+                        await self.repo.prune_events()
+                        await self.store.compact(HISTORY_KEPT)
                     last_prune = self.clock.monotonic()
             except StoreError as e:  # a full disk: said once per pass in one line, retried
                 log.warning("scheduling pass failed: %s; the next pass retries", e)

@@ -12,6 +12,7 @@ registration or a heartbeat may land in between, and must not be overwritten).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from elastin.server.relay import AGENT_API_ATTR, agent_address
 from elastin.server.repo import Repo
 from elastin.server.telemetry import Telemetry
 from elastin.server.waits import Changes
+from elastin.store.base import StoreFullError, deferrable
 
 HEARTBEAT_TTL = 30.0  # seconds without a heartbeat before a node is marked down
 PERSIST_EVERY = 10.0  # seconds between writes of a ready node's last heartbeat
@@ -124,11 +126,19 @@ class Nodes:
                 return node  # heartbeats are frequent: kept in memory, persisted now and then
             back = node.status != "ready"
             node = replace(node, status="ready", last_heartbeat=now)
-            rev = await self.repo.commit(
-                compares=[self.repo.compare_node(node_id, mod_rev)],
-                nodes=[node],
-                events=[("node.ready", node.name, "node is back", "info")] if back else [],
-            )
+            try:
+                # a ready node's timestamp is upkeep: on a full disk it waits (the liveness
+                # check reads the time seen in memory); a node coming back is not
+                with deferrable() if not back else contextlib.nullcontext():
+                    rev = await self.repo.commit(
+                        compares=[self.repo.compare_node(node_id, mod_rev)],
+                        nodes=[node],
+                        events=[("node.ready", node.name, "node is back", "info")] if back else [],
+                    )
+            except StoreFullError:
+                if back:
+                    raise
+                return node
             if rev is None:
                 continue  # registered or marked down meanwhile: look again
             if back:

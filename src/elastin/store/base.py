@@ -25,11 +25,33 @@ Exceptions::
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 JSON = Any
+
+
+_DEFERRABLE: ContextVar[bool] = ContextVar("elastin_store_deferrable", default=False)
+
+
+@contextlib.contextmanager
+def deferrable() -> Iterator[None]:
+    """Writes made inside (in this task) are background upkeep — a heartbeat's timestamp,
+    pruning, compaction — that can wait: on a full disk they are refused at once and never
+    take the space the store keeps for what must go through (stopping things)."""
+    token = _DEFERRABLE.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRABLE.reset(token)
+
+
+def is_deferrable() -> bool:
+    """Whether the write being made now is ``deferrable``."""
+    return _DEFERRABLE.get()
 
 
 class StoreError(Exception):

@@ -73,6 +73,7 @@ import asyncio
 import bisect
 import builtins
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -96,6 +97,7 @@ from elastin.store.base import (
     StoreFullError,
     TxnResult,
     WatchEvent,
+    is_deferrable,
 )
 from elastin.store.hub import HubStore
 
@@ -206,6 +208,21 @@ def _file_problem(path: Path) -> str:
     return ""
 
 
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _foreign(tables: set[str]) -> str | None:
+    """Why a database with ``tables`` is not an Elastin state database (None: it is one, or
+    it is empty). One rule for the server's open and ``elastin store check``."""
+    if not tables or {"meta", "kv", "log"} <= tables:
+        return None
+    return (
+        "it is a SQLite database but not an Elastin state database "
+        f"(its tables: {', '.join(sorted(tables))})"
+    )
+
+
 @dataclass
 class CheckReport:
     """What ``check_file`` found: ``ok``, and the problems (SQLite's words, one a line)."""
@@ -223,7 +240,10 @@ def check_file(path: str | os.PathLike[str], max_problems: int = 20) -> CheckRep
     p = Path(path)
     if not p.exists():
         return CheckReport(str(p), False, [f"{p} does not exist"])
-    problems = [t] if (t := _file_problem(p)) else []
+    try:
+        problems = [t] if (t := _file_problem(p)) else []
+    except OSError as e:  # a directory, no permission: said, not raised
+        return CheckReport(str(p), False, [f"cannot read it: {e.strerror or e}"])
     revision = keys = 0
     # With no WAL beside it no one has it open: ``immutable`` reads without making the WAL
     # and its index (-wal, -shm) that a read-only connection would otherwise leave behind.
@@ -239,10 +259,10 @@ def check_file(path: str | os.PathLike[str], max_problems: int = 20) -> CheckRep
         found = [str(r[0]) for r in rows if r[0] != "ok"]
         problems += found
         if not found:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-            if not {"meta", "kv", "log"} <= tables:
-                problems.append("it is a SQLite database but not an Elastin state database")
-            else:
+            tables = _tables(db)
+            if (foreign := _foreign(tables)) is not None:
+                problems.append(foreign)
+            elif tables:  # no tables at all: an empty file, which a server starts afresh
                 fmt = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
                 if fmt is not None and fmt[0] != FORMAT:
                     problems.append(
@@ -273,7 +293,6 @@ class SqliteStore(HubStore):
         self,
         path: str | os.PathLike[str],
         *,
-        durable: bool = False,
         reserve_bytes: int = RESERVE_BYTES,
         full_backoff: Sequence[float] = FULL_BACKOFF,
     ) -> None:
@@ -287,17 +306,18 @@ class SqliteStore(HubStore):
         self._db_rev = 0
         self._compacted = 0
         self._broken: StoreCorruptError | None = None
-        self._writes_full = 0  # jobs that met a full disk (each retried)
+        self._writes_full = 0  # writes that met a full disk (each counted once)
         self._writes_refused = 0  # jobs refused after their retries
         self._reserve_held = 0  # bytes of the reserve file now
         self._disk_full = False  # since a write met a full disk, until one succeeds
         self._next_reserve_try = 0.0
+        self._reserve_error = ""  # the last reason the reserve could not be made (said once)
         self._fast_until = 0.0  # a write was just refused: do not make the queue wait again
         self._rows: builtins.list[tuple[str, str, int, int]] = []  # kv as read at open
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         try:
             # The constructor is synchronous (``open_store``): it waits for the worker.
-            self._executor.submit(self._open, durable).result()
+            self._executor.submit(self._open).result()
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
@@ -338,10 +358,11 @@ class SqliteStore(HubStore):
         resolves."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
+        can_wait = is_deferrable()  # asked here: the context is the caller's task
 
         def run() -> None:  # on the worker thread
             try:
-                result, events = job() if closing else self._run(job)
+                result, events = job() if closing else self._run(job, can_wait)
             except StoreCorruptError as e:
                 loop.call_soon_threadsafe(self._failed_now, e)
                 loop.call_soon_threadsafe(_fail, fut, e)
@@ -462,12 +483,15 @@ class SqliteStore(HubStore):
                 self._closing.set_result(None)
 
     # worker thread side ------------------------------------------------------------------
-    def _run(self, job: Callable[[], _Done[T]]) -> _Done[T]:
-        """``job``, retried on a full disk (the reserve released first); damage found here
-        breaks the store for good."""
+    def _run(self, job: Callable[[], _Done[T]], can_wait: bool = False) -> _Done[T]:
+        """``job``, retried on a full disk (the reserve released first); a ``can_wait``
+        job (``deferrable``: background upkeep) is refused at once instead, leaving the
+        reserve to the writes that must go through. Damage found here breaks the store for
+        good."""
         if self._broken is not None:
             raise self._broken
-        backoff = self._full_backoff if time.monotonic() >= self._fast_until else ()
+        fast = can_wait or time.monotonic() < self._fast_until
+        backoff = () if fast else self._full_backoff
         for attempt, pause in enumerate((*backoff, None)):
             try:
                 done = job()
@@ -478,11 +502,15 @@ class SqliteStore(HubStore):
                     raise self._broken from e
                 if not _is_full(e, self.path):
                     raise
-                self._writes_full += 1
+                if attempt == 0:
+                    self._writes_full += 1
                 if pause is None:
                     self._writes_refused += 1
-                    self._fast_until = time.monotonic() + FULL_FAST_FOR
                     err = StoreFullError(str(self.path), self._filesystem())
+                    if can_wait:  # upkeep: it waits for room, quietly
+                        log.debug("%s (background upkeep; it tries again later)", err)
+                        raise err from e
+                    self._fast_until = time.monotonic() + FULL_FAST_FOR
                     log.error("%s (a write was refused after %d retries)", err, attempt)
                     raise err from e
                 self._make_room(attempt)
@@ -554,9 +582,14 @@ class SqliteStore(HubStore):
         except OSError as e:
             with contextlib.suppress(OSError):
                 self.reserve.unlink()
-            log.warning("cannot make the reserve file %s: %s", self.reserve, e.strerror or e)
+            why = str(e.strerror or e)
+            if why != self._reserve_error:  # said once per reason, not at every write
+                self._reserve_error = why
+                log.warning("cannot make the reserve file %s: %s", self.reserve, why)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # it will not get better soon
+                self._next_reserve_try = now + 60 * RESERVE_RETRY_EVERY
 
-    def _open(self, durable: bool) -> None:
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -570,8 +603,12 @@ class SqliteStore(HubStore):
             found = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
             if found != ["ok"]:
                 raise StoreCorruptError(str(self.path), "; ".join(found))
+            if (foreign := _foreign(_tables(db))) is not None:  # another program's database
+                raise StoreError(f"{self.path}: {foreign}; point --store at another file")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # NORMAL in WAL mode: a killed process loses nothing committed; a power cut may
+            # lose the last commits (docs/architecture.md, Durability)
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
             self._db = db

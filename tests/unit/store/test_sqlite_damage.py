@@ -128,3 +128,35 @@ def test_sqlite_urls_name_the_file_with_one_leading_slash(tmp_path: Path) -> Non
     with pytest.raises(StoreCorruptError) as caught:
         open_store(f"sqlite:///{path}")
     assert caught.value.path == str(path) and "//" not in caught.value.path
+
+
+async def test_another_programs_database_is_neither_taken_over_nor_judged_differently(
+    tmp_path: Path,
+) -> None:
+    """A typo in --store wrote Elastin's tables into another program's SQLite file, which
+    `elastin store check` then called "not an Elastin state database"; an empty file was
+    fine for the server and "damaged" for the check."""
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"not an Elastin state database.*users"):
+        SqliteStore(other)
+    db = sqlite3.connect(other)
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master")} == {"users"}
+    db.close()
+    report = check_file(other)
+    assert not report.ok and "its tables: users" in report.problems[0]
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert check_file(empty).ok  # a server starts it afresh, and says so alike
+
+
+def test_check_file_says_what_it_cannot_read_instead_of_raising(tmp_path: Path) -> None:
+    as_dir = tmp_path / "state.db"
+    as_dir.mkdir()
+    report = check_file(as_dir)
+    assert not report.ok and report.problems == ["cannot read it: Is a directory"]
