@@ -61,6 +61,7 @@ class RequireToken:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(self.denied)).encode()),
+                        (b"connection", b"close"),  # no keep-alive without the token
                     ],
                 }
             )

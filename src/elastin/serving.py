@@ -35,6 +35,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import resource
 import socket
@@ -103,7 +104,7 @@ class Limits:
             kind = float if f.type in ("float", float) else int
             try:
                 value = kind(raw)
-                if value <= 0:
+                if not math.isfinite(value) or value <= 0:  # nan passed `<= 0`
                     raise ValueError
             except ValueError:
                 raise ValueError(
@@ -186,10 +187,13 @@ async def accept_loop(
     factory: Callable[[], asyncio.Protocol],
     guard: Guard,
     name: str,
+    cap_hint: str = "lower ELASTIN_API_MAX_CONNECTIONS",
 ) -> None:
     """Accept connections on ``sock`` for protocols from ``factory`` until cancelled, at most
     ``guard.total`` open at once; out of descriptors, pause and log one line (``name`` says
-    whose loop). Each protocol calls ``guard.admit``/``release`` itself (it knows its peer)."""
+    whose loop, ``cap_hint`` how to lower its cap). Any other error is logged and the loop
+    goes on after a pause: it never ends silently while its owner looks healthy. Each
+    protocol calls ``guard.admit``/``release`` itself (it knows its peer)."""
     loop = asyncio.get_running_loop()
     full = False  # at guard.total: said once until there is room again
     told = False  # out of descriptors: said (once a minute at most) and not yet resumed
@@ -215,19 +219,21 @@ async def accept_loop(
                 if loop.time() - last_told >= SAY_EVERY:
                     log.warning(
                         "%s: cannot accept connections: %s (%d open here%s); paused until one "
-                        "closes — raise the file limit (ulimit -n) or lower "
-                        "ELASTIN_API_MAX_CONNECTIONS",
+                        "closes — raise the file limit (ulimit -n) or %s",
                         name,
                         e.strerror or errno.errorcode.get(e.errno or 0, "?"),
                         guard.open,
                         f"; {missed} times since the last such line" if missed > 1 else "",
+                        cap_hint,
                     )
                     told, last_told, missed = True, loop.time(), 0
                 await guard.freed(RETRY_SECONDS)
                 continue
             if e.errno in GONE:
                 continue
-            raise
+            log.warning("%s: cannot accept connections: %s; trying again", name, e)
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
         if told:
             log.warning("%s: accepting connections again (%d open)", name, guard.open)
             told = False
@@ -249,6 +255,9 @@ async def accept_loop(
                 await loop.connect_accepted_socket(factory, c)
             except OSError as e:  # the peer went away meanwhile
                 log.debug("%s: accepted connection lost: %s", name, e)
+                c.close()
+            except Exception:  # one connection's failure is not the listener's
+                log.exception("%s: cannot serve an accepted connection", name)
                 c.close()
 
 
@@ -326,8 +335,15 @@ class _Http(HttpToolsProtocol):
         super().on_message_begin()
         self._began = True
         self._head_bytes = 0
-        if self._head_timer is None:
-            self._arm()
+        self._arm()  # the header timeout, from this request's first byte
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            # our own idle timer, stopped only by the next request's first byte: uvicorn's
+            # keep-alive timer stops at *any* byte, so "\r\n" or one byte of a body the app
+            # did not read (a 401 before it) held a connection open for ever
+            self._arm(self._limits.idle_timeout)
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -346,9 +362,11 @@ class _Http(HttpToolsProtocol):
         super().on_body(body)
 
     # -- the timer
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None) -> None:
+        """(Re)start the one timer: the header timeout, or ``seconds`` (idle after an answer)."""
         self._disarm()
-        self._head_timer = self.loop.call_later(self._limits.header_timeout, self._timed_out)
+        wait = self._limits.header_timeout if seconds is None else seconds
+        self._head_timer = self.loop.call_later(wait, self._timed_out)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:

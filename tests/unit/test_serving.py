@@ -3,6 +3,11 @@ variable) and the connection counts per address."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from elastin.serving import Guard, Limits
@@ -22,6 +27,28 @@ def test_limits_come_from_the_environment() -> None:
 def test_a_bad_value_names_its_variable(value: str) -> None:
     with pytest.raises(ValueError, match="ELASTIN_API_MAX_PER_CLIENT"):
         Limits.from_env({"ELASTIN_API_MAX_PER_CLIENT": value})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "x"])
+def test_a_timeout_that_is_not_a_finite_positive_number_is_refused(value: str) -> None:
+    """`nan` passed `value <= 0`: a NaN header timeout closed every connection at once (and
+    disorders the loop's timers), `inf` meant no timeout at all."""
+    with pytest.raises(ValueError, match="ELASTIN_API_HEADER_TIMEOUT"):
+        Limits.from_env({"ELASTIN_API_HEADER_TIMEOUT": value})
+
+
+def test_a_bad_setting_stops_the_command_with_its_name_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "ELASTIN_DATA_DIR": str(tmp_path), "ELASTIN_API_MAX_BODY": "4MB"}
+    for args in (["server", "--port", "0"], ["daemon", "--port", "0"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "elastin.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "ELASTIN_API_MAX_BODY='4MB'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_default_caps_follow_the_file_limit() -> None:

@@ -75,6 +75,7 @@ from elastin.model.codec import from_data
 from elastin.model.resources import Resources
 from elastin.model.settled import workload_ready
 from elastin.model.workload import Application, Workload
+from elastin.serving import Limits
 
 log = logging.getLogger("elastin.agent")
 
@@ -104,6 +105,7 @@ class AgentConfig:
     metrics_port: int | None = 0  # the agent's /metrics on 127.0.0.1 (0: any free port; None: off)
     api_host: str = "127.0.0.1"  # the agent's API (logs, relayed by the server): an IP literal
     api_port: int = 0  # 0: any free port
+    api_limits: Limits | None = None  # None: from ELASTIN_API_* (elastin.serving)
     # allocation directories the agent no longer knows are removed after this long idle
     # (sooner when the data disk is used above gc_disk_threshold): elastin.agent.gc
     gc_retention: float = 4 * 3600.0
@@ -201,15 +203,18 @@ def connect_server(url: str, token: str) -> AgentClient:
 class Reporter:
     """Sends allocation reports; keeps the newest per allocation and retries until sent
     (every ``RETRY`` seconds while the server is away or answers with a server error, e.g.
-    a 500 when its disk is full). A report the server refuses (4xx) is dropped."""
+    a 500 when its disk is full). A report the server refuses (4xx) is dropped; a batch it
+    finds too large (413) is sent again in halves."""
 
     RETRY = 1.0
+    BATCH = 256  # allocations per request at most (the API refuses bodies over 4 MiB)
 
     def __init__(self, client: Callable[[], ReportClient], clock: Clock = SYSTEM) -> None:
         self.client = client
         self.clock = clock
         self.pending: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
+        self.batch = self.BATCH  # halved while the server says a batch is too large
 
     def report(self, alloc_id: str, **fields: Any) -> None:
         cur = self.pending.setdefault(alloc_id, {})
@@ -238,10 +243,14 @@ class Reporter:
 
     async def flush(self) -> None:
         while self.pending:
-            batch, self.pending = self.pending, {}
+            batch = {k: self.pending.pop(k) for k in list(self.pending)[: self.batch]}
             try:
                 results = await self.client().allocs_status(batch)
             except ApiError as e:
+                if e.status == 413 and len(batch) > 1:  # too large: send halves
+                    self.batch = max(1, len(batch) // 2)
+                    self._put_back(batch)
+                    continue
                 if e.status < 500 and e.status not in (408, 429):
                     log.warning("reports not taken: %s", e.message)  # refused: final
                     continue
@@ -255,6 +264,7 @@ class Reporter:
                 self._put_back(batch)
                 await self.clock.sleep(self.RETRY)
                 continue
+            self.batch = min(self.BATCH, self.batch * 2)
             for alloc_id, result in results.items():
                 if result != "ok":
                     # deleted, or the server moved it on (e.g. lost): final either way
@@ -308,6 +318,7 @@ class Agent:
             cfg.token,
             host=cfg.api_host,
             port=cfg.api_port,
+            limits=cfg.api_limits,
         )
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)

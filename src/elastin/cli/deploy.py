@@ -34,7 +34,7 @@ from elastin.cli.common import (
     print_json,
     read_spec,
 )
-from elastin.cli.servers import run_async
+from elastin.cli.servers import check_api_limits, run_async
 from elastin.client.discovery import default_data_dir, running_server
 from elastin.client.errors import ClientError
 from elastin.client.http import Client
@@ -111,6 +111,7 @@ def up(file: str, detach: bool, port: int, timeout: float) -> None:
 
     In the foreground, Ctrl-C stops the application and the server cleanly.
     """
+    check_api_limits()
     with errors():
         text, name, base = read_spec(file)
     app = load_spec(Path(file)).name

@@ -19,6 +19,7 @@ from typing import Any
 from elastin.agent.agent import Agent, AgentConfig
 from elastin.agent.drivers.registry import default_drivers
 from elastin.server.app import ServerConfig, run_server
+from elastin.serving import Limits, default_max_connections
 
 Main = Callable[[str, str, Agent, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -49,10 +50,13 @@ async def run_embedded(
         loop.add_signal_handler(sig, shutdown.set)
     done = asyncio.Event()
     failed: list[BaseException] = []  # the agent's error: raised once everything stopped
+    # one process, two APIs: they share the descriptor budget (half the default cap each)
+    limits = Limits.from_env(max_connections=max(8, default_max_connections() // 2))
 
     async def on_ready(url: str, token: str) -> None:
         agent = Agent(
-            AgentConfig(data_dir=data_dir, server_url=url, token=token), default_drivers()
+            AgentConfig(data_dir=data_dir, server_url=url, token=token, api_limits=limits),
+            default_drivers(),
         )
         agent_task = asyncio.create_task(agent.run())
         main_task = asyncio.create_task(main(url, token, agent, shutdown))
@@ -87,7 +91,10 @@ async def run_embedded(
             done.set()
 
     server = asyncio.create_task(
-        run_server(ServerConfig(data_dir=data_dir, host=host, port=port), on_ready=on_ready)
+        run_server(
+            ServerConfig(data_dir=data_dir, host=host, port=port, limits=limits),
+            on_ready=on_ready,
+        )
     )
     waiter = asyncio.create_task(done.wait())
     try:

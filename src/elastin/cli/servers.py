@@ -37,6 +37,7 @@ def server(host: str, port: int, store_url: str, algorithm: str) -> None:
     """Run the server (API, scheduler, SQLite state) in the foreground."""
     from elastin.server.app import ServerConfig, run_server
 
+    check_api_limits()
     cfg = ServerConfig(
         default_data_dir(), host=host, port=port, store_url=store_url, algorithm=algorithm
     )
@@ -107,6 +108,7 @@ def agent(
     from elastin.agent.agent import Agent, AgentConfig
     from elastin.agent.drivers.registry import default_drivers
 
+    check_api_limits()
     if token:
         err_console.print(
             "warning: --token puts the API token on the command line, where every local user "
@@ -149,6 +151,17 @@ def agent(
         await Agent(cfg, default_drivers()).run()
 
     run_async(main)
+
+
+def check_api_limits() -> None:
+    """The ``ELASTIN_API_*`` settings, read before anything starts: a bad one is a usage
+    error that names it, not a traceback from inside the server."""
+    from elastin.serving import Limits
+
+    try:
+        Limits.from_env()
+    except ValueError as e:
+        fail(str(e), 'docs/api.md, "Limits and timeouts", lists them', EXIT_USAGE)
 
 
 def cancel_on_signals() -> None:
@@ -198,6 +211,7 @@ def run_async(main: Callable[[], Any]) -> None:
 @click.option("--stop-workloads", is_flag=True, help="stop instances when the daemon stops")
 def daemon(port: int, stop_workloads: bool) -> None:
     """Server and agent in one background process (started by `up --detach`)."""
+    check_api_limits()
     from elastin.cli.embedded import run_embedded
 
     async def idle(url: str, token: str, agent: Any, shutdown: asyncio.Event) -> None:

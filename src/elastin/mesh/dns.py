@@ -257,7 +257,9 @@ class DnsServer:
                 return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._handle_tcp)
 
             self._accepting = asyncio.create_task(
-                serving.accept_loop(tcp, stream, self._guard, "the DNS server (TCP)")
+                serving.accept_loop(
+                    tcp, stream, self._guard, "the DNS server (TCP)", "stop idle DNS clients"
+                )
             )
             return
         raise OSError("no port free for both UDP and TCP")

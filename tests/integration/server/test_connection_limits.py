@@ -145,6 +145,27 @@ def test_a_connection_that_sends_nothing_or_half_a_head_is_closed(
     assert d.proc.poll() is None
 
 
+def test_a_byte_after_an_answer_does_not_hold_a_connection_open(
+    start: Callable[..., Daemon],
+) -> None:
+    """uvicorn's keep-alive timer stopped at any byte: a bare CRLF after an answer, or one
+    byte of a body the server never read (a 401 first), held the connection for ever — with
+    no token, enough of them blocked the API for everyone."""
+    d = start(header_timeout="60", idle_timeout="0.5")  # only the idle timer can close
+    with connect(d.port) as s:
+        head = f"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n"
+        s.sendall(head.encode())
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"\r\n")  # not a request
+        read_all(s)  # closed by the idle timeout (read_all fails if it stays open)
+    with connect(d.port) as s:  # no token, and a body that will not come whole
+        s.sendall(b"POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx")
+        answer = read_all(s)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"connection: close" in answer.lower()
+    assert d.proc.poll() is None
+
+
 def test_one_address_cannot_take_every_connection(start: Callable[..., Daemon]) -> None:
     d = start(max_per_client="4", header_timeout="60")
     held = [connect(d.port) for _ in range(4)]

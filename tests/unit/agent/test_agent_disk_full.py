@@ -178,3 +178,28 @@ async def test_a_batch_the_server_fails_on_is_kept_merged_and_retried() -> None:
     ]
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+class SmallServer:
+    """Refuses a batch of more than ``most`` allocations with a 413 (its body limit)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.taken: list[str] = []
+
+    async def allocs_status(self, reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+        if len(reports) > self.most:
+            raise ApiError(413, "the request's body is over 4194304 bytes")
+        self.taken += list(reports)
+        return {k: "ok" for k in reports}
+
+
+async def test_a_batch_too_large_for_the_server_is_sent_in_halves_not_dropped() -> None:
+    """Reports piled up while the server was away grew past the API's body limit: the 413
+    (a 4xx) dropped every allocation's status."""
+    server = SmallServer(most=3)
+    r = Reporter(lambda: server, FakeClock())
+    for i in range(10):
+        r.report(f"a{i}", status="running")
+    await r.flush()
+    assert sorted(server.taken) == sorted(f"a{i}" for i in range(10)) and not r.pending
