@@ -55,11 +55,7 @@ def fail(message: str, hint: str = "", code: int = EXIT_FAILED) -> NoReturn:
 def fail_store(e: StoreError) -> NoReturn:
     """A state store error as one message (its text says what is wrong, where, what to do)."""
     if isinstance(e, StoreCorruptError):
-        fail(
-            f"the state database {e.path} is damaged ({e.problem})",
-            f"restore a backup of it, see `elastin store check`, or move it away "
-            f"(mv {e.path} {e.path}.damaged) to start with an empty state",
-        )
+        fail(f"the state database {e.path} is damaged ({e.problem})", e.hint)
     if isinstance(e, StoreFullError):
         fail(
             f"the data directory's disk is full: {e.path} cannot be written",

@@ -14,6 +14,7 @@ from rich.text import Text
 from elastin.cli.common import EXIT_FAILED, console, err_console, fail
 from elastin.client.discovery import default_data_dir
 from elastin.store import check_file
+from elastin.store.base import damage_advice
 
 
 @click.group()
@@ -49,14 +50,13 @@ def check(path: str) -> None:
             "to check another one",
         )
     err_console.print(Text(f"✗ {report.path} is damaged:", style="bold red"))
-    for problem in report.problems:
-        err_console.print(Text(f"  {problem}"), soft_wrap=True)
+    for problem in report.problems:  # SQLite's may span lines: each one indented
+        for line in problem.splitlines():
+            err_console.print(Text(f"  {line}"), soft_wrap=True)
     err_console.print(
         Text(
             "What to do: stop the server if one runs (it stops by itself when it finds the "
-            "damage), then either restore a backup of this file, or move it away "
-            f"(mv {report.path} {report.path}.damaged) and start again with an empty state "
-            "(apply your specs again).",
+            f"damage). {damage_advice(report.path)}.",
             style="yellow",
         ),
         soft_wrap=True,

@@ -70,8 +70,7 @@ def from_store_error(e: StoreError) -> ServerError:
     if isinstance(e, StoreCorruptError):
         return StoreUnavailable(
             f"the state database {e.path} is damaged ({e.problem}); the server stops",
-            hint="restore a backup of it, see `elastin store check`, or move it away to "
-            "start with an empty state",
+            hint=e.hint,
         )
     if isinstance(e, StoreClosedError):
         return StoreUnavailable("the server is stopping", hint="try again in a moment")

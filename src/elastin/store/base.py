@@ -81,11 +81,19 @@ class StoreCorruptError(StoreError):
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         self.problem = problem
+        self.hint = damage_advice(path)
         super().__init__(
             f"the state database {path} is damaged ({problem}); Elastin will not use it. "
-            f"Restore a backup of it, run `elastin store check` for the details, or move it "
-            f"away (mv {path} {path}.damaged) to start with an empty state"
+            + self.hint
         )
+
+
+def damage_advice(path: str) -> str:
+    """What to do about a damaged state file: one text for the server, the API and the CLI."""
+    return (
+        f"Restore a backup of it, run `elastin store check` for the details, or move it away "
+        f"(mv {path} {path}.damaged) and start with an empty state (apply your specs again)"
+    )
 
 
 class StoreFullError(StoreError):

@@ -87,6 +87,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+from elastin.clock import SYSTEM, Clock
 from elastin.store.base import (
     JSON,
     Compare,
@@ -295,7 +296,9 @@ class SqliteStore(HubStore):
         *,
         reserve_bytes: int = RESERVE_BYTES,
         full_backoff: Sequence[float] = FULL_BACKOFF,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self._clock = clock  # when the full-disk windows and the reserve's next try are
         self.path = Path(path)
         self.reserve = self.path.with_name(self.path.name + RESERVE_SUFFIX)
         self.reserve_bytes = reserve_bytes
@@ -490,7 +493,7 @@ class SqliteStore(HubStore):
         good."""
         if self._broken is not None:
             raise self._broken
-        fast = can_wait or time.monotonic() < self._fast_until
+        fast = can_wait or self._clock.monotonic() < self._fast_until
         backoff = () if fast else self._full_backoff
         for attempt, pause in enumerate((*backoff, None)):
             try:
@@ -510,11 +513,11 @@ class SqliteStore(HubStore):
                     if can_wait:  # upkeep: it waits for room, quietly
                         log.debug("%s (background upkeep; it tries again later)", err)
                         raise err from e
-                    self._fast_until = time.monotonic() + FULL_FAST_FOR
+                    self._fast_until = self._clock.monotonic() + FULL_FAST_FOR
                     log.error("%s (a write was refused after %d retries)", err, attempt)
                     raise err from e
                 self._make_room(attempt)
-                time.sleep(pause)
+                time.sleep(pause)  # the worker thread's own pause, not the loop's
             else:
                 if self._disk_full:
                     self._disk_full, self._fast_until = False, 0.0
@@ -552,12 +555,12 @@ class SqliteStore(HubStore):
         with contextlib.suppress(FileNotFoundError):
             self.reserve.unlink()
         self._reserve_held = 0
-        self._next_reserve_try = time.monotonic() + RESERVE_RETRY_EVERY
+        self._next_reserve_try = self._clock.monotonic() + RESERVE_RETRY_EVERY
 
     def _restore_reserve(self) -> None:
         """Make the reserve file when the filesystem has room for it twice over (at most
         every ``RESERVE_RETRY_EVERY`` s): it must not be what fills the disk."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if self.reserve_bytes <= 0 or now < self._next_reserve_try:
             return
         self._next_reserve_try = now + RESERVE_RETRY_EVERY
