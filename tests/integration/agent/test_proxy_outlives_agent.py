@@ -30,6 +30,7 @@ import pytest
 from elastin.agent.drivers.cgroups import destroy_root
 from elastin.client.http import Client
 from elastin.mesh.haproxy.process import haproxy_binary
+from elastin.testing.programs import ECHO_ALLOC_ID
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
@@ -37,17 +38,7 @@ pytestmark = [
 ]
 
 PY = sys.executable
-API = (
-    "import http.server, os\n"
-    "class H(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        b = os.environ['ELASTIN_ALLOC_ID'].encode()\n"
-    "        self.send_response(200); self.send_header('Content-Length', str(len(b)))\n"
-    "        self.end_headers(); self.wfile.write(b)\n"
-    "    def log_message(self, *a): pass\n"
-    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
-    ".serve_forever()\n"
-)
+API = ECHO_ALLOC_ID
 SPEC = f"""
 app: m
 services:

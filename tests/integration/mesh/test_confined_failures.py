@@ -32,6 +32,7 @@ from elastin.client.http import Client
 from elastin.mesh.model import Cluster
 from elastin.model.cluster import Allocation
 from elastin.model.workload import Workload
+from elastin.testing.programs import ECHO_ALLOC_ID
 
 pytestmark = [
     needs_haproxy,
@@ -39,17 +40,7 @@ pytestmark = [
 ]
 
 PY = sys.executable
-API = (
-    "import http.server, os\n"
-    "class H(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        b = os.environ['ELASTIN_ALLOC_ID'].encode()\n"
-    "        self.send_response(200); self.send_header('Content-Length', str(len(b)))\n"
-    "        self.end_headers(); self.wfile.write(b)\n"
-    "    def log_message(self, *a): pass\n"
-    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
-    ".serve_forever()\n"
-)
+API = ECHO_ALLOC_ID
 
 
 def spec(app: str) -> str:
