@@ -5,15 +5,12 @@ while it runs stops, saying so, instead of answering 500 every time it touches t
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from store_cli import elastin, server_process
 
 from elastin.store import SqliteStore
 
@@ -24,16 +21,6 @@ services:
     command: ["python3", "-c", "import time; time.sleep(60)"]
     resources: {cpu: 100m, memory: 32Mi}
 """
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELASTIN_")}
-    env["ELASTIN_DATA_DIR"] = str(data_dir)
-    return env
-
-
-def _elastin(*args: str) -> list[str]:
-    return [sys.executable, "-m", "elastin.cli.main", *args]
 
 
 def _write_state(path: Path, batches: int) -> None:
@@ -72,8 +59,7 @@ def test_a_damaged_file_is_refused_at_start(tmp_path: Path, command: str, how: s
     spec = tmp_path / "t.yaml"
     spec.write_text(SPEC)
     args = {"server": ["server", "--port", "0"], "daemon": ["daemon", "--port", "0"]}
-    argv = _elastin(*args.get(command, ["up", str(spec), "--port", "0"]))
-    res = subprocess.run(argv, env=_env(data), capture_output=True, text=True, timeout=60)
+    res = elastin(data, *args.get(command, ["up", str(spec), "--port", "0"]), timeout=60)
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
     assert "Traceback" not in out
@@ -90,22 +76,8 @@ def test_damage_found_while_running_stops_the_server_once(tmp_path: Path) -> Non
     db = data / "state.db"
     # more than SQLite's page cache (2 MB): a full replay of the history reads the file
     _write_state(db, 80)
-    proc = subprocess.Popen(
-        _elastin("server", "--port", "0"),
-        env=_env(data),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with server_process(data) as (proc, url, token):
         info = data / "server.json"
-        for _ in range(300):
-            if info.exists() and info.read_text():
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.1)
-        url = json.loads(info.read_text())["url"]
-        token = (data / "token").read_text().strip()
         _overwrite_middle(db)
         headers = {"Authorization": f"Bearer {token}"}
         try:  # the watch replays every change from revision 1: it meets the damage
@@ -118,10 +90,6 @@ def test_damage_found_while_running_stops_the_server_once(tmp_path: Path) -> Non
             pass  # the server stopped under the stream
         code = proc.wait(timeout=60)
         out = proc.stdout.read() + proc.stderr.read()  # type: ignore[union-attr]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     flat = " ".join(out.split())
     assert code == 1, out
     assert "Traceback" not in out

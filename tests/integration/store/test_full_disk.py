@@ -8,17 +8,15 @@ A write that meets the full disk releases the reserve file and is retried; ``sto
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from store_cli import elastin, server_process
 
 from elastin.store import SqliteStore, StoreFullError
 from elastin.store import sqlite as sqlite_store
@@ -134,22 +132,6 @@ services:
 """
 
 
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELASTIN_")}
-    env["ELASTIN_DATA_DIR"] = str(data_dir)
-    return env
-
-
-def _elastin(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "elastin.cli.main", *args],
-        env=_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
 def test_stop_and_down_work_on_a_full_disk_and_an_apply_is_refused_clearly(
     tmpfs: Path, tmp_path: Path
 ) -> None:
@@ -157,41 +139,26 @@ def test_stop_and_down_work_on_a_full_disk_and_an_apply_is_refused_clearly(
     spec.write_text(SPEC)
     big = tmp_path / "big.yaml"  # an application that needs room of its own to be recorded
     big.write_text(SPEC.replace("app: t", "app: big") + f'    env: {{PAD: "{"z" * 300_000}"}}\n')
-    server = subprocess.Popen(
-        [sys.executable, "-m", "elastin.cli.main", "server", "--port", "0"],
-        env=_env(tmpfs),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        info = tmpfs / "server.json"
-        for _ in range(300):
-            if info.exists() and info.read_text():
-                break
-            assert server.poll() is None, server.communicate()
-            time.sleep(0.1)
-        url = json.loads(info.read_text())["url"]
+    with server_process(tmpfs) as (server, url, token):
         assert (tmpfs / "state.db.reserve").exists()
-        done = _elastin(tmpfs, "apply", str(spec))
+        done = elastin(tmpfs, "apply", str(spec))
         assert done.returncode == 0, done.stdout + done.stderr
 
         fill(tmpfs, "filler-1")
         for args in (["stop", "web"], ["down"]):
-            done = _elastin(tmpfs, *args)
+            done = elastin(tmpfs, *args)
             assert done.returncode == 0, (args, done.stdout + done.stderr)
         assert not (tmpfs / "state.db.reserve").exists()  # what let them commit
-        apps = _elastin(tmpfs, "status")
+        apps = elastin(tmpfs, "status")
         assert apps.returncode == 0, apps.stdout + apps.stderr
 
         fill(tmpfs, "filler-2")  # the reserve's space taken too: the disk stays full
-        done = _elastin(tmpfs, "apply", str(big))
+        done = elastin(tmpfs, "apply", str(big))
         out = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 1, out
         assert "Traceback" not in out and "500" not in out
         assert "the data directory's disk is full" in out and f"free space on {tmpfs}" in out
 
-        token = (tmpfs / "token").read_text().strip()
         metrics = httpx.get(
             f"{url}/v1/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
         ).text
@@ -199,10 +166,3 @@ def test_stop_and_down_work_on_a_full_disk_and_an_apply_is_refused_clearly(
         full = re.search(r"^elastin_store_writes_disk_full_total (\S+)$", metrics, re.M)
         assert refused and float(refused[1]) >= 1 and full and float(full[1]) >= 2
         assert server.poll() is None  # still serving
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
