@@ -8,7 +8,18 @@ import os
 import stat
 from pathlib import Path
 
-MARKERS = ("token", "state.db", "agent", "allocs", "mesh")  # what Elastin keeps there
+# what Elastin keeps there (any one of them says the directory is Elastin's)
+MARKERS = (
+    "token",
+    "state.db",
+    "state.db.reserve",
+    "server.json",
+    "agent",
+    "allocs",
+    "mesh",
+    "elastin.log",  # `up --detach`'s daemon log
+    "sdk-server.log",  # the SDK's
+)
 
 
 def ensure_private(path: Path) -> None:

@@ -25,6 +25,12 @@ def test_a_new_or_own_directory_is_made_0700(tmp_path: Path) -> None:
     old.chmod(0o755)
     ensure_private(old)
     assert mode(old) == 0o700
+    sdk = tmp_path / "sdk"  # the SDK wrote its server's log before the server made the rest
+    sdk.mkdir()
+    (sdk / "sdk-server.log").write_text("")
+    sdk.chmod(0o755)
+    ensure_private(sdk)
+    assert mode(sdk) == 0o700
 
 
 def test_a_directory_others_use_is_refused_and_left_as_it_was(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def start_daemon(
     """Start ``elastin daemon --port PORT`` with its output appended to ``log_path`` and wait
     until it serves the API (``port`` 0: any free port). With ``stop_workloads`` the daemon
     stops its instances when it stops."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # root's alone (elastin.datadir)
     args = [sys.executable, "-m", "elastin.cli.main", "daemon", "--port", str(port)]
     if stop_workloads:
         args.append("--stop-workloads")
