@@ -88,6 +88,7 @@ HEARTBEAT_INTERVAL = 5.0
 # how often every instance's logs are checked against their cap (an fstat each): a log can
 # pass its cap by what its workload writes in this long, no more
 LOG_CHECK_SECONDS = 1.0
+LOOP_GIVE_UP = 10  # failures in a row (about 3 min) before a vital loop stops the agent
 LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
 DRAIN_WAIT = 5.0  # seconds an instance being stopped waits for the proxies to drop it
 
@@ -665,12 +666,16 @@ class Agent:
                 await self.recover(tg)
                 clock = self.clock
                 tg.create_task(keep_running("the agent's reporter", self.reporter.run, clock))
-                tg.create_task(keep_running("the agent's heartbeat", self.heartbeat, clock))
+                vital = LOOP_GIVE_UP  # the node is no use without these: fail loudly
+                tg.create_task(keep_running("the agent's heartbeat", self.heartbeat, clock, vital))
                 tg.create_task(keep_running("the agent's log caps", self.keep_logs, clock))
                 tg.create_task(keep_running("the agent's allocation GC", self.keep_allocs, clock))
                 tg.create_task(
                     keep_running(
-                        "the agent's allocation watch", lambda: self.watch_allocations(tg), clock
+                        "the agent's allocation watch",
+                        lambda: self.watch_allocations(tg),
+                        clock,
+                        vital,
                     )
                 )
                 if self.cfg.mesh:

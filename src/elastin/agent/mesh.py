@@ -68,13 +68,20 @@ RETRY_MAX = 30.0  # seconds: the longest wait before a failed task is run again
 
 
 async def keep_running(
-    name: str, task: Callable[[], Awaitable[None]], clock: Clock = SYSTEM
+    name: str,
+    task: Callable[[], Awaitable[None]],
+    clock: Clock = SYSTEM,
+    give_up_after: int = 0,
 ) -> None:
     """Run ``task`` until it returns (or is cancelled); when it fails unexpectedly, log the
     error with its traceback and run it again (after 1 s, doubling up to ``RETRY_MAX`` while
     it keeps failing): one bug in one of the agent's loops does not stop the node's other
-    work."""
+    work. ``give_up_after`` (> 0): after that many failures in a row, each soon after the
+    last, the error is raised — a loop the node cannot do without (watching its allocations,
+    its heartbeat) failing for minutes stops the agent loudly instead of a node that looks
+    healthy while it does nothing."""
     delay = 1.0
+    failures = 0
     while True:
         started = clock.monotonic()
         try:
@@ -82,7 +89,11 @@ async def keep_running(
             return
         except Exception:
             if clock.monotonic() - started > RETRY_MAX:
-                delay = 1.0  # it had been working for a while: a new failure, not the same
+                delay, failures = 1.0, 0  # it had been working for a while: a new failure
+            failures += 1
+            if give_up_after and failures >= give_up_after:
+                log.error("%s failed %d times in a row; giving up", name, failures)
+                raise
             log.exception("%s failed unexpectedly; running it again in %gs", name, delay)
         await clock.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)

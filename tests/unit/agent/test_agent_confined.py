@@ -238,6 +238,20 @@ async def test_a_failing_loop_is_logged_and_run_again(caplog: pytest.LogCaptureF
     assert len(failures) == 2 and all(r.exc_info for r in failures)
 
 
+async def test_a_vital_loop_that_keeps_failing_stops_the_agent() -> None:
+    """An allocation watch failing every time was re-run for ever with a log line: the node
+    kept heartbeating, looked healthy and started or stopped nothing."""
+    runs: list[int] = []
+
+    async def broken() -> None:
+        runs.append(1)
+        raise RuntimeError("cannot read what the server sends")
+
+    with pytest.raises(RuntimeError, match="cannot read"):
+        await keep_running("the watch", broken, FakeClock(autojump=True), give_up_after=4)
+    assert len(runs) == 4
+
+
 async def test_an_error_the_agent_cannot_confine_ends_run_with_agent_failed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
