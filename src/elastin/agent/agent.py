@@ -541,7 +541,7 @@ class Agent:
         why = f"agent error while {doing}: {type(e).__name__}: {e}"
         log.error("%s: %s", alloc.name, why, exc_info=e)
         fields: dict[str, Any] = {"status": "failed", "reason": why} if fail else {}
-        event = ("alloc.agent_error", alloc.name, f"{why} (traceback in the agent's log)", "error")
+        event = ("alloc.agent_error", alloc.label, f"{why} (traceback in the agent's log)", "error")
         self.reporter.report(alloc.id, events=[event], **fields)
 
     async def _run_runner(self, runner: AllocRunner, recovered: Handle | None = None) -> None:
@@ -703,7 +703,7 @@ class Agent:
             told = (alloc_id, app, why)
             if (r.alloc.app == app or alloc_id in callers) and told not in self._left_out_told:
                 self._left_out_told.add(told)  # once per allocation and reason
-                event = ("mesh.left_out", r.alloc.name, message, "error")
+                event = ("mesh.left_out", r.alloc.label, message, "error")
                 self.reporter.report(alloc_id, events=[event])
 
     async def keep_logs(self) -> None:
@@ -764,7 +764,7 @@ class Agent:
                 )
                 log.warning("%s: %s", r.alloc.name, msg)
                 self.reporter.report(
-                    r.alloc.id, events=[("alloc.logs_dropped", r.alloc.name, msg, "warning")]
+                    r.alloc.id, events=[("alloc.logs_dropped", r.alloc.label, msg, "warning")]
                 )
 
     async def collect_allocs(self, policy: GcPolicy) -> list[str]:

@@ -200,7 +200,7 @@ class AllocRunner:
         self.report(self.alloc.id, status=status, restarts=self.state.restarts, **extra)
 
     def _event(self, type_: str, message: str, level: str = "info") -> None:
-        self.report(self.alloc.id, events=[(type_, self.alloc.name, message, level)])
+        self.report(self.alloc.id, events=[(type_, self.alloc.label, message, level)])
 
     async def run(self, recovered: Handle | None = None) -> None:
         try:

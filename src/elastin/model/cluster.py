@@ -106,6 +106,8 @@ class Allocation:
     usage: Usage = field(default_factory=Usage)
     created_at: float = 0.0
     updated_at: float = 0.0
+    ready_at: float = 0.0  # when it last became ready (running; healthy if checked); 0 = not
+    attempt: int = 0  # jobs: earlier failed runs of this version (the agent waits retry_wait)
 
     @property
     def key(self) -> str:
@@ -118,6 +120,16 @@ class Allocation:
     @property
     def name(self) -> str:
         return f"{self.app}.{self.workload}[{self.index}]"
+
+    @property
+    def short_id(self) -> str:
+        """The id as the CLI shows it beside the name (retries and replacements share a name)."""
+        return self.id[:8]
+
+    @property
+    def label(self) -> str:
+        """Name and short id: what events name an allocation by (``shop.api[0] 1a2b3c4d``)."""
+        return f"{self.name} {self.short_id}"
 
 
 EventSpec = tuple[str, str, str, str]

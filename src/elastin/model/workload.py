@@ -110,6 +110,29 @@ class MeshPolicy:
     access_log: bool = True  # the mesh logs every request to this service
 
 
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """How a service's instances are replaced when its spec changes (a *rollout*; Nomad's
+    ``update`` block, a Kubernetes Deployment's rolling update).
+
+    At most ``replicas + max_surge`` instances run at once and at least ``replicas -
+    max_unavailable`` stay available; a new instance counts once it has been ready (running,
+    and healthy when it has a check) for ``min_healthy_time``. A version whose instances are
+    not all ready within ``healthy_deadline`` of the rollout's start (or that fail) is rolled
+    back to the last version that was (``auto_revert``). ``canary`` > 0 starts that many new
+    instances beside the old ones and waits for ``elastin rollout promote``. A service with a
+    fixed port is replaced stop-first (surge 0, one unavailable at a time): two instances
+    cannot hold one port.
+    """
+
+    max_surge: int = 1
+    max_unavailable: int = 0
+    min_healthy_time: float = 5.0
+    healthy_deadline: float = 300.0
+    auto_revert: bool = True
+    canary: int = 0
+
+
 DYNAMIC_UIDS = range(0x70000000, 0x70000000 + 65536)
 """The uids of dynamic users (one per instance without ``user:``; docs/spec.md): above
 systemd's container range, below 2**31. A spec may not name one of them."""
@@ -139,10 +162,18 @@ class Workload:
     pids: int = 0  # pids limit, 0 = default (see agent)
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     user: str = ""  # "" = a dynamic user of its own; "root"; a user name; "uid" or "uid:gid"
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)  # services
     # jobs
     parallelism: int = 1
     completions: int = 1
     retries: int = 3
+    retry_delay: float = 1.0  # before retry n: min(retry_delay * 2**(n-1), restart.max_backoff)
+
+    def retry_wait(self, attempt: int) -> float:
+        """Seconds a job waits before its ``attempt``-th retry (0: the first run, no wait)."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.retry_delay * (2 ** (attempt - 1)), self.restart.max_backoff))
 
     @property
     def instances(self) -> int:

@@ -52,22 +52,22 @@ def plan_writes(state: ClusterState, plan: Plan, now: float = 0.0) -> PlanWrites
         out.allocs[a.id] = replace(
             a, status="lost", desired="stop", reason=lost.reason, updated_at=now
         )
-        out.events.append(("alloc.lost", a.name, lost.reason, "warning"))
+        out.events.append(("alloc.lost", a.label, lost.reason, "warning"))
     for a in plan.place:
         out.allocs[a.id] = replace(a, created_at=now, updated_at=now)
         if a.node_id:
             node = state.nodes.get(a.node_id)
             where = node.name if node else a.node_id
-            out.events.append(("alloc.placed", a.name, f"placed on {where}", "info"))
+            out.events.append(("alloc.placed", a.label, f"placed on {where}", "info"))
         else:
-            out.events.append(("alloc.pending", a.name, a.reason, "warning"))
+            out.events.append(("alloc.pending", a.label, a.reason, "warning"))
     for u in plan.update:
         a = base(u.id)
         if a is None:
             continue
         out.allocs[a.id] = replace(a, node_id=u.node_id, reason=u.reason, updated_at=now)
         if u.node_id:
-            out.events.append(("alloc.placed", a.name, "placed after waiting", "info"))
+            out.events.append(("alloc.placed", a.label, "placed after waiting", "info"))
     stops = [(i, r, "stop") for i, r in plan.stop]
     stops += [(p.victim, p.reason, "preempt") for p in plan.preempt]
     for alloc_id, reason, kind in stops:
@@ -79,9 +79,9 @@ def plan_writes(state: ClusterState, plan: Plan, now: float = 0.0) -> PlanWrites
             status = "stopped"  # it never reached a node: stopped right here
         out.allocs[a.id] = replace(a, desired="stop", reason=reason, status=status, updated_at=now)
         if kind == "stop":
-            out.events.append(("alloc.stopped", a.name, reason, "info"))
+            out.events.append(("alloc.stopped", a.label, reason, "info"))
         else:
-            out.events.append(("alloc.preempted", a.name, reason, "warning"))
+            out.events.append(("alloc.preempted", a.label, reason, "warning"))
     return out
 
 
