@@ -64,6 +64,10 @@ def wait_settled(
                 break
             s = c.settlement(app, index=index, wait=min(remaining, SETTLE_WAIT))
             if s["state"] == "failed":
+                for w in s["workloads"]:
+                    if w["state"] == "failed" and show:
+                        why = w.get("reason") or "failed"
+                        err_console.print(Text(f"✗ {app}/{w['name']}: {why}", style="red"))
                 return False
             if s["state"] == "settled":
                 return True

@@ -7,6 +7,8 @@ Ctrl-C 130); the commands live in modules named for what they do:
     servers   server, agent, daemon              run Elastin's processes in the foreground
     deploy    up, down, apply, diff, validate,   change what runs; the wait until settled
               scale, stop
+    rollout   rollout (status, history, undo,    a workload's versions
+              promote), restart, job run
     views     ps, top, endpoints, traffic,       read and show
               nodes, events, resources,
               status, version
@@ -33,7 +35,7 @@ import sys
 import click
 
 from elastin import __version__
-from elastin.cli import deploy, logs, servers, store, views
+from elastin.cli import deploy, logs, rollout, servers, store, views
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -86,6 +88,9 @@ for command in (
     deploy.validate,
     deploy.scale,
     deploy.stop,
+    rollout.rollout,
+    rollout.restart,
+    rollout.job,
     views.ps,
     views.top,
     views.endpoints,

@@ -118,6 +118,23 @@ class Client:
     def stop(self, ref: str | None = None) -> Any:
         return self.call("POST", "/v1/stop", json={"ref": ref})
 
+    # versions: rollouts, restart, job runs
+    def rollout(self, ref: str) -> Any:
+        """A workload's current version, its rollout and the versions kept."""
+        return self.call("GET", f"/v1/rollouts/{ref}")
+
+    def rollout_undo(self, ref: str, to: int = 0) -> Any:
+        return self.call("POST", f"/v1/rollouts/{ref}/undo", json={"to": to})
+
+    def rollout_promote(self, ref: str) -> Any:
+        return self.call("POST", f"/v1/rollouts/{ref}/promote")
+
+    def restart(self, ref: str) -> Any:
+        return self.call("POST", f"/v1/restart/{ref}")
+
+    def job_run(self, ref: str) -> Any:
+        return self.call("POST", f"/v1/jobs/{ref}/run")
+
     # allocations, nodes, events
     def allocations(
         self, *, app: str | None = None, workload: str | None = None, all: bool = False

@@ -1,14 +1,19 @@
 """When a change has settled: the one definition the CLI, the SDK, the agent and the API use.
 
-``settlement(app, stopped, allocs)`` looks at an application as applied and its allocations
-and says, per workload and for the whole application, whether it is still ``settling``,
-``settled`` or ``failed``:
+``settlement(app, stopped, allocs, versions=, history=, now=)`` looks at an application as
+applied and its allocations and says, per workload and for the whole application, whether it
+is still ``settling``, ``settled`` or ``failed``, and why. Only the workload's *current
+version* counts (an older version's instances, a deleted application's runs of the same name
+are history):
 
-- a service is settled when at least ``desired`` instances run and none of its running
-  instances is known unhealthy; it has failed when any of its instances failed;
-- a job is settled when ``completions`` instances completed, or when one failed (the
-  scheduler may still retry it); it has failed when one failed, it is not done and nothing of
-  it is running or pending any more;
+- a service is settled when its rollout is complete (``model.rollout.verdict``): ``replicas``
+  instances of the current version ready — running, healthy where it has a check, and so for
+  ``min_healthy_time`` — and no instance of another version left; it has failed when that
+  rollout failed (a new instance failed or crash-looped, or the deadline passed; the record
+  says so once the applier noted it, and whether it was rolled back). A rollout whose ready
+  canaries await ``elastin rollout promote`` counts as settled, with a reason saying so;
+- a job is settled when ``completions`` runs of the current version completed (exit 0); it
+  has failed when more than ``retries`` runs failed and none is left running or pending;
 - the application is failed when a workload failed, settled when every workload is settled.
 
 ``waiting`` is true when every instance not yet settled is pending with a reason (no feasible
@@ -23,11 +28,12 @@ Pure: data in, a verdict out.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from elastin.model.cluster import Allocation
+from elastin.model.rollout import Revision, revert_target, verdict
 from elastin.model.workload import Application, Workload
 
 State = Literal["settling", "settled", "failed"]
@@ -46,6 +52,9 @@ class WorkloadProgress:
     failed: int
     unhealthy: int  # running instances whose health check fails
     state: State
+    reason: str = ""  # why it failed (or what it waits for)
+    version: int = 0  # the current version
+    ready: int = 0  # services: instances of the current version ready
 
     @property
     def summary(self) -> str:
@@ -71,29 +80,66 @@ class Settlement:
         return self.state != "settling"
 
 
-def _progress(w: Workload, stopped: bool, mine: Sequence[Allocation]) -> WorkloadProgress:
-    live = [a for a in mine if not a.terminal]
-    running = [a for a in live if a.status == "running"]
-    pending = sum(1 for a in live if a.status == "pending")
-    complete = sum(1 for a in mine if a.status == "complete")
-    failed = sum(1 for a in mine if a.status == "failed")
+def _progress(
+    w: Workload,
+    stopped: bool,
+    mine: Sequence[Allocation],
+    version: int | None,
+    history: Sequence[Revision],
+    now: float,
+) -> WorkloadProgress:
+    if version is None:  # every allocation counts as the current version
+        version = max((a.spec_version for a in mine), default=0)
+    cur = [a for a in mine if a.spec_version == version]
+    live_cur = [a for a in cur if not a.terminal]
+    running = [a for a in live_cur if a.status == "running"]
+    pending = sum(1 for a in live_cur if a.status == "pending")
+    complete = sum(1 for a in cur if a.status == "complete")
+    failed = sum(1 for a in cur if a.status == "failed")
     unhealthy = sum(1 for a in running if a.healthy is False)
     state: State
+    reason = ""
+    n_ready = 0
     if w.type == "job":
         desired = 0 if stopped else w.completions
-        done = complete >= desired
-        if failed and not done and not running and not pending:
-            state = "failed"
-        elif done or failed:
+        if complete >= desired:
             state = "settled"
+        elif failed > w.retries and not live_cur:
+            state = "failed"
+            last = max((a for a in cur if a.status == "failed"), key=lambda a: a.updated_at)
+            reason = f"{failed} run(s) failed ({w.retries} retries): {last.reason or 'failed'}"
         else:
             state = "settling"
+    elif stopped:
+        desired = 0
+        state = "settled" if not running else "settling"
     else:
-        desired = 0 if stopped else w.instances
-        if failed:
+        desired = w.instances
+        latest = history[-1] if history else None
+        rev = next((r for r in reversed(history) if r.version == version), None)
+        v = verdict(
+            w,
+            version,
+            mine,
+            started_at=rev.created_at if rev else now,
+            now=now,
+            promoted=rev.promoted if rev else True,
+        )
+        n_ready = v.ready
+        if latest is not None and latest.state == "failed":
             state = "failed"
-        elif len(running) >= desired and not unhealthy:
+            back = f"; rolled back to version {latest.reverted_to}" if latest.reverted_to else ""
+            reason = f"version {latest.version} failed: {latest.message}{back}"
+        elif v.state == "failed":
+            state, reason = "failed", f"version {version} failed: {v.message}"
+            target = revert_target(history, version) if w.update.auto_revert else None
+            if target is not None:
+                reason += f"; rolled back to version {target.version}"
+        elif v.state == "complete":
             state = "settled"
+        elif v.waiting_promotion and v.ready >= min(w.update.canary, w.replicas):
+            state = "settled"
+            reason = f"canaries of version {version} ready; promote with `elastin rollout promote`"
         else:
             state = "settling"
     return WorkloadProgress(
@@ -106,19 +152,39 @@ def _progress(w: Workload, stopped: bool, mine: Sequence[Allocation]) -> Workloa
         failed=failed,
         unhealthy=unhealthy,
         state=state,
+        reason=reason,
+        version=version,
+        ready=n_ready,
     )
 
 
 def settlement(
-    app: Application, stopped: Collection[str], allocs: Iterable[Allocation]
+    app: Application,
+    stopped: Collection[str],
+    allocs: Iterable[Allocation],
+    *,
+    versions: Mapping[str, int] | None = None,
+    history: Mapping[str, Sequence[Revision]] | None = None,
+    now: float = 0.0,
 ) -> Settlement:
-    """Where ``app`` stands, from its allocations (others are ignored)."""
+    """Where ``app`` stands, from its allocations (others are ignored). Without
+    ``versions`` every allocation counts as the current version (and instances are ready
+    once running and healthy, without ``min_healthy_time``)."""
     by_workload: dict[str, list[Allocation]] = {}
     for a in allocs:
         if a.app == app.name:
             by_workload.setdefault(a.workload, []).append(a)
+    history = history or {}
     progress = tuple(
-        _progress(w, w.name in stopped, by_workload.get(w.name, ())) for w in app.workloads
+        _progress(
+            w,
+            w.name in stopped,
+            by_workload.get(w.name, ()),
+            versions.get(w.name, 0) if versions is not None else None,
+            history.get(w.name, ()),
+            now,
+        )
+        for w in app.workloads
     )
     state: State = "settled"
     if any(p.state == "failed" for p in progress):

@@ -138,6 +138,7 @@ def new_allocation(
         priority=w.priority,
         spec_version=req.version,
         reason=reason,
+        attempt=req.attempt,
     )
 
 
@@ -257,7 +258,14 @@ class _Pass:
         state = self.state
         requests: list[Request] = []
         for name in names:
-            d = diff_app(name, state.apps.get(name), state.allocs_by_app.get(name, ()), state.nodes)
+            d = diff_app(
+                name,
+                state.apps.get(name),
+                state.allocs_by_app.get(name, ()),
+                state.nodes,
+                now=state.now,
+                held=state.held,
+            )
             self.plan.stop.extend(d.stops)
             self.plan.lost.extend(Lost(i, reason) for i, reason in d.lost)
             requests.extend(d.requests)

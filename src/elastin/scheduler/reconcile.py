@@ -9,16 +9,25 @@ and a job's run is placed again (a lost run is not a failure). The rules, per wo
 version ``v`` = the app's current version of that workload):
 
 Services want instances with index ``0 .. replicas-1`` running version ``v``.
-  * A *live* allocation (``desired="run"`` and not terminal) holds its index. Terminal
-    ``complete``, ``stopped`` and ``lost`` allocations are ignored.
+  * A *live* allocation (``desired="run"`` and not terminal) holds its index within its
+    version. Terminal ``complete``, ``stopped`` and ``lost`` allocations are ignored.
   * A ``failed`` allocation of version ``v`` (the agent exhausted its restart policy) also
     holds its index: it is not replaced until the spec changes, so a broken command fails
     once and stays visible with its reason instead of looping.
-  * A live allocation of an older version is stopped ("spec changed") and replaced.
-  * A live allocation with ``index >= replicas`` is stopped ("scaled down").
-  * A second live allocation on the same index is stopped ("duplicate").
+  * A live allocation with ``index >= replicas`` is stopped ("scaled down"); a second live
+    allocation of one version on the same index is stopped ("duplicate").
   * A live pending allocation (``node_id == ""``) is retried: it becomes a request that
     carries the existing allocation.
+  * Live allocations of older versions are replaced by a *rolling update* within the
+    service's ``UpdatePolicy`` (``model/rollout.py``): at most ``replicas + max_surge``
+    instances live, at least ``replicas - max_unavailable`` available (an old instance that
+    is running and not unhealthy, or a new one that is ``ready``). Old instances that are not
+    serving are stopped at once. New instances take the lowest indices the new version does
+    not hold yet; old ones go first where a ready new instance holds their index. While
+    canaries await promotion (``ClusterState.held``) only ``canary`` new instances are
+    started and no old one is stopped. A service with a fixed port is replaced stop-first
+    (no surge), and an old instance still stopping counts as live until it has stopped, so
+    the new one never races it for the port.
 
 Jobs want ``completions`` successful runs of version ``v``, at most ``parallelism`` live at a
 time.
@@ -40,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from elastin.model.cluster import Allocation, Node
+from elastin.model.rollout import effective_policy, ready, serving, stop_first
 from elastin.model.workload import Application, Workload
 
 
@@ -52,6 +62,7 @@ class Request:
     index: int
     version: int
     existing: Allocation | None = None
+    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -82,9 +93,14 @@ def diff_app(
     entry: tuple[Application, Mapping[str, int]] | None,
     allocs: Sequence[Allocation],
     nodes: Mapping[str, Node],
+    *,
+    now: float = 0.0,
+    held: frozenset[tuple[str, str]] = frozenset(),
 ) -> AppDiff:
     """What must stop, what is lost and what needs a node for application ``name``
-    (``entry is None``: the application was deleted)."""
+    (``entry is None``: the application was deleted). ``now`` is the snapshot's time (a new
+    instance is ready after ``min_healthy_time``); ``held`` the workloads whose canaries
+    await promotion."""
     stops: list[tuple[str, str]] = []
     requests: list[Request] = []
     lost: list[tuple[str, str]] = []
@@ -112,7 +128,8 @@ def diff_app(
         version = versions.get(w.name, 0)
         group = by_workload.get(w.name, [])
         if w.type == "service":
-            _diff_service(name, w, version, group, stops, requests)
+            hold = (name, w.name) in held
+            _diff_service(name, w, version, group, stops, requests, now, hold)
         else:
             _diff_job(name, w, version, group, stops, requests)
     return AppDiff(stops, requests, lost)
@@ -130,21 +147,27 @@ def _diff_service(
     group: Sequence[Allocation],
     stops: list[tuple[str, str]],
     requests: list[Request],
+    now: float = 0.0,
+    hold: bool = False,
 ) -> None:
-    held: dict[int, Allocation] = {}
+    held: dict[int, Allocation] = {}  # index -> the current version's instance
     pending: list[Allocation] = []
+    old: list[Allocation] = []
+    stopping = 0  # old instances asked to stop that have not stopped yet
     for a in sorted(group, key=_rank):
         if a.status == "failed" and a.spec_version == version and a.desired == "run":
             if a.index < w.replicas:
                 held.setdefault(a.index, a)
             continue
         if not _live(a):
-            continue
-        if a.spec_version != version:
-            stops.append((a.id, f"spec changed (version {a.spec_version} -> {version})"))
+            if a.desired == "stop" and not a.terminal and a.spec_version != version:
+                stopping += 1
             continue
         if a.index >= w.replicas:
             stops.append((a.id, f"scaled down to {w.replicas} replicas"))
+            continue
+        if a.spec_version != version:
+            old.append(a)
             continue
         if a.index in held:
             stops.append((a.id, f"duplicate of {held[a.index].id}"))
@@ -154,9 +177,35 @@ def _diff_service(
             pending.append(a)
     for a in pending:
         requests.append(Request(app, w, a.index, version, a))
-    for index in range(w.replicas):
-        if index not in held:
-            requests.append(Request(app, w, index, version))
+    missing = [i for i in range(w.replicas) if i not in held]
+    if not old:
+        requests.extend(Request(app, w, i, version) for i in missing)
+        return
+    # a rolling update from the old instances to ``version``
+    change = f"spec changed (version {old[0].spec_version} -> {version})"
+    policy = effective_policy(w)
+    still = [a for a in old if serving(a)]
+    for a in old:
+        if not serving(a):
+            stops.append((a.id, f"{change}; it was not serving"))
+    ready_new = {i for i, a in held.items() if ready(a, w, now)}
+    if hold:  # canaries only, nothing old stops until `elastin rollout promote`
+        room = max(0, min(w.update.canary, w.replicas) - len(held))
+        requests.extend(Request(app, w, i, version) for i in missing[:room])
+        return
+    available = len(still) + len(ready_new)
+    can_stop = max(0, available - (w.replicas - policy.max_unavailable))
+    # old instances whose index a ready new one holds go first, then the highest indices
+    still.sort(key=lambda a: (a.index not in ready_new, -a.index))
+    for a in still[:can_stop]:
+        stops.append((a.id, f"{change}; replaced"))
+    if any(a.status == "failed" for a in held.values()):
+        return  # the new version failed: its rollout fails (and is reverted), no more of it
+    live_now = len(still) - can_stop + len(held)
+    if stop_first(w):  # an old instance holds its fixed port until it has stopped
+        live_now += stopping + min(can_stop, len(still))
+    room = max(0, w.replicas + policy.max_surge - live_now)
+    requests.extend(Request(app, w, i, version) for i in missing[:room])
 
 
 def _diff_job(
@@ -192,13 +241,13 @@ def _diff_job(
         kept.append(a)
     for a in kept:
         if not a.node_id:
-            requests.append(Request(app, w, a.index, version, a))
+            requests.append(Request(app, w, a.index, version, a, a.attempt))
     if failed > w.retries:
         return  # the job failed: no new runs
     room = min(max(0, w.parallelism) - len(kept), missing - len(kept))
     index = 0
     while room > 0:
         if index not in done and index not in busy:
-            requests.append(Request(app, w, index, version))
+            requests.append(Request(app, w, index, version, attempt=failed))
             room -= 1
         index += 1

@@ -31,6 +31,8 @@ class ClusterState:
     nodes: Mapping[str, Node]
     apps: Mapping[str, AppEntry]
     allocations: Mapping[str, Allocation]
+    now: float = 0.0  # the server's clock when the snapshot was taken (rollouts' readiness)
+    held: frozenset[tuple[str, str]] = frozenset()  # (app, workload): canaries await promotion
 
     @cached_property
     def allocs_by_node(self) -> Mapping[str, tuple[Allocation, ...]]:

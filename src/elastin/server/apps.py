@@ -1,22 +1,39 @@
-"""Applications: apply a spec (or show its diff), scale, stop and delete; where one stands.
+"""Applications: apply a spec (or show its diff), scale, stop and delete; where one stands;
+the versions of a workload (restart, re-run, undo, promote: ``elastin rollout``).
 
 Every change is one compare-and-set transaction on the application's record (``repo``); after
 it commits, ``changes.committed`` wakes the applier, the mesh feed and blocking queries. What
 each workload runs is versioned: a workload's spec version goes up when anything that needs
-new instances changes (its fingerprint: everything but the replica count).
+new instances changes (its fingerprint: everything but the replica count), and on
+``elastin restart`` / ``elastin job run``. Version numbers never repeat for an application
+name, even across ``down`` and a new ``up``: a new application is a new run, and what belonged
+to the deleted one (its allocations, their logs) is history that no answer about the new one
+counts. Each version is a ``model.rollout.Revision`` in the record's history; the applier
+(``applier.py``) follows its rollout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import Allocation, EventSpec
 from elastin.model.codec import to_data
 from elastin.model.errors import SpecError
+from elastin.model.rollout import (
+    Cause,
+    Revision,
+    current,
+    fingerprint,
+    live,
+    record,
+    stop_first,
+    verdict,
+)
+from elastin.model.rollout import update as update_revision
 from elastin.model.settled import Settlement, settlement
 from elastin.model.spec import parse_spec
 from elastin.model.workload import Application, Workload
@@ -28,10 +45,7 @@ MAX_REPLICAS = 1000
 _TRIES = 10  # compare-and-set attempts before a change gives up with a conflict
 
 
-def workload_fingerprint(w: Workload) -> str:
-    """A hash of everything that needs a restart when it changes (not the replica count)."""
-    data = to_data(replace(w, replicas=0))
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+workload_fingerprint = fingerprint
 
 
 @dataclass(frozen=True)
@@ -79,19 +93,41 @@ def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, 
     return tuple(out)
 
 
-def next_record(old: AppRecord | None, app: Application, source: str, now: float) -> AppRecord:
-    """The record of ``app`` applied over ``old``: versions bumped where fingerprints moved."""
+def next_version(
+    name: str, versions: dict[str, int], history: dict[str, tuple[Revision, ...]], floor: int
+) -> int:
+    """A version number ``name`` never had: above its current one, its history and ``floor``
+    (the highest any allocation of the application's name ever ran)."""
+    seen = [versions.get(name, 0), floor, *(r.version for r in history.get(name, ()))]
+    return max(seen) + 1
+
+
+def next_record(
+    old: AppRecord | None,
+    app: Application,
+    source: str,
+    now: float,
+    floors: dict[str, int] | None = None,
+) -> AppRecord:
+    """The record of ``app`` applied over ``old``: versions bumped where fingerprints moved.
+    ``floors``: per workload, the highest version its allocations ran (a re-created
+    application's versions start above it)."""
     versions = dict(old.versions) if old else {}
     fps = dict(old.fingerprints) if old else {}
+    history = dict(old.history) if old else {}
+    floors = floors or {}
     for w in app.workloads:
         fp = workload_fingerprint(w)
         if fps.get(w.name) != fp:
-            versions[w.name] = versions.get(w.name, 0) + 1
+            v = next_version(w.name, versions, history, floors.get(w.name, 0))
+            versions[w.name] = v
             fps[w.name] = fp
+            history[w.name] = record(history.get(w.name, ()), Revision(v, w, now))
     for name in list(versions):
         if app.workload(name) is None:
             versions.pop(name)
             fps.pop(name, None)
+            history.pop(name, None)
     return AppRecord(
         app=app,
         versions=versions,
@@ -100,6 +136,7 @@ def next_record(old: AppRecord | None, app: Application, source: str, now: float
         generation=(old.generation + 1) if old else 1,
         source=source,
         applied_at=now,
+        history=history,
     )
 
 
@@ -132,7 +169,8 @@ class Apps:
             changes = diff_apps(old, app)
             if dry_run:
                 return ApplyResult(app.name, changes, True, old.generation if old else 0)
-            record = next_record(old, app, file, self.clock.time())
+            floors = await self._floors(app.name) if old is None else None
+            record = next_record(old, app, file, self.clock.time(), floors)
             summary = ", ".join(
                 f"{c.workload}: {c.change}" for c in changes if c.change != "unchanged"
             )
@@ -145,6 +183,15 @@ class Apps:
                 self.changes.committed(rev)
                 return ApplyResult(app.name, changes, False, record.generation, rev)
         raise Conflict(f"application {app.name!r} kept changing while applying; try again")
+
+    async def _floors(self, name: str) -> dict[str, int]:
+        """Per workload, the highest version any allocation of application ``name`` ran."""
+        allocs, _ = await self.repo.list_allocs()
+        out: dict[str, int] = {}
+        for a in allocs:
+            if a.app == name:
+                out[a.workload] = max(out.get(a.workload, 0), a.spec_version)
+        return out
 
     async def delete(self, name: str) -> int:
         found = await self.repo.get_app(name)
@@ -238,6 +285,166 @@ class Apps:
             stopped += [f"{rec.app.name}/{n}" for n in names]
         return stopped
 
+    async def _change(
+        self,
+        ref: str,
+        change: Callable[[AppRecord, Workload, list[Allocation]], tuple[AppRecord, EventSpec]],
+    ) -> AppRecord:
+        """Change one workload's record with ``change`` (compare-and-set, retried)."""
+        for _ in range(_TRIES):
+            rec, mod_rev, w = await self.find_workload(ref)
+            allocs, _ = await self.repo.list_allocs()
+            mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
+            new, event = change(rec, w, mine)
+            rev = await self.repo.commit(
+                compares=[self.repo.compare_app(rec.app.name, mod_rev)], apps=[new], events=[event]
+            )
+            if rev is not None:
+                self.changes.committed(rev)
+                return new
+        raise Conflict(f"{ref!r} kept changing; try again")
+
+    async def redeploy(self, ref: str, cause: Cause) -> AppRecord:
+        """A new version of a workload with the same spec: ``elastin restart`` (a service's
+        instances replaced by a rolling update) or ``elastin job run`` (a job runs again)."""
+
+        def change(
+            rec: AppRecord, w: Workload, mine: list[Allocation]
+        ) -> tuple[AppRecord, EventSpec]:
+            if cause == "run" and w.type != "job":
+                raise Invalid(
+                    f"{ref!r} is a service; `elastin job run` runs jobs",
+                    hint=f"to replace a service's instances one by one: elastin restart {ref}",
+                )
+            if cause == "restart" and w.type != "service":
+                raise Invalid(
+                    f"{ref!r} is a job; `elastin restart` restarts services",
+                    hint=f"to run a job again: elastin job run {ref}",
+                )
+            if w.name in rec.stopped:
+                raise Invalid(f"{ref!r} is stopped", hint="start it again with `elastin apply`")
+            floor = max((a.spec_version for a in mine), default=0)
+            v = next_version(w.name, rec.versions, rec.history, floor)
+            rev = Revision(v, w, self.clock.time(), cause)
+            new = rec.with_version(w, v, record(rec.history.get(w.name, ()), rev))
+            what = "runs again" if cause == "run" else "restarts (rolling)"
+            subject = f"{rec.app.name}/{w.name}"
+            return new, (f"{w.type}.{cause}", subject, f"version {v} {what}", "info")
+
+        return await self._change(ref, change)
+
+    async def undo(self, ref: str, to: int = 0) -> AppRecord:
+        """Make an earlier version current again (``elastin rollout undo [--to N]``): by
+        default the newest earlier one that was proven (stable). Its instances are reused
+        when they still run; otherwise it comes back as a new version with that spec."""
+
+        def change(
+            rec: AppRecord, w: Workload, mine: list[Allocation]
+        ) -> tuple[AppRecord, EventSpec]:
+            history = rec.history.get(w.name, ())
+            cur = rec.versions.get(w.name, 0)
+            earlier = [r for r in history if r.version != cur]
+            if to:
+                target = next((r for r in reversed(history) if r.version == to), None)
+                if target is None:
+                    known = ", ".join(str(r.version) for r in history) or "none"
+                    raise NotFound(
+                        f"{ref!r} has no version {to} (kept: {known})",
+                        hint=f"see elastin rollout history {ref}",
+                    )
+                if to == cur:
+                    raise Invalid(f"version {to} of {ref!r} is already the current one")
+            elif not earlier:
+                raise Invalid(
+                    f"{ref!r} has no earlier version to go back to",
+                    hint=f"see elastin rollout history {ref}",
+                )
+            else:  # the newest earlier version that was proven, else the one before
+                proven = [r for r in earlier if r.state == "stable"]
+                target = (proven or earlier)[-1]
+            hist = tuple(history)
+            if any(a.spec_version == target.version and live(a) for a in mine):
+                v = target.version
+                hist = record(hist, replace(target, created_at=self.clock.time(), cause="undo"))
+            else:
+                floor = max((a.spec_version for a in mine), default=0)
+                v = next_version(w.name, rec.versions, rec.history, floor)
+                rev = Revision(v, target.workload, self.clock.time(), "undo")
+                hist = record(hist, rev)
+            new = rec.with_version(target.workload, v, hist)
+            msg = f"back to the spec of version {target.version} (now version {v})"
+            return new, ("rollout.undo", f"{rec.app.name}/{w.name}", msg, "info")
+
+        return await self._change(ref, change)
+
+    async def promote(self, ref: str) -> AppRecord:
+        """Let a rollout waiting on its canaries go on (``elastin rollout promote``)."""
+
+        def change(
+            rec: AppRecord, w: Workload, mine: list[Allocation]
+        ) -> tuple[AppRecord, EventSpec]:
+            v = rec.versions.get(w.name, 0)
+            rev = current(rec.history.get(w.name, ()), v)
+            if rev is None or rev.state != "rolling" or w.update.canary == 0 or rev.promoted:
+                raise Invalid(
+                    f"{ref!r} has no rollout waiting for promotion",
+                    hint=f"see elastin rollout status {ref}",
+                )
+            hist = update_revision(rec.history.get(w.name, ()), v, promoted=True)
+            new = replace(rec, history={**rec.history, w.name: hist}, generation=rec.generation + 1)
+            msg = f"version {v} promoted: the rollout goes on"
+            return new, ("rollout.promoted", f"{rec.app.name}/{w.name}", msg, "info")
+
+        return await self._change(ref, change)
+
+    async def rollout(self, ref: str) -> dict[str, object]:
+        """Where a workload's rollout stands and its kept versions (``elastin rollout
+        status`` / ``history``)."""
+        rec, _, w = await self.find_workload(ref)
+        allocs, _ = await self.repo.list_allocs()
+        mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
+        version = rec.versions.get(w.name, 0)
+        history = rec.history.get(w.name, ())
+        rev = current(history, version)
+        now = self.clock.time()
+        v = verdict(
+            w,
+            version,
+            mine,
+            started_at=rev.created_at if rev else rec.applied_at,
+            now=now,
+            promoted=rev.promoted if rev else True,
+        )
+        return {
+            "app": rec.app.name,
+            "workload": w.name,
+            "type": w.type,
+            "version": version,
+            "state": rev.state if rev else "stable",
+            "message": rev.message if rev else "",
+            "ready": v.ready,
+            "desired": v.desired,
+            "old": v.old,
+            "waiting_promotion": v.waiting_promotion,
+            "stop_first": stop_first(w),
+            "update": to_data(w.update),
+            "history": [
+                {
+                    "version": r.version,
+                    "cause": r.cause,
+                    "state": r.state,
+                    "message": r.message,
+                    "created_at": r.created_at,
+                    "finished_at": r.finished_at,
+                    "reverted_to": r.reverted_to,
+                    "current": r.version == version and r is rev,
+                    "command": list(r.workload.command),
+                    "image": r.workload.image,
+                }
+                for r in history
+            ],
+        }
+
     async def settlement(self, name: str, index: int, wait: float) -> tuple[int, Settlement]:
         """Where application ``name`` stands (``elastin.model.settled``); blocks up to
         ``wait`` s for a change past ``index`` (the index of an earlier answer)."""
@@ -247,4 +454,11 @@ class Apps:
             raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
         allocs, _ = await self.repo.list_allocs()
         rec = found[0]
-        return rev, settlement(rec.app, rec.stopped, allocs)
+        return rev, settlement(
+            rec.app,
+            rec.stopped,
+            allocs,
+            versions=rec.versions,
+            history=rec.history,
+            now=self.clock.time(),
+        )

@@ -3,7 +3,8 @@
 Key layout (values are the model codec's JSON)::
 
     /apps/<name>            AppRecord: the application as applied, its per-workload spec
-                            versions and fingerprints, and workloads stopped by the user
+                            versions, fingerprints and history (``model/rollout.Revision``),
+                            and workloads stopped by the user
     /allocs/<id>            Allocation
     /nodes/<id>             Node
     /events/<seq>           Event (kept to the newest ``EVENTS_KEPT``)
@@ -21,7 +22,8 @@ from typing import Any, Generic, TypeVar
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation, Event, EventSpec, Node
 from elastin.model.codec import from_data, to_data
-from elastin.model.workload import Application
+from elastin.model.rollout import Revision, fingerprint
+from elastin.model.workload import Application, Workload
 from elastin.store.base import JSON, Compare, KeyValue, StateStore
 
 APPS = "/apps/"
@@ -44,6 +46,24 @@ class AppRecord:
     generation: int = 1  # bumped on every apply / scale / stop
     source: str = ""  # the file it came from
     applied_at: float = 0.0
+    history: dict[str, tuple[Revision, ...]] = field(default_factory=dict)  # workload -> versions
+
+    def with_version(self, w: Workload, version: int, history: tuple[Revision, ...]) -> AppRecord:
+        """This record running ``w``'s spec at ``version`` (the replica count kept as it is
+        now), with ``history`` as the workload's versions."""
+        now = self.app.workload(w.name)
+        spec = replace(w, replicas=now.replicas) if now is not None else w
+        return replace(
+            self,
+            app=replace(
+                self.app,
+                workloads=tuple(spec if x.name == w.name else x for x in self.app.workloads),
+            ),
+            versions={**self.versions, w.name: version},
+            fingerprints={**self.fingerprints, w.name: fingerprint(spec)},
+            history={**self.history, w.name: history},
+            generation=self.generation + 1,
+        )
 
     def effective(self) -> Application:
         """The application as the scheduler should run it: stopped workloads removed."""

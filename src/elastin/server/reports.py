@@ -43,7 +43,7 @@ class AllocReport:
     events: tuple[EventSpec, ...] = ()
 
     def applied_to(self, a: Allocation, now: float) -> Allocation:
-        return replace(
+        new = replace(
             a,
             status=a.status if self.status is None else self.status,
             reason=a.reason if self.reason is None else self.reason,
@@ -54,6 +54,19 @@ class AllocReport:
             healthy=a.healthy if self.healthy is None else self.healthy,
             updated_at=now,
         )
+        return replace(new, ready_at=ready_since(a, new, now))
+
+
+def ready_since(old: Allocation, new: Allocation, now: float) -> float:
+    """When ``new`` became ready (``Allocation.ready_at``): stamped when it starts running
+    and again when its health check first passes (a checked instance is ready from then),
+    cleared when it stops running or turns unhealthy (``model/rollout.ready`` adds the
+    ``min_healthy_time``)."""
+    if new.status != "running" or new.healthy is False:
+        return 0.0
+    if old.status != "running" or (new.healthy is True and old.healthy is not True):
+        return now
+    return old.ready_at or now
 
 
 class Reports:
@@ -77,8 +90,11 @@ class Reports:
 
     def _signal(self, changed: list[tuple[Allocation, Allocation]], rev: int) -> None:
         """Wake who a commit of ``(old, new)`` allocations concerns, once per commit."""
-        if any(new.terminal and not old.terminal for old, new in changed):
-            self.changes.committed(rev)  # resources freed, a job slot done: schedule
+        if any(
+            (new.terminal and not old.terminal) or (new.ready_at and not old.ready_at)
+            for old, new in changed
+        ):  # resources freed, a job slot done, an instance ready (a rollout goes on): schedule
+            self.changes.committed(rev)
         elif any(
             (new.status, new.healthy, new.ports) != (old.status, old.healthy, old.ports)
             for old, new in changed

@@ -1,12 +1,16 @@
-"""``settlement``: the one definition of settled, failed and waiting."""
+"""``settlement``: the one definition of settled, failed and waiting, counting only the
+current version; and ``workload_ready`` for dependencies."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from elastin.model.cluster import Allocation, AllocStatus
-from elastin.model.settled import settlement, workload_ready
+from elastin.model.rollout import Revision
+from elastin.model.settled import Settlement, settlement, workload_ready
 from elastin.model.workload import Application, HealthCheck, Workload
+
+NOW = 1000.0
 
 
 def app() -> Application:
@@ -14,56 +18,141 @@ def app() -> Application:
         "shop",
         (
             Workload("web", "service", replicas=2, health=HealthCheck(type="tcp")),
-            Workload("report", "job", completions=1),
+            Workload("report", "job", completions=1, retries=3),
         ),
     )
 
 
 def alloc(
-    wl: str, i: int, status: AllocStatus, healthy: bool | None = None, reason: str = ""
+    wl: str,
+    i: int,
+    status: AllocStatus,
+    healthy: bool | None = None,
+    reason: str = "",
+    version: int = 1,
+    ready_for: float = 60.0,
+    **kw: object,
 ) -> Allocation:
     t = "job" if wl == "report" else "service"
+    ready_at = NOW - ready_for if status == "running" and healthy is not False else 0.0
+    alloc_id = str(kw.pop("id", f"{wl}{i}{status}{version}"))
     return Allocation(
-        f"{wl}{i}{status}", "shop", wl, i, type=t, status=status, healthy=healthy, reason=reason
+        alloc_id,
+        "shop",
+        wl,
+        i,
+        type=t,
+        status=status,
+        healthy=healthy,
+        reason=reason,
+        spec_version=version,
+        ready_at=ready_at,
+        **kw,  # type: ignore[arg-type]
     )
 
 
-def test_settled_when_every_service_runs_healthy_and_every_job_is_done() -> None:
-    allocs = [alloc("web", 0, "running", True), alloc("web", 1, "running", None)]
-    s = settlement(app(), (), [*allocs, alloc("report", 0, "complete")])
+def settle(
+    allocs: list[Allocation],
+    a: Application | None = None,
+    stopped: tuple[str, ...] = (),
+    versions: dict[str, int] | None = None,
+    history: dict[str, tuple[Revision, ...]] | None = None,
+) -> Settlement:
+    return settlement(
+        a or app(),
+        stopped,
+        allocs,
+        versions=versions or {"web": 1, "report": 1},
+        history=history,
+        now=NOW,
+    )
+
+
+WEB_UP = [alloc("web", 0, "running", True), alloc("web", 1, "running", True)]
+
+
+def test_settled_when_every_service_runs_ready_and_every_job_is_done() -> None:
+    s = settle([*WEB_UP, alloc("report", 0, "complete")])
     assert s.state == "settled" and s.done and s.summary == "web 2/2, report 1/1 done"
-    s = settlement(app(), (), [*allocs, alloc("report", 0, "running")])
+    s = settle([*WEB_UP, alloc("report", 0, "running")])
     assert s.state == "settling" and not s.waiting
 
 
 def test_an_unhealthy_instance_keeps_it_settling_and_a_failure_fails_it() -> None:
     allocs = [alloc("web", 0, "running", True), alloc("web", 1, "running", False)]
     done = alloc("report", 0, "complete")
-    assert settlement(app(), (), [*allocs, done]).state == "settling"
-    allocs.append(alloc("web", 2, "failed"))
-    assert settlement(app(), (), [*allocs, done]).state == "failed"
+    assert settle([*allocs, done]).state == "settling"
+    allocs.append(alloc("web", 2, "failed", reason="exited with code 1"))
+    s = settle([*allocs, done])
+    assert s.state == "failed" and "exited with code 1" in s.workloads[0].reason
 
 
-def test_a_job_that_failed_and_has_nothing_left_running_fails() -> None:
-    web = [alloc("web", 0, "running"), alloc("web", 1, "running")]
-    failed = alloc("report", 0, "failed")
-    s = settlement(app(), (), [*web, failed])
+def test_a_service_without_a_check_settles_only_after_min_healthy_time() -> None:
+    plain = Application("shop", (Workload("web", "service", replicas=1),))
+    young = alloc("web", 0, "running", ready_for=1.0)
+    assert settle([young], plain).state == "settling"
+    assert settle([alloc("web", 0, "running", ready_for=10.0)], plain).state == "settled"
+
+
+def test_a_crash_looping_or_oom_killed_service_without_a_check_fails() -> None:
+    plain = Application("shop", (Workload("web", "service", replicas=1),))
+    looping = alloc("web", 0, "starting", restarts=3, reason="OOM killed")
+    s = settle([looping], plain)
+    assert s.state == "failed" and "restarted 3 time(s) (OOM killed)" in s.workloads[0].reason
+
+
+def test_a_job_failing_every_attempt_is_not_settled_then_fails_naming_it() -> None:
+    web = WEB_UP
+    first = alloc("report", 0, "failed", reason="exited with code 2")
+    retry = alloc("report", 0, "pending", attempt=1)
+    assert settle([*web, first, retry]).state == "settling"  # a failed attempt is not the end
+    fails = [
+        replace(first, id=f"f{i}", updated_at=float(i), reason=f"exited with code {i}")
+        for i in range(4)
+    ]
+    s = settle([*web, *fails])
     assert s.state == "failed" and s.workloads[1].state == "failed"
-    retry = alloc("report", 0, "pending")  # the scheduler retries: settled, not failed
-    assert settlement(app(), (), [*web, failed, retry]).state == "settled"
+    assert "4 run(s) failed (3 retries): exited with code 3" in s.workloads[1].reason
+
+
+def test_only_the_current_version_counts() -> None:
+    old_fail = [alloc("report", 0, "failed", version=1, id=f"old{i}") for i in range(4)]
+    new_ok = alloc("report", 0, "complete", version=2)
+    s = settle([*WEB_UP, *old_fail, new_ok], versions={"web": 1, "report": 2})
+    assert s.state == "settled"
+    old_done = alloc("report", 0, "complete", version=1)
+    s = settle([*WEB_UP, old_done], versions={"web": 1, "report": 2})
+    assert s.state == "settling"  # the new run has not run yet: the old one is history
+    old_web = alloc("web", 1, "running", True, version=1)
+    new_web = [alloc("web", i, "running", True, version=2) for i in range(2)]
+    s = settle([*new_web, old_web, new_ok], versions={"web": 2, "report": 2})
+    assert s.state == "settling"  # an old instance is still there: the rollout goes on
+
+
+def test_a_rolled_back_version_fails_the_wait_and_says_so() -> None:
+    web = app().workloads[0]
+    history = {
+        "web": (
+            Revision(1, web, 0.0, state="stable"),
+            Revision(2, web, 1.0, state="failed", message="0 of 2 ready", reverted_to=1),
+        )
+    }
+    s = settle([*WEB_UP, alloc("report", 0, "complete")], history=history)
+    assert s.state == "failed"
+    assert s.workloads[0].reason == "version 2 failed: 0 of 2 ready; rolled back to version 1"
 
 
 def test_waiting_when_everything_unsettled_is_pending_with_a_reason() -> None:
     stuck = [alloc("web", 0, "pending", reason="no node fits"), alloc("web", 1, "pending")]
     done = alloc("report", 0, "complete")
-    assert not settlement(app(), (), [*stuck, done]).waiting
+    assert not settle([*stuck, done]).waiting
     stuck[1] = replace(stuck[1], reason="no node fits")
-    assert settlement(app(), (), [*stuck, done]).waiting
+    assert settle([*stuck, done]).waiting
 
 
 def test_stopped_workloads_want_nothing_and_other_apps_do_not_count() -> None:
     other = replace(alloc("web", 0, "failed"), app="other")
-    s = settlement(app(), ("web", "report"), [other])
+    s = settle([other], stopped=("web", "report"))
     assert s.state == "settled" and [w.desired for w in s.workloads] == [0, 0]
 
 

@@ -44,8 +44,8 @@ def test_spec_change_replaces_old_version() -> None:
     bumped = ClusterState(
         st.revision, st.nodes, {"shop": (app("shop", svc("web", 1)), {"web": 2})}, st.allocations
     )
-    plan = run(bumped)
-    assert plan.stop == [(old.id, "spec changed (version 1 -> 2)")]
+    plan = run(bumped)  # the old one never ran: nothing to keep serving, it goes at once
+    assert plan.stop == [(old.id, "spec changed (version 1 -> 2); it was not serving")]
     (new,) = plan.place
     assert new.index == 0 and new.spec_version == 2 and new.node_id == old.node_id
 

@@ -59,6 +59,7 @@ from elastin.auth import RequireToken
 from elastin.model.errors import ModelError
 from elastin.server.api.agents import agent_routes
 from elastin.server.api.middleware import MeshStreams
+from elastin.server.api.rollouts import rollout_routes
 from elastin.server.api.users import user_routes
 from elastin.server.auth import token_hint
 from elastin.server.cluster import Cluster
@@ -114,6 +115,11 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
     # The routes go on the app itself, agents' first (they are the busiest): an included
     # router matches through a wrapper per request, which cost a fifth of the server's time
     # with 1,000 agents polling (bench/propagation.py --modes poll).
-    for router in (agent_routes(cluster, token), user_routes(cluster, token, data_dir)):
+    routers = (
+        agent_routes(cluster, token),
+        user_routes(cluster, token, data_dir),
+        rollout_routes(cluster),
+    )
+    for router in routers:
         api.router.routes.extend(router.routes)
     return api
