@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -69,6 +71,13 @@ def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
         assert shop("POST", "/order", {"id": 1}) == (404, {"error": "no product '1'"})
         status, ordered = shop("POST", "/order", {"id": "p2", "qty": 1})
         assert (status, ordered["ordered"]) == (200, "milk jug"), ordered
+        # a client that resets its connection (as HAProxy's health checks do): one line
+        reset_connection(18080)
+        harness.wait_for(
+            lambda: "reset by the client" in harness.cli("logs", "frontend", "--tail", "0").stdout,
+            30,
+            "the frontend's line about the reset connection",
+        )
         for stream in (["--stderr"], []):
             logs = harness.cli("logs", "frontend", *stream, "--tail", "0", check=True).stdout
             assert "Traceback" not in logs and "ConnectionResetError" not in logs, logs
@@ -112,6 +121,13 @@ def shop(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def reset_connection(port: int) -> None:
+    """Connect to ``port`` on loopback and close with a reset (SO_LINGER 0), sending nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _zombie(pid: int) -> bool:
