@@ -133,3 +133,9 @@ def test_every_problem_at_once() -> None:
         "jobs.j.update",
         "jobs.j.retry_delay",
     ]
+
+
+def test_replicas_on_a_job_says_what_jobs_use() -> None:
+    issue = one(JOB + "    replicas: 3\n")
+    assert issue.path == "jobs.batch.replicas"
+    assert issue.message == "replicas applies to services; jobs use completions/parallelism"
