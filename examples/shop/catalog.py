@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
-from shoplib import serve
+from shoplib import Routes, serve
 
 PRODUCTS = [
     {"id": "p1", "name": "espresso cup", "price": 9.5},
@@ -20,7 +21,7 @@ def products(_path: str, _body: Any) -> tuple[int, Any]:
 
 
 def product(path: str, _body: Any) -> tuple[int, Any]:
-    pid = path.rsplit("/", 1)[-1]
+    pid = urllib.parse.unquote(path.rsplit("/", 1)[-1])
     for p in PRODUCTS:
         if p["id"] == pid:
             return 200, p
@@ -31,13 +32,11 @@ def healthz(_path: str, _body: Any) -> tuple[int, Any]:
     return 200, {"ok": True}
 
 
+ROUTES: Routes = {
+    ("GET", "/products"): products,
+    ("GET", "/products/<id>"): product,
+    ("GET", "/healthz"): healthz,
+}
+
 if __name__ == "__main__":
-    serve(
-        "catalog",
-        {
-            ("GET", "/products"): products,
-            ("GET", "/products/"): product,
-            ("GET", "/healthz"): healthz,
-        },
-        18081,
-    )
+    serve("catalog", ROUTES, 18081)

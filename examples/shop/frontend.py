@@ -1,12 +1,24 @@
 """frontend: the shop's front door. GET / lists products with stock (calls catalog over HTTP
-and inventory over gRPC), POST /order {id, qty} checks the catalog and reserves in inventory,
-GET /healthz is this process alone, GET /readyz checks both upstreams."""
+and inventory over gRPC), POST /order {id, qty} checks the catalog and reserves in inventory
+(a product the catalog does not have: 404), GET /healthz is this process alone, GET /readyz
+answers 200 when both upstreams answer and 503 naming the one that does not. Any other path
+is a 404."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
-from shoplib import call, grpc_call, grpc_serving, serve, upstream_addr, upstream_url
+from shoplib import (
+    Routes,
+    UpstreamError,
+    call,
+    grpc_call,
+    grpc_serving,
+    serve,
+    upstream_addr,
+    upstream_url,
+)
 
 CATALOG = upstream_url("catalog", "http://127.0.0.1:18081")
 INVENTORY = upstream_addr("inventory", "127.0.0.1:18082")  # gRPC: host:port
@@ -24,10 +36,17 @@ def index(_path: str, _body: Any) -> tuple[int, Any]:
 
 
 def order(_path: str, body: Any) -> tuple[int, Any]:
-    if not isinstance(body, dict) or "id" not in body:
-        return 400, {"error": 'send {"id": ..., "qty": N}'}
-    product = call("catalog", f"{CATALOG}/products/{body['id']}")
-    reserved = inventory("Reserve", {"id": body["id"], "qty": int(body.get("qty", 1))})
+    qty = body.get("qty", 1) if isinstance(body, dict) else None
+    if not isinstance(body, dict) or "id" not in body or type(qty) is not int or qty < 1:
+        return 400, {"error": 'send {"id": ..., "qty": N} with N >= 1'}
+    pid = str(body["id"])
+    try:
+        product = call("catalog", f"{CATALOG}/products/{urllib.parse.quote(pid, safe='')}")
+    except UpstreamError as e:
+        if e.status == 404:  # the catalog answered: there is no such product
+            return 404, {"error": f"no product {pid!r}"}
+        raise
+    reserved = inventory("Reserve", {"id": pid, "qty": qty})
     return 200, {
         "ordered": product["name"],
         "qty": reserved["reserved"],
@@ -40,20 +59,22 @@ def healthz(_path: str, _body: Any) -> tuple[int, Any]:
 
 
 def readyz(_path: str, _body: Any) -> tuple[int, Any]:
-    call("catalog", f"{CATALOG}/healthz")
-    if not grpc_serving("inventory", INVENTORY):
-        return 503, {"ready": False, "why": "inventory is not SERVING"}
+    """Ready when both upstreams answer: the catalog's /healthz and inventory's gRPC health."""
+    try:
+        call("catalog", f"{CATALOG}/healthz")
+        if not grpc_serving("inventory", INVENTORY):
+            return 503, {"ready": False, "why": "inventory is not SERVING"}
+    except UpstreamError as e:
+        return 503, {"ready": False, "why": f"{e.upstream}: {e.reason}"}
     return 200, {"ready": True}
 
 
+ROUTES: Routes = {
+    ("GET", "/"): index,
+    ("POST", "/order"): order,
+    ("GET", "/healthz"): healthz,
+    ("GET", "/readyz"): readyz,
+}
+
 if __name__ == "__main__":
-    serve(
-        "frontend",
-        {
-            ("GET", "/"): index,
-            ("POST", "/order"): order,
-            ("GET", "/healthz"): healthz,
-            ("GET", "/readyz"): readyz,
-        },
-        18080,
-    )
+    serve("frontend", ROUTES, 18080)

@@ -1,12 +1,15 @@
 """The little HTTP and gRPC toolkit the shop's services share (standard library + grpcio).
 
 ``serve(name, routes, port)`` runs a threaded HTTP server on 127.0.0.1 that dispatches
-``(method, path prefix)`` to handlers returning ``(status, json body)``, logs one line per
-request, and on SIGTERM or SIGINT stops accepting, finishes in-flight requests and exits 0.
-``upstream_url(service, default)`` finds where to call a service (the mesh listener Elastin
-passes in ``ELASTIN_UPSTREAM_<SERVICE>_URL`` when the spec names it in ``upstreams``).
-``call(upstream, url, ...)`` makes an upstream call and turns failures into ``UpstreamError``,
-which ``serve`` answers with a 502 naming the upstream.
+``(method, path)`` to handlers returning ``(status, json body)`` (``dispatch``: a path matches
+a route exactly, or a route ending in ``/<id>`` with one more segment; anything else is a 404,
+a known path with another method a 405), logs one line per request — and one line, not a
+traceback, for a connection the client reset — and on SIGTERM or SIGINT stops accepting,
+finishes in-flight requests and exits 0. ``upstream_url(service, default)`` finds where to
+call a service (the mesh listener Elastin passes in ``ELASTIN_UPSTREAM_<SERVICE>_URL`` when the
+spec names it in ``upstreams``). ``call(upstream, url, ...)`` makes an upstream call and turns
+failures into ``UpstreamError`` (with the upstream's HTTP status, when it answered one), which
+``serve`` answers with a 502 naming the upstream.
 
 gRPC: ``serve_grpc(name, service, methods, port)`` runs a grpcio server whose unary methods
 take and return JSON documents (a gRPC codec of our choosing, so no code generation), plus
@@ -23,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent import futures
@@ -35,10 +39,13 @@ Handler = Callable[[str, Any], tuple[int, Any]]  # (path, json body or None) -> 
 
 
 class UpstreamError(Exception):
-    def __init__(self, upstream: str, reason: str) -> None:
+    """A failed call to ``upstream``; ``status`` is the HTTP status it answered (0: none)."""
+
+    def __init__(self, upstream: str, reason: str, status: int = 0) -> None:
         super().__init__(f"{upstream}: {reason}")
         self.upstream = upstream
         self.reason = reason
+        self.status = status
 
 
 def upstream_url(service: str, default: str) -> str:
@@ -68,14 +75,70 @@ def call(upstream: str, url: str, body: Any = None, timeout: float = 2.0) -> Any
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
-        raise UpstreamError(upstream, f"HTTP {e.code} from {url}") from None
+        raise UpstreamError(upstream, f"HTTP {e.code} from {url}", e.code) from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise UpstreamError(upstream, f"{reason} ({url})") from None
 
 
-def serve(name: str, routes: dict[tuple[str, str], Handler], default_port: int) -> None:
-    port = int(os.environ.get("PORT", default_port))
+Routes = dict[tuple[str, str], Handler]
+
+
+def dispatch(routes: Routes, method: str, target: str, body: Any) -> tuple[int, Any]:
+    """Answer ``method target`` from ``routes``: ``(method, "/path")`` matches that path
+    exactly (the query string aside); ``(method, "/path/<id>")`` matches ``/path/`` and one
+    more segment. The handler is called with the path; an ``UpstreamError`` becomes a 502
+    naming the upstream, any other error a 500. No route: 404; another method's: 405."""
+    path = urllib.parse.urlsplit(target).path or "/"
+    methods = set()
+    for (m, pattern), fn in routes.items():
+        if not _matches(pattern, path):
+            continue
+        if m != method:
+            methods.add(m)
+            continue
+        try:
+            return fn(path, body)
+        except UpstreamError as e:
+            return 502, {"error": "upstream failed", "upstream": e.upstream, "reason": e.reason}
+        except Exception as e:  # a bug answers 500 and the process goes on serving
+            return 500, {"error": f"{type(e).__name__}: {e}"}
+    if methods:
+        return 405, {"error": f"{method} is not allowed on {path}", "allow": sorted(methods)}
+    return 404, {"error": f"no route for {method} {path}"}
+
+
+def _matches(pattern: str, path: str) -> bool:
+    if pattern.endswith("/<id>"):
+        prefix = pattern[: -len("<id>")]
+        rest = path[len(prefix) :]
+        return path.startswith(prefix) and rest != "" and "/" not in rest
+    return path == pattern
+
+
+class ShopServer(ThreadingHTTPServer):
+    """The shop's HTTP server: a connection the client broke (a health check that resets its
+    connection, a caller gone) is logged as one line, never as a traceback."""
+
+    name = "shop"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _, err, _ = sys.exc_info()
+        print(f"{self.name}: {describe_error(err, client_address)}", flush=True)
+
+
+def describe_error(err: BaseException | None, client_address: Any) -> str:
+    """One line for an error on a connection from ``client_address``."""
+    peer = ":".join(str(p) for p in client_address) if client_address else "a client"
+    if isinstance(err, ConnectionResetError):
+        return f"connection from {peer} reset by the client"
+    if isinstance(err, BrokenPipeError | ConnectionAbortedError):
+        return f"connection from {peer} closed before the answer was sent"
+    return f"error on the connection from {peer}: {type(err).__name__}: {err}"
+
+
+def make_server(name: str, routes: Routes, port: int) -> ShopServer:
+    """An HTTP server on 127.0.0.1:``port`` (0: any free port) answering ``routes``."""
 
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -90,24 +153,8 @@ def serve(name: str, routes: dict[tuple[str, str], Handler], default_port: int) 
                 except ValueError:
                     self._send(400, {"error": "the body is not JSON"}, t0)
                     return
-            for (m, prefix), fn in routes.items():
-                if m == method and (
-                    self.path == prefix or (prefix.endswith("/") and self.path.startswith(prefix))
-                ):
-                    try:
-                        status, out = fn(self.path, body)
-                    except UpstreamError as e:
-                        status, out = (
-                            502,
-                            {
-                                "error": "upstream failed",
-                                "upstream": e.upstream,
-                                "reason": e.reason,
-                            },
-                        )
-                    self._send(status, out, t0)
-                    return
-            self._send(404, {"error": f"no route for {method} {self.path}"}, t0)
+            status, out = dispatch(routes, method, self.path, body)
+            self._send(status, out, t0)
 
         def do_GET(self) -> None:
             self._handle("GET")
@@ -128,9 +175,16 @@ def serve(name: str, routes: dict[tuple[str, str], Handler], default_port: int) 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # one line per request is printed by _send
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), RequestHandler)
+    server = ShopServer(("127.0.0.1", port), RequestHandler)
+    server.name = name
     server.daemon_threads = False
     server.block_on_close = True  # shutdown waits for in-flight requests
+    return server
+
+
+def serve(name: str, routes: Routes, default_port: int) -> None:
+    port = int(os.environ.get("PORT", default_port))
+    server = make_server(name, routes, port)
 
     def stop(signum: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -47,6 +47,10 @@ needs_root = pytest.mark.skipif(not _can_cgroup(), reason="needs root and cgroup
 class Harness:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
+        # specs are written here, and a task without `workdir:` runs in its spec's directory
+        # as a dynamic user, who must be able to read it: pytest makes it 0700, a project
+        # directory is normally 0755 (the refusal is tested in test_task_isolation.py)
+        tmp.chmod(0o755)
         self.data_dir = tmp / "data"
         self.cgroup_root = f"elastin-test-{secrets.token_hex(4)}"
         self.env = {

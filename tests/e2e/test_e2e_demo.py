@@ -1,14 +1,19 @@
 """`make demo`'s command for real: `elastin up examples/shop.yaml` in the foreground, the shop
-answering through its frontend, then Ctrl-C (SIGINT) stopping everything cleanly."""
+answering through its frontend — each path its own answer (health, readiness, a 404 for an
+unknown path and for a missing product), no traceback in its logs — then Ctrl-C (SIGINT)
+stopping everything cleanly."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,23 @@ def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
             page = json.loads(r.read())
         # stock comes from inventory, a gRPC service, through the mesh over HTTP/2
         assert all(isinstance(p["stock"], int) for p in page["products"]), page
+        # each path is its own answer (they all answered the product list before)
+        assert shop("GET", "/healthz") == (200, {"ok": True})
+        assert shop("GET", "/readyz") == (200, {"ready": True})
+        assert shop("GET", "/nope")[0] == 404
+        assert shop("POST", "/order", {"id": 1}) == (404, {"error": "no product '1'"})
+        status, ordered = shop("POST", "/order", {"id": "p2", "qty": 1})
+        assert (status, ordered["ordered"]) == (200, "milk jug"), ordered
+        # a client that resets its connection (as HAProxy's health checks do): one line
+        reset_connection(18080)
+        harness.wait_for(
+            lambda: "reset by the client" in harness.cli("logs", "frontend", "--tail", "0").stdout,
+            30,
+            "the frontend's line about the reset connection",
+        )
+        for stream in (["--stderr"], []):
+            logs = harness.cli("logs", "frontend", *stream, "--tail", "0", check=True).stdout
+            assert "Traceback" not in logs and "ConnectionResetError" not in logs, logs
         mesh_log = harness.cli("logs", "--mesh", "inventory", check=True).stdout
         assert "/shop.Inventory/Stock" in mesh_log, mesh_log[-2000:]
         ps = harness.cli("ps", "--json", check=True)
@@ -83,6 +105,29 @@ def test_up_runs_the_shop_and_ctrl_c_stops_it(harness: Any) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def shop(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """Call the shop's frontend (its fixed port): the status and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:18080{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def reset_connection(port: int) -> None:
+    """Connect to ``port`` on loopback and close with a reset (SO_LINGER 0), sending nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _zombie(pid: int) -> bool:

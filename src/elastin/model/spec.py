@@ -14,7 +14,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -37,6 +37,7 @@ from elastin.model.workload import (
     Protocol,
     RestartMode,
     RestartPolicy,
+    UpdatePolicy,
     Workload,
 )
 
@@ -49,6 +50,24 @@ USER_ID_RE = re.compile(r"^(\d{1,10})(?::(\d{1,10}))?$")
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 TOP_KEYS = ("app", "services", "jobs")
+# keys of one kind of workload written in the other: said so, with what to use instead
+MISPLACED_IN_JOB = {
+    "update": (
+        "update: applies to services; jobs use retries/retry_delay",
+        "remove it; a job's failed run is retried `retries` times, `retry_delay` apart "
+        "(doubling each time)",
+    ),
+    "replicas": (
+        "replicas applies to services; jobs use completions/parallelism",
+        "completions: successful runs needed; parallelism: how many run at once",
+    ),
+}
+MISPLACED_IN_SERVICE = {
+    "retry_delay": (
+        "retry_delay applies to jobs; services use restart: {backoff: ...}",
+        "e.g. restart: {backoff: 2s, max_backoff: 1m}",
+    ),
+}
 COMMON_KEYS = (
     "kind",
     "image",
@@ -97,8 +116,16 @@ RETRY_CONDITIONS: tuple[str, ...] = (
     "503",
     "504",
 )
-SERVICE_KEYS = (*COMMON_KEYS, "replicas")
-JOB_KEYS = (*COMMON_KEYS, "parallelism", "completions", "retries")
+SERVICE_KEYS = (*COMMON_KEYS, "replicas", "update")
+JOB_KEYS = (*COMMON_KEYS, "parallelism", "completions", "retries", "retry_delay")
+UPDATE_KEYS = (
+    "max_surge",
+    "max_unavailable",
+    "min_healthy_time",
+    "healthy_deadline",
+    "auto_revert",
+    "canary",
+)
 RESOURCE_KEYS = ("cpu", "memory", "disk", "pids")
 RESTART_KEYS = ("policy", "attempts", "backoff", "max_backoff", "reset_after")
 HEALTH_KEYS = (
@@ -121,6 +148,16 @@ RESTART_MODES: tuple[str, ...] = get_args(RestartMode)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 OPS: tuple[str, ...] = get_args(get_type_hints(Constraint)["op"])
 LB_POLICIES: tuple[str, ...] = get_args(LbPolicy)
+
+# Limits of what one exec can carry (Linux): every argument and every ``KEY=value`` of the
+# environment is one string of at most MAX_ARG_STRLEN (32 pages, 128 KiB, with its NUL), and
+# the arguments and the environment together must fit in ARG_MAX (a quarter of the stack
+# limit, 2 MiB by default). The limits leave room for what the agent adds (PATH, ELASTIN_*).
+MAX_SPEC_BYTES = 1024 * 1024  # a spec file (or a spec sent to the API)
+MAX_ARG_BYTES = 128 * 1024  # one argument, or one KEY=value, with its terminating NUL
+MAX_ARGV_BYTES = 256 * 1024  # a command with its arguments (each counted with its NUL)
+MAX_ENV_BYTES = 256 * 1024  # a workload's environment (each KEY=value counted with its NUL)
+MAX_ENV_ENTRIES = 4096  # variables in a workload's env
 
 MIN_MEMORY = 4 * 1024**2
 MAX_MEMORY = 64 * 1024**4
@@ -167,9 +204,15 @@ def _scalar(node: yaml.Node) -> Any:
 
 
 def _mapping(
-    ctx: _Ctx, node: yaml.Node, path: str, allowed: tuple[str, ...], what: str
+    ctx: _Ctx,
+    node: yaml.Node,
+    path: str,
+    allowed: tuple[str, ...],
+    what: str,
+    misplaced: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-    """Keys of a mapping node -> (key node, value node); unknown keys reported."""
+    """Keys of a mapping node -> (key node, value node); unknown keys reported, and keys that
+    belong elsewhere (``misplaced``: key -> message and hint) with their own message."""
     if not isinstance(node, yaml.MappingNode):
         ctx.add(
             node,
@@ -184,6 +227,9 @@ def _mapping(
         kpath = f"{path}.{key}" if path else key
         if key in out:
             ctx.add(k, kpath, f"{key!r} is given twice", "keep one of them")
+            continue
+        if misplaced and key in misplaced:
+            ctx.add(k, kpath, *misplaced[key])
             continue
         if allowed and key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
@@ -353,43 +399,128 @@ def _no_nul(ctx: _Ctx, node: yaml.Node, path: str, text: str) -> bool:
     return False
 
 
-def _command(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
-    parts = _command_parts(ctx, node, path)
-    if parts is not None and not all(_no_nul(ctx, node, path, p) for p in parts):
-        return None
-    return parts
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``131072 bytes (128 KiB)``."""
+    return f"{n} bytes ({n / 1024:.0f} KiB)" if n >= 1024 else f"{n} bytes"
 
 
-def _command_parts(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
-    if isinstance(node, yaml.ScalarNode):
-        text = _str(ctx, node, path)
-        if text is None:
-            return None
-        try:
-            parts = shlex.split(text)
-        except ValueError as e:
-            ctx.add(node, path, f"cannot split the command: {e}", "check the quotes")
-            return None
-        if not parts:
-            ctx.add(node, path, "the command is empty", "name the program to run")
-        return parts
-    if isinstance(node, yaml.SequenceNode):
-        parts = []
-        for i, item in enumerate(node.value):
-            if not isinstance(item, yaml.ScalarNode) or _scalar(item) is None:
-                ctx.add(item, f"{path}[{i}]", "each argument must be a string or number")
-                continue
-            parts.append(str(item.value))
-        if not parts and not node.value:
-            ctx.add(node, path, "the command is empty", "name the program to run")
-        return parts
+def _arg_fits(ctx: _Ctx, node: yaml.Node, path: str, text: str, what: str = "argument") -> bool:
+    """Whether ``text`` can be one string of an exec: no NUL byte, and at most
+    ``MAX_ARG_BYTES`` with its NUL (Linux's MAX_ARG_STRLEN); reported if not."""
+    if not _no_nul(ctx, node, path, text):
+        return False
+    size = len(text.encode()) + 1
+    if size <= MAX_ARG_BYTES:
+        return True
     ctx.add(
         node,
         path,
-        f"must be a string or a list, not {_kind_of(node)}",
-        "write `command: python3 app.py` or `command: [python3, app.py]`",
+        f"this {what} is {_size(size)}, over the limit of {_size(MAX_ARG_BYTES)} for one "
+        "argument or variable (Linux's MAX_ARG_STRLEN)",
+        "put large data in a file (beside the spec, in the workdir) and pass its path",
     )
+    return False
+
+
+Arg = tuple[yaml.Node, str, str]  # (node, field path, text) of one argument
+
+
+def _command(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
+    """A command: a string split like a shell, or a list of strings; each part checked."""
+    parts = _command_args(ctx, node, path)
+    if parts is None:
+        return None
+    if not all([_arg_fits(ctx, n, p, text) for n, p, text in parts]):
+        return None
+    return [text for _, _, text in parts]
+
+
+def _command_args(ctx: _Ctx, node: yaml.Node, path: str) -> list[Arg] | None:
+    example = "write `command: python3 app.py` or `command: [python3, app.py]`"
+    if isinstance(node, yaml.ScalarNode):
+        value = _scalar(node)
+        if value is None or value == "":
+            ctx.add(node, path, "the command is empty", "name the program to run")
+            return None
+        if not isinstance(value, str):
+            ctx.add(
+                node,
+                path,
+                f"must be a string or a list, not {node.value!r}",
+                f"name the program to run: {example} (quote a program named {node.value!r})",
+            )
+            return None
+        try:
+            split = shlex.split(value)
+        except ValueError as e:
+            ctx.add(node, path, f"cannot split the command: {e}", "check the quotes")
+            return None
+        if not split:
+            ctx.add(node, path, "the command is empty", "name the program to run")
+        return [(node, path, part) for part in split]
+    if isinstance(node, yaml.SequenceNode):
+        parts: list[Arg] = []
+        for i, item in enumerate(node.value):
+            ipath = f"{path}[{i}]"
+            if i == 0 and isinstance(item, yaml.ScalarNode):
+                value = _scalar(item)
+                if value is not None and not isinstance(value, str):
+                    ctx.add(
+                        item,
+                        ipath,
+                        f"the program must be a name or a path, not {item.value!r}",
+                        f"{example} (quote a program named {item.value!r})",
+                    )
+                    continue
+            text = _arg_text(ctx, item, ipath)
+            if text is not None:
+                parts.append((item, ipath, text))
+        if not node.value:
+            ctx.add(node, path, "the command is empty", "name the program to run")
+        return parts
+    ctx.add(node, path, f"must be a string or a list, not {_kind_of(node)}", example)
     return None
+
+
+def _arg_text(ctx: _Ctx, node: yaml.Node, path: str) -> str | None:
+    """One argument of a command list: a string, or a number kept as written (``010`` stays
+    ``010``, not 8); anything else is reported."""
+    if _str(ctx, node, path) is None:
+        return None
+    return str(node.value)
+
+
+def _args(ctx: _Ctx, node: yaml.Node, path: str) -> list[str] | None:
+    """``args:``: a list of strings (numbers as written), or one string as one argument."""
+    if isinstance(node, yaml.ScalarNode) and isinstance(_scalar(node), str):
+        items: list[Arg] = [(node, path, str(node.value))]
+    elif not isinstance(node, yaml.SequenceNode):
+        ctx.add(node, path, f"must be a list, not {_kind_of(node)}", "write [a, b]")
+        return None
+    else:
+        items = []
+        for i, item in enumerate(node.value):
+            text = _arg_text(ctx, item, f"{path}[{i}]")
+            if text is not None:
+                items.append((item, f"{path}[{i}]", text))
+    if not all([_arg_fits(ctx, n, p, text) for n, p, text in items]):
+        return None
+    return [text for _, _, text in items]
+
+
+def _argv_fits(ctx: _Ctx, node: yaml.Node, path: str, argv: list[str]) -> bool:
+    """Whether a whole command line fits ``MAX_ARGV_BYTES``; reported if not."""
+    size = sum(len(a.encode()) + 1 for a in argv)
+    if size <= MAX_ARGV_BYTES:
+        return True
+    ctx.add(
+        node,
+        path,
+        f"the command and its arguments are {_size(size)}, over the limit of "
+        f"{_size(MAX_ARGV_BYTES)} (Linux's ARG_MAX holds them with the environment)",
+        "put large data in a file (beside the spec, in the workdir) and pass its path",
+    )
+    return False
 
 
 def _resources(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[Resources | None, int]:
@@ -801,6 +932,7 @@ def _workload(
         path,
         SERVICE_KEYS if wtype == "service" else JOB_KEYS,
         "a service" if wtype == "service" else "a job",
+        MISPLACED_IN_SERVICE if wtype == "service" else MISPLACED_IN_JOB,
     )
     if m is None:
         return None
@@ -825,13 +957,25 @@ def _workload(
     if "command" in m:
         command = _command(ctx, m["command"][1], f"{path}.command") or []
     if "args" in m:
-        command += _str_list(ctx, m["args"][1], f"{path}.args") or []
+        command += _args(ctx, m["args"][1], f"{path}.args") or []
     if kind == "task" and "command" not in m:
         ctx.add(node, f"{path}.command", "a task needs a command", "e.g. command: python3 app.py")
+    if command:
+        _argv_fits(
+            ctx, m.get("command", m.get("args", (node, node)))[1], f"{path}.command", command
+        )
     kw["command"] = tuple(command)
     if "env" in m:
         em = _mapping(ctx, m["env"][1], f"{path}.env", (), "env")
         env = []
+        if em is not None and len(em) > MAX_ENV_ENTRIES:
+            ctx.add(
+                m["env"][1],
+                f"{path}.env",
+                f"{len(em)} variables are over the limit of {MAX_ENV_ENTRIES}",
+                "put configuration in a file (beside the spec, in the workdir) and pass its path",
+            )
+            em = None
         for key, (ek, ev) in (em or {}).items():
             if not ENV_RE.match(key):
                 ctx.add(
@@ -845,8 +989,17 @@ def _workload(
                 ctx.add(ev, f"{path}.env.{key}", "must be a string or number")
                 continue
             value = "" if _scalar(ev) is None else str(ev.value)
-            if _no_nul(ctx, ev, f"{path}.env.{key}", value):
+            if _arg_fits(ctx, ev, f"{path}.env.{key}", f"{key}={value}", "variable"):
                 env.append((key, value))
+        size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env)
+        if size > MAX_ENV_BYTES:
+            ctx.add(
+                m["env"][1],
+                f"{path}.env",
+                f"the environment is {_size(size)}, over the limit of {_size(MAX_ENV_BYTES)} "
+                "(Linux's ARG_MAX holds it with the command line)",
+                "put large data in a file (beside the spec, in the workdir) and pass its path",
+            )
         kw["env"] = tuple(sorted(env))
     if "workdir" in m:
         wd = _str(ctx, m["workdir"][1], f"{path}.workdir") or ""
@@ -855,6 +1008,8 @@ def _workload(
         elif wd and not os.path.isabs(wd):
             wd = os.path.normpath(os.path.join(base_dir or os.getcwd(), wd))
         kw["workdir"] = wd
+    elif kind == "task" and base_dir:
+        kw["workdir"] = os.path.normpath(base_dir)  # as compose: where the spec file is
     if "resources" in m:
         res, pids = _resources(ctx, m["resources"][1], f"{path}.resources")
         if res is not None:
@@ -876,6 +1031,13 @@ def _workload(
             kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 1, 1000)
     if "retries" in m:
         kw["retries"] = _int(ctx, m["retries"][1], f"{path}.retries", 0, 1000)
+    if "retry_delay" in m:
+        kw["retry_delay"] = _duration(ctx, m["retry_delay"][1], f"{path}.retry_delay", 3600)
+    if "update" in m:
+        replicas = kw.get("replicas", 1)
+        kw["update"] = _update(
+            ctx, m["update"][1], f"{path}.update", replicas if isinstance(replicas, int) else 1000
+        )
     completions = kw.get("completions", 1)  # None: invalid, reported above
     if (
         wtype == "job"
@@ -922,6 +1084,105 @@ def _workload(
     return Workload(**kw)
 
 
+PERCENT_RE = re.compile(r"^(\d{1,3})%$")
+
+
+def _surge(
+    ctx: _Ctx, node: yaml.Node, path: str, replicas: int, round_up: bool
+) -> tuple[int, int] | None:
+    """``max_surge`` / ``max_unavailable``: a count, or a percentage of ``replicas`` rounded as
+    Kubernetes does (surge up, unavailable down). The count and the number as written (the
+    count or the percentage); None once reported."""
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(value, str):
+        m = PERCENT_RE.match(value.strip())
+        if m is None or int(m.group(1)) > 100:
+            ctx.add(
+                node,
+                path,
+                f"{value!r} is neither a count nor a percentage",
+                "write a number of instances (1) or a percentage of replicas from 0% to 100% (25%)",
+            )
+            return None
+        share = int(m.group(1)) * replicas
+        return (-(-share // 100) if round_up else share // 100), int(m.group(1))
+    n = _int(ctx, node, path, 0, 1000, "a number of instances from 0, or a percentage (25%)")
+    return None if n is None else (n, n)
+
+
+def _update(ctx: _Ctx, node: yaml.Node, path: str, replicas: int) -> UpdatePolicy | None:
+    """A service's ``update:`` block (its rollouts): counts resolved against ``replicas``."""
+    m = _mapping(ctx, node, path, UPDATE_KEYS, "update")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    ok = True
+    written: list[int] = []
+    for key, up in (("max_surge", True), ("max_unavailable", False)):
+        if key in m:
+            got = _surge(ctx, m[key][1], f"{path}.{key}", replicas, up)
+            if got is None:
+                ok = False
+            else:
+                kw[key], number = got
+                written.append(number)
+    default = UpdatePolicy()
+    surge = kw.get("max_surge", default.max_surge)
+    unavailable = kw.get("max_unavailable", default.max_unavailable)
+    if ok and surge == 0 and unavailable == 0:
+        if any(written):  # a percentage of few replicas rounded to nothing: as Kubernetes does
+            kw["max_unavailable"] = 1
+        else:
+            ctx.add(
+                m["max_surge"][1],
+                f"{path}.max_surge",
+                "max_surge and max_unavailable are both 0: no instance could be replaced",
+                "allow one more instance during an update (max_surge: 1, the default) or one "
+                "fewer (max_unavailable: 1)",
+            )
+            ok = False
+    for key in ("min_healthy_time", "healthy_deadline"):
+        if key in m:
+            d = _duration(ctx, m[key][1], f"{path}.{key}")
+            if d is None:
+                ok = False
+            else:
+                kw[key] = d
+    min_healthy = kw.get("min_healthy_time", default.min_healthy_time)
+    deadline = kw.get("healthy_deadline", default.healthy_deadline)
+    if deadline <= min_healthy:
+        ctx.add(
+            m.get("healthy_deadline", m.get("min_healthy_time", (node, node)))[1],
+            f"{path}.healthy_deadline",
+            f"healthy_deadline ({deadline:g}s) must be longer than min_healthy_time "
+            f"({min_healthy:g}s): no instance could count as healthy in time",
+            "make healthy_deadline longer (the default is 5m) or min_healthy_time shorter",
+        )
+        ok = False
+    if "auto_revert" in m:
+        vnode = m["auto_revert"][1]
+        value = _scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+        if not isinstance(value, bool):
+            ctx.add(vnode, f"{path}.auto_revert", "must be true or false", "e.g. auto_revert: true")
+            ok = False
+        else:
+            kw["auto_revert"] = value
+    if "canary" in m:
+        c = _int(
+            ctx,
+            m["canary"][1],
+            f"{path}.canary",
+            0,
+            replicas,
+            f"canaries are new instances started beside the old ones: 0 to replicas ({replicas})",
+        )
+        if c is None:
+            ok = False
+        else:
+            kw["canary"] = c
+    return UpdatePolicy(**kw) if ok else None
+
+
 def _cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -965,8 +1226,14 @@ def _references(
 
 
 def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
-    """Parse and validate a spec; raise ``SpecError`` listing every problem."""
+    """Parse and validate a spec; raise ``SpecError`` listing every problem.
+
+    ``base_dir`` is the spec file's directory: relative workdirs resolve against it, and it is
+    a task's workdir when the spec names none ("": the instance's own directory)."""
     ctx = _Ctx(file)
+    size = len(text.encode(errors="replace"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([_too_big(size, file)])
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
@@ -1091,10 +1358,24 @@ def parse_spec(text: str, file: str = "", base_dir: str = "") -> Application:
     return Application(name=name, workloads=tuple(workloads))
 
 
+def _too_big(size: int, file: str) -> SpecIssue:
+    return SpecIssue(
+        "",
+        f"the spec is {size} bytes, over the limit of {MAX_SPEC_BYTES} (1 MiB)",
+        "a spec describes workloads; put large data (configuration, keys) in files beside it "
+        "and pass their paths",
+        file,
+    )
+
+
 def load_spec(path: str | os.PathLike[str]) -> Application:
-    """Read and parse a spec file; relative workdirs resolve against its directory."""
+    """Read and parse a spec file; relative workdirs resolve against its directory, which is
+    also a task's default workdir."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError([_too_big(size, str(path))])
         text = p.read_text()
     except OSError as e:
         raise SpecError(

@@ -9,16 +9,20 @@
 
 Each ``create_*`` call describes a workload (nothing runs yet); ``start_*`` applies it to the
 server as a one-workload application named ``sdk-<name>``, through the same validation as a
-spec file, and waits up to ``wait`` s on the server's blocking settlement query
-(``elastin.model.settled``) until it has settled (a service's instances run, a job finished),
-failed, or waits for something (pending with a reason); ``get_*_resources`` reports what it
-asked for, the totals of the accounting formulas (request × instances), and what each instance
-measurably uses. Numbers without a unit are MiB for memory and disk, and cores for cpu.
+spec file, and waits on the server's blocking settlement query (``elastin.model.settled``)
+until it runs (a service: its instances run, healthy where checked) or, for a job, finished.
+When it cannot — every instance pending with a reason ("no node has 1 cpu free"), failed, or
+not there within ``wait`` seconds — ``start_*`` deletes what it applied (nothing stays queued)
+and raises ``EngineError`` naming the reason. ``get_*_resources`` reports what it asked for,
+what is allocated (instances placed on a node and not finished), the totals of the accounting
+formulas (request × instances), and what each instance measurably uses. Numbers without a unit
+are MiB for memory and disk, and cores for cpu.
 
-The engine talks to a running server (found like the CLI finds it), or starts one in the
-background (server and agent in one process, as ``elastin up --detach`` does, through
-``elastin.client.local``) and stops it, with the instances it ran, at interpreter exit;
-``close()`` closes the engine's connection.
+The engine deletes the applications it started when it is closed — ``close()``, the end of a
+``with`` block, or the interpreter's exit — unless it was made with ``keep=True``. It talks to
+a running server (found like the CLI finds it), or starts one in the background (server and
+agent in one process, as ``elastin up --detach`` does, through ``elastin.client.local``) and
+stops it, with the instances it ran, at interpreter exit.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import atexit
 import os
 import re
 import secrets
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Self
 
 import yaml
 
@@ -38,11 +42,16 @@ from elastin.client.discovery import default_data_dir
 from elastin.client.errors import ClientError, ServerUnavailable
 from elastin.client.http import Client
 from elastin.client.local import start_daemon, stop_daemon
+from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import Allocation
 from elastin.model.errors import SpecError
+from elastin.model.resources import Resources
 from elastin.model.spec import parse_spec
 from elastin.model.units import MIB, format_cpu, format_size
 
 SETTLE_WAIT = 2.0  # longest blocking query while ``start_*`` waits
+SERVICE_WAIT = 60.0  # how long ``start_*`` waits for a service's instances by default
+LOG_LINES = 5  # lines of a failed instance's output an error quotes
 
 
 class EngineError(Exception):
@@ -72,6 +81,11 @@ class Workload:
     def section(self) -> str:
         return "jobs" if self.job else "services"
 
+    @property
+    def what(self) -> str:
+        """How errors name it: ``task 'lister'``."""
+        return f"{'virtual machine' if self.kind == 'vm' else self.kind} {self.name!r}"
+
 
 Task = Workload
 Container = Workload
@@ -93,14 +107,54 @@ def _resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
     return res
 
 
+def _amounts(r: Resources) -> dict[str, Any]:
+    return {
+        "cpu": r.cpu / 1000,
+        "memory_mib": r.memory / MIB,
+        "disk_mib": r.disk / MIB,
+        "human": f"cpu {format_cpu(r.cpu)}, memory {format_size(r.memory)}",
+    }
+
+
+def _allocated(allocs: Sequence[Allocation]) -> Resources:
+    """What ``allocs`` hold now: those placed on a node and not finished."""
+    total = Resources(0, 0, 0)
+    for a in allocs:
+        if a.node_id and not a.terminal:
+            total = total + a.resources
+    return total
+
+
+def _reasons(allocs: Sequence[Allocation], statuses: tuple[str, ...]) -> list[str]:
+    """The distinct reasons of the allocations in ``statuses``, newest first."""
+    out: list[str] = []
+    for a in sorted(allocs, key=lambda a: a.updated_at, reverse=True):
+        if a.status not in statuses:
+            continue
+        reason = a.reason or (
+            f"exited with code {a.exit_code}" if a.exit_code is not None else a.status
+        )
+        if reason not in out:
+            out.append(reason)
+    return out
+
+
 class _Engine:
     kind = "task"
+    clock: Clock = SYSTEM
 
-    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, keep: bool = False
+    ) -> None:
+        self.keep = keep
+        self._started: dict[str, Workload] = {}  # application -> what this engine started
+        self._closed = False
         if url and token:
             self._client = Client(url, token)
         else:
             self._client = self._connect()
+        # after _connect's stop_daemon: atexit runs last in first, so this comes first
+        atexit.register(self._close_at_exit)
 
     # server ---------------------------------------------------------------------------
     def _connect(self) -> Client:
@@ -121,9 +175,37 @@ class _Engine:
             raise EngineError(e.message, e.hint) from None
 
     def close(self) -> None:
-        self._client.close()
+        """Delete the applications this engine started (unless it keeps them: ``keep=True``)
+        and close its connection. Raises ``EngineError`` naming those it could not delete."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._close_at_exit)
+        failed: list[str] = []
+        try:
+            if not self.keep:
+                for app, w in list(self._started.items()):
+                    try:
+                        self._client.delete_app(app)
+                        w.started = False
+                    except ClientError as e:
+                        failed.append(f"{app}: {e.message}")
+                self._started.clear()
+        finally:
+            self._client.close()
+        if failed:
+            raise EngineError(
+                "could not delete what the engine started: " + "; ".join(failed),
+                "delete them with `elastin down APP` once the server answers",
+            )
 
-    def __enter__(self) -> _Engine:
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except EngineError as e:  # no traceback at exit: one line
+            print(f"elastin: {e}", file=sys.stderr)
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -146,23 +228,73 @@ class _Engine:
         except SpecError as e:
             raise EngineError(e.render(), "fix the arguments of the create call") from None
 
-    def _start(self, w: Workload, wait: float) -> Workload:
+    def _start(self, w: Workload, wait: float | None) -> Workload:
+        """Apply ``w``; unless ``wait`` is 0, wait until it runs (a job: finished) or raise
+        ``EngineError`` with the reason, once what was applied is deleted again."""
+        if self._closed:
+            raise EngineError("the engine is closed", "make a new engine")
         try:
             self._client.apply(self._text(w), file=f"<{w.kind} {w.name}>", base_dir=os.getcwd())
         except ClientError as e:
             raise EngineError(e.message, e.hint) from None
         w.started = True
-        deadline = time.monotonic() + wait
+        self._started[w.app] = w
+        if wait == 0:
+            return w
+        limit = wait if wait is not None else (None if w.job else SERVICE_WAIT)
+        deadline = None if limit is None else self.clock.monotonic() + limit
         index = 0
-        while (remaining := deadline - time.monotonic()) > 0:
+        while True:
+            remaining = SETTLE_WAIT if deadline is None else deadline - self.clock.monotonic()
+            if remaining <= 0:
+                verb = "finish" if w.job else "run"
+                self._give_up(w, f"did not {verb} within {limit:g} s", ("pending", "failed"))
             try:
                 s = self._client.settlement(w.app, index=index, wait=min(remaining, SETTLE_WAIT))
             except ClientError as e:
                 raise EngineError(e.message, e.hint) from None
-            if s["done"] or s["waiting"]:
-                break
+            if s["state"] == "settled":
+                return w
+            if s["state"] == "failed":
+                self._give_up(w, "failed", ("failed",))
+            if s["waiting"]:
+                self._give_up(w, "cannot start", ("pending",))
             index = s["index"]
-        return w
+
+    def _give_up(self, w: Workload, what: str, statuses: tuple[str, ...]) -> NoReturn:
+        """Delete ``w``'s application and raise an ``EngineError``: what went wrong, the
+        reasons of its allocations in ``statuses`` and a failed instance's last output."""
+        reasons: list[str] = []
+        output = ""
+        try:
+            allocs = self._client.allocations(app=w.app, all=True)
+            reasons = _reasons(allocs, statuses)
+            failed = [a for a in allocs if a.status == "failed"]
+            if failed:
+                last = max(failed, key=lambda a: a.updated_at)
+                output = self._tail(last.id)
+        except ClientError:
+            pass
+        try:
+            self._stop(w)
+            hint = "nothing of it was left running or queued"
+        except EngineError as e:
+            hint = f"it could not be deleted ({e.message}): `elastin down {w.app}` stops it"
+        message = f"{w.what} {what}" + (f": {'; '.join(reasons)}" if reasons else "")
+        if output:
+            message += "\n  its last output:\n    " + "\n    ".join(output.splitlines())
+        if "cpu" in message or "memory" in message or "no node" in message:
+            hint = "ask for less (resources=...) or add a node; " + hint
+        raise EngineError(message, hint)
+
+    def _tail(self, alloc_id: str) -> str:
+        """The last lines an instance wrote (stderr, else stdout); "" when there are none."""
+        for stream in ("stderr", "stdout"):
+            data = b"".join(self._client.logs(alloc_id, stream=stream, tail=LOG_LINES))
+            text = data.decode(errors="replace").strip()
+            if text:
+                return "\n".join(text.splitlines()[-LOG_LINES:])
+        return ""
 
     def _stop(self, w: Workload) -> None:
         try:
@@ -170,9 +302,11 @@ class _Engine:
         except ClientError as e:
             raise EngineError(e.message, e.hint) from None
         w.started = False
+        self._started.pop(w.app, None)
 
     def _resources(self, w: Workload) -> dict[str, Any]:
-        """What the workload asked for, its totals, and each instance's measured use."""
+        """What the workload asked for, what is allocated to it now, its totals, and each
+        instance's measured use."""
         app = parse_spec(self._text(w), base_dir=os.getcwd())
         wl = app.workloads[0]
         allocs = self._client.allocations(app=w.app, all=True) if w.started else []
@@ -193,22 +327,14 @@ class _Engine:
                 }
             )
         live = [i for i in instances if i["status"] in ("running", "starting")]
-        r, total = wl.resources, wl.total()
+        total = wl.total()
         return {
             "name": w.name,
             "kind": w.kind,
-            "allocated": {
-                "cpu": r.cpu / 1000,
-                "memory_mib": r.memory / MIB,
-                "disk_mib": r.disk / MIB,
-                "human": f"cpu {format_cpu(r.cpu)}, memory {format_size(r.memory)}",
-            },
+            "requested": _amounts(wl.resources),
+            "allocated": _amounts(_allocated(allocs)),
             "instances": wl.instances,
-            "total": {
-                "cpu": total.cpu / 1000,
-                "memory_mib": total.memory / MIB,
-                "disk_mib": total.disk / MIB,
-            },
+            "total": {k: v for k, v in _amounts(total).items() if k != "human"},
             "measured": {
                 "cpu": round(sum(i["usage"]["cpu"] for i in live), 3),
                 "memory_mib": round(sum(i["usage"]["memory_mib"] for i in live), 2),
@@ -255,7 +381,10 @@ class AutomationEngine(_Engine):
             spec["completions"] = parallelism
         return self._create("task", name, spec, job=not service)
 
-    def start_task(self, task: Task, wait: float = 10.0) -> Task:
+    def start_task(self, task: Task, wait: float | None = None) -> Task:
+        """Run ``task`` and wait until it runs (a service) or finished (a job); ``wait``:
+        at most that many seconds (default: a job until it finishes, a service 60 s; 0:
+        apply and return). Raises ``EngineError`` with the reason when it cannot."""
         return self._start(task, wait)
 
     def stop_task(self, task: Task) -> None:
@@ -300,7 +429,8 @@ class ContainerEngine(_Engine):
             spec["env"] = dict(env)
         return self._create("container", name, spec, job=False)
 
-    def start_container(self, container: Container, wait: float = 10.0) -> Container:
+    def start_container(self, container: Container, wait: float | None = None) -> Container:
+        """Run ``container`` and wait until its instances run (see ``start_task``)."""
         return self._start(container, wait)
 
     def stop_container(self, container: Container) -> None:
@@ -333,7 +463,8 @@ class VirtualizationEngine(_Engine):
         }
         return self._create("vm", name, spec, job=False)
 
-    def start_vm(self, vm: VirtualMachine, wait: float = 10.0) -> VirtualMachine:
+    def start_vm(self, vm: VirtualMachine, wait: float | None = None) -> VirtualMachine:
+        """Run ``vm`` and wait until its instances run (see ``start_task``)."""
         return self._start(vm, wait)
 
     def stop_vm(self, vm: VirtualMachine) -> None:

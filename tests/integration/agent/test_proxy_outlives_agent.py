@@ -88,6 +88,7 @@ class Node:
         self.split = split
         self.server: subprocess.Popen[bytes] | None = None
         self.tmp = tmp
+        tmp.chmod(0o755)  # the spec's directory, the tasks' workdir: readable, as a project's
         self.data = tmp / "data"
         self.log = tmp / "daemon.log"
         self.cgroup_root = f"elastin-test-{secrets.token_hex(4)}"

@@ -138,7 +138,13 @@ def test_stop_and_down_work_on_a_full_disk_and_an_apply_is_refused_clearly(
     spec = tmp_path / "t.yaml"
     spec.write_text(SPEC)
     big = tmp_path / "big.yaml"  # an application that needs room of its own to be recorded
-    big.write_text(SPEC.replace("app: t", "app: big") + f'    env: {{PAD: "{"z" * 300_000}"}}\n')
+    pad = "z" * 100_000  # 300 kB in all, within a workload's environment limits (docs/spec.md)
+    big.write_text(
+        SPEC.replace("app: t", "app: big")
+        + f'    env: {{PAD1: "{pad}", PAD2: "{pad}"}}\n'
+        + SPEC.split("services:\n")[1].replace("web:", "web2:")
+        + f'    env: {{PAD: "{pad}"}}\n'
+    )
     with server_process(tmpfs) as (server, url, token):
         assert (tmpfs / "state.db.reserve").exists()
         done = elastin(tmpfs, "apply", str(spec))
