@@ -62,7 +62,8 @@ services:
     replicas: 2
     resources: {{cpu: 100m, memory: 48Mi}}
     health: {{http: /, interval: 1s, timeout: 1s}}
-{update}  probe:
+    update: {{min_healthy_time: 1s, healthy_deadline: 60s{update}}}
+  probe:
     command: ["{PY}", probe.py]
     workdir: {workdir}
     upstreams: [web]
@@ -95,7 +96,8 @@ def app_dir(h: Any) -> Path:
 
 
 def web_pids(h: Any) -> set[int]:
-    return {a.pid for a in h.running("t", "web")}
+    """The running web instances the server wants (not old ones still draining)."""
+    return {a.pid for a in h.running("t", "web") if a.desired == "run"}
 
 
 def test_a_bad_version_is_rolled_back_while_the_old_one_serves_every_request(
@@ -160,6 +162,7 @@ jobs:
     command: ["{py}", "-c", "{code}"]
     resources: {{cpu: 100m, memory: 32Mi}}
     retries: {retries}
+    retry_delay: 0.1s
 """
 
 
