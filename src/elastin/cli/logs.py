@@ -28,12 +28,27 @@ from elastin.mesh.model.names import ClusterName
 )
 @click.option("--index", "-i", default=None, type=int, help="instance index (default: all)")
 @click.option(
+    "--since",
+    default="",
+    metavar="TIME",
+    help="only lines from TIME on: 2024-05-01T12:00:00Z, or a duration back from now "
+    "(90s, 10m, 1h30m)",
+)
+@click.option("--timestamps", "-t", is_flag=True, help="show each line's time before it")
+@click.option(
     "--mesh",
     is_flag=True,
     help="the mesh's access log (JSON lines), for SERVICE or for all services",
 )
 def logs(
-    service: str | None, follow: bool, stderr: bool, tail: int, index: int | None, mesh: bool
+    service: str | None,
+    follow: bool,
+    stderr: bool,
+    tail: int,
+    index: int | None,
+    since: str,
+    timestamps: bool,
+    mesh: bool,
 ) -> None:
     """Print a service's output (SERVICE is `name` or `app/name`), or with --mesh the
     requests the mesh carried."""
@@ -56,7 +71,15 @@ def logs(
             if len(live) > 1:
                 console.print(Text(f"==> {a['name']} <==", style="bold"))
             try:
-                for chunk in c.logs(a["id"], stream=stream, tail=tail, follow=follow):
+                chunks = c.logs(
+                    a["id"],
+                    stream=stream,
+                    tail=tail,
+                    follow=follow,
+                    since=since,
+                    timestamps=timestamps,
+                )
+                for chunk in chunks:
                     sys.stdout.write(chunk.decode(errors="replace"))
                     sys.stdout.flush()
             except KeyboardInterrupt:

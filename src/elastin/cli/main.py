@@ -33,7 +33,7 @@ import sys
 import click
 
 from elastin import __version__
-from elastin.cli import deploy, logs, servers, store, views
+from elastin.cli import deploy, exec, logs, servers, store, views
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -96,6 +96,7 @@ for command in (
     views.status,
     views.version,
     logs.logs,
+    exec.exec_,
     store.store,
 ):
     cli.add_command(command)
