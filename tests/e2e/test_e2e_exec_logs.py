@@ -1,17 +1,22 @@
-"""``elastin exec``, ``ps``'s pid and ``logs --since/--timestamps``, end to end: a real server,
-agent and instance (issue #11, items 7 and 11)."""
+"""``elastin exec``, ``ps``'s pid, ``logs --since/--timestamps`` and ``logs --mesh SERVICE
+--tail N``, end to end: a real server, agent, instances and HAProxy (issue #11, items 7
+and 11)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sys
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from elastin.mesh.haproxy.process import haproxy_binary
 
 pytestmark = [
     pytest.mark.integration,
@@ -78,3 +83,67 @@ def test_exec_pid_and_timestamped_logs(harness: Any) -> None:
         60,
         "restarted with a new pid",
     )
+
+
+ANSWER = (
+    "import http.server, os\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.send_header('Content-Length', '2')\n"
+    "        self.end_headers(); self.wfile.write(b'ok')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
+    ".serve_forever()\n"
+)
+MESH_SPEC = f"""
+app: m
+services:
+  api:
+    command: ["{PY}", "-c", {json.dumps(ANSWER)}]
+    ports: {{http: 0}}
+    resources: {{cpu: 100m, memory: 48Mi}}
+    health: {{http: /, interval: 1s}}
+  noise:
+    command: ["{PY}", "-c", {json.dumps(ANSWER)}]
+    ports: {{http: 0}}
+    resources: {{cpu: 100m, memory: 48Mi}}
+    health: {{http: /, interval: 1s}}
+  web:
+    command: ["{PY}", "-c", "import time; time.sleep(600)"]
+    upstreams: [api, noise]
+    resources: {{cpu: 50m, memory: 32Mi}}
+"""
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
+def test_mesh_tail_returns_the_last_n_requests_of_a_service(harness: Any) -> None:
+    """`logs --mesh api --tail 3` read the last 60 lines of the node's access log and kept
+    api's: after 400 requests to another service it printed none."""
+    h = harness.start()
+    h.cli("apply", str(h.write_spec("m.yaml", MESH_SPEC)), "--wait", check=True)
+    (web,) = h.wait_for(lambda: h.running("m", "web"), 30, "web running")
+    (api,) = h.running("m", "api")
+    ports = dict(web.ports)
+
+    def get(upstream: str, path: str) -> bool:
+        url = f"http://127.0.0.1:{ports['upstream.' + upstream]}{path}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+
+    h.wait_for(lambda: get("api", "/ready") and get("noise", "/ready"), 30, "calls through")
+    for i in range(5):
+        get("api", f"/call/{i}")
+    for _ in range(400):
+        get("noise", "/")
+
+    def api_tail() -> list[dict[str, Any]]:
+        out = h.cli("logs", "--mesh", "api", "--tail", "3", check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    logged = h.wait_for(lambda: len(api_tail()) == 3 and api_tail(), 30, "3 lines of api")
+    assert [e["path"] for e in logged] == ["/call/2", "/call/3", "/call/4"]  # oldest first
+    assert {e["service"] for e in logged} == {"m/api"}
+    assert {e["caller"] for e in logged} == {web.name}  # "m.web[0]", as `ps` names it
+    assert {e["endpoint"] for e in logged} == {api.name}
+    noise = h.cli("logs", "--mesh", "m/noise", "--tail", "2", check=True).stdout.splitlines()
+    assert len(noise) == 2
