@@ -49,7 +49,8 @@ def test_exec_pid_and_timestamped_logs(harness: Any) -> None:
     h.cli("apply", str(spec), "--wait", "--timeout", "60", check=True)
     (a,) = h.wait_for(lambda: h.running("x", "talker"), 60, "talker running")
     # ps shows the program's own pid
-    assert "-c" in Path(f"/proc/{a.pid}/cmdline").read_text().split("\0")
+    argv = Path(f"/proc/{a.pid}/cmdline").read_text().split("\0")
+    assert argv[:2] == [PY, "-c"], argv  # not the supervisor's sh
     h.wait_for(lambda: "early" in h.cli("logs", "talker").stdout, 30, "early")
     stamped = h.cli("logs", "talker", "--timestamps", check=True).stdout
     assert re.fullmatch(STAMP.pattern + "early\n", stamped), stamped
