@@ -96,4 +96,3 @@ async def test_exec_refusals(api: AgentApi) -> None:
         assert idle.json()["message"] == "shop.api[1] is not running now"
         shell = await c.post(f"/v1/allocations/{IDLE}/exec", json={"command": "ls -l"})
         assert shell.status_code == 422 and "list of strings" in shell.json()["message"]
-

@@ -4,16 +4,19 @@ Every instance runs under a tiny POSIX ``sh`` supervisor (the *shim*, about 1 Mi
 
 1. joins the instance's cgroups (so the workload starts inside them and every byte it
    allocates is charged there),
-2. starts the command, waits for it, and
+2. starts the command — through the log timestamper (``STAMPER``) when this node has its
+   Perl — says the program's pid on a pipe (``read_pid``), waits for it, and
 3. writes its exit status to ``<alloc_dir>/status``.
 
 The shim runs in its own session, so killing the agent (even with SIGKILL) leaves the
 workload running; a new agent re-attaches with ``recover`` and still learns the real exit
-code from the status file. The shim's pid and start time (guarding against pid reuse) are in
-the ``Handle``. Exits are awaited with a pidfd, so a recovered instance that is not the
-agent's child is waited for just the same.
+code from the status file. The ``Handle``'s ``pid`` is the program's own (what ``ps`` shows,
+what a signal should reach); the shim's pid and start time (guarding against pid reuse) are
+its ``shim_pid`` and ``start_ticks``. Exits are awaited with a pidfd on the shim, so a
+recovered instance that is not the agent's child is waited for just the same.
 
-stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode;
+stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode,
+each line after the time it was written (``logfiles.STAMP``; docs/drivers.md);
 ``rotate_logs`` (called by the agent every second) rotates them copy-truncate style when they
 pass ``log_max_bytes`` (the workload keeps writing at the new end of the same file), keeping
 ``log_max_files`` old copies; on a disk without room for a copy it truncates them in place
@@ -101,7 +104,8 @@ done
 echo $st > "$status"
 exit $st
 """
-# The log timestamper (Perl: perl-base and Time::HiRes, which Debian's perl package has). The
+# The log timestamper (Perl: perl-base and Time::HiRes, which Debian's perl package has;
+# Time::HiRes is loaded after the command started, so the command does not wait for it). The
 # shim starts it in the instance's cgroup and namespace, in place of the command; it stays
 # root (the instance cannot signal it, stop it or forge its times) and only copies bytes. It
 # starts the command (its pid said on fd 9) with its stdout and stderr on two pipes, and
@@ -113,42 +117,43 @@ exit $st
 # process it left keeps them open. A partial line at the end gets a newline; a line longer
 # than LINE_MAX bytes is cut into lines of that size.
 STAMPER = r"""
-use strict; use warnings; use POSIX (); use Time::HiRes ();
+use strict; use warnings;
 my @sigs = qw(TERM INT HUP QUIT PIPE);
 my @cmd = @ARGV;
+open(my $said, '>&=', 9) or die "fd 9: $!";
 pipe(my $ro, my $wo) or die "pipe: $!"; pipe(my $re, my $we) or die "pipe: $!";
 my $pid = fork();
 die "fork: $!" unless defined $pid;
 if ($pid == 0) {
-  POSIX::dup2(fileno($wo), 1); POSIX::dup2(fileno($we), 2);
-  POSIX::close($_) for (9, fileno($ro), fileno($re), fileno($wo), fileno($we));
+  open(STDOUT, '>&', $wo) or die "stdout: $!"; open(STDERR, '>&', $we) or die "stderr: $!";
+  close($_) for ($said, $ro, $re, $wo, $we);
   $SIG{$_} = 'DEFAULT' for @sigs;
   { no warnings 'exec'; exec { $cmd[0] } @cmd; }
-  print STDERR "cannot start $cmd[0]: $!\n"; POSIX::_exit(127);
+  print STDERR "cannot start $cmd[0]: $!\n"; exit 127;
 }
 $SIG{$_} = 'IGNORE' for @sigs;
-POSIX::write(9, "$pid\n", length("$pid\n")); POSIX::close(9);
-close $wo; close $we;
+syswrite($said, "$pid\n"); close($said);
+close($wo); close($we);
+require Time::HiRes;  # after the fork: the command does not wait for it
 if (open(my $adj, '>', '/proc/self/oom_score_adj')) { print $adj "-1000\n"; close $adj; }
 my ($status, $last) = (undef, 0);
 $SIG{CHLD} = sub {
-  my $w = waitpid($pid, POSIX::WNOHANG());
+  my $w = waitpid($pid, 1);  # WNOHANG
   if ($w == $pid) { $status = $?; $last = Time::HiRes::time() + 1; }
 };
-my ($ri, $ri2) = (fileno($ro), fileno($re));
-my %out = ($ri => 1, $ri2 => 2);
-my %open = ($ri => 1, $ri2 => 1);
+my %in = (fileno($ro) => $ro, fileno($re) => $re);
+my %out = (fileno($ro) => \*STDOUT, fileno($re) => \*STDERR);
 my (%buf, %t0);
 sub stamp {
-  my $t = shift; my $s = int($t);
-  return POSIX::strftime('%Y-%m-%dT%H:%M:%S', gmtime $s) . sprintf('.%06dZ ', int(($t - $s) * 1e6));
+  my $t = shift; my $s = int($t); my @g = gmtime($s);
+  return sprintf('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ ', $g[5] + 1900, $g[4] + 1, @g[3, 2, 1, 0],
+                 int(($t - $s) * 1e6));
 }
 sub put {
-  my ($fd, $data) = @_;
+  my ($fh, $data) = @_;
   while (length $data) {
-    my $n = POSIX::write($fd, $data, length $data);
+    my $n = syswrite($fh, $data);
     if (!defined($n)) { next if $!{EINTR}; return; }
-    return if $n == 0;
     substr($data, 0, $n) = '';
   }
 }
@@ -160,8 +165,8 @@ sub take {
   my ($out, $at) = ('', 0);
   while (1) {
     my $i = index($b, "\n", $at);
-    my $len = $i >= 0 && $i - $at < LINE_MAX ? $i - $at + 1 : LINE_MAX;
     last if $i < 0 && length($b) - $at < LINE_MAX;
+    my $len = $i >= 0 && $i - $at < LINE_MAX ? $i - $at + 1 : LINE_MAX;
     my $line = substr($b, $at, $len);
     $line .= "\n" unless substr($line, -1) eq "\n";
     $out .= ($at == 0 ? $first : $now) . $line;
@@ -175,23 +180,23 @@ sub take {
   }
   put($out{$f}, $out) if length $out;
 }
-while (%open) {
-  my $rin = ''; vec($rin, $_, 1) = 1 for keys %open;
+while (%in) {
+  my $rin = ''; vec($rin, $_, 1) = 1 for keys %in;
   my $n = select(my $rout = $rin, undef, undef, $last ? 0.05 : 1);
   if ($n < 0) { next if $!{EINTR}; last; }
   last if $last && ($n == 0 || Time::HiRes::time() > $last);
   next if $n == 0;
-  for my $f (keys %open) {
+  for my $f (keys %in) {
     next unless vec($rout, $f, 1);
-    my $got = POSIX::read($f, my $data, 65536);
+    my $got = sysread($in{$f}, my $data, 65536);
     if (!defined($got)) { next if $!{EINTR} || $!{EAGAIN}; $got = 0; }
-    if ($got == 0) { take($f, '', Time::HiRes::time(), 1); delete $open{$f}; next; }
+    if ($got == 0) { take($f, '', Time::HiRes::time(), 1); delete $in{$f}; next; }
     take($f, $data, Time::HiRes::time(), 0);
   }
 }
-take($_, '', Time::HiRes::time(), 1) for keys %open;
+take($_, '', Time::HiRes::time(), 1) for keys %in;
 if (!defined $status) { $SIG{CHLD} = 'DEFAULT'; waitpid($pid, 0); $status = $?; }
-POSIX::_exit(($status & 127) ? 128 + ($status & 127) : $status >> 8);
+exit(($status & 127) ? 128 + ($status & 127) : $status >> 8);
 """.replace("LINE_MAX", "65536")
 STAMP_BYTES = 28  # "2024-05-01T12:00:00.123456Z "
 PERL = shutil.which("perl") or "/usr/bin/perl"
@@ -231,7 +236,7 @@ def stamper_available() -> bool:
     ``perl-base`` alone lacks it)."""
     try:
         done = subprocess.run(
-            [PERL, "-MTime::HiRes", "-MPOSIX", "-e", "1"],
+            [PERL, "-MTime::HiRes", "-e", "1"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
