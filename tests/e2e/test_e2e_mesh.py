@@ -100,8 +100,9 @@ def test_upstream_through_haproxy(harness: Any) -> None:
         30,
         "access log lines",
     )
-    assert logged[-1]["service"] == "c_m.api.http" and logged[-1]["status"] == 200
-    assert logged[-1]["caller"] == "m/web" and logged[-1]["traceparent"].startswith("00-")
+    assert logged[-1]["service"] == "m/api" and logged[-1]["status"] == 200  # the CLI's names
+    assert logged[-1]["caller"] == web.name and logged[-1]["traceparent"].startswith("00-")
+    assert logged[-1]["endpoint"] == api[0].name
     assert h.cli("logs", "--mesh", "nope").stdout == ""
     # metrics: the agent's own /metrics labels the mesh's traffic with Elastin's names; the
     # server sums every node's (heartbeats) for `elastin traffic` and /v1/metrics

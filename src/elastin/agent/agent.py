@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from elastin.agent.api import AgentApi
+from elastin.agent.api import AgentApi, runner_targets
 from elastin.agent.drivers.base import Driver, Handle, supervisor_alive
 from elastin.agent.gc import (
     GC_INTERVAL,
@@ -320,6 +320,7 @@ class Agent:
             host=cfg.api_host,
             port=cfg.api_port,
             limits=cfg.api_limits,
+            exec_target=runner_targets(self.runners),  # `elastin exec` (agent/api.py)
         )
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)

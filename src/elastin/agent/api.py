@@ -1,4 +1,5 @@
-"""The agent's own HTTP API: this node's instances' logs and its mesh access log, streamed.
+"""The agent's own HTTP API: this node's instances' logs and its mesh access log, streamed,
+and commands run inside its running instances (``elastin exec``).
 
 The server does not read a node's disk: it relays these routes (``server/relay.py``), as
 Nomad's servers relay its clients' file-system API. The agent publishes where it listens
@@ -7,14 +8,26 @@ as its node's ``agent.api`` attribute (``host:port``).
 Routes; every one needs the cluster token (``Authorization: Bearer <token>``, checked by
 ``elastin.auth.RequireToken``; a 401 JSON body otherwise)::
 
-    GET /v1/allocations/{alloc_id}/logs?stream=stdout|stderr&tail=N&follow=bool
-    GET /v1/mesh/logs?tail=N&follow=bool
+    GET  /v1/allocations/{alloc_id}/logs?stream=stdout|stderr&tail=N&follow=bool
+                                       &since=RFC3339|DURATION&timestamps=bool
+    GET  /v1/mesh/logs?tail=N&follow=bool
+    POST /v1/allocations/{alloc_id}/exec   {"command": [argv...], "timeout": seconds}
 
-Both answer ``text/plain``, streamed: the last ``tail`` lines (default 100; 0: the whole
+The logs answer ``text/plain``, streamed: the last ``tail`` lines (default 100; 0: the whole
 file), then with ``follow`` what is appended, as it is written (``agent/logfiles.py``: inotify,
-no polling; through copy-truncate rotations). Errors are JSON ``{"error", "message", "hint"}``:
-422 for a bad parameter, 404 when this node has no such logs, 503 when it cannot follow
-(too many followers, no inotify).
+no polling; through copy-truncate rotations). An instance's lines carry the time the task
+driver's timestamper read them; ``since`` (``2024-05-01T12:00:00Z`` or a duration back from
+now, ``90s``, ``10m``, ``1h30m``) leaves out the lines before it, ``timestamps`` keeps each
+line's time in front of it (``2024-05-01T12:00:00.123456Z line``). Errors are JSON
+``{"error", "message", "hint"}``: 422 for a bad parameter, 404 when this node has no such
+logs, 503 when it cannot follow (too many followers, no inotify).
+
+``exec`` runs the argv (never a shell string) inside the running instance, as its health
+checks run (its mount namespace, cgroups, user, environment, workdir), and answers
+``application/x-ndjson``: ``{"stream": "stdout"|"stderr", "data": <base64>}`` as it writes,
+then ``{"exit_code": N|null, "signal": N|null, "timed_out": bool}``; it is killed after
+``timeout`` seconds (default 30, at most 3600) or when the caller goes away. 404 when the
+allocation does not run on this node, 409 when it is not running now.
 
 Nothing from the request reaches a path unchecked: ``alloc_id`` must be 1-32 lowercase hex
 digits (what the server makes), ``stream`` one of two names; the files are
@@ -24,12 +37,20 @@ digits (what the server makes), ``stream`` one of two names; the files are
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import logging
+import math
+import os
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,8 +60,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from elastin import serving
-from elastin.agent.logfiles import FollowUnavailable, Watch, read_log
+from elastin.agent.drivers.base import ExecEnd, Execs, Handle, InstanceConfig, StartError
+from elastin.agent.logfiles import FollowUnavailable, StampFilter, Watch, read_log
 from elastin.auth import RequireToken
+from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import Allocation
+from elastin.model.workload import Workload
 
 log = logging.getLogger("elastin.agent.api")
 
@@ -49,6 +74,13 @@ STREAMS = ("stdout", "stderr")
 DEFAULT_TAIL = 100
 MAX_TAIL = 100_000
 MAX_FOLLOWS = 64  # followers at once (each holds an inotify instance and a file)
+DURATION = re.compile(r"(?:\d{1,9}(?:\.\d{1,9})?(?:ms|s|m|h|d))+")
+DURATION_PART = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m|h|d)")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+EXEC_TIMEOUT = 30.0  # seconds a command may run inside an instance, unless asked otherwise
+EXEC_MAX_TIMEOUT = 3600.0
+EXEC_MAX_ARGS = 4096
+EXEC_MAX_BYTES = 256 * 1024  # the argv's bytes in all
 TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
@@ -102,13 +134,134 @@ def parse_tail(params: Mapping[str, str]) -> int | None:
     return None if n == 0 else n
 
 
-def parse_follow(params: Mapping[str, str]) -> bool:
-    value = params.get("follow", "false").lower()
+def parse_bool(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "false").lower()
     if value in TRUE:
         return True
     if value in FALSE:
         return False
-    raise invalid(f"follow must be true or false, not {value[:40]!r}")
+    raise invalid(f"{name} must be true or false, not {value[:40]!r}")
+
+
+def parse_follow(params: Mapping[str, str]) -> bool:
+    return parse_bool(params, "follow")
+
+
+def parse_since(params: Mapping[str, str], now: float) -> float | None:
+    """``since`` as Unix seconds: an RFC 3339 time with its offset (``2024-05-01T12:00:00Z``)
+    or a duration back from ``now`` (``90s``, ``10m``, ``1h30m``, ``2d``); None when absent."""
+    value = params.get("since", "").strip()
+    if not value:
+        return None
+    if DURATION.fullmatch(value):
+        back = sum(float(n) * UNIT_SECONDS[u] for n, u in DURATION_PART.findall(value))
+        return now - back
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise invalid(
+            f"since must be a time or a duration, not {value[:40]!r}",
+            "a time with its offset, like 2024-05-01T12:00:00Z, or a duration back from "
+            "now, like 90s, 10m or 1h30m",
+        )
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    command: tuple[str, ...]
+    timeout: float
+
+
+def parse_exec(body: bytes) -> ExecRequest:
+    """An exec request's JSON body: ``command`` a non-empty list of strings (an argv, never
+    a shell string), ``timeout`` seconds (default 30, at most 3600)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise invalid('the body must be a JSON object: {"command": [...], "timeout": 30}')
+    command = data.get("command")
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(a, str) for a in command)
+        or not command[0]
+    ):
+        raise invalid(
+            "command must be a non-empty list of strings (the program and its arguments)",
+            'e.g. {"command": ["ls", "-l", "/tmp"]}; a shell line needs ["sh", "-c", "..."]',
+        )
+    if len(command) > EXEC_MAX_ARGS or sum(len(a.encode()) for a in command) > EXEC_MAX_BYTES:
+        raise invalid(
+            f"command is too long (at most {EXEC_MAX_ARGS} arguments, {EXEC_MAX_BYTES} bytes)"
+        )
+    if any("\0" in a for a in command):
+        raise invalid("command's arguments may not contain a NUL character")
+    timeout = data.get("timeout", EXEC_TIMEOUT)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= EXEC_MAX_TIMEOUT
+    ):
+        raise invalid(f"timeout must be a number of seconds above 0, at most {EXEC_MAX_TIMEOUT:g}")
+    return ExecRequest(tuple(command), float(timeout))
+
+
+def exec_frame(item: Any) -> bytes:
+    """One NDJSON line of an exec's answer."""
+    if isinstance(item, ExecEnd):
+        body: dict[str, Any] = {
+            "exit_code": item.exit_code,
+            "signal": item.signal,
+            "timed_out": item.timed_out,
+        }
+    else:
+        body = {"stream": item.stream, "data": base64.b64encode(item.data).decode()}
+    return json.dumps(body).encode() + b"\n"
+
+
+# --------------------------------------------------------------------------- exec targets
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    """What ``exec`` needs of an allocation this agent runs."""
+
+    name: str  # app.workload[index]
+    driver: object  # an ``Execs`` driver can run commands in its instances
+    handle: Handle | None  # None: no instance runs now
+    env: dict[str, str]  # the instance's environment
+
+
+class _Runner(Protocol):
+    @property
+    def alloc(self) -> Allocation: ...
+    @property
+    def driver(self) -> object: ...
+    @property
+    def handle(self) -> Handle | None: ...
+    @property
+    def workload(self) -> Workload | None: ...
+    def config(self, w: Workload) -> InstanceConfig: ...
+
+
+def runner_targets(runners: Mapping[str, _Runner]) -> Callable[[str], ExecTarget | None]:
+    """``AgentApi``'s ``exec_target`` over the agent's runners (``Agent.runners``)."""
+
+    def target(alloc_id: str) -> ExecTarget | None:
+        r = runners.get(alloc_id)
+        if r is None:
+            return None
+        handle, w = r.handle, r.workload
+        env = r.config(w).env if handle is not None and w is not None else {}
+        return ExecTarget(r.alloc.name, r.driver, handle, env)
+
+    return target
 
 
 # --------------------------------------------------------------------------- I/O
@@ -151,7 +304,11 @@ class AgentApi:
         *,
         max_follows: int = MAX_FOLLOWS,
         limits: serving.Limits | None = None,
+        exec_target: Callable[[str], ExecTarget | None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        """``exec_target``: the allocations this agent runs, for ``exec`` (``runner_targets``;
+        None: exec answers that no instance runs here)."""
         if not token:
             raise ValueError("the agent's API needs the cluster token")
         self.alloc_root = alloc_root
@@ -159,6 +316,8 @@ class AgentApi:
         self.host = host
         self.want_port = port
         self.max_follows = max_follows
+        self.exec_target = exec_target
+        self.clock = clock
         # timeouts, connection caps, body size (elastin.serving); ELASTIN_API_* by default
         self.limits = limits if limits is not None else serving.Limits.from_env()
         self._watches: set[Watch] = set()
@@ -167,6 +326,7 @@ class AgentApi:
         app = Starlette(
             routes=[
                 Route("/v1/allocations/{alloc_id}/logs", self._alloc_logs, methods=["GET"]),
+                Route("/v1/allocations/{alloc_id}/exec", self._exec, methods=["POST"]),
                 Route("/v1/mesh/logs", self._mesh_logs, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
@@ -230,7 +390,7 @@ class AgentApi:
                 404,
                 "NotFound",
                 "no such route on this agent",
-                "GET /v1/allocations/{id}/logs or /v1/mesh/logs",
+                "GET /v1/allocations/{id}/logs or /v1/mesh/logs, POST /v1/allocations/{id}/exec",
             ).response()
         return JSONResponse(
             {"error": "HTTPError", "message": str(exc.detail)}, status_code=exc.status_code
@@ -241,6 +401,8 @@ class AgentApi:
             alloc_id = parse_alloc_id(request.path_params["alloc_id"])
             params = request.query_params
             stream, tail, follow = parse_stream(params), parse_tail(params), parse_follow(params)
+            since = parse_since(params, self.clock.time())
+            stamps = StampFilter(parse_bool(params, "timestamps"), since)
             logs = self.alloc_root / alloc_id / "logs"
             if not await asyncio.to_thread(logs.is_dir):
                 raise Refused(
@@ -250,7 +412,7 @@ class AgentApi:
                     "logs stay on the node that ran the instance; it may not have started "
                     "yet, or its directory was collected",
                 )
-            return self._stream(logs / f"{stream}.log", tail, follow)
+            return self._stream(logs / f"{stream}.log", tail, follow, stamps)
         except Refused as e:
             return e.response()
 
@@ -269,7 +431,9 @@ class AgentApi:
         except Refused as e:
             return e.response()
 
-    def _stream(self, path: Path, tail: int | None, follow: bool) -> Response:
+    def _stream(
+        self, path: Path, tail: int | None, follow: bool, stamps: StampFilter | None = None
+    ) -> Response:
         watch: Watch | None = None
         if follow:
             if len(self._watches) >= self.max_follows:
@@ -293,9 +457,78 @@ class AgentApi:
                 self._watches.discard(watch)
 
         content = read_log(path, tail, watch=watch, on_close=release)
+        if stamps is not None:
+            content = _filtered(content, stamps)
         return _ClosingStream(
             content,
             release,
             media_type="text/plain",
             headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
         )
+
+    async def _exec(self, request: Request) -> Response:
+        try:
+            alloc_id = parse_alloc_id(request.path_params["alloc_id"])
+            req = parse_exec(await request.body())
+            target = self.exec_target(alloc_id) if self.exec_target is not None else None
+            if target is None:
+                raise Refused(
+                    404,
+                    "NotFound",
+                    f"allocation {alloc_id} does not run on this node",
+                    "see `elastin ps` for the instances that run",
+                )
+            if target.handle is None:
+                raise Refused(
+                    409,
+                    "Conflict",
+                    f"{target.name} is not running now",
+                    "it may be starting, restarting or stopped; see `elastin ps`",
+                )
+            driver = target.driver
+            if not isinstance(driver, Execs):
+                raise Refused(
+                    409,
+                    "Conflict",
+                    f"{target.name}'s driver cannot run commands in its instances",
+                )
+            try:
+                proc = await driver.exec_start(target.handle, req.command, target.env)
+            except StartError as e:
+                raise Refused(409, "Conflict", f"{target.name}: {e}", "see `elastin ps`") from None
+        except Refused as e:
+            return e.response()
+        output = driver.exec_output(proc, req.timeout)
+
+        async def frames() -> AsyncIterator[bytes]:
+            try:
+                async for item in output:
+                    yield exec_frame(item)
+            finally:
+                await output.aclose()
+
+        def release() -> None:  # the caller went away before the output began, too
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        return _ClosingStream(
+            frames(),
+            release,
+            media_type="application/x-ndjson",
+            headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
+        )
+
+
+async def _filtered(content: AsyncIterator[bytes], stamps: StampFilter) -> AsyncIterator[bytes]:
+    """``content`` through ``stamps`` (whole lines: a partial one waits for its end)."""
+    try:
+        async for chunk in content:
+            if out := stamps.feed(chunk):
+                yield out
+        if rest := stamps.end():
+            yield rest
+    finally:
+        aclose = getattr(content, "aclose", None)
+        if aclose is not None:
+            await aclose()

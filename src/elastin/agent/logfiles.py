@@ -17,6 +17,9 @@ Pure parts (no I/O, unit-tested):
 - ``resume_at`` is where reading goes on after the file was looked at again (the top when
   it shrank: rotated).
 - ``room_for_copy`` whether a rotated copy fits on the disk.
+- ``StampFilter`` what a reader asked for of a timestamped log (the task driver's
+  timestamper begins each line of an instance's output with its time, ``STAMP``): the lines
+  since a time, with or without their stamps; ``unstamp`` the lines without them.
 
 I/O (thin):
 
@@ -48,11 +51,13 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import stat
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 BLOCK = 64 * 1024  # bytes read at once when scanning backwards
@@ -91,6 +96,11 @@ WATCH_MASK = (
     | IN_ONLYDIR
 )
 DIR_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+
+# what the task driver's timestamper puts before each line: RFC 3339, UTC, microseconds, a space
+STAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) ")
+STAMP_BYTES = 28
+_STAMPS = re.compile(rb"^" + STAMP.pattern, re.MULTILINE)
 
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
@@ -166,6 +176,65 @@ class TailScan:
         elif self.size - self._pos >= self.limit:
             fn = self._first_newline
             self._start = fn + 1 if fn is not None else self._pos
+
+
+def stamp_time(line: bytes) -> float | None:
+    """The time (Unix seconds) a timestamped line begins with; None when it has no stamp."""
+    m = STAMP.match(line)
+    if m is None:
+        return None
+    try:
+        return datetime.fromisoformat(m.group(1).decode()).timestamp()
+    except ValueError:
+        return None
+
+
+def unstamp(data: bytes) -> bytes:
+    """``data`` (whole lines) without the stamps its lines begin with."""
+    return _STAMPS.sub(b"", data)
+
+
+class StampFilter:
+    """What a reader asked for of a timestamped log, fed the log's bytes in any chunks.
+
+    ``since`` (Unix seconds): lines before it are left out; the times in one log only grow
+    (one timestamper appends to it at a time), so once a line at or after ``since`` is seen
+    every later line passes. A line without a stamp (output from before timestamps, written
+    by an older agent's instance) has no time: before that point it is left out. Without
+    ``timestamps`` each line's stamp is cut off. ``feed`` answers what can be said now (whole
+    lines; a partial line waits for its end); ``end`` the rest."""
+
+    def __init__(self, timestamps: bool = False, since: float | None = None) -> None:
+        self.timestamps = timestamps
+        self.since = since
+        self._passed = since is None
+        self._rest = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._rest + data
+        cut = data.rfind(b"\n") + 1
+        self._rest = data[cut:]
+        return self._lines(data[:cut])
+
+    def end(self) -> bytes:
+        rest, self._rest = self._rest, b""
+        return self._lines(rest)
+
+    def _lines(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if not self._passed:
+            at = 0
+            while at < len(data):
+                nl = data.find(b"\n", at)
+                nl = len(data) if nl < 0 else nl + 1
+                t = stamp_time(data[at:nl])
+                if t is not None and self.since is not None and t >= self.since:
+                    self._passed = True
+                    break
+                at = nl
+            data = data[at:]
+        return data if self.timestamps else unstamp(data)
 
 
 @dataclass(frozen=True)

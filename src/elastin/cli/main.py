@@ -35,7 +35,7 @@ import sys
 import click
 
 from elastin import __version__
-from elastin.cli import deploy, logs, rollout, servers, store, views
+from elastin.cli import deploy, exec, logs, rollout, servers, store, views
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -101,6 +101,7 @@ for command in (
     views.status,
     views.version,
     logs.logs,
+    exec.exec_,
     store.store,
 ):
     cli.add_command(command)

@@ -149,15 +149,44 @@ class Client:
         ]
 
     def logs(
-        self, alloc_id: str, *, stream: str = "stdout", tail: int = 100, follow: bool = False
+        self,
+        alloc_id: str,
+        *,
+        stream: str = "stdout",
+        tail: int = 100,
+        follow: bool = False,
+        since: str = "",
+        timestamps: bool = False,
     ) -> Iterator[bytes]:
-        yield from self._stream(
-            f"/v1/allocations/{alloc_id}/logs", {"stream": stream, "tail": tail, "follow": follow}
-        )
+        """An instance's output: the last ``tail`` lines (0: all), only those from ``since``
+        on (RFC 3339 or a duration back from now: ``10m``), each after its time with
+        ``timestamps``; then, with ``follow``, what it writes."""
+        params: dict[str, str | int | bool] = {"stream": stream, "tail": tail, "follow": follow}
+        if since:
+            params["since"] = since
+        if timestamps:
+            params["timestamps"] = True
+        yield from self._stream(f"/v1/allocations/{alloc_id}/logs", params)
 
-    def _stream(self, path: str, params: dict[str, str | int | bool]) -> Iterator[bytes]:
+    def exec(self, alloc_id: str, command: list[str], timeout: float = 30.0) -> Iterator[Any]:
+        """Run ``command`` (an argv) inside a running instance: its answer's frames, as they
+        come: ``{"stream": "stdout"|"stderr", "data": <base64>}``, then (last) ``{"exit_code",
+        "signal", "timed_out"}``."""
+        body = {"command": command, "timeout": timeout}
+        buf = b""
+        for chunk in self._stream(f"/v1/allocations/{alloc_id}/exec", {}, json=body):
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+
+    def _stream(
+        self, path: str, params: dict[str, str | int | bool], json: Any = None
+    ) -> Iterator[bytes]:
+        method = "GET" if json is None else "POST"
         try:
-            with self._http.stream("GET", path, params=params, timeout=None) as resp:
+            with self._http.stream(method, path, params=params, json=json, timeout=None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)

@@ -22,6 +22,7 @@ Errors (``elastin.server.errors``' root, turned into JSON by the API)::
      ├── NotFound            404: the agent has no such logs (its message, the node's
      │                        name, its hint)
      ├── Invalid             422: the agent refused a parameter
+     ├── Conflict            409: the agent cannot do it now (an instance not running)
      ├── AgentUnavailable    503: no agent API published, or it cannot be reached
      └── BadGateway          502: a bad published address, or the agent answered badly
 """
@@ -41,7 +42,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from elastin.model.cluster import Node
-from elastin.server.errors import Invalid, NotFound, ServerError
+from elastin.server.errors import Conflict, Invalid, NotFound, ServerError
 
 log = logging.getLogger("elastin.server.relay")
 
@@ -184,11 +185,13 @@ async def open_relay(
     params: Mapping[str, str | int | bool],
     token: str,
     *,
+    body: Mapping[str, Any] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Relay:
-    """GET ``path`` (with ``params``) from the node's agent with the cluster ``token`` and
-    return its stream once the agent answered 200; otherwise raise (see the module's
-    docstring) without having yielded anything. ``transport`` is for tests."""
+    """GET ``path`` (with ``params``) from the node's agent with the cluster ``token`` — or,
+    with a JSON ``body``, POST it — and return its stream once the agent answered 200;
+    otherwise raise (see the module's docstring) without having yielded anything.
+    ``transport`` is for tests."""
     if not PATH.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
         raise ValueError(f"not an agent API path: {path!r}")
     if not token or any(c in token for c in "\r\n"):
@@ -208,9 +211,9 @@ async def open_relay(
     try:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
-                response = await client.send(
-                    client.build_request("GET", path, params=query), stream=True
-                )
+                method = "GET" if body is None else "POST"
+                request = client.build_request(method, path, params=query, json=body)
+                response = await client.send(request, stream=True)
         except (httpx.TransportError, TimeoutError) as e:
             raise AgentUnavailable(
                 f"cannot reach the agent of {_who(node)} at {where}: {str(e) or type(e).__name__}",
@@ -244,6 +247,8 @@ async def _refusal(node: Node, response: httpx.Response) -> ServerError:
         return NotFound(f"{message} (node {node.name})", hint=hint)
     if status in (400, 422) and message:
         return Invalid(message, hint=hint)
+    if status == 409 and message:
+        return Conflict(f"{message} (node {node.name})", hint=hint)
     if status in (401, 403):
         return BadGateway(
             f"the agent of {_who(node)} refused the server's token",

@@ -28,7 +28,7 @@ from elastin.agent.drivers.cgroups import Cgroup, destroy_root
 from elastin.agent.drivers.sandbox import UID_BASE, UID_COUNT
 from elastin.agent.drivers.task import TaskDriver
 from elastin.agent.health import probe
-from elastin.agent.logfiles import cap
+from elastin.agent.logfiles import cap, unstamp
 from elastin.model.resources import Resources
 from elastin.model.workload import HealthCheck
 
@@ -123,8 +123,8 @@ async def run_to_end(driver: TaskDriver, config: InstanceConfig) -> tuple[Handle
     h = await driver.start(config)
     async with asyncio.timeout(30):
         result = await driver.wait(h)
-    out = (Path(config.alloc_dir) / "logs" / "stdout.log").read_text()
-    err = (Path(config.alloc_dir) / "logs" / "stderr.log").read_text()
+    out = unstamp((Path(config.alloc_dir) / "logs" / "stdout.log").read_bytes()).decode()
+    err = unstamp((Path(config.alloc_dir) / "logs" / "stderr.log").read_bytes()).decode()
     assert result.exit_code == 0, (result, err)
     await driver.cleanup(h)
     return h, out

@@ -13,6 +13,8 @@ Exceptions::
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -54,7 +56,7 @@ class Handle:
 
     alloc_id: str
     driver: str
-    pid: int
+    pid: int  # the program's own (what `ps` shows, what a signal should reach)
     started_at: float
     data: dict[str, Any] = field(default_factory=dict)  # driver-specific (cgroup paths, ...)
 
@@ -128,6 +130,44 @@ class Driver(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ExecOutput:
+    """Bytes a command run inside an instance wrote (``elastin exec``)."""
+
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExecEnd:
+    """How a command run inside an instance ended: its exit code, or the signal that
+    killed it, or it ran past its time (then it was killed)."""
+
+    exit_code: int | None
+    signal: int | None = None
+    timed_out: bool = False
+
+
+@runtime_checkable
+class Execs(Protocol):
+    """A driver that runs a command inside a running instance and streams its output (the
+    task driver; ``elastin exec`` through the agent's API)."""
+
+    async def exec_start(
+        self, handle: Handle, command: tuple[str, ...], env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        """Start ``command`` as ``exec_in`` does, its stdout and stderr on pipes; raises
+        ``StartError`` when the instance is not running."""
+        ...
+
+    def exec_output(
+        self, proc: asyncio.subprocess.Process, timeout: float
+    ) -> AsyncGenerator[ExecOutput | ExecEnd, None]:
+        """What the started command writes, then (last) how it ended; killed after
+        ``timeout`` s. Closing the iterator early kills what it started."""
+        ...
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
     try:
@@ -140,9 +180,15 @@ def proc_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def supervisor_pid(handle: Handle) -> int:
+    """The pid of the instance's supervisor: ``shim_pid`` in its data when the driver keeps
+    one (the task driver: ``pid`` is then the program's own), else ``pid``."""
+    return int(handle.data.get("shim_pid", handle.pid))
+
+
 def supervisor_alive(handle: Handle) -> bool:
-    """Whether the process a handle names (an instance's supervisor) still runs: its pid
-    exists and started when the handle says (a reused pid is not it)."""
-    ticks = proc_start_ticks(handle.pid)
+    """Whether an instance's supervisor (``supervisor_pid``) still runs: its pid exists and
+    started when the handle says (``start_ticks``: a reused pid is not it)."""
+    ticks = proc_start_ticks(supervisor_pid(handle))
     want = int(handle.data.get("start_ticks", 0))
     return ticks is not None and (not want or ticks == want)

@@ -43,6 +43,7 @@ from elastin.model.workload import DYNAMIC_UIDS
 
 UID_BASE = DYNAMIC_UIDS.start  # 1879048192: above systemd's container range, below 2**31
 UID_COUNT = len(DYNAMIC_UIDS)
+MAX_EXPOSES = 6  # the mount plan opens fds 3..8
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class View:
         """The shim's mount plan, as words: ``open N PATH``, ``cover DIR``, ``bind N PATH
         ro|rw``. Every exposed path is opened (fd N) before a cover can hide it; each cover
         is an empty tmpfs; the paths are bound from their fds, outer before inner."""
+        if len(self.exposes) > MAX_EXPOSES:  # the shim keeps fd 9 for itself (dash: 0-9)
+            raise StartError(f"an instance's view takes at most {MAX_EXPOSES} paths")
         ops: list[str] = []
         for n, e in enumerate(self.exposes, start=3):
             ops += ["open", str(n), e.path]

@@ -4,16 +4,19 @@ Every instance runs under a tiny POSIX ``sh`` supervisor (the *shim*, about 1 Mi
 
 1. joins the instance's cgroups (so the workload starts inside them and every byte it
    allocates is charged there),
-2. starts the command, waits for it, and
+2. starts the command — through the log timestamper (``STAMPER``) when this node has its
+   Perl — says the program's pid on a pipe (``read_pid``), waits for it, and
 3. writes its exit status to ``<alloc_dir>/status``.
 
 The shim runs in its own session, so killing the agent (even with SIGKILL) leaves the
 workload running; a new agent re-attaches with ``recover`` and still learns the real exit
-code from the status file. The shim's pid and start time (guarding against pid reuse) are in
-the ``Handle``. Exits are awaited with a pidfd, so a recovered instance that is not the
-agent's child is waited for just the same.
+code from the status file. The ``Handle``'s ``pid`` is the program's own (what ``ps`` shows,
+what a signal should reach); the shim's pid and start time (guarding against pid reuse) are
+its ``shim_pid`` and ``start_ticks``. Exits are awaited with a pidfd on the shim, so a
+recovered instance that is not the agent's child is waited for just the same.
 
-stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode;
+stdout and stderr go to ``<alloc_dir>/logs/{stdout,stderr}.log``, opened in append mode,
+each line after the time it was written (``logfiles.STAMP``; docs/drivers.md);
 ``rotate_logs`` (called by the agent every second) rotates them copy-truncate style when they
 pass ``log_max_bytes`` (the workload keeps writing at the new end of the same file), keeping
 ``log_max_files`` old copies; on a disk without room for a copy it truncates them in place
@@ -30,21 +33,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
+from collections.abc import AsyncGenerator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from elastin.agent.drivers import sandbox
 from elastin.agent.drivers.base import (
     DriverInfo,
+    ExecEnd,
+    ExecOutput,
     ExitResult,
     Handle,
     InstanceConfig,
     StartError,
     proc_start_ticks,
     supervisor_alive,
+    supervisor_pid,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
 from elastin.agent.drivers.sandbox import Identity, resolve_user
@@ -57,9 +66,12 @@ SH = "/bin/sh"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"  # util-linux
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
-# $1 = status file, then cgroup.procs files up to "--", then the mount plan up to "--" (see
-# sandbox.View.mount_ops), then the command (with its setpriv prefix) and its arguments.
+# stdin = the pipe on which the program's pid is said (moved to fd 9: the mount plan opens
+# 3..8); $1 = status file, then cgroup.procs files up to "--", then the mount plan up to "--"
+# (see sandbox.View.mount_ops), then the command (with its setpriv prefix) and its arguments,
+# led by the word "stamp" and the timestamper's words when the output is timestamped.
 SHIM = r"""
+exec 9>&0 </dev/null
 status="$1"; shift
 while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift
 while [ "$1" != "--" ]; do
@@ -74,8 +86,15 @@ while [ "$1" != "--" ]; do
   esac
 done; shift
 : > "$status.ready"
-"$@" &
-child=$!
+if [ "$1" = stamp ]; then
+  shift; "$@" &
+  child=$!
+else
+  "$@" 9>&- &
+  child=$!
+  echo $child >&9
+fi
+exec 9>&-
 trap 'kill -TERM $child 2>/dev/null' TERM
 trap 'kill -INT $child 2>/dev/null' INT
 while :; do
@@ -85,6 +104,102 @@ done
 echo $st > "$status"
 exit $st
 """
+# The log timestamper (Perl: perl-base and Time::HiRes, which Debian's perl package has;
+# Time::HiRes is loaded after the command started, so the command does not wait for it). The
+# shim starts it in the instance's cgroup and namespace, in place of the command; it stays
+# root (the instance cannot signal it, stop it or forge its times) and only copies bytes. It
+# starts the command (its pid said on fd 9) with its stdout and stderr on two pipes, and
+# appends each line to the log its own stdout / stderr is, prefixed by the time its first
+# byte was read (RFC 3339 UTC, microseconds, a space: ``STAMP_BYTES`` bytes), one write per
+# line; then exits with the command's status (128 + signal when killed, the shell's way).
+# It ignores SIGTERM and SIGINT (a stopping program's last words are kept; the stop signals
+# the program itself) and ends when the pipes end, or 1 s after the program exited when a
+# process it left keeps them open. A partial line at the end gets a newline; a line longer
+# than LINE_MAX bytes is cut into lines of that size.
+STAMPER = r"""
+use strict; use warnings;
+my @sigs = qw(TERM INT HUP QUIT PIPE);
+my @cmd = @ARGV;
+open(my $said, '>&=', 9) or die "fd 9: $!";
+pipe(my $ro, my $wo) or die "pipe: $!"; pipe(my $re, my $we) or die "pipe: $!";
+my $pid = fork();
+die "fork: $!" unless defined $pid;
+if ($pid == 0) {
+  open(STDOUT, '>&', $wo) or die "stdout: $!"; open(STDERR, '>&', $we) or die "stderr: $!";
+  close($_) for ($said, $ro, $re, $wo, $we);
+  $SIG{$_} = 'DEFAULT' for @sigs;
+  { no warnings 'exec'; exec { $cmd[0] } @cmd; }
+  print STDERR "cannot start $cmd[0]: $!\n"; exit 127;
+}
+$SIG{$_} = 'IGNORE' for @sigs;
+syswrite($said, "$pid\n"); close($said);
+close($wo); close($we);
+require Time::HiRes;  # after the fork: the command does not wait for it
+if (open(my $adj, '>', '/proc/self/oom_score_adj')) { print $adj "-1000\n"; close $adj; }
+my ($status, $last) = (undef, 0);
+$SIG{CHLD} = sub {
+  my $w = waitpid($pid, 1);  # WNOHANG
+  if ($w == $pid) { $status = $?; $last = Time::HiRes::time() + 1; }
+};
+my %in = (fileno($ro) => $ro, fileno($re) => $re);
+my %out = (fileno($ro) => \*STDOUT, fileno($re) => \*STDERR);
+my (%buf, %t0);
+sub stamp {
+  my $t = shift; my $s = int($t); my @g = gmtime($s);
+  return sprintf('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ ', $g[5] + 1900, $g[4] + 1, @g[3, 2, 1, 0],
+                 int(($t - $s) * 1e6));
+}
+sub put {
+  my ($fh, $data) = @_;
+  while (length $data) {
+    my $n = syswrite($fh, $data);
+    if (!defined($n)) { next if $!{EINTR}; return; }
+    substr($data, 0, $n) = '';
+  }
+}
+sub take {
+  my ($f, $data, $t, $end) = @_;
+  my $b = (defined $buf{$f} ? $buf{$f} : '') . $data;
+  my $first = defined $t0{$f} ? $t0{$f} : stamp($t);
+  my $now = stamp($t);
+  my ($out, $at) = ('', 0);
+  while (1) {
+    my $i = index($b, "\n", $at);
+    last if $i < 0 && length($b) - $at < LINE_MAX;
+    my $len = $i >= 0 && $i - $at < LINE_MAX ? $i - $at + 1 : LINE_MAX;
+    my $line = substr($b, $at, $len);
+    $line .= "\n" unless substr($line, -1) eq "\n";
+    $out .= ($at == 0 ? $first : $now) . $line;
+    $at += $len;
+  }
+  $buf{$f} = substr($b, $at);
+  delete $t0{$f} if $at > 0;
+  if (length $buf{$f}) {
+    $t0{$f} = $at == 0 ? $first : $now;
+    if ($end) { $out .= $t0{$f} . $buf{$f} . "\n"; $buf{$f} = ''; delete $t0{$f}; }
+  }
+  put($out{$f}, $out) if length $out;
+}
+while (%in) {
+  my $rin = ''; vec($rin, $_, 1) = 1 for keys %in;
+  my $n = select(my $rout = $rin, undef, undef, $last ? 0.05 : 1);
+  if ($n < 0) { next if $!{EINTR}; last; }
+  last if $last && ($n == 0 || Time::HiRes::time() > $last);
+  next if $n == 0;
+  for my $f (keys %in) {
+    next unless vec($rout, $f, 1);
+    my $got = sysread($in{$f}, my $data, 65536);
+    if (!defined($got)) { next if $!{EINTR} || $!{EAGAIN}; $got = 0; }
+    if ($got == 0) { take($f, '', Time::HiRes::time(), 1); delete $in{$f}; next; }
+    take($f, $data, Time::HiRes::time(), 0);
+  }
+}
+take($_, '', Time::HiRes::time(), 1) for keys %in;
+if (!defined $status) { $SIG{CHLD} = 'DEFAULT'; waitpid($pid, 0); $status = $?; }
+exit(($status & 127) ? 128 + ($status & 127) : $status >> 8);
+""".replace("LINE_MAX", "65536")
+STAMP_BYTES = 28  # "2024-05-01T12:00:00.123456Z "
+PERL = shutil.which("perl") or "/usr/bin/perl"
 # an exec health check: $1 = workdir, then cgroup.procs files up to "--", then the command
 JOIN = r"""
 dir="$1"; shift
@@ -92,6 +207,8 @@ while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift
 cd "$dir" || exit 126
 exec "$@"
 """
+EXEC_CHUNK = 64 * 1024  # most bytes of an exec'd command's output passed on at once
+PID_WAIT = 30.0  # most seconds the shim may take to start the program (its mount plan)
 STATUS_NOT_IN_CGROUP = 125
 STATUS_NO_VIEW = 124
 
@@ -112,6 +229,48 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
             f"it is not on the PATH ({path_env})"
         )
     return found
+
+
+def stamper_available() -> bool:
+    """Whether the log timestamper can run here: Perl with Time::HiRes (Debian's ``perl``;
+    ``perl-base`` alone lacks it)."""
+    try:
+        done = subprocess.run(
+            [PERL, "-MTime::HiRes", "-e", "1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def read_pid(fd: int, timeout: float, clock: Clock = SYSTEM) -> int:
+    """The program's pid as the shim says it on the pipe ``fd`` (blocking, up to ``timeout``
+    s); 0 when the shim ended first (or said nothing in time)."""
+    data = b""
+    deadline = clock.monotonic() + timeout
+    while b"\n" not in data:
+        remaining = deadline - clock.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return 0
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return 0
+        data += chunk
+    text = data.split(b"\n", 1)[0]
+    return int(text) if text.isdigit() else 0
+
+
+async def _end_exec(proc: asyncio.subprocess.Process) -> None:
+    """Kill whatever an exec'd command left in its process group, and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode is None:
+        await asyncio.shield(proc.wait())
 
 
 def ready_file(status: Path) -> Path:
@@ -177,10 +336,15 @@ def instance_env(env: dict[str, str], ident: Identity, home: str, tmp: str) -> d
 class TaskDriver:
     name = "task"
 
-    def __init__(self, cgroup_root: str = "elastin", clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, cgroup_root: str = "elastin", clock: Clock = SYSTEM, stamp_logs: bool | None = None
+    ) -> None:
+        """``stamp_logs``: put the time before each line of the instances' output (None:
+        when this node has the timestamper's Perl, ``stamper_available``)."""
         self.cgroup_root = cgroup_root
         self.clock = clock
         self.info = detect_cgroups()
+        self.stamp_logs = stamper_available() if stamp_logs is None else stamp_logs
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._cpu: dict[str, tuple[int, float]] = {}  # alloc -> (cpu ns, monotonic s)
         self.uids = sandbox.UidPool()
@@ -210,12 +374,31 @@ class TaskDriver:
             raise StartError("the workload has no command")
         ident = resolve_user(config.user, self.uids, config.alloc_id)
         try:
-            return self._start(config, ident)
+            handle, pid_r = self._start(config, ident)
         except BaseException:
             self.uids.release(ident.uid)
             raise
+        try:
+            pid = await asyncio.to_thread(read_pid, pid_r, PID_WAIT, self.clock)
+        except BaseException:  # cancelled: nothing would supervise it
+            self._kill_now(handle)
+            self.uids.release(ident.uid)
+            raise
+        finally:
+            os.close(pid_r)
+        # the program's own pid (a signal sent to it reaches it); 0: the shim ended before
+        # starting it (its status says why), so the handle keeps naming the shim
+        return replace(handle, pid=pid) if pid else handle
 
-    def _start(self, config: InstanceConfig, ident: Identity) -> Handle:
+    def _kill_now(self, handle: Handle) -> None:
+        with contextlib.suppress(OSError, CgroupError):
+            self._cgroup(handle).kill_all(signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(supervisor_pid(handle), signal.SIGKILL)
+
+    def _start(self, config: InstanceConfig, ident: Identity) -> tuple[Handle, int]:
+        """Start the shim; the instance's handle (``pid``: the shim's) and the pipe on which
+        the shim says the program's pid."""
         alloc_dir = Path(config.alloc_dir)
         local, logs = alloc_dir / "local", alloc_dir / "logs"
         prepare_alloc_dir(alloc_dir, ident)
@@ -240,34 +423,35 @@ class TaskDriver:
         cg = Cgroup(self.cgroup_root, config.alloc_id, version=self.info.version)
         cg.create(config.resources, config.pids_limit)
         status = alloc_dir / "status"
+        fds: list[int] = []  # descriptors to close once the shim has its copies
         try:  # every failure from here on removes the cgroup again
             status.unlink(missing_ok=True)
             ready_file(status).unlink(missing_ok=True)
             procs = [str(Path(p) / "cgroup.procs") for p in cg.paths()]
+            pid_r, pid_w = os.pipe()
+            fds += [pid_r, pid_w]
+            fds.append(out_fd := open_log(logs / "stdout.log", ident.gid))
+            fds.append(err_fd := open_log(logs / "stderr.log", ident.gid))
             argv = [SH, "-c", SHIM, "elastin-shim", str(status), *procs, "--"]
             if not ident.root:
                 argv = [UNSHARE, "--mount", "--propagation", "private", "--", *argv]
                 argv += view.mount_ops()
+            argv.append("--")
+            if self.stamp_logs:
+                argv += ["stamp", PERL, "-e", STAMPER]
             drop = sandbox.setpriv_argv(ident, SETPRIV, config.bind_low_ports)
-            argv += ["--", *drop, exe, *config.command[1:]]
-            out_fd = open_log(logs / "stdout.log", ident.gid)
-            try:
-                err_fd = open_log(logs / "stderr.log", ident.gid)
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        env=env,
-                        cwd=workdir,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out_fd,
-                        stderr=err_fd,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                finally:
-                    os.close(err_fd)
-            finally:
-                os.close(out_fd)
+            argv += [*drop, exe, *config.command[1:]]
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=workdir,
+                stdin=pid_w,
+                stdout=out_fd,
+                stderr=err_fd,
+                start_new_session=True,
+                close_fds=True,
+            )
+            fds.remove(pid_r)  # the caller reads the program's pid from it
         except OSError as e:
             cg.destroy()
             raise StartError(
@@ -279,16 +463,20 @@ class TaskDriver:
         except BaseException:
             cg.destroy()
             raise
+        finally:
+            for fd in fds:
+                os.close(fd)
         self._children[proc.pid] = proc
         ticks = proc_start_ticks(proc.pid) or 0
         self._cpu[config.alloc_id] = (0, self.clock.monotonic())
-        return Handle(
+        handle = Handle(
             alloc_id=config.alloc_id,
             driver=self.name,
-            pid=proc.pid,
+            pid=proc.pid,  # the supervisor's until the program's is known (start)
             started_at=self.clock.time(),
             data={
-                "start_ticks": ticks,
+                "shim_pid": proc.pid,
+                "start_ticks": ticks,  # the supervisor's
                 "cgroup_root": self.cgroup_root,
                 "cgroup_name": config.alloc_id,
                 "cgroup_version": self.info.version,
@@ -296,6 +484,7 @@ class TaskDriver:
                 "log_dir": str(logs),
                 "log_max_bytes": config.log_max_bytes,
                 "log_max_files": config.log_max_files,
+                "stamped": self.stamp_logs,
                 "uid": ident.uid,
                 "gid": ident.gid,
                 "user": ident.name,
@@ -306,6 +495,7 @@ class TaskDriver:
                 "namespace": not ident.root,
             },
         )
+        return handle, pid_r
 
     def _alive(self, handle: Handle) -> bool:
         return supervisor_alive(handle)
@@ -318,9 +508,10 @@ class TaskDriver:
         return self._alive(handle)
 
     async def wait(self, handle: Handle) -> ExitResult:
+        shim = supervisor_pid(handle)
         if self._alive(handle):
-            await self._wait_pid(handle.pid)
-        child = self._children.pop(handle.pid, None)
+            await self._wait_pid(shim)
+        child = self._children.pop(shim, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(1)
@@ -380,19 +571,20 @@ class TaskDriver:
         if not self._alive(handle):
             return
         cg = self._cgroup(handle)
-        cg.kill_all(signal.SIGTERM, spare=handle.pid)
+        shim = supervisor_pid(handle)
+        cg.kill_all(signal.SIGTERM, spare=shim)  # the timestamper ignores it: last words kept
         deadline = self.clock.monotonic() + grace
         while self.clock.monotonic() < deadline and self._alive(handle):
-            if not (cg.pids() - {handle.pid}):
+            if not (cg.pids() - {shim}):
                 break
             await self.clock.sleep(0.05)
-        cg.kill_all(signal.SIGKILL, spare=handle.pid)
+        cg.kill_all(signal.SIGKILL, spare=shim)
         for _ in range(100):  # the shim writes the status and exits
             if not self._alive(handle):
                 return
             await self.clock.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(handle.pid, signal.SIGKILL)
+            os.kill(shim, signal.SIGKILL)
 
     async def stats(self, handle: Handle) -> Usage:
         cg = self._cgroup(handle)
@@ -426,6 +618,68 @@ class TaskDriver:
         filesystem, in its working directory, with ``env``; answer its exit status. When the
         caller gives up (cancellation, e.g. a check's timeout) the command's whole process
         group is killed."""
+        proc = await self._exec(handle, command, env, asyncio.subprocess.DEVNULL)
+        try:
+            return await proc.wait()
+        finally:
+            await _end_exec(proc)
+
+    async def exec_start(
+        self, handle: Handle, command: tuple[str, ...], env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        """``exec_in``'s command with its stdout and stderr on pipes, for ``exec_output``."""
+        return await self._exec(handle, command, env, asyncio.subprocess.PIPE)
+
+    async def exec_output(
+        self, proc: asyncio.subprocess.Process, timeout: float
+    ) -> AsyncGenerator[ExecOutput | ExecEnd, None]:
+        """What ``proc`` (from ``exec_start``) writes, in chunks as they come, then how it
+        ended; after ``timeout`` s its process group is killed (``ExecEnd.timed_out``). When
+        the caller stops early, the group is killed too."""
+        queue: asyncio.Queue[ExecOutput | None] = asyncio.Queue(maxsize=8)
+
+        async def pump(name: str, reader: asyncio.StreamReader | None) -> None:
+            while reader is not None and (chunk := await reader.read(EXEC_CHUNK)):
+                await queue.put(ExecOutput(name, chunk))
+            await queue.put(None)
+
+        pumps = [
+            asyncio.create_task(pump("stdout", proc.stdout)),
+            asyncio.create_task(pump("stderr", proc.stderr)),
+        ]
+        deadline = self.clock.monotonic() + timeout
+        try:
+            open_ = len(pumps)
+            while open_:
+                remaining = deadline - self.clock.monotonic()
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(remaining, 0))
+                except TimeoutError:
+                    break
+                if item is None:
+                    open_ -= 1
+                else:
+                    yield item
+            code: int | None = None
+            if not open_:  # its output ended: it ended, or closed it and runs on
+                remaining = deadline - self.clock.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    code = await asyncio.wait_for(proc.wait(), max(remaining, 0))
+            if code is None:
+                await _end_exec(proc)
+                yield ExecEnd(None, signal.SIGKILL, timed_out=True)
+            elif code < 0:
+                yield ExecEnd(None, -code)
+            else:
+                yield ExecEnd(code)
+        finally:
+            for t in pumps:
+                t.cancel()
+            await _end_exec(proc)
+
+    async def _exec(
+        self, handle: Handle, command: tuple[str, ...], env: dict[str, str], out: int
+    ) -> asyncio.subprocess.Process:
         status = Path(str(handle.data["status_file"]))
         ready = ready_file(status)
         sandboxed = bool(handle.data.get("namespace"))
@@ -449,24 +703,20 @@ class TaskDriver:
         env = instance_env(env, ident, str(alloc_dir / "local"), str(alloc_dir / "tmp"))
         argv = [SH, "-c", JOIN, "elastin-check", workdir, *procs, "--"]
         if sandboxed:
-            argv = [NSENTER, f"--target={handle.pid}", "--mount", "--", *argv]
+            argv = [NSENTER, f"--target={supervisor_pid(handle)}", "--mount", "--", *argv]
         argv += [*sandbox.setpriv_argv(ident, SETPRIV), *command]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            env=env,
-            cwd="/",
-            start_new_session=True,
-        )
         try:
-            return await proc.wait()
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever it left in its group
-            if proc.returncode is None:
-                await asyncio.shield(proc.wait())
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
+        except ValueError as e:  # a NUL byte in an argument or the environment
+            raise StartError(f"cannot run {command[:1]}: {e}") from None
 
     def describe(self) -> dict[str, Any]:
         return {"cgroup_root": self.cgroup_root, "cgroup_version": self.info.version}

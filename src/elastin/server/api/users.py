@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 
 from elastin import __version__
 from elastin.mesh.model.registry import find_service
@@ -43,7 +44,7 @@ from elastin.server.api.models import (
     Traffic,
 )
 from elastin.server.cluster import Cluster
-from elastin.server.errors import Invalid, NotFound
+from elastin.server.errors import Conflict, Invalid, NotFound
 from elastin.server.metrics import CONTENT_TYPE, render_metrics, store_counters
 from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.repo import AppRecord
@@ -51,6 +52,16 @@ from elastin.server.views import AllocFilter
 from elastin.store.base import CompactedError
 
 MAX_TAIL = 100_000  # most lines a log request may ask for
+SINCE = "^[0-9A-Za-z:.+-]{0,64}$"  # a time or a duration; the agent reads it (agent/api.py)
+
+
+class ExecBody(BaseModel):
+    """A command to run inside a running instance: an argv, never a shell string."""
+
+    command: list[str] = Field(
+        min_length=1, max_length=4096, description='the program and its arguments: ["ls", "-l"]'
+    )
+    timeout: float = Field(30.0, gt=0, le=3600, description="seconds before it is killed")
 
 
 def alloc_view(a: Allocation) -> dict[str, Any]:
@@ -149,6 +160,13 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
         stream: str = "stdout",
         tail: int = Query(100, ge=0, le=MAX_TAIL, description="lines (0: the whole log)"),
         follow: bool = False,
+        since: str = Query(
+            "",
+            pattern=SINCE,
+            description="only lines from this time on: RFC 3339 (2024-05-01T12:00:00Z) or a "
+            "duration back from now (90s, 10m, 1h30m)",
+        ),
+        timestamps: bool = Query(False, description="each line's time in front of it"),
     ) -> Response:
         if stream not in ("stdout", "stderr"):
             raise Invalid(f"stream must be stdout or stderr, not {stream!r}")
@@ -160,8 +178,43 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
             )
         node = await views.node(alloc.node_id)
         params: dict[str, str | int | bool] = {"stream": stream, "tail": tail, "follow": follow}
+        if since:
+            params["since"] = since
+        if timestamps:
+            params["timestamps"] = True
         relay = await open_relay(node, f"/v1/allocations/{alloc.id}/logs", params, token)
         return RelayResponse(relay)
+
+    @r.post(
+        "/v1/allocations/{alloc_id}/exec",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {}},
+                "description": 'one JSON object a line: {"stream": "stdout"|"stderr", "data": '
+                '<base64>} as the command writes, then {"exit_code", "signal", "timed_out"}',
+            },
+            409: {"model": ErrorBody, "description": "the instance is not running"},
+            502: {"model": ErrorBody, "description": "the node's agent answered badly"},
+            503: {"model": ErrorBody, "description": "the node's agent cannot be reached"},
+        },
+    )
+    async def alloc_exec(alloc_id: str, body: ExecBody) -> Response:
+        alloc = await views.allocation(alloc_id)
+        if alloc.status != "running" or not alloc.node_id:
+            raise Conflict(
+                f"{alloc.label} is {alloc.status}, not running: nothing to run a command in",
+                hint="see `elastin ps` (and `elastin logs` for why it is not running)",
+            )
+        node = await views.node(alloc.node_id)
+        relay = await open_relay(
+            node,
+            f"/v1/allocations/{alloc.id}/exec",
+            {},
+            token,
+            body={"command": body.command, "timeout": body.timeout},
+        )
+        return RelayResponse(relay, media_type="application/x-ndjson")
 
     # --- nodes ------------------------------------------------------------------------
     @r.get("/v1/nodes", response_model=list[NodeView])  # type: ignore[valid-type]
