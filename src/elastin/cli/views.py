@@ -16,6 +16,7 @@ from rich.live import Live
 from elastin import __version__
 from elastin.cli import render
 from elastin.cli.common import client, console, errors, print_json
+from elastin.client.http import Client
 
 
 @click.command()
@@ -87,11 +88,19 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
             if not watch:
                 return
             try:
-                index = data["index"]
-                while data["index"] == index:
-                    data = c.mesh_services(service, index=index, wait=30)
+                data = next_change(c, service, data)
             except KeyboardInterrupt:
                 return
+
+
+def next_change(c: Client, service: str, last: dict[str, Any]) -> dict[str, Any]:
+    """The registry once its endpoints differ from ``last``'s: a new mesh version that
+    changed nothing here (another service's, a health check's timestamp) is waited past."""
+    data = last
+    while True:
+        data = dict(c.mesh_services(service, index=data["index"], wait=30))
+        if data["services"] != last["services"]:
+            return data
 
 
 @click.command()
@@ -137,12 +146,15 @@ def nodes(as_json: bool) -> None:
 def events(as_json: bool, follow: bool, limit: int) -> None:
     """What happened: applies, placements, starts, exits, OOM kills, restarts."""
 
+    header = [True]  # the first table has the column names; following ones line up below
+
     def show(batch: list[dict[str, Any]]) -> None:
         if as_json:  # one JSON object per line, so that a follower can stream them
             for e in batch:
                 click.echo(json.dumps(e))
         elif batch:
-            console.print(render.events_table(batch))
+            console.print(render.events_table(batch, header=header[0], aligned=follow))
+            header[0] = False
 
     with errors(), client() as c:
         data = c.events(limit=limit)
