@@ -159,9 +159,9 @@ def test_instances_a_killed_up_left_are_named_by_ps_and_stopped_by_down(harness:
 
 
 def test_up_detach_that_does_not_settle_keeps_the_server_and_says_so(harness: Any) -> None:
-    failing = SPEC.replace('["sleep", "600"]', '["sh", "-c", "exit 3"]')
-    spec = harness.write_spec("tiny.yaml", failing + "    restart: {policy: never}\n")
-    up = harness.cli("up", "--detach", "--port", "0", "--timeout", "30", str(spec))
+    too_big = SPEC.replace("cpu: 50m", "cpu: 1000")  # no node has it: pending for ever
+    spec = harness.write_spec("tiny.yaml", too_big)
+    up = harness.cli("up", "--detach", "--port", "0", "--timeout", "3", str(spec))
     try:
         assert up.returncode == 4, up.stdout + up.stderr
         assert "did not settle" in up.stderr
