@@ -7,6 +7,7 @@ and `down` stops it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,6 @@ from typing import IO, Any
 
 import pytest
 
-from elastin.cli.common import left_running
 
 pytestmark = [
     pytest.mark.integration,
@@ -45,6 +45,16 @@ def instance_procs(cgroup_root: str) -> set[int]:
         for procs in unified.rglob("cgroup.procs"):
             pids |= {int(p) for p in procs.read_text().split()}
     return {p for p in pids if Path(f"/proc/{p}").exists()}
+
+
+def left_running(data_dir: Path) -> list[int]:
+    """The pids of the instance handles in ``data_dir`` whose process still runs."""
+    pids = []
+    for path in sorted((data_dir / "agent" / "handles").glob("*.json")):
+        pid = int(json.loads(path.read_text())["handle"]["pid"])
+        if Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            pids.append(pid)
+    return pids
 
 
 def start_up(harness: Any, out: IO[bytes] | int) -> subprocess.Popen[bytes]:
@@ -141,7 +151,7 @@ def test_instances_a_killed_up_left_are_named_by_ps_and_stopped_by_down(harness:
         ps = harness.cli("ps")
         assert ps.returncode == 3, ps.stdout + ps.stderr
         assert "Traceback" not in ps.stderr
-        pid_list = ", ".join(str(x.pid) for x in left)
+        pid_list = ", ".join(str(pid) for pid in left)
         assert (
             "no Elastin server is running, but 2 instances started by Elastin still run "
             f"(pids {pid_list})"

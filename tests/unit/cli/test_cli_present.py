@@ -21,7 +21,7 @@ from elastin.model.codec import to_data
 from elastin.model.resources import Resources
 from elastin.server.cluster import Cluster
 from elastin.server.reports import AllocReport
-from elastin.server.views import AllocFilter, in_order
+from elastin.server.views import AllocFilter
 from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
 
@@ -69,6 +69,8 @@ def alloc(app: str, workload: str, index: int, created: float, id_: str = "") ->
 
 
 def test_allocations_are_in_a_stable_order_newest_first_per_index() -> None:
+    from elastin.server.views import in_order
+
     old, new = alloc("b", "web", 0, 1.0), alloc("b", "web", 0, 5.0)
     rows = [alloc("b", "web", 1, 3.0), old, alloc("b", "api", 0, 9.0), new, alloc("a", "z", 2, 0)]
     names = [(a.app, a.workload, a.index, a.created_at) for a in in_order(rows)]
