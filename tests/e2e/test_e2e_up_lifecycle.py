@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import pytest
 
-
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
