@@ -162,7 +162,8 @@ def test_instances_a_killed_up_left_are_named_by_ps_and_stopped_by_down(harness:
         assert "deleting tiny" in down.stdout and "✓ down" in down.stdout
         assert_nothing_left(harness, pids)
         after = harness.cli("ps")  # nothing left: the plain message again
-        assert after.returncode == 3 and "still run" not in after.stderr
+        assert after.returncode == 3, after.stdout + after.stderr
+        assert "no instance it started still runs" in after.stderr
     finally:
         stop(proc)
 

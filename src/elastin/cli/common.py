@@ -187,13 +187,22 @@ connect: Callable[[], Client] = Client.discover
 def client() -> Client:
     """A client of the server found here (``ELASTIN_ADDR`` / ``ELASTIN_TOKEN`` or the data
     directory); ``ServerUnavailable`` when there is none, which says so when instances
-    Elastin started still run without it (``left_running``)."""
+    Elastin started still run without it (``left_running``), or when the state of one is
+    there."""
     try:
         return connect()
-    except ServerUnavailable:
-        left = left_running(default_data_dir())
+    except ServerUnavailable as e:
+        data_dir = default_data_dir()
+        left = left_running(data_dir)
         if left:
             raise ServerUnavailable(left_running_message(left), left_running_hint(left)) from None
+        state = data_dir / "state.db"
+        if e.message.startswith("no Elastin server is running") and state.exists():
+            raise ServerUnavailable(
+                f"no Elastin server is running (its state is in {state}; no instance it "
+                "started still runs)",
+                "`elastin up FILE` or `elastin server` starts one with that state",
+            ) from None
         raise
 
 

@@ -332,6 +332,8 @@ def resources_tables(report: dict[str, Any]) -> list[Table]:
 
 
 def print_error(console: Console, message: str, hint: str = "") -> None:
-    console.print(Text("error: ", style="bold red") + Text(message))
+    """An error and how to fix it, a line each: never broken inside (paths and commands in
+    them stay whole to copy; the terminal wraps what is too long)."""
+    console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     if hint:
-        console.print(Text("  hint: ", style="yellow") + Text(hint))
+        console.print(Text("  hint: ", style="yellow") + Text(hint), soft_wrap=True)

@@ -236,3 +236,15 @@ def test_a_closed_output_is_found_without_writing(closed_pipe: TextIO) -> None:
     c = common._Console(file=closed_pipe)
     assert common.output_closed(c)
     assert not common.output_closed(common._Console(file=sys.stderr))
+
+
+def test_no_server_but_its_state_says_where_the_state_is(run: Run, no_server: Path) -> None:
+    (no_server / "state.db").write_bytes(b"")
+    res = run("ps")
+    assert res.exit_code == 3
+    no_traceback(res)
+    assert res.stderr.splitlines() == [
+        f"error: no Elastin server is running (its state is in {no_server / 'state.db'}; no "
+        "instance it started still runs)",
+        "  hint: `elastin up FILE` or `elastin server` starts one with that state",
+    ]
