@@ -52,6 +52,7 @@ from elastin.client.discovery import default_data_dir, running_server
 from elastin.client.errors import ClientError
 from elastin.client.http import Client
 from elastin.client.local import start_daemon, stop_daemon
+from elastin.clock import SYSTEM, Clock
 
 SETTLE_WAIT = 2.0  # longest blocking query while waiting: how soon a Ctrl-C is noticed
 
@@ -425,15 +426,15 @@ def _down_left_running(data_dir: Path, app: str | None) -> None:
     console.print(Text("✓ down", style="bold green"))
 
 
-async def _reattached(agent: Any, alloc_ids: set[str]) -> None:
+async def _reattached(agent: Any, alloc_ids: set[str], clock: Clock = SYSTEM) -> None:
     """Wait (up to ``REATTACH_WAIT``) until ``agent`` has re-attached to the instances it
     found handles of: it sets up its mesh manager right after (which then owns the node's
     HAProxy, so that the shutdown stops that too)."""
-    deadline = time.monotonic() + REATTACH_WAIT
-    while time.monotonic() < deadline:
+    deadline = clock.monotonic() + REATTACH_WAIT
+    while clock.monotonic() < deadline:
         if agent.mesh is not None if agent.cfg.mesh else alloc_ids <= agent.runners.keys():
             return
-        await asyncio.sleep(0.1)
+        await clock.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------- apply / diff

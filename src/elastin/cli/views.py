@@ -20,10 +20,19 @@ from elastin.client.http import Client
 
 
 @click.command()
-@click.option("--all", "-a", "show_all", is_flag=True, help="include stopped instances")
+@click.option(
+    "--all",
+    "-a",
+    "show_all",
+    is_flag=True,
+    help="include stopped and lost instances, and those of deleted applications",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def ps(show_all: bool, as_json: bool) -> None:
-    """List services and jobs, and their instances with limits and measured use."""
+    """List services and jobs, and their instances with limits and measured use.
+
+    Instances are listed by application, workload and index (the newest first), with the
+    short ID events name them by; `restarting` / `retrying` while one waits out a delay."""
     with errors(), client() as c:
         services = c.services()
         allocs = c.call("GET", "/v1/allocations", params={"all": show_all})
@@ -73,8 +82,8 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
     """The service registry: every service port with its endpoints and their readiness.
 
     SERVICE is `name` or `app/name` (all services when left out). With --watch, a blocking
-    query prints the registry again each time it changes (Ctrl-C ends it); with --json too,
-    one JSON object per change."""
+    query prints the registry again each time an endpoint changes (Ctrl-C ends it); with
+    --json too, one JSON object per change."""
     with errors(), client() as c:
         data = c.mesh_services(service)
         while True:  # once, or with --watch until Ctrl-C
@@ -141,7 +150,7 @@ def nodes(as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--follow", "-f", is_flag=True, help="keep printing new events")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events (one header)")
 @click.option("--limit", default=50, show_default=True)
 def events(as_json: bool, follow: bool, limit: int) -> None:
     """What happened: applies, placements, starts, exits, OOM kills, restarts."""
