@@ -188,7 +188,7 @@ def test_up_detach_that_does_not_settle_says_the_server_keeps_running(
     monkeypatch.setattr(deploy, "start_daemon", start)
     monkeypatch.setattr(deploy, "stop_daemon", stopped.append)
     api.on("POST", "/v1/apps", {"app": "t", "dry_run": False, "changes": []})
-    failed = {"app": "t", "state": "failed", "summary": "web 0/1", "index": 2}
+    failed = {"app": "t", "state": "failed", "summary": "web 0/1", "index": 2, "workloads": []}
     api.on("GET", "/v1/apps/t/settlement", failed)
     api.on("GET", "/v1/allocations", [])
     spec = tmp_path / "t.yaml"
