@@ -1,10 +1,17 @@
 """Commands that change what runs: ``up``, ``down``, ``apply``, ``diff``, ``validate``,
 ``scale`` and ``stop``; and the wait until an application has settled that ``up`` and
-``apply --wait`` share."""
+``apply --wait`` share.
+
+A foreground ``up`` leaves nothing running behind it: SIGINT, SIGTERM, SIGHUP and a closed
+stdout or stderr all stop its application, server and agent the same way. When instances
+outlive their server anyway (``kill -9``), ``down`` starts the same embedded server and agent
+briefly — which re-attach to them — and stops them through it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import signal
@@ -26,11 +33,17 @@ from elastin.cli import render
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNSETTLED,
+    SpecFile,
+    check_outputs,
     client,
     console,
     err_console,
     errors,
     fail,
+    left_running,
+    left_running_hint,
+    left_running_message,
+    on_output_closed,
     print_json,
     read_spec,
 )
@@ -38,8 +51,8 @@ from elastin.cli.servers import check_api_limits, run_async
 from elastin.client.discovery import default_data_dir, running_server
 from elastin.client.errors import ClientError
 from elastin.client.http import Client
-from elastin.client.local import start_daemon
-from elastin.model.spec import load_spec
+from elastin.client.local import start_daemon, stop_daemon
+from elastin.clock import SYSTEM, Clock
 
 SETTLE_WAIT = 2.0  # longest blocking query while waiting: how soon a Ctrl-C is noticed
 
@@ -83,13 +96,16 @@ def show_app(c: Client, app: str | None = None) -> None:
     console.print(render.allocations_table(allocs))
 
 
-def look_around(url: str) -> None:
+def look_around(url: str, spec: SpecFile) -> None:
+    """What to try next, each command as it works for ``spec``'s application."""
+    services = [w.name for w in spec.app.workloads if w.type == "service"]
+    first = (services or [w.name for w in spec.app.workloads] or ["SERVICE"])[0]
     console.print()
     console.print(Text("Look around (in another terminal):", style="bold"))
     for cmd, what in (
         ("elastin ps", "instances, limits and measured use"),
         ("elastin top", "live cpu and memory per instance"),
-        ("elastin logs frontend -f", "follow a service's output"),
+        (f"elastin logs {spec.app.name}/{first} -f", "follow a service's output"),
         ("elastin traffic -w", "requests per second through the mesh, per service"),
         ("elastin endpoints", "every service's endpoints and whether they are ready"),
         ("elastin logs --mesh", "the requests between services, one JSON line each"),
@@ -99,7 +115,8 @@ def look_around(url: str) -> None:
         console.print(f"  [cyan]{cmd:<28}[/] {what}")
     console.print(
         f"  API: {url}/v1  (OpenAPI: {url}/v1/openapi.json; token in "
-        f"{default_data_dir() / 'token'})"
+        f"{default_data_dir() / 'token'})",
+        soft_wrap=True,
     )
 
 
@@ -113,68 +130,104 @@ def look_around(url: str) -> None:
 def up(file: str, detach: bool, port: int, timeout: float) -> None:
     """Run the application in FILE, starting a local server and agent when none runs.
 
-    In the foreground, Ctrl-C stops the application and the server cleanly.
+    In the foreground, Ctrl-C (or SIGTERM, SIGHUP, or its output going away) stops the
+    application and the server cleanly. With --detach, a server the apply was refused by is
+    stopped again; one whose application did not settle keeps running (`elastin down`).
     """
     check_api_limits()
     with errors():
-        text, name, base = read_spec(file)
-    app = load_spec(Path(file)).name
+        spec = read_spec(file)
     data_dir = default_data_dir()
     existing = running_server(data_dir)
     if existing or os.environ.get("ELASTIN_ADDR"):
         with errors(), client() as c:
-            _apply_and_wait(c, text, name, base, app, timeout)
-            show_app(c, app)
+            _apply_and_wait(c, spec, timeout)
+            show_app(c, spec.app.name)
         return
     if detach:
-        _up_detached(data_dir, port, text, name, base, app, timeout)
+        _up_detached(data_dir, port, spec, timeout)
         return
-    _up_foreground(data_dir, port, text, name, base, app, timeout)
+    _up_foreground(data_dir, port, spec, timeout)
 
 
-def _apply_and_wait(c: Client, text: str, name: str, base: str, app: str, timeout: float) -> None:
-    res = c.apply(text, file=name, base_dir=base)
+def _apply_and_wait(c: Client, spec: SpecFile, timeout: float, note: str = "") -> None:
+    """Apply and wait until settled; exit 4 when it does not (``note`` added to the hint)."""
+    res = c.apply(spec.text, file=spec.file, base_dir=spec.base_dir)
     print_changes(res)
+    _wait_or_fail(c, spec, timeout, note)
+
+
+def _wait_or_fail(c: Client, spec: SpecFile, timeout: float, note: str = "") -> None:
+    app = spec.app.name
     if not wait_settled(c, app, timeout):
         show_app(c, app)
+        hint = "see `elastin ps` and `elastin events`"
         fail(
             f"application {app!r} did not settle",
-            "see `elastin ps` and `elastin events`",
+            f"{hint}; {note}" if note else hint,
             EXIT_UNSETTLED,
         )
     console.print(Text(f"✓ {app} is up", style="bold green"))
 
 
-def _up_detached(
-    data_dir: Path, port: int, text: str, name: str, base: str, app: str, timeout: float
-) -> None:
+DETACHED_NOTE = "the server keeps running in the background: `elastin down` stops it"
+
+
+def _up_detached(data_dir: Path, port: int, spec: SpecFile, timeout: float) -> None:
+    """Start the background server, apply, wait. A refused apply (or no answer) stops the
+    server again — nothing runs in it; an application that did not settle leaves it running,
+    and the error says so."""
     with errors():
         proc = start_daemon(data_dir, port=port, log_path=data_dir / "elastin.log")
-    (data_dir / "daemon.pid").write_text(str(proc.pid))
+    pid_file = data_dir / "daemon.pid"
+    pid_file.write_text(str(proc.pid))
     with errors(), client() as c:
-        _apply_and_wait(c, text, name, base, app, timeout)
-        show_app(c, app)
-        look_around(c.url)
+        try:
+            res = c.apply(spec.text, file=spec.file, base_dir=spec.base_dir)
+        except BaseException:
+            stop_daemon(proc)
+            pid_file.unlink(missing_ok=True)
+            err_console.print(
+                f"stopped the background server `up --detach` started (pid {proc.pid}): "
+                "the apply did not go through",
+                style="yellow",
+            )
+            raise
+        print_changes(res)
+        _wait_or_fail(c, spec, timeout, DETACHED_NOTE)
+        show_app(c, spec.app.name)
+        look_around(c.url, spec)
     console.print(f"running in the background (pid {proc.pid}); `elastin down` stops it")
 
 
-def _up_foreground(
-    data_dir: Path, port: int, text: str, name: str, base: str, app: str, timeout: float
-) -> None:
+UP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops a foreground ``up`` (its application, server and agent)."""
+
+
+def _up_foreground(data_dir: Path, port: int, spec: SpecFile, timeout: float) -> None:
     from elastin.cli.embedded import run_embedded
 
     outcome: dict[str, int] = {"code": 0}
+    app = spec.app.name
 
     async def main(url: str, token: str, agent: Any, shutdown: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         cancel = threading.Event()  # Ctrl-C while starting: stop waiting at once
+
+        # nothing reads our output any more (`| tee` ended, the terminal closed): stop all
+        def closed() -> None:
+            loop.call_soon_threadsafe(shutdown.set)
+
+        forget = on_output_closed(closed)
 
         async def mirror() -> None:
             await shutdown.wait()
+            check_outputs()  # a hung-up terminal (SIGHUP): print nothing more
             cancel.set()
 
         def flow() -> None:
             with Client(url, token) as c:
-                res = c.apply(text, file=name, base_dir=base)
+                res = c.apply(spec.text, file=spec.file, base_dir=spec.base_dir)
                 print_changes(res)
                 ok = wait_settled(c, app, timeout, cancel=cancel)
                 if cancel.is_set():
@@ -193,23 +246,32 @@ def _up_foreground(
                 if cancel.is_set():
                     return
                 show_app(c, app)
-                look_around(url)
+                look_around(url, spec)
                 console.print(Text("Ctrl-C stops the application and the server.", style="bold"))
 
         mirror_task = asyncio.create_task(mirror())
         try:
-            await asyncio.to_thread(flow)
-        except ClientError as e:
-            render.print_error(err_console, e.message, e.hint)
-            outcome["code"] = EXIT_FAILED
-            shutdown.set()
-            return
+            try:
+                await asyncio.to_thread(flow)
+            except ClientError as e:
+                render.print_error(err_console, e.message, e.hint)
+                outcome["code"] = EXIT_FAILED
+                shutdown.set()
+                return
+            except OSError as e:  # a write to a closed terminal (EIO) or pipe
+                if e.errno not in (errno.EIO, errno.EPIPE):
+                    raise
+                check_outputs()
+                shutdown.set()
+                return
+            finally:
+                mirror_task.cancel()
+            await _follow(url, token, app, shutdown)
         finally:
-            mirror_task.cancel()
-        await _follow(url, token, app, shutdown)
+            forget()
 
     async def run() -> None:
-        await run_embedded(data_dir, port=port, main=main, stop_workloads=True)
+        await run_embedded(data_dir, port=port, main=main, stop_workloads=True, signals=UP_SIGNALS)
 
     run_async(run)  # a failure: one message and a non-zero exit, no traceback
     console.print(Text("stopped", style="bold"))
@@ -217,9 +279,10 @@ def _up_foreground(
 
 
 async def _follow(url: str, token: str, app: str, shutdown: asyncio.Event) -> None:
-    """Until Ctrl-C: a live view of the instances and the requests flowing through the mesh
-    per service on a terminal; otherwise a traffic table every 10 s and the instances every
-    30 s."""
+    """Until ``shutdown``: a live view of the instances and the requests flowing through the
+    mesh per service on a terminal; otherwise a traffic table every 10 s and the instances
+    every 30 s. Every second or two it looks whether anyone still reads its output
+    (``check_outputs``: a closed output stops everything, through ``on_output_closed``)."""
     c = Client(url, token)
     rates = render.TrafficRates()
 
@@ -244,16 +307,21 @@ async def _follow(url: str, token: str, app: str, shutdown: asyncio.Event) -> No
                     )
                     with suppress(TimeoutError):
                         await asyncio.wait_for(shutdown.wait(), 2.0)
+                    check_outputs()  # before the Live view writes again
         else:
-            for tick in itertools.count(1):  # until shutdown
+            for tick in itertools.count(1):  # every second until shutdown
                 try:
-                    await asyncio.wait_for(shutdown.wait(), 10.0)
+                    await asyncio.wait_for(shutdown.wait(), 1.0)
                     break
                 except TimeoutError:
-                    allocs, table = await asyncio.to_thread(sample)
-                    if tick % 3 == 0:
-                        console.print(render.allocations_table(allocs))
-                    console.print(table)
+                    if check_outputs():
+                        break
+                    if tick % 10 == 0:
+                        allocs, table = await asyncio.to_thread(sample)
+                        if tick % 30 == 0:
+                            console.print(render.allocations_table(allocs))
+                        console.print(table)
+        check_outputs()
         console.print(Text("stopping the application…", style="bold"))
     finally:
         c.close()
@@ -274,20 +342,18 @@ def print_changes(res: dict[str, Any]) -> None:
 @click.command()
 @click.argument("app", required=False)
 def down(app: str | None) -> None:
-    """Delete APP (default: every application) and stop a background server `up` started."""
+    """Delete APP (default: every application) and stop a background server `up` started.
+
+    When no server runs here but instances Elastin started still do (a killed `up`), it
+    starts the server and agent here briefly, which re-attach to them, and stops them."""
     data_dir = default_data_dir()
+    if not os.environ.get("ELASTIN_ADDR") and running_server(data_dir) is None:
+        left = left_running(data_dir)
+        if left:
+            _down_left_running(data_dir, app)
+            return
     with errors(), client() as c:
-        names = [app] if app else [a["app"]["name"] for a in c.apps()]
-        for n in names:
-            c.delete_app(n)
-            console.print(f"deleting {n}")
-        deadline = time.monotonic() + 60
-        with console.status("stopping instances…"):
-            while time.monotonic() < deadline:
-                live = [a for a in c.allocations() if a.app in names and not a.terminal]
-                if not live:
-                    break
-                time.sleep(0.5)
+        delete_apps(c, app)
     pid_file = data_dir / "daemon.pid"
     if not app and pid_file.exists():
         try:
@@ -298,6 +364,77 @@ def down(app: str | None) -> None:
             pass
         pid_file.unlink(missing_ok=True)
     console.print(Text("✓ down", style="bold green"))
+
+
+def delete_apps(c: Client, app: str | None, timeout: float = 60.0) -> None:
+    """Delete ``app`` (None: every application) and wait up to ``timeout`` s until their
+    instances stopped."""
+    names = [app] if app else [a["app"]["name"] for a in c.apps()]
+    for n in names:
+        c.delete_app(n)
+        console.print(f"deleting {n}")
+    deadline = time.monotonic() + timeout
+    with console.status("stopping instances…"):
+        while time.monotonic() < deadline:
+            live = [a for a in c.allocations() if a.app in names and not a.terminal]
+            if not live:
+                break
+            time.sleep(0.5)
+
+
+REATTACH_WAIT = 30.0  # longest wait for the brief agent to re-attach to what was left running
+
+
+def _down_left_running(data_dir: Path, app: str | None) -> None:
+    """``down`` with no server running but instances left running: the embedded server and
+    agent ``up`` runs, started briefly (any free port); the agent re-attaches to the
+    instances, ``delete_apps`` deletes, and — without APP — the shutdown stops whatever is
+    still running (``run_embedded``'s ``stop_workloads``)."""
+    from elastin.cli.embedded import run_embedded
+
+    left = left_running(data_dir)
+    console.print(
+        f"{left_running_message(left)}: starting the server and agent here briefly to stop them",
+        soft_wrap=True,
+    )
+    outcome: dict[str, int] = {"code": 0}
+
+    async def main(url: str, token: str, agent: Any, shutdown: asyncio.Event) -> None:
+        await _reattached(agent, {x.alloc_id for x in left})
+
+        def flow() -> None:
+            with Client(url, token) as c:
+                delete_apps(c, app)
+
+        try:
+            await asyncio.to_thread(flow)
+        except ClientError as e:
+            render.print_error(err_console, e.message, e.hint)
+            outcome["code"] = EXIT_FAILED
+
+    async def run() -> None:
+        await run_embedded(data_dir, port=0, main=main, stop_workloads=app is None)
+
+    run_async(run)
+    if outcome["code"]:
+        sys.exit(outcome["code"])
+    still = left_running(data_dir)
+    if still and not app:
+        fail(left_running_message(still), "see the log above; `elastin down` tries again")
+    if still:
+        console.print(f"{left_running_message(still)}: {left_running_hint(still)}", soft_wrap=True)
+    console.print(Text("✓ down", style="bold green"))
+
+
+async def _reattached(agent: Any, alloc_ids: set[str], clock: Clock = SYSTEM) -> None:
+    """Wait (up to ``REATTACH_WAIT``) until ``agent`` has re-attached to the instances it
+    found handles of: it sets up its mesh manager right after (which then owns the node's
+    HAProxy, so that the shutdown stops that too)."""
+    deadline = clock.monotonic() + REATTACH_WAIT
+    while clock.monotonic() < deadline:
+        if agent.mesh is not None if agent.cfg.mesh else alloc_ids <= agent.runners.keys():
+            return
+        await clock.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------- apply / diff
@@ -327,8 +464,10 @@ def diff(file: str, as_json: bool) -> None:
 def apply_and_show(c: Client, file: str, *, dry_run: bool, as_json: bool) -> dict[str, Any]:
     """Send the spec in ``file`` (``dry_run``: only say what would change) and print the
     changes, as JSON with ``as_json``."""
-    text, name, base = read_spec(file)
-    res: dict[str, Any] = c.apply(text, file=name, base_dir=base, dry_run=dry_run)
+    spec = read_spec(file)
+    res: dict[str, Any] = c.apply(
+        spec.text, file=spec.file, base_dir=spec.base_dir, dry_run=dry_run
+    )
     if as_json:
         print_json(res)
     else:
@@ -336,11 +475,11 @@ def apply_and_show(c: Client, file: str, *, dry_run: bool, as_json: bool) -> dic
     return res
 
 
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True})  # `scale web -1`: a value
 @click.argument("service")
-@click.argument("replicas", type=click.IntRange(0, 1000))
+@click.argument("replicas", type=int)
 def scale(service: str, replicas: int) -> None:
-    """Set the number of replicas of SERVICE."""
+    """Set the number of replicas of SERVICE (0 to 1000)."""
     with errors(), client() as c:
         c.scale(service, replicas)
         console.print(f"{service}: scaled to {replicas}")
@@ -360,7 +499,7 @@ def stop(service: str | None) -> None:
 def validate(file: str) -> None:
     """Check a spec file without sending it anywhere."""
     with errors():
-        app = load_spec(Path(file))
+        app = read_spec(file).app
         console.print(
             Text(
                 f"✓ {file}: application {app.name!r}, {len(app.workloads)} workload(s)",

@@ -1,9 +1,12 @@
 """Running a server and an agent together in one process (``elastin up``, ``elastin daemon``).
 
 ``run_embedded`` serves the API, runs the scheduler and a local agent, then hands control to
-``main(url, token, agent)``; when ``main`` returns (or the process gets SIGINT / SIGTERM) it
-shuts everything down. With ``stop_workloads`` the agent stops its instances first; without,
-they keep running and the next agent re-attaches to them.
+``main(url, token, agent, shutdown)``; when ``main`` returns or fails, or the process gets one
+of ``signals`` (SIGINT and SIGTERM; ``up`` in the foreground adds SIGHUP), it shuts
+everything down. With ``stop_workloads`` the agent stops its instances first — also when
+``main`` failed, whose error is raised once they are stopped; without, they keep running and
+the next agent re-attaches to them (``elastin down`` uses that to stop what a killed ``up``
+left running).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ Main = Callable[[str, str, Agent, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 SHUTDOWN_TIMEOUT = 15.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def _bounded(tasks: set[asyncio.Task[Any]], what: str) -> None:
@@ -43,10 +47,11 @@ async def run_embedded(
     main: Main,
     host: str = "127.0.0.1",
     stop_workloads: bool = True,
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         loop.add_signal_handler(sig, shutdown.set)
     done = asyncio.Event()
     failed: list[BaseException] = []  # the agent's error: raised once everything stopped
@@ -68,8 +73,6 @@ async def run_embedded(
             if agent_task.done() and (error := agent_task.exception()) is not None:
                 failed.append(error)
                 return  # its runners are gone: nothing to stop through it
-            if main_task.done():
-                main_task.result()
             shutdown.set()
             if not main_task.done():
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -80,6 +83,8 @@ async def run_embedded(
                 with contextlib.suppress(Exception):
                     await agent.client.call("POST", "/v1/stop", json={"ref": None})
                 await agent.stop_all()
+            if main_task.done() and not main_task.cancelled():
+                main_task.result()  # main's error, now that its instances are stopped
         finally:
             for t in (main_task, stop_task, agent_task):
                 t.cancel()
@@ -107,5 +112,5 @@ async def run_embedded(
         server.cancel()
         waiter.cancel()
         await _bounded({server, waiter}, "the server")
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)

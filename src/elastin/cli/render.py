@@ -22,13 +22,25 @@ STATUS_STYLE = {
 }
 
 
-def status_text(status: str, healthy: bool | None = None) -> Text:
+WAITING = (("restarting", "restarting"), ("retry ", "retrying"))
+"""A ``starting`` allocation whose reason starts so is waiting out a delay: shown as that
+(the agent reports "restarting in 4s: exited with code 1", "retry 2 in 4s: …")."""
+
+
+def status_text(status: str, healthy: bool | None = None, reason: str = "") -> Text:
     label = status
     if status == "running" and healthy is False:
         label = "running (unhealthy)"
     elif status == "running" and healthy is True:
         label = "running ✓"
+    elif status == "starting":
+        label = next((shown for start, shown in WAITING if reason.startswith(start)), status)
     return Text(label, style=STATUS_STYLE.get(status, ""))
+
+
+def short_id(alloc_id: str) -> str:
+    """An allocation's id as the CLI shows it (``Allocation.short_id``)."""
+    return alloc_id[:8]
 
 
 def age(ts: float) -> str:
@@ -50,6 +62,7 @@ def allocations_table(allocs: list[dict[str, Any]], title: str = "") -> Table:
     t = Table(title=title or None, show_edge=False, header_style="bold")
     for col in (
         "INSTANCE",
+        "ID",
         "KIND",
         "STATUS",
         "PID",
@@ -81,8 +94,9 @@ def allocations_table(allocs: list[dict[str, Any]], title: str = "") -> Table:
             note = f"{ports}  {note}".strip()
         t.add_row(
             a.get("name") or f"{a['app']}.{a['workload']}[{a['index']}]",
+            Text(short_id(a.get("id", "")), style="dim"),
             a["kind"],
-            status_text(a["status"], a.get("healthy")),
+            status_text(a["status"], a.get("healthy"), a.get("reason", "")),
             str(a.get("pid") or "-"),
             cpu,
             mem,
@@ -219,10 +233,18 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     return t
 
 
-def events_table(events: list[dict[str, Any]]) -> Table:
-    t = Table(show_edge=False, header_style="bold")
+EVENT_WIDTHS = {"TIME": 8, "TYPE": 20, "SUBJECT": 34}
+"""Columns of ``events -f``: its tables follow one another under one header."""
+
+
+def events_table(events: list[dict[str, Any]], header: bool = True, aligned: bool = False) -> Table:
+    """Events, a row each; ``aligned``: with the same column widths in every table (as long
+    as a cell fits), so that tables printed one after another line up under the first
+    one's ``header``."""
+    t = Table(show_edge=False, header_style="bold", show_header=header)
     for col in ("TIME", "TYPE", "SUBJECT", "MESSAGE"):
-        t.add_column(col, no_wrap=col != "MESSAGE")
+        width = EVENT_WIDTHS.get(col) if aligned else None
+        t.add_column(col, no_wrap=col != "MESSAGE", min_width=width)
     for e in events:
         style = {"warning": "yellow", "error": "red"}.get(e.get("level", ""), "")
         t.add_row(
@@ -310,6 +332,8 @@ def resources_tables(report: dict[str, Any]) -> list[Table]:
 
 
 def print_error(console: Console, message: str, hint: str = "") -> None:
-    console.print(Text("error: ", style="bold red") + Text(message))
+    """An error and how to fix it, a line each: never broken inside (paths and commands in
+    them stay whole to copy; the terminal wraps what is too long)."""
+    console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     if hint:
-        console.print(Text("  hint: ", style="yellow") + Text(hint))
+        console.print(Text("  hint: ", style="yellow") + Text(hint), soft_wrap=True)

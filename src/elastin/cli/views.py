@@ -16,13 +16,23 @@ from rich.live import Live
 from elastin import __version__
 from elastin.cli import render
 from elastin.cli.common import client, console, errors, print_json
+from elastin.client.http import Client
 
 
 @click.command()
-@click.option("--all", "-a", "show_all", is_flag=True, help="include stopped instances")
+@click.option(
+    "--all",
+    "-a",
+    "show_all",
+    is_flag=True,
+    help="include stopped and lost instances, and those of deleted applications",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def ps(show_all: bool, as_json: bool) -> None:
-    """List services and jobs, and their instances with limits and measured use."""
+    """List services and jobs, and their instances with limits and measured use.
+
+    Instances are listed by application, workload and index (the newest first), with the
+    short ID events name them by; `restarting` / `retrying` while one waits out a delay."""
     with errors(), client() as c:
         services = c.services()
         allocs = c.call("GET", "/v1/allocations", params={"all": show_all})
@@ -72,8 +82,8 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
     """The service registry: every service port with its endpoints and their readiness.
 
     SERVICE is `name` or `app/name` (all services when left out). With --watch, a blocking
-    query prints the registry again each time it changes (Ctrl-C ends it); with --json too,
-    one JSON object per change."""
+    query prints the registry again each time an endpoint changes (Ctrl-C ends it); with
+    --json too, one JSON object per change."""
     with errors(), client() as c:
         data = c.mesh_services(service)
         while True:  # once, or with --watch until Ctrl-C
@@ -87,11 +97,19 @@ def endpoints(service: str, as_json: bool, watch: bool) -> None:
             if not watch:
                 return
             try:
-                index = data["index"]
-                while data["index"] == index:
-                    data = c.mesh_services(service, index=index, wait=30)
+                data = next_change(c, service, data)
             except KeyboardInterrupt:
                 return
+
+
+def next_change(c: Client, service: str, last: dict[str, Any]) -> dict[str, Any]:
+    """The registry once its endpoints differ from ``last``'s: a new mesh version that
+    changed nothing here (another service's, a health check's timestamp) is waited past."""
+    data = last
+    while True:
+        data = dict(c.mesh_services(service, index=data["index"], wait=30))
+        if data["services"] != last["services"]:
+            return data
 
 
 @click.command()
@@ -132,17 +150,20 @@ def nodes(as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--follow", "-f", is_flag=True, help="keep printing new events")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events (one header)")
 @click.option("--limit", default=50, show_default=True)
 def events(as_json: bool, follow: bool, limit: int) -> None:
     """What happened: applies, placements, starts, exits, OOM kills, restarts."""
+
+    header = [True]  # the first table has the column names; following ones line up below
 
     def show(batch: list[dict[str, Any]]) -> None:
         if as_json:  # one JSON object per line, so that a follower can stream them
             for e in batch:
                 click.echo(json.dumps(e))
         elif batch:
-            console.print(render.events_table(batch))
+            console.print(render.events_table(batch, header=header[0], aligned=follow))
+            header[0] = False
 
     with errors(), client() as c:
         data = c.events(limit=limit)

@@ -50,11 +50,14 @@ def check_node(node: Node) -> None:
                 f"node address {node.address!r} is neither an IP address nor a host name",
                 hint="the agent registers its node's address; check its configuration",
             ) from None
-    for what, value in (("id", node.id), ("name", node.name)):
+    for what, value, fix in (
+        ("id", node.id, "remove agent/node-id in the agent's data directory: it makes a new one"),
+        ("name", node.name, "give the node a name: `elastin agent --name NAME`"),
+    ):
         if not _ID.fullmatch(value):
             raise Invalid(
                 f"node {what} {value!r} is not a name (letters, digits, '.', '_', '-')",
-                hint="name the node with --name",
+                hint=fix,
             )
     for k, v in node.attributes:
         if not (k.isprintable() and v.isprintable()) or len(k) > 128 or len(v) > 1024:

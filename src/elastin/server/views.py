@@ -1,6 +1,10 @@
 """Read-only views of the cluster for the API: applications, services with their counts,
 allocations with their measured usage, nodes, events, the change stream and the resource
 report. Nothing here writes.
+
+Allocations come in one stable order (``in_order``: application, workload, index, newest
+first), and without ``all`` only those of applications that exist: a deleted application's
+instances are history (``?all=true`` shows them), not what runs.
 """
 
 from __future__ import annotations
@@ -28,12 +32,24 @@ class AllocFilter:
     node: str | None = None
     all: bool = False  # include stopped and lost ones (failed and complete are always shown)
 
-    def keeps(self, a: Allocation) -> bool:
+    def keeps(self, a: Allocation, apps: frozenset[str] | None = None) -> bool:
+        """Whether ``a`` is shown; ``apps``: the applications that exist (without ``all``,
+        another application's allocations are not)."""
         if (self.app and a.app != self.app) or (self.workload and a.workload != self.workload):
             return False
         if self.node and a.node_id != self.node:
             return False
-        return self.all or not a.terminal or a.status in ("failed", "complete")
+        if self.all:
+            return True
+        if apps is not None and a.app not in apps:
+            return False
+        return not a.terminal or a.status in ("failed", "complete")
+
+
+def in_order(allocs: list[Allocation]) -> list[Allocation]:
+    """Allocations by application, workload and index, the newest first among those that
+    share an index (a replacement before the one it replaced)."""
+    return sorted(allocs, key=lambda a: (a.app, a.workload, a.index, -a.created_at, a.id))
 
 
 class Views:
@@ -97,13 +113,16 @@ class Views:
         return rec, w, mine
 
     async def allocations(self, where: AllocFilter) -> list[Allocation]:
+        """The allocations ``where`` keeps, ``in_order``, with their measured usage."""
         allocs, _ = await self.repo.list_allocs()
-        return [self.telemetry.with_usage(a) for a in allocs if where.keeps(a)]
+        apps = None if where.all else frozenset(r.app.name for r in await self.repo.list_apps())
+        kept = [a for a in allocs if where.keeps(a, apps)]
+        return [self.telemetry.with_usage(a) for a in in_order(kept)]
 
     async def allocation(self, alloc_id: str) -> Allocation:
         found = await self.repo.get_alloc(alloc_id)
         if found is None:
-            raise NotFound(f"no allocation {alloc_id!r}", hint="see `elastin ps`")
+            raise NotFound(f"no allocation {alloc_id!r}", hint="see `elastin ps -a`")
         return self.telemetry.with_usage(found[0])
 
     async def nodes(self) -> list[tuple[Node, Usage]]:
