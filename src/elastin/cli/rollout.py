@@ -27,9 +27,13 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
-def _settle(c: Client, app: str, wait: bool, timeout: float) -> None:
+def _settle(c: Client, app: str, ref: str, wait: bool, timeout: float) -> None:
     if wait and not wait_settled(c, app, timeout):
-        fail(f"application {app!r} did not settle", "see `elastin rollout status`", EXIT_UNSETTLED)
+        fail(
+            f"application {app!r} did not settle",
+            f"see `elastin rollout status {ref}`",
+            EXIT_UNSETTLED,
+        )
 
 
 def describe(r: dict[str, Any]) -> Text:
@@ -108,7 +112,7 @@ def undo(ref: str, to: int | None, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.rollout_undo(ref, to or 0)
         console.print(describe(c.rollout(ref)))
-        _settle(c, res["app"], wait, timeout)
+        _settle(c, res["app"], ref, wait, timeout)
 
 
 @rollout.command("promote")
@@ -120,7 +124,7 @@ def promote(ref: str, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.rollout_promote(ref)
         console.print(f"{ref}: promoted; the rollout goes on")
-        _settle(c, res["app"], wait, timeout)
+        _settle(c, res["app"], ref, wait, timeout)
 
 
 @click.command()
@@ -133,7 +137,7 @@ def restart(ref: str, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.restart(ref)
         console.print(describe(c.rollout(ref)))
-        _settle(c, res["app"], wait, timeout)
+        _settle(c, res["app"], ref, wait, timeout)
 
 
 @click.group()
@@ -151,4 +155,4 @@ def run(ref: str, wait: bool, timeout: float) -> None:
         res = c.job_run(ref)
         r = c.rollout(ref)
         console.print(f"{r['app']}/{r['workload']}: run {r['version']} started")
-        _settle(c, res["app"], wait, timeout)
+        _settle(c, res["app"], ref, wait, timeout)

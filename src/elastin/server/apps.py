@@ -322,7 +322,10 @@ class Apps:
                     hint=f"to run a job again: elastin job run {ref}",
                 )
             if w.name in rec.stopped:
-                raise Invalid(f"{ref!r} is stopped", hint="start it again with `elastin apply`")
+                raise Invalid(
+                    f"{ref!r} is stopped",
+                    hint=f"start it again with `elastin apply FILE` or `elastin scale {ref} N`",
+                )
             floor = max((a.spec_version for a in mine), default=0)
             v = next_version(w.name, rec.versions, rec.history, floor)
             rev = Revision(v, w, self.clock.time(), cause)
