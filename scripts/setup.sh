@@ -8,7 +8,7 @@ VENV=${VENV:-.venv}
 # workloads and tests call (curl for checks, procps for ps, util-linux for nsenter/unshare,
 # haproxy for the service mesh data plane; nginx, wrk and h2load for the mesh's interop
 # tests and benchmarks).
-DEB_PACKAGES="python3 python3-venv python3-dev curl procps iproute2 util-linux haproxy nginx wrk nghttp2-client"
+DEB_PACKAGES="python3 python3-venv python3-dev curl procps iproute2 util-linux perl haproxy nginx wrk nghttp2-client"
 
 missing=""
 for p in $DEB_PACKAGES; do
