@@ -204,17 +204,41 @@ def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
     return f"pid {pid} ({command})" if command else f"pid {pid}"
 
 
-def holder(port: int, proc: Path = Path("/proc")) -> str:
-    """Who listens on ``port``: its process(es) as ``describe_pid`` says, or "another
-    process" when /proc does not tell (another network namespace, no permission)."""
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a port: ``who`` as ``describe_pid`` says ("pid 4242 (nc -l 8080)"), or
+    "another process" when /proc does not tell (another network namespace, no permission);
+    ``instance``: the process runs in an Elastin cgroup (an instance, perhaps stopping)."""
+
+    who: str
+    instance: bool = False
+
+
+def elastin_cgroup(text: str) -> bool:
+    """Whether a ``/proc/<pid>/cgroup`` text puts the process in an Elastin cgroup (the
+    driver's root, ``elastin`` or ``ELASTIN_CGROUP_ROOT``, which tests name
+    ``elastin-test-…``) (pure)."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        if path.lstrip("/").split("/", 1)[0].startswith("elastin"):
+            return True
+    return False
+
+
+def holder(port: int, proc: Path = Path("/proc")) -> Holder:
+    """Who listens on ``port`` (``Holder``)."""
     pids = listening_pids(port, proc)
     if not pids:
-        return "another process"
+        return Holder("another process")
     more = f" and {len(pids) - 1} other process(es)" if len(pids) > 1 else ""
-    return describe_pid(pids[0], proc) + more
+    try:
+        instance = elastin_cgroup((proc / str(pids[0]) / "cgroup").read_text())
+    except OSError:
+        instance = False
+    return Holder(describe_pid(pids[0], proc) + more, instance)
 
 
-def taken_by(port: int) -> str | None:
+def taken_by(port: int) -> Holder | None:
     """None when a server could listen on ``port``, else who holds it (``holder``). Blocking:
     the /proc scan runs only when the port is taken."""
     if port_free(port):

@@ -66,7 +66,7 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.health import HealthState, probe
-from elastin.agent.ports import NoFreePort, PortAllocator, taken_by
+from elastin.agent.ports import Holder, NoFreePort, PortAllocator, taken_by
 from elastin.agent.restart import Finish, GiveUp, decide
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import TERMINAL, Allocation, AllocStatus, Usage, check_transition
@@ -87,7 +87,8 @@ UpstreamsDown = Callable[[Allocation, Workload, Mapping[str, int]], Awaitable[li
 PreviousFailure = Callable[[Allocation], Awaitable[str]]
 UPSTREAM_WAIT = 60.0  # seconds an instance waits for its upstream listeners, at most
 UPSTREAM_POLL = 0.1  # seconds between two looks at them
-PORT_WAIT = 30.0  # seconds a fixed port held by another allocation here (stopping) is waited for
+PORT_WAIT = 30.0  # seconds a fixed port held by an Elastin instance (stopping) is waited for
+PORT_POLL = 0.5  # seconds between two looks at it
 UPSTREAM_PREFIX = "upstream."  # an upstream listener's port in ``ports`` (mesh/model/build.py)
 
 
@@ -140,7 +141,7 @@ class AllocRunner:
         ports: PortAllocator | None = None,
         upstreams_down: UpstreamsDown | None = None,
         previous_failure: PreviousFailure | None = None,
-        port_taken: Callable[[int], str | None] = taken_by,
+        port_taken: Callable[[int], Holder | None] = taken_by,
     ) -> None:
         self.alloc = alloc
         self.workload = workload
@@ -455,29 +456,37 @@ class AllocRunner:
     async def _fixed_ports(self, w: Workload) -> str | None:
         """Reserve the workload's fixed ports and check that no process holds them: "" when
         all are free, why not (the port and who holds it) otherwise, None when a stop was
-        asked meanwhile. A port another allocation of this node holds (a replaced instance
-        still stopping) is waited for, at most ``PORT_WAIT`` s."""
+        asked meanwhile. A port another allocation of this node holds, or a process of an
+        Elastin instance (a replaced instance still stopping, here or on another agent of
+        this machine), is waited for, at most ``PORT_WAIT`` s; any other holder fails the
+        start at once."""
         for p in w.ports:
             if not p.port:
                 continue
             deadline = self.clock.monotonic() + PORT_WAIT
-            told = False
-            while (other := self.pool.claim(self.alloc.id, p.port, self._port_what(p.name))) and (
-                self.clock.monotonic() < deadline
-            ):
-                if not told:
-                    why = f"waiting for port {p.port}: {other.what} holds it"
+            told = ""
+            while True:
+                other = self.pool.claim(self.alloc.id, p.port, self._port_what(p.name))
+                holder = None if other else await asyncio.to_thread(self.port_taken, p.port)
+                stopping = other is not None or (holder is not None and holder.instance)
+                if not stopping or self.clock.monotonic() >= deadline:
+                    break
+                if other is not None:
+                    who = other.what  # "app.web[0] 1a2b3c4d: port http"
+                else:
+                    who = f"{holder.who if holder else ''}, an Elastin instance,"
+                why = f"waiting for port {p.port}: {who} holds it"
+                if why != told:
                     self._set("starting", reason=why)
-                    told = True
-                if await self._stop_within(0.2):
+                    told = why
+                if await self._stop_within(PORT_POLL):
                     self._set("stopped", reason="stopped before it started", pid=0)
                     return None
             if told:
                 self._set("starting", reason="")
-            holder = await asyncio.to_thread(self.port_taken, p.port)
-            if holder is None and other is None:
+            if other is None and holder is None:
                 continue
-            by = holder or f"{other.what if other else 'another allocation'} on this node"
+            by = holder.who if holder is not None else f"{other.what if other else ''} (here)"
             return (
                 f"port {p.port} ({p.name}) is already in use by {by}: stop that process, "
                 f"or give {self.alloc.workload} another port (or none, for one chosen by "

@@ -9,7 +9,13 @@ import random
 
 import pytest
 
-from elastin.agent.ports import NoFreePort, PortAllocator, Reservation, listening_inodes
+from elastin.agent.ports import (
+    NoFreePort,
+    PortAllocator,
+    Reservation,
+    elastin_cgroup,
+    listening_inodes,
+)
 
 
 def test_a_port_is_never_handed_out_twice_until_released() -> None:
@@ -89,3 +95,10 @@ def test_listening_inodes_reads_proc_net_tcp() -> None:
     assert listening_inodes(TCP6, 8080) == {5001}
     assert listening_inodes(TCP, 9999) == set()
     assert listening_inodes("", 8080) == set()
+
+
+def test_an_elastin_cgroup_is_told_from_others() -> None:
+    assert elastin_cgroup("0::/elastin/3f8833dd0000\n")
+    assert elastin_cgroup("5:cpu,cpuacct:/elastin-test-4a3a0f08/3f88\n1:name=systemd:/\n")
+    assert not elastin_cgroup("0::/user.slice/user-0.slice/session-1.scope\n")
+    assert not elastin_cgroup("0::/\n")

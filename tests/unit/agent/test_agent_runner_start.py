@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from elastin.agent.ports import PortAllocator
-from elastin.agent.runner import UPSTREAM_WAIT, AllocRunner
+from elastin.agent.ports import Holder, PortAllocator
+from elastin.agent.runner import PORT_WAIT, UPSTREAM_WAIT, AllocRunner
 from elastin.clock import yield_now
 from elastin.model.cluster import Allocation
 from elastin.model.workload import Port, RestartPolicy, Workload
@@ -164,7 +164,7 @@ async def test_a_fixed_port_held_by_another_process_fails_the_start_once(tmp_pat
         ports=(Port("http", 8080),),
         restart=RestartPolicy(mode="always", backoff=1),
     )
-    holders = {8080: "pid 4242 (python3 -m http.server 8080)"}
+    holders = {8080: Holder("pid 4242 (python3 -m http.server 8080)")}
     runner, reports = make(tmp_path, w, d, clock, port_taken=holders.get)
     await asyncio.wait_for(runner.run(), 5)
     assert not d.started  # never started, so never restarted
@@ -189,7 +189,7 @@ async def test_a_fixed_port_of_a_stopping_allocation_here_is_waited_for(tmp_path
     )
     assert not d.started
     pool.release("old")
-    clock.advance(0.2)
+    clock.advance(0.5)
     await until(lambda: d.running("a1"))
     assert pool.holder(8080) is not None and pool.holder(8080).owner == "a1"  # type: ignore[union-attr]
     runner.request_stop()
@@ -269,3 +269,39 @@ async def test_runners_of_one_node_never_share_a_port_and_release_them(tmp_path:
     runners[1].request_stop()
     await asyncio.wait_for(tasks[1], 5)
     assert pool.held() == {}
+
+
+async def test_a_fixed_port_held_by_an_instance_elsewhere_is_waited_for(tmp_path: Path) -> None:
+    # another agent of this machine still stops the instance it replaces: its process holds
+    # the port for a while; then the new one starts
+    d = FakeDriver()
+    clock = FakeClock()
+    holders = {8080: Holder("pid 99 (python3 api.py)", instance=True)}
+    w = Workload(name="web", command=("srv",), ports=(Port("http", 8080),))
+    runner, reports = make(tmp_path, w, d, clock, port_taken=lambda p: holders.get(p))
+    task = asyncio.create_task(runner.run())
+    await until(lambda: clock.sleepers == 1)
+    assert reports.statuses()[-1] == (
+        "starting",
+        "waiting for port 8080: pid 99 (python3 api.py), an Elastin instance, holds it",
+    )
+    holders.clear()
+    clock.advance(0.5)
+    await until(lambda: d.running("a1"))
+    assert ("starting", "") in reports.statuses()
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_an_instance_that_never_lets_the_port_go_fails_the_start(tmp_path: Path) -> None:
+    d = FakeDriver()
+    clock = FakeClock(autojump=True)
+    t0 = clock.monotonic()
+    holder = Holder("pid 99 (python3 api.py)", instance=True)
+    w = Workload(name="web", command=("srv",), ports=(Port("http", 8080),))
+    runner, reports = make(tmp_path, w, d, clock, port_taken=lambda p: holder)
+    await asyncio.wait_for(runner.run(), 5)
+    assert clock.monotonic() - t0 >= PORT_WAIT and not d.started
+    status, reason = reports.statuses()[-1]
+    assert status == "failed"
+    assert reason.startswith("port 8080 (http) is already in use by pid 99 (python3 api.py)")
