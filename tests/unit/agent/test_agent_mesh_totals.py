@@ -45,6 +45,18 @@ def test_a_new_worker_adds_what_the_old_one_counted() -> None:
     assert got["shop.web.http"].requests == 537
 
 
+def test_a_late_reading_of_an_old_worker_is_not_counted_again() -> None:
+    # a reading sent before a reload and answered after one of the new worker's
+    t = Totals()
+    t.add(100, stats(10))
+    t.add(200, stats(2))
+    got, moved = t.add(100, stats(11, active=4))
+    assert not moved and got["shop.web.http"].requests == 12
+    assert got["shop.web.http"].active == 4
+    got, moved = t.add(200, stats(3))
+    assert not moved and got["shop.web.http"].requests == 13
+
+
 def test_without_a_pid_a_counter_that_went_down_means_a_new_worker() -> None:
     t = Totals()
     t.add(None, stats(10))

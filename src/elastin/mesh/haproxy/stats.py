@@ -153,6 +153,12 @@ def plus(s: ClusterStats, base: Mapping[str, int]) -> ClusterStats:
     return replace(s, endpoints=endpoints, **grown)  # type: ignore[arg-type]
 
 
+def zero(s: ClusterStats) -> ClusterStats:
+    """``s`` with its counters at zero (its gauges kept)."""
+    endpoints = tuple(replace(e, served=0) for e in s.endpoints)
+    return replace(s, endpoints=endpoints, **dict.fromkeys(COUNTERS, 0))  # type: ignore[arg-type]
+
+
 @dataclass
 class Totals:
     """Per-cluster counters that never go back across the proxy's reloads and restarts
@@ -164,6 +170,9 @@ class Totals:
     worker: int = 0
     base: dict[str, Counts] = field(default_factory=dict)
     last: dict[str, Counts] = field(default_factory=dict)
+    # workers whose counts joined the base: a late reading of one (sent before a reload,
+    # answered after a newer worker's) is not counted again
+    retired: list[int] = field(default_factory=list)
 
     def add(
         self, worker: int | None, raw: Mapping[str, ClusterStats]
@@ -171,6 +180,12 @@ class Totals:
         """A reading of ``worker`` (its pid; None when unknown) -> the totals, and whether
         the base moved (another worker answered: what the previous one counted joined it).
         Without a pid, a counter that went down tells that another worker answers."""
+        if worker and worker in self.retired:  # late: its counts are in the base already
+            late = {
+                n: plus(zero(s), _sum(self.base.get(n, {}), self.last.get(n, {})))
+                for n, s in raw.items()
+            }
+            return late, False
         now = {name: counts(s) for name, s in raw.items()}
         if worker and self.worker:
             moved = worker != self.worker
@@ -184,12 +199,19 @@ class Totals:
             self.base = {
                 name: _sum(self.base.get(name, {}), last) for name, last in self.last.items()
             }
+            if self.worker:
+                self.retired = [*self.retired[-15:], self.worker]
         self.worker = worker or self.worker
         self.last = now
         return {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}, moved
 
     def to_data(self) -> dict[str, object]:
-        return {"worker": self.worker, "base": self.base, "last": self.last}
+        return {
+            "worker": self.worker,
+            "base": self.base,
+            "last": self.last,
+            "retired": self.retired,
+        }
 
     @classmethod
     def from_data(cls, data: object) -> Totals:
@@ -201,6 +223,7 @@ class Totals:
                 worker=int(data.get("worker", 0)),
                 base=_table(data.get("base", {})),
                 last=_table(data.get("last", {})),
+                retired=[int(pid) for pid in data.get("retired", [])],
             )
         except (TypeError, ValueError, AttributeError):
             return cls()
