@@ -20,6 +20,11 @@ be rendered is left out of the proxy (an event on its allocations here). Only an
 agent cannot confine ends ``run``: it logs it and raises ``AgentFailed`` (the commands exit
 non-zero).
 
+Ports are handed out by one ``PortAllocator`` for the node (``agent/ports.py``): every
+runner's ports and upstream listener ports, the proxy's exporter port, and, after a restart,
+the ports of the instances it re-attaches to. An instance starts once its upstream listeners
+accept connections on the node's proxy (``upstreams_down``).
+
 The node's HAProxy outlives the agent while instances run here (they survive an agent restart,
 and the next agent adopts the proxy); ``run`` stops it on the way out only when none does.
 """
@@ -33,7 +38,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,8 +56,9 @@ from elastin.agent.gc import (
 )
 from elastin.agent.gc import scan as scan_allocs
 from elastin.agent.logfiles import Rotation
-from elastin.agent.mesh import MeshManager, keep_running, local_haproxy
+from elastin.agent.mesh import MeshManager, foreign_holder, keep_running, local_haproxy
 from elastin.agent.metrics import AgentView, MetricsServer, ProxyView
+from elastin.agent.ports import PortAllocator
 from elastin.agent.reconcile import (
     Forget,
     ReportLost,
@@ -62,14 +68,14 @@ from elastin.agent.reconcile import (
     StopUnknown,
     reconcile,
 )
-from elastin.agent.runner import AllocRunner
+from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
 from elastin.clock import SYSTEM, Clock
 from elastin.datadir import ensure_private
 from elastin.mesh.dns import DnsServer, Target
-from elastin.mesh.model import MeshSnapshot
+from elastin.mesh.model import Listener, MeshSnapshot
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
@@ -297,6 +303,7 @@ class Agent:
         )
         self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
+        self.ports = PortAllocator()  # every port handed out on this node, given out once
         # the data directory is root's alone (a standalone agent's too): instances reach
         # their own directory through their mount namespace (agent/drivers/sandbox.py)
         ensure_private(cfg.data_dir)
@@ -326,6 +333,7 @@ class Agent:
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)
         self.allocs_collected = 0  # allocation directories garbage-collected
         self._left_out_told: set[tuple[str, str, str]] = set()  # (allocation, app, why)
+        self._listener_told: set[tuple[str, int, str]] = set()  # (allocation, port, holder)
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -442,6 +450,46 @@ class Agent:
         ]
         return f"waiting for dependencies: {', '.join(waiting)}" if waiting else ""
 
+    async def upstreams_down(
+        self, alloc: Allocation, w: Workload, ports: Mapping[str, int]
+    ) -> list[str]:
+        """The upstream listeners of ``alloc`` that this node's proxy does not serve yet
+        (in the snapshot it serves and accepting connections), as "api (127.0.0.1:21234)".
+        Empty without a proxy on this node, and for an upstream that gets no listener (a
+        workload without ports)."""
+        m = self.mesh
+        if m is None or m.proxy is None:
+            return []
+        try:
+            app: Application | None = (await self._application(alloc))[0]
+        except ClientError:
+            app = None  # cannot tell which upstreams get a listener: wait for all
+        down = []
+        for up in w.upstreams:
+            target = app.workload(up) if app is not None else None
+            if app is not None and (target is None or not target.ports):
+                continue  # no listener for it (nothing to call)
+            port = ports.get(UPSTREAM_PREFIX + up)
+            if port and not await m.serves(f"{alloc.id}.{up}", port):
+                down.append(f"{up} (127.0.0.1:{port})")
+        return down
+
+    async def previous_failure(self, alloc: Allocation) -> str:
+        """Why the latest failed run of ``alloc``'s job version ended ("" when unknown)."""
+        try:
+            allocs = await self.client.allocations(alloc.app)
+        except ClientError:
+            return ""
+        failed = [
+            a
+            for a in allocs
+            if a.workload == alloc.workload
+            and a.spec_version == alloc.spec_version
+            and a.id != alloc.id
+            and a.status == "failed"
+        ]
+        return max(failed, key=lambda a: a.updated_at).reason if failed else ""
+
     def _runner(self, alloc: Allocation, w: Workload | None) -> AllocRunner:
         driver = self.drivers.get(alloc.kind)
         assert driver is not None
@@ -456,6 +504,9 @@ class Agent:
             drain=self.drain,
             node_env=self.node_env,
             clock=self.clock,
+            ports=self.ports,
+            upstreams_down=self.upstreams_down,
+            previous_failure=self.previous_failure,
         )
 
     async def recover(self, tg: asyncio.TaskGroup) -> None:
@@ -481,6 +532,8 @@ class Agent:
                 self.agent_error(alloc, "re-attaching to it", e)
                 continue
             runner.ports = ports
+            for conflict in runner.reserve_ports(None):  # its ports stay its own
+                log.warning("%s, re-attached: %s", alloc.name, conflict)
             runner.state.restarts = restarts
             self.runners[alloc.id] = runner
             tg.create_task(self._run_runner(runner, handle))
@@ -681,13 +734,17 @@ class Agent:
                 )
                 if self.cfg.mesh:
                     mesh_dir = self.cfg.data_dir / "mesh"
+                    proxy = local_haproxy(mesh_dir, self.clock)
                     mesh = MeshManager(
                         lambda: self.client,
                         self.node_id,
                         mesh_dir,
-                        local_haproxy(mesh_dir, self.clock),
+                        proxy,
                         clock=self.clock,
                         on_left_out=self.mesh_left_out,
+                        ports=self.ports,
+                        port_holder=foreign_holder(proxy) if proxy is not None else None,
+                        on_listener_failed=self.mesh_listener_failed,
                     )
                     self.mesh = mesh
                     tg.create_task(keep_running("the mesh manager", mesh.run, clock))
@@ -706,6 +763,26 @@ class Agent:
                 self._left_out_told.add(told)  # once per allocation and reason
                 event = ("mesh.left_out", r.alloc.label, message, "error")
                 self.reporter.report(alloc_id, events=[event])
+
+    def mesh_listener_failed(self, listener: Listener, holder: str) -> None:
+        """An upstream listener was left out of this node's proxy, its port held by
+        ``holder``: an error event on the allocation it belongs to (once per holder)."""
+        alloc_id = listener.name.split(".", 1)[0]  # listeners are <allocation>.<upstream>
+        r = self.runners.get(alloc_id)
+        told = (alloc_id, listener.port, holder)
+        if r is None or told in self._listener_told:
+            return
+        self._listener_told.add(told)
+        upstream = listener.name.split(".", 1)[1] if "." in listener.name else listener.name
+        message = (
+            f"its upstream listener for {upstream} on {listener.address}:{listener.port} is "
+            f"left out of this node's proxy: the port is held by {holder}; the node's other "
+            "listeners are served, and this one is added as soon as the port is free (stop "
+            "that process, or restart this instance for another port)"
+        )
+        self.reporter.report(
+            alloc_id, events=[("mesh.listener_failed", r.alloc.label, message, "error")]
+        )
 
     async def keep_logs(self) -> None:
         """Every ``LOG_CHECK_SECONDS`` cap every instance's logs."""

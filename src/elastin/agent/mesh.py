@@ -22,6 +22,20 @@ the agent, which makes it an event) while every other application keeps its list
 unexpected error in one step is logged with its traceback and the step is tried again
 (``keep_running``), it never ends the agent.
 
+Ports: the proxy's exporter port comes from the node's ``PortAllocator`` (kept across agent
+restarts in ``exporter-port``). A listener whose port another process holds would make the
+whole configuration fail (HAProxy cannot bind it, and none of the node's listeners come up):
+before every start or reload the manager checks the ports of the listeners the proxy does not
+serve yet (``port_holder``) and leaves out a listener whose port is taken, logged and told
+through ``on_listener_failed`` (the agent's ``mesh.listener_failed`` event naming the port
+and who holds it); the other listeners come up, and the listener is added back once its port
+is free (checked at every snapshot and every ``SUPERVISE_SECONDS``).
+
+Counters: HAProxy counts from zero in every new worker (each reload, each restart);
+``read_stats`` keeps the totals monotonic with ``stats.Totals`` (what the previous worker
+counted is added), reads them just before every reload, and keeps the base in
+``counters.json`` in the mesh directory, so an agent restart keeps the totals too.
+
 The access log: HAProxy writes it into a ring in its memory; the manager's
 ``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
 HAProxy's own messages), which ``elastin logs --mesh`` reads, and rotates that file.
@@ -31,14 +45,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from elastin.agent.logfiles import rotate
+from elastin.agent.ports import PortAllocator, describe_pid, listening_pids, port_free
 from elastin.client.errors import ClientError
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector
@@ -46,7 +61,7 @@ from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
 from elastin.mesh.haproxy.render import Paths, app_of, leave_out_unrenderable, render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
-from elastin.mesh.haproxy.stats import allocation_in_flight, parse_stats
+from elastin.mesh.haproxy.stats import Totals, allocation_in_flight, parse_stats, split_info
 from elastin.mesh.model import Listener, MeshSnapshot, diff
 from elastin.mesh.model.traffic import ClusterStats
 
@@ -65,6 +80,13 @@ Stats = dict[str, ClusterStats]
 # allocations whose upstream listeners to it were dropped)
 LeftOut = Callable[[str, str, tuple[str, ...]], None]
 RETRY_MAX = 30.0  # seconds: the longest wait before a failed task is run again
+# who holds a listener's address and port, when it is not this node's proxy (None: free, or
+# the proxy's own); blocking (a bind, and /proc when it is taken)
+PortHolder = Callable[[str, int], str | None]
+# told when a listener is left out because its port is held: (the listener, who holds it)
+ListenerFailed = Callable[[Listener, str], None]
+PROXY_OWNER = "proxy"  # the owner of the proxy's own ports in the node's PortAllocator
+STATS_COMMAND = "show info;show stat -1 6 -1"  # which worker counted, and its counters
 
 
 async def keep_running(
@@ -141,6 +163,22 @@ class MeshClient(Protocol):
     async def mesh_ack(self, node_id: str, version: int) -> None: ...
 
 
+def foreign_holder(proxy: HaproxyProcess) -> PortHolder:
+    """``PortHolder`` for a node running ``proxy``: a port its master or workers listen on
+    is its own (an adopted proxy serves the listeners before the manager has a snapshot)."""
+
+    def holder(address: str, port: int) -> str | None:
+        if port_free(port, address):
+            return None
+        pids = listening_pids(port)
+        foreign = [pid for pid in pids if not proxy.owns(pid)]
+        if pids and not foreign:
+            return None
+        return describe_pid(foreign[0]) if foreign else "another process"
+
+    return holder
+
+
 def local_haproxy(directory: Path, clock: Clock = SYSTEM) -> HaproxyProcess | None:
     """This node's HAProxy, run from ``directory``; None without an ``haproxy`` binary."""
     binary = haproxy_binary()
@@ -157,6 +195,9 @@ class MeshManager:
         *,
         clock: Clock = SYSTEM,
         on_left_out: LeftOut | None = None,
+        ports: PortAllocator | None = None,
+        port_holder: PortHolder | None = None,
+        on_listener_failed: ListenerFailed | None = None,
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -170,6 +211,13 @@ class MeshManager:
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
+        self.ports = ports if ports is not None else PortAllocator()
+        self.port_holder = port_holder  # None: listeners' ports are not checked (tests)
+        self.on_listener_failed = on_listener_failed
+        # listeners left out, their port held by another process: name -> (port, holder)
+        self.listener_failed: dict[str, tuple[int, str]] = {}
+        self._last_full: MeshSnapshot | None = None  # the newest snapshot asked for
+        self.totals = self._load_totals()
         self.exporter_port = self._exporter_port()
         self.on_left_out = on_left_out
         self.left_out: dict[str, str] = {}  # applications not in the configuration, and why
@@ -180,20 +228,46 @@ class MeshManager:
         return self.dir / "haproxy.log"
 
     def _exporter_port(self) -> int:
-        """The port of HAProxy's Prometheus exporter: chosen once per node and kept (in the
-        mesh directory), so that agent restarts do not change it."""
+        """The port of HAProxy's Prometheus exporter: chosen once per node from the node's
+        ``PortAllocator`` and kept (in the mesh directory), so that agent restarts do not
+        change it; chosen again when another process holds the kept one."""
         path = self.dir / "exporter-port"
+        what = "the node proxy's metrics exporter"
         try:
-            return int(path.read_text())
+            port = int(path.read_text())
         except (OSError, ValueError):
-            pass
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+            port = 0
+        if port:
+            held = self.port_holder(self.EXPORTER_ADDRESS, port) if self.port_holder else None
+            if held is None and self.ports.claim(PROXY_OWNER, port, what) is None:
+                return port
+            log.warning("the proxy's exporter port %d is taken (%s); choosing another", port, held)
+        port = self.ports.take(PROXY_OWNER, what)
         with contextlib.suppress(OSError):
             self.dir.mkdir(parents=True, exist_ok=True)
             path.write_text(str(port))
         return port
+
+    EXPORTER_ADDRESS = "127.0.0.1"
+
+    @property
+    def _totals_path(self) -> Path:
+        return self.dir / "counters.json"
+
+    def _load_totals(self) -> Totals:
+        try:
+            return Totals.from_data(json.loads(self._totals_path.read_text()))
+        except (OSError, ValueError):
+            return Totals()
+
+    def _save_totals(self) -> None:
+        path = self._totals_path
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.totals.to_data()))
+            tmp.replace(path)
+        except OSError as e:  # the totals in memory are right; a restart would lose the base
+            log.warning("cannot save the mesh's traffic totals to %s: %s", path, e)
 
     def stats(self) -> Stats:
         """Per-cluster counters of the running proxy as last read (``read_stats``, every
@@ -203,13 +277,137 @@ class MeshManager:
         return self._stats
 
     async def read_stats(self) -> Stats:
-        """Read the running proxy's per-cluster counters now (empty when none runs)."""
+        """Read the running proxy's per-cluster counters now (empty when none runs), as
+        totals that count what earlier workers counted too (``Totals``)."""
         stats: Stats = {}  # assigned whole: /metrics reads it from another thread
         if self.proxy is not None and self.proxy.alive():
-            with contextlib.suppress(HaproxyError, OSError):
-                stats = parse_stats(await self.proxy.command("show stat -1 6 -1"))
+            try:
+                worker, text = split_info(await self.proxy.command(STATS_COMMAND))
+            except (HaproxyError, OSError):
+                pass
+            else:
+                stats, moved = self.totals.add(worker, parse_stats(text))
+                if moved:
+                    self._save_totals()
         self._stats = stats
         return stats
+
+    async def serves(self, name: str, port: int) -> bool:
+        """Whether the proxy serves the listener ``name`` on ``port`` (it is in the
+        configuration it runs) and it accepts a connection now."""
+        cur = self.current
+        if self.proxy is None or cur is None or not self.proxy.alive():
+            return False
+        lst = next((x for x in cur.listeners if x.name == name and x.port == port), None)
+        if lst is None:
+            return False
+        try:
+            async with asyncio.timeout(1.0):
+                _, writer = await asyncio.open_connection(lst.address, lst.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _blocked(self, snap: MeshSnapshot) -> dict[str, tuple[int, str]]:
+        """The listeners of ``snap`` that cannot bind, and who holds their port: a port
+        another listener of ``snap`` or the exporter uses, or (``port_holder``) one another
+        process holds. Listeners the running proxy serves already are not checked."""
+        out: dict[str, tuple[int, str]] = {}
+        users: dict[int, str] = {}
+        if snap.metrics_port:
+            users[snap.metrics_port] = "this node proxy's metrics exporter"
+        for lst in snap.listeners:
+            if lst.port in users:
+                out[lst.name] = (lst.port, users[lst.port])
+            else:
+                users[lst.port] = f"this node proxy's listener {lst.name}"
+        served: set[tuple[str, int]] = set()
+        assert self.proxy is not None
+        if self.current is not None and self.proxy.alive():
+            served = {(x.address, x.port) for x in self.current.listeners}
+        todo = [
+            x for x in snap.listeners if x.name not in out and (x.address, x.port) not in served
+        ]
+        check = self.port_holder
+        if todo and check is not None:
+
+            def held() -> dict[str, tuple[int, str]]:
+                found = {x.name: (x.port, check(x.address, x.port)) for x in todo}
+                return {name: (port, who) for name, (port, who) in found.items() if who}
+
+            out.update(await asyncio.to_thread(held))
+        return out
+
+    async def _serveable(self, full: MeshSnapshot) -> MeshSnapshot:
+        """``full`` without what cannot be served: the applications that cannot be rendered
+        (``_renderable``) and the listeners whose port is held (``_blocked``)."""
+        kept = self._renderable(full)
+        blocked = await self._blocked(kept)
+        for name, (port, who) in blocked.items():
+            if self.listener_failed.get(name) != (port, who):
+                log.error(
+                    "mesh version %d: listener %s left out of this node's proxy: port %d is "
+                    "held by %s; the other listeners are served",
+                    full.version,
+                    name,
+                    port,
+                    who,
+                )
+        for name in set(self.listener_failed) - set(blocked):
+            log.warning("mesh version %d: listener %s is served again", full.version, name)
+        self.listener_failed = blocked
+        if not blocked:
+            return kept
+        if self.on_listener_failed is not None:
+            for lst in kept.listeners:
+                if lst.name in blocked:
+                    try:
+                        self.on_listener_failed(lst, blocked[lst.name][1])
+                    except Exception:
+                        log.exception("cannot report that listener %s was left out", lst.name)
+        listeners = tuple(x for x in kept.listeners if x.name not in blocked)
+        return replace(kept, listeners=listeners)
+
+    def _without_failed(self, snap: MeshSnapshot) -> MeshSnapshot:
+        """``snap`` without the listeners left out for a held port (the same name and port:
+        a listener that moved to another port is new, and checked)."""
+        if not self.listener_failed:
+            return snap
+        failed = self.listener_failed
+        listeners = tuple(x for x in snap.listeners if failed.get(x.name, (0, ""))[0] != x.port)
+        return replace(snap, listeners=listeners)
+
+    async def _freed(self, full: MeshSnapshot) -> bool:
+        """Whether a listener left out for a held port can be served now (its port is
+        free); forgets the ones ``full`` no longer has."""
+        if not self.listener_failed:
+            return False
+        wanted = {x.name: x for x in full.listeners}
+        self.listener_failed = {
+            name: v
+            for name, v in self.listener_failed.items()
+            if name in wanted and wanted[name].port == v[0]
+        }
+        check = self.port_holder
+        todo = [wanted[name] for name in self.listener_failed]
+        if not todo or check is None:
+            return False
+        return await asyncio.to_thread(lambda: any(check(x.address, x.port) is None for x in todo))
+
+    async def retry_failed_listeners(self) -> bool:
+        """Reload with a listener left out for a held port once its port is free; True when
+        it did."""
+        if not self.listener_failed or self._last_full is None:
+            return False
+        async with self._lock:
+            full = self._last_full
+            if self.proxy is None or not self.proxy.alive() or not await self._freed(full):
+                return False
+            await self._full(await self._serveable(full))
+            return True
 
     def _config(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
@@ -261,6 +459,8 @@ class MeshManager:
         """Start or reload with the whole configuration, and check that it took effect: a
         reload signalled while the previous one was still re-executing can be lost."""
         assert self.proxy is not None
+        if self.proxy.alive():
+            await self.read_stats()  # the old worker's counters, up to the reload (Totals)
         done = await self.proxy.load(self._config(snap))
         for _ in range(3):
             missing = await self.proxy.unreachable(snap.listeners, 3.0)
@@ -297,16 +497,17 @@ class MeshManager:
     async def _apply(self, snap: MeshSnapshot) -> str:
         assert self.proxy is not None
         full = replace(snap, metrics_port=self.exporter_port)
+        self._last_full = full
         if not full.listeners and not self.proxy.alive():
             self.current = full
             return "idle"  # nothing to serve yet: do not start a proxy for nothing
         if self.current is None or not self.proxy.alive():
-            return await self._full(self._renderable(full))
+            return await self._full(await self._serveable(full))
         # endpoint churn needs no render of the whole; what was left out is tried alone
-        snap = without(full, set(self.left_out))
+        snap = self._without_failed(without(full, set(self.left_out)))
         d = diff(self.current, snap)
-        if d.reload or self._left_out_changed(full):
-            return await self._full(self._renderable(full))
+        if d.reload or self._left_out_changed(full) or await self._freed(full):
+            return await self._full(await self._serveable(full))
         now, later = runtime_commands(d, snap)
         try:
             for cmd in now:
@@ -314,7 +515,7 @@ class MeshManager:
                 self.runtime_commands += 1
         except (HaproxyError, OSError) as e:
             log.warning("runtime update failed (%s); reloading instead", e)
-            return await self._full(self._renderable(full))
+            return await self._full(await self._serveable(full))
         self.pending_deletes += later
         self.current = snap
         return "updated" if now else "unchanged"
@@ -447,6 +648,12 @@ class MeshManager:
                 log.error("cannot restart haproxy: %s", e)
             except Exception:
                 log.exception("cannot restart haproxy")
+            try:
+                await self.retry_failed_listeners()
+            except (HaproxyError, OSError) as e:
+                log.error("cannot add the listeners whose port is free again: %s", e)
+            except Exception:
+                log.exception("cannot add the listeners whose port is free again")
             try:
                 await self.read_stats()
             except Exception:

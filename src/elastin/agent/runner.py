@@ -4,10 +4,25 @@ It waits for the workload's dependencies, starts the instance through its driver
 runs its health check, restarts it under the restart policy with exponential backoff, stops it
 gracefully when asked, and reports every step to the server through a ``Reporter``.
 
+Before it starts an instance it makes sure the instance can work from its first instruction:
+
+* its ports come from the node's ``PortAllocator`` (``agent/ports.py``), reserved until the
+  allocation ends, so no two instances or listeners get the same port;
+* a fixed port already held by another process fails the start at once (``failed``, no
+  restart loop) with the port and who holds it (pid and command); one held by another of this
+  node's allocations (a replaced instance still stopping) is waited for, bounded;
+* its upstream listeners accept connections on the node's proxy (``upstreams_down``): the
+  runner reports the ports (so the server puts the listeners in the node's mesh snapshot) and
+  waits, ``starting`` with a reason naming the upstream and port, at most ``UPSTREAM_WAIT``
+  seconds, after which it starts anyway with a warning event;
+* a job's retry (``Allocation.attempt`` > 0) waits ``Workload.retry_wait(attempt)`` first,
+  ``starting`` with the reason "retry 2 of 3 in 2s (after: exited with code 1)".
+
 Its status is the allocation's (``AllocStatus``) and every move is checked against the
 allocation's table (``elastin.model.cluster.check_transition``): an illegal one raises
 ``IllegalTransition`` (a bug in the runner, reported as the allocation's failure). A restart
-backoff is shown as ``starting``::
+backoff is shown as ``starting`` with the reason "restarting in 4s: exited with code 1" (cleared
+when the instance runs again)::
 
     pending ──(deps ready)──► starting ──► running ──(exit)──┬─► restart? ──(backoff)──► starting
        │                          │                         ├─► complete  (exit 0, no restart)
@@ -37,8 +52,7 @@ import contextlib
 import json
 import logging
 import os
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +66,7 @@ from elastin.agent.drivers.base import (
     StartError,
 )
 from elastin.agent.health import HealthState, probe
+from elastin.agent.ports import Holder, NoFreePort, PortAllocator, taken_by
 from elastin.agent.restart import Finish, GiveUp, decide
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import TERMINAL, Allocation, AllocStatus, Usage, check_transition
@@ -65,6 +80,16 @@ DepsReady = Callable[[Allocation, Workload], Awaitable[str]]  # "" when ready, e
 # take an instance out of every proxy before it is stopped; returns what happened (an event)
 Drain = Callable[[Allocation, int], Awaitable[str]]
 SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries to save a handle
+# the upstream listeners of an instance that are not up yet on the node's proxy, each as
+# "api (127.0.0.1:21234)"; empty when all are (or the node has no proxy)
+UpstreamsDown = Callable[[Allocation, Workload, Mapping[str, int]], Awaitable[list[str]]]
+# why the previous run of a job failed ("exited with code 1"; "" when unknown)
+PreviousFailure = Callable[[Allocation], Awaitable[str]]
+UPSTREAM_WAIT = 60.0  # seconds an instance waits for its upstream listeners, at most
+UPSTREAM_POLL = 0.1  # seconds between two looks at them
+PORT_WAIT = 30.0  # seconds a fixed port held by an Elastin instance (stopping) is waited for
+PORT_POLL = 0.5  # seconds between two looks at it
+UPSTREAM_PREFIX = "upstream."  # an upstream listener's port in ``ports`` (mesh/model/build.py)
 
 
 @dataclass
@@ -76,13 +101,6 @@ class RunnerState:
     pid: int = 0
     healthy: bool | None = None
     usage: Usage = field(default_factory=Usage)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def base_env() -> dict[str, str]:
@@ -120,6 +138,10 @@ class AllocRunner:
         clock: Clock = SYSTEM,
         drain: Drain | None = None,
         node_env: dict[str, str] | None = None,
+        ports: PortAllocator | None = None,
+        upstreams_down: UpstreamsDown | None = None,
+        previous_failure: PreviousFailure | None = None,
+        port_taken: Callable[[int], Holder | None] = taken_by,
     ) -> None:
         self.alloc = alloc
         self.workload = workload
@@ -137,6 +159,11 @@ class AllocRunner:
         self.drain_after = 0  # the server revision that told this instance to stop
         self.done = asyncio.Event()
         self.ports: dict[str, int] = dict(alloc.ports)
+        # the node's ports (one allocator per agent); a runner alone gets its own
+        self.pool = ports if ports is not None else PortAllocator()
+        self.upstreams_down = upstreams_down
+        self.previous_failure = previous_failure
+        self.port_taken = port_taken  # who holds a port (None: free); blocking
         self.run_started = clock.monotonic()  # when the current run began (restart counting)
 
     # handle persistence --------------------------------------------------------------
@@ -213,6 +240,7 @@ class AllocRunner:
             why = f"the agent's runner for it failed: {_describe(e)}"
             self._event("alloc.agent_error", f"{why} (traceback in the agent's log)", "error")
             await self._abandon(why)
+        self.pool.release(self.alloc.id)  # the instance and its upstream listeners are gone
         self.done.set()
 
     async def _abandon(self, why: str) -> None:
@@ -255,6 +283,8 @@ class AllocRunner:
         else:
             if not await self._wait_deps(w):
                 return
+            if not await self._wait_retry(w):
+                return
         assert w is not None
         while not self.stop_requested.is_set():
             handle = await self._start(w)
@@ -278,6 +308,24 @@ class AllocRunner:
         self._set("stopped", reason="stopped before it started")
         return False
 
+    async def _wait_retry(self, w: Workload) -> bool:
+        """A job's retry waits ``retry_wait(attempt)`` first (``starting``, with the reason);
+        False when it was stopped meanwhile."""
+        attempt = self.alloc.attempt
+        wait = w.retry_wait(attempt) if w.type == "job" else 0.0
+        if wait <= 0:
+            return True
+        after = ""
+        if self.previous_failure is not None:
+            with contextlib.suppress(Exception):  # only a detail of the reason
+                why = await self.previous_failure(self.alloc)
+                after = f" (after: {why})" if why else ""
+        self._set("starting", reason=f"retry {attempt} of {w.retries} in {wait:g}s{after}")
+        if await self._stop_within(wait):
+            self._set("stopped", reason="stopped before its retry started", pid=0)
+            return False
+        return True
+
     async def _stop_within(self, seconds: float) -> bool:
         """Wait until a stop is asked or ``seconds`` passed on the clock; True when asked."""
         if self.stop_requested.is_set():
@@ -290,10 +338,34 @@ class AllocRunner:
             timer.cancel()
         return self.stop_requested.is_set()
 
+    def reserve_ports(self, w: Workload | None) -> list[str]:
+        """Reserve the ports this instance has (re-attached, or given by the server) and take
+        the ones it still needs from the node's allocator. Returns the conflicts: a port this
+        runner had that another allocation here holds (its own are kept anyway)."""
+        conflicts = []
+        for name, port in self.ports.items():
+            other = self.pool.claim(self.alloc.id, port, self._port_what(name))
+            if other is not None:
+                conflicts.append(f"port {port} ({name}) is also {other.what}'s")
+        if w is None:
+            return conflicts
+        wanted = [p.name for p in w.ports if not p.port]
+        wanted += [UPSTREAM_PREFIX + up for up in w.upstreams]
+        for name in wanted:
+            if name not in self.ports:
+                self.ports[name] = self.pool.take(self.alloc.id, self._port_what(name))
+        return conflicts
+
+    def _port_what(self, name: str) -> str:
+        if name.startswith(UPSTREAM_PREFIX):
+            return f"{self.alloc.label}: upstream listener {name[len(UPSTREAM_PREFIX) :]}"
+        return f"{self.alloc.label}: port {name}"
+
     def config(self, w: Workload) -> InstanceConfig:
         for p in w.ports:
-            if p.name not in self.ports:
-                self.ports[p.name] = p.port or free_port()
+            if p.name not in self.ports and p.port:
+                self.ports[p.name] = p.port
+        self.reserve_ports(w)
         env = base_env()
         env.update(self.node_env)
         env.update(
@@ -311,9 +383,7 @@ class AllocRunner:
                 env["PORT"] = str(self.ports[p.name])
         for up in w.upstreams:
             # the local mesh listener that belongs to this instance alone (docs/mesh.md)
-            key = f"upstream.{up}"
-            if key not in self.ports:
-                self.ports[key] = free_port()
+            key = UPSTREAM_PREFIX + up
             var = f"ELASTIN_UPSTREAM_{up.upper().replace('-', '_')}"
             env[var] = f"127.0.0.1:{self.ports[key]}"
             env[var + "_URL"] = f"http://127.0.0.1:{self.ports[key]}"
@@ -344,8 +414,24 @@ class AllocRunner:
             self._set("failed", reason=why, pid=0)
             self._event("alloc.start_failed", why, "error")
             return None
+        taken = await self._fixed_ports(w)
+        if taken is None:
+            return None  # stopped meanwhile
+        if taken:
+            self._set("failed", reason=taken, pid=0)
+            self._event("alloc.start_failed", taken, "error")
+            return None
         try:
-            handle = await self.driver.start(self.config(w))
+            config = self.config(w)
+        except NoFreePort as e:
+            why = f"cannot give the instance its ports: {e}"
+            self._set("failed", reason=why, pid=0)
+            self._event("alloc.start_failed", why, "error")
+            return None
+        if not await self._wait_upstreams(w):
+            return None
+        try:
+            handle = await self.driver.start(config)
         except DriverError as e:
             self._set("failed", reason=str(e), pid=0)
             self._event("alloc.start_failed", str(e), "error")
@@ -366,6 +452,81 @@ class AllocRunner:
         self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
         self._event("alloc.started", f"pid {handle.pid}")
         return handle
+
+    async def _fixed_ports(self, w: Workload) -> str | None:
+        """Reserve the workload's fixed ports and check that no process holds them: "" when
+        all are free, why not (the port and who holds it) otherwise, None when a stop was
+        asked meanwhile. A port another allocation of this node holds, or a process of an
+        Elastin instance (a replaced instance still stopping, here or on another agent of
+        this machine), is waited for, at most ``PORT_WAIT`` s; any other holder fails the
+        start at once."""
+        for p in w.ports:
+            if not p.port:
+                continue
+            deadline = self.clock.monotonic() + PORT_WAIT
+            told = ""
+            while True:
+                other = self.pool.claim(self.alloc.id, p.port, self._port_what(p.name))
+                holder = None if other else await asyncio.to_thread(self.port_taken, p.port)
+                stopping = other is not None or (holder is not None and holder.instance)
+                if not stopping or self.clock.monotonic() >= deadline:
+                    break
+                if other is not None:
+                    who = other.what  # "app.web[0] 1a2b3c4d: port http"
+                else:
+                    who = f"{holder.who if holder else ''}, an Elastin instance,"
+                why = f"waiting for port {p.port}: {who} holds it"
+                if why != told:
+                    self._set("starting", reason=why)
+                    told = why
+                if await self._stop_within(PORT_POLL):
+                    self._set("stopped", reason="stopped before it started", pid=0)
+                    return None
+            if told:
+                self._set("starting", reason="")
+            if other is None and holder is None:
+                continue
+            by = holder.who if holder is not None else f"{other.what if other else ''} (here)"
+            return (
+                f"port {p.port} ({p.name}) is already in use by {by}: stop that process, "
+                f"or give {self.alloc.workload} another port (or none, for one chosen by "
+                "Elastin)"
+            )
+        return ""
+
+    async def _wait_upstreams(self, w: Workload) -> bool:
+        """Report the instance's ports (the server then adds its upstream listeners to this
+        node's proxy) and wait until each listener accepts connections, at most
+        ``UPSTREAM_WAIT`` s: after that it starts anyway, with a warning event naming the
+        listeners that never came up. False when a stop was asked meanwhile."""
+        if not w.upstreams or self.upstreams_down is None:
+            return True
+        deadline = self.clock.monotonic() + UPSTREAM_WAIT
+        ports = sorted(self.ports.items())
+        last: list[str] | None = None
+        while True:
+            down = await self.upstreams_down(self.alloc, w, dict(self.ports))
+            if not down:
+                return True
+            if down != last:
+                self._set(
+                    "starting",
+                    reason="waiting for the node's proxy to listen for upstream " + ", ".join(down),
+                    ports=ports,
+                )
+                last = down
+            if self.clock.monotonic() >= deadline:
+                self._event(
+                    "alloc.upstreams_not_ready",
+                    f"starting without its upstream listener(s) {', '.join(down)}: the node's "
+                    f"proxy did not listen on them within {UPSTREAM_WAIT:g}s (see the mesh "
+                    "events and the agent's log); the instance's own retries apply",
+                    "warning",
+                )
+                return True
+            if await self._stop_within(UPSTREAM_POLL):
+                self._set("stopped", reason="stopped before it started", pid=0)
+                return False
 
     async def _supervise(self, handle: Handle, w: Workload | None) -> ExitResult | None:
         """Wait for the instance to exit (result) or for a stop request (None after stop)."""
@@ -423,13 +584,18 @@ class AllocRunner:
             self._event("alloc.failed", reason, "error")
             return False
         delay = decision.delay
+        # status starting with this reason: the CLI shows "restarting" (cleared when it runs)
         self._set(
             "starting",
-            reason=f"{what}; restart {self.state.restarts} in {delay:g}s",
+            reason=f"restarting in {delay:g}s: {what}",
             exit_code=result.exit_code,
             pid=0,
         )
-        self._event("alloc.restarting", f"{what}; restarting in {delay:g}s", "warning")
+        self._event(
+            "alloc.restarting",
+            f"restart {self.state.restarts} in {delay:g}s after it {what}",
+            "warning",
+        )
         if await self._stop_within(delay):
             self._set("stopped", reason="stopped during restart backoff", pid=0)
             return False

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-from elastin.agent.mesh import MeshManager
+from elastin.agent.mesh import STATS_COMMAND, MeshManager
 from elastin.clock import yield_now
 from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot
 from elastin.testing import FakeClock, FakeProxy
@@ -83,7 +83,8 @@ async def test_a_structural_change_reloads(tmp_path: Path) -> None:
     await m.apply(snap(1, E1))
     moved = replace(snap(2, E1), listeners=(replace(LST[0], owner="shop/caller"),))
     assert await m.apply(moved) == "reloaded"
-    assert proxy.reloads == 1 and proxy.commands == [] and len(proxy.configs) == 2
+    assert proxy.reloads == 1 and len(proxy.configs) == 2
+    assert proxy.commands == [STATS_COMMAND]  # the old worker's counters, before the reload
 
 
 async def test_a_refused_runtime_command_falls_back_to_a_reload(tmp_path: Path) -> None:
@@ -162,6 +163,7 @@ async def test_in_flight_sums_the_allocations_endpoints(tmp_path: Path) -> None:
     assert await m.in_flight("a1") == 3  # a1-http and a1-grpc, not a12-http
     assert await m.in_flight("a12") == 5
     assert await m.in_flight("a3") == 0
+    proxy.answers[STATS_COMMAND] = "Name: HAProxy\nPid: 10\n\n" + STAT
     assert set(await m.read_stats()) == {"shop.web.http", "shop.api.grpc"}
     assert set(m.stats()) == {"shop.web.http", "shop.api.grpc"}
     proxy.answering = False

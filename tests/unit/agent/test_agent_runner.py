@@ -201,7 +201,9 @@ async def test_a_long_run_resets_the_restart_count(tmp_path: Path) -> None:
         clock.advance(60)
         d.exit("a1", 1)
         await until(lambda: clock.sleepers == 1)  # the backoff
-        assert "restart 1 in 2s" in reports.items[-2][1]["reason"]
+        assert reports.items[-2][1]["reason"] == "restarting in 2s: exited with code 1"
+        assert reports.items[-1][1]["events"][0][2].startswith("restart 1 in 2s")
+        assert runner.state.restarts == 1
         clock.advance(1.9)
         await yield_now()
         assert not d.running("a1")  # not before the backoff is over

@@ -118,6 +118,17 @@ class HaproxyProcess:
             return pid
         return None
 
+    def owns(self, pid: int) -> bool:
+        """Whether ``pid`` is this proxy's master or one of its workers (they share the
+        master's process group: it is started in a session of its own)."""
+        master = self.master_pid()
+        if master is None:
+            return False
+        try:
+            return os.getpgid(pid) == master
+        except OSError:
+            return False
+
     def alive(self) -> bool:
         if self._child is not None and self._child.poll() is not None:
             self._child = None  # reaped: no zombie left behind

@@ -7,6 +7,13 @@ backend ``c_<app>.<service>.<port>`` (``render.py`` names them so) becomes the s
 ``EndpointStats``; other proxies (listeners, stats) are ignored. ``allocation_in_flight``
 answers the drain's question from the servers-only form (``show stat -1 4 -1``).
 
+HAProxy's counters start again at zero in every new worker: after each reload (and a
+restart). ``Totals`` keeps the totals the agent reports monotonic: it knows which worker
+counted (``show info``'s Pid, ``split_info``), and when another worker answers, what the
+previous one had counted at its last reading joins a base that is added to every later
+reading. Requests the old worker still finishes after that reading are not counted (the
+agent reads just before it reloads, so these are the few in flight across the reload).
+
 Only the agent imports this module: the client, the server and the CLI know the traffic
 model, not HAProxy.
 """
@@ -15,7 +22,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
@@ -95,3 +103,137 @@ def allocation_in_flight(text: str, allocation: str) -> int:
     ``<allocation>-<port>``) in every mesh cluster of ``show stat`` (servers suffice)."""
     prefix = f"{SERVER_PREFIX}{allocation}-"
     return sum(_int(row, "scur") for _, sv, row in _rows(text) if sv.startswith(prefix))
+
+
+def split_info(text: str) -> tuple[int | None, str]:
+    """``show info;show stat ...``'s answer -> (the worker's pid, the rest: ``show stat``'s
+    CSV). ``(None, text)`` when it does not start with ``show info``'s block."""
+    head, sep, rest = text.partition("\n\n")
+    if not sep or not head.startswith("Name:"):
+        return None, text
+    for line in head.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Pid" and value.strip().isdigit():
+            return int(value), rest
+    return None, rest
+
+
+# the cumulative counters of ``ClusterStats`` (the others are gauges: in flight, queued, the
+# recent average response time); an endpoint's ``served`` is one too ("endpoint:<id>")
+COUNTERS = (
+    "requests",
+    "responses_2xx",
+    "responses_3xx",
+    "responses_4xx",
+    "responses_5xx",
+    "connect_errors",
+    "response_errors",
+    "retries",
+    "redispatches",
+)
+ENDPOINT = "endpoint:"
+Counts = dict[str, int]
+
+
+def counts(s: ClusterStats) -> Counts:
+    """The counters of one cluster's stats, by name."""
+    out = {k: int(getattr(s, k)) for k in COUNTERS}
+    out.update({ENDPOINT + e.id: e.served for e in s.endpoints})
+    return out
+
+
+def plus(s: ClusterStats, base: Mapping[str, int]) -> ClusterStats:
+    """``s`` with ``base`` added to its counters."""
+    if not base:
+        return s
+    endpoints = tuple(
+        replace(e, served=e.served + base.get(ENDPOINT + e.id, 0)) for e in s.endpoints
+    )
+    grown = {k: int(getattr(s, k)) + base.get(k, 0) for k in COUNTERS}
+    return replace(s, endpoints=endpoints, **grown)  # type: ignore[arg-type]
+
+
+def zero(s: ClusterStats) -> ClusterStats:
+    """``s`` with its counters at zero (its gauges kept)."""
+    endpoints = tuple(replace(e, served=0) for e in s.endpoints)
+    return replace(s, endpoints=endpoints, **dict.fromkeys(COUNTERS, 0))  # type: ignore[arg-type]
+
+
+@dataclass
+class Totals:
+    """Per-cluster counters that never go back across the proxy's reloads and restarts
+    (pure; the agent keeps one and saves it when its base moves, ``to_data``/``from_data``).
+
+    ``worker``: the pid of the worker whose counts are not in ``base`` yet; ``last``: its
+    counts at the last reading; ``base``: what earlier workers had counted."""
+
+    worker: int = 0
+    base: dict[str, Counts] = field(default_factory=dict)
+    last: dict[str, Counts] = field(default_factory=dict)
+    # workers whose counts joined the base: a late reading of one (sent before a reload,
+    # answered after a newer worker's) is not counted again
+    retired: list[int] = field(default_factory=list)
+
+    def add(
+        self, worker: int | None, raw: Mapping[str, ClusterStats]
+    ) -> tuple[dict[str, ClusterStats], bool]:
+        """A reading of ``worker`` (its pid; None when unknown) -> the totals, and whether
+        the base moved (another worker answered: what the previous one counted joined it).
+        Without a pid, a counter that went down tells that another worker answers."""
+        if worker and worker in self.retired:  # late: its counts are in the base already
+            late = {
+                n: plus(zero(s), _sum(self.base.get(n, {}), self.last.get(n, {})))
+                for n, s in raw.items()
+            }
+            return late, False
+        now = {name: counts(s) for name, s in raw.items()}
+        if worker and self.worker:
+            moved = worker != self.worker
+        else:
+            moved = any(
+                v < self.last.get(name, {}).get(k, 0)
+                for name, c in now.items()
+                for k, v in c.items()
+            )
+        if moved:
+            self.base = {
+                name: _sum(self.base.get(name, {}), last) for name, last in self.last.items()
+            }
+            if self.worker:
+                self.retired = [*self.retired[-15:], self.worker]
+        self.worker = worker or self.worker
+        self.last = now
+        return {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}, moved
+
+    def to_data(self) -> dict[str, object]:
+        return {
+            "worker": self.worker,
+            "base": self.base,
+            "last": self.last,
+            "retired": self.retired,
+        }
+
+    @classmethod
+    def from_data(cls, data: object) -> Totals:
+        """From ``to_data``'s form; an empty ``Totals`` from anything else."""
+        if not isinstance(data, dict):
+            return cls()
+        try:
+            return cls(
+                worker=int(data.get("worker", 0)),
+                base=_table(data.get("base", {})),
+                last=_table(data.get("last", {})),
+                retired=[int(pid) for pid in data.get("retired", [])],
+            )
+        except (TypeError, ValueError, AttributeError):
+            return cls()
+
+
+def _sum(a: Mapping[str, int], b: Mapping[str, int]) -> Counts:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def _table(data: object) -> dict[str, Counts]:
+    if not isinstance(data, dict):
+        raise TypeError("not a table of counters")
+    return {str(name): {str(k): int(v) for k, v in c.items()} for name, c in data.items()}
