@@ -57,13 +57,20 @@ def test_exec_pid_and_timestamped_logs(harness: Any) -> None:
     assert h.cli("logs", "talker", check=True).stdout == "early\n"
     cut = datetime.now(UTC).isoformat()  # after "early" was written, before "late" is
 
-    # exec: output, exit code, the instance's environment, user and HOME (its workdir)
+    # exec: output, exit code, the instance's environment, user, workdir (the spec's
+    # directory) and HOME
     res = h.cli(
-        "exec", "x.talker[0]", "--", "sh", "-c", 'echo "$ELASTIN_APP $(pwd)"; echo e >&2; exit 7'
+        "exec",
+        "x.talker[0]",
+        "--",
+        "sh",
+        "-c",
+        'echo "$ELASTIN_APP $(pwd) $HOME"; echo e >&2; exit 7',
     )
     assert res.returncode == 7, res
-    assert res.stdout == f"x {h.data_dir / 'allocs' / a.id / 'local'}\n" and res.stderr == "e\n"
-    res = h.cli("exec", a.short_id, "--", "touch", "go")  # the short id; HOME is its own
+    home = h.data_dir / "allocs" / a.id / "local"
+    assert res.stdout == f"x {h.tmp} {home}\n" and res.stderr == "e\n"
+    res = h.cli("exec", a.short_id, "--", "sh", "-c", 'touch "$HOME/go"')  # the short id
     assert res.returncode == 0, res
     h.wait_for(lambda: "late" in h.cli("logs", "talker").stdout, 30, "late")
     res = h.cli("exec", "--timeout", "0.5", "talker", "--", "sleep", "60")

@@ -142,3 +142,65 @@ def test_only_a_low_port_keeps_a_capability() -> None:
     assert not [a for a in setpriv_argv(DYN) if "+net_bind_service" in a]
     kept = setpriv_argv(DYN, bind_low_ports=True)
     assert "--ambient-caps=+net_bind_service" in kept and "--no-new-privs" in kept
+
+
+def test_a_closed_data_directory_inside_the_workdir_is_covered_on_top_of_its_bind() -> None:
+    # the default workdir is the spec's directory, and the data directory may sit inside it:
+    # the cover must come after the workdir's bind, or the bind brings the 0700 directory
+    # back and the instance cannot reach its own allocation directory (its HOME)
+    tree = {
+        "/": (0o755, 0),
+        "/srv": (0o755, 0),
+        "/srv/proj": (0o755, 0),
+        "/srv/proj/data": (0o700, 0),
+        "/srv/proj/data/allocs": (0o700, 0),
+        "/srv/proj/data/allocs/a": (0o750, 0),
+        "/srv/proj/data/allocs/a/local": (0o700, DYN.uid),
+    }
+
+    def st(path: str) -> os.stat_result:
+        try:
+            mode, uid = tree[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+
+    v = View([Expose("/srv/proj/data/allocs/a", True), Expose("/srv/proj", False)], DYN, st)
+    ops = v.mount_ops()
+    steps = ops[ops.index("bind") :]
+    assert steps == [
+        "bind", "3", "/srv/proj", "ro",
+        "cover", "/srv/proj/data",
+        "bind", "4", "/srv/proj/data/allocs/a", "rw",
+    ]  # fmt: skip
+
+
+def test_a_closed_directory_under_a_bound_workdir_gets_its_own_cover() -> None:
+    # pytest's tmp: /t is closed (covered), the workdir below it is bound back, and the data
+    # directory inside the workdir is closed again: it needs a cover of its own
+    tree = {
+        "/": (0o755, 0),
+        "/t": (0o700, 0),
+        "/t/w": (0o755, 0),
+        "/t/w/data": (0o700, 0),
+        "/t/w/data/allocs": (0o700, 0),
+        "/t/w/data/allocs/a": (0o750, 0),
+    }
+
+    def st(path: str) -> os.stat_result:
+        try:
+            mode, uid = tree[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+
+    v = View([Expose("/t/w/data/allocs/a", True), Expose("/t/w", False)], DYN, st)
+    assert v.covers == ["/t", "/t/w/data"]
+    ops = v.mount_ops()
+    assert ops[ops.index("cover") :] == [
+        "cover", "/t",
+        "bind", "3", "/t/w", "ro",
+        "cover", "/t/w/data",
+        "bind", "4", "/t/w/data/allocs/a", "rw",
+    ]  # fmt: skip
+    assert not v.reachable("/t/w/data/token", 4)

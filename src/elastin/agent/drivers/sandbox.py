@@ -149,11 +149,14 @@ def closed_ancestor(
     ident: Identity,
     stat_fn: Callable[[str], os.stat_result],
     groups: tuple[int, ...] = (),
+    below: str = "",
 ) -> str:
-    """The ancestor of ``path`` nearest the root that ``ident`` (with ``groups``) cannot pass
-    through ("" when every ancestor lets it through)."""
+    """The ancestor of ``path`` nearest the root (or nearest ``below``, an ancestor of
+    ``path`` already reachable) that ``ident`` (with ``groups``) cannot pass through (""
+    when every ancestor lets it through)."""
     parts = Path(path).parts
-    for i in range(1, len(parts)):
+    start = len(Path(below).parts) + 1 if below else 1
+    for i in range(start, len(parts)):
         ancestor = str(Path(*parts[:i]))
         if not may(stat_fn(ancestor), ident, 1, groups):
             return ancestor
@@ -186,25 +189,46 @@ class View:
         self.exposes = sorted(by_path.values(), key=lambda e: len(Path(e.path).parts))
         covers: list[str] = []
         if not ident.root:
+            paths = [e.path for e in self.exposes]
+
+            def hides(outer: str, inner: str) -> bool:
+                """Whether a cover of ``outer`` hides ``inner``: nothing exposed between."""
+                return _under(inner, outer) and not any(
+                    _under(x, outer) and _under(inner, x) and x != outer for x in paths
+                )
+
             for e in self.exposes:
-                closed = closed_ancestor(e.path, ident, stat_fn, self.groups)
-                if closed and not any(_under(closed, c) for c in covers):
-                    covers = [c for c in covers if not _under(c, closed)] + [closed]
+                # below an exposed ancestor (a workdir holding the data directory) the node's
+                # tree is back in view: its closed directories need covers of their own
+                outer = [x for x in paths if x != e.path and _under(e.path, x)]
+                below = max(outer, key=len, default="")
+                closed = closed_ancestor(e.path, ident, stat_fn, self.groups, below)
+                if not closed or any(hides(c, closed) for c in covers):
+                    continue
+                covers = [c for c in covers if not hides(closed, c)] + [closed]
         self.covers = sorted(covers)
 
     def mount_ops(self) -> list[str]:
         """The shim's mount plan, as words: ``open N PATH``, ``cover DIR``, ``bind N PATH
         ro|rw``. Every exposed path is opened (fd N) before a cover can hide it; each cover
-        is an empty tmpfs; the paths are bound from their fds, outer before inner."""
+        is an empty tmpfs; covers and binds are made outer before inner, the paths bound from
+        their fds."""
         if len(self.exposes) > MAX_EXPOSES:  # the shim keeps fd 9 for itself (dash: 0-9)
             raise StartError(f"an instance's view takes at most {MAX_EXPOSES} paths")
         ops: list[str] = []
         for n, e in enumerate(self.exposes, start=3):
             ops += ["open", str(n), e.path]
-        for c in self.covers:
-            ops += ["cover", c]
+        # covers and binds outer before inner, whichever they are: a cover below an exposed
+        # path (a 0700 data directory inside the workdir) must go on top of that path's bind,
+        # or the bind would bring the closed directory back over it
+        steps: list[tuple[int, int, list[str]]] = [
+            (len(Path(c).parts), 0, ["cover", c]) for c in self.covers
+        ]
         for n, e in enumerate(self.exposes, start=3):
-            ops += ["bind", str(n), e.path, "rw" if e.writable else "ro"]
+            step = ["bind", str(n), e.path, "rw" if e.writable else "ro"]
+            steps.append((len(Path(e.path).parts), 1, step))
+        for _, _, step in sorted(steps, key=lambda s: (s[0], s[1])):
+            ops += step
         return ops
 
     def reachable(self, path: str, want: int) -> bool:
