@@ -19,10 +19,7 @@ import os
 import secrets
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +30,7 @@ from elastin.client.http import Client
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
 from elastin.model.cluster import Allocation
 from elastin.testing.programs import ECHO_ALLOC_ID
+from elastin.testing.waiting import wait_for
 
 pytestmark = [
     pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed"),
@@ -70,23 +68,6 @@ jobs:
     retries: 0
     resources: {{cpu: 50m, memory: 32Mi}}
 """
-
-
-T = TypeVar("T")
-
-
-async def wait_for(cond: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await asyncio.to_thread(cond)
-        except Exception as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def allocs(c: Client, workload: str) -> list[Allocation]:

@@ -16,10 +16,8 @@ import json
 import os
 import secrets
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from meshproxy import get, needs_haproxy
@@ -33,6 +31,7 @@ from elastin.mesh.model import Cluster
 from elastin.model.cluster import Allocation
 from elastin.model.workload import Workload
 from elastin.testing.programs import ECHO_ALLOC_ID
+from elastin.testing.waiting import wait_for
 
 pytestmark = [
     needs_haproxy,
@@ -56,23 +55,6 @@ services:
     upstreams: [api]
     resources: {{cpu: 50m, memory: 32Mi}}
 """
-
-
-T = TypeVar("T")
-
-
-async def wait_for(cond: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await asyncio.to_thread(cond)
-        except Exception as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def running(c: Client, app: str, workload: str) -> list[Allocation]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 import pytest
 
@@ -144,6 +145,19 @@ def test_only_a_low_port_keeps_a_capability() -> None:
     assert "--ambient-caps=+net_bind_service" in kept and "--no-new-privs" in kept
 
 
+def dirs_stat(tree: dict[str, tuple[int, int]]) -> Callable[[str], os.stat_result]:
+    """A stat over a tree of directories: path -> (mode, uid)."""
+
+    def st(path: str) -> os.stat_result:
+        try:
+            mode, uid = tree[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+
+    return st
+
+
 def test_a_closed_data_directory_inside_the_workdir_is_covered_on_top_of_its_bind() -> None:
     # the default workdir is the spec's directory, and the data directory may sit inside it:
     # the cover must come after the workdir's bind, or the bind brings the 0700 directory
@@ -158,12 +172,7 @@ def test_a_closed_data_directory_inside_the_workdir_is_covered_on_top_of_its_bin
         "/srv/proj/data/allocs/a/local": (0o700, DYN.uid),
     }
 
-    def st(path: str) -> os.stat_result:
-        try:
-            mode, uid = tree[path]
-        except KeyError:
-            raise FileNotFoundError(path) from None
-        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+    st = dirs_stat(tree)
 
     v = View([Expose("/srv/proj/data/allocs/a", True), Expose("/srv/proj", False)], DYN, st)
     ops = v.mount_ops()
@@ -187,12 +196,7 @@ def test_a_closed_directory_under_a_bound_workdir_gets_its_own_cover() -> None:
         "/t/w/data/allocs/a": (0o750, 0),
     }
 
-    def st(path: str) -> os.stat_result:
-        try:
-            mode, uid = tree[path]
-        except KeyError:
-            raise FileNotFoundError(path) from None
-        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+    st = dirs_stat(tree)
 
     v = View([Expose("/t/w/data/allocs/a", True), Expose("/t/w", False)], DYN, st)
     assert v.covers == ["/t", "/t/w/data"]
