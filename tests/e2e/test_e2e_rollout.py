@@ -182,11 +182,15 @@ def test_waits_tell_the_truth_about_jobs_and_jobs_run_again(harness: Any) -> Non
     h.cli("apply", str(good), "--wait", "--timeout", "90", check=True)  # old failures: history
     runs = [a for a in h.allocs("j") if a.status == "complete"]
     assert len(runs) == 1
+    (report,) = json.loads(h.cli("ps", "--json", check=True).stdout)["services"]
+    assert (report["complete"], report["failed"]) == (1, 0)  # not the old run's "2 failed"
+    assert h.cli("logs", "report", check=True).stdout.count("ran") == 1
     # down and up again: a new run, not "1/1 done" from the last one
     h.cli("down", "j", check=True)
     h.cli("apply", str(good), "--wait", "--timeout", "90", check=True)
     runs = [a for a in h.allocs("j") if a.status == "complete"]
     assert len(runs) == 2 and len({a.spec_version for a in runs}) == 2
+    assert h.cli("logs", "report", check=True).stdout.count("ran") == 1  # this run's output
     # and on demand
     h.cli("job", "run", "report", "--wait", "--timeout", "90", check=True)
     runs = [a for a in h.allocs("j") if a.status == "complete"]

@@ -67,7 +67,7 @@ def logs(
         allocs = [a for a in info["allocations"] if index is None or a["index"] == index]
         if not allocs:
             fail(f"{service!r} has no instances", "is it stopped? see `elastin ps -a`")
-        live = [a for a in allocs if a["status"] not in ("stopped", "lost")] or allocs[-1:]
+        live = current_instances(allocs, info.get("version", 0))
         stream = "stderr" if stderr else "stdout"
         if follow and len(live) > 1:
             live = live[:1]
@@ -89,6 +89,19 @@ def logs(
                     sys.stdout.flush()
             except KeyboardInterrupt:
                 return
+
+
+def current_instances(allocs: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+    """Whose output ``logs`` shows: the current version's instances that did not stop (a
+    job's runs of this version, complete or failed), one per index, the newest; else the
+    newest instance of all. An older version's or a deleted application's runs of the same
+    name are history (``elastin ps -a`` names them; ``logs`` takes an id through the API)."""
+    newest = sorted(allocs, key=lambda a: a.get("created_at", 0.0), reverse=True)
+    chosen: dict[int, dict[str, Any]] = {}
+    for a in newest:
+        if a.get("spec_version") == version and a["status"] not in ("stopped", "lost"):
+            chosen.setdefault(a["index"], a)
+    return [chosen[i] for i in sorted(chosen)] or newest[:1]
 
 
 MESH_SCAN = (20, 200, 2_000, 20_000)  # lines read back per wanted line, at most MAX_TAIL

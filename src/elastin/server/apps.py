@@ -27,6 +27,7 @@ from elastin.model.rollout import (
     Cause,
     Revision,
     current,
+    effective_policy,
     fingerprint,
     live,
     record,
@@ -69,6 +70,22 @@ class ApplyResult:
         return any(c.change != "unchanged" for c in self.changes)
 
 
+def replacement(w: Workload) -> str:
+    """How a changed workload's instances are replaced, in words (``apply``'s diff)."""
+    if w.type == "job":
+        return "spec changed: a new run"
+    fixed = [p for p in w.ports if p.port]
+    if fixed:
+        ports = ", ".join(str(p.port) for p in fixed)
+        return f"spec changed: replaced stop-first, one at a time (fixed port {ports})"
+    u = effective_policy(w)
+    canary = f", {u.canary} canary first" if u.canary else ""
+    detail = f"surge {u.max_surge}, unavailable {u.max_unavailable}{canary}"
+    if u.auto_revert:
+        detail += f"; rolled back if not healthy within {u.healthy_deadline:g}s"
+    return f"spec changed: rolling update ({detail})"
+
+
 def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, ...]:
     """What applying ``new`` over ``old`` changes, per workload (pure)."""
     out: list[WorkloadChange] = []
@@ -78,7 +95,7 @@ def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, 
         if prev is None:
             out.append(WorkloadChange(w.name, w.type, "add", f"{w.instances} instance(s)"))
         elif workload_fingerprint(prev) != workload_fingerprint(w):
-            out.append(WorkloadChange(w.name, w.type, "update", "spec changed: instances replaced"))
+            out.append(WorkloadChange(w.name, w.type, "update", replacement(w)))
         elif prev.replicas != w.replicas:
             out.append(
                 WorkloadChange(w.name, w.type, "scale", f"replicas {prev.replicas} -> {w.replicas}")

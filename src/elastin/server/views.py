@@ -73,13 +73,16 @@ class Views:
 
     async def services(self) -> list[dict[str, Any]]:
         """Every service and job with its desired, running, pending, complete and failed
-        counts."""
+        counts (complete and failed: of its current version only — an older version's or a
+        deleted application's runs are history)."""
         allocs, _ = await self.repo.list_allocs()
         out = []
         for rec in await self.repo.list_apps():
             for w in rec.app.workloads:
                 mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
                 live = [a for a in mine if not a.terminal]
+                version = rec.versions.get(w.name, 0)
+                current = [a for a in mine if a.spec_version == version]
                 out.append(
                     {
                         "app": rec.app.name,
@@ -90,12 +93,12 @@ class Views:
                         "stopped": w.name in rec.stopped,
                         "running": sum(1 for a in live if a.status == "running"),
                         "pending": sum(1 for a in live if a.status == "pending"),
-                        "complete": sum(1 for a in mine if a.status == "complete"),
-                        "failed": sum(1 for a in mine if a.status == "failed"),
+                        "complete": sum(1 for a in current if a.status == "complete"),
+                        "failed": sum(1 for a in current if a.status == "failed"),
                         "completions": w.completions if w.type == "job" else None,
                         "priority": w.priority,
                         "resources": to_data(w.resources),
-                        "version": rec.versions.get(w.name, 0),
+                        "version": version,
                         "user": w.user,
                     }
                 )

@@ -118,6 +118,7 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
             {
                 "app": rec.app.name,
                 "workload": to_data(w),
+                "version": rec.versions.get(w.name, 0),
                 "allocations": [alloc_view(a) for a in allocs],
             }
         )
