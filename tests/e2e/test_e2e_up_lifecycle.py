@@ -189,3 +189,21 @@ def test_up_detach_that_does_not_settle_keeps_the_server_and_says_so(harness: An
         if pid_file.exists():  # `down` did not stop it: do it here
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_down_after_up_detach_leaves_no_instance_running(harness: Any) -> None:
+    spec = harness.write_spec("tiny.yaml", SPEC)
+    up = harness.cli("up", "--detach", "--port", "0", "--timeout", "60", str(spec))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        pids = instance_procs(harness.cgroup_root)
+        assert len(pids) >= 2, pids
+        down = harness.cli("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        # down waited for the instances before stopping the background server: none is left
+        assert_nothing_left(harness, pids)
+    finally:
+        pid_file = harness.data_dir / "daemon.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -411,13 +411,14 @@ class Agent:
 
     async def _application(self, alloc: Allocation) -> tuple[Application, dict[str, int]]:
         """``alloc``'s application as applied and its spec versions, cached for a few
-        seconds (fetched again when ``alloc`` runs a newer version). ``ClientError`` when the
+        seconds (fetched again when ``alloc`` runs another version than the cached one: a
+        rollback or an undo makes an older version current again). ``ClientError`` when the
         server cannot say."""
         cached = self._apps.get(alloc.app)
         if (
             cached is None
             or self.clock.monotonic() - cached[0] > 5
-            or (cached[2].get(alloc.workload, 0) < alloc.spec_version)
+            or cached[2].get(alloc.workload, 0) != alloc.spec_version
         ):
             data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
             versions = {str(k): int(v) for k, v in data["versions"].items()}

@@ -376,7 +376,7 @@ def delete_apps(c: Client, app: str | None, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with console.status("stopping instances…"):
         while time.monotonic() < deadline:
-            live = [a for a in c.allocations() if a.app in names and not a.terminal]
+            live = [a for a in c.allocations(all=True) if a.app in names and not a.terminal]
             if not live:
                 break
             time.sleep(0.5)
