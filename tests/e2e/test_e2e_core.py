@@ -92,6 +92,8 @@ def test_invalid_spec_is_rejected_and_changes_nothing(harness: Any) -> None:
     h.cli("apply", str(good), "--wait", check=True)
     diff = json.loads(h.cli("diff", str(good), "--json", check=True).stdout)
     assert diff["dry_run"] and {c["change"] for c in diff["changes"]} == {"unchanged"}
+    # the server notes the version proven just after the wait ends (a write of its own)
+    h.wait_for(lambda: h.client.rollout("t/sleeper")["state"] == "stable", 30, "proven")
     before = {(a.id, a.status, a.pid) for a in h.allocs("t", all=False)}
     assert len(before) == 2  # "nothing changed" below must compare something
     rev = h.client.status()["revision"]

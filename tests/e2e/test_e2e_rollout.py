@@ -121,6 +121,9 @@ def test_a_bad_version_is_rolled_back_while_the_old_one_serves_every_request(
     assert [(r["version"], r["state"]) for r in history] == [(1, "stable"), (2, "failed")]
     status = h.cli("rollout", "status", "web", check=True).stdout
     assert "version 1" in status and "stable" in status
+    # the failure was that apply's: the same good spec again waits and succeeds
+    h.write_spec("t.yaml", spec(GOOD, d))
+    h.cli("apply", str(path), "--wait", "--timeout", "90", check=True)
     ok_then, _ = totals(h)
 
     # a good version rolls out instance by instance, still without a failed request

@@ -64,10 +64,13 @@ def wait_settled(
     show: bool = True,
     cancel: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    generation: int = 0,
 ) -> bool:
     """Whether ``app`` settled (``elastin.model.settled``) within ``timeout`` s: False as soon
     as it failed, or when the time ran out or ``cancel`` was set. Waits on the server's
-    blocking query (``Client.settlement``); shows each new progress summary."""
+    blocking query (``Client.settlement``); shows each new progress summary. ``generation``:
+    the one the change waited for made (what apply answers): a version it made that failed
+    and was rolled back fails the wait."""
     deadline = clock() + timeout
     index, last = 0, ""
     with console.status("starting…", spinner="dots") if show else nullcontext():
@@ -75,7 +78,9 @@ def wait_settled(
             remaining = deadline - clock()
             if remaining <= 0:
                 break
-            s = c.settlement(app, index=index, wait=min(remaining, SETTLE_WAIT))
+            s = c.settlement(
+                app, index=index, wait=min(remaining, SETTLE_WAIT), generation=generation
+            )
             if s["state"] == "failed":
                 for w in s["workloads"]:
                     if w["state"] == "failed" and show:
@@ -154,12 +159,14 @@ def _apply_and_wait(c: Client, spec: SpecFile, timeout: float, note: str = "") -
     """Apply and wait until settled; exit 4 when it does not (``note`` added to the hint)."""
     res = c.apply(spec.text, file=spec.file, base_dir=spec.base_dir)
     print_changes(res)
-    _wait_or_fail(c, spec, timeout, note)
+    _wait_or_fail(c, spec, timeout, note, res.get("generation", 0))
 
 
-def _wait_or_fail(c: Client, spec: SpecFile, timeout: float, note: str = "") -> None:
+def _wait_or_fail(
+    c: Client, spec: SpecFile, timeout: float, note: str = "", generation: int = 0
+) -> None:
     app = spec.app.name
-    if not wait_settled(c, app, timeout):
+    if not wait_settled(c, app, timeout, generation=generation):
         show_app(c, app)
         hint = "see `elastin ps` and `elastin events`"
         fail(
@@ -194,7 +201,7 @@ def _up_detached(data_dir: Path, port: int, spec: SpecFile, timeout: float) -> N
             )
             raise
         print_changes(res)
-        _wait_or_fail(c, spec, timeout, DETACHED_NOTE)
+        _wait_or_fail(c, spec, timeout, DETACHED_NOTE, res.get("generation", 0))
         show_app(c, spec.app.name)
         look_around(c.url, spec)
     console.print(f"running in the background (pid {proc.pid}); `elastin down` stops it")
@@ -229,7 +236,9 @@ def _up_foreground(data_dir: Path, port: int, spec: SpecFile, timeout: float) ->
             with Client(url, token) as c:
                 res = c.apply(spec.text, file=spec.file, base_dir=spec.base_dir)
                 print_changes(res)
-                ok = wait_settled(c, app, timeout, cancel=cancel)
+                ok = wait_settled(
+                    c, app, timeout, cancel=cancel, generation=res.get("generation", 0)
+                )
                 if cancel.is_set():
                     return
                 if not ok:
@@ -448,7 +457,11 @@ def apply(file: str, dry_run: bool, wait: bool, timeout: float, as_json: bool) -
     """Apply the spec in FILE to the running server."""
     with errors(), client() as c:
         res = apply_and_show(c, file, dry_run=dry_run, as_json=as_json)
-        if wait and not dry_run and not wait_settled(c, res["app"], timeout):
+        if (
+            wait
+            and not dry_run
+            and not wait_settled(c, res["app"], timeout, generation=res.get("generation", 0))
+        ):
             fail(f"application {res['app']!r} did not settle", "see `elastin ps`", EXIT_UNSETTLED)
 
 

@@ -27,8 +27,9 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
-def _settle(c: Client, app: str, ref: str, wait: bool, timeout: float) -> None:
-    if wait and not wait_settled(c, app, timeout):
+def _settle(c: Client, res: dict[str, Any], ref: str, wait: bool, timeout: float) -> None:
+    app = res["app"]
+    if wait and not wait_settled(c, app, timeout, generation=res.get("generation", 0)):
         fail(
             f"application {app!r} did not settle",
             f"see `elastin rollout status {ref}`",
@@ -43,7 +44,8 @@ def describe(r: dict[str, Any]) -> Text:
     text = Text(f"{ref}: version {r['version']} ", style="bold")
     text.append(state, style=STATE_STYLE.get(state, ""))
     if r["type"] == "service":
-        text.append(f" — {r['ready']}/{r['desired']} new instance(s) ready")
+        new = "new " if state == "rolling" else ""
+        text.append(f" — {r['ready']}/{r['desired']} {new}instance(s) ready")
         if r["old"]:
             text.append(f", {r['old']} of an older version still running")
         if r["waiting_promotion"]:
@@ -112,7 +114,7 @@ def undo(ref: str, to: int | None, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.rollout_undo(ref, to or 0)
         console.print(describe(c.rollout(ref)))
-        _settle(c, res["app"], ref, wait, timeout)
+        _settle(c, res, ref, wait, timeout)
 
 
 @rollout.command("promote")
@@ -124,7 +126,7 @@ def promote(ref: str, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.rollout_promote(ref)
         console.print(f"{ref}: promoted; the rollout goes on")
-        _settle(c, res["app"], ref, wait, timeout)
+        _settle(c, res, ref, wait, timeout)
 
 
 @click.command()
@@ -137,7 +139,7 @@ def restart(ref: str, wait: bool, timeout: float) -> None:
     with errors(), client() as c:
         res = c.restart(ref)
         console.print(describe(c.rollout(ref)))
-        _settle(c, res["app"], ref, wait, timeout)
+        _settle(c, res, ref, wait, timeout)
 
 
 @click.group()
@@ -155,4 +157,4 @@ def run(ref: str, wait: bool, timeout: float) -> None:
         res = c.job_run(ref)
         r = c.rollout(ref)
         console.print(f"{r['app']}/{r['workload']}: run {r['version']} started")
-        _settle(c, res["app"], ref, wait, timeout)
+        _settle(c, res, ref, wait, timeout)

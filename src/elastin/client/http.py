@@ -99,11 +99,11 @@ class Client:
     def delete_app(self, name: str) -> Any:
         return self.call("DELETE", f"/v1/apps/{name}")
 
-    def settlement(self, app: str, index: int = 0, wait: float = 0.0) -> Any:
+    def settlement(self, app: str, index: int = 0, wait: float = 0.0, generation: int = 0) -> Any:
         """Where ``app`` stands (``elastin.model.settled``): ``state`` settling, settled or
         failed, per workload, ``waiting``, ``summary`` and the ``index`` to wait past; blocks
         up to ``wait`` s for a change past ``index``."""
-        params: dict[str, Any] = {"index": index, "wait": wait}
+        params: dict[str, Any] = {"index": index, "wait": wait, "generation": generation}
         return self.call("GET", f"/v1/apps/{app}/settlement", params=params, timeout=wait + 30.0)
 
     def services(self) -> Any:

@@ -40,7 +40,12 @@ class Revision:
 
     ``state``: ``rolling`` until proven, ``stable`` once every instance ran it ready,
     ``failed`` (``message`` says why; ``reverted_to`` the version made current instead, 0 if
-    none), ``superseded`` when a newer version came before it was proven.
+    none), ``superseded`` when a newer version came before it was proven. ``since``: when it
+    last became current or its service was scaled — failed instances from before no longer
+    hold their index (the scheduler tries those slots again). ``generation``: the record's
+    generation that made it (a wait started from a generation reports a rollback that came
+    after). ``promoted_at``: when its canaries were promoted (the rest of the rollout's
+    deadline counts from then).
     """
 
     version: int
@@ -52,6 +57,14 @@ class Revision:
     promoted: bool = False  # canaries: ``elastin rollout promote`` let the rollout go on
     reverted_to: int = 0
     finished_at: float = 0.0
+    since: float = 0.0
+    generation: int = 0
+    promoted_at: float = 0.0
+
+    @property
+    def started_at(self) -> float:
+        """Where its rollout's ``healthy_deadline`` counts from."""
+        return max(self.created_at, self.since, self.promoted_at)
 
 
 def fingerprint(w: Workload) -> str:
@@ -128,33 +141,55 @@ def verdict(
     started_at: float,
     now: float,
     promoted: bool = True,
+    rolling: bool = True,
+    since: float = 0.0,
 ) -> Verdict:
-    """The rollout of ``w`` at ``version`` (its allocations ``allocs``; others ignored)."""
+    """The rollout of ``w`` at ``version`` (its allocations ``allocs``; others ignored).
+    An instance of the version that failed (its restarts ran out) since ``since`` fails it.
+    ``rolling``: the version is still to be proven — only then does a crash-looping new
+    instance or the deadline fail it; a proven version short of instances (after a scale)
+    is ``rolling`` until they are ready."""
     mine = [a for a in allocs if a.workload == w.name]
     cur = [a for a in mine if a.spec_version == version and a.desired == "run"]
     old = [a for a in mine if a.spec_version != version and live(a)]
     desired = w.replicas
     n_ready = sum(1 for a in cur if ready(a, w, now))
+    if n_ready >= desired and not old:
+        return Verdict("complete", "", n_ready, desired, 0)
     for a in cur:
-        if a.status == "failed":
+        if a.status == "failed" and a.index < desired and a.updated_at >= since:
             return Verdict("failed", _why_not_ready(a, w), n_ready, desired, len(old))
+    canaries = min(w.update.canary, w.replicas)
+    waiting = rolling and canaries > 0 and not promoted and bool(old) and n_ready >= canaries
+    if not rolling or waiting:
+        return Verdict("rolling", "", n_ready, desired, len(old), waiting)
+    for a in cur:
         if a.restarts >= CRASH_RESTARTS and not ready(a, w, now) and live(a):
             why = _why_not_ready(a, w)
             return Verdict("failed", f"{why} without staying up", n_ready, desired, len(old))
-    if n_ready >= desired and not old:
-        return Verdict("complete", "", n_ready, desired, 0)
-    waiting = w.update.canary > 0 and not promoted and bool(old)
-    if not waiting and now - started_at > w.update.healthy_deadline:
+    if now - started_at > w.update.healthy_deadline:
         laggards = [a for a in cur if live(a) and not ready(a, w, now)]
         detail = "; ".join(_why_not_ready(a, w) for a in laggards[:3])
         msg = (
             f"{n_ready} of {desired} new instance(s) ready after "
             f"{w.update.healthy_deadline:g}s (healthy_deadline)"
         )
-        return Verdict(
-            "failed", msg + (f": {detail}" if detail else ""), n_ready, desired, len(old)
-        )
-    return Verdict("rolling", "", n_ready, desired, len(old), waiting)
+        msg += f": {detail}" if detail else ""
+        return Verdict("failed", msg, n_ready, desired, len(old))
+    return Verdict("rolling", "", n_ready, desired, len(old))
+
+
+def next_ready_due(w: Workload, allocs: Iterable[Allocation], now: float) -> float | None:
+    """The earliest time one of ``w``'s running instances becomes ready by outliving
+    ``min_healthy_time`` (None: none is about to): a blocking wait must wake then, as no
+    write happens at that moment."""
+    due = [
+        a.ready_at + w.update.min_healthy_time
+        for a in allocs
+        if a.workload == w.name and a.status == "running" and a.ready_at and a.desired == "run"
+    ]
+    later = [t for t in due if t > now]
+    return min(later) if later else None
 
 
 def current(history: Sequence[Revision], version: int) -> Revision | None:

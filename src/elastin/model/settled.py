@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from elastin.model.cluster import Allocation
-from elastin.model.rollout import Revision, revert_target, verdict
+from elastin.model.rollout import Revision, current, revert_target, verdict
 from elastin.model.workload import Application, Workload
 
 State = Literal["settling", "settled", "failed"]
@@ -87,6 +87,7 @@ def _progress(
     version: int | None,
     history: Sequence[Revision],
     now: float,
+    from_generation: int = 0,
 ) -> WorkloadProgress:
     if version is None:  # every allocation counts as the current version
         version = max((a.spec_version for a in mine), default=0)
@@ -115,33 +116,7 @@ def _progress(
         state = "settled" if not running else "settling"
     else:
         desired = w.instances
-        latest = history[-1] if history else None
-        rev = next((r for r in reversed(history) if r.version == version), None)
-        v = verdict(
-            w,
-            version,
-            mine,
-            started_at=rev.created_at if rev else now,
-            now=now,
-            promoted=rev.promoted if rev else True,
-        )
-        n_ready = v.ready
-        if latest is not None and latest.state == "failed":
-            state = "failed"
-            back = f"; rolled back to version {latest.reverted_to}" if latest.reverted_to else ""
-            reason = f"version {latest.version} failed: {latest.message}{back}"
-        elif v.state == "failed":
-            state, reason = "failed", f"version {version} failed: {v.message}"
-            target = revert_target(history, version) if w.update.auto_revert else None
-            if target is not None:
-                reason += f"; rolled back to version {target.version}"
-        elif v.state == "complete":
-            state = "settled"
-        elif v.waiting_promotion and v.ready >= min(w.update.canary, w.replicas):
-            state = "settled"
-            reason = f"canaries of version {version} ready; promote with `elastin rollout promote`"
-        else:
-            state = "settling"
+        state, reason, n_ready = _service(w, version, mine, history, now, from_generation)
     return WorkloadProgress(
         name=w.name,
         type=w.type,
@@ -158,6 +133,54 @@ def _progress(
     )
 
 
+def _service(
+    w: Workload,
+    version: int,
+    mine: Sequence[Allocation],
+    history: Sequence[Revision],
+    now: float,
+    from_generation: int,
+) -> tuple[State, str, int]:
+    """A running service's state, why, and its ready instances of ``version``."""
+    rev = current(history, version)
+    latest = history[-1] if history else None
+    if (
+        from_generation
+        and latest is not None
+        and latest is not rev
+        and latest.state == "failed"
+        and latest.generation >= from_generation
+        and latest.reverted_to == version
+    ):  # a version this wait is about failed and was rolled back
+        msg = f"version {latest.version} failed: {latest.message}"
+        return "failed", f"{msg}; rolled back to version {version}", 0
+    rolling = rev is not None and rev.state == "rolling"
+    v = verdict(
+        w,
+        version,
+        mine,
+        started_at=rev.started_at if rev else now,
+        now=now,
+        promoted=rev.promoted if rev else True,
+        rolling=rolling,
+        since=rev.since if rev else 0.0,
+    )
+    if rev is not None and rev.state == "failed":  # current, not rolled back
+        return "failed", f"version {version} failed: {rev.message}", v.ready
+    if v.state == "failed":
+        reason = f"version {version} failed: {v.message}"
+        target = revert_target(history, version) if w.update.auto_revert else None
+        if target is not None:
+            reason += f"; rolled back to version {target.version}"
+        return "failed", reason, v.ready
+    if v.state == "complete":
+        return "settled", "", v.ready
+    if v.waiting_promotion:
+        msg = f"canaries of version {version} ready: `elastin rollout promote {w.name}`"
+        return "settled", msg, v.ready
+    return "settling", "", v.ready
+
+
 def settlement(
     app: Application,
     stopped: Collection[str],
@@ -166,10 +189,15 @@ def settlement(
     versions: Mapping[str, int] | None = None,
     history: Mapping[str, Sequence[Revision]] | None = None,
     now: float = 0.0,
+    from_generation: int = 0,
 ) -> Settlement:
     """Where ``app`` stands, from its allocations (others are ignored). Without
     ``versions`` every allocation counts as the current version (and instances are ready
-    once running and healthy, without ``min_healthy_time``)."""
+    once running and healthy, without ``min_healthy_time``). ``from_generation``: the
+    record generation a wait started from (what ``apply`` and the version commands
+    answer): a version made from then on that failed and was rolled back fails the wait,
+    naming both; without it
+    only the current version is judged."""
     by_workload: dict[str, list[Allocation]] = {}
     for a in allocs:
         if a.app == app.name:
@@ -183,6 +211,7 @@ def settlement(
             versions.get(w.name, 0) if versions is not None else None,
             history.get(w.name, ()),
             now,
+            from_generation,
         )
         for w in app.workloads
     )

@@ -265,6 +265,7 @@ class _Pass:
                 state.nodes,
                 now=state.now,
                 held=state.held,
+                since=state.since,
             )
             self.plan.stop.extend(d.stops)
             self.plan.lost.extend(Lost(i, reason) for i, reason in d.lost)

@@ -12,8 +12,9 @@ Services want instances with index ``0 .. replicas-1`` running version ``v``.
   * A *live* allocation (``desired="run"`` and not terminal) holds its index within its
     version. Terminal ``complete``, ``stopped`` and ``lost`` allocations are ignored.
   * A ``failed`` allocation of version ``v`` (the agent exhausted its restart policy) also
-    holds its index: it is not replaced until the spec changes, so a broken command fails
-    once and stays visible with its reason instead of looping.
+    holds its index: it is not replaced until the spec changes (or the version becomes
+    current again, or the service is scaled: ``since``), so a broken command fails once and
+    stays visible with its reason instead of looping.
   * A live allocation with ``index >= replicas`` is stopped ("scaled down"); a second live
     allocation of one version on the same index is stopped ("duplicate").
   * A live pending allocation (``node_id == ""``) is retried: it becomes a request that
@@ -96,11 +97,13 @@ def diff_app(
     *,
     now: float = 0.0,
     held: frozenset[tuple[str, str]] = frozenset(),
+    since: Mapping[tuple[str, str], float] | None = None,
 ) -> AppDiff:
     """What must stop, what is lost and what needs a node for application ``name``
     (``entry is None``: the application was deleted). ``now`` is the snapshot's time (a new
     instance is ready after ``min_healthy_time``); ``held`` the workloads whose canaries
-    await promotion."""
+    await promotion; ``since`` per workload, when its version became current or it was
+    scaled (a failed instance from before no longer holds its slot)."""
     stops: list[tuple[str, str]] = []
     requests: list[Request] = []
     lost: list[tuple[str, str]] = []
@@ -129,7 +132,8 @@ def diff_app(
         group = by_workload.get(w.name, [])
         if w.type == "service":
             hold = (name, w.name) in held
-            _diff_service(name, w, version, group, stops, requests, now, hold)
+            fresh = (since or {}).get((name, w.name), 0.0)
+            _diff_service(name, w, version, group, stops, requests, now, hold, fresh)
         else:
             _diff_job(name, w, version, group, stops, requests)
     return AppDiff(stops, requests, lost)
@@ -149,6 +153,7 @@ def _diff_service(
     requests: list[Request],
     now: float = 0.0,
     hold: bool = False,
+    since: float = 0.0,
 ) -> None:
     held: dict[int, Allocation] = {}  # index -> the current version's instance
     pending: list[Allocation] = []
@@ -156,7 +161,7 @@ def _diff_service(
     stopping = 0  # old instances asked to stop that have not stopped yet
     for a in sorted(group, key=_rank):
         if a.status == "failed" and a.spec_version == version and a.desired == "run":
-            if a.index < w.replicas:
+            if a.index < w.replicas and a.updated_at >= since:
                 held.setdefault(a.index, a)
             continue
         if not _live(a):
@@ -193,14 +198,14 @@ def _diff_service(
         room = max(0, min(w.update.canary, w.replicas) - len(held))
         requests.extend(Request(app, w, i, version) for i in missing[:room])
         return
+    if any(a.status == "failed" for a in held.values()):
+        return  # the new version failed: it is rolled back, nothing more moves to it
     available = len(still) + len(ready_new)
     can_stop = max(0, available - (w.replicas - policy.max_unavailable))
     # old instances whose index a ready new one holds go first, then the highest indices
     still.sort(key=lambda a: (a.index not in ready_new, -a.index))
     for a in still[:can_stop]:
         stops.append((a.id, f"{change}; replaced"))
-    if any(a.status == "failed" for a in held.values()):
-        return  # the new version failed: its rollout fails (and is reverted), no more of it
     live_now = len(still) - can_stop + len(held)
     if stop_first(w):  # an old instance holds its fixed port until it has stopped
         live_now += stopping + min(can_stop, len(still))

@@ -9,7 +9,7 @@ application and workload) are built on first use and cached on the instance.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from elastin.model.cluster import Allocation, Node
@@ -33,6 +33,9 @@ class ClusterState:
     allocations: Mapping[str, Allocation]
     now: float = 0.0  # the server's clock when the snapshot was taken (rollouts' readiness)
     held: frozenset[tuple[str, str]] = frozenset()  # (app, workload): canaries await promotion
+    # (app, workload): since when its current version is current (or it was scaled); a failed
+    # instance from before no longer holds its slot
+    since: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     @cached_property
     def allocs_by_node(self) -> Mapping[str, tuple[Allocation, ...]]:

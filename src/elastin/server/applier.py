@@ -73,6 +73,12 @@ def to_cluster_state(snap: Snapshot, now: float = 0.0) -> ClusterState:
         held=frozenset(
             (name, w) for name, (rec, _) in snap.apps.items() for w in held_for_promotion(rec)
         ),
+        since={
+            (name, w): rev.since
+            for name, (rec, _) in snap.apps.items()
+            for w, v in rec.versions.items()
+            if (rev := current(rec.history.get(w, ()), v)) is not None
+        },
     )
 
 
@@ -101,7 +107,15 @@ def rollout_step(
             hist = update_revision(history, version, state=state, message=p.reason, finished_at=now)
             out = replace(out, history={**out.history, w.name: hist})
             continue
-        v = verdict(w, version, allocs, started_at=rev.created_at, now=now, promoted=rev.promoted)
+        v = verdict(
+            w,
+            version,
+            allocs,
+            started_at=rev.started_at,
+            now=now,
+            promoted=rev.promoted,
+            since=rev.since,
+        )
         if v.state == "complete":
             hist = update_revision(history, version, state="stable", finished_at=now)
             out = replace(out, history={**out.history, w.name: hist})
@@ -125,6 +139,7 @@ def rollout_step(
             msg = f"version {version} failed: {v.message}; not rolled back ({why})"
             events.append(("rollout.failed", subject, msg, "error"))
             continue
+        hist = update_revision(hist, target.version, since=now)  # its old failures: history
         out = out.with_version(target.workload, target.version, hist)
         msg = f"version {version} failed: {v.message}; rolled back to version {target.version}"
         events.append(("rollout.failed", subject, msg, "error"))

@@ -30,6 +30,7 @@ from elastin.model.rollout import (
     effective_policy,
     fingerprint,
     live,
+    next_ready_due,
     record,
     stop_first,
     verdict,
@@ -139,7 +140,9 @@ def next_record(
             v = next_version(w.name, versions, history, floors.get(w.name, 0))
             versions[w.name] = v
             fps[w.name] = fp
-            history[w.name] = record(history.get(w.name, ()), Revision(v, w, now))
+            generation = (old.generation + 1) if old else 1
+            rev = Revision(v, w, now, since=now, generation=generation)
+            history[w.name] = record(history.get(w.name, ()), rev)
     for name in list(versions):
         if app.workload(name) is None:
             versions.pop(name)
@@ -246,33 +249,38 @@ class Apps:
         return found[0], found[1], w
 
     async def scale(self, ref: str, replicas: int) -> AppRecord:
+        """Set a service's replicas (compare-and-set, retried: the applier writes the record
+        as rollouts go on). Failed instances from before no longer hold their slots: a scale
+        is a new request for instances."""
         if not 0 <= replicas <= MAX_REPLICAS:
             raise Invalid(f"replicas must be between 0 and {MAX_REPLICAS}, got {replicas}")
-        rec, mod_rev, w = await self.find_workload(ref)
-        if w.type != "service":
-            raise Invalid(f"{ref!r} is a job; only services have replicas")
-        new_app = replace(
-            rec.app,
-            workloads=tuple(
-                replace(x, replicas=replicas) if x.name == w.name else x for x in rec.app.workloads
-            ),
-        )
-        new = replace(
-            rec,
-            app=new_app,
-            stopped=tuple(s for s in rec.stopped if s != w.name),
-            generation=rec.generation + 1,
-        )
-        subject = f"{rec.app.name}/{w.name}"
-        rev = await self.repo.commit(
-            compares=[self.repo.compare_app(rec.app.name, mod_rev)],
-            apps=[new],
-            events=[("service.scaled", subject, f"replicas {w.replicas} -> {replicas}", "info")],
-        )
-        if rev is None:
-            raise Conflict(f"{ref!r} changed while scaling; try again")
-        self.changes.committed(rev)
-        return new
+
+        def change(
+            rec: AppRecord, w: Workload, _mine: list[Allocation]
+        ) -> tuple[AppRecord, EventSpec]:
+            if w.type != "service":
+                raise Invalid(f"{ref!r} is a job; only services have replicas")
+            history = rec.history.get(w.name, ())
+            v = rec.versions.get(w.name, 0)
+            if current(history, v) is not None:
+                history = update_revision(history, v, since=self.clock.time())
+            new = replace(
+                rec,
+                app=replace(
+                    rec.app,
+                    workloads=tuple(
+                        replace(x, replicas=replicas) if x.name == w.name else x
+                        for x in rec.app.workloads
+                    ),
+                ),
+                stopped=tuple(s for s in rec.stopped if s != w.name),
+                generation=rec.generation + 1,
+                history={**rec.history, w.name: history} if history else rec.history,
+            )
+            msg = f"replicas {w.replicas} -> {replicas}"
+            return new, ("service.scaled", f"{rec.app.name}/{w.name}", msg, "info")
+
+        return await self._change(ref, change)
 
     async def stop(self, ref: str | None) -> list[str]:
         """Stop one workload (``ref``) or every workload of every application."""
@@ -339,13 +347,14 @@ class Apps:
                     hint=f"to run a job again: elastin job run {ref}",
                 )
             if w.name in rec.stopped:
-                raise Invalid(
-                    f"{ref!r} is stopped",
-                    hint=f"start it again with `elastin apply FILE` or `elastin scale {ref} N`",
-                )
+                again = "`elastin apply FILE`"
+                if w.type == "service":
+                    again += f" or `elastin scale {ref} N`"
+                raise Invalid(f"{ref!r} is stopped", hint=f"start it again with {again}")
             floor = max((a.spec_version for a in mine), default=0)
             v = next_version(w.name, rec.versions, rec.history, floor)
-            rev = Revision(v, w, self.clock.time(), cause)
+            now = self.clock.time()
+            rev = Revision(v, w, now, cause, since=now, generation=rec.generation + 1)
             new = rec.with_version(w, v, record(rec.history.get(w.name, ()), rev))
             what = "runs again" if cause == "run" else "restarts (rolling)"
             subject = f"{rec.app.name}/{w.name}"
@@ -383,13 +392,15 @@ class Apps:
                 proven = [r for r in earlier if r.state == "stable"]
                 target = (proven or earlier)[-1]
             hist = tuple(history)
+            now, generation = self.clock.time(), rec.generation + 1
             if any(a.spec_version == target.version and live(a) for a in mine):
-                v = target.version
-                hist = record(hist, replace(target, created_at=self.clock.time(), cause="undo"))
+                v = target.version  # its instances still run: keep them
+                again = Revision(v, target.workload, now, "undo", since=now, generation=generation)
+                hist = record(hist, replace(again, state=target.state))
             else:
                 floor = max((a.spec_version for a in mine), default=0)
                 v = next_version(w.name, rec.versions, rec.history, floor)
-                rev = Revision(v, target.workload, self.clock.time(), "undo")
+                rev = Revision(v, target.workload, now, "undo", since=now, generation=generation)
                 hist = record(hist, rev)
             new = rec.with_version(target.workload, v, hist)
             msg = f"back to the spec of version {target.version} (now version {v})"
@@ -410,7 +421,9 @@ class Apps:
                     f"{ref!r} has no rollout waiting for promotion",
                     hint=f"see elastin rollout status {ref}",
                 )
-            hist = update_revision(rec.history.get(w.name, ()), v, promoted=True)
+            hist = update_revision(
+                rec.history.get(w.name, ()), v, promoted=True, promoted_at=self.clock.time()
+            )
             new = replace(rec, history={**rec.history, w.name: hist}, generation=rec.generation + 1)
             msg = f"version {v} promoted: the rollout goes on"
             return new, ("rollout.promoted", f"{rec.app.name}/{w.name}", msg, "info")
@@ -431,9 +444,11 @@ class Apps:
             w,
             version,
             mine,
-            started_at=rev.created_at if rev else rec.applied_at,
+            started_at=rev.started_at if rev else rec.applied_at,
             now=now,
             promoted=rev.promoted if rev else True,
+            rolling=rev is not None and rev.state == "rolling",
+            since=rev.since if rev else 0.0,
         )
         return {
             "app": rec.app.name,
@@ -465,20 +480,47 @@ class Apps:
             ],
         }
 
-    async def settlement(self, name: str, index: int, wait: float) -> tuple[int, Settlement]:
+    async def settlement(
+        self, name: str, index: int, wait: float, from_generation: int = 0
+    ) -> tuple[int, Settlement]:
         """Where application ``name`` stands (``elastin.model.settled``); blocks up to
-        ``wait`` s for a change past ``index`` (the index of an earlier answer)."""
+        ``wait`` s for a change past ``index`` (the index of an earlier answer), and no
+        longer than until an instance outlives ``min_healthy_time`` (no write marks that
+        moment). ``from_generation``: the generation the wait started from (see
+        ``settlement``)."""
+        rev = self.changes.mesh.value
+        rec, allocs = await self._app_and_allocs(name)
+        s = self._settlement(rec, allocs, from_generation)
+        if wait <= 0 or not index or s.done:
+            return rev, s  # nothing to wait for (a settled answer is news: time moved it)
+        now = self.clock.time()
+        due = [
+            t
+            for w in rec.app.workloads
+            if (t := next_ready_due(w, [a for a in allocs if a.app == name], now))
+        ]
+        if due:  # no write marks the moment an instance has been ready long enough
+            wait = min(wait, max(0.0, min(due) - now) + 0.05)
         rev = await self.changes.mesh.wait_past(index, wait)
-        found = await self.repo.get_app(name)
-        if found is None:
-            raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
-        allocs, _ = await self.repo.list_allocs()
-        rec = found[0]
-        return rev, settlement(
+        rec, allocs = await self._app_and_allocs(name)
+        return rev, self._settlement(rec, allocs, from_generation)
+
+    def _settlement(
+        self, rec: AppRecord, allocs: list[Allocation], from_generation: int
+    ) -> Settlement:
+        return settlement(
             rec.app,
             rec.stopped,
             allocs,
             versions=rec.versions,
             history=rec.history,
             now=self.clock.time(),
+            from_generation=from_generation,
         )
+
+    async def _app_and_allocs(self, name: str) -> tuple[AppRecord, list[Allocation]]:
+        found = await self.repo.get_app(name)
+        if found is None:
+            raise NotFound(f"no application named {name!r}", hint="see `elastin ps`")
+        allocs, _ = await self.repo.list_allocs()
+        return found[0], allocs

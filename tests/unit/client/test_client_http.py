@@ -46,11 +46,11 @@ def test_settlement_is_a_blocking_query_with_index_and_wait() -> None:
 
     with client(handler) as c:
         assert c.settlement("shop", index=11, wait=2.5) == {"state": "settling", "index": 12}
-        c.settlement("shop")
+        c.settlement("shop", generation=7)
     assert seen[0].url.path == "/v1/apps/shop/settlement"
-    assert dict(seen[0].url.params) == {"index": "11", "wait": "2.5"}
+    assert dict(seen[0].url.params) == {"index": "11", "wait": "2.5", "generation": "0"}
     assert seen[0].extensions["timeout"]["read"] == 32.5  # longer than the server blocks
-    assert dict(seen[1].url.params) == {"index": "0", "wait": "0.0"}
+    assert dict(seen[1].url.params) == {"index": "0", "wait": "0.0", "generation": "7"}
 
 
 def test_an_error_body_becomes_an_api_error_with_message_hint_and_issues() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from elastin.model.cluster import Allocation, AllocStatus
 from elastin.model.rollout import Revision
 from elastin.model.settled import Settlement, settlement, workload_ready
-from elastin.model.workload import Application, HealthCheck, Workload
+from elastin.model.workload import Application, HealthCheck, UpdatePolicy, Workload
 
 NOW = 1000.0
 
@@ -57,15 +57,13 @@ def settle(
     stopped: tuple[str, ...] = (),
     versions: dict[str, int] | None = None,
     history: dict[str, tuple[Revision, ...]] | None = None,
+    **kw: int,
 ) -> Settlement:
-    return settlement(
-        a or app(),
-        stopped,
-        allocs,
-        versions=versions or {"web": 1, "report": 1},
-        history=history,
-        now=NOW,
-    )
+    a = a or app()
+    versions = versions or {"web": 1, "report": 1}
+    if history is None:  # each current version made 10 s ago, its rollout still going on
+        history = {w.name: (Revision(versions[w.name], w, NOW - 10),) for w in a.workloads}
+    return settlement(a, stopped, allocs, versions=versions, history=history, now=NOW, **kw)
 
 
 WEB_UP = [alloc("web", 0, "running", True), alloc("web", 1, "running", True)]
@@ -82,7 +80,7 @@ def test_an_unhealthy_instance_keeps_it_settling_and_a_failure_fails_it() -> Non
     allocs = [alloc("web", 0, "running", True), alloc("web", 1, "running", False)]
     done = alloc("report", 0, "complete")
     assert settle([*allocs, done]).state == "settling"
-    allocs.append(alloc("web", 2, "failed", reason="exited with code 1"))
+    allocs[1] = alloc("web", 1, "failed", reason="exited with code 1")
     s = settle([*allocs, done])
     assert s.state == "failed" and "exited with code 1" in s.workloads[0].reason
 
@@ -129,17 +127,35 @@ def test_only_the_current_version_counts() -> None:
     assert s.state == "settling"  # an old instance is still there: the rollout goes on
 
 
-def test_a_rolled_back_version_fails_the_wait_and_says_so() -> None:
+def test_a_rolled_back_version_fails_the_wait_that_made_it_and_only_that_one() -> None:
     web = app().workloads[0]
     history = {
         "web": (
-            Revision(1, web, 0.0, state="stable"),
-            Revision(2, web, 1.0, state="failed", message="0 of 2 ready", reverted_to=1),
-        )
+            Revision(1, web, 0.0, state="stable", generation=1),
+            Revision(
+                2, web, 1.0, state="failed", message="0 of 2 ready", reverted_to=1, generation=2
+            ),
+        ),
+        "report": (Revision(1, app().workloads[1], 0.0, state="stable"),),
     }
-    s = settle([*WEB_UP, alloc("report", 0, "complete")], history=history)
+    up = [*WEB_UP, alloc("report", 0, "complete")]
+    s = settle(up, history=history, from_generation=2)  # the apply that made version 2
     assert s.state == "failed"
     assert s.workloads[0].reason == "version 2 failed: 0 of 2 ready; rolled back to version 1"
+    assert settle(up, history=history, from_generation=3).state == "settled"  # a later change
+    assert settle(up, history=history).state == "settled"  # the current version is fine
+
+
+def test_a_proven_version_short_of_instances_settles_later_never_fails() -> None:
+    web = app().workloads[0]
+    history = {
+        "web": (Revision(1, web, 0.0, state="stable"),),  # long past its deadline
+        "report": (Revision(1, app().workloads[1], 0.0, state="stable"),),
+    }
+    scaled = Application("shop", (replace(web, replicas=3), app().workloads[1]))
+    looping = alloc("web", 2, "starting", restarts=5)
+    s = settle([*WEB_UP, looping, alloc("report", 0, "complete")], scaled, history=history)
+    assert s.state == "settling"
 
 
 def test_waiting_when_everything_unsettled_is_pending_with_a_reason() -> None:
@@ -163,3 +179,19 @@ def test_a_dependency_is_ready_when_one_instance_is_healthy_or_the_job_done() ->
     assert workload_ready(replace(web, health=None), [alloc("web", 0, "running", None)])
     assert not workload_ready(report, [alloc("report", 0, "running")])
     assert workload_ready(report, [alloc("report", 0, "complete")])
+
+
+def test_a_canary_is_judged_until_ready_and_the_rest_counts_from_promotion() -> None:
+    w = replace(app().workloads[0], update=UpdatePolicy(canary=1, healthy_deadline=60))
+    a = Application("shop", (w,))
+    old = [alloc("web", i, "running", True, version=1, id=f"o{i}") for i in range(2)]
+    sick = alloc("web", 0, "running", False, version=2)
+    made = {"web": (Revision(1, w, 0.0, state="stable"), Revision(2, w, NOW - 100))}
+    s = settle([*old, sick], a, versions={"web": 2}, history=made)
+    assert s.state == "failed" and "ready after 60s" in s.workloads[0].reason  # never ready
+    canary = alloc("web", 0, "running", True, version=2)
+    s = settle([*old, canary], a, versions={"web": 2}, history=made)
+    assert s.state == "settled" and "rollout promote web" in s.workloads[0].reason
+    promoted = {"web": (made["web"][0], replace(made["web"][1], promoted=True, promoted_at=NOW))}
+    s = settle([*old, canary], a, versions={"web": 2}, history=promoted)
+    assert s.state == "settling"  # long after it was made, but just promoted

@@ -125,3 +125,24 @@ def test_a_job_retry_carries_its_attempt() -> None:
     plan = run(world(w, failed))
     (retry,) = plan.place
     assert retry.attempt == 2 and retry.spec_version == 2
+
+
+def test_a_failed_new_instance_stops_no_old_one_even_with_room_to() -> None:
+    w = svc("web", replicas=3, update=UpdatePolicy(max_unavailable=1))
+    old = [running(w, i, 1) for i in range(3)]
+    failed = replace(running(w, 0, 2), status="failed", ready_at=0.0)
+    plan = run(world(w, [*old, failed]))
+    assert plan.stop == [] and plan.place == []  # it is rolled back; the old ones stay
+
+
+def test_old_failures_do_not_hold_a_slot_once_the_version_is_current_again() -> None:
+    w = svc("web", replicas=3)
+    up = [running(w, 0, 2), running(w, 1, 2)]
+    failed = replace(running(w, 2, 2), id="f", status="failed", ready_at=0.0, updated_at=NOW - 50)
+    st = world(w, [*up, failed])
+    assert run(st).place == []  # a failure of the current version holds its slot
+    fresh = ClusterState(
+        st.revision, st.nodes, st.apps, st.allocations, now=NOW, since={("shop", "web"): NOW - 5}
+    )
+    (again,) = run(fresh).place  # since it became current again (or was scaled): tried again
+    assert again.index == 2

@@ -75,7 +75,7 @@ def test_a_complete_rollout_is_marked_stable() -> None:
 def test_a_failed_version_is_rolled_back_to_the_last_stable_one() -> None:
     rec, old = two_versions()
     failed = Allocation(
-        "w2-0", "shop", "web", 0, spec_version=2, status="failed", reason="cannot start"
+        "w2-0", "shop", "web", 0, spec_version=2, status="failed", reason="no", updated_at=NOW
     )
     step = rollout_step(rec, [*old, failed], NOW)
     assert step is not None
@@ -90,7 +90,7 @@ def test_a_failed_version_is_rolled_back_to_the_last_stable_one() -> None:
 def test_without_auto_revert_or_a_proven_version_nothing_is_rolled_back() -> None:
     w = replace(WEB, update=UpdatePolicy(auto_revert=False))
     rec = next_record(None, app(w), "", 0.0)
-    failed = Allocation("x", "shop", "web", 0, spec_version=1, status="failed")
+    failed = Allocation("x", "shop", "web", 0, spec_version=1, status="failed", updated_at=1.0)
     step = rollout_step(rec, [failed], NOW)
     assert step is not None
     new, events = step

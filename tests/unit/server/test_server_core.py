@@ -317,3 +317,30 @@ async def test_a_node_that_could_inject_into_a_proxy_config_is_refused(cluster: 
     assert await cluster.views.nodes() == []  # nothing was written
     for good in ("10.0.0.7", "::1", "node-7.example.internal"):
         await cluster.nodes.register(replace(node(), address=good))
+
+
+async def test_a_settlement_wait_wakes_when_an_instance_outlives_min_healthy_time() -> None:
+    clock = FakeClock()
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(node())
+    spec = """
+app: one
+services:
+  web:
+    command: python3 -m http.server
+    resources: {cpu: 100m, memory: 64Mi}
+    update: {min_healthy_time: 0.2s}
+"""
+    await cluster.apps.apply(spec)
+    await cluster.applier.schedule_once()
+    (a,) = (await cluster.views.all_allocations())[0]
+    await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
+    rev, s = await cluster.apps.settlement("one", 0, 0)
+    assert s.state == "settling"  # running, not yet for min_healthy_time
+    waiter = asyncio.create_task(cluster.apps.settlement("one", rev, 60))
+    await asyncio.sleep(0.05)  # it waits
+    assert not waiter.done()
+    clock.advance(1.0)  # the time passes; no write marks it
+    # before: blocked for the whole 60 s, as nothing was written
+    _, s = await asyncio.wait_for(waiter, 10)
+    assert s.state == "settled"

@@ -95,9 +95,12 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
 
     @r.get("/v1/apps/{name}/settlement", response_model=SettlementAnswer)
     async def app_settlement(
-        name: str, index: int = 0, wait: float = Query(0.0, le=300)
+        name: str,
+        index: int = 0,
+        wait: float = Query(0.0, le=300),
+        generation: int = Query(0, ge=0),
     ) -> Response:
-        rev, s = await cluster.apps.settlement(name, index, wait)
+        rev, s = await cluster.apps.settlement(name, index, wait, generation)
         out: dict[str, Any] = to_data(s)
         out.update(index=rev, summary=s.summary, done=s.done)
         return JSONResponse(out)
