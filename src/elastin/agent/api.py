@@ -20,7 +20,9 @@ driver's timestamper read them; ``since`` (``2024-05-01T12:00:00Z`` or a duratio
 now, ``90s``, ``10m``, ``1h30m``) leaves out the lines before it, ``timestamps`` keeps each
 line's time in front of it (``2024-05-01T12:00:00.123456Z line``). Errors are JSON
 ``{"error", "message", "hint"}``: 422 for a bad parameter, 404 when this node has no such
-logs, 503 when it cannot follow (too many followers, no inotify).
+logs, 503 when it cannot follow (too many followers, no inotify). An instance started on a
+node without the timestamper (``logfiles.STAMPED`` absent) has lines without times: its log
+is served as written, and ``since`` or ``timestamps`` answer 422 saying so.
 
 ``exec`` runs the argv (never a shell string) inside the running instance, as its health
 checks run (its mount namespace, cgroups, user, environment, workdir), and answers
@@ -61,7 +63,7 @@ from starlette.types import Receive, Scope, Send
 
 from elastin import serving
 from elastin.agent.drivers.base import ExecEnd, Execs, Handle, InstanceConfig, StartError
-from elastin.agent.logfiles import FollowUnavailable, StampFilter, Watch, read_log
+from elastin.agent.logfiles import FollowUnavailable, StampFilter, Watch, is_stamped, read_log
 from elastin.auth import RequireToken
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation
@@ -104,6 +106,19 @@ class Refused(Exception):
 
 def invalid(message: str, hint: str = "") -> Refused:
     return Refused(422, "Invalid", message, hint)
+
+
+def unstamped(alloc_id: str) -> Refused:
+    """The answer to ``since`` or ``timestamps`` for an instance whose output has no times
+    (its node had no timestamper when it started: ``logfiles.STAMPED``)."""
+    return invalid(
+        f"this instance's output has no timestamps (allocation {alloc_id}): install Debian's "
+        "perl on its node",
+        "its node's agent found no Perl with Time::HiRes for the log timestamper when it "
+        "started the instance: install the perl package there (apt-get install perl), restart "
+        "that agent and then the instance (`elastin restart`); until then ask without "
+        "--since and --timestamps",
+    )
 
 
 # --------------------------------------------------------------------------- pure: parameters
@@ -402,7 +417,7 @@ class AgentApi:
             params = request.query_params
             stream, tail, follow = parse_stream(params), parse_tail(params), parse_follow(params)
             since = parse_since(params, self.clock.time())
-            stamps = StampFilter(parse_bool(params, "timestamps"), since)
+            timestamps = parse_bool(params, "timestamps")
             logs = self.alloc_root / alloc_id / "logs"
             if not await asyncio.to_thread(logs.is_dir):
                 raise Refused(
@@ -412,6 +427,11 @@ class AgentApi:
                     "logs stay on the node that ran the instance; it may not have started "
                     "yet, or its directory was collected",
                 )
+            stamps: StampFilter | None = None
+            if await asyncio.to_thread(is_stamped, logs):
+                stamps = StampFilter(timestamps, since)
+            elif since is not None or timestamps:  # its bytes are all the workload's own
+                raise unstamped(alloc_id)
             return self._stream(logs / f"{stream}.log", tail, follow, stamps)
         except Refused as e:
             return e.response()

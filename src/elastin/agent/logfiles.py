@@ -21,6 +21,11 @@ Pure parts (no I/O, unit-tested):
   timestamper begins each line of an instance's output with its time, ``STAMP``): the lines
   since a time, with or without their stamps; ``unstamp`` the lines without them.
 
+Whether an instance's output is timestamped at all (its node has the timestamper) is the
+marker file ``STAMPED`` in its logs directory, written by the task driver when it starts the
+instance (``mark_stamped``) and read by the API (``is_stamped``): a log without it is served
+as it is, never "unstamped" (its workload wrote every byte, stamp-like ones too).
+
 I/O (thin):
 
 - ``tail(path, lines)`` the last lines, read backwards in blocks in a worker thread.
@@ -101,6 +106,14 @@ DIR_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 STAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) ")
 STAMP_BYTES = 28
 _STAMPS = re.compile(rb"^" + STAMP.pattern, re.MULTILINE)
+
+# in an instance's logs directory (root's: the workload cannot write there) when the
+# timestamper stamps its stdout.log and stderr.log
+STAMPED = "stamped"
+STAMPED_TEXT = (
+    "each line of stdout.log and stderr.log begins with the time it was written "
+    "(RFC 3339, UTC, microseconds, a space), put there by the task driver's timestamper\n"
+)
 
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
@@ -265,6 +278,26 @@ def resume_at(pos: int, size: int) -> int:
 
 
 # --------------------------------------------------------------------------- I/O
+
+
+def mark_stamped(logs: Path, stamped: bool) -> None:
+    """Say in the logs directory ``logs`` whether the instance's output is timestamped (the
+    ``STAMPED`` marker, made or removed)."""
+    marker = logs / STAMPED
+    if not stamped:
+        marker.unlink(missing_ok=True)
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(marker, flags, 0o644)
+    try:
+        os.write(fd, STAMPED_TEXT.encode())
+    finally:
+        os.close(fd)
+
+
+def is_stamped(logs: Path) -> bool:
+    """Whether the instance whose logs directory is ``logs`` has timestamped output."""
+    return os.path.isfile(logs / STAMPED)
 
 
 def _scan_fd(fd: int, lines: int, limit: int) -> tuple[int, int]:

@@ -9,15 +9,22 @@ by signal N, 124 when it ran past ``--timeout`` and was killed, as ``timeout(1)`
 
 ``resolve`` (pure) finds the instance from what ``elastin ps`` shows: ``app.workload[i]``,
 ``workload[i]``, ``workload`` when it has one instance, an allocation id or its 8-character
-short id.
+short id. In two steps: ``candidates`` (the running instances the reference names) and
+``choose``: during a rolling update the old and the new ``shop.api[0]`` both run (and a
+short id may match two allocations); then the one running its service's current version
+(``GET /v1/services``' ``version``) is taken when exactly one does, and the CLI says which
+(one line on stderr); otherwise the command is refused, listing their short ids and
+versions.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import click
 
@@ -38,8 +45,18 @@ class Unresolved(Exception):
         self.hint = hint
 
 
-def resolve(ref: str, allocs: Sequence[Allocation]) -> Allocation:
-    """The running instance ``ref`` names among ``allocs`` (``Unresolved`` otherwise)."""
+def resolve(
+    ref: str, allocs: Sequence[Allocation], current: Mapping[str, int] | None = None
+) -> Allocation:
+    """The running instance ``ref`` names among ``allocs`` (``Unresolved`` otherwise);
+    ``current``: each service's current version by ``Allocation.key`` (see ``choose``)."""
+    return choose(ref, candidates(ref, allocs), current or {})[0]
+
+
+def candidates(ref: str, allocs: Sequence[Allocation]) -> list[Allocation]:
+    """The running instances ``ref`` names among ``allocs``: one name (more than one
+    allocation during a rolling update), or one id; ``Unresolved`` when it names none that
+    runs, or several names."""
     if ALLOC_ID.fullmatch(ref):
         by_id = [a for a in allocs if a.id == ref or a.short_id == ref]
         if by_id:
@@ -71,15 +88,58 @@ def resolve(ref: str, allocs: Sequence[Allocation]) -> Allocation:
     return _running(ref, running or found)
 
 
-def _running(ref: str, found: Sequence[Allocation]) -> Allocation:
+def choose(
+    ref: str, running: Sequence[Allocation], current: Mapping[str, int]
+) -> tuple[Allocation, str]:
+    """One of the running instances ``candidates`` found, and what to tell the user about
+    the choice ("" when there was none to make): when several run (a rolling update runs
+    the old and the new ``shop.api[0]``), the one whose ``spec_version`` is its service's
+    current version (``current``, by ``Allocation.key``) if exactly one is; otherwise
+    ``Unresolved`` listing their short ids and versions."""
+    if len(running) == 1:
+        return running[0], ""
+    now = [a for a in running if current.get(a.key) == a.spec_version]
+    # a short id two allocations share names neither: then their whole ids
+    unique = len({a.short_id for a in running}) == len(running)
+
+    def ident(a: Allocation) -> str:
+        return a.short_id if unique else a.id
+
+    if len(now) != 1:
+        listed = ", ".join(f"{a.name} {ident(a)} (version {a.spec_version})" for a in running)
+        raise Unresolved(
+            f"{ref!r} names {len(running)} running instances and not exactly one of them "
+            f"runs its service's current version: {listed}",
+            f"name one by its {'short ' if unique else ''}id, e.g. "
+            f"`elastin exec {ident(running[0])} -- ...`",
+        )
+    a = now[0]
+    others = ", ".join(f"{ident(b)} (version {b.spec_version})" for b in running if b is not a)
+    return a, (
+        f"{ref!r} names {len(running)} running instances: running in {a.name} {ident(a)}, "
+        f"of the current version {a.spec_version} (not in {others})"
+    )
+
+
+def _running(ref: str, found: Sequence[Allocation]) -> list[Allocation]:
     running = [a for a in found if a.status == "running"]
     if running:
-        return running[-1]
+        return running
     a = found[-1]
     raise Unresolved(
         f"{a.label} is {a.status}, not running: nothing to run a command in",
         "see `elastin ps -a` (and `elastin logs` for why it is not running)",
     )
+
+
+def current_versions(services: Any) -> dict[str, int]:
+    """Each service's current version by ``Allocation.key`` (``app/name``), from what
+    ``GET /v1/services`` answers."""
+    out: dict[str, int] = {}
+    for s in services if isinstance(services, list) else []:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            out[f"{s['app']}/{s['name']}"] = int(s["version"])
+    return out
 
 
 @click.command(name="exec", context_settings={"allow_interspersed_args": False})
@@ -97,7 +157,10 @@ def exec_(instance: str, command: tuple[str, ...], timeout: float) -> None:
     workdir) and exit with its exit code.
 
     INSTANCE is what `elastin ps` shows: app.workload[0], workload[0], workload (when it has
-    one instance), or an allocation id or its short id. Put `--` before COMMAND:
+    one instance), or an allocation id or its short id. When it names two running instances
+    (a rolling update runs the old and the new shop.api[0]), the one of the service's current
+    version is taken and stderr says so; otherwise name one by its short id. Put `--` before
+    COMMAND:
     `elastin exec shop.api[0] -- ls -l`. COMMAND is run as given, without a shell
     (`-- sh -c 'echo $HOME'` for one)."""
     if command[:1] == ("--",):  # after INSTANCE click passes the "--" on
@@ -107,9 +170,13 @@ def exec_(instance: str, command: tuple[str, ...], timeout: float) -> None:
     code = EXIT_FAILED
     with errors(), client() as c:
         try:
-            alloc = resolve(instance, c.allocations())
+            running = candidates(instance, c.allocations())
+            versions = current_versions(c.services()) if len(running) > 1 else {}
+            alloc, note = choose(instance, running, versions)
         except Unresolved as e:
             fail(e.message, e.hint)
+        if note:
+            err_console.print(f"elastin: {note}", markup=False, highlight=False, soft_wrap=True)
         end = None
         try:
             for frame in c.exec(alloc.id, list(command), timeout):

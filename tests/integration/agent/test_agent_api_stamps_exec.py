@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from elastin.agent.api import AgentApi, ExecTarget
+from elastin.agent.logfiles import mark_stamped
 from elastin.testing import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,7 @@ async def api(tmp_path: Path) -> AsyncIterator[AgentApi]:
     logs = tmp_path / "allocs" / ALLOC / "logs"
     logs.mkdir(parents=True)
     (logs / "stdout.log").write_bytes(LOG)
+    mark_stamped(logs, True)  # as the task driver does when its node has the timestamper
     targets = {IDLE: ExecTarget("shop.api[1]", object(), None, {})}
     a = AgentApi(
         tmp_path / "allocs",

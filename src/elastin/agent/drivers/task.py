@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import select
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,16 +53,19 @@ from elastin.agent.drivers.base import (
     Handle,
     InstanceConfig,
     StartError,
+    printable,
     proc_start_ticks,
     supervisor_alive,
     supervisor_pid,
 )
 from elastin.agent.drivers.cgroups import Cgroup, CgroupError, detect_cgroups
 from elastin.agent.drivers.sandbox import Identity, resolve_user
-from elastin.agent.logfiles import Rotation, cap
+from elastin.agent.logfiles import Rotation, cap, mark_stamped
 from elastin.agent.logfiles import rotate as rotate  # re-exported (tests use it)
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
+
+log = logging.getLogger("elastin.agent.drivers.task")
 
 SH = "/bin/sh"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"  # util-linux
@@ -68,8 +73,10 @@ SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 # stdin = the pipe on which the program's pid is said (moved to fd 9: the mount plan opens
 # 3..8); $1 = status file, then cgroup.procs files up to "--", then the mount plan up to "--"
-# (see sandbox.View.mount_ops), then the command (with its setpriv prefix) and its arguments,
-# led by the word "stamp" and the timestamper's words when the output is timestamped.
+# (see sandbox.View.mount_ops), then the command (with its setpriv prefix and the
+# environment's restorer, ``RESTORE``) and its arguments, led by the word "stamp" and the
+# timestamper's words when the output is timestamped. It runs as root with ``root_env``'s
+# environment: a fixed PATH, so `mount` and `mkdir` are the system's.
 SHIM = r"""
 exec 9>&0 </dev/null
 status="$1"; shift
@@ -113,13 +120,19 @@ exit $st
 # byte was read (RFC 3339 UTC, microseconds, a space: ``STAMP_BYTES`` bytes), one write per
 # line; then exits with the command's status (128 + signal when killed, the shell's way).
 # It ignores SIGTERM and SIGINT (a stopping program's last words are kept; the stop signals
-# the program itself) and ends when the pipes end, or 1 s after the program exited when a
-# process it left keeps them open. A partial line at the end gets a newline; a line longer
-# than LINE_MAX bytes is cut into lines of that size.
+# the program itself) and ends when both pipes end; once the program exited (reaped with
+# WNOHANG on every turn of its loop, woken by a SIGCHLD handler set before the fork, so an
+# exit at any moment is seen), when a process the program left keeps the pipes open, it
+# ends at their first 50 ms without output, and at the latest 1 s after the exit. A partial
+# line at the end gets a newline; a line longer than LINE_MAX bytes is cut into lines of
+# that size. It runs as root with ``root_env``'s environment, never the instance's: Perl
+# honours PERL5LIB, PERLLIB, PERL5OPT and PERL5DB at its start (and the dynamic loader
+# LD_PRELOAD), and those may name directories the workload can write.
 STAMPER = r"""
 use strict; use warnings;
 my @sigs = qw(TERM INT HUP QUIT PIPE);
 my @cmd = @ARGV;
+$SIG{CHLD} = sub {};  # before the fork: an exit interrupts select below, which reaps it
 open(my $said, '>&=', 9) or die "fd 9: $!";
 pipe(my $ro, my $wo) or die "pipe: $!"; pipe(my $re, my $we) or die "pipe: $!";
 my $pid = fork();
@@ -137,10 +150,12 @@ close($wo); close($we);
 require Time::HiRes;  # after the fork: the command does not wait for it
 if (open(my $adj, '>', '/proc/self/oom_score_adj')) { print $adj "-1000\n"; close $adj; }
 my ($status, $last) = (undef, 0);
-$SIG{CHLD} = sub {
-  my $w = waitpid($pid, 1);  # WNOHANG
-  if ($w == $pid) { $status = $?; $last = Time::HiRes::time() + 1; }
-};
+sub reap {  # WNOHANG; -1: not our child any more (cannot happen: we are its only parent)
+  return if defined $status;
+  my $w = waitpid($pid, 1);
+  return unless $w == $pid || $w < 0;
+  $status = $w == $pid ? $? : 255 << 8; $last = Time::HiRes::time() + 1;
+}
 my %in = (fileno($ro) => $ro, fileno($re) => $re);
 my %out = (fileno($ro) => \*STDOUT, fileno($re) => \*STDERR);
 my (%buf, %t0);
@@ -181,6 +196,7 @@ sub take {
   put($out{$f}, $out) if length $out;
 }
 while (%in) {
+  reap();
   my $rin = ''; vec($rin, $_, 1) = 1 for keys %in;
   my $n = select(my $rout = $rin, undef, undef, $last ? 0.05 : 1);
   if ($n < 0) { next if $!{EINTR}; last; }
@@ -200,6 +216,29 @@ exit(($status & 127) ? 128 + ($status & 127) : $status >> 8);
 """.replace("LINE_MAX", "65536")
 STAMP_BYTES = 28  # "2024-05-01T12:00:00.123456Z "
 PERL = shutil.which("perl") or "/usr/bin/perl"
+NO_STAMPER = "no Perl with Time::HiRes on this node for the log timestamper (Debian's perl)"
+# What runs as root before the program — unshare, the shim's sh, mount and mkdir, the
+# timestamper's Perl, setpriv; nsenter and the exec shim for exec — never sees the
+# instance's environment: the spec's PERL5LIB, PATH, LD_PRELOAD, LD_LIBRARY_PATH... may name
+# directories the workload can write (its HOME, /tmp), and Perl, the shell and the dynamic
+# loader would run what it planted there, as root. They run with ``root_env``: a fixed PATH
+# and every variable of the instance renamed ``ELASTIN_KEPT_<name>`` (names no tool reads).
+# The last step before the program, after setpriv dropped root, is ``RESTORE`` (the same
+# ``sh``, as the instance's user): it gives each variable its own name back and execs the
+# program, so the program gets its environment unchanged, and the loader honours LD_* for
+# it alone. (Renaming rather than Perl's taint mode: taint mode ignores PERL5LIB but not
+# the loader's variables, nor the shell's PATH.) $1... = the names, "--", the program.
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+KEPT = "ELASTIN_KEPT_"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a variable the shell refuses to set (an OPTIND that is not a number) is left out
+RESTORE = r"""
+unset PATH; PATH=/usr/bin:/bin
+while [ "$1" != -- ]; do
+  command eval "export $1=\"\$ELASTIN_KEPT_$1\"" 2>/dev/null; unset "ELASTIN_KEPT_$1"; shift
+done; shift
+exec "$@"
+"""
 # an exec health check: $1 = workdir, then cgroup.procs files up to "--", then the command
 JOIN = r"""
 dir="$1"; shift
@@ -226,9 +265,27 @@ def resolve_command(argv0: str, path_env: str, workdir: str) -> str:
     if found is None:
         raise StartError(
             f"cannot start {argv0!r}: No such file or directory (errno 2); "
-            f"it is not on the PATH ({path_env})"
+            f"it is not on the PATH ({printable(path_env)})"
         )
     return found
+
+
+def root_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment the driver's root parts run with (a fixed PATH, the instance's
+    variables renamed ``ELASTIN_KEPT_<name>``), and the words that restore the instance's
+    own just before the program (``RESTORE``: put them after setpriv's, before the
+    program's). A name that is not a shell variable's is refused (``StartError``): specs
+    allow none."""
+    bad = [k for k in env if not ENV_NAME.fullmatch(k)]
+    if bad:
+        raise StartError(
+            f"cannot start: {bad[0][:80]!r} is not a valid environment variable name "
+            "(letters, digits and _, not starting with a digit)"
+        )
+    kept = {"PATH": SAFE_PATH} | {KEPT + k: v for k, v in env.items()}
+    # shortest first: NAME takes ELASTIN_KEPT_NAME back before a variable the spec itself
+    # calls ELASTIN_KEPT_NAME (kept as ELASTIN_KEPT_ELASTIN_KEPT_NAME) is given its name
+    return kept, [SH, "-c", RESTORE, "elastin-env", *sorted(env, key=len), "--"]
 
 
 def stamper_available() -> bool:
@@ -345,12 +402,22 @@ class TaskDriver:
         self.clock = clock
         self.info = detect_cgroups()
         self.stamp_logs = stamper_available() if stamp_logs is None else stamp_logs
+        if stamp_logs is None and not self.stamp_logs:  # once, when the agent starts
+            log.warning(
+                "%s; the output of the instances this agent starts will have no timestamps "
+                "(`elastin logs --since/--timestamps` refuse it). Install Debian's perl package "
+                "(apt-get install perl) and restart the agent",
+                NO_STAMPER,
+            )
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._cpu: dict[str, tuple[int, float]] = {}  # alloc -> (cpu ns, monotonic s)
         self.uids = sandbox.UidPool()
 
     def fingerprint(self) -> DriverInfo:
-        attrs = {"cgroup.version": self.info.version}
+        attrs = {
+            "cgroup.version": self.info.version,
+            "logs.timestamps": "1" if self.stamp_logs else f"0 ({NO_STAMPER})",
+        }
         if not self.info.writable:
             return DriverInfo(self.name, False, self.info.reason, attrs)
         for tool in (SH, UNSHARE, SETPRIV, NSENTER):
@@ -402,6 +469,7 @@ class TaskDriver:
         alloc_dir = Path(config.alloc_dir)
         local, logs = alloc_dir / "local", alloc_dir / "logs"
         prepare_alloc_dir(alloc_dir, ident)
+        mark_stamped(logs, self.stamp_logs)  # read by the agent's API (logfiles.STAMPED)
         workdir = config.workdir or str(local)
         if not os.path.isdir(workdir):
             raise StartError(
@@ -420,6 +488,7 @@ class TaskDriver:
             if os.path.isabs(arg):
                 view.require(arg, 4, "argument")
         env = instance_env(config.env, ident, str(local), str(alloc_dir / "tmp"))
+        shim_env, restore = root_env(env)
         cg = Cgroup(self.cgroup_root, config.alloc_id, version=self.info.version)
         cg.create(config.resources, config.pids_limit)
         status = alloc_dir / "status"
@@ -440,10 +509,10 @@ class TaskDriver:
             if self.stamp_logs:
                 argv += ["stamp", PERL, "-e", STAMPER]
             drop = sandbox.setpriv_argv(ident, SETPRIV, config.bind_low_ports)
-            argv += [*drop, exe, *config.command[1:]]
+            argv += [*drop, *restore, exe, *config.command[1:]]
             proc = subprocess.Popen(
                 argv,
-                env=env,
+                env=shim_env,  # root's parts never see the instance's (root_env)
                 cwd=workdir,
                 stdin=pid_w,
                 stdout=out_fd,
@@ -502,6 +571,9 @@ class TaskDriver:
 
     async def recover(self, handle: Handle) -> bool:
         self.uids.claim(int(handle.data.get("uid", 0)))
+        if log_dir := str(handle.data.get("log_dir", "")):  # started before the marker was
+            with contextlib.suppress(OSError):
+                mark_stamped(Path(log_dir), bool(handle.data.get("stamped")))
         self._cpu.setdefault(
             handle.alloc_id, (self._cgroup(handle).cpu_usage_ns(), self.clock.monotonic())
         )
@@ -701,17 +773,18 @@ class TaskDriver:
         )
         alloc_dir = status.parent
         env = instance_env(env, ident, str(alloc_dir / "local"), str(alloc_dir / "tmp"))
+        shim_env, restore = root_env(env)  # nsenter and JOIN are root's: see RESTORE
         argv = [SH, "-c", JOIN, "elastin-check", workdir, *procs, "--"]
         if sandboxed:
             argv = [NSENTER, f"--target={supervisor_pid(handle)}", "--mount", "--", *argv]
-        argv += [*sandbox.setpriv_argv(ident, SETPRIV), *command]
+        argv += [*sandbox.setpriv_argv(ident, SETPRIV), *restore, *command]
         try:
             return await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env=env,
+                env=shim_env,
                 cwd="/",
                 start_new_session=True,
             )
