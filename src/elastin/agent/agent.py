@@ -303,6 +303,9 @@ class Agent:
         )
         self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
+        # allocations with a handle on disk that ``recover`` could not re-attach to: an
+        # instance of theirs may run, so they are never started again (``reconcile``)
+        self.unattached: set[str] = set()
         self.ports = PortAllocator()  # every port handed out on this node, given out once
         # the data directory is root's alone (a standalone agent's too): instances reach
         # their own directory through their mount namespace (agent/drivers/sandbox.py)
@@ -520,9 +523,11 @@ class Agent:
                 with contextlib.suppress(OSError):
                     path.replace(bad)
                 log.warning("cannot read the instance handle %s: set aside as %s", path, bad)
+                self.unattached.add(path.stem)  # named for its allocation
                 continue
             handle, alloc, restarts, ports = loaded
             if alloc.kind not in self.drivers:
+                self.unattached.add(alloc.id)
                 continue
             try:
                 w = await self.workload(alloc)
@@ -530,6 +535,7 @@ class Agent:
             except Exception as e:
                 # its instance keeps running: the next agent (or a fix) may re-attach to it
                 self.agent_error(alloc, "re-attaching to it", e)
+                self.unattached.add(alloc.id)
                 continue
             runner.ports = ports
             for conflict in runner.reserve_ports(None):  # its ports stay its own
@@ -566,7 +572,7 @@ class Agent:
     async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:
         """Execute what ``reconcile`` decides for the allocations the server sent."""
         runners = {alloc_id: r.done.is_set() for alloc_id, r in self.runners.items()}
-        for action in reconcile(allocs, runners, self.drivers.keys(), index):
+        for action in reconcile(allocs, runners, self.drivers.keys(), index, self.unattached):
             match action:
                 case Start(alloc=a):
                     try:

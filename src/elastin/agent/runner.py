@@ -302,7 +302,10 @@ class AllocRunner:
             if not why:
                 return True
             if why != last:
-                self._set("pending", reason=why)
+                # an allocation started again after an agent restart may be ``starting``
+                # already (it had passed this wait): it stays so (never back to pending)
+                waiting: AllocStatus = "pending" if self.state.status == "pending" else "starting"
+                self._set(waiting, reason=why)
                 last = why
             await self._stop_within(1.0)
         self._set("stopped", reason="stopped before it started")
