@@ -165,6 +165,9 @@ class AllocRunner:
         self.previous_failure = previous_failure
         self.port_taken = port_taken  # who holds a port (None: free); blocking
         self.run_started = clock.monotonic()  # when the current run began (restart counting)
+        # what the running instance was started with (its environment: for exec and an exec
+        # health check, which must not reserve ports to learn it); None when none runs
+        self.instance: InstanceConfig | None = None
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -270,6 +273,8 @@ class AllocRunner:
         w = self.workload
         if recovered is not None:
             self.handle = recovered
+            # its environment as it was started (its ports are the handle's)
+            self.instance = self.instance_config(w) if w is not None else None
             self.state.status = "running"  # the previous agent process started it
             if await self.driver.recover(recovered):
                 self._set("running", pid=recovered.pid, reason="re-attached after agent restart")
@@ -365,10 +370,17 @@ class AllocRunner:
         return f"{self.alloc.label}: port {name}"
 
     def config(self, w: Workload) -> InstanceConfig:
+        """The configuration to start an instance with: its ports reserved first (a dynamic
+        one taken from the node's allocator: ``NoFreePort``)."""
         for p in w.ports:
             if p.name not in self.ports and p.port:
                 self.ports[p.name] = p.port
         self.reserve_ports(w)
+        return self.instance_config(w)
+
+    def instance_config(self, w: Workload) -> InstanceConfig:
+        """The configuration of an instance with the ports this runner has (no side effect:
+        nothing is reserved; a port it does not have is left out of the environment)."""
         env = base_env()
         env.update(self.node_env)
         env.update(
@@ -381,12 +393,16 @@ class AllocRunner:
             }
         )
         for i, p in enumerate(w.ports):
+            if p.name not in self.ports:
+                continue
             env[f"ELASTIN_PORT_{p.name.upper().replace('-', '_')}"] = str(self.ports[p.name])
             if i == 0:
                 env["PORT"] = str(self.ports[p.name])
         for up in w.upstreams:
             # the local mesh listener that belongs to this instance alone (docs/mesh.md)
             key = UPSTREAM_PREFIX + up
+            if key not in self.ports:
+                continue
             var = f"ELASTIN_UPSTREAM_{up.upper().replace('-', '_')}"
             env[var] = f"127.0.0.1:{self.ports[key]}"
             env[var + "_URL"] = f"http://127.0.0.1:{self.ports[key]}"
@@ -440,6 +456,7 @@ class AllocRunner:
             self._event("alloc.start_failed", str(e), "error")
             return None
         self.handle = handle
+        self.instance = config
         self.run_started = self.clock.monotonic()
         err = await self._record(handle)
         if err is not None:
@@ -551,6 +568,7 @@ class AllocRunner:
             await self.driver.cleanup(handle)
         self.forget_handle()
         self.handle = None
+        self.instance = None
         self.state.pid = 0
         return result
 
@@ -611,7 +629,8 @@ class AllocRunner:
         state = HealthState(check, started_at=self.clock.monotonic())
         port_name = check.port or (w.ports[0].name if w.ports else "")
         port = self.ports.get(port_name)
-        env = self.config(w).env
+        # the instance's own environment (never ``config``: that reserves ports)
+        env = self.instance.env if self.instance is not None else self.instance_config(w).env
 
         async def exec_in(command: tuple[str, ...]) -> int:
             if self.handle is None:
