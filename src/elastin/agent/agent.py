@@ -335,8 +335,10 @@ class Agent:
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)
         self.allocs_collected = 0  # allocation directories garbage-collected
-        self._left_out_told: set[tuple[str, str, str]] = set()  # (allocation, app, why)
-        self._listener_told: set[tuple[str, int, str]] = set()  # (allocation, port, holder)
+        # mesh events told once (``forget_told`` drops what is over): (allocation, app, why)
+        # and (listener, port, holder)
+        self._left_out_told: set[tuple[str, str, str]] = set()
+        self._listener_told: set[tuple[str, int, str]] = set()
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -592,6 +594,26 @@ class Agent:
                     del self.runners[alloc_id]
                 case StopUnknown(alloc_id=alloc_id, reason=reason):
                     self.runners[alloc_id].request_stop(reason)
+        self.forget_told()
+
+    def forget_told(self) -> None:
+        """Forget the mesh events told about what is over: an application no longer left
+        out (or for another reason), a listener served again (or on another port, or held by
+        another process), an allocation forgotten. Each is told again if it happens again;
+        and the sets stay as small as what is wrong now."""
+        mesh = self.mesh
+        left_out = mesh.left_out if mesh is not None else {}
+        failed = mesh.listener_failed if mesh is not None else {}
+        self._left_out_told = {
+            (alloc_id, app, why)
+            for alloc_id, app, why in self._left_out_told
+            if alloc_id in self.runners and left_out.get(app) == why
+        }
+        self._listener_told = {
+            (name, port, holder)
+            for name, port, holder in self._listener_told
+            if name.split(".", 1)[0] in self.runners and failed.get(name) == (port, holder)
+        }
 
     def agent_error(
         self, alloc: Allocation, doing: str, e: BaseException, fail: bool = False
@@ -763,6 +785,7 @@ class Agent:
             f"application {app} is left out of this node's proxy: its mesh configuration "
             f"cannot be rendered ({why}); the agent's log has the details"
         )
+        self.forget_told()
         for alloc_id, r in list(self.runners.items()):
             told = (alloc_id, app, why)
             if (r.alloc.app == app or alloc_id in callers) and told not in self._left_out_told:
@@ -775,7 +798,8 @@ class Agent:
         ``holder``: an error event on the allocation it belongs to (once per holder)."""
         alloc_id = listener.name.split(".", 1)[0]  # listeners are <allocation>.<upstream>
         r = self.runners.get(alloc_id)
-        told = (alloc_id, listener.port, holder)
+        told = (listener.name, listener.port, holder)
+        self.forget_told()
         if r is None or told in self._listener_told:
             return
         self._listener_told.add(told)

@@ -7,7 +7,9 @@ gracefully when asked, and reports every step to the server through a ``Reporter
 Before it starts an instance it makes sure the instance can work from its first instruction:
 
 * its ports come from the node's ``PortAllocator`` (``agent/ports.py``), reserved until the
-  allocation ends, so no two instances or listeners get the same port;
+  allocation ends, so no two instances or listeners get the same port; its fixed ports are
+  kept from the others' dynamic ones from the moment the runner exists (``want``), also while
+  it waits for the instance it replaces to let them go;
 * a fixed port already held by another process fails the start at once (``failed``, no
   restart loop) with the port and who holds it (pid and command); one held by another of this
   node's allocations (a replaced instance still stopping) is waited for, bounded;
@@ -161,6 +163,8 @@ class AllocRunner:
         self.ports: dict[str, int] = dict(alloc.ports)
         # the node's ports (one allocator per agent); a runner alone gets its own
         self.pool = ports if ports is not None else PortAllocator()
+        if workload is not None:  # its fixed ports are never handed out to another
+            self.pool.want(alloc.id, [p.port for p in workload.ports if p.port])
         self.upstreams_down = upstreams_down
         self.previous_failure = previous_failure
         self.port_taken = port_taken  # who holds a port (None: free); blocking
