@@ -165,6 +165,11 @@ class AllocRunner:
         self.pool = ports if ports is not None else PortAllocator()
         if workload is not None:  # its fixed ports are never handed out to another
             self.pool.want(alloc.id, [p.port for p in workload.ports if p.port])
+        for name, port in self.ports.items():
+            # ports it was given before (it waited to start when an earlier agent process
+            # stopped; the node's mesh snapshot has its upstream listeners on them): its own
+            # from now on, not another's from a take before it starts
+            self.pool.claim(alloc.id, port, self._port_what(name))
         self.upstreams_down = upstreams_down
         self.previous_failure = previous_failure
         self.port_taken = port_taken  # who holds a port (None: free); blocking

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from elastin.agent.agent import Agent, AgentConfig
+from elastin.agent.ports import PortAllocator
 from elastin.agent.reconcile import Forget, ReportLost, Start, reconcile
+from elastin.agent.runner import AllocRunner
 from elastin.model.cluster import Allocation, AllocStatus
-from elastin.model.workload import Workload
+from elastin.model.workload import Port, Workload
 from elastin.testing import FakeClock, FakeDriver
 
 DRIVERS = ("task",)
@@ -123,3 +125,27 @@ async def test_a_handle_the_agent_could_not_read_is_never_started_twice(tmp_path
         await agent.sync(tg, [alloc("a1", "starting")])
     assert agent.runners == {}
     assert [i for i, f in reports if f.get("status") == "failed"] == ["a1"]
+
+
+def test_the_ports_it_had_are_its_own_from_the_start(tmp_path: Path) -> None:
+    # it waited for its upstream listeners with these ports (the mesh snapshot has them)
+    # when the agent restarted: no take hands them out before the new runner starts it
+    pool = PortAllocator(21000, 21002, is_free=lambda _p: True)
+    a = alloc("a1", "starting", ports=(("http", 21000), ("upstream.api", 21001)))
+    w = Workload(name="web", command=("srv",), ports=(Port("http"),), upstreams=("api",))
+
+    async def deps_ready(_a: Allocation, _w: Workload) -> str:
+        return ""
+
+    AllocRunner(
+        a,
+        w,
+        FakeDriver(),
+        alloc_root=tmp_path / "allocs",
+        state_dir=tmp_path / "handles",
+        report=lambda _alloc_id, **_f: None,
+        deps_ready=deps_ready,
+        ports=pool,
+    )
+    assert {p: r.owner for p, r in pool.held().items()} == {21000: "a1", 21001: "a1"}
+    assert pool.take("other", "x") == 21002

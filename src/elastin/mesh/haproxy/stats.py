@@ -203,8 +203,9 @@ class Totals:
     ) -> tuple[dict[str, ClusterStats], bool]:
         """A reading of ``worker`` (None when unknown) -> the totals, and whether the base
         moved (another worker answered, or a cluster's counter went down: what the previous
-        worker counted joined the base). An endpoint's counter that went down alone (its
-        server deleted and added again in the same worker) adds just that endpoint's count."""
+        worker counted joined the base; to be saved). An endpoint's counter that went down
+        alone (its server deleted and added again in the same worker) adds just that
+        endpoint's count to the base."""
         if worker and worker in self.retired:  # late: its counts are in the base already
             late = {
                 n: plus(zero(s), _sum(self.base.get(n, {}), self.last.get(n, {})))
@@ -234,7 +235,8 @@ class Totals:
                 b[k] = b.get(k, 0) + self.last[name][k]
         self.worker = worker or self.worker
         self.last = now
-        return {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}, moved
+        totals = {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}
+        return totals, moved or bool(fell)
 
     def to_data(self) -> dict[str, object]:
         return {
