@@ -234,13 +234,15 @@ def listening_pids(port: int, proc: Path = Path("/proc")) -> list[int]:
 
 
 def printable(text: str, limit: int = COMMAND_CHARS) -> str:
-    """``text`` as it may go into an event, an error or a log line: every character that is
-    not printable (control characters: terminal escapes, newlines; format characters such
-    as bidirectional overrides) as ``?``, at most ``limit`` characters (pure). A process's
-    command line is its own to choose: a workload could otherwise write to the terminal of
-    whoever reads the message."""
-    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+    """``text`` as it may go into an event, an error or a log line (pure): every character
+    that is not printable (control characters: terminal escapes, newlines; format characters
+    such as bidirectional overrides) shown as a Python escape (``\\x1b``), at most ``limit``
+    characters (``…`` when cut). A process's command line is its own to choose: a workload
+    could otherwise write to the terminal of whoever reads the message. (The same rendering
+    as ``agent.drivers.base.printable``, which this module may not import: the mesh manager
+    imports it and never the drivers.)"""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
@@ -253,8 +255,8 @@ def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
     except OSError:
         return f"pid {pid}"
     command = printable(" ".join(a.decode(errors="replace") for a in raw[:most].split(b"\0") if a))
-    if len(raw) > most and not command.endswith("..."):
-        command = command[: COMMAND_CHARS - 3] + "..."
+    if len(raw) > most and not command.endswith("…"):
+        command = command[: COMMAND_CHARS - 1] + "…"
     return f"pid {pid} ({command})" if command else f"pid {pid}"
 
 
