@@ -303,6 +303,9 @@ class Agent:
         )
         self.reporter = Reporter(lambda: self.client, clock)
         self.runners: dict[str, AllocRunner] = {}
+        # allocations with a handle on disk that ``recover`` could not re-attach to: an
+        # instance of theirs may run, so they are never started again (``reconcile``)
+        self.unattached: set[str] = set()
         self.ports = PortAllocator()  # every port handed out on this node, given out once
         # the data directory is root's alone (a standalone agent's too): instances reach
         # their own directory through their mount namespace (agent/drivers/sandbox.py)
@@ -332,8 +335,10 @@ class Agent:
         self.node_env: dict[str, str] = {}  # what every instance here gets (ELASTIN_DNS)
         self.log_dropped_bytes = 0  # log bytes truncated without a copy (a full disk)
         self.allocs_collected = 0  # allocation directories garbage-collected
-        self._left_out_told: set[tuple[str, str, str]] = set()  # (allocation, app, why)
-        self._listener_told: set[tuple[str, int, str]] = set()  # (allocation, port, holder)
+        # mesh events told once (``forget_told`` drops what is over): (allocation, app, why)
+        # and (listener, port, holder)
+        self._left_out_told: set[tuple[str, str, str]] = set()
+        self._listener_told: set[tuple[str, int, str]] = set()
 
     def dns_lookup(self, service: str, app: str | None, port: str | None) -> list[Target] | None:
         """Ready endpoints of ``service`` from the mesh snapshot this node's proxy serves."""
@@ -521,9 +526,11 @@ class Agent:
                 with contextlib.suppress(OSError):
                     path.replace(bad)
                 log.warning("cannot read the instance handle %s: set aside as %s", path, bad)
+                self.unattached.add(path.stem)  # named for its allocation
                 continue
             handle, alloc, restarts, ports = loaded
             if alloc.kind not in self.drivers:
+                self.unattached.add(alloc.id)
                 continue
             try:
                 w = await self.workload(alloc)
@@ -531,6 +538,7 @@ class Agent:
             except Exception as e:
                 # its instance keeps running: the next agent (or a fix) may re-attach to it
                 self.agent_error(alloc, "re-attaching to it", e)
+                self.unattached.add(alloc.id)
                 continue
             runner.ports = ports
             for conflict in runner.reserve_ports(None):  # its ports stay its own
@@ -567,7 +575,7 @@ class Agent:
     async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:
         """Execute what ``reconcile`` decides for the allocations the server sent."""
         runners = {alloc_id: r.done.is_set() for alloc_id, r in self.runners.items()}
-        for action in reconcile(allocs, runners, self.drivers.keys(), index):
+        for action in reconcile(allocs, runners, self.drivers.keys(), index, self.unattached):
             match action:
                 case Start(alloc=a):
                     try:
@@ -587,6 +595,26 @@ class Agent:
                     del self.runners[alloc_id]
                 case StopUnknown(alloc_id=alloc_id, reason=reason):
                     self.runners[alloc_id].request_stop(reason)
+        self.forget_told()
+
+    def forget_told(self) -> None:
+        """Forget the mesh events told about what is over: an application no longer left
+        out (or for another reason), a listener served again (or on another port, or held by
+        another process), an allocation forgotten. Each is told again if it happens again;
+        and the sets stay as small as what is wrong now."""
+        mesh = self.mesh
+        left_out = mesh.left_out if mesh is not None else {}
+        failed = mesh.listener_failed if mesh is not None else {}
+        self._left_out_told = {
+            (alloc_id, app, why)
+            for alloc_id, app, why in self._left_out_told
+            if alloc_id in self.runners and left_out.get(app) == why
+        }
+        self._listener_told = {
+            (name, port, holder)
+            for name, port, holder in self._listener_told
+            if name.split(".", 1)[0] in self.runners and failed.get(name) == (port, holder)
+        }
 
     def agent_error(
         self, alloc: Allocation, doing: str, e: BaseException, fail: bool = False
@@ -758,6 +786,7 @@ class Agent:
             f"application {app} is left out of this node's proxy: its mesh configuration "
             f"cannot be rendered ({why}); the agent's log has the details"
         )
+        self.forget_told()
         for alloc_id, r in list(self.runners.items()):
             told = (alloc_id, app, why)
             if (r.alloc.app == app or alloc_id in callers) and told not in self._left_out_told:
@@ -770,7 +799,8 @@ class Agent:
         ``holder``: an error event on the allocation it belongs to (once per holder)."""
         alloc_id = listener.name.split(".", 1)[0]  # listeners are <allocation>.<upstream>
         r = self.runners.get(alloc_id)
-        told = (alloc_id, listener.port, holder)
+        told = (listener.name, listener.port, holder)
+        self.forget_told()
         if r is None or told in self._listener_told:
             return
         self._listener_told.add(told)

@@ -67,7 +67,6 @@ from elastin.agent.logfiles import FollowUnavailable, StampFilter, Watch, is_sta
 from elastin.auth import RequireToken
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation
-from elastin.model.workload import Workload
 
 log = logging.getLogger("elastin.agent.api")
 
@@ -261,8 +260,7 @@ class _Runner(Protocol):
     @property
     def handle(self) -> Handle | None: ...
     @property
-    def workload(self) -> Workload | None: ...
-    def config(self, w: Workload) -> InstanceConfig: ...
+    def instance(self) -> InstanceConfig | None: ...
 
 
 def runner_targets(runners: Mapping[str, _Runner]) -> Callable[[str], ExecTarget | None]:
@@ -272,8 +270,10 @@ def runner_targets(runners: Mapping[str, _Runner]) -> Callable[[str], ExecTarget
         r = runners.get(alloc_id)
         if r is None:
             return None
-        handle, w = r.handle, r.workload
-        env = r.config(w).env if handle is not None and w is not None else {}
+        # the environment the instance was started with: looking it up takes nothing (no
+        # port is reserved, none can be missing)
+        handle, instance = r.handle, r.instance
+        env = dict(instance.env) if handle is not None and instance is not None else {}
         return ExecTarget(r.alloc.name, r.driver, handle, env)
 
     return target

@@ -33,8 +33,9 @@ is free (checked at every snapshot and every ``SUPERVISE_SECONDS``).
 
 Counters: HAProxy counts from zero in every new worker (each reload, each restart);
 ``read_stats`` keeps the totals monotonic with ``stats.Totals`` (what the previous worker
-counted is added), reads them just before every reload, and keeps the base in
-``counters.json`` in the mesh directory, so an agent restart keeps the totals too.
+counted is added; a worker is its pid and its start time), reads them just before every
+reload (one reading at a time), and keeps the base in ``counters.json`` in the mesh
+directory, so an agent restart keeps the totals too.
 
 The access log: HAProxy writes it into a ring in its memory; the manager's
 ``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
@@ -211,6 +212,7 @@ class MeshManager:
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
+        self._stats_lock = asyncio.Lock()  # read_stats: one reading at a time
         self.ports = ports if ports is not None else PortAllocator()
         self.port_holder = port_holder  # None: listeners' ports are not checked (tests)
         self.on_listener_failed = on_listener_failed
@@ -280,16 +282,19 @@ class MeshManager:
         """Read the running proxy's per-cluster counters now (empty when none runs), as
         totals that count what earlier workers counted too (``Totals``)."""
         stats: Stats = {}  # assigned whole: /metrics reads it from another thread
-        if self.proxy is not None and self.proxy.alive():
-            try:
-                worker, text = split_info(await self.proxy.command(STATS_COMMAND))
-            except (HaproxyError, OSError):
-                pass
-            else:
-                stats, moved = self.totals.add(worker, parse_stats(text))
-                if moved:
-                    self._save_totals()
-        self._stats = stats
+        # one reading at a time (the supervisor's and the one before a reload): answers taken
+        # out of order would look like a counter going down, which means a new worker
+        async with self._stats_lock:
+            if self.proxy is not None and self.proxy.alive():
+                try:
+                    worker, text = split_info(await self.proxy.command(STATS_COMMAND))
+                except (HaproxyError, OSError):
+                    pass
+                else:
+                    stats, moved = self.totals.add(worker, parse_stats(text))
+                    if moved:
+                        self._save_totals()
+            self._stats = stats
         return stats
 
     async def serves(self, name: str, port: int) -> bool:

@@ -14,8 +14,13 @@ HAProxy could not bind and none of the node's listeners came up). The allocator:
   running instances, ports of instances re-attached after an agent restart, the proxy's
   exporter) and never hands one of them out until its owner releases it (``release``: the
   allocation ended, its listener with it);
+* never hands out a port an allocation of the node has as a fixed port (``want``, from the
+  moment the agent sees the allocation until it ends), even while nobody holds it: during a
+  stop-first rollout the old instance lets it go and the new one claims it a moment later;
 * still checks every candidate by binding it (``port_free``), since processes that are not
-  Elastin's use ports too.
+  Elastin's use ports too, at most ``PROBES`` of them per ``take``: a range full of other
+  processes' sockets fails the take at once (``NoFreePort``) instead of binding thousands of
+  sockets on the agent's event loop.
 
 The allocator's bookkeeping is pure (the bind check is injected); ``port_free``, ``holder``
 and ``taken_by`` are the thin I/O: a bind, and ``/proc/net/tcp{,6}`` (a listening socket's
@@ -36,6 +41,8 @@ from pathlib import Path
 
 # Nomad's min_dynamic_port / max_dynamic_port: below Linux's ephemeral range (32768-60999)
 DYNAMIC_PORTS = (20000, 32000)
+PROBES = 256  # candidates ``take`` checks by binding them, at most
+COMMAND_CHARS = 120  # of a process's command line in messages (``describe_pid``)
 TCP_LISTEN = "0A"  # the socket state of a listening socket in /proc/net/tcp
 
 
@@ -103,22 +110,45 @@ class PortAllocator:
         self.is_free = is_free
         self.rng = rng or random.Random()
         self._held: dict[int, Reservation] = {}
+        self._wanted: dict[int, set[str]] = {}  # fixed ports -> the owners that have them
 
     def take(self, owner: str, what: str) -> int:
-        """A port nobody holds, reserved for ``owner`` until it releases it. The search
-        starts at a random port and goes round the range; ``NoFreePort`` when it is full."""
+        """A port nobody holds or has as a fixed port (``want``), reserved for ``owner``
+        until it releases it. The search starts at a random port and goes round the range,
+        binding at most ``PROBES`` candidates; ``NoFreePort`` when none of them was free."""
         size = self.high - self.low + 1
         start = self.rng.randrange(size)
+        probed = 0
         for i in range(size):
             port = self.low + (start + i) % size
-            if port in self._held or not self.is_free(port):
+            if port in self._held or port in self._wanted:
+                continue
+            if probed >= PROBES:
+                break
+            probed += 1
+            if not self.is_free(port):
                 continue
             self._held[port] = Reservation(owner, what)
             return port
+        mine = len(self._held.keys() | self._wanted.keys())
+        if probed < PROBES:
+            raise NoFreePort(
+                f"no free port in {self.low}-{self.high}: {mine} reserved by this agent, "
+                "the others in use by other processes"
+            )
         raise NoFreePort(
-            f"no free port in {self.low}-{self.high}: {len(self._held)} reserved by this "
-            "agent, the others in use by other processes"
+            f"no free port in {self.low}-{self.high}: {mine} reserved by this agent, and "
+            f"the {PROBES} others tried are in use by other processes; stop some of the "
+            "processes that listen in that range"
         )
+
+    def want(self, owner: str, ports: Iterable[int]) -> None:
+        """``owner`` has ``ports`` as fixed ports (an allocation placed on this node, not
+        started yet): ``take`` never hands them out until ``owner`` releases them, whoever
+        holds them meanwhile. ``claim`` still reserves them (for ``owner`` or, while it is
+        still stopping, for the instance it replaces)."""
+        for port in ports:
+            self._wanted.setdefault(port, set()).add(owner)
 
     def claim(self, owner: str, port: int, what: str) -> Reservation | None:
         """Reserve a port chosen elsewhere (a fixed port, a re-attached instance's, the
@@ -131,13 +161,20 @@ class PortAllocator:
         return None
 
     def release(self, owner: str, ports: Iterable[int] | None = None) -> list[int]:
-        """Give back ``owner``'s ports (only those of ``ports`` when given); the ports freed."""
+        """Give back ``owner``'s ports (only those of ``ports`` when given), those it holds
+        and those it has as fixed ports (``want``); the ports it held."""
         mine = [p for p, r in self._held.items() if r.owner == owner]
+        fixed = [p for p, owners in self._wanted.items() if owner in owners]
         if ports is not None:
-            wanted = set(ports)
-            mine = [p for p in mine if p in wanted]
+            only = set(ports)
+            mine = [p for p in mine if p in only]
+            fixed = [p for p in fixed if p in only]
         for p in mine:
             del self._held[p]
+        for p in fixed:
+            self._wanted[p].discard(owner)
+            if not self._wanted[p]:
+                del self._wanted[p]
         return sorted(mine)
 
     def holder(self, port: int) -> Reservation | None:
@@ -145,6 +182,10 @@ class PortAllocator:
 
     def held(self) -> dict[int, Reservation]:
         return dict(self._held)
+
+    def wanted(self) -> dict[int, set[str]]:
+        """The fixed ports of this node's allocations (``want``) and their owners."""
+        return {p: set(owners) for p, owners in self._wanted.items()}
 
 
 # who holds a port ------------------------------------------------------------------------
@@ -192,15 +233,30 @@ def listening_pids(port: int, proc: Path = Path("/proc")) -> list[int]:
     return socket_pids(inodes, proc)
 
 
+def printable(text: str, limit: int = COMMAND_CHARS) -> str:
+    """``text`` as it may go into an event, an error or a log line (pure): every character
+    that is not printable (control characters: terminal escapes, newlines; format characters
+    such as bidirectional overrides) shown as a Python escape (``\\x1b``), at most ``limit``
+    characters (``…`` when cut). A process's command line is its own to choose: a workload
+    could otherwise write to the terminal of whoever reads the message. (The same rendering
+    as ``agent.drivers.base.printable``, which this module may not import: the mesh manager
+    imports it and never the drivers.)"""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
 def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
-    """``pid 1234 (python3 -m http.server 8080)``; the pid alone when its command is gone."""
+    """``pid 1234 (python3 -m http.server 8080)``; the pid alone when its command is gone.
+    The command is ``printable``: made safe for a terminal and bounded."""
+    most = 4 * COMMAND_CHARS  # bytes: a command line may be megabytes long
     try:
-        raw = (proc / str(pid) / "cmdline").read_bytes()
+        with (proc / str(pid) / "cmdline").open("rb") as f:
+            raw = f.read(most + 1)
     except OSError:
         return f"pid {pid}"
-    command = " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
-    if len(command) > 120:
-        command = command[:117] + "..."
+    command = printable(" ".join(a.decode(errors="replace") for a in raw[:most].split(b"\0") if a))
+    if len(raw) > most and not command.endswith("…"):
+        command = command[: COMMAND_CHARS - 1] + "…"
     return f"pid {pid} ({command})" if command else f"pid {pid}"
 
 

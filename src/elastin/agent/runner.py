@@ -7,7 +7,9 @@ gracefully when asked, and reports every step to the server through a ``Reporter
 Before it starts an instance it makes sure the instance can work from its first instruction:
 
 * its ports come from the node's ``PortAllocator`` (``agent/ports.py``), reserved until the
-  allocation ends, so no two instances or listeners get the same port;
+  allocation ends, so no two instances or listeners get the same port; its fixed ports are
+  kept from the others' dynamic ones from the moment the runner exists (``want``), also while
+  it waits for the instance it replaces to let them go;
 * a fixed port already held by another process fails the start at once (``failed``, no
   restart loop) with the port and who holds it (pid and command); one held by another of this
   node's allocations (a replaced instance still stopping) is waited for, bounded;
@@ -161,10 +163,20 @@ class AllocRunner:
         self.ports: dict[str, int] = dict(alloc.ports)
         # the node's ports (one allocator per agent); a runner alone gets its own
         self.pool = ports if ports is not None else PortAllocator()
+        if workload is not None:  # its fixed ports are never handed out to another
+            self.pool.want(alloc.id, [p.port for p in workload.ports if p.port])
+        for name, port in self.ports.items():
+            # ports it was given before (it waited to start when an earlier agent process
+            # stopped; the node's mesh snapshot has its upstream listeners on them): its own
+            # from now on, not another's from a take before it starts
+            self.pool.claim(alloc.id, port, self._port_what(name))
         self.upstreams_down = upstreams_down
         self.previous_failure = previous_failure
         self.port_taken = port_taken  # who holds a port (None: free); blocking
         self.run_started = clock.monotonic()  # when the current run began (restart counting)
+        # what the running instance was started with (its environment: for exec and an exec
+        # health check, which must not reserve ports to learn it); None when none runs
+        self.instance: InstanceConfig | None = None
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -270,6 +282,8 @@ class AllocRunner:
         w = self.workload
         if recovered is not None:
             self.handle = recovered
+            # its environment as it was started (its ports are the handle's)
+            self.instance = self.instance_config(w) if w is not None else None
             self.state.status = "running"  # the previous agent process started it
             if await self.driver.recover(recovered):
                 self._set("running", pid=recovered.pid, reason="re-attached after agent restart")
@@ -302,7 +316,10 @@ class AllocRunner:
             if not why:
                 return True
             if why != last:
-                self._set("pending", reason=why)
+                # an allocation started again after an agent restart may be ``starting``
+                # already (it had passed this wait): it stays so (never back to pending)
+                waiting: AllocStatus = "pending" if self.state.status == "pending" else "starting"
+                self._set(waiting, reason=why)
                 last = why
             await self._stop_within(1.0)
         self._set("stopped", reason="stopped before it started")
@@ -362,10 +379,17 @@ class AllocRunner:
         return f"{self.alloc.label}: port {name}"
 
     def config(self, w: Workload) -> InstanceConfig:
+        """The configuration to start an instance with: its ports reserved first (a dynamic
+        one taken from the node's allocator: ``NoFreePort``)."""
         for p in w.ports:
             if p.name not in self.ports and p.port:
                 self.ports[p.name] = p.port
         self.reserve_ports(w)
+        return self.instance_config(w)
+
+    def instance_config(self, w: Workload) -> InstanceConfig:
+        """The configuration of an instance with the ports this runner has (no side effect:
+        nothing is reserved; a port it does not have is left out of the environment)."""
         env = base_env()
         env.update(self.node_env)
         env.update(
@@ -378,12 +402,16 @@ class AllocRunner:
             }
         )
         for i, p in enumerate(w.ports):
+            if p.name not in self.ports:
+                continue
             env[f"ELASTIN_PORT_{p.name.upper().replace('-', '_')}"] = str(self.ports[p.name])
             if i == 0:
                 env["PORT"] = str(self.ports[p.name])
         for up in w.upstreams:
             # the local mesh listener that belongs to this instance alone (docs/mesh.md)
             key = UPSTREAM_PREFIX + up
+            if key not in self.ports:
+                continue
             var = f"ELASTIN_UPSTREAM_{up.upper().replace('-', '_')}"
             env[var] = f"127.0.0.1:{self.ports[key]}"
             env[var + "_URL"] = f"http://127.0.0.1:{self.ports[key]}"
@@ -437,6 +465,7 @@ class AllocRunner:
             self._event("alloc.start_failed", str(e), "error")
             return None
         self.handle = handle
+        self.instance = config
         self.run_started = self.clock.monotonic()
         err = await self._record(handle)
         if err is not None:
@@ -548,6 +577,7 @@ class AllocRunner:
             await self.driver.cleanup(handle)
         self.forget_handle()
         self.handle = None
+        self.instance = None
         self.state.pid = 0
         return result
 
@@ -608,7 +638,8 @@ class AllocRunner:
         state = HealthState(check, started_at=self.clock.monotonic())
         port_name = check.port or (w.ports[0].name if w.ports else "")
         port = self.ports.get(port_name)
-        env = self.config(w).env
+        # the instance's own environment (never ``config``: that reserves ports)
+        env = self.instance.env if self.instance is not None else self.instance_config(w).env
 
         async def exec_in(command: tuple[str, ...]) -> int:
             if self.handle is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from elastin.agent.mesh import STATS_COMMAND, MeshManager
-from elastin.mesh.haproxy.stats import Totals, parse_stats, split_info
+from elastin.mesh.haproxy.stats import Totals, Worker, parse_stats, split_info
 from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 from elastin.testing import FakeClock, FakeProxy
@@ -32,28 +32,28 @@ def stats(requests: int, served: int = 0, active: int = 0) -> dict[str, ClusterS
 
 def test_a_new_worker_adds_what_the_old_one_counted() -> None:
     t = Totals()
-    got, moved = t.add(100, stats(497, 497))
+    got, moved = t.add(Worker(100), stats(497, 497))
     assert got["shop.web.http"].requests == 497 and not moved
-    got, moved = t.add(200, stats(37, 37, active=2))  # reloaded: counting from zero again
+    got, moved = t.add(Worker(200), stats(37, 37, active=2))  # reloaded: counting from zero again
     assert moved
     s = got["shop.web.http"]
     assert (s.requests, s.responses_2xx, s.endpoints[0].served) == (534, 534, 534)
     assert s.active == 2  # a gauge is not added up
-    got, moved = t.add(200, stats(40, 40))
+    got, moved = t.add(Worker(200), stats(40, 40))
     assert got["shop.web.http"].requests == 537 and not moved
-    got, _ = t.add(300, stats(0))  # and again
+    got, _ = t.add(Worker(300), stats(0))  # and again
     assert got["shop.web.http"].requests == 537
 
 
 def test_a_late_reading_of_an_old_worker_is_not_counted_again() -> None:
     # a reading sent before a reload and answered after one of the new worker's
     t = Totals()
-    t.add(100, stats(10))
-    t.add(200, stats(2))
-    got, moved = t.add(100, stats(11, active=4))
+    t.add(Worker(100), stats(10))
+    t.add(Worker(200), stats(2))
+    got, moved = t.add(Worker(100), stats(11, active=4))
     assert not moved and got["shop.web.http"].requests == 12
     assert got["shop.web.http"].active == 4
-    got, moved = t.add(200, stats(3))
+    got, moved = t.add(Worker(200), stats(3))
     assert not moved and got["shop.web.http"].requests == 13
 
 
@@ -66,10 +66,10 @@ def test_without_a_pid_a_counter_that_went_down_means_a_new_worker() -> None:
 
 def test_the_totals_survive_a_save_and_load() -> None:
     t = Totals()
-    t.add(100, stats(10))
-    t.add(200, stats(5))
+    t.add(Worker(100), stats(10))
+    t.add(Worker(200), stats(5))
     again = Totals.from_data(t.to_data())
-    got, _ = again.add(200, stats(6))
+    got, _ = again.add(Worker(200), stats(6))
     assert got["shop.web.http"].requests == 16
     assert Totals.from_data("garbage") == Totals()
     assert Totals.from_data({"base": [1]}) == Totals()
@@ -77,8 +77,8 @@ def test_the_totals_survive_a_save_and_load() -> None:
 
 def test_split_info_finds_the_worker() -> None:
     stat = "# pxname,svname,stot,mode\nc_shop.web.http,BACKEND,4,http\n"
-    pid, rest = split_info("Name: HAProxy\nVersion: 2.6\nPid: 4242\n\n" + stat)
-    assert pid == 4242 and "shop.web.http" in parse_stats(rest)
+    worker, rest = split_info("Name: HAProxy\nVersion: 2.6\nPid: 4242\n\n" + stat)
+    assert worker == Worker(4242, 0) and "shop.web.http" in parse_stats(rest)
     assert split_info(stat) == (None, stat)
 
 

@@ -41,6 +41,9 @@ def agent(tmp: Path, driver: FakeDriver) -> Agent:
 async def test_a_restarted_agent_reserves_the_ports_of_what_it_reattaches(tmp_path: Path) -> None:
     driver = FakeDriver()
     first = agent(tmp_path, driver)
+    # a small range: the second agent's allocator below finds its one free port among them
+    # (a take binds at most agent.ports.PROBES candidates)
+    first.ports = PortAllocator(30000, 30009, is_free=lambda _p: True)
     pending = Allocation(id="w1", app="shop", workload="web", index=0)
 
     async def run_first() -> None:

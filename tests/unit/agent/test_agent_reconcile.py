@@ -64,8 +64,9 @@ def test_asked_to_stop_what_nothing_runs_here_is_reported_stopped() -> None:
 
 
 def test_running_here_without_a_runner_lost_track() -> None:
-    for status in ("starting", "running"):
-        assert reconcile([alloc("a1", status=status)], {}, DRIVERS) == [ReportLost("a1")]
+    for status in ("starting", "running"):  # one waiting to start: test_agent_reconcile_restart
+        got = reconcile([alloc("a1", status=status, pid=4242)], {}, DRIVERS)
+        assert got == [ReportLost("a1")]
     assert "agent restart" in ReportLost("a1").reason
 
 

@@ -9,10 +9,12 @@ answers the drain's question from the servers-only form (``show stat -1 4 -1``).
 
 HAProxy's counters start again at zero in every new worker: after each reload (and a
 restart). ``Totals`` keeps the totals the agent reports monotonic: it knows which worker
-counted (``show info``'s Pid, ``split_info``), and when another worker answers, what the
-previous one had counted at its last reading joins a base that is added to every later
-reading. Requests the old worker still finishes after that reading are not counted (the
-agent reads just before it reloads, so these are the few in flight across the reload).
+counted (``show info``'s Pid and Start_time_sec, ``split_info``: a pid alone is reused, by a
+restarted proxy or after a reboot), and when another worker answers — or a counter went down,
+which only a new worker's can — what the previous one had counted at its last reading joins
+a base that is added to every later reading. Requests the old worker still finishes after
+that reading are not counted (the agent reads just before it reloads, so these are the few
+in flight across the reload). The base keeps only the endpoints the newest worker serves.
 
 Only the agent imports this module: the client, the server and the CLI know the traffic
 model, not HAProxy.
@@ -24,6 +26,7 @@ import csv
 import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
@@ -105,17 +108,37 @@ def allocation_in_flight(text: str, allocation: str) -> int:
     return sum(_int(row, "scur") for _, sv, row in _rows(text) if sv.startswith(prefix))
 
 
-def split_info(text: str) -> tuple[int | None, str]:
-    """``show info;show stat ...``'s answer -> (the worker's pid, the rest: ``show stat``'s
-    CSV). ``(None, text)`` when it does not start with ``show info``'s block."""
+class Worker(NamedTuple):
+    """Which HAProxy worker answered: its pid and when it started (``show info``'s
+    Start_time_sec, seconds since the epoch; 0 when the proxy does not say). A pid alone is
+    not enough: a restarted proxy, or one after a reboot, may get a pid an earlier worker had."""
+
+    pid: int
+    started: int = 0
+
+    def same(self, other: Worker) -> bool:
+        """Whether ``other`` is this worker: the same pid, and the same start unless one of
+        them is not known (then a counter that went down still tells a new worker)."""
+        return self.pid == other.pid and (
+            self.started == other.started or not (self.started and other.started)
+        )
+
+
+def split_info(text: str) -> tuple[Worker | None, str]:
+    """``show info;show stat ...``'s answer -> (the worker that answered, the rest: ``show
+    stat``'s CSV). ``(None, text)`` when it does not start with ``show info``'s block; None
+    for the worker when the block names no pid."""
     head, sep, rest = text.partition("\n\n")
     if not sep or not head.startswith("Name:"):
         return None, text
+    info: dict[str, str] = {}
     for line in head.splitlines():
         key, _, value = line.partition(":")
-        if key == "Pid" and value.strip().isdigit():
-            return int(value), rest
-    return None, rest
+        info[key.strip()] = value.strip()
+    pid, started = info.get("Pid", ""), info.get("Start_time_sec", "")
+    if not pid.isdigit():
+        return None, rest
+    return Worker(int(pid), int(started) if started.isdigit() else 0), rest
 
 
 # the cumulative counters of ``ClusterStats`` (the others are gauges: in flight, queued, the
@@ -164,22 +187,25 @@ class Totals:
     """Per-cluster counters that never go back across the proxy's reloads and restarts
     (pure; the agent keeps one and saves it when its base moves, ``to_data``/``from_data``).
 
-    ``worker``: the pid of the worker whose counts are not in ``base`` yet; ``last``: its
-    counts at the last reading; ``base``: what earlier workers had counted."""
+    ``worker``: the worker whose counts are not in ``base`` yet (None before the first
+    reading); ``last``: its counts at the last reading; ``base``: what earlier workers had
+    counted, for the clusters and endpoints the newest worker serves."""
 
-    worker: int = 0
+    worker: Worker | None = None
     base: dict[str, Counts] = field(default_factory=dict)
     last: dict[str, Counts] = field(default_factory=dict)
     # workers whose counts joined the base: a late reading of one (sent before a reload,
     # answered after a newer worker's) is not counted again
-    retired: list[int] = field(default_factory=list)
+    retired: list[Worker] = field(default_factory=list)
 
     def add(
-        self, worker: int | None, raw: Mapping[str, ClusterStats]
+        self, worker: Worker | None, raw: Mapping[str, ClusterStats]
     ) -> tuple[dict[str, ClusterStats], bool]:
-        """A reading of ``worker`` (its pid; None when unknown) -> the totals, and whether
-        the base moved (another worker answered: what the previous one counted joined it).
-        Without a pid, a counter that went down tells that another worker answers."""
+        """A reading of ``worker`` (None when unknown) -> the totals, and whether the base
+        moved (another worker answered, or a cluster's counter went down: what the previous
+        worker counted joined the base; to be saved). An endpoint's counter that went down
+        alone (its server deleted and added again in the same worker) adds just that
+        endpoint's count to the base."""
         if worker and worker in self.retired:  # late: its counts are in the base already
             late = {
                 n: plus(zero(s), _sum(self.base.get(n, {}), self.last.get(n, {})))
@@ -187,46 +213,80 @@ class Totals:
             }
             return late, False
         now = {name: counts(s) for name, s in raw.items()}
-        if worker and self.worker:
-            moved = worker != self.worker
-        else:
-            moved = any(
-                v < self.last.get(name, {}).get(k, 0)
-                for name, c in now.items()
-                for k, v in c.items()
-            )
+        fell = {
+            (name, k)
+            for name, c in now.items()
+            for k, v in c.items()
+            if v < self.last.get(name, {}).get(k, 0)
+        }
+        other = bool(worker and self.worker and not worker.same(self.worker))
+        moved = other or any(not k.startswith(ENDPOINT) for _, k in fell)
         if moved:
-            self.base = {
-                name: _sum(self.base.get(name, {}), last) for name, last in self.last.items()
-            }
-            if self.worker:
+            self.base = _kept(
+                {name: _sum(self.base.get(name, {}), last) for name, last in self.last.items()}
+                | {name: b for name, b in self.base.items() if name not in self.last},
+                now,
+            )
+            if self.worker and other:  # (one that shares the new one's name is not told apart)
                 self.retired = [*self.retired[-15:], self.worker]
+        else:  # the same worker; a server deleted and added again counts from zero
+            for name, k in fell:
+                b = self.base.setdefault(name, {})
+                b[k] = b.get(k, 0) + self.last[name][k]
         self.worker = worker or self.worker
         self.last = now
-        return {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}, moved
+        totals = {name: plus(s, self.base.get(name, {})) for name, s in raw.items()}
+        return totals, moved or bool(fell)
 
     def to_data(self) -> dict[str, object]:
         return {
-            "worker": self.worker,
+            "worker": list(self.worker) if self.worker else None,
             "base": self.base,
             "last": self.last,
-            "retired": self.retired,
+            "retired": [list(w) for w in self.retired],
         }
 
     @classmethod
     def from_data(cls, data: object) -> Totals:
-        """From ``to_data``'s form; an empty ``Totals`` from anything else."""
+        """From ``to_data``'s form (or an older one that knew workers by pid alone: the
+        pid is kept, without a start, and retired pids are forgotten: they may be anyone's
+        now); an empty ``Totals`` from anything else."""
         if not isinstance(data, dict):
             return cls()
         try:
+            retired = [_worker(w) for w in data.get("retired", [])]
             return cls(
-                worker=int(data.get("worker", 0)),
+                worker=_worker(data.get("worker")),
                 base=_table(data.get("base", {})),
                 last=_table(data.get("last", {})),
-                retired=[int(pid) for pid in data.get("retired", [])],
+                retired=[w for w in retired if w and w.started],
             )
         except (TypeError, ValueError, AttributeError):
             return cls()
+
+
+def _worker(data: object) -> Worker | None:
+    """A worker from ``to_data``'s form: ``[pid, started]``, a bare pid (older files), or
+    None / 0 (none yet)."""
+    if data is None or data == 0:
+        return None
+    if isinstance(data, bool):
+        raise TypeError("not a worker")
+    if isinstance(data, int):
+        return Worker(data)
+    if isinstance(data, list) and len(data) == 2:
+        return Worker(int(data[0]), int(data[1]))
+    raise TypeError("not a worker")
+
+
+def _kept(base: dict[str, Counts], now: Mapping[str, Counts]) -> dict[str, Counts]:
+    """``base`` without the endpoints the newest reading (``now``) does not serve: an
+    endpoint that is gone never comes back (its id names one allocation), and keeping them
+    would grow the base with every allocation the node ever served."""
+    return {
+        name: {k: v for k, v in b.items() if not k.startswith(ENDPOINT) or k in now.get(name, {})}
+        for name, b in base.items()
+    }
 
 
 def _sum(a: Mapping[str, int], b: Mapping[str, int]) -> Counts:
