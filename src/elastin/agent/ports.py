@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from elastin.model.text import printable
+
 # Nomad's min_dynamic_port / max_dynamic_port: below Linux's ephemeral range (32768-60999)
 DYNAMIC_PORTS = (20000, 32000)
 PROBES = 256  # candidates ``take`` checks by binding them, at most
@@ -233,18 +235,6 @@ def listening_pids(port: int, proc: Path = Path("/proc")) -> list[int]:
     return socket_pids(inodes, proc)
 
 
-def printable(text: str, limit: int = COMMAND_CHARS) -> str:
-    """``text`` as it may go into an event, an error or a log line (pure): every character
-    that is not printable (control characters: terminal escapes, newlines; format characters
-    such as bidirectional overrides) shown as a Python escape (``\\x1b``), at most ``limit``
-    characters (``…`` when cut). A process's command line is its own to choose: a workload
-    could otherwise write to the terminal of whoever reads the message. (The same rendering
-    as ``agent.drivers.base.printable``, which this module may not import: the mesh manager
-    imports it and never the drivers.)"""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
-    return out if len(out) <= limit else out[: limit - 1] + "…"
-
-
 def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
     """``pid 1234 (python3 -m http.server 8080)``; the pid alone when its command is gone.
     The command is ``printable``: made safe for a terminal and bounded."""
@@ -254,7 +244,8 @@ def describe_pid(pid: int, proc: Path = Path("/proc")) -> str:
             raw = f.read(most + 1)
     except OSError:
         return f"pid {pid}"
-    command = printable(" ".join(a.decode(errors="replace") for a in raw[:most].split(b"\0") if a))
+    words = (a.decode(errors="replace") for a in raw[:most].split(b"\0") if a)
+    command = printable(" ".join(words), COMMAND_CHARS)
     if len(raw) > most and not command.endswith("…"):
         command = command[: COMMAND_CHARS - 1] + "…"
     return f"pid {pid} ({command})" if command else f"pid {pid}"

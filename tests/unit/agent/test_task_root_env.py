@@ -11,8 +11,9 @@ import subprocess
 import pytest
 
 from elastin.agent.drivers import task
-from elastin.agent.drivers.base import StartError, printable
+from elastin.agent.drivers.base import StartError
 from elastin.agent.drivers.task import KEPT, SAFE_PATH, SH, TaskDriver, root_env
+from elastin.model.text import printable
 
 DANGEROUS = {
     "PERL5LIB": "/home/w/lib",

@@ -168,15 +168,6 @@ class Execs(Protocol):
         ...
 
 
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` fit for an event or an error message: every character that is not printable
-    (terminal escapes, newlines, other control and format characters) shown as a Python
-    escape (``\\x1b``), at most ``limit`` characters (``…`` when cut). For what a spec or a
-    workload wrote: a command line, a path."""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
-    return out if len(out) <= limit else out[: limit - 1] + "…"
-
-
 def proc_start_ticks(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
     try:

@@ -53,7 +53,6 @@ from elastin.agent.drivers.base import (
     Handle,
     InstanceConfig,
     StartError,
-    printable,
     proc_start_ticks,
     supervisor_alive,
     supervisor_pid,
@@ -64,6 +63,7 @@ from elastin.agent.logfiles import Rotation, cap, mark_stamped
 from elastin.agent.logfiles import rotate as rotate  # re-exported (tests use it)
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
+from elastin.model.text import printable
 
 log = logging.getLogger("elastin.agent.drivers.task")
 
