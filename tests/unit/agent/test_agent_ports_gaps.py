@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_support import offline_agent
 
-from elastin.agent.agent import Agent, AgentConfig
 from elastin.agent.mesh import MeshManager
 from elastin.agent.ports import NoFreePort, PortAllocator, describe_pid, holder
 from elastin.agent.runner import AllocRunner
@@ -175,16 +175,8 @@ def no_client() -> object:
 
 
 async def test_mesh_events_told_once_are_forgotten_when_over(tmp_path: Path) -> None:
-    cfg = AgentConfig(
-        data_dir=tmp_path,
-        server_url="http://127.0.0.1:9",
-        token="t",
-        mesh=False,
-        dns_port=None,
-        metrics_port=None,
-    )
     driver = FakeDriver()
-    agent = Agent(cfg, {"task": driver}, clock=FakeClock(autojump=True))
+    agent = offline_agent(tmp_path, driver)
     events: list[tuple[str, str]] = []
 
     def report(alloc_id: str, **f: Any) -> None:

@@ -7,7 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from elastin.agent.agent import Agent, AgentConfig
+from agent_support import offline_agent
+
 from elastin.agent.reconcile import (
     Forget,
     ReportLost,
@@ -18,7 +19,7 @@ from elastin.agent.reconcile import (
     reconcile,
 )
 from elastin.model.cluster import Allocation, AllocStatus, DesiredStatus
-from elastin.testing import FakeClock, FakeDriver
+from elastin.testing import FakeDriver
 
 
 def alloc(
@@ -84,16 +85,8 @@ def test_allocation_actions_come_before_runner_actions_in_order() -> None:
 
 
 async def test_sync_executes_the_actions(tmp_path: Path) -> None:
-    cfg = AgentConfig(
-        data_dir=tmp_path,
-        server_url="http://127.0.0.1:9",
-        token="t",
-        mesh=False,
-        dns_port=None,
-        metrics_port=None,
-    )
     driver = FakeDriver()
-    agent = Agent(cfg, {"task": driver}, clock=FakeClock(autojump=True))
+    agent = offline_agent(tmp_path, driver)
     reports: list[tuple[str, dict[str, Any]]] = []
     agent.reporter.report = lambda alloc_id, **f: reports.append((alloc_id, f))  # type: ignore[method-assign]
 

@@ -14,6 +14,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from agent_support import offline_agent
+
 from elastin.agent.agent import Agent, AgentConfig
 from elastin.agent.ports import PortAllocator
 from elastin.agent.reconcile import Forget, ReportLost, Start, reconcile
@@ -62,16 +64,8 @@ def test_a_done_runner_is_forgotten_once_the_server_has_its_end() -> None:
 async def test_a_restarted_agent_starts_a_waiting_allocation_with_its_counts(
     tmp_path: Path,
 ) -> None:
-    cfg = AgentConfig(
-        data_dir=tmp_path,
-        server_url="http://127.0.0.1:9",
-        token="t",
-        mesh=False,
-        dns_port=None,
-        metrics_port=None,
-    )
     driver = FakeDriver()
-    agent = Agent(cfg, {"task": driver}, clock=FakeClock(autojump=True))
+    agent = offline_agent(tmp_path, driver)
     reports: list[tuple[str, dict[str, Any]]] = []
     agent.reporter.report = lambda alloc_id, **f: reports.append((alloc_id, f))  # type: ignore[method-assign]
     w = Workload(name="web", command=("sleep", "60"))
