@@ -101,7 +101,10 @@ MESH_KEYS = (
     "rate_limit",
     "fault",
     "access_log",
+    "slow",
+    "trace_sample",
 )
+ACCESS_LOG_KEYS = ("sample",)
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
 # HAProxy's `retry-on` conditions the mesh offers (the renderer writes them as they are). The one
 # list: the mesh model (elastin.mesh.model.types) checks a cluster's retry policy against it.
@@ -837,15 +840,71 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
     if "fault" in m:
         kw["fault"] = _fault(ctx, m["fault"][1], f"{path}.fault")
     if "access_log" in m:
-        node_ = m["access_log"][1]
-        value = _scalar(node_) if isinstance(node_, yaml.ScalarNode) else None
-        if not isinstance(value, bool):
-            ctx.add(node_, f"{path}.access_log", "must be true or false", "e.g. access_log: false")
+        log = _access_log(ctx, m["access_log"][1], f"{path}.access_log")
+        if log is None:
             ok = False
-        kw["access_log"] = value
+        else:
+            kw["access_log"], kw["access_log_sample"] = log
+    if "slow" in m:
+        kw["slow"] = _duration(ctx, m["slow"][1], f"{path}.slow", 3600)
+    if "trace_sample" in m:
+        kw["trace_sample"] = _share(ctx, m["trace_sample"][1], f"{path}.trace_sample")
     if not ok or any(v is None for v in kw.values()):
         return None
     return MeshPolicy(**kw)
+
+
+ACCESS_LOG_HINT = (
+    "use all (every request), errors (abnormal ones only), off, or {sample: 0.05} (abnormal "
+    "ones and 5% of the others, the default being 1%); true or false mean all or off"
+)
+
+
+def _access_log(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[bool, float] | None:
+    """``mesh.access_log``: (on, share of normal requests logged) from ``all``, ``errors``,
+    ``off`` (YAML's ``off`` is false), ``true``/``false`` (as before: all/off) or
+    ``{sample: 0.05}``."""
+    if isinstance(node, yaml.MappingNode):
+        m = _mapping(ctx, node, path, ACCESS_LOG_KEYS, "access_log")
+        if m is None:
+            return None
+        if "sample" not in m:
+            if not node.value:  # else the unknown key is what was reported
+                ctx.add(node, path, "access_log as a mapping needs sample", ACCESS_LOG_HINT)
+            return None
+        share = _share(ctx, m["sample"][1], f"{path}.sample")
+        return None if share is None else (True, share)
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    if value is True or value == "all":
+        return True, 1.0
+    if value is False or value == "off":
+        return False, 0.0
+    if value == "errors":
+        return True, 0.0
+    close = difflib.get_close_matches(str(value), ("all", "errors", "off"), n=1)
+    ctx.add(
+        node,
+        path,
+        f"access_log must be all, errors, off or {{sample: N}}, not {_kind_of(node)}",
+        (f"did you mean {close[0]!r}? " if close else "") + ACCESS_LOG_HINT,
+    )
+    return None
+
+
+def _share(ctx: _Ctx, node: yaml.Node, path: str) -> float | None:
+    """A share of requests: a number from 0 to 1 (0.01 = 1%), or a percentage ``"1%"``."""
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    if isinstance(v, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*%\s*", v):
+        v = float(v.strip()[:-1]) / 100
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        ctx.add(
+            node,
+            path,
+            f"{_kind_of(node)} is not a share of requests",
+            "write a number from 0 to 1 or a percentage: 0.01 or 1% is one request in 100",
+        )
+        return None
+    return float(v)
 
 
 def _fault(ctx: _Ctx, node: yaml.Node, path: str) -> Fault | None:

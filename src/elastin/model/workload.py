@@ -107,7 +107,14 @@ class MeshPolicy:
     consecutive_errors: int = 5  # outlier detection; 0 = off
     rate_limit: int = 0  # requests per second for the service; 0 = none
     fault: Fault | None = None
-    access_log: bool = True  # the mesh logs every request to this service
+    # the access log (docs/mesh.md): off when False; else every abnormal request (5xx,
+    # connection failures, retries, timeouts, aborts, 429, slower than ``slow``) and this
+    # share of the normal ones (1.0 = every request, 0.0 = abnormal ones only)
+    access_log: bool = True
+    access_log_sample: float = 0.01
+    slow: float = 1.0  # seconds; an endpoint slower to answer is logged (0 = no such rule)
+    # the share of requests without a valid W3C traceparent that start a trace
+    trace_sample: float = 0.01
 
 
 @dataclass(frozen=True)

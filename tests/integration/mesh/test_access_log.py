@@ -28,6 +28,7 @@ def one_service(port: int, listen: int, version: int = 1) -> MeshSnapshot:
         "shop.web.http",
         endpoints=(Endpoint("w1-http", "127.0.0.1", port),),
         timeouts=Timeouts(request=10),
+        access_log_sample=1.0,  # every request (the default logs abnormal ones and a sample)
     )
     return MeshSnapshot(version, "n1", (Listener("c.web", listen, "shop.web.http"),), (cluster,))
 

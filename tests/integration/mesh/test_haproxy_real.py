@@ -69,12 +69,17 @@ def test_every_policy_and_protocol_renders_a_valid_config(
     check_config(str(cfg), HAPROXY)
 
 
+def traced_web(*endpoints: Endpoint) -> Cluster:
+    """shop.web.http, where every request without a traceparent starts a trace."""
+    return Cluster("shop.web.http", endpoints=endpoints, trace_sample=1.0)
+
+
 def test_traffic_flows_and_endpoints_change_without_reload(mesh_proxy: Start) -> None:
     with http_backend("one") as p1, http_backend("two") as p2:
         listen = free_port()
         e1 = Endpoint("a1-http", "127.0.0.1", p1)
         lst = (Listener("caller.web", listen, "shop.web.http"),)
-        proxy = mesh_proxy(MeshSnapshot(1, "n1", lst, (Cluster("shop.web.http", endpoints=(e1,)),)))
+        proxy = mesh_proxy(MeshSnapshot(1, "n1", lst, (traced_web(e1),)))
         url = proxy.url(listen)
         assert {get(url)[1] for _ in range(4)} == {"one"}
         # a trace is started when the caller sent none, and passed on when it did
@@ -87,10 +92,10 @@ def test_traffic_flows_and_endpoints_change_without_reload(mesh_proxy: Start) ->
             assert r.headers["x-seen-traceparent"] == given
         # add an endpoint at run time: both now serve, no reload
         e2 = Endpoint("a2-http", "127.0.0.1", p2)
-        proxy.apply(MeshSnapshot(2, "n1", lst, (Cluster("shop.web.http", endpoints=(e1, e2)),)))
+        proxy.apply(MeshSnapshot(2, "n1", lst, (traced_web(e1, e2),)))
         assert {get(url)[1] for _ in range(10)} == {"one", "two"}
         # take the first out: only "two" answers; then delete it
-        proxy.apply(MeshSnapshot(3, "n1", lst, (Cluster("shop.web.http", endpoints=(e2,)),)))
+        proxy.apply(MeshSnapshot(3, "n1", lst, (traced_web(e2),)))
         assert {get(url)[1] for _ in range(6)} == {"two"}
         proxy.delete_drained()
         assert not proxy.pending_deletes
@@ -222,7 +227,10 @@ def test_raw_tcp_through_a_listener(mesh_proxy: Start) -> None:
     try:
         listen = free_port()
         cluster = Cluster(
-            "shop.db.pg", protocol="tcp", endpoints=(Endpoint("d1-pg", "127.0.0.1", port),)
+            "shop.db.pg",
+            protocol="tcp",
+            endpoints=(Endpoint("d1-pg", "127.0.0.1", port),),
+            access_log_sample=1.0,  # every connection, not only abnormal ones
         )
         proxy = mesh_proxy(
             MeshSnapshot(
@@ -292,7 +300,12 @@ def test_what_a_caller_sends_cannot_break_or_hide_its_access_log_line(
     with http_backend("one", record) as port:
         listen = free_port()
         lst = (Listener("caller.web", listen, "shop.web.http", owner="shop/caller"),)
-        cluster = Cluster("shop.web.http", endpoints=(Endpoint("a1-http", "127.0.0.1", port),))
+        cluster = Cluster(
+            "shop.web.http",
+            endpoints=(Endpoint("a1-http", "127.0.0.1", port),),
+            access_log_sample=1.0,
+            trace_sample=1.0,
+        )
         proxy = mesh_proxy(MeshSnapshot(1, "n1", lst, (cluster,)))
         valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         requests = [

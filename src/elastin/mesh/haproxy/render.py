@@ -54,20 +54,28 @@ LINE_MAX = 8192
 # %ts the termination state that says why HAProxy ended a failed request. The path is the
 # only text a caller chooses (the method is a token, the traceparent is checked first): it
 # goes through HAProxy's json converter, so that a quote or backslash cannot break (or hide)
-# the line
+# the line. %rc is a string: HAProxy writes "+1" when a retry went to another endpoint
+# (redispatch), which is no JSON number. %[capture.req.hdr(0)] is "-" when the request
+# carries no traceparent
 HTTP_LOG_FORMAT = (
     '{"time":"%tr","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
     '"method":"%HM","path":"%[capture.req.uri,field(1,?),json(utf8s)]","status":%ST,'
-    '"bytes":%B,"retries":%rc,'
+    '"bytes":%B,"retries":"%rc",'
     '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
     '"traceparent":"%[capture.req.hdr(0)]"}'
 )
 # a W3C traceparent: version, trace id, parent id, flags in lower-case hex
 TRACEPARENT_RE = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+# shares of requests (sampling) are drawn as rand(SHARE_SCALE) < share * SHARE_SCALE
+SHARE_SCALE = 1_000_000
+# the variable that tells, for a normal HTTP response about to be left out of the log,
+# whether it was retried and how long its endpoint took (HAProxy 2.6 has no sample fetch for
+# either; its log-format tags are read here as they are for the log line)
+LOG_CHECK_VAR = "txn.elastin_log"
 # one JSON object per TCP connection
 TCP_LOG_FORMAT = (
     '{"time":"%t","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
-    '"bytes_in":%U,"bytes":%B,"retries":%rc,"time_ms":%Tt,"connect_ms":%Tc,'
+    '"bytes_in":%U,"bytes":%B,"retries":"%rc","time_ms":%Tt,"connect_ms":%Tc,'
     '"termination":"%ts"}'
 )
 
@@ -157,21 +165,19 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     if c.access_log:
         fmt = HTTP_LOG_FORMAT if mode == "http" else TCP_LOG_FORMAT
         out.append(f"    log-format '{fmt}'".replace("{caller}", lst.owner or "-"))
+        if mode == "tcp" and c.access_log_sample < 1:
+            # abnormal connections only (failed, retried, timed out, aborted): HAProxy
+            # decides when the connection ends, and builds no line for the others
+            out.append("    option dontlog-normal")
     else:
         out.append("    no log")
     if mode == "http":
         out.append("    option http-keep-alive")
-        # W3C trace context: start a trace when the caller sent no valid one (the spec: an
-        # invalid traceparent is replaced), else pass it on. One random UUID (the request's
-        # unique id, made only when a trace is started) gives both ids: the trace id is all
-        # 32 hex digits, the span id the last 16. The header as sent on is captured for the
-        # access log (a capture slot costs less than a variable: this runs on every request)
-        out += [
-            "    unique-id-format %[uuid,regsub(-,,g)]",
-            '    http-request set-header traceparent "00-%[unique-id]-%[unique-id,bytes(16,16)]-01"'
-            f" unless {{ req.hdr(traceparent) -m reg {TRACEPARENT_RE} }}",
-            "    http-request capture req.hdr(traceparent) len 55",
-        ]
+        out += _trace_context(c)
+        if c.access_log:
+            # the header as sent on, for the access log (a capture slot costs less than a
+            # variable; nothing is stored for a request without one)
+            out.append("    http-request capture req.hdr(traceparent) len 55")
         if lst.owner:
             out.append(f'    http-request set-header x-elastin-caller "{lst.owner}"')
         out += _delay("http-request", lst.fault)
@@ -181,10 +187,66 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
                 f"    http-request return status {f.abort_status} content-type text/plain "
                 f'string "fault injected by elastin" if {{ rand(100) lt {f.abort_percent:g} }}'
             )
+        if c.access_log:
+            out += _leave_normal_out(c)
     else:
         out += _delay("tcp-request content", lst.fault)
     out.append(f"    default_backend {backend_name(c.name)}")
     return out
+
+
+def _sampled(share: float, draw: str = "lt") -> str:
+    """An ACL true for ``share`` of the requests (with ``ge``: for the others)."""
+    n = round(share * SHARE_SCALE)
+    return f"{{ rand({SHARE_SCALE}) {draw} {n} }}"
+
+
+def _trace_context(c: Cluster) -> list[str]:
+    """W3C trace context: a valid incoming ``traceparent`` is passed on as it is; for
+    ``trace_sample`` of the other requests a trace is started (sampled flag ``01``); the others
+    get none (an invalid header is removed, never passed on). The ids are one random UUID,
+    made only for a started trace: the trace id is its 32 hex digits, the span id the last 16."""
+    valid = f"{{ req.hdr(traceparent) -m reg {TRACEPARENT_RE} }}"
+    out: list[str] = []
+    if c.trace_sample > 0:
+        when = "" if c.trace_sample >= 1 else _sampled(c.trace_sample) + " "
+        out += [
+            f"    http-request set-var(txn.elastin_trace) uuid,regsub(-,,g) if {when}!{valid}",
+            '    http-request set-header traceparent "00-%[var(txn.elastin_trace)]-'
+            '%[var(txn.elastin_trace),bytes(16,16)]-01" if { var(txn.elastin_trace) -m found }',
+        ]
+    if c.trace_sample < 1:
+        out.append(
+            f"    http-request del-header traceparent if {{ req.hdr(traceparent) -m found }} "
+            f"!{valid}"
+        )
+    return out
+
+
+def _leave_normal_out(c: Cluster) -> list[str]:
+    """The rules that leave a normal HTTP request out of the access log unless it is in the
+    sample: HAProxy then builds no line for it. Only an endpoint's response passes them —
+    every answer HAProxy makes itself (the named 502/503/504, a 429, an injected fault) is
+    logged, as is a request that ends before a response (aborted, timed out). Normal: a
+    status below 500 other than 429, no retry and (with ``slow``) an endpoint that answered
+    within ``slow``. What HAProxy 2.6 cannot tell at that point: a response cut after its
+    headers (the endpoint or the caller closing mid-body) is logged only when sampled."""
+    if c.access_log_sample >= 1:
+        return []
+    when = "" if c.access_log_sample <= 0 else _sampled(c.access_log_sample, "ge") + " "
+    # "<retries>/<ms the endpoint took to answer>"; %rc is "+1" after a redispatch
+    check, normal = "%rc", f"{{ var({LOG_CHECK_VAR}) -m int 0 }}"
+    if c.slow > 0:
+        check += "/%Tr"
+        normal = (
+            f"{{ var({LOG_CHECK_VAR}),field(1,/) -m int 0 }} "
+            f"{{ var({LOG_CHECK_VAR}),field(2,/) -m int lt {max(1, round(c.slow * 1000))} }}"
+        )
+    return [
+        f'    http-response set-var-fmt({LOG_CHECK_VAR}) "{check}" '
+        f"if {when}{{ status lt 500 }} !{{ status 429 }}",
+        f"    http-response set-log-level silent if {normal}",
+    ]
 
 
 def _backend(c: Cluster) -> list[str]:

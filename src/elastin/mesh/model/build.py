@@ -54,6 +54,9 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
         ),
         rate_limit=p.rate_limit,
         access_log=p.access_log,
+        access_log_sample=p.access_log_sample,
+        slow=p.slow,
+        trace_sample=p.trace_sample,
     )
 
 

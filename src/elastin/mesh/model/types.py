@@ -107,10 +107,23 @@ class Cluster:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     outlier: OutlierDetection = field(default_factory=OutlierDetection)
     rate_limit: int = 0  # requests per second for the whole service; 0 = none
-    access_log: bool = True  # a JSON line per request to this service
+    # a JSON line per request to this service (per connection for TCP), unless off: every
+    # abnormal one, and this share of the normal ones (1.0: all; 0.0: abnormal ones only)
+    access_log: bool = True
+    access_log_sample: float = 0.01
+    slow: float = 1.0  # seconds: an HTTP endpoint slower to answer is abnormal; 0 = never
+    trace_sample: float = 0.01  # share of requests without a valid traceparent traced
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
+        for what, share in (
+            ("access_log_sample", self.access_log_sample),
+            ("trace_sample", self.trace_sample),
+        ):
+            if not 0 <= share <= 1:  # NaN fails too
+                raise MeshModelError(f"cluster {self.name}: {what} {share} is outside 0..1")
+        if not 0 <= self.slow <= 86400:
+            raise MeshModelError(f"cluster {self.name}: slow {self.slow}s is outside 0..86400")
         if self.lb in ("hash_header", "hash_cookie") and not self.hash_key:
             raise MeshModelError(f"cluster {self.name}: {self.lb} needs hash_key")
         ids = [e.id for e in self.endpoints]
