@@ -43,7 +43,8 @@ from elastin.mesh.model.names import ClusterName
 @click.option(
     "--mesh",
     is_flag=True,
-    help="the mesh's access log (JSON lines), for SERVICE or for all services",
+    help="the mesh's access log (JSON lines), for SERVICE or for all services: by default "
+    "its abnormal requests and 1% of the others (see below)",
 )
 def logs(
     service: str | None,
@@ -56,7 +57,14 @@ def logs(
     mesh: bool,
 ) -> None:
     """Print a service's output (SERVICE is `name` or `app/name`), or with --mesh the
-    requests the mesh carried."""
+    requests the mesh carried.
+
+    What the mesh logs by default: every abnormal request (a 5xx, a connection failure, a
+    retry, a timeout, a request aborted before its answer, a 429, an endpoint slower than
+    the service's `mesh.slow`, 1s by default) and 1% of the others (TCP: abnormal
+    connections only). To log every request to a service, give it `mesh: {access_log: all}`
+    in its spec and apply it again; `{sample: 0.05}` logs 5% of the normal ones, `errors`
+    none, `off` nothing (docs/mesh.md)."""
     if mesh:
         _mesh_logs(service, follow, tail)
         return

@@ -1,4 +1,5 @@
-"""Collect the mesh's access log: HAProxy writes each request's JSON line into an in-memory
+"""Collect the mesh's access log: HAProxy writes each logged request's JSON line (every
+abnormal one and a sample of the others by default: ``render``) into an in-memory
 ring (``log ring@elastin_log``, rendered by ``render``); ``AccessLogCollector`` follows that
 ring over the runtime API (``show events elastin_log -w``) and appends the lines to the
 node's log file, which ``elastin logs --mesh`` reads.

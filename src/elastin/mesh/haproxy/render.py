@@ -16,10 +16,12 @@ Mapping of the model:
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   connect check that brings the endpoint back.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
-* HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on,
-  and log one JSON line per request (``HTTP_LOG_FORMAT``, TCP listeners one per connection)
-  into an in-memory ring that the agent drains into the node's log file
-  (``elastin.mesh.haproxy.accesslog``): no file write in HAProxy's event loop.
+* HTTP listeners pass a valid W3C ``traceparent`` on and start one for a sample of the
+  other requests (``_trace_context``); they log every abnormal request and a sample of the
+  normal ones (``_leave_normal_out``; TCP listeners: abnormal connections) as JSON lines
+  (``HTTP_LOG_FORMAT``, ``TCP_LOG_FORMAT``) into an in-memory ring that the agent drains
+  into the node's log file (``elastin.mesh.haproxy.accesslog``): no file write in HAProxy's
+  event loop.
 
 One application's part must not take the others' down: ``leave_out_unrenderable`` finds the
 applications whose clusters cannot be rendered and returns the snapshot without them (and
