@@ -73,6 +73,7 @@ services:
     replicas: {replicas}
     resources: {{cpu: 100m, memory: 48Mi}}
     health: {{http: /, interval: 1s}}
+    mesh: {{access_log: all, trace_sample: 1}}  # every request logged, each with a trace
   web:
     command: ["{PY}", "-c", "import time; time.sleep(600)"]
     upstreams: [api]
