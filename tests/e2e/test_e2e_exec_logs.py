@@ -111,11 +111,13 @@ services:
     ports: {{http: 0}}
     resources: {{cpu: 100m, memory: 48Mi}}
     health: {{http: /, interval: 1s}}
+    mesh: {{access_log: all}}
   noise:
     command: ["{PY}", "-c", {json.dumps(ANSWER)}]
     ports: {{http: 0}}
     resources: {{cpu: 100m, memory: 48Mi}}
     health: {{http: /, interval: 1s}}
+    mesh: {{access_log: all}}
   web:
     command: ["{PY}", "-c", "import time; time.sleep(600)"]
     upstreams: [api, noise]
