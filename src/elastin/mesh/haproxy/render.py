@@ -14,7 +14,12 @@ Mapping of the model:
 * rate_limit: a one-entry stick table counting the service's requests per second; over the
   limit, a 429 that names the service and the limit.
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
-  connect check that brings the endpoint back.
+  check that brings the endpoint back: a connect check for HTTP/1.1 and TCP, an HTTP/2
+  handshake for HTTP/2 and gRPC (a frozen instance fails it and stays out).
+* gRPC: the mesh's own answers (503, 502, 504, 429) are gRPC statuses (HTTP 200,
+  ``grpc-status``, ``grpc-message``); a call waits on its endpoint at most 9/10 of its
+  ``grpc-timeout``.
+* Header limits (global): ``tune.bufsize`` / ``tune.http.maxhdr`` at least Envoy's defaults.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
 * HTTP listeners start a W3C ``traceparent`` when the caller sent none, and pass it on,
   and log one JSON line per request (``HTTP_LOG_FORMAT``, TCP listeners one per connection)
