@@ -14,7 +14,12 @@ Mapping of the model:
 * rate_limit: a one-entry stick table counting the service's requests per second; over the
   limit, a 429 that names the service and the limit.
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
-  connect check that brings the endpoint back.
+  check that brings the endpoint back: a connect check for HTTP/1.1 and TCP, an HTTP/2
+  handshake for HTTP/2 and gRPC (a frozen instance fails it and stays out).
+* gRPC: the mesh's own answers (503, 502, 504, 429) are gRPC statuses (HTTP 200,
+  ``grpc-status``, ``grpc-message``); a call waits on its endpoint at most 9/10 of its
+  ``grpc-timeout``.
+* Header limits (global): ``tune.bufsize`` / ``tune.http.maxhdr`` at least Envoy's defaults.
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
 * HTTP listeners pass a valid W3C ``traceparent`` on and start one for a sample of the
   other requests (``_trace_context``); they log every abnormal request and a sample of the
@@ -46,6 +51,14 @@ from elastin.mesh.model.types import (
 )
 
 LOCAL_WEIGHT_FACTOR = 4
+# header limits (``render``'s global section): Envoy's defaults are 100 headers and 60 KiB
+# of headers; HAProxy's 101 headers and a 16 KiB buffer (the mesh adds a header or two).
+# Over them HAProxy 2.6 answers a request with its own 400 (HTTP/1.1) or REFUSED_STREAM
+# (HTTP/2) and a response with a 502 (docs/mesh.md, "Limits and errors")
+MAX_HEADERS = 128
+BUFSIZE = 65536
+MAXREWRITE = 1024
+HEADER_BYTES = BUFSIZE - MAXREWRITE
 # the access log's ring in HAProxy's memory, drained by the agent (``accesslog``): about
 # 12,000 lines. The longest line: a logged path is at most 1,024 bytes
 # (tune.http.logurilen), at most doubled by JSON escaping, plus the other fields
@@ -126,6 +139,8 @@ def server_params(c: Cluster, e: Endpoint) -> str:
     if c.breaker.max_queue:
         parts.append(f"maxqueue {c.breaker.max_queue}")
     if c.outlier.enabled:
+        # a connect check for HTTP/1.1 and TCP; HTTP/2 and gRPC get an HTTP/2 handshake
+        # check (``_h2_check``); timeouts and resets count as errors with ``layer7``
         layer = "layer4" if c.protocol == "tcp" else "layer7"
         parts.append("check inter 2s fall 3 rise 2")
         parts.append(f"observe {layer} error-limit {c.outlier.consecutive_errors}")
@@ -275,15 +290,18 @@ def _backend(c: Cluster) -> list[str]:
             "    http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE TRACE }"
         )
     if mode == "http" and c.rate_limit:
+        why_429 = f"rate limit of {c.rate_limit}/s for {c.name}"
         # one shared counter for the service: requests in the last second
         out += [
             "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
             "    http-request track-sc0 int(1)",
-            f"    http-request return status 429 content-type text/plain "
-            f'hdr x-elastin-error "rate limit of {c.rate_limit}/s for {c.name}" '
-            f'string "elastin: rate limit of {c.rate_limit} requests/s for service {c.name}\\n" '
+            f"    http-request return status 429 {_error_answer(c, 429, why_429)} "
             f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}",
         ]
+    if c.protocol == "grpc":
+        out += _grpc_deadline(c)
+    if c.protocol in ("http2", "grpc") and c.outlier.enabled:
+        out += _h2_check()
     if mode == "http":
         out += _named_errors(c)
     for e in c.endpoints:
@@ -296,8 +314,9 @@ def _backend(c: Cluster) -> list[str]:
 
 def _named_errors(c: Cluster) -> list[str]:
     """The answers HAProxy itself gives, each naming the service and why (never an opaque
-    5xx), in ``x-elastin-error`` and the body; the access log has the service, the endpoint
-    and HAProxy's termination state for the same request."""
+    5xx), in ``x-elastin-error`` and the body (for gRPC: a gRPC status, ``_error_answer``);
+    the access log has the service, the endpoint and HAProxy's termination state for the
+    same request."""
     b, name = backend_name(c.name), c.name
     # the iif() arguments may hold neither commas nor parentheses
     why_503 = (
@@ -305,15 +324,95 @@ def _named_errors(c: Cluster) -> list[str]:
         f" or its circuit breaker queue is full,"
         f"no endpoint of {name} is up - none is ready or all fail their checks)]"
     )
-    reasons = (
-        (503, why_503),
-        (502, f"invalid or empty response from an endpoint of {name}"),
-        (504, f"no answer from an endpoint of {name} within {_ms(c.timeouts.request)}"),
+    why_502 = (
+        f"invalid or empty response from an endpoint of {name}"
+        f" (or over the mesh's limits of {MAX_HEADERS} headers / {HEADER_BYTES // 1024} KiB)"
     )
+    why_504 = f"no answer from an endpoint of {name} within {_ms(c.timeouts.request)}"
+    if c.protocol == "grpc":
+        why_504 += " or the call's deadline"
+    out = [
+        f"    http-error status {status} {_error_answer(c, status, why)}"
+        for status, why in ((503, why_503), (502, why_502), (504, why_504))
+    ]
+    if c.protocol == "grpc":
+        # gRPC callers read a status only from an HTTP 200 (gRPC over HTTP/2, "Responses"):
+        # every answer of the mesh itself (it carries x-elastin-error) becomes one; an
+        # answer without a body gets no content-type from http-error, so it is set here
+        mine = "if !{ status 200 } { res.hdr(x-elastin-error) -m found }"
+        out += [
+            f"    http-after-response set-header content-type application/grpc {mine}",
+            f"    http-after-response set-status 200 {mine}",
+        ]
+    return out
+
+
+# the gRPC status of each answer the mesh gives (as Envoy maps them: gRPC's
+# doc/http-grpc-status-mapping.md): 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED, 8 RESOURCE_EXHAUSTED
+GRPC_STATUS = {502: 14, 503: 14, 504: 4, 429: 8}
+
+
+def _error_answer(c: Cluster, status: int, why: str) -> str:
+    """The arguments of an ``http-error`` / ``http-request return`` that answer ``status``
+    naming the service and why: a text body for HTTP; for gRPC a "Trailers-Only" answer
+    (no body; ``grpc-status`` and ``grpc-message``; the ``http-after-response`` rules of
+    ``_named_errors`` make it an HTTP 200 with content-type ``application/grpc``).
+    ``why`` is a log-format string."""
+    if c.protocol == "grpc":
+        return (
+            f"hdr grpc-status {GRPC_STATUS[status]} "
+            f'hdr grpc-message "{why}" hdr x-elastin-error "{why}"'
+        )
+    return f'content-type text/plain hdr x-elastin-error "{why}" lf-string "elastin: {why}\\n"'
+
+
+# gRPC's grpc-timeout header ("<digits><unit>", gRPC over HTTP/2) in milliseconds, for each
+# unit: the factor and divisor applied to 9/10 of it (see _grpc_deadline)
+_GRPC_UNITS = (
+    ("H", 3_240_000, 1),
+    ("M", 54_000, 1),
+    ("S", 900, 1),
+    ("m", 9, 10),
+    ("u", 9, 10_000),
+    ("n", 9, 10_000_000),
+)
+
+
+def _grpc_deadline(c: Cluster) -> list[str]:
+    """A gRPC call waits on its endpoint at most 9/10 of the deadline its caller sent
+    (``grpc-timeout``), never longer than the service's own timeout: an endpoint that does
+    not answer in time is then the mesh's timeout (a 504: DEADLINE_EXCEEDED naming the
+    service, counted by outlier detection) rather than the caller's cancel, which nothing
+    counts. Envoy's ``grpc_timeout_header_offset`` does the same with a fixed offset."""
+    limit = round(max(c.timeouts.request, c.timeouts.idle) * 1000)
+    out = [
+        f"    http-request set-var(txn.elastin_deadline) req.hdr(grpc-timeout),"
+        f"field(1,{unit}),mul({mul}),div({div}) if {{ req.hdr(grpc-timeout) -m end {unit} }}"
+        for unit, mul, div in _GRPC_UNITS
+    ]
+    out.append(
+        "    http-request set-timeout server var(txn.elastin_deadline) if "
+        f"{{ var(txn.elastin_deadline) -m int 1:{limit - 1} }}"
+    )
+    return out
+
+
+# the HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113 §3.4): an endpoint
+# that speaks HTTP/2 answers with its own SETTINGS frame (type 4, on stream 0) at once. No
+# request reaches the application (nothing in its logs); a frozen (SIGSTOPped) endpoint,
+# whose kernel still accepts connections, fails it
+H2_PREFACE_HEX = (
+    "505249202a20485454502f322e300d0a0d0a534d0d0a0d0a"  # PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n
+    "000000040000000000"  # SETTINGS, length 0, flags 0, stream 0
+)
+
+
+def _h2_check() -> list[str]:
     return [
-        f"    http-error status {status} content-type text/plain "
-        f'hdr x-elastin-error "{why}" lf-string "elastin: {why}\\n"'
-        for status, why in reasons
+        "    option tcp-check",
+        f"    tcp-check send-binary {H2_PREFACE_HEX}",
+        # the answer, hex-encoded: a 3-byte length, then type 04 (SETTINGS), flags 00
+        "    tcp-check expect rbinary ^[0-9A-F]{6}0400",
     ]
 
 
@@ -328,6 +427,11 @@ def render(snapshot: MeshSnapshot, paths: Paths) -> str:
         # the access log goes into a ring in memory, drained by the agent (accesslog.py)
         f"    log ring@{RING_NAME} len {LINE_MAX} format raw local0",
         "    hard-stop-after 30s",
+        # limits at least Envoy's defaults (100 headers, 60 KiB of headers): a request's or
+        # a response's headers must fit in a buffer less the room kept for rewrites
+        f"    tune.bufsize {BUFSIZE}",
+        f"    tune.maxrewrite {MAXREWRITE}",
+        f"    tune.http.maxhdr {MAX_HEADERS}",
     ]
     if paths.pid_file:
         lines.append(f"    pidfile {paths.pid_file}")
