@@ -443,14 +443,13 @@ def system(
         yield Running(p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0], [], [])
         return
     listen = free_port()
-    d = tmp / f"{name}-{case}"
-    d.mkdir(exist_ok=True)
+    # a directory of its own for each start: its log files count this run's lines only
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-{case}-".replace(" ", "-"), dir=tmp))
     if name in ("haproxy", "haproxy-matched"):
         make = peers.raw_haproxy_cfg if name == "haproxy" else peers.matched_haproxy_cfg
         cfg = d / "haproxy.cfg"
         cfg.write_text(make(case, listen, p.h1, p.h2))
         log = d / "stdout.log"
-        log.unlink(missing_ok=True)
         argv = on_cpu(PROXY_CPU, [which("haproxy"), "-W", "-f", str(cfg)])
         with process(argv, log) as proc:
             wait_port(listen)
@@ -610,7 +609,7 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=0, help="runs of each system (default 3)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument(
         "--quick",
@@ -658,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
                 wanted.remove(name)
             else:
                 binaries[name] = binary
-    runs, seconds, warmup = (1, 1.0, 0.0) if args.quick else (args.runs, args.seconds, 1.0)
+    runs, seconds, warmup = (args.runs or 3, args.seconds, 1.0)
+    if args.quick:  # one run (unless --runs) of 1 s, no warm-up beyond the first request
+        runs, seconds, warmup = (args.runs or 1, 1.0, 0.0)
     with tempfile.TemporaryDirectory(prefix="elastin-proxy-") as d:
         rows, more = measure(
             cases, runs, seconds, Path(d), wanted, binaries, warmup, args.breakdown

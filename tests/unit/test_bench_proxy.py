@@ -147,3 +147,23 @@ def test_quick_run_prints_every_system_and_ratio(
         for peer in {"traefik", "caddy"} - skipped:
             assert ("elastin", f"cpu_us_per_req_ratio_vs_{peer}") in have
         assert ("elastin-full", "logged_per_req") in have
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    HAPROXY is None or any(shutil.which(t, path="/usr/sbin:/usr/bin:/bin") is None for t in TOOLS),
+    reason="needs haproxy, nginx, wrk, h2load and taskset (make setup installs them)",
+)
+def test_each_run_counts_its_own_log_lines(
+    proxy: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each start of a system gets a directory of its own: a second run of elastin-full
+    reused the first run's log file, so its lines were counted again (the full run of
+    2026-12-06 showed 2.0 lines per request). More than a ring's worth of lines per run,
+    else the collector, finding the old file, takes the new lines for a replay."""
+    argv = ["--json", "--runs", "2", "--seconds", "3", "--cases", "http1_rate_5000"]
+    assert proxy.main([*argv, "--systems", "haproxy-matched,elastin-full"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    logged = {r["system"]: r["value"] for r in rows if r["metric"] == "logged_per_req"}
+    assert set(logged) == {"haproxy-matched", "elastin-full"}
+    assert all(0 < v <= 1.01 for v in logged.values()), logged
