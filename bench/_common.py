@@ -15,7 +15,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -119,3 +119,16 @@ def emit(
     if not console.is_terminal:
         console.width = max(console.width, 120)
     console.print(t)
+
+
+def ratio_rows(
+    values: Mapping[str, float], pairs: Iterable[tuple[str, str]], metric: str
+) -> list[tuple[str, str, float]]:
+    """``(system, "<metric>_ratio_vs_<peer>", system ÷ peer)`` for each ``(system, peer)`` of
+    ``pairs`` measured in the same run (both in ``values``, the peer's figure non-zero); a
+    peer's ``-`` becomes ``_`` in the metric's name (``haproxy-matched``)."""
+    return [
+        (name, f"{metric}_ratio_vs_{peer.replace('-', '_')}", values[name] / values[peer])
+        for name, peer in pairs
+        if values.get(name) and values.get(peer)
+    ]

