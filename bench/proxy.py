@@ -94,7 +94,7 @@ RATIOS = (
 # fields change (issue #12's sampling): e.g. {"access_log": "all", "trace_sample": 1.0}.
 # The run checks it: elastin-full's logged_per_req row must be about 1 (a note says so
 # when it is not).
-FULL_POLICY: dict[str, object] = {"access_log": True}
+FULL_POLICY: dict[str, object] = {"access_log": True, "access_log_sample": 1.0, "trace_sample": 1.0}
 GRPC_PATH = "/bench.Echo/Unary"
 GRPC_FRAME = b"\x00\x00\x00\x00\x04ping"  # uncompressed, 4-byte message
 

@@ -56,7 +56,7 @@ LOCAL_WEIGHT_FACTOR = 4
 # Over them HAProxy 2.6 answers a request with its own 400 (HTTP/1.1) or REFUSED_STREAM
 # (HTTP/2) and a response with a 502 (docs/mesh.md, "Limits and errors")
 MAX_HEADERS = 128
-BUFSIZE = 65536
+BUFSIZE = 16384
 MAXREWRITE = 1024
 HEADER_BYTES = BUFSIZE - MAXREWRITE
 # the access log's ring in HAProxy's memory, drained by the agent (``accesslog``): about

@@ -17,7 +17,7 @@ def config(protocol: Protocol, **kw: object) -> str:
 
 def test_header_limits_are_at_least_envoys() -> None:
     text = config("http")
-    assert "    tune.bufsize 65536" in text
+    assert "    tune.bufsize 16384" in text
     assert "    tune.maxrewrite 1024" in text
     assert "    tune.http.maxhdr 128" in text
 
