@@ -25,8 +25,9 @@ Where lines could be lost or doubled, and what is done about it:
   is still arriving for new lines and write it twice;
 * a restarted agent starts from the last line of the ring in the file (HAProxy's own
   messages, ``[NOTICE]``/``[WARNING]``/``[ALERT]`` lines, share the file and are never in the
-  ring), the same way; a worker that started after the collector has nothing in the file, so
-  all of its ring is new at once (no waiting for a replay to end);
+  ring), the same way; a worker that started after the collector, or after the file was last
+  written (HAProxy restarted before the agent came back), has nothing in the file, so all of
+  its ring is new at once (no waiting for a replay to end);
 * the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
   oldest of those lines are gone.
 
@@ -157,6 +158,17 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
     return complete[-1] if complete else None
 
 
+def ticks_at(epoch: float) -> int | None:
+    """A wall-clock time as clock ticks since boot (``start_ticks``' unit), or None."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int((epoch - int(line.split()[1])) * os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot (None when unknown)."""
     try:
@@ -185,6 +197,10 @@ class AccessLogCollector:
         self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
         self._started = start_ticks(os.getpid())  # workers started later are all new
+        try:  # and so are workers started after the file was last written
+            self._written = ticks_at(log_path.stat().st_mtime)
+        except OSError:
+            self._written = None
         self._following: set[int] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,10 +298,13 @@ class AccessLogCollector:
     def _anchor(self, pid: int) -> bytes | None:
         """The last line written from worker ``pid``: what a replay of its ring is skipped
         up to. A worker not followed before: the file's last line when this collector
-        started — unless the worker started later (nothing of it can be in the file)."""
+        started — unless the worker started after that, or after the file was last written
+        (nothing of it can be in the file: waiting for that line would hold its lines back
+        until its stream pauses, which a busy proxy's never does)."""
         if pid not in self._anchors:
             ticks = start_ticks(pid)
-            new = ticks is not None and self._started is not None and ticks > self._started
+            later = [t for t in (self._started, self._written) if t is not None]
+            new = ticks is not None and any(ticks > t for t in later)
             self._anchors[pid] = None if new else self._start_anchor
         return self._anchors[pid]
 

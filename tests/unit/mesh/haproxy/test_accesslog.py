@@ -177,3 +177,24 @@ async def test_a_worker_started_after_the_collector_is_all_new(tmp_path: Path) -
     finally:
         worker.kill()
         worker.wait()
+
+
+async def test_a_worker_started_after_the_file_was_written_is_all_new(tmp_path: Path) -> None:
+    # HAProxy restarted, then the agent: its fresh ring cannot hold the file's last line, so
+    # waiting for it held every line back until the stream paused (never, under load)
+    log = tmp_path / "haproxy.log"
+    log.write_bytes(b"x\n")
+    written = time.time() - 1.0
+    os.utime(log, (written, written))
+    worker = subprocess.Popen(["sleep", "5"])
+    try:
+        time.sleep(0.05)
+        c = collector(tmp_path)
+        ticks = start_ticks(worker.pid)
+        assert ticks is not None
+        c._started = ticks + 1  # the agent (re)started after the worker, as after a reboot
+        assert c._anchor(worker.pid) is None
+        assert c._anchor(os.getppid()) == b"x\n"  # started before the file was written
+    finally:
+        worker.kill()
+        worker.wait()
