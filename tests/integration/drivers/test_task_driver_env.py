@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from elastin.agent.drivers.base import ExecOutput, InstanceConfig
-from elastin.agent.drivers.cgroups import destroy_root
 from elastin.agent.drivers.task import TaskDriver
 from elastin.agent.logfiles import unstamp
 from elastin.model.resources import Resources
@@ -54,13 +51,6 @@ PLANT = textwrap.dedent(
     """
 )
 SHOW = 'printf "PERL5LIB=%s\\nPATH=%s\\nLD_PRELOAD=%s\\n" "$PERL5LIB" "$PATH" "$LD_PRELOAD"'
-
-
-@pytest.fixture
-def driver() -> Iterator[TaskDriver]:
-    root = f"elastin-test-{secrets.token_hex(4)}"
-    yield TaskDriver(root)
-    destroy_root(root)
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from elastin.agent.drivers.base import InstanceConfig
-from elastin.agent.drivers.cgroups import Cgroup, destroy_root
+from elastin.agent.drivers.cgroups import Cgroup
 from elastin.agent.drivers.task import TaskDriver
 from elastin.agent.logfiles import rotate, unstamp
 from elastin.model.resources import Resources
@@ -24,13 +22,6 @@ pytestmark = [
 
 PY = sys.executable
 SLEEP = (PY, "-c", "import time; time.sleep(600)")
-
-
-@pytest.fixture
-def driver() -> Iterator[TaskDriver]:
-    root = f"elastin-test-{secrets.token_hex(4)}"
-    yield TaskDriver(root)
-    destroy_root(root)
 
 
 def cfg(

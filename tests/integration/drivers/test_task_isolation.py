@@ -18,13 +18,12 @@ import socket
 import stat
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from elastin.agent.drivers.base import Handle, InstanceConfig, StartError
-from elastin.agent.drivers.cgroups import Cgroup, destroy_root
+from elastin.agent.drivers.cgroups import Cgroup
 from elastin.agent.drivers.sandbox import UID_BASE, UID_COUNT
 from elastin.agent.drivers.task import TaskDriver
 from elastin.agent.health import probe
@@ -70,13 +69,6 @@ PROBE = textwrap.dedent(
     print(json.dumps(out), flush=True)
     """
 )
-
-
-@pytest.fixture
-def driver() -> Iterator[TaskDriver]:
-    root = f"elastin-test-{secrets.token_hex(4)}"
-    yield TaskDriver(root)
-    destroy_root(root)
 
 
 @pytest.fixture
