@@ -54,12 +54,16 @@ class Revision:
     cause: Cause = "apply"
     state: RevisionState = "rolling"
     message: str = ""
-    promoted: bool = False  # canaries: ``elastin rollout promote`` let the rollout go on
     reverted_to: int = 0
     finished_at: float = 0.0
     since: float = 0.0
     generation: int = 0
     promoted_at: float = 0.0
+
+    @property
+    def promoted(self) -> bool:
+        """Whether ``elastin rollout promote`` let its rollout go on past the canaries."""
+        return self.promoted_at > 0
 
     @property
     def started_at(self) -> float:

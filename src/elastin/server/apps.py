@@ -47,9 +47,6 @@ MAX_REPLICAS = 1000
 _TRIES = 10  # compare-and-set attempts before a change gives up with a conflict
 
 
-workload_fingerprint = fingerprint
-
-
 @dataclass(frozen=True)
 class WorkloadChange:
     workload: str
@@ -95,7 +92,7 @@ def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, 
         prev = old_app.workload(w.name)
         if prev is None:
             out.append(WorkloadChange(w.name, w.type, "add", f"{w.instances} instance(s)"))
-        elif workload_fingerprint(prev) != workload_fingerprint(w):
+        elif fingerprint(prev) != fingerprint(w):
             out.append(WorkloadChange(w.name, w.type, "update", replacement(w)))
         elif prev.replicas != w.replicas:
             out.append(
@@ -135,7 +132,7 @@ def next_record(
     history = dict(old.history) if old else {}
     floors = floors or {}
     for w in app.workloads:
-        fp = workload_fingerprint(w)
+        fp = fingerprint(w)
         if fps.get(w.name) != fp:
             v = next_version(w.name, versions, history, floors.get(w.name, 0))
             versions[w.name] = v
@@ -421,9 +418,7 @@ class Apps:
                     f"{ref!r} has no rollout waiting for promotion",
                     hint=f"see elastin rollout status {ref}",
                 )
-            hist = update_revision(
-                rec.history.get(w.name, ()), v, promoted=True, promoted_at=self.clock.time()
-            )
+            hist = update_revision(rec.history.get(w.name, ()), v, promoted_at=self.clock.time())
             new = replace(rec, history={**rec.history, w.name: hist}, generation=rec.generation + 1)
             msg = f"version {v} promoted: the rollout goes on"
             return new, ("rollout.promoted", f"{rec.app.name}/{w.name}", msg, "info")

@@ -192,6 +192,6 @@ def test_a_canary_is_judged_until_ready_and_the_rest_counts_from_promotion() -> 
     canary = alloc("web", 0, "running", True, version=2)
     s = settle([*old, canary], a, versions={"web": 2}, history=made)
     assert s.state == "settled" and "rollout promote web" in s.workloads[0].reason
-    promoted = {"web": (made["web"][0], replace(made["web"][1], promoted=True, promoted_at=NOW))}
+    promoted = {"web": (made["web"][0], replace(made["web"][1], promoted_at=NOW))}
     s = settle([*old, canary], a, versions={"web": 2}, history=promoted)
     assert s.state == "settling"  # long after it was made, but just promoted
