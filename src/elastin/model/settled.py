@@ -192,12 +192,12 @@ def settlement(
     from_generation: int = 0,
 ) -> Settlement:
     """Where ``app`` stands, from its allocations (others are ignored). Without
-    ``versions`` every allocation counts as the current version (and instances are ready
-    once running and healthy, without ``min_healthy_time``). ``from_generation``: the
-    record generation a wait started from (what ``apply`` and the version commands
-    answer): a version made from then on that failed and was rolled back fails the wait,
-    naming both; without it
-    only the current version is judged."""
+    ``versions`` the newest version among a workload's allocations counts as its current
+    one; without ``history`` no version is still to be proven (so none fails by its
+    deadline or the crash rule). ``from_generation``: the record generation a wait started
+    from (what ``apply`` and the version commands answer): a version made from then on that
+    failed and was rolled back fails the wait, naming both; without it only the current
+    version is judged."""
     by_workload: dict[str, list[Allocation]] = {}
     for a in allocs:
         if a.app == app.name:
