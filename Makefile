@@ -17,7 +17,7 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh scripts/haproxy.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/setup.sh
 	@touch $(STAMP)
 

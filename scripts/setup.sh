@@ -6,9 +6,11 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # Debian packages Elastin uses. python3-venv makes the virtualenv; the rest are the tools the
 # workloads and tests call (curl for checks, procps for ps, util-linux for nsenter/unshare,
-# haproxy for the service mesh data plane; nginx, wrk and h2load for the mesh's interop
-# tests and benchmarks).
-DEB_PACKAGES="python3 python3-venv python3-dev curl procps iproute2 util-linux perl haproxy nginx wrk nghttp2-client"
+# nginx, wrk and h2load for the mesh's interop tests and benchmarks; a C compiler and the
+# headers scripts/haproxy.sh builds the mesh's HAProxy 3.0 with; Debian's haproxy 2.6 for the
+# benchmark's comparison with it).
+DEB_PACKAGES="python3 python3-venv python3-dev curl procps iproute2 util-linux perl haproxy nginx wrk nghttp2-client
+ gcc make libc6-dev patch xz-utils libssl-dev liblua5.4-dev libpcre2-dev"
 
 missing=""
 for p in $DEB_PACKAGES; do
@@ -38,6 +40,7 @@ fi
 echo "setup: installing elastin and its tools into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+VENV="$VENV" sh scripts/haproxy.sh
 if [ "$(id -u)" != 0 ]; then
     echo "setup: note: not root, so the task driver cannot create cgroups here;" \
          "workloads will stay pending with that reason (run as root for kernel-enforced limits)" >&2

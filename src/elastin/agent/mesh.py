@@ -58,7 +58,7 @@ from elastin.agent.ports import PortAllocator, describe_pid, listening_pids, por
 from elastin.client.errors import ClientError
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector
-from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
+from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary, older_than_wanted
 from elastin.mesh.haproxy.render import Paths, app_of, leave_out_unrenderable, render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
@@ -183,7 +183,11 @@ def foreign_holder(proxy: HaproxyProcess) -> PortHolder:
 def local_haproxy(directory: Path, clock: Clock = SYSTEM) -> HaproxyProcess | None:
     """This node's HAProxy, run from ``directory``; None without an ``haproxy`` binary."""
     binary = haproxy_binary()
-    return HaproxyProcess(directory, binary, clock) if binary else None
+    if binary is None:
+        return None
+    if (why := older_than_wanted(binary)) is not None:
+        log.warning("%s", why)
+    return HaproxyProcess(directory, binary, clock)
 
 
 class MeshManager:

@@ -6,6 +6,10 @@ answers, frozen instances, with real clients (curl, grpcio) through a real HAPro
 * gRPC callers see the reason: no endpoint is UNAVAILABLE, the service's timeout is
   DEADLINE_EXCEEDED and its rate limit RESOURCE_EXHAUSTED, each an HTTP 200 with
   content-type application/grpc and a ``grpc-message`` naming the service and the cause.
+* A response cut short by its endpoint is never a complete one: on HTTP/2 the caller's
+  stream is reset (curl fails as it does on HTTP/1.1) and a gRPC stream whose server dies
+  fails (CANCELLED, from the reset) instead of ending cleanly (HAProxy 2.6 ended both
+  cleanly; 3.0 resets them).
 * A frozen (SIGSTOPped) gRPC instance leaves the rotation and stays out (the HTTP/2 check
   fails; timeouts count for outlier detection); when every instance is frozen, calls fail
   at once with UNAVAILABLE instead of waiting for their deadline.
@@ -55,7 +59,7 @@ def snapshot(listen: int, cluster: Cluster, protocol: Protocol = "grpc") -> Mesh
 
 SERVER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from concurrent.futures import ThreadPoolExecutor
     import grpc
 
@@ -69,10 +73,19 @@ SERVER = textwrap.dedent(
     def headers(request, context):
         return str(len(context.invocation_metadata())).encode()
 
+    def cut(request, context):
+        # a server-streaming call whose server dies in the middle of it
+        for i in range(40):
+            yield b"message %d" % i
+            time.sleep(0.01)
+            if i == 15:
+                os._exit(1)
+
     handler = grpc.method_handlers_generic_handler("test.Edge", {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Headers": grpc.unary_unary_rpc_method_handler(headers),
+        "Cut": grpc.unary_stream_rpc_method_handler(cut),
     })
     server = grpc.server(ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_metadata_size", 1 << 20)])
@@ -344,3 +357,77 @@ def test_grpc_call_with_envoys_header_limits_passes(mesh_proxy: Start) -> None:
         with channel(listen) as ch:
             got = call(ch, "Headers", b"", timeout=10, metadata=HEADERS_100)
     assert int(got) >= 100
+
+
+# --- item 1: a response cut short is never a complete one ---------------------------------
+
+
+@contextlib.contextmanager
+def cutting_backend() -> Iterator[int]:
+    """HTTP/1.1 on a free loopback port: answers a chunked 200, sends 16 of 40 chunks and
+    closes the connection (as an endpoint that dies in the middle of a response)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                for i in range(16):
+                    line = b"chunk %02d of 40\n" % i
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+                    time.sleep(0.01)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        srv.close()
+        t.join(5)
+
+
+@pytest.mark.parametrize(
+    ("version", "failure"),
+    [("--http1.1", 18), ("--http2-prior-knowledge", 92)],  # partial file / HTTP/2 stream error
+)
+def test_a_cut_response_reaches_the_caller_as_cut(
+    mesh_proxy: Start, version: str, failure: int
+) -> None:
+    listen = free_port()
+    with cutting_backend() as port:
+        mesh_proxy(snapshot(listen, http_cluster(port), "http"))
+        out = subprocess.run(
+            ["curl", "-s", "--noproxy", "*", "--max-time", "10", version,
+             f"http://127.0.0.1:{listen}/"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+    assert out.stdout.count("chunk") == 16, out.stdout  # what was sent did arrive
+    assert out.returncode == failure, (out.returncode, out.stderr)
+
+
+def test_a_grpc_stream_whose_server_dies_is_reset(mesh_proxy: Start) -> None:
+    listen = free_port()
+    with grpc_servers(1) as [(port, _)]:
+        cluster = Cluster(SERVICE, protocol="grpc", endpoints=(Endpoint("e1", "127.0.0.1", port),))
+        mesh_proxy(snapshot(listen, cluster))
+        got: list[bytes] = []
+        with channel(listen) as ch, pytest.raises(grpc.RpcError) as raised:
+            stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = ch.unary_stream("/test.Edge/Cut")
+            for message in stream(b"", timeout=10):  # type: ignore[arg-type]
+                got.append(message)
+    assert len(got) == 16
+    # the stream is reset (HAProxy 3.0 sends RST_STREAM CANCEL, which gRPC reports as
+    # CANCELLED; direct it is UNAVAILABLE "Socket closed"): never the UNKNOWN "Data frame with
+    # END_STREAM flag received" of a stream that ended cleanly without its status (2.6)
+    error = cast(grpc.Call, raised.value)
+    assert error.code() == grpc.StatusCode.CANCELLED, (error.code(), error.details())
+    assert "RST_STREAM" in (error.details() or ""), error.details()

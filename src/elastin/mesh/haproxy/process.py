@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,19 +31,68 @@ from elastin.mesh.haproxy.render import LUA_SCRIPT, Paths
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient, refused
 from elastin.mesh.model import Listener
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "HaproxyError",
     "HaproxyProcess",
     "check_config",
     "haproxy_binary",
+    "haproxy_version",
+    "older_than_wanted",
     "refused",
     "runtime",
 ]
 
 
+# the oldest HAProxy that resets an HTTP/2 stream whose response its endpoint cut short
+# (2.6 ends it cleanly: the caller takes a truncated answer for a whole one)
+RESETS_CUT_STREAMS = (3, 0)
+
+
 def haproxy_binary() -> str | None:
-    """The haproxy executable (Debian installs it in /usr/sbin, not always on PATH)."""
+    """The haproxy the mesh runs: ``$ELASTIN_HAPROXY`` when set (a path to an executable);
+    else the one ``make setup`` built into this Python environment (HAProxy 3.0,
+    ``scripts/haproxy.sh``); else one on PATH or in /usr/sbin (where Debian installs it).
+    None when there is none, or when ``$ELASTIN_HAPROXY`` names no executable file (logged
+    as an error: the mesh stays off rather than running another binary than the one asked
+    for)."""
+    chosen = os.environ.get("ELASTIN_HAPROXY", "")
+    if chosen:
+        if os.path.isfile(chosen) and os.access(chosen, os.X_OK):
+            return chosen
+        log.error(
+            "ELASTIN_HAPROXY=%r is not an executable file: set it to the path of a haproxy"
+            " binary, or unset it to use the one `make setup` built",
+            chosen,
+        )
+        return None
+    beside = Path(sys.prefix) / "bin" / "haproxy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+def haproxy_version(binary: str) -> tuple[int, int] | None:
+    """The (major, minor) version ``binary -v`` reports; None when it says none."""
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def older_than_wanted(binary: str) -> str | None:
+    """What an HAProxy older than 3.0 gets wrong, to log once when the mesh starts it."""
+    version = haproxy_version(binary)
+    if version is None or version >= RESETS_CUT_STREAMS:
+        return None
+    return (
+        f"{binary} is HAProxy {version[0]}.{version[1]}: a response an endpoint cuts short"
+        " reaches HTTP/2 and gRPC callers as a complete one (HAProxy 3.0 resets the stream);"
+        " `make setup` builds HAProxy 3.0 (scripts/haproxy.sh), or set ELASTIN_HAPROXY"
+    )
 
 
 def check_config(path: str, binary: str = "haproxy") -> None:
