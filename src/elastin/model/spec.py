@@ -27,6 +27,9 @@ from elastin.model.units import parse_cpu, parse_size
 from elastin.model.workload import (
     DYNAMIC_UIDS,
     KINDS,
+    REQUEST_HEADER_BYTES_MOST,
+    REQUEST_HEADERS_DEFAULT,
+    REQUEST_HEADERS_MOST,
     Application,
     Constraint,
     Fault,
@@ -103,6 +106,8 @@ MESH_KEYS = (
     "access_log",
     "slow",
     "trace_sample",
+    "max_request_headers",
+    "max_request_header_bytes",
 )
 ACCESS_LOG_KEYS = ("sample",)
 FAULT_KEYS = ("abort", "abort_percent", "delay", "delay_percent")
@@ -849,6 +854,20 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
         kw["slow"] = _duration(ctx, m["slow"][1], f"{path}.slow", 3600)
     if "trace_sample" in m:
         kw["trace_sample"] = _share(ctx, m["trace_sample"][1], f"{path}.trace_sample")
+    if "max_request_headers" in m:
+        kw["max_request_headers"] = _int(
+            ctx,
+            m["max_request_headers"][1],
+            f"{path}.max_request_headers",
+            1,
+            REQUEST_HEADERS_MOST,
+            f"use 1..{REQUEST_HEADERS_MOST} (the default is {REQUEST_HEADERS_DEFAULT}, Envoy's;"
+            " the node's proxy parses no more)",
+        )
+    if "max_request_header_bytes" in m:
+        kw["max_request_header_bytes"] = _header_bytes(
+            ctx, m["max_request_header_bytes"][1], f"{path}.max_request_header_bytes"
+        )
     if not ok or any(v is None for v in kw.values()):
         return None
     return MeshPolicy(**kw)
@@ -889,6 +908,27 @@ def _access_log(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[bool, float] | N
         (f"did you mean {close[0]!r}? " if close else "") + ACCESS_LOG_HINT,
     )
     return None
+
+
+def _header_bytes(ctx: _Ctx, node: yaml.Node, path: str) -> int | None:
+    """``mesh.max_request_header_bytes``: bytes (a whole number) or a size (``8Ki``), from
+    1 KiB up to what the node's proxy holds."""
+    hint = (
+        f"write bytes or a size from 1Ki to {REQUEST_HEADER_BYTES_MOST // 1024}Ki, e.g. 8Ki (the"
+        f" default, {REQUEST_HEADER_BYTES_MOST // 1024}Ki, is the most the node's proxy holds)"
+    )
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    try:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise UnitError(f"{_kind_of(node)} is not a size")
+        n = v if isinstance(v, int) else parse_size(v, what="max_request_header_bytes")
+    except UnitError as e:
+        ctx.add(node, path, str(e), hint)
+        return None
+    if not 1024 <= n <= REQUEST_HEADER_BYTES_MOST:
+        ctx.add(node, path, f"{_size(n)} is out of range", hint)
+        return None
+    return n
 
 
 def _share(ctx: _Ctx, node: yaml.Node, path: str) -> float | None:

@@ -77,6 +77,16 @@ class Constraint:
     value: str | tuple[str, ...] = ""
 
 
+# Request header limits the mesh holds a service's callers to, answering a request over them
+# with a 431 that names the service and the limit (Envoy's defaults are 100 headers and
+# 60 KiB of them). The node's proxy parses at most 256 headers and a request head of about
+# 15 KiB (its 16 KiB buffer less the room kept for rewrites): a service may ask for up to
+# these, and beyond them the proxy's parser refuses the request before any rule can name it
+# (docs/mesh.md, "Limits and errors").
+REQUEST_HEADERS_DEFAULT = 100
+REQUEST_HEADERS_MOST = 200
+REQUEST_HEADER_BYTES_MOST = 14 * 1024
+
 LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", "hash_cookie"]
 
 
@@ -115,6 +125,9 @@ class MeshPolicy:
     slow: float = 1.0  # seconds; an endpoint slower to answer is logged (0 = no such rule)
     # the share of requests without a valid W3C traceparent that start a trace
     trace_sample: float = 0.01
+    # a request with more headers, or more bytes of them, gets the mesh's named 431
+    max_request_headers: int = REQUEST_HEADERS_DEFAULT
+    max_request_header_bytes: int = REQUEST_HEADER_BYTES_MOST
 
 
 @dataclass(frozen=True)

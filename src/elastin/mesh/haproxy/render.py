@@ -19,7 +19,9 @@ Mapping of the model:
 * gRPC: the mesh's own answers (503, 502, 504, 429) are gRPC statuses (HTTP 200,
   ``grpc-status``, ``grpc-message``); a call waits on its endpoint at most 9/10 of its
   ``grpc-timeout``.
-* Header limits (global): ``tune.bufsize`` / ``tune.http.maxhdr`` at least Envoy's defaults.
+* Header limits: each service's (``max_request_headers``, ``max_request_header_bytes``)
+  checked first in its callers' frontends, with a named 431 (gRPC: RESOURCE_EXHAUSTED);
+  below them what the proxy parses at all (global ``tune.bufsize`` / ``tune.http.maxhdr``).
 * metrics_port: a Prometheus exporter frontend on 127.0.0.1.
 * HTTP listeners pass a valid W3C ``traceparent`` on and start one for a sample of the
   other requests (``_trace_context``); they log every abnormal request and a sample of the
@@ -49,16 +51,23 @@ from elastin.mesh.model.types import (
     MeshModelError,
     MeshSnapshot,
 )
+from elastin.model.workload import REQUEST_HEADER_BYTES_MOST, REQUEST_HEADERS_MOST
 
 LOCAL_WEIGHT_FACTOR = 4
-# header limits (``render``'s global section): Envoy's defaults are 100 headers and 60 KiB
-# of headers; HAProxy's 101 headers and a 16 KiB buffer (the mesh adds a header or two).
-# Over them HAProxy 2.6 answers a request with its own 400 (HTTP/1.1) or REFUSED_STREAM
-# (HTTP/2) and a response with a 502 (docs/mesh.md, "Limits and errors")
-MAX_HEADERS = 128
+# what the proxy parses (``render``'s global section): 256 headers and a request or response
+# head in a 16 KiB buffer less the room kept for rewrites. A service's own limits (Envoy's
+# 100 headers by default, ``_header_limits``) are checked below these, with a named 431;
+# over these HAProxy's parser answers a request with its own 400 (HTTP/1.1) or
+# REFUSED_STREAM (HTTP/2) before any rule runs, and a response with the named 502
+# (docs/mesh.md, "Limits and errors")
+MAX_HEADERS = 256
 BUFSIZE = 16384
 MAXREWRITE = 1024
 HEADER_BYTES = BUFSIZE - MAXREWRITE
+# what a service may ask for (elastin.model.workload) must fit in what the proxy parses, with
+# room for the headers the mesh adds and the request line
+assert MAX_HEADERS >= REQUEST_HEADERS_MOST + 16
+assert HEADER_BYTES >= REQUEST_HEADER_BYTES_MOST + 1024
 # the access log's ring in HAProxy's memory, drained by the agent (``accesslog``): about
 # 12,000 lines. The longest line: a logged path is at most 1,024 bytes
 # (tune.http.logurilen), at most doubled by JSON escaping, plus the other fields
@@ -73,7 +82,7 @@ LINE_MAX = 8192
 # (redispatch), which is no JSON number. %[capture.req.hdr(0)] is "-" when the request
 # carries no traceparent
 HTTP_LOG_FORMAT = (
-    '{"time":"%tr","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
+    '{"time":"%tr","caller":"{caller}","listener":"%f","service":"{service}","endpoint":"%s",'
     '"method":"%HM","path":"%[capture.req.uri,field(1,?),json(utf8s)]","status":%ST,'
     '"bytes":%B,"retries":"%rc",'
     '"time_ms":%Ta,"connect_ms":%Tc,"response_ms":%Tr,"termination":"%ts",'
@@ -89,7 +98,7 @@ SHARE_SCALE = 1_000_000
 LOG_CHECK_VAR = "txn.elastin_log"
 # one JSON object per TCP connection
 TCP_LOG_FORMAT = (
-    '{"time":"%t","caller":"{caller}","listener":"%f","service":"%b","endpoint":"%s",'
+    '{"time":"%t","caller":"{caller}","listener":"%f","service":"{service}","endpoint":"%s",'
     '"bytes_in":%U,"bytes":%B,"retries":"%rc","time_ms":%Tt,"connect_ms":%Tc,'
     '"termination":"%ts"}'
 )
@@ -181,7 +190,10 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     ]
     if c.access_log:
         fmt = HTTP_LOG_FORMAT if mode == "http" else TCP_LOG_FORMAT
-        out.append(f"    log-format '{fmt}'".replace("{caller}", lst.owner or "-"))
+        # the service is written in: %b would name the frontend for an answer it gives
+        # itself (a header limit's 431), and each frontend serves one service
+        fmt = fmt.replace("{caller}", lst.owner or "-").replace("{service}", backend_name(c.name))
+        out.append(f"    log-format '{fmt}'")
         if mode == "tcp" and c.access_log_sample < 1:
             # abnormal connections only (failed, retried, timed out, aborted): HAProxy
             # decides when the connection ends, and builds no line for the others
@@ -190,6 +202,7 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
         out.append("    no log")
     if mode == "http":
         out.append("    option http-keep-alive")
+        out += _header_limits(c)
         out += _trace_context(c)
         if c.access_log:
             # the header as sent on, for the access log (a capture slot costs less than a
@@ -209,6 +222,41 @@ def _frontend(lst: Listener, c: Cluster) -> list[str]:
     else:
         out += _delay("tcp-request content", lst.fault)
     out.append(f"    default_backend {backend_name(c.name)}")
+    return out
+
+
+def _header_limits(c: Cluster) -> list[str]:
+    """The service's request header limits, checked before the mesh adds headers of its own:
+    a request over them gets a 431 naming the service and the limit (on a gRPC port, gRPC's
+    RESOURCE_EXHAUSTED, as grpc-core answers metadata over its limit). The byte limit is
+    checked only when it is below what the proxy holds anyway (``req.hdrs`` copies the
+    headers)."""
+    checks = [
+        (
+            f"{{ req.fhdr_cnt gt {c.max_request_headers} }}",
+            f"request over the limit of {c.max_request_headers} headers of {c.name}",
+        )
+    ]
+    if c.max_request_header_bytes < REQUEST_HEADER_BYTES_MOST:
+        checks.append(
+            (
+                f"{{ req.hdrs,length gt {c.max_request_header_bytes} }}",
+                f"request over the limit of {c.max_request_header_bytes} bytes of headers"
+                f" of {c.name}",
+            )
+        )
+    out = []
+    for acl, why in checks:
+        if c.protocol == "grpc":
+            # the frontend answers before a backend is chosen, so the backend's rules that
+            # turn the mesh's answers into gRPC statuses do not run: it is written as one here
+            answer = (
+                f"status 200 hdr content-type application/grpc hdr grpc-status {GRPC_STATUS[429]}"
+                f' hdr grpc-message "{why}" hdr x-elastin-error "{why}"'
+            )
+        else:
+            answer = f"status 431 {_error_answer(c, 431, why)}"
+        out.append(f"    http-request return {answer} if {acl}")
     return out
 
 

@@ -57,6 +57,8 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
         access_log_sample=p.access_log_sample,
         slow=p.slow,
         trace_sample=p.trace_sample,
+        max_request_headers=p.max_request_headers,
+        max_request_header_bytes=p.max_request_header_bytes,
     )
 
 

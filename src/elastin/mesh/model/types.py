@@ -14,8 +14,13 @@ from typing import Literal
 # Fault is defined with the spec's mesh policy and used as it is on listeners
 from elastin.mesh.model.names import ClusterName
 from elastin.model.spec import RETRY_CONDITIONS
+from elastin.model.workload import (
+    REQUEST_HEADER_BYTES_MOST,
+    REQUEST_HEADERS_DEFAULT,
+    REQUEST_HEADERS_MOST,
+    Protocol,
+)
 from elastin.model.workload import Fault as Fault
-from elastin.model.workload import Protocol
 
 LbPolicy = Literal["round_robin", "least_request", "least_conn", "hash_header", "hash_cookie"]
 LB_POLICIES: tuple[LbPolicy, ...] = (
@@ -113,6 +118,9 @@ class Cluster:
     access_log_sample: float = 0.01
     slow: float = 1.0  # seconds: an HTTP endpoint slower to answer is abnormal; 0 = never
     trace_sample: float = 0.01  # share of requests without a valid traceparent traced
+    # request header limits, over which a caller gets the mesh's named 431 (HTTP ports)
+    max_request_headers: int = REQUEST_HEADERS_DEFAULT
+    max_request_header_bytes: int = REQUEST_HEADER_BYTES_MOST
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
@@ -122,6 +130,16 @@ class Cluster:
         ):
             if not 0 <= share <= 1:  # NaN fails too
                 raise MeshModelError(f"cluster {self.name}: {what} {share} is outside 0..1")
+        if not 1 <= self.max_request_headers <= REQUEST_HEADERS_MOST:
+            raise MeshModelError(
+                f"cluster {self.name}: max_request_headers {self.max_request_headers} is "
+                f"outside 1..{REQUEST_HEADERS_MOST}"
+            )
+        if not 1024 <= self.max_request_header_bytes <= REQUEST_HEADER_BYTES_MOST:
+            raise MeshModelError(
+                f"cluster {self.name}: max_request_header_bytes {self.max_request_header_bytes}"
+                f" is outside 1024..{REQUEST_HEADER_BYTES_MOST}"
+            )
         if not 0 <= self.slow <= 86400:
             raise MeshModelError(f"cluster {self.name}: slow {self.slow}s is outside 0..86400")
         if self.lb in ("hash_header", "hash_cookie") and not self.hash_key:

@@ -19,7 +19,39 @@ def test_header_limits_are_at_least_envoys() -> None:
     text = config("http")
     assert "    tune.bufsize 16384" in text
     assert "    tune.maxrewrite 1024" in text
-    assert "    tune.http.maxhdr 128" in text
+    assert "    tune.http.maxhdr 256" in text
+
+
+def test_a_service_s_header_limits_are_checked_first_with_a_named_431() -> None:
+    text = config("http", max_request_headers=50, max_request_header_bytes=4096)
+    frontend = text.split("frontend l_l\n")[1].split("\nbackend ")[0]
+    rules = [line for line in frontend.splitlines() if "http-request" in line]
+    assert rules[0] == (
+        '    http-request return status 431 content-type text/plain hdr x-elastin-error "request'
+        ' over the limit of 50 headers of a.s.p" lf-string "elastin: request over the limit of'
+        ' 50 headers of a.s.p\\n" if { req.fhdr_cnt gt 50 }'
+    )
+    assert rules[1].endswith("if { req.hdrs,length gt 4096 }")
+    assert "4096 bytes of headers of a.s.p" in rules[1]
+
+
+def test_the_byte_limit_is_checked_only_below_what_the_proxy_holds() -> None:
+    text = config("http")
+    assert "req.fhdr_cnt gt 100 }" in text  # Envoy's default count
+    assert "req.hdrs" not in text
+
+
+def test_over_the_header_limits_a_grpc_caller_gets_resource_exhausted() -> None:
+    text = config("grpc")
+    assert (
+        "    http-request return status 200 hdr content-type application/grpc hdr grpc-status 8"
+        ' hdr grpc-message "request over the limit of 100 headers of a.s.p" hdr x-elastin-error'
+        ' "request over the limit of 100 headers of a.s.p" if { req.fhdr_cnt gt 100 }'
+    ) in text
+
+
+def test_tcp_ports_have_no_header_limits() -> None:
+    assert "req.fhdr_cnt" not in config("tcp")
 
 
 def test_grpc_errors_are_grpc_statuses_and_http_ones_are_not() -> None:
