@@ -277,44 +277,48 @@ HEADERS_100 = [(f"x-h{i:03d}", "v" * 100) for i in range(97)]
 
 
 @contextlib.contextmanager
-def raw_http_backend(answer_headers: int = 1) -> Iterator[int]:
-    """HTTP/1.1 on a free loopback port, one request per connection: answers 200 with the
-    number of request headers it got as the body, and ``answer_headers`` headers."""
+def http_backend(answer: Callable[[socket.socket, bytes], None]) -> Iterator[int]:
+    """HTTP/1.1 on a free loopback port, one request per connection: ``answer(conn, head)``
+    answers each request once its head has arrived."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
-    stop = threading.Event()
 
     def serve() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 conn, _ = srv.accept()
             except OSError:
                 return
             with conn:
                 data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
                     data += chunk
-                count = data.split(b"\r\n\r\n")[0].count(b"\r\n")  # less the request line
-                body = str(count).encode()
-                extra = "".join(f"x-r{i:03d}: {'w' * 100}\r\n" for i in range(answer_headers - 1))
-                conn.sendall(
-                    f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}"
-                    "connection: close\r\n\r\n".encode()
-                    + body
-                )
+                answer(conn, data.split(b"\r\n\r\n")[0])
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
         yield int(srv.getsockname()[1])
     finally:
-        stop.set()
         srv.close()
         t.join(5)
+
+
+def raw_http_backend(answer_headers: int = 1) -> contextlib.AbstractContextManager[int]:
+    """Answers 200 with the number of request headers it got as the body, and
+    ``answer_headers`` headers."""
+
+    def answer(conn: socket.socket, head: bytes) -> None:
+        body = str(head.count(b"\r\n")).encode()  # less the request line
+        extra = "".join(f"x-r{i:03d}: {'w' * 100}\r\n" for i in range(answer_headers - 1))
+        conn.sendall(
+            f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+
+    return http_backend(answer)
 
 
 def curl(
@@ -431,37 +435,18 @@ def test_grpc_call_with_envoys_header_limits_passes(mesh_proxy: Start) -> None:
 # --- item 1: a response cut short is never a complete one ---------------------------------
 
 
-@contextlib.contextmanager
-def cutting_backend() -> Iterator[int]:
-    """HTTP/1.1 on a free loopback port: answers a chunked 200, sends 16 of 40 chunks and
-    closes the connection (as an endpoint that dies in the middle of a response)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
+def cutting_backend() -> contextlib.AbstractContextManager[int]:
+    """Answers a chunked 200, sends 16 of 40 chunks and closes the connection (as an endpoint
+    that dies in the middle of a response)."""
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-                    data += chunk
-                conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                for i in range(16):
-                    line = b"chunk %02d of 40\n" % i
-                    conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
-                    time.sleep(0.01)
+    def answer(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(16):
+            line = b"chunk %02d of 40\n" % i
+            conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+            time.sleep(0.01)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        srv.close()
-        t.join(5)
+    return http_backend(answer)
 
 
 @pytest.mark.parametrize(
