@@ -14,11 +14,18 @@ Each change flips one ``api`` endpoint's readiness (an agent's health report,
 * ``haproxy_ms`` — until the real HAProxy has the server in the new state (runtime API,
   ``show servers state``), i.e. serves the change.
 
+Beside them, ``server_cpu_ms_per_change``: the server process's cpu time (user + system)
+while a case's changes ran, divided by the changes: the work one change costs the server with
+N agents following, which on a busy machine is what stretches the tail.
+
 Cases: 1, 100 and 1,000 watchers; p50 and p99 over the changes. The target in issue #3 is
 p99 <= 100 ms (Istio publishes 1.5-4.5 s convergence). There is no peer process to run side
-by side: the figure is compared with the target and that published number.
+by side: the figure is compared with the target and that published number. ``--runs N``
+repeats the whole measurement with a new server each time and prints each run's figures and
+the load average (the machine's other work) as it goes; the table shows the median of the
+runs, min-max beside.
 
-Usage: ``python bench/propagation.py [--json] [--changes N] [--watchers 1,100,1000]``.
+Usage: ``python bench/propagation.py [--json] [--runs N] [--changes N] [--watchers 1,100,1000]``.
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(tmp: Path) -> Iterator[tuple[str, str]]:
+def server(tmp: Path) -> Iterator[tuple[str, str, int]]:
     data = tmp / "data"
     env = {**os.environ, "ELASTIN_DATA_DIR": str(data)}
     env.pop("ELASTIN_ADDR", None)
@@ -102,7 +109,7 @@ def server(tmp: Path) -> Iterator[tuple[str, str]]:
             time.sleep(0.05)
         else:
             raise SystemExit("the server did not start within 30 s")
-        yield str(info["url"]), (data / "token").read_text().strip()
+        yield str(info["url"]), (data / "token").read_text().strip(), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -277,6 +284,12 @@ async def _body(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(await _headers(reader))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system cpu time of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
@@ -284,7 +297,7 @@ def pct(values: list[float], q: int) -> float:
 
 
 async def measure(
-    url: str, token: str, tmp: Path, cases: list[int], modes: list[str], changes: int
+    url: str, token: str, pid: int, tmp: Path, cases: list[int], modes: list[str], changes: int
 ) -> list[Row]:
     b = Bench(url, token, tmp / "mesh")
     api = await b.setup()
@@ -305,6 +318,7 @@ async def measure(
                 await asyncio.sleep(1.0 + n / 500)  # every watcher is connected and current
                 watch_ms: list[float] = []
                 proxy_ms: list[float] = []
+                cpu0 = cpu_seconds(pid)
                 for k in range(changes):
                     alloc = api[k % len(api)]
                     for ready in (False, True):
@@ -312,15 +326,18 @@ async def measure(
                         watch_ms.append(w)
                         proxy_ms.append(p)
                         await asyncio.sleep(0.05)
+                cpu_ms = (cpu_seconds(pid) - cpu0) * 1000 / len(watch_ms)
                 what = "pushed stream" if mode == "stream" else "blocking query"
                 case = f"readiness change, {n} watchers, {what}"
                 for metric, values in (("all_watchers_ms", watch_ms), ("haproxy_ms", proxy_ms)):
                     rows.append(Row(case, "elastin", f"{metric}_p50", (pct(values, 50),)))
                     rows.append(Row(case, "elastin", f"{metric}_p99", (pct(values, 99),)))
+                rows.append(Row(case, "elastin", "server_cpu_ms_per_change", (cpu_ms,)))
                 print(
                     f"{mode:>6} {n:>5} watchers: all p50 {pct(watch_ms, 50):6.1f} ms, p99 "
                     f"{pct(watch_ms, 99):6.1f} ms; haproxy p50 {pct(proxy_ms, 50):6.1f} ms, "
-                    f"p99 {pct(proxy_ms, 99):6.1f} ms",
+                    f"p99 {pct(proxy_ms, 99):6.1f} ms; server cpu {cpu_ms:5.1f} ms/change; "
+                    f"load {os.getloadavg()[0]:.2f}",
                     file=sys.stderr,
                 )
             for t in watchers:
@@ -334,6 +351,9 @@ async def measure(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--runs", type=int, default=1, help="whole measurements, each with a new server"
+    )
     ap.add_argument("--changes", type=int, default=25, help="changes per case (x2: down, up)")
     ap.add_argument("--watchers", default="1,100,1000", help="comma-separated watcher counts")
     ap.add_argument(
@@ -344,18 +364,24 @@ def main(argv: list[str] | None = None) -> int:
         print("haproxy is not installed (make setup installs it)", file=sys.stderr)
         return 1
     cases = sorted(int(x) for x in args.watchers.split(","))
-    with tempfile.TemporaryDirectory(prefix="elastin-prop-") as d:
-        tmp = Path(d)
-        with server(tmp) as (url, token):
-            try:
-                rows = asyncio.run(
-                    measure(url, token, tmp, cases, args.modes.split(","), args.changes)
-                )
-            finally:  # the mesh manager's HAProxy runs detached, as an agent's does
-                HaproxyProcess(tmp / "mesh", str(haproxy_binary())).stop()
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    for run in range(max(1, args.runs)):
+        if args.runs > 1:
+            print(f"run {run + 1} of {args.runs}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="elastin-prop-") as d:
+            tmp = Path(d)
+            with server(tmp) as (url, token, pid):
+                try:
+                    rows = asyncio.run(
+                        measure(url, token, pid, tmp, cases, args.modes.split(","), args.changes)
+                    )
+                finally:  # the mesh manager's HAProxy runs detached, as an agent's does
+                    HaproxyProcess(tmp / "mesh", str(haproxy_binary())).stop()
+        for r in rows:
+            samples.setdefault((r.case, r.system, r.metric), []).extend(r.samples)
     emit(
         "propagation",
-        rows,
+        [Row(*key, tuple(values)) for key, values in samples.items()],
         as_json=args.json,
         title="endpoint change -> every watcher / a real HAProxy (p50, p99; target p99 <= 100 ms)",
     )
