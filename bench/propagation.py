@@ -2,10 +2,12 @@
 real HAProxy serving it.
 
 A real ``elastin server`` runs in its own process. This script plays one agent (node
-``bench-node``): it registers, reports the instances the scheduler placed on it as running
-with ports, heartbeats, and runs the agent's own mesh manager (``elastin.agent.mesh``) with
-a real HAProxy. Next to it, N simulated agents hold the same blocking query an agent holds
-(``GET /v1/nodes/{id}/mesh?index=&wait=``) on one event loop.
+``bench-node``): it registers and reports the instances the scheduler placed on it as running
+with ports; a process of its own (this script with ``--agent``, as an agent is on its node)
+heartbeats and runs the agent's own mesh manager (``elastin.agent.mesh``) with a real
+HAProxy. Next to it, N simulated agents follow the pushed snapshot stream an agent follows
+(``GET /v1/nodes/{id}/mesh/stream``), or hold the blocking query tools use
+(``GET /v1/nodes/{id}/mesh?index=&wait=``), on one event loop.
 
 Each change flips one ``api`` endpoint's readiness (an agent's health report,
 ``POST /v1/allocations/{id}/status``) and measures, from just before the report is sent:
@@ -43,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +120,52 @@ def server(tmp: Path) -> Iterator[tuple[str, str, int]]:
             proc.kill()
 
 
+@contextlib.contextmanager
+def agent(url: str, token: str, mesh_dir: Path) -> Iterator[None]:
+    """The bench node's agent parts (heartbeats, the mesh manager and its HAProxy) in a
+    process of their own: on one event loop with 1,000 simulated agents, the mesh manager
+    read its stream among theirs and timed this process, not the mesh."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--agent", url, token, str(mesh_dir)],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def run_agent(url: str, token: str, mesh_dir: Path) -> None:
+    """``--agent``: heartbeat and run the mesh manager until SIGTERM."""
+    client = AsyncClient(url, token)
+    mesh = MeshManager(lambda: client, NODE, mesh_dir, local_haproxy(mesh_dir))
+
+    async def heartbeat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await client.heartbeat(NODE, {}, None)
+            await asyncio.sleep(5)
+
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(heartbeat())
+            tg.create_task(mesh.run())
+
+
 class Bench:
     def __init__(self, url: str, token: str, mesh_dir: Path) -> None:
         self.url, self.token = url, token
         self.client = AsyncClient(url, token)
         self.proxy = local_haproxy(mesh_dir)
-        self.mesh = MeshManager(lambda: self.client, NODE, mesh_dir, self.proxy)
         self.target: tuple[str, bool] | None = None  # (endpoint id, ready) being waited for
         self.seen: dict[int, float] = {}  # watcher -> when it saw the target
         self.all_seen = asyncio.Event()
@@ -155,54 +197,68 @@ class Bench:
                 api.append(a["id"])
         return api
 
-    async def heartbeat(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.client.heartbeat(NODE, {}, None)
-            await asyncio.sleep(5)
-
     async def watcher(self, i: int, mode: str) -> None:
         """One simulated agent, doing what the agent does: follow the snapshot stream and
         acknowledge each version (``stream``), or hold the blocking query (``poll``). Raw
-        HTTP/1.1 on asyncio streams: an HTTP client library's pool would measure itself at
-        1,000 connections, not the server."""
+        HTTP/1.1 on asyncio: an HTTP client library's pool would measure itself at 1,000
+        connections, not the server. The stream is read by a plain ``asyncio.Protocol``
+        (``_StreamReader``): a task and a ``StreamReader`` per agent woke twice per line, and
+        once the server's fan-out got cheaper this process's reading was most of the time."""
         host, _, port = self.url.removeprefix("http://").partition(":")
         auth = f"Host: {host}\r\nAuthorization: Bearer {self.token}\r\n"
+        if mode == "stream":
+            acks: asyncio.Queue[int] = asyncio.Queue()
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: _StreamReader(lambda line, t: self.on_line(i, line, t, acks)),
+                host,
+                int(port),
+            )
+            try:
+                transport.write(f"GET /v1/nodes/w{i}/mesh/stream HTTP/1.1\r\n{auth}\r\n".encode())
+                ack_r, ack_w = await asyncio.open_connection(host, int(port))
+                try:
+                    await self.acks(i, auth, acks, ack_r, ack_w)
+                finally:
+                    ack_w.close()
+            finally:
+                transport.close()
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            if mode == "poll":
-                index = 0
-                while True:
-                    query = f"index={index}&wait=30"
-                    writer.write(f"GET /v1/nodes/w{i}/mesh?{query} HTTP/1.1\r\n{auth}\r\n".encode())
-                    await writer.drain()
-                    snap = json.loads(await _body(reader))
-                    self.saw(i, snap, time.perf_counter())
-                    index = snap["version"]
-            ack_r, ack_w = await asyncio.open_connection(host, int(port))
-            writer.write(f"GET /v1/nodes/w{i}/mesh/stream HTTP/1.1\r\n{auth}\r\n".encode())
-            await writer.drain()
-            await _headers(reader)
-            buf = b""
+            index = 0
             while True:
-                size = int((await reader.readline()).strip(), 16)  # chunked encoding
-                buf += await reader.readexactly(size + 2)
-                buf = buf[:-2] if buf.endswith(b"\r\n") else buf
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        self.saw_bytes(i, line, time.perf_counter())
-                        if b'"ack_wanted": true' not in line:
-                            continue  # as the agent does: acks only while a drain waits
-                        snap = json.loads(line)
-                        ack_w.write(
-                            f"POST /v1/nodes/w{i}/mesh/ack?version={snap['version']} "
-                            f"HTTP/1.1\r\n{auth}Content-Length: 0\r\n\r\n".encode()
-                        )
-                        await ack_w.drain()
-                        await _body(ack_r)
+                query = f"index={index}&wait=30"
+                writer.write(f"GET /v1/nodes/w{i}/mesh?{query} HTTP/1.1\r\n{auth}\r\n".encode())
+                await writer.drain()
+                snap = json.loads(await _body(reader))
+                self.saw(i, snap, time.perf_counter())
+                index = snap["version"]
         finally:
             writer.close()
+
+    async def acks(
+        self,
+        i: int,
+        auth: str,
+        versions: asyncio.Queue[int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Watcher ``i`` acknowledges the versions that ask for it, as the agent does (only
+        while a drain waits: ``ack_wanted``)."""
+        while True:
+            version = await versions.get()
+            writer.write(
+                f"POST /v1/nodes/w{i}/mesh/ack?version={version} "
+                f"HTTP/1.1\r\n{auth}Content-Length: 0\r\n\r\n".encode()
+            )
+            await writer.drain()
+            await _body(reader)
+
+    def on_line(self, i: int, line: bytes, t: float, acks: asyncio.Queue[int]) -> None:
+        """A line of watcher ``i``'s stream arrived at ``t``."""
+        self.saw_bytes(i, line, t)
+        if b'"ack_wanted": true' in line:
+            acks.put_nowait(json.loads(line)["version"])
 
     def saw_bytes(self, i: int, line: bytes, t: float) -> None:
         """``saw`` on the snapshot as it arrived: find the endpoint and its readiness in the
@@ -271,6 +327,42 @@ class Bench:
         return (max(self.seen.values()) - t0) * 1000, (served[0] - t0) * 1000
 
 
+class _StreamReader(asyncio.Protocol):
+    """Reads a chunked NDJSON answer as it arrives; ``on_line(line, t)`` for each non-empty
+    line, ``t`` when the bytes that completed it were read."""
+
+    def __init__(self, on_line: Callable[[bytes, float], None]) -> None:
+        self.on_line = on_line
+        self.raw = b""  # what was read and not parsed yet
+        self.head = True  # the answer's head is not read yet
+        self.line = b""  # the start of a line whose end has not come
+
+    def data_received(self, data: bytes) -> None:
+        t = time.perf_counter()
+        raw = self.raw + data
+        if self.head:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                self.raw = raw
+                return
+            raw, self.head = raw[end + 4 :], False
+        text = self.line
+        while True:  # chunked encoding: size line, data, CRLF
+            eol = raw.find(b"\r\n")
+            if eol < 0:
+                break
+            size = int(raw[:eol], 16)
+            if len(raw) < eol + 2 + size + 2:
+                break
+            text += raw[eol + 2 : eol + 2 + size]
+            raw = raw[eol + 2 + size + 2 :]
+        self.raw = raw
+        *lines, self.line = text.split(b"\n")
+        for line in lines:
+            if line:
+                self.on_line(line, t)
+
+
 async def _headers(reader: asyncio.StreamReader) -> int:
     """Read a response's head; its Content-Length (0 when chunked or absent)."""
     length = 0
@@ -302,8 +394,21 @@ async def measure(
     b = Bench(url, token, tmp / "mesh")
     api = await b.setup()
     rows: list[Row] = []
+    with agent(url, token, tmp / "mesh"):
+        await measure_cases(b, api, pid, cases, modes, changes, rows)
+    return rows
+
+
+async def measure_cases(
+    b: Bench,
+    api: list[str],
+    pid: int,
+    cases: list[int],
+    modes: list[str],
+    changes: int,
+    rows: list[Row],
+) -> None:
     async with asyncio.TaskGroup() as tg:
-        background = [tg.create_task(b.heartbeat()), tg.create_task(b.mesh.run())]
         deadline = time.monotonic() + 30
         while b.haproxy_state(f"{api[0]}-http") is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -343,12 +448,13 @@ async def measure(
             for t in watchers:
                 t.cancel()
             await asyncio.sleep(0.5)
-        for t in background:
-            t.cancel()
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--agent"]:  # the bench node's agent process (``agent``)
+        asyncio.run(run_agent(argv[1], argv[2], Path(argv[3])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
