@@ -5,8 +5,7 @@ A snapshot of mesh version V (the store revision of the last mesh-relevant chang
 ``Changes.mesh``) is built from one read of the store per version: when a change wakes every
 agent at once, they share it (``_inputs``). What every node shares (the clusters: services
 and their endpoints, and the head's fixed parts) is encoded once per version and spliced into
-each node's answer (``json``); only the node's id and its listeners are encoded per node, once
-per version however many streams the node has open.
+each node's answer (``json``); only the node's id and its listeners are encoded per node.
 
 Fan-out: a stream given a ``push`` (a plain function that writes a line to the client now and
 says whether it could: ``elastin.serving.PUSH``) is written to by one task, ``_fan_out``, for
@@ -14,7 +13,8 @@ every new version, without waking the stream's own task; with 1,000 agents the w
 ASGI layers each message crossed and the timers cost more than the writes themselves
 (docs/performance.md). A stream whose client is not reading (``push`` says no), or without a
 ``push``, is woken instead and sends the newest version itself, the ASGI way (which waits for
-the reader); it never falls behind by more than that, and never gets a version twice.
+the reader). A stream gets each version at most once and never an older one after a newer
+(a client that was not reading skips to the newest, as it always did).
 
 Acknowledgements: an agent asks for version > N only after its proxy serves N, and on the
 stream it acknowledges with ``ack``; ``pending(V)`` lists the live proxies not serving V yet,
@@ -67,32 +67,26 @@ class MeshInputs:
     names: frozenset[str]
     clusters_json: bytes
     ack_wanted: bool
-    # the encoded answer around the node's own parts (``encode``)
+    # the encoded line around the node's own parts (``line``)
     head: bytes = b""
     tail: bytes = b""
-    # node id -> its encoded answer of this version (several streams of one node share it)
-    bodies: dict[str, bytes] = field(default_factory=dict, compare=False)
 
-    def encode(self, node_id: str) -> bytes:
-        """Node ``node_id``'s snapshot of this version as the API sends it: the JSON of
-        ``{"version", "node", "listeners", "metrics_port", "ack_wanted", "clusters"}`` (the
-        key order and spacing of ``json.dumps``), endpoints not marked local."""
-        body = self.bodies.get(node_id)
-        if body is None:
-            listeners = build_listeners(
-                node_id, self.apps, self.by_node.get(node_id, ()), self.names
+    def line(self, node_id: str) -> bytes:
+        """Node ``node_id``'s snapshot of this version as the API sends it, and a newline
+        (the stream's line): the JSON of ``{"version", "node", "listeners", "metrics_port",
+        "ack_wanted", "clusters"}`` (the key order and spacing of ``json.dumps``), endpoints
+        not marked local. Not kept: a node's line holds every cluster, and a thousand of them
+        kept would cost a thousand times the snapshot's size."""
+        listeners = build_listeners(node_id, self.apps, self.by_node.get(node_id, ()), self.names)
+        return b"".join(
+            (
+                self.head,
+                json.dumps(node_id).encode(),
+                b', "listeners": ',
+                json.dumps(to_data(listeners)).encode() if listeners else b"[]",
+                self.tail,
             )
-            body = b"".join(
-                (
-                    self.head,
-                    json.dumps(node_id).encode(),
-                    b', "listeners": ',
-                    json.dumps(to_data(listeners)).encode() if listeners else b"[]",
-                    self.tail,
-                )
-            )
-            self.bodies[node_id] = body
-        return body
+        )
 
 
 @dataclass(eq=False)
@@ -143,7 +137,7 @@ class MeshFeed:
         encoded once per version and spliced in; endpoints are not marked local (the agent
         does that, ``localize``)."""
         m = await self._inputs()
-        return m.version, m.encode(node_id)
+        return m.version, m.line(node_id)[:-1]
 
     async def stream(
         self,
@@ -168,9 +162,9 @@ class MeshFeed:
         try:
             while not self.version.closed:
                 if sub.version < self.version.value:
-                    version, body = await self.json(node_id)
-                    sub.version, sub.written = version, loop.time()
-                    yield body + b"\n"
+                    m = await self._inputs()
+                    sub.version, sub.written = m.version, loop.time()
+                    yield m.line(node_id)
                     continue
                 # the keep-alive is timed on the loop's clock, as the wait for it is
                 if loop.time() - sub.written >= keepalive:
@@ -223,7 +217,7 @@ class MeshFeed:
                 continue
             if sub.parked and sub.push is not None:
                 try:
-                    if sub.push(m.encode(sub.node_id) + b"\n"):
+                    if sub.push(m.line(sub.node_id)):
                         sub.version, sub.written = m.version, now
                         continue
                 except Exception as e:  # the stream's own task meets it again, alone
@@ -305,6 +299,6 @@ class MeshFeed:
             clusters_json=clusters_json,
             ack_wanted=ack_wanted,
             head=b'{"version": %d, "node": ' % version,
-            tail=b', "metrics_port": 0, "ack_wanted": %s, "clusters": %s}'
+            tail=b', "metrics_port": 0, "ack_wanted": %s, "clusters": %s}\n'
             % (json.dumps(ack_wanted).encode(), clusters_json),
         )

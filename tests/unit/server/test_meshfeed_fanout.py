@@ -93,7 +93,12 @@ async def test_newer_versions_are_pushed_while_the_stream_sleeps(cluster: Cluste
     assert versions(pushed) == made  # each once, in order
     # the same bytes the blocking query answers (the node's listeners included)
     assert pushed[-1] == await cluster.mesh.snapshot_json("n1", 0, 0) + b"\n"
-    assert json.loads(pushed[-1])["listeners"]  # web's upstream on n1
+    snap = json.loads(pushed[-1])
+    assert snap["listeners"]  # web's upstream on n1
+    # byte for byte as before the fan-out: json.dumps of the head, the clusters spliced in
+    head = {k: snap[k] for k in ("version", "node", "listeners", "metrics_port", "ack_wanted")}
+    clusters = json.dumps(snap["clusters"])
+    assert pushed[-1] == (json.dumps(head)[:-1] + ', "clusters": ' + clusters + "}\n").encode()
     await stop(nxt, stream)
 
 
