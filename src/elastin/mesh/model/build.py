@@ -156,7 +156,7 @@ def build_listeners(
     """The upstream listeners of the callers on ``node_id`` (to the clusters named). The
     listeners of an allocation that cannot be built are left out (logged)."""
     # a set is used as it is: the feed builds every node's listeners with one set of names
-    names = clusters if isinstance(clusters, AbstractSet) else set(clusters)
+    names = clusters if isinstance(clusters, (set, frozenset)) else set(clusters)
     listeners: list[Listener] = []
     mine = (a for a in allocations if a.node_id == node_id)
     for a in sorted(mine, key=lambda a: a.id):
