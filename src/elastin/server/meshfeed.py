@@ -212,7 +212,7 @@ class MeshFeed:
         """Version ``m`` to every stream behind it: pushed to those waiting with a ``push``
         that takes it, the others woken to send it themselves."""
         now = asyncio.get_running_loop().time()
-        for sub in self._subs:
+        for sub in list(self._subs):  # a write never closes a stream at once; to be sure
             if sub.version >= m.version:
                 continue
             if sub.parked and sub.push is not None:
