@@ -23,6 +23,14 @@ exhaust the daemon's file descriptors or stall it:
   pause the accept loop and log one line, not a traceback per attempt; it resumes when a
   connection closes (or after a second), and says so. It never ends the loop.
 
+One addition to ASGI for streamed answers (``PUSH``, found with ``pusher(scope)``):
+``scope["extensions"]["elastin.push"]["write"]`` is a plain function that writes one chunk of
+the answer at once, without awaiting, and says whether it could (the answer is started and
+chunked, the client is connected and reading). The server's mesh feed writes a new version to
+every agent's stream with it, from one task, instead of waking a task per stream
+(bench/propagation.py). When it returns False the chunk goes the ASGI way (``await send``),
+which waits for a slow reader.
+
 Every limit can be set through the environment (``Limits.from_env``), e.g.
 ``ELASTIN_API_MAX_BODY=16777216``; docs/api.md lists them. ``accept_loop`` is usable on its own
 (the agent's DNS server over TCP uses it).
@@ -45,7 +53,7 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("elastin.serving")
 
@@ -59,6 +67,7 @@ RETRY_SECONDS = 1.0  # out of descriptors and none of ours closed: try again aft
 LINGER_SECONDS = 2.0  # after an error answer: how long the client's leftovers are read
 SAY_EVERY = 60.0  # seconds: the most often running out of descriptors is logged
 BATCH = 64  # connections accepted at most in one go before letting the loop breathe
+PUSH = "elastin.push"  # the scope extension that writes a streamed chunk without awaiting
 
 
 def default_max_connections() -> int:
@@ -276,6 +285,34 @@ def error_response(status: int, reason: str, error: str, message: str, hint: str
     ).encode() + data
 
 
+def _pusher(cycle: RequestResponseCycle) -> Callable[[bytes], bool]:
+    """``PUSH`` for one request: write ``data`` as one chunk of its streamed answer now.
+    False, writing nothing, unless the answer is started, chunked and not complete, the
+    client is connected, and its socket takes more (uvicorn's flow control has not paused
+    writing): then the caller sends it with ``await send`` (which waits for the reader)."""
+
+    def push(data: bytes) -> bool:
+        if (
+            cycle.disconnected
+            or not cycle.response_started
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+        ):
+            return False
+        if data:  # an empty chunk would end the answer
+            cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
+
+    return push
+
+
+def pusher(scope: Mapping[str, Any]) -> Callable[[bytes], bool] | None:
+    """The request's ``PUSH`` writer, or None when the server does not offer it."""
+    write = scope.get("extensions", {}).get(PUSH, {}).get("write")
+    return write if callable(write) else None
+
+
 class _Http(HttpToolsProtocol):
     """uvicorn's httptools protocol with the header timeout, the head size limit and the
     per-client connection cap."""
@@ -348,7 +385,11 @@ class _Http(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._began = False
+        scope = self.scope
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is scope:  # not an upgrade: a request to answer
+            scope.setdefault("extensions", {})[PUSH] = {"write": _pusher(cycle)}
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

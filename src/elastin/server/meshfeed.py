@@ -4,8 +4,17 @@ agents' acknowledgements; the service registry.
 A snapshot of mesh version V (the store revision of the last mesh-relevant change,
 ``Changes.mesh``) is built from one read of the store per version: when a change wakes every
 agent at once, they share it (``_inputs``). What every node shares (the clusters: services
-and their endpoints) is encoded once per version and spliced into each node's answer
-(``json``); only the listeners are per node.
+and their endpoints, and the head's fixed parts) is encoded once per version and spliced into
+each node's answer (``json``); only the node's id and its listeners are encoded per node.
+
+Fan-out: a stream given a ``push`` (a plain function that writes a line to the client now and
+says whether it could: ``elastin.serving.PUSH``) is written to by one task, ``_fan_out``, for
+every new version, without waking the stream's own task; with 1,000 agents the wake-ups, the
+ASGI layers each message crossed and the timers cost more than the writes themselves
+(docs/performance.md). A stream whose client is not reading (``push`` says no), or without a
+``push``, is woken instead and sends the newest version itself, the ASGI way (which waits for
+the reader). A stream gets each version at most once and never an older one after a newer
+(a client that was not reading skips to the newest, as it always did).
 
 Acknowledgements: an agent asks for version > N only after its proxy serves N, and on the
 stream it acknowledges with ``ack``; ``pending(V)`` lists the live proxies not serving V yet,
@@ -18,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+import logging
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model import Cluster as MeshCluster
@@ -38,6 +48,8 @@ from elastin.model.workload import Application
 from elastin.server.repo import Repo
 from elastin.server.waits import Changes, Watermark
 
+log = logging.getLogger("elastin.server.mesh")
+
 MESH_LIVE = 45.0  # seconds since a node's last mesh query before its proxy stops counting
 CONVERGE_POLL = 1.0  # seconds between checks of a node's liveness while waiting
 
@@ -55,6 +67,38 @@ class MeshInputs:
     names: frozenset[str]
     clusters_json: bytes
     ack_wanted: bool
+    # the encoded line around the node's own parts (``line``)
+    head: bytes = b""
+    tail: bytes = b""
+
+    def line(self, node_id: str) -> bytes:
+        """Node ``node_id``'s snapshot of this version as the API sends it, and a newline
+        (the stream's line): the JSON of ``{"version", "node", "listeners", "metrics_port",
+        "ack_wanted", "clusters"}`` (the key order and spacing of ``json.dumps``), endpoints
+        not marked local. Not kept: a node's line holds every cluster, and a thousand of them
+        kept would cost a thousand times the snapshot's size."""
+        listeners = build_listeners(node_id, self.apps, self.by_node.get(node_id, ()), self.names)
+        return b"".join(
+            (
+                self.head,
+                json.dumps(node_id).encode(),
+                b', "listeners": ',
+                json.dumps(to_data(listeners)).encode() if listeners else b"[]",
+                self.tail,
+            )
+        )
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One open snapshot stream (``MeshFeed.stream``)."""
+
+    node_id: str
+    push: Callable[[bytes], bool] | None
+    version: int = -1  # the last version its client was sent
+    parked: bool = False  # its task waits for a wake (only then may the fan-out push)
+    written: float = 0.0  # when it was last written to, on the loop's clock (keep-alive)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class MeshFeed:
@@ -68,6 +112,10 @@ class MeshFeed:
         self._acks = Watermark()  # bumped on every acknowledgement of a newer version
         self._cache: MeshInputs | None = None
         self._reading = asyncio.Lock()  # one read of the store per version
+        # open snapshot streams, oldest first (a dict as an ordered set): the fan-out writes
+        # in that order
+        self._subs: dict[_Stream, None] = {}
+        self._fanning: asyncio.Task[None] | None = None  # _fan_out, while a stream is open
 
     # snapshots --------------------------------------------------------------------------
     async def snapshot(self, node_id: str, index: int, wait: float) -> MeshSnapshot:
@@ -89,33 +137,92 @@ class MeshFeed:
         encoded once per version and spliced in; endpoints are not marked local (the agent
         does that, ``localize``)."""
         m = await self._inputs()
-        listeners = build_listeners(node_id, m.apps, m.by_node.get(node_id, ()), m.names)
-        head = {
-            "version": m.version,
-            "node": node_id,
-            "listeners": to_data(listeners),
-            "metrics_port": 0,
-            "ack_wanted": m.ack_wanted,
-        }
-        body = json.dumps(head)[:-1].encode() + b', "clusters": ' + m.clusters_json + b"}"
-        return m.version, body
+        return m.version, m.line(node_id)[:-1]
 
-    async def stream(self, node_id: str, keepalive: float = 15.0) -> AsyncGenerator[bytes, None]:
+    async def stream(
+        self,
+        node_id: str,
+        keepalive: float = 15.0,
+        push: Callable[[bytes], bool] | None = None,
+    ) -> AsyncGenerator[bytes, None]:
         """Node ``node_id``'s snapshots as they change, one JSON line each (the current one
         first), a bare newline every ``keepalive`` s of quiet. While the stream is open the
-        node's proxy counts as live for draining; the agent acknowledges with ``ack``."""
+        node's proxy counts as live for draining; the agent acknowledges with ``ack``.
+
+        With ``push`` (write a line to the client now, False when it cannot), newer versions
+        are written by the feed's fan-out while this generator waits; it yields only the
+        first snapshot, keep-alive lines, and the newest version when ``push`` said no."""
         self._streams[node_id] = self._streams.get(node_id, 0) + 1
         self._acked.setdefault(node_id, (0, self.clock.monotonic()))
+        loop = asyncio.get_running_loop()
+        sub = _Stream(node_id, push, written=loop.time())
+        self._subs[sub] = None
+        if self._fanning is None or self._fanning.done():
+            self._fanning = loop.create_task(self._fan_out())
         try:
-            version = -1
             while not self.version.closed:
-                if await self.version.wait_past(version, keepalive) <= version:
+                if sub.version < self.version.value:
+                    m = await self._inputs()
+                    sub.version, sub.written = m.version, loop.time()
+                    yield m.line(node_id)
+                    continue
+                # the keep-alive is timed on the loop's clock, as the wait for it is
+                if loop.time() - sub.written >= keepalive:
+                    sub.written = loop.time()
                     yield b"\n"
                     continue
-                version, body = await self.json(node_id)
-                yield body + b"\n"
+                sub.wake.clear()
+                sub.parked = True
+                try:  # woken by the fan-out (a version it could not push), or by close
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(sub.written + keepalive):
+                            await sub.wake.wait()
+                finally:
+                    sub.parked = False
         finally:
             self._streams[node_id] -= 1
+            self._subs.pop(sub, None)
+            if not self._subs and self._fanning is not None:
+                self._fanning.cancel()
+                self._fanning = None
+
+    async def _fan_out(self) -> None:
+        """Write each new version to every open stream that can take it now (``stream``);
+        wake the others. Ends when the feed closes (the streams are woken to see it)."""
+        seen = self.version.value
+        try:
+            while not self.version.closed:
+                if await self.version.wait_past(seen, 3600.0) <= seen:
+                    continue
+                try:
+                    m = await self._inputs()
+                except Exception as e:  # each stream reads again, and fails on its own
+                    log.debug("mesh fan-out: cannot read version %d: %s", self.version.value, e)
+                    seen = self.version.value
+                    for sub in self._subs:
+                        sub.wake.set()
+                    continue
+                seen = m.version
+                self._deliver(m)
+        finally:
+            for sub in self._subs:
+                sub.wake.set()
+
+    def _deliver(self, m: MeshInputs) -> None:
+        """Version ``m`` to every stream behind it: pushed to those waiting with a ``push``
+        that takes it, the others woken to send it themselves."""
+        now = asyncio.get_running_loop().time()
+        for sub in list(self._subs):  # a write never closes a stream at once; to be sure
+            if sub.version >= m.version:
+                continue
+            if sub.parked and sub.push is not None:
+                try:
+                    if sub.push(m.line(sub.node_id)):
+                        sub.version, sub.written = m.version, now
+                        continue
+                except Exception as e:  # the stream's own task meets it again, alone
+                    log.debug("mesh fan-out: cannot write to %s's stream: %s", sub.node_id, e)
+            sub.wake.set()
 
     # acknowledgements --------------------------------------------------------------------
     def ack(self, node_id: str, version: int) -> None:
@@ -179,6 +286,8 @@ class MeshFeed:
         for a in allocs:
             by_node.setdefault(a.node_id, []).append(a)
         clusters = build_clusters(apps, allocs, addresses)
+        clusters_json = json.dumps(to_data(clusters)).encode()
+        ack_wanted = wants_ack(allocs)
         return MeshInputs(
             version=version,
             apps=apps,
@@ -187,6 +296,9 @@ class MeshFeed:
             by_node=by_node,
             clusters=clusters,
             names=frozenset(c.name for c in clusters),
-            clusters_json=json.dumps(to_data(clusters)).encode(),
-            ack_wanted=wants_ack(allocs),
+            clusters_json=clusters_json,
+            ack_wanted=ack_wanted,
+            head=b'{"version": %d, "node": ' % version,
+            tail=b', "metrics_port": 0, "ack_wanted": %s, "clusters": %s}\n'
+            % (json.dumps(ack_wanted).encode(), clusters_json),
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 from elastin.mesh.model.registry import ServiceEntry, cluster_name, registry
@@ -156,7 +157,8 @@ def build_listeners(
 ) -> tuple[Listener, ...]:
     """The upstream listeners of the callers on ``node_id`` (to the clusters named). The
     listeners of an allocation that cannot be built are left out (logged)."""
-    names = set(clusters)
+    # a set is used as it is: the feed builds every node's listeners with one set of names
+    names = clusters if isinstance(clusters, (set, frozenset)) else set(clusters)
     listeners: list[Listener] = []
     mine = (a for a in allocations if a.node_id == node_id)
     for a in sorted(mine, key=lambda a: a.id):
@@ -169,7 +171,9 @@ def build_listeners(
     return tuple(listeners)
 
 
-def _listeners(a: Allocation, apps: Mapping[str, Application], names: set[str]) -> list[Listener]:
+def _listeners(
+    a: Allocation, apps: Mapping[str, Application], names: AbstractSet[str]
+) -> list[Listener]:
     caller_app = apps.get(a.app)
     caller = caller_app.workload(a.workload) if caller_app else None
     if caller_app is None or caller is None:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from elastin.server.meshfeed import MeshFeed
+from elastin.serving import pusher
 
 STREAM_PATH = re.compile(r"^/v1/nodes/([^/]+)/mesh/stream$")
 
@@ -47,7 +48,8 @@ class MeshStreams:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        stream = self.feed.stream(unquote(found[1]))
+        # the feed writes newer versions with the server's push (no wake-up of this task)
+        stream = self.feed.stream(unquote(found[1]), push=pusher(scope))
         try:
             async with asyncio.TaskGroup() as tg:
                 gone = tg.create_task(disconnect())
