@@ -1414,9 +1414,7 @@ def _metric_port(
 ) -> str | None:
     """The named port an application metric is read from: given, or the only port."""
     names = [p.name for p in ports]
-    if "port" not in m:
-        if len(ports) == 1:
-            return ports[0].name
+    if "port" not in m and len(ports) != 1:
         ctx.add(
             node,
             f"{path}.port",
@@ -1425,8 +1423,8 @@ def _metric_port(
             + (f" ({', '.join(names)})" if names else "; the service declares none: add `ports:`"),
         )
         return None
-    pnode = m["port"][1]
-    name = _str(ctx, pnode, f"{path}.port")
+    pnode = m["port"][1] if "port" in m else node
+    name = _str(ctx, pnode, f"{path}.port") if "port" in m else ports[0].name
     if name is None:
         return None
     port = next((p for p in ports if p.name == name), None)
