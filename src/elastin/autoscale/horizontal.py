@@ -427,7 +427,7 @@ def decide(
         return done(hi, "above-max")
     if current < lo:
         return done(lo, "below-min")
-    if lo == 0 and obs.held == 0 and obs.idle_for >= policy.idle_after:
+    if lo == 0 and obs.held == 0 and obs.idle_for > 0 and obs.idle_for >= policy.idle_after:
         return done(
             0,
             "idle",

@@ -1690,7 +1690,7 @@ def _vertical(ctx: _Ctx, node: yaml.Node, path: str) -> Vertical | None:
             0.01,
             1.0,
             "the percentile",
-            "the share of the usage samples the recommendation covers: 50% to 100%, e.g. 90%",
+            "the share of the usage samples the recommendation covers: 1% to 100%, e.g. 90%",
         )
     if "margin" in m:
         kw["margin"] = _fraction(
@@ -1822,6 +1822,15 @@ def _autoscale(
     for key in ("startup_grace", "idle_after"):
         if key in m:
             kw[key] = _duration(ctx, m[key][1], f"{path}.{key}", 86400)
+    if kw.get("idle_after", 1.0) is not None and kw.get("idle_after", 1.0) < 1.0:
+        ctx.add(
+            m["idle_after"][1],
+            f"{path}.idle_after",
+            "idle_after must be at least 1s",
+            "how long a service with min: 0 goes without a request before its last replica "
+            "stops, e.g. 5m (the default)",
+        )
+        kw["idle_after"] = None
     if "vertical" in m:
         kw["vertical"] = _vertical(ctx, m["vertical"][1], f"{path}.vertical")
     if kw.get("min") == 0:

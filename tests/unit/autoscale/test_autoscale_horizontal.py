@@ -403,6 +403,11 @@ def test_scale_to_zero_waits_for_held_requests() -> None:
     assert d.desired == 1
 
 
+def test_a_service_in_use_is_not_idle_whatever_idle_after_says() -> None:
+    p = replace(policy(RPS100, min=0, max=10), idle_after=0.0)
+    assert once(p, 1, replicas(1, rps=50.0), idle_for=0.0).desired == 1
+
+
 def test_a_service_with_min_one_never_goes_to_zero_when_idle() -> None:
     d = once(policy(RPS100, min=1), 1, replicas(1, rps=0.0), idle_for=1e6)
     assert d.desired == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from elastin.model.workload import (
     Workload,
 )
 
+ROOT = Path(__file__).resolve().parents[3]
 HTTP = "app: a\nservices:\n  web:\n    command: x\n    ports: {http: 8080, metrics: 9100}\n"
 TCP = "app: a\nservices:\n  db:\n    command: x\n    ports: {pg: {port: 5432, protocol: tcp}}\n"
 
@@ -190,6 +192,7 @@ def test_the_application_metric_port_defaults_to_the_only_port() -> None:
         ("{max: 3, metrics: [{rps: 1}, {rps: 2}]}", "autoscale.metrics[1]", "twice", ""),
         ("{max: 3, tolerance: 150%}", "autoscale.tolerance", "out of range", "10%"),
         ("{max: 3, interval: 10ms}", "autoscale.interval", "at least 100ms", "15s"),
+        ("{max: 3, idle_after: 0s}", "autoscale.idle_after", "at least 1s", "5m"),
         ("{max: 3, maxx: 4}", "autoscale.maxx", "unknown key", "did you mean 'max'"),
         ("{}", "autoscale", "autoscale is empty", "max: 10"),
         (
@@ -359,3 +362,11 @@ def test_an_autoscale_change_needs_no_new_instances() -> None:
     assert fingerprint(w) == "76761e056a94681b"  # computed on main before autoscale
     scaled = replace(w, autoscale=Autoscale(min=1, max=5, metrics=(MetricTarget("rps", 10),)))
     assert fingerprint(scaled) == fingerprint(w)
+
+
+def test_the_documented_example_is_valid() -> None:
+    text = (ROOT / "docs" / "autoscaling.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    w = parse_spec("app: a\n" + block, file="autoscaling.md").workloads[0]
+    assert w.autoscale is not None and len(w.autoscale.metrics) == 6
+    assert w.autoscale.behavior == Behavior()  # the example spells out the defaults
