@@ -1766,6 +1766,7 @@ def _autoscale(
             f"{path}.max",
             -(2**63),
             2**63,
+            f"the most replicas, 1 to {MAX_REPLICAS}",
         )
         if hi is not None and not 1 <= hi <= MAX_REPLICAS:
             ctx.add(

@@ -143,6 +143,7 @@ def test_the_application_metric_port_defaults_to_the_only_port() -> None:
         ("{max: 0}", "autoscale.max", "max must be from 1 to 1000, not 0", "min: 0"),
         ("{max: -2}", "autoscale.max", "not -2", "most replicas"),
         ("{min: 1}", "autoscale.max", "autoscale needs max", "max: 10"),
+        ("{max: lots}", "autoscale.max", "whole number", "1 to 1000"),
         (
             "{max: 3, metrics: [{cpux: 70%}]}",
             "autoscale.metrics[0].cpux",
