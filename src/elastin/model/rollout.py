@@ -73,8 +73,11 @@ class Revision:
 
 def fingerprint(w: Workload) -> str:
     """A hash of everything that needs new instances when it changes (not the replica
-    count): two specs with one fingerprint are one version."""
+    count, not ``autoscale:``, a policy the running instances do not see): two specs with one
+    fingerprint are one version. ``autoscale`` is left out of the hash altogether, so that the
+    fingerprints stored before it existed still match."""
     data = to_data(replace(w, replicas=0))
+    data.pop("autoscale", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

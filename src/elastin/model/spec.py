@@ -15,7 +15,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -23,24 +23,36 @@ import yaml
 
 from elastin.model.errors import SpecError, SpecIssue, UnitError
 from elastin.model.resources import Resources
-from elastin.model.units import parse_cpu, parse_size
+from elastin.model.units import format_cpu, format_size, parse_cpu, parse_size
 from elastin.model.workload import (
     DYNAMIC_UIDS,
     KINDS,
+    METRIC_KINDS,
     REQUEST_HEADER_BYTES_MOST,
     REQUEST_HEADERS_DEFAULT,
     REQUEST_HEADERS_MOST,
+    SCALE_DOWN_DEFAULT,
+    SCALE_UP_DEFAULT,
     Application,
+    Autoscale,
+    Behavior,
     Constraint,
     Fault,
     HealthCheck,
     LbPolicy,
     MeshPolicy,
+    MetricTarget,
+    PolicyType,
     Port,
     Protocol,
     RestartMode,
     RestartPolicy,
+    ScalingPolicy,
+    ScalingRules,
+    SelectPolicy,
     UpdatePolicy,
+    Vertical,
+    VerticalMode,
     Workload,
 )
 
@@ -63,6 +75,10 @@ MISPLACED_IN_JOB = {
     "replicas": (
         "replicas applies to services; jobs use completions/parallelism",
         "completions: successful runs needed; parallelism: how many run at once",
+    ),
+    "autoscale": (
+        "autoscale applies to services; a job runs `parallelism` instances at once",
+        "remove it; set parallelism (how many run at once) and completions",
     ),
 }
 MISPLACED_IN_SERVICE = {
@@ -124,7 +140,7 @@ RETRY_CONDITIONS: tuple[str, ...] = (
     "503",
     "504",
 )
-SERVICE_KEYS = (*COMMON_KEYS, "replicas", "update")
+SERVICE_KEYS = (*COMMON_KEYS, "replicas", "update", "autoscale")
 JOB_KEYS = (*COMMON_KEYS, "parallelism", "completions", "retries", "retry_delay")
 UPDATE_KEYS = (
     "max_surge",
@@ -1164,6 +1180,8 @@ def _workload(
         kw["ports"] = tuple(ports)
     if "health" in m:
         kw["health"] = _health(ctx, m["health"][1], f"{path}.health", [p.name for p in ports])
+    if "autoscale" in m:
+        _autoscale_replicas(ctx, m, path, ports, kw)
     if "depends_on" in m:
         kw["depends_on"] = tuple(_str_list(ctx, m["depends_on"][1], f"{path}.depends_on") or [])
     if "upstreams" in m:
@@ -1280,6 +1298,607 @@ def _update(ctx: _Ctx, node: yaml.Node, path: str, replicas: int) -> UpdatePolic
         else:
             kw["canary"] = c
     return UpdatePolicy(**kw) if ok else None
+
+
+# ---- autoscale: (docs/autoscaling.md) -------------------------------------------------------
+
+AUTOSCALE_KEYS = (
+    "min",
+    "max",
+    "metrics",
+    "behavior",
+    "tolerance",
+    "interval",
+    "startup_grace",
+    "idle_after",
+    "vertical",
+)
+# the keys that turn the horizontal autoscaler on (without them, only `vertical:` is given)
+HORIZONTAL_KEYS = tuple(k for k in AUTOSCALE_KEYS if k != "vertical")
+BEHAVIOR_KEYS = ("scale_up", "scale_down")
+RULES_KEYS = ("stabilization_window", "select", "policies")
+POLICY_KEYS = ("type", "value", "period")
+APP_METRIC_KEYS = ("metric", "target", "port", "path")
+VERTICAL_KEYS = ("mode", "percentile", "margin", "half_life", "min", "max")
+BOUND_KEYS = ("cpu", "memory")
+BUILTIN_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KINDS if k != "app")
+POLICY_TYPES: tuple[str, ...] = get_args(PolicyType)
+SELECT_POLICIES: tuple[str, ...] = get_args(SelectPolicy)
+VERTICAL_MODES: tuple[str, ...] = get_args(VerticalMode)
+SCALE_TO_ZERO_PROTOCOLS = ("http", "http2", "grpc")
+PROMETHEUS_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")
+PERCENTAGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+MAX_REPLICAS = 1000
+METRICS_HINT = (
+    "use one of cpu: 70%, memory: 80%, rps: 100, inflight: 10, p99: 250ms, or an application "
+    "gauge: {metric: queue_depth, target: 10, port: metrics}"
+)
+AUTOSCALE_EXAMPLE = "e.g. autoscale: {min: 1, max: 10, metrics: [{cpu: 70%}]}"
+
+
+def _number(ctx: _Ctx, node: yaml.Node, path: str, what: str, hint: str) -> float | None:
+    """A finite number (int or float, not a boolean); None once reported."""
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        ctx.add(node, path, f"{what} must be a number, not {_kind_of(node)}", hint)
+        return None
+    return float(v)
+
+
+def _fraction(
+    ctx: _Ctx, node: yaml.Node, path: str, lo: float, hi: float, what: str, hint: str
+) -> float | None:
+    """A share written as a percentage (``15%``) or a number (``0.15``), within lo..hi."""
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    if isinstance(v, str) and (pm := PERCENTAGE_RE.match(v)):
+        v = float(pm.group(1)) / 100
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        ctx.add(node, path, f"{what} must be a percentage or a number, not {_kind_of(node)}", hint)
+        return None
+    if not lo <= v <= hi:
+        ctx.add(node, path, f"{what} {node.value} is out of range", hint)
+        return None
+    return float(v)
+
+
+def _utilisation(ctx: _Ctx, node: yaml.Node, path: str, kind: str) -> float | None:
+    """``cpu: 70%`` / ``memory: 80%``: a utilisation of the request, as a fraction."""
+    v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
+    pm = PERCENTAGE_RE.match(v) if isinstance(v, str) else None
+    if pm is None:
+        ctx.add(
+            node,
+            path,
+            f"the {kind} target must be a percentage of the request, not {_kind_of(node)}",
+            f"e.g. {kind}: 70% (the average {kind} use of the replicas, as a share of their "
+            f"resources.{kind})",
+        )
+        return None
+    share = float(pm.group(1)) / 100
+    if share <= 0:
+        ctx.add(node, path, f"the {kind} target must be more than 0%", f"e.g. {kind}: 70%")
+        return None
+    if share > 1:
+        why = (
+            "memory is a hard limit: an instance is OOM-killed before it uses more than its request"
+            if kind == "memory"
+            else "cpu is a quota of the request: an instance never uses more than 100% of it"
+        )
+        ctx.add(
+            node,
+            path,
+            f"the {kind} target {v.strip()} is over 100%: {why}",  # type: ignore[union-attr]
+            f"use at most 100%, e.g. {kind}: 80%",
+        )
+        return None
+    return share
+
+
+def _positive(ctx: _Ctx, node: yaml.Node, path: str, kind: str, example: str) -> float | None:
+    """``rps: 100`` / ``inflight: 10``: a number per replica, more than 0."""
+    v = _number(ctx, node, path, f"the {kind} target", f"e.g. {example}")
+    if v is None:
+        return None
+    if v <= 0:
+        ctx.add(node, path, f"the {kind} target must be more than 0", f"e.g. {example}")
+        return None
+    return v
+
+
+def _metric_port(
+    ctx: _Ctx,
+    node: yaml.Node,
+    m: dict[str, tuple[yaml.Node, yaml.Node]],
+    path: str,
+    ports: list[Port],
+) -> str | None:
+    """The named port an application metric is read from: given, or the only port."""
+    names = [p.name for p in ports]
+    if "port" not in m and len(ports) != 1:
+        ctx.add(
+            node,
+            f"{path}.port",
+            "the metric needs the port of the service's Prometheus endpoint",
+            "name one of the service's ports with `port:`"
+            + (f" ({', '.join(names)})" if names else "; the service declares none: add `ports:`"),
+        )
+        return None
+    pnode = m["port"][1] if "port" in m else node
+    name = _str(ctx, pnode, f"{path}.port") if "port" in m else ports[0].name
+    if name is None:
+        return None
+    port = next((p for p in ports if p.name == name), None)
+    if port is None:
+        close = difflib.get_close_matches(name, names, n=1)
+        ctx.add(
+            pnode,
+            f"{path}.port",
+            f"the service has no port named {name!r}",
+            (f"did you mean {close[0]!r}? " if close else "")
+            + f"declared ports: {', '.join(names) or 'none'}",
+        )
+        return None
+    if port.protocol not in ("http", "http2"):
+        ctx.add(
+            pnode,
+            f"{path}.port",
+            f"port {name!r} is {port.protocol}: the metric is read with an HTTP GET",
+            "name the port that serves the Prometheus endpoint (protocol http)",
+        )
+        return None
+    return name
+
+
+def _app_metric(ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]) -> MetricTarget | None:
+    """``{metric: queue_depth, target: 10, port: metrics, path: /metrics}``."""
+    m = _mapping(ctx, node, path, APP_METRIC_KEYS, "an application metric")
+    if m is None:
+        return None
+    ok = True
+    name = _str(ctx, m["metric"][1], f"{path}.metric")
+    if name is not None and not PROMETHEUS_NAME_RE.match(name):
+        ctx.add(
+            m["metric"][1],
+            f"{path}.metric",
+            f"{name!r} is not a Prometheus metric name",
+            "use letters, digits, '_' and ':', not starting with a digit, e.g. queue_depth",
+        )
+        ok = False
+    target: float | None = None
+    if "target" not in m:
+        ctx.add(
+            node,
+            f"{path}.target",
+            "an application metric needs a target",
+            "the gauge's value per replica to keep, e.g. target: 10",
+        )
+        ok = False
+    else:
+        target = _positive(ctx, m["target"][1], f"{path}.target", "metric", "target: 10")
+    port = _metric_port(ctx, node, m, path, ports)
+    mpath = "/metrics"
+    if "path" in m:
+        p = _str(ctx, m["path"][1], f"{path}.path")
+        if p is None or not _HTTP_PATH.fullmatch(p):
+            if p is not None:
+                ctx.add(
+                    m["path"][1],
+                    f"{path}.path",
+                    f"{p!r} is not a URL path",
+                    "start it with / and leave out spaces, e.g. /metrics",
+                )
+            ok = False
+        else:
+            mpath = p
+    if not ok or name is None or target is None or port is None:
+        return None
+    return MetricTarget("app", target, name=name, port=port, path=mpath)
+
+
+def _metric(ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]) -> MetricTarget | None:
+    """One entry of ``metrics:``: ``{cpu: 70%}`` and the like, or an application gauge."""
+    if isinstance(node, yaml.MappingNode) and any(
+        isinstance(k, yaml.ScalarNode) and k.value == "metric" for k, _ in node.value
+    ):
+        return _app_metric(ctx, node, path, ports)
+    if not isinstance(node, yaml.MappingNode) or len(node.value) != 1:
+        ctx.add(
+            node,
+            path,
+            "each metric is a mapping of one name to its target"
+            + ("" if isinstance(node, yaml.MappingNode) else f", not {_kind_of(node)}"),
+            "write one metric per entry: metrics: [{cpu: 70%}, {rps: 100}]",
+        )
+        return None
+    knode, vnode = node.value[0]
+    kind = str(knode.value) if isinstance(knode, yaml.ScalarNode) else ""
+    mpath = f"{path}.{kind}"
+    if kind not in BUILTIN_METRICS:
+        close = difflib.get_close_matches(kind, BUILTIN_METRICS, n=1)
+        ctx.add(
+            knode,
+            mpath,
+            f"unknown metric {kind!r}",
+            (f"did you mean {close[0]!r}? " if close else "") + METRICS_HINT,
+        )
+        return None
+    target: float | None
+    if kind in ("cpu", "memory"):
+        target = _utilisation(ctx, vnode, mpath, kind)
+    elif kind == "p99":
+        target = _duration(ctx, vnode, mpath, 3600)
+        if target is not None and target <= 0:
+            ctx.add(vnode, mpath, "the p99 target must be more than 0", "e.g. p99: 250ms")
+            target = None
+    else:
+        target = _positive(ctx, vnode, mpath, kind, f"{kind}: {100 if kind == 'rps' else 10}")
+    return None if target is None else MetricTarget(kind, target)  # type: ignore[arg-type]
+
+
+def _metrics(
+    ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]
+) -> tuple[MetricTarget, ...] | None:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        ctx.add(
+            node,
+            path,
+            "metrics must be a list of at least one metric"
+            + ("" if isinstance(node, yaml.SequenceNode) else f", not {_kind_of(node)}"),
+            "e.g. metrics: [{cpu: 70%}, {rps: 100}]; " + METRICS_HINT,
+        )
+        return None
+    out: list[MetricTarget] = []
+    ok = True
+    for i, item in enumerate(node.value):
+        found = _metric(ctx, item, f"{path}[{i}]", ports)
+        if found is None:
+            ok = False
+        elif any((t.kind, t.name) == (found.kind, found.name) for t in out):
+            ctx.add(
+                item,
+                f"{path}[{i}]",
+                f"the metric {found.label!r} is given twice",
+                "keep one target per metric",
+            )
+            ok = False
+        else:
+            out.append(found)
+    return tuple(out) if ok else None
+
+
+def _policies(
+    ctx: _Ctx, node: yaml.Node, path: str, down: bool
+) -> tuple[ScalingPolicy, ...] | None:
+    example = "e.g. policies: [{type: pods, value: 4, period: 15s}]"
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        ctx.add(
+            node,
+            path,
+            "policies must be a list of at least one policy"
+            + ("" if isinstance(node, yaml.SequenceNode) else f", not {_kind_of(node)}"),
+            example + "; to forbid scaling this way, write select: disabled",
+        )
+        return None
+    out: list[ScalingPolicy] = []
+    ok = True
+    for i, item in enumerate(node.value):
+        ipath = f"{path}[{i}]"
+        m = _mapping(ctx, item, ipath, POLICY_KEYS, "a scaling policy")
+        if m is None:
+            ok = False
+            continue
+        missing = [k for k in POLICY_KEYS if k not in m]
+        if missing:
+            ctx.add(item, ipath, f"a scaling policy needs {', '.join(missing)}", example)
+            ok = False
+            continue
+        ptype = _one_of(ctx, m["type"][1], f"{ipath}.type", POLICY_TYPES, "policy type")
+        hi = 100 if down and ptype == "percent" else 10_000
+        hint = (
+            "a percentage of the replicas from 1 to 100 (100 may remove them all in a period)"
+            if hi == 100
+            else "replicas (pods) or a percentage of the replicas (percent), at least 1"
+        )
+        value = _int(ctx, m["value"][1], f"{ipath}.value", 1, hi, hint)
+        period = _duration(ctx, m["period"][1], f"{ipath}.period", 1800)
+        if period is not None and period < 1:
+            ctx.add(m["period"][1], f"{ipath}.period", "the period must be at least 1s", "e.g. 15s")
+            period = None
+        if ptype is None or value is None or period is None:
+            ok = False
+            continue
+        out.append(ScalingPolicy(ptype, value, period))  # type: ignore[arg-type]
+    return tuple(out) if ok else None
+
+
+def _rules(
+    ctx: _Ctx, node: yaml.Node, path: str, default: ScalingRules, down: bool
+) -> ScalingRules | None:
+    m = _mapping(ctx, node, path, RULES_KEYS, "scaling rules")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "stabilization_window" in m:
+        kw["stabilization_window"] = _duration(
+            ctx, m["stabilization_window"][1], f"{path}.stabilization_window", 3600
+        )
+    if "select" in m:
+        kw["select"] = _one_of(
+            ctx, m["select"][1], f"{path}.select", SELECT_POLICIES, "policy selection"
+        )
+    if "policies" in m:
+        kw["policies"] = _policies(ctx, m["policies"][1], f"{path}.policies", down)
+    if any(v is None for v in kw.values()):
+        return None
+    return replace(default, **kw)
+
+
+def _behavior(ctx: _Ctx, node: yaml.Node, path: str) -> Behavior | None:
+    m = _mapping(ctx, node, path, BEHAVIOR_KEYS, "behavior")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    for key, default, down in (
+        ("scale_up", SCALE_UP_DEFAULT, False),
+        ("scale_down", SCALE_DOWN_DEFAULT, True),
+    ):
+        if key in m:
+            kw[key] = _rules(ctx, m[key][1], f"{path}.{key}", default, down)
+    if any(v is None for v in kw.values()):
+        return None
+    return Behavior(**kw)
+
+
+def _bounds(ctx: _Ctx, node: yaml.Node, path: str) -> tuple[int, int] | None:
+    """``{cpu: 100m, memory: 64Mi}`` of the vertical recommender (0: no bound)."""
+    m = _mapping(ctx, node, path, BOUND_KEYS, "bounds")
+    if m is None:
+        return None
+    cpu = memory = 0
+    ok = True
+    if "cpu" in m:
+        vnode = m["cpu"][1]
+        try:
+            cpu = parse_cpu(_scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else [])
+        except UnitError as e:
+            ctx.add(vnode, f"{path}.cpu", str(e), "e.g. cpu: 100m or cpu: 2")
+            ok = False
+    if "memory" in m:
+        vnode = m["memory"][1]
+        try:
+            memory = parse_size(
+                _scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else [], what="memory"
+            )
+        except UnitError as e:
+            ctx.add(vnode, f"{path}.memory", str(e), "e.g. memory: 64Mi or memory: 1Gi")
+            ok = False
+    return (cpu, memory) if ok else None
+
+
+def _vertical(ctx: _Ctx, node: yaml.Node, path: str) -> Vertical | None:
+    m = _mapping(ctx, node, path, VERTICAL_KEYS, "vertical")
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "mode" in m:
+        kw["mode"] = _one_of(ctx, m["mode"][1], f"{path}.mode", VERTICAL_MODES, "vertical mode")
+    if "percentile" in m:
+        kw["percentile"] = _fraction(
+            ctx,
+            m["percentile"][1],
+            f"{path}.percentile",
+            0.01,
+            1.0,
+            "the percentile",
+            "the share of the usage samples the recommendation covers: 1% to 100%, e.g. 90%",
+        )
+    if "margin" in m:
+        kw["margin"] = _fraction(
+            ctx,
+            m["margin"][1],
+            f"{path}.margin",
+            0.0,
+            10.0,
+            "the margin",
+            "added on top of the percentile: 0% to 1000%, e.g. 15%",
+        )
+    if "half_life" in m:
+        hl = _duration(ctx, m["half_life"][1], f"{path}.half_life", 30 * 86400)
+        if hl is not None and hl < 1:
+            ctx.add(
+                m["half_life"][1],
+                f"{path}.half_life",
+                "the half life must be at least 1s",
+                "how long until a sample weighs half as much as a new one, e.g. 24h",
+            )
+            hl = None
+        kw["half_life"] = hl
+    for key in ("min", "max"):
+        if key in m:
+            found = _bounds(ctx, m[key][1], f"{path}.{key}")
+            if found is None:
+                kw[f"{key}_cpu"] = None
+            else:
+                kw[f"{key}_cpu"], kw[f"{key}_memory"] = found
+    if any(v is None for v in kw.values()):
+        return None
+    for res, fmt in (("cpu", format_cpu), ("memory", format_size)):
+        lo, hi = kw.get(f"min_{res}", 0), kw.get(f"max_{res}", 0)
+        if lo and hi and lo > hi:
+            ctx.add(
+                m["min"][1],
+                f"{path}.min.{res}",
+                f"the least {res} ({fmt(lo)}) is more than the most ({fmt(hi)})",
+                f"make vertical.min.{res} at most vertical.max.{res}",
+            )
+            return None
+    return Vertical(**kw)
+
+
+def _autoscale(
+    ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port], replicas: int
+) -> Autoscale | None:
+    """A service's ``autoscale:`` block. ``replicas``: the spec's count (the bounds of a
+    block with only ``vertical:``)."""
+    m = _mapping(ctx, node, path, AUTOSCALE_KEYS, "autoscale")
+    if m is None:
+        return None
+    before = len(ctx.issues)
+    kw: dict[str, Any] = {}
+    horizontal = any(k in m for k in HORIZONTAL_KEYS)
+    if not horizontal and "vertical" not in m:
+        ctx.add(node, path, "autoscale is empty", AUTOSCALE_EXAMPLE)
+        return None
+    lo = hi = None
+    if "min" in m:
+        lo = _int(
+            ctx,
+            m["min"][1],
+            f"{path}.min",
+            0,
+            MAX_REPLICAS,
+            f"the fewest replicas, 0 (scale to zero when idle) to {MAX_REPLICAS}",
+        )
+    if "max" in m:
+        hi = _int(
+            ctx,
+            m["max"][1],
+            f"{path}.max",
+            -(2**63),
+            2**63,
+            f"the most replicas, 1 to {MAX_REPLICAS}",
+        )
+        if hi is not None and not 1 <= hi <= MAX_REPLICAS:
+            ctx.add(
+                m["max"][1],
+                f"{path}.max",
+                f"max must be from 1 to {MAX_REPLICAS}, not {hi}",
+                "max is the most replicas the autoscaler may run; for none when idle, "
+                "use min: 0; to stop the service, `elastin stop`",
+            )
+            hi = None
+    elif horizontal:
+        ctx.add(
+            node, f"{path}.max", "autoscale needs max, the most replicas to run", AUTOSCALE_EXAMPLE
+        )
+    if lo is not None and hi is not None and lo > hi:
+        ctx.add(
+            m["min"][1],
+            f"{path}.min",
+            f"min ({lo}) is more than max ({hi})",
+            "make min at most max",
+        )
+    if horizontal:
+        kw["min"] = 1 if "min" not in m else lo
+        kw["max"] = hi
+        kw["metrics"] = (MetricTarget("cpu", 0.8),)  # HPA's default without metrics
+    else:
+        kw["min"] = kw["max"] = replicas
+    if "metrics" in m:
+        kw["metrics"] = _metrics(ctx, m["metrics"][1], f"{path}.metrics", ports)
+    if "behavior" in m:
+        kw["behavior"] = _behavior(ctx, m["behavior"][1], f"{path}.behavior")
+    if "tolerance" in m:
+        kw["tolerance"] = _fraction(
+            ctx,
+            m["tolerance"][1],
+            f"{path}.tolerance",
+            0.0,
+            0.99,
+            "the tolerance",
+            "how far from its target a metric may be before the replicas change: 0% to 99%, "
+            "e.g. 10% (the default)",
+        )
+    if "interval" in m:
+        iv = _duration(ctx, m["interval"][1], f"{path}.interval", 3600)
+        if iv is not None and iv < 0.1:
+            ctx.add(
+                m["interval"][1],
+                f"{path}.interval",
+                "the interval must be at least 100ms",
+                "how often the autoscaler decides, e.g. 1s (the default) or 15s (HPA's)",
+            )
+            iv = None
+        kw["interval"] = iv
+    for key in ("startup_grace", "idle_after"):
+        if key in m:
+            kw[key] = _duration(ctx, m[key][1], f"{path}.{key}", 86400)
+    if kw.get("idle_after", 1.0) is not None and kw.get("idle_after", 1.0) < 1.0:
+        ctx.add(
+            m["idle_after"][1],
+            f"{path}.idle_after",
+            "idle_after must be at least 1s",
+            "how long a service with min: 0 goes without a request before its last replica "
+            "stops, e.g. 5m (the default)",
+        )
+        kw["idle_after"] = None
+    if "vertical" in m:
+        kw["vertical"] = _vertical(ctx, m["vertical"][1], f"{path}.vertical")
+    if kw.get("min") == 0:
+        _scale_to_zero(ctx, m["min"][1], f"{path}.min", ports)
+    metrics, vertical = kw.get("metrics") or (), kw.get("vertical")
+    resources = [t.kind for t in metrics if t.kind in ("cpu", "memory")]
+    if vertical is not None and vertical.mode == "auto" and resources:
+        ctx.add(
+            m["vertical"][1],
+            f"{path}.vertical.mode",
+            f"vertical mode auto with a horizontal {resources[0]} target: resizing the request "
+            f"moves the {resources[0]} utilisation the horizontal autoscaler follows, and "
+            "the two fight",
+            "follow rps, inflight, p99 or an application metric horizontally, or use "
+            "vertical mode: recommend",
+        )
+    if len(ctx.issues) != before or any(v is None for v in kw.values()):
+        return None
+    return Autoscale(**kw)
+
+
+def _scale_to_zero(ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]) -> None:
+    """``min: 0`` needs every port to be HTTP or gRPC: the mesh holds a request there while a
+    replica starts; a TCP connection cannot be held that way."""
+    other = [p for p in ports if p.protocol not in SCALE_TO_ZERO_PROTOCOLS]
+    if ports and not other:
+        return
+    why = (
+        "the service declares no ports"
+        if not ports
+        else f"port {other[0].name!r} is {other[0].protocol}"
+    )
+    ctx.add(
+        node,
+        path,
+        f"min: 0 (scale to zero) needs HTTP or gRPC ports, where the mesh holds a request "
+        f"while a replica starts: {why}",
+        "use min: 1, or serve only http, http2 or grpc ports",
+    )
+
+
+def _autoscale_replicas(
+    ctx: _Ctx,
+    m: dict[str, tuple[yaml.Node, yaml.Node]],
+    path: str,
+    ports: list[Port],
+    kw: dict[str, Any],
+) -> None:
+    """Parse a service's ``autoscale:`` into ``kw``; ``replicas`` checked against its bounds,
+    or, left out, ``max(min, 1)``."""
+    given = kw.get("replicas", 1)
+    auto = _autoscale(ctx, m["autoscale"][1], f"{path}.autoscale", ports, given or 0)
+    if auto is None:
+        return
+    kw["autoscale"] = auto
+    if not auto.horizontal:
+        return
+    if "replicas" not in m:
+        kw["replicas"] = max(auto.min, 1)
+    elif isinstance(given, int) and not auto.min <= given <= auto.max:
+        ctx.add(
+            m["replicas"][1],
+            f"{path}.replicas",
+            f"replicas {given} is outside the autoscale range {auto.min}..{auto.max}",
+            "leave replicas out (the service starts with max(min, 1) and the autoscaler "
+            "takes it from there), or give a count from min to max",
+        )
 
 
 def _cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:

@@ -153,6 +153,114 @@ class UpdatePolicy:
     canary: int = 0
 
 
+MetricKind = Literal["cpu", "memory", "rps", "inflight", "p99", "app"]
+METRIC_KINDS: tuple[MetricKind, ...] = ("cpu", "memory", "rps", "inflight", "p99", "app")
+PolicyType = Literal["pods", "percent"]
+SelectPolicy = Literal["max", "min", "disabled"]
+VerticalMode = Literal["off", "recommend", "auto"]
+
+
+@dataclass(frozen=True)
+class MetricTarget:
+    """One metric a service's replica count follows (Kubernetes HPA v2's ``metrics`` entry).
+
+    ``target`` by kind: ``cpu`` and ``memory``: the utilisation of the request as a fraction
+    (``70%`` is 0.7); ``rps``: requests per second per replica; ``inflight``: requests in
+    flight per replica; ``p99``: the service's p99 latency in seconds; ``app``: the average
+    per replica of the gauge ``name`` read from the service's own Prometheus endpoint
+    (``port``, ``path``)."""
+
+    kind: MetricKind
+    target: float
+    name: str = ""  # app: the gauge's name
+    port: str = ""  # app: the named port serving it
+    path: str = "/metrics"  # app
+
+    @property
+    def label(self) -> str:
+        """How a decision names it: ``cpu``, ``rps``, ``queue_depth``."""
+        return self.name if self.kind == "app" else self.kind
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """At most ``value`` replicas (``pods``) or ``value`` percent of the replicas at the start
+    of the last ``period`` seconds (``percent``) added or removed within that period."""
+
+    type: PolicyType
+    value: int
+    period: float
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """One direction of ``behavior`` (HPA's ``HPAScalingRules``): the highest (scale-down) or
+    lowest (scale-up) recommendation of the last ``stabilization_window`` seconds is used, and
+    the change is bounded by the ``policies``, of which ``select`` picks the one allowing the
+    most change (``max``), the least (``min``), or none at all (``disabled``)."""
+
+    stabilization_window: float = 0.0
+    select: SelectPolicy = "max"
+    policies: tuple[ScalingPolicy, ...] = ()
+
+
+# HPA's defaults, but for the scale-down window: 60 s (Knative's stable window) instead of
+# HPA's 300 s, since Elastin evaluates every second rather than every 15 (docs/autoscaling.md).
+SCALE_UP_DEFAULT = ScalingRules(
+    0.0, "max", (ScalingPolicy("pods", 4, 15.0), ScalingPolicy("percent", 100, 15.0))
+)
+SCALE_DOWN_DEFAULT = ScalingRules(60.0, "max", (ScalingPolicy("percent", 100, 15.0),))
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """How fast replicas may be added and removed (HPA v2's ``behavior``)."""
+
+    scale_up: ScalingRules = SCALE_UP_DEFAULT
+    scale_down: ScalingRules = SCALE_DOWN_DEFAULT
+
+
+@dataclass(frozen=True)
+class Vertical:
+    """The vertical recommender of a service (as Kubernetes' VPA): ``off``, ``recommend``
+    (computed and shown) or ``auto`` (applied in place). The target is the ``percentile`` of
+    a decaying histogram of usage (cpu samples; memory peaks) plus ``margin``, within the
+    bounds (0 = no bound); ``half_life``: how fast old samples lose weight."""
+
+    mode: VerticalMode = "off"
+    percentile: float = 0.9
+    margin: float = 0.15
+    half_life: float = 86400.0
+    min_cpu: int = 0  # millicores
+    max_cpu: int = 0
+    min_memory: int = 0  # bytes
+    max_memory: int = 0
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """A service's ``autoscale:`` block: horizontal (replicas between ``min`` and ``max``
+    following ``metrics``, HPA's semantics) and vertical (``vertical``). ``metrics`` empty:
+    no horizontal scaling (only ``vertical:`` was given). ``min == 0`` scales to zero after
+    ``idle_after`` seconds without a request. The autoscaler (``elastin.autoscale``) reads
+    this; docs/autoscaling.md says what it means."""
+
+    min: int = 1
+    max: int = 1
+    metrics: tuple[MetricTarget, ...] = ()
+    behavior: Behavior = field(default_factory=Behavior)
+    tolerance: float = 0.1
+    interval: float = 1.0
+    startup_grace: float = 30.0  # a replica started this recently is left out of cpu
+    idle_after: float = 300.0  # min 0: seconds without a request before the last replica goes
+    vertical: Vertical | None = None
+
+    @property
+    def horizontal(self) -> bool:
+        """Whether the replica count follows metrics (else only vertical scaling)."""
+        return bool(self.metrics)
+
+
 DYNAMIC_UIDS = range(0x70000000, 0x70000000 + 65536)
 """The uids of dynamic users (one per instance without ``user:``; docs/spec.md): above
 systemd's container range, below 2**31. A spec may not name one of them."""
@@ -188,6 +296,8 @@ class Workload:
     completions: int = 1
     retries: int = 3
     retry_delay: float = 1.0  # before retry n: min(retry_delay * 2**(n-1), restart.max_backoff)
+    # services: replicas and requests adjusted by the autoscaler (docs/autoscaling.md)
+    autoscale: Autoscale | None = None
 
     def retry_wait(self, attempt: int) -> float:
         """Seconds a job waits before its ``attempt``-th retry (0: the first run, no wait)."""
