@@ -337,8 +337,21 @@ async def _follow(url: str, token: str, app: str, shutdown: asyncio.Event) -> No
 
 
 def print_changes(res: dict[str, Any]) -> None:
-    styles = {"add": "green", "update": "yellow", "scale": "cyan", "remove": "red"}
-    signs = {"add": "+", "update": "~", "scale": "~", "remove": "-", "unchanged": "="}
+    styles = {
+        "add": "green",
+        "update": "yellow",
+        "scale": "cyan",
+        "configure": "cyan",
+        "remove": "red",
+    }
+    signs = {
+        "add": "+",
+        "update": "~",
+        "scale": "~",
+        "configure": "~",
+        "remove": "-",
+        "unchanged": "=",
+    }
     verb = "would change" if res.get("dry_run") else "applied"
     console.print(Text(f"{res['app']}: {verb}", style="bold"))
     for ch in res["changes"]:

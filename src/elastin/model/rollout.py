@@ -71,13 +71,20 @@ class Revision:
         return max(self.created_at, self.since, self.promoted_at)
 
 
+# what a workload's running instances never see: changing it needs no new instances
+# (the mesh is rebuilt from the applied spec; the autoscaler reads its policy from it)
+NOT_IN_INSTANCES = ("replicas", "mesh", "autoscale")
+
+
 def fingerprint(w: Workload) -> str:
-    """A hash of everything that needs new instances when it changes (not the replica
-    count, not ``autoscale:``, a policy the running instances do not see): two specs with one
-    fingerprint are one version. ``autoscale`` is left out of the hash altogether, so that the
-    fingerprints stored before it existed still match."""
-    data = to_data(replace(w, replicas=0))
-    data.pop("autoscale", None)
+    """A hash of everything that needs new instances when it changes (not the replica count,
+    the mesh policy nor ``autoscale:``): two specs with one fingerprint are one version.
+    Compare the fingerprints of two specs decoded by the same code (``next_record`` does): a
+    field added to the spec in a later release changes every hash, so a hash stored by an
+    earlier one says nothing about whether the spec changed."""
+    data = to_data(w)
+    for key in NOT_IN_INSTANCES:
+        data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -51,7 +51,7 @@ _TRIES = 10  # compare-and-set attempts before a change gives up with a conflict
 class WorkloadChange:
     workload: str
     type: str  # service | job
-    change: Literal["add", "update", "scale", "remove", "unchanged"]
+    change: Literal["add", "update", "scale", "configure", "remove", "unchanged"]
     detail: str = ""
 
 
@@ -100,6 +100,21 @@ def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, 
             )
         elif old and w.name in old.stopped:
             out.append(WorkloadChange(w.name, w.type, "update", "was stopped: starts again"))
+        elif prev.mesh != w.mesh:
+            out.append(
+                WorkloadChange(
+                    w.name,
+                    w.type,
+                    "configure",
+                    "mesh policy changed: the proxies take it, no new instances",
+                )
+            )
+        elif prev.autoscale != w.autoscale:
+            out.append(
+                WorkloadChange(
+                    w.name, w.type, "configure", "autoscale policy changed: no new instances"
+                )
+            )
         else:
             out.append(WorkloadChange(w.name, w.type, "unchanged"))
     for w in old_app.workloads:
@@ -133,13 +148,16 @@ def next_record(
     floors = floors or {}
     for w in app.workloads:
         fp = fingerprint(w)
-        if fps.get(w.name) != fp:
+        # the spec applied before, as this code decodes it: a hash stored by an earlier
+        # release can differ for an unchanged spec (a field added since), so it is not used
+        prev = old.app.workload(w.name) if old else None
+        if w.name not in versions or prev is None or fingerprint(prev) != fp:
             v = next_version(w.name, versions, history, floors.get(w.name, 0))
             versions[w.name] = v
-            fps[w.name] = fp
             generation = (old.generation + 1) if old else 1
             rev = Revision(v, w, now, since=now, generation=generation)
             history[w.name] = record(history.get(w.name, ()), rev)
+        fps[w.name] = fp
     for name in list(versions):
         if app.workload(name) is None:
             versions.pop(name)

@@ -8,9 +8,16 @@ from dataclasses import replace
 
 from elastin.model.cluster import Allocation
 from elastin.model.rollout import HISTORY_KEPT, Revision
-from elastin.model.workload import Application, HealthCheck, Port, UpdatePolicy, Workload
+from elastin.model.workload import (
+    Application,
+    Autoscale,
+    HealthCheck,
+    Port,
+    UpdatePolicy,
+    Workload,
+)
 from elastin.server.applier import rollout_step
-from elastin.server.apps import next_record, replacement
+from elastin.server.apps import diff_apps, next_record, replacement
 from elastin.server.repo import AppRecord
 
 NOW = 1000.0
@@ -113,3 +120,34 @@ def test_the_diff_says_how_instances_are_replaced() -> None:
 def test_revision_records_the_spec() -> None:
     r = Revision(3, WEB, 1.0)
     assert r.workload.command == ("web",) and r.cause == "apply"
+
+
+def test_a_record_stored_before_an_upgrade_keeps_its_versions() -> None:
+    """A field added to the spec (with its default) changes the hash of every workload: the
+    record stored by the earlier release holds the old hash. Applying the same spec again
+    after the upgrade must not start a new version (it would roll every service)."""
+    rec = next_record(None, app(), "", 0.0)
+    stored = replace(rec, fingerprints={"web": "0123456789abcdef"})  # the earlier release's
+    again = next_record(stored, app(), "", 1.0)
+    assert again.versions == {"web": 1}
+    assert len(again.history["web"]) == 1
+
+
+def test_a_mesh_or_autoscale_change_needs_no_new_instances() -> None:
+    rec = next_record(None, app(), "", 0.0)
+    retried = replace(WEB, mesh=replace(WEB.mesh, retries=5, max_request_headers=50))
+    again = next_record(rec, app(retried), "", 1.0)
+    assert again.versions == {"web": 1}
+    assert again.app.workload("web") == retried  # kept: the mesh is built from it
+    [change] = diff_apps(rec, app(retried))
+    assert (change.change, change.detail) == (
+        "configure",
+        "mesh policy changed: the proxies take it, no new instances",
+    )
+    scaled = replace(WEB, autoscale=Autoscale(min=1, max=4))
+    [change] = diff_apps(rec, app(scaled))
+    assert (change.change, change.detail) == (
+        "configure",
+        "autoscale policy changed: no new instances",
+    )
+    assert next_record(rec, app(scaled), "", 1.0).versions == {"web": 1}
