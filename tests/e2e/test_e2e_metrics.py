@@ -112,9 +112,9 @@ def test_request_rate_and_in_flight_reach_the_api_within_seconds(harness: Any) -
         # the slow requests (3 s) show as the longest response of an interval
         h.wait_for(
             lambda: (
-                c.service_metrics("m", "api", 1)["total"]["max_response_ms"]["current"] or 0
-            )
-            >= 2500,
+                (c.service_metrics("m", "api", 1)["total"]["max_response_ms"]["current"] or 0)
+                >= 2500
+            ),
             30,
             "a slow request's response time",
         )
