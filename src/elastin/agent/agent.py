@@ -1,5 +1,6 @@
 """The agent's main loop: register the node, watch its allocations, run each through an
-``AllocRunner``, heartbeat with measured usage, and re-attach to running instances after a
+``AllocRunner``, heartbeat with measured usage, report metrics every second
+(``report_metrics``, ``agent/sampling.py``), and re-attach to running instances after a
 restart.
 
 It talks to the server only through a client (``AgentClient``: the calls it makes, which
@@ -69,12 +70,20 @@ from elastin.agent.reconcile import (
     reconcile,
 )
 from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner
+from elastin.agent.sampling import (
+    DEFAULT_INTERVAL,
+    build_report,
+    instance_reading,
+    is_ready,
+    recent_usage,
+)
 from elastin.client.discovery import running_server
 from elastin.client.errors import ApiError, ClientError, ServerUnavailable
 from elastin.client.http import AsyncClient
 from elastin.clock import SYSTEM, Clock
 from elastin.datadir import ensure_private
 from elastin.mesh.dns import DnsServer, Target
+from elastin.mesh.haproxy.stats import CLEAR_MAX
 from elastin.mesh.model import Listener, MeshSnapshot
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
 from elastin.model.codec import from_data
@@ -117,6 +126,9 @@ class AgentConfig:
     # (sooner when the data disk is used above gc_disk_threshold): elastin.agent.gc
     gc_retention: float = 4 * 3600.0
     gc_disk_threshold: float = 0.8
+    # seconds between metrics reports to the server's memory (cpu, memory, the proxy's
+    # request rates; elastin.agent.sampling); 0: none (the heartbeat samples alone)
+    metrics_interval: float = DEFAULT_INTERVAL
 
 
 def memory_total() -> int:
@@ -200,6 +212,8 @@ class AgentClient(ReportClient, Protocol):
     def mesh_stream(self, node_id: str, quiet: float = 60.0) -> AsyncIterator[MeshSnapshot]: ...
 
     async def mesh_ack(self, node_id: str, version: int) -> None: ...
+
+    async def node_metrics(self, node_id: str, report: dict[str, Any]) -> None: ...
 
 
 def connect_server(url: str, token: str) -> AgentClient:
@@ -690,7 +704,7 @@ class Agent:
             usage: dict[str, Usage] = {}
             for alloc_id, runner in list(self.runners.items()):
                 try:
-                    u = await runner.sample()
+                    u = self._recent_usage(runner) or await runner.sample()
                 except Exception:  # a bug in one driver's sampling: the others go on
                     log.exception("cannot sample %s", runner.alloc.name)
                     continue
@@ -710,6 +724,54 @@ class Agent:
             except ClientError as e:
                 log.warning("heartbeat failed: %s", e.message)
             await self.clock.sleep(HEARTBEAT_INTERVAL)
+
+    def _recent_usage(self, runner: AllocRunner) -> Usage | None:
+        """The metrics loop's last sample of ``runner``'s instance while that loop runs (a
+        driver's cpu is an average since the previous sample: two loops sampling a moment
+        apart would each get a meaningless one); None: sample now."""
+        interval = self.cfg.metrics_interval
+        if interval <= 0:
+            return None
+        running = runner.handle is not None
+        return recent_usage(runner.state.usage, running, self.clock.time(), 3 * interval)
+
+    async def report_metrics(self) -> None:
+        """Every ``metrics_interval`` seconds: each instance's cpu, memory, requests and
+        readiness and the proxy's counters per service port, to the server's memory
+        (``elastin.agent.sampling``). Apart from the heartbeat, which writes the node's
+        liveness to the store; a report the server refuses is said once, not every second."""
+        interval = self.cfg.metrics_interval
+        told = ""
+        while True:
+            started = self.clock.monotonic()
+            instances: dict[str, dict[str, Any]] = {}
+            for alloc_id, runner in list(self.runners.items()):
+                try:
+                    u = await runner.sample()
+                except Exception:  # a bug in one driver's sampling: the others go on
+                    log.exception("cannot sample %s", runner.alloc.name)
+                    continue
+                if u is None:
+                    continue
+                st = runner.state
+                ready = is_ready(runner.alloc, runner.workload, st.status, st.healthy)
+                instances[alloc_id] = instance_reading(runner.alloc, u, ready)
+            mesh = {}
+            if self.mesh is not None and self.mesh.proxy is not None:
+                mesh = await self.mesh.read_stats()
+                if mesh:  # the longest response of the next interval, from now on
+                    with contextlib.suppress(Exception):
+                        await self.mesh.proxy.command(CLEAR_MAX)
+            report = build_report(self.clock.time(), interval, instances, mesh)
+            try:
+                await self.client.node_metrics(self.node_id, report)
+                told = ""
+            except ClientError as e:
+                if e.message != told:  # 404 before the first heartbeat, 413: said once
+                    log.warning("metrics report not taken: %s", e.message)
+                    told = e.message
+            spent = self.clock.monotonic() - started
+            await self.clock.sleep(max(0.05, interval - spent))
 
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops, and so does the
@@ -751,6 +813,10 @@ class Agent:
                 tg.create_task(keep_running("the agent's reporter", self.reporter.run, clock))
                 vital = LOOP_GIVE_UP  # the node is no use without these: fail loudly
                 tg.create_task(keep_running("the agent's heartbeat", self.heartbeat, clock, vital))
+                if self.cfg.metrics_interval > 0:
+                    tg.create_task(
+                        keep_running("the agent's metrics reports", self.report_metrics, clock)
+                    )
                 tg.create_task(keep_running("the agent's log caps", self.keep_logs, clock))
                 tg.create_task(keep_running("the agent's allocation GC", self.keep_allocs, clock))
                 tg.create_task(

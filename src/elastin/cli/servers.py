@@ -101,8 +101,22 @@ def read_token_file(path: str) -> str:
     "--dns-port",
     "the DNS interface (<service>.service.elastin, UDP and TCP); instances find it in ELASTIN_DNS",
 )
+@click.option(
+    "--metrics-interval",
+    type=click.FloatRange(0, 60),
+    default=1.0,
+    show_default=True,
+    help="seconds between metrics reports to the server (cpu, memory, request rates, "
+    "latency; kept in its memory); 0: none",
+)
 def agent(
-    server_url: str, token: str, token_file: str, name: str, metrics_port: int, dns_port: int
+    server_url: str,
+    token: str,
+    token_file: str,
+    name: str,
+    metrics_port: int,
+    dns_port: int,
+    metrics_interval: float,
 ) -> None:
     """Run a node agent in the foreground. Its instances keep running when it stops."""
     from elastin.agent.agent import Agent, AgentConfig
@@ -141,6 +155,7 @@ def agent(
         rediscover=not server_url and not os.environ.get("ELASTIN_ADDR"),
         metrics_port=None if metrics_port < 0 else metrics_port,
         dns_port=None if dns_port < 0 else dns_port,
+        metrics_interval=metrics_interval,
     )
     if name:
         cfg.name = name

@@ -11,12 +11,17 @@ import time
 from typing import Any
 
 import click
+from rich.console import Group
 from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from elastin import __version__
 from elastin.cli import render
 from elastin.cli.common import client, console, errors, print_json
+from elastin.client.errors import ApiError
 from elastin.client.http import Client
+from elastin.model.units import format_cpu, format_size
 
 
 @click.command()
@@ -47,28 +52,107 @@ def ps(show_all: bool, as_json: bool) -> None:
         console.print(render.allocations_table(allocs))
 
 
+def live_services(c: Client, services: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every service that runs, with its current metrics (``GET /v1/metrics/services``: the
+    agents' one-second reports); one without any yet has none."""
+    out = []
+    for s in services:
+        if s["type"] != "service" or not s["running"]:
+            continue
+        try:
+            m = c.service_metrics(s["app"], s["name"], 1)
+        except ApiError:  # deleted meanwhile, or a server without the route
+            continue
+        out.append(
+            {
+                "app": s["app"],
+                "name": s["name"],
+                "total": {k: v["current"] for k, v in m["total"].items()},
+                "replicas": {
+                    a: {k: v["current"] if isinstance(v, dict) else v for k, v in r.items()}
+                    for a, r in m["replicas"].items()
+                },
+            }
+        )
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}ms"
+
+
+def services_live_table(rows: list[dict[str, Any]]) -> Table:
+    """Per service: ready replicas, cpu and memory against their requests, requests per
+    second, in flight and response times (average and longest; p99 <= the longest)."""
+    t = Table(show_edge=False, header_style="bold")
+    for col in (
+        "SERVICE",
+        "READY",
+        "CPU (use/request)",
+        "MEMORY (use/request)",
+        "REQ/S",
+        "IN FLIGHT",
+        "AVG",
+        "MAX (>= p99)",
+    ):
+        t.add_column(col, no_wrap=True)
+    for s in rows:
+        m = s["total"]
+        cpu, mem = m.get("cpu"), m.get("memory")
+        rps, flight = m.get("requests_per_s"), m.get("in_flight")
+        t.add_row(
+            f"{s['app']}/{s['name']}",
+            f"{m.get('ready') or 0}/{m.get('replicas') or 0}",
+            "-" if cpu is None else f"{format_cpu(cpu)}/{format_cpu(m.get('cpu_request') or 0)}",
+            "-"
+            if mem is None
+            else f"{format_size(mem)}/{format_size(m.get('memory_request') or 0)}",
+            "-" if rps is None else f"{rps:.1f}",
+            "-" if flight is None else f"{flight:.0f}",
+            _ms(m.get("avg_response_ms")),
+            _ms(m.get("max_response_ms")),
+        )
+    return t
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--once", is_flag=True, help="print once and exit (default on a non-terminal)")
 def top(as_json: bool, once: bool) -> None:
-    """Live cpu and memory of every running instance."""
+    """Live cpu and memory of every running instance, and per service its requests per
+    second, requests in flight and response times (average and longest) through the mesh.
+
+    The numbers come from the agents' one-second reports (the server keeps five minutes of
+    them in memory). With --json, the running instances as before, each with `live`: its
+    current metrics (requests/s, in flight, ...) when its service has some."""
     with errors(), client() as c:
 
-        def rows() -> list[dict[str, Any]]:
+        def rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             allocs = c.call("GET", "/v1/allocations")
             allocs = [a for a in allocs if a["status"] == "running"]
-            return sorted(allocs, key=lambda a: -a.get("usage", {}).get("cpu", 0))
+            allocs.sort(key=lambda a: -a.get("usage", {}).get("cpu", 0))
+            return allocs, live_services(c, c.services())
+
+        def tables(title: str = "") -> Group:
+            allocs, services = rows()
+            return Group(
+                render.allocations_table(allocs, title=title),
+                Text(""),
+                services_live_table(services),
+            )
 
         if as_json:
-            print_json(rows())
+            allocs, services = rows()
+            live = {a: r for s in services for a, r in s["replicas"].items()}
+            print_json([{**a, "live": live[a["id"]]} if a["id"] in live else a for a in allocs])
             return
         if once or not console.is_terminal:
-            console.print(render.allocations_table(rows()))
+            console.print(tables())
             return
         try:
-            with Live(console=console, refresh_per_second=1) as live:
+            with Live(console=console, refresh_per_second=1) as live_view:
                 while True:  # until Ctrl-C
-                    live.update(render.allocations_table(rows(), title="elastin top"))
+                    live_view.update(tables("elastin top"))
                     time.sleep(2)
         except KeyboardInterrupt:
             pass

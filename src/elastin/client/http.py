@@ -211,6 +211,14 @@ class Client:
         _raise_for(resp)
         return resp.text
 
+    def service_metrics(self, app: str, service: str, seconds: int = 60) -> Any:
+        """One service's live metrics (``GET /v1/metrics/services/{app}/{service}``): per
+        metric the current value and the last ``seconds`` (one a second), in total, per
+        port and per replica; see docs/api.md."""
+        return self.call(
+            "GET", f"/v1/metrics/services/{app}/{service}", params={"seconds": seconds}
+        )
+
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")
 
@@ -335,3 +343,13 @@ class AsyncClient:
     async def allocations(self, app: str) -> list[Allocation]:
         data = await self.call("GET", "/v1/allocations", params={"app": app, "all": False})
         return [from_data(Allocation, a) for a in data]
+
+    async def node_metrics(self, node_id: str, report: dict[str, Any]) -> None:
+        """The agent's metrics report (``elastin.agent.sampling``) into the server's memory."""
+        await self.call("POST", f"/v1/nodes/{node_id}/metrics", json=report)
+
+    async def service_metrics(self, app: str, service: str, seconds: int = 60) -> Any:
+        """``Client.service_metrics``."""
+        return await self.call(
+            "GET", f"/v1/metrics/services/{app}/{service}", params={"seconds": seconds}
+        )

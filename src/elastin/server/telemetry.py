@@ -5,6 +5,12 @@ Each heartbeat replaces what its node said before, so the usage of an allocation
 from its node disappears with the next heartbeat, and a node marked down (``forget``) takes
 its numbers with it. ``traffic()`` sums the proxies' counters per service port for
 ``elastin traffic`` and ``/v1/mesh/traffic``.
+
+``windows`` (``server/windows.py``) keeps the agents' one-second metrics reports (``POST
+/v1/nodes/{id}/metrics``): five minutes at 1 s per instance and per service port, what
+``GET /v1/metrics/services/{app}/{service}``, ``elastin top`` and the autoscaler read. A
+report is taken only from a node that sent a heartbeat to this server (``knows``); a node
+marked down leaves the windows with the rest of its numbers.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import Allocation, Usage
+from elastin.server.windows import NodeReport, Windows
 
 TRAFFIC_COUNTERS = (
     "requests",
@@ -28,7 +36,8 @@ TRAFFIC_COUNTERS = (
 
 
 class Telemetry:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.windows = Windows(clock)
         self._usage: dict[str, dict[str, Usage]] = {}  # node -> allocation -> usage
         self._node_usage: dict[str, Usage] = {}
         self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
@@ -52,6 +61,15 @@ class Telemetry:
         self._usage.pop(node_id, None)
         self._node_usage.pop(node_id, None)
         self._mesh.pop(node_id, None)
+        self.windows.forget(node_id)
+
+    def knows(self, node_id: str) -> bool:
+        """Whether ``node_id`` sent a heartbeat to this server (and is not marked down)."""
+        return node_id in self._usage
+
+    def record_metrics(self, node_id: str, report: NodeReport) -> None:
+        """A metrics report of a node this server knows (``knows``)."""
+        self.windows.record(node_id, report)
 
     def usage(self) -> dict[str, Usage]:
         """Measured usage per allocation id, over every node."""

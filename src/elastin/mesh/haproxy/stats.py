@@ -6,6 +6,9 @@ backend ``c_<app>.<service>.<port>`` (``render.py`` names them so) becomes the s
 ``ClusterName(app, service, port)``, each of its servers ``e_<endpoint id>`` an
 ``EndpointStats``; other proxies (listeners, stats) are ignored. ``allocation_in_flight``
 answers the drain's question from the servers-only form (``show stat -1 4 -1``).
+``rtime_max`` (the longest response) is HAProxy's since its max values were last cleared
+(``CLEAR_MAX``, which the agent's metrics loop sends after each reading; it leaves every
+cumulative counter alone).
 
 HAProxy's counters start again at zero in every new worker: after each reload (and a
 restart). ``Totals`` keeps the totals the agent reports monotonic: it knows which worker
@@ -31,6 +34,8 @@ from typing import NamedTuple
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 
+# clears the max values (rtime_max, ...) of every proxy and server, never a counter
+CLEAR_MAX = "clear counters"
 BACKEND_PREFIX = "c_"
 SERVER_PREFIX = "e_"
 
@@ -64,6 +69,8 @@ def _endpoint(sv: str, row: dict[str, str]) -> EndpointStats:
         active=_int(row, "scur"),
         served=_int(row, "stot"),
         check=row.get("check_status") or "",
+        avg_response_ms=_int(row, "rtime"),
+        max_response_ms=_int(row, "rtime_max"),
     )
 
 
@@ -96,6 +103,7 @@ def parse_stats(text: str) -> dict[str, ClusterStats]:
             active=_int(row, "scur"),
             queued=_int(row, "qcur"),
             avg_response_ms=_int(row, "rtime"),
+            max_response_ms=_int(row, "rtime_max"),
             endpoints=tuple(servers.get(cluster, ())),
         )
     return out

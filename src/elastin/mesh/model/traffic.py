@@ -7,7 +7,8 @@ response time, and each endpoint's state (``EndpointStats``). Nothing here knows
 counted: ``mesh.haproxy.stats`` reads HAProxy's ``show stat`` into these types on the agent,
 which exports them on its ``/metrics`` and sends them with its heartbeat; the server keeps
 each node's (``elastin traffic``, ``/v1/metrics``). The JSON form (``model.codec``) is the
-heartbeat's ``mesh`` field.
+heartbeat's ``mesh`` field; the agent's one-second metrics report carries the same numbers
+in its own, smaller form (``server/windows.py``).
 
 ``TRAFFIC_METRICS`` is the one list of what is exported about them (``elastin_mesh_*``: name,
 help, type, value); the agent and the server turn it into Prometheus metric families, each
@@ -30,6 +31,8 @@ class EndpointStats:
     active: int  # requests/connections in flight
     served: int  # requests or connections sent to it in total
     check: str = ""  # the last health check's status (L4OK, L7STS, ...)
+    avg_response_ms: int = 0  # over its last 1,024 requests
+    max_response_ms: int = 0  # the longest since the proxy's max values were last cleared
 
     @property
     def up(self) -> bool:
@@ -54,6 +57,9 @@ class ClusterStats:
     active: int = 0
     queued: int = 0
     avg_response_ms: int = 0  # over the last 1,024 requests
+    # the longest response since the proxy's max values were last cleared (the agent's
+    # metrics loop clears them after each reading: the longest of its interval)
+    max_response_ms: int = 0
     endpoints: tuple[EndpointStats, ...] = ()
 
     @property

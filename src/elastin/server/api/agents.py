@@ -1,5 +1,6 @@
-"""Routes for agents: registration, heartbeats, each node's blocking queries for its
-allocations and mesh snapshot, mesh acknowledgements, and reports on allocations.
+"""Routes for agents: registration, heartbeats, one-second metrics reports, each node's
+blocking queries for its allocations and mesh snapshot, mesh acknowledgements, and reports on
+allocations.
 
 The hot ones (a node's allocations and mesh snapshot, heartbeats and reports: every agent,
 all the time) answer with an encoded ``Response`` so that FastAPI does not validate the body
@@ -9,10 +10,12 @@ against it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from elastin.mesh.model import MeshSnapshot
 from elastin.model.cluster import Node
@@ -33,8 +36,74 @@ from elastin.server.api.models import (
 )
 from elastin.server.api.users import MAX_TAIL, alloc_view
 from elastin.server.cluster import Cluster
+from elastin.server.errors import Invalid, NotFound
 from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.reports import AllocReport
+from elastin.server.windows import MAX_ENTRIES, MAX_REPORT_BYTES, parse_report
+
+_NUMBER = {"type": "number", "minimum": 0}
+_ENDPOINT = {
+    "type": "object",
+    "properties": {"requests": _NUMBER, "active": _NUMBER, "avg_ms": _NUMBER, "max_ms": _NUMBER},
+    "required": ["requests"],
+}
+# the metrics report's body (elastin.agent.sampling builds it, elastin.server.windows reads
+# it): parsed by hand on the route (every agent, every second), documented here
+METRICS_REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": f"an agent's metrics report (at most {MAX_REPORT_BYTES} bytes and "
+    f"{MAX_ENTRIES} instances, ports or endpoints of a port)",
+    "properties": {
+        "at": {**_NUMBER, "description": "the agent's wall clock when it sampled"},
+        "interval": {**_NUMBER, "description": "seconds between the agent's reports"},
+        "instances": {
+            "type": "object",
+            "description": "allocation id -> its instance on this node",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "app": {"type": "string"},
+                    "workload": {"type": "string"},
+                    "cpu": {**_NUMBER, "description": "millicores used since the last sample"},
+                    "memory": {**_NUMBER, "description": "bytes"},
+                    "cpu_request": _NUMBER,
+                    "memory_request": _NUMBER,
+                    "ready": {"type": "boolean"},
+                },
+                "required": ["app", "workload", "cpu", "memory"],
+            },
+        },
+        "ports": {
+            "type": "object",
+            "description": "<app>.<service>.<port> -> this node's proxy's counters",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "mode": {"type": "string", "enum": ["http", "tcp"]},
+                    "requests": {**_NUMBER, "description": "cumulative"},
+                    "errors": {**_NUMBER, "description": "cumulative: 5xx, broken responses"},
+                    "active": _NUMBER,
+                    "queued": _NUMBER,
+                    "avg_ms": {**_NUMBER, "description": "the last 1,024 requests"},
+                    "max_ms": {**_NUMBER, "description": "the longest since the last report"},
+                    "endpoints": {
+                        "type": "object",
+                        "description": "allocation id -> its share",
+                        "additionalProperties": _ENDPOINT,
+                    },
+                },
+                "required": ["requests"],
+            },
+        },
+    },
+    "required": ["at"],
+}
+
+
+class MetricsTaken(BaseModel):
+    node: str
+    instances: int
+    ports: int
 
 
 def to_report(body: StatusBody) -> AllocReport:
@@ -62,6 +131,51 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
     async def heartbeat(node_id: str, body: HeartbeatBody) -> Response:
         node = await cluster.nodes.heartbeat(node_id, body.usage, body.node_usage, body.mesh)
         return JSONResponse({"status": node.status})
+
+    @r.post(
+        "/v1/nodes/{node_id}/metrics",
+        response_model=MetricsTaken,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": METRICS_REPORT_SCHEMA}},
+            }
+        },
+        responses={413: {"model": ErrorBody, "description": "the report is too large"}},
+    )
+    async def node_metrics(node_id: str, request: Request) -> Response:
+        # every agent, every second: read by hand, kept in memory (never the store)
+        raw = await request.body()
+        if len(raw) > MAX_REPORT_BYTES:
+            return JSONResponse(
+                {
+                    "error": "TooLarge",
+                    "message": f"the metrics report of node {node_id} has {len(raw)} bytes; "
+                    f"the most is {MAX_REPORT_BYTES}",
+                    "hint": "the node serves too many instances or service ports for one "
+                    "report; give it fewer, or raise --metrics-interval on its agent (a "
+                    "larger report is refused each time)",
+                },
+                status_code=413,
+            )
+        try:
+            report = parse_report(json.loads(raw))
+        except ValueError as e:  # also bad JSON (JSONDecodeError is one)
+            raise Invalid(
+                f"the metrics report of node {node_id} is malformed: {e}",
+                hint="agents build it (elastin.agent.sampling); is this agent of another "
+                "Elastin version than the server?",
+            ) from None
+        if not cluster.telemetry.knows(node_id):
+            raise NotFound(
+                f"node {node_id!r} sent no heartbeat to this server yet",
+                hint="the agent registers and sends its heartbeat first; its next metrics "
+                "report is taken",
+            )
+        cluster.telemetry.record_metrics(node_id, report)
+        return JSONResponse(
+            {"node": node_id, "instances": len(report.instances), "ports": len(report.ports)}
+        )
 
     @r.get("/v1/nodes/{node_id}/allocations", response_model=NodeAllocations)
     async def node_allocations(

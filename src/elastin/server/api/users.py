@@ -49,10 +49,35 @@ from elastin.server.metrics import CONTENT_TYPE, render_metrics, store_counters
 from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.repo import AppRecord
 from elastin.server.views import AllocFilter
+from elastin.server.windows import WINDOW_SECONDS
 from elastin.store.base import CompactedError
 
 MAX_TAIL = 100_000  # most lines a log request may ask for
 SINCE = "^[0-9A-Za-z:.+-]{0,64}$"  # a time or a duration; the agent reads it (agent/api.py)
+
+
+class Metric(BaseModel):
+    current: Any = Field(description="the value now (None: not measured)")
+    series: list[Any] = Field(description="one value a second, oldest first, as `times`")
+
+
+class ServiceMetrics(BaseModel):
+    """One service's live metrics from the agents' one-second reports (memory only):
+    cpu (millicores), memory (bytes), their requests and utilisation, replicas and ready
+    ones, requests and errors per second, in flight, average and longest response time
+    (ms) through the mesh; p99 is not measured (null, docs/mesh.md "Metrics")."""
+
+    app: str
+    service: str
+    at: int = Field(description="the server's time (s) of the last value")
+    times: list[int]
+    total: dict[str, Metric]
+    ports: dict[str, dict[str, Any]] = Field(
+        description="port -> traffic metrics, and `replicas`: allocation -> its metrics"
+    )
+    replicas: dict[str, dict[str, Any]] = Field(
+        description="allocation -> `node`, and its usage and traffic metrics"
+    )
 
 
 class ExecBody(BaseModel):
@@ -252,6 +277,13 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
     @r.get("/v1/mesh/traffic", response_model=Traffic)
     async def mesh_traffic() -> dict[str, Any]:
         return {"services": cluster.telemetry.traffic()}
+
+    @r.get("/v1/metrics/services/{app}/{service}", response_model=ServiceMetrics)
+    async def service_metrics(
+        app: str, service: str, seconds: int = Query(60, ge=1, le=WINDOW_SECONDS)
+    ) -> Response:
+        await cluster.apps.find_workload(f"{app}/{service}")  # 404 naming what is missing
+        return JSONResponse(cluster.telemetry.windows.service(app, service, seconds))
 
     # --- events, watch, reports -------------------------------------------------------
     @r.get("/v1/events", response_model=list[Event])

@@ -1,0 +1,106 @@
+"""The agent's one-second metrics report, built from what it samples (pure).
+
+Every ``--metrics-interval`` (1 s by default) the agent's metrics loop samples each
+instance (``AllocRunner.sample``: cpu from the cgroup's usage since the previous sample,
+memory) and reads its proxy's counters (``MeshManager.read_stats``: totals kept monotonic
+across HAProxy's reloads), then clears the proxy's max values so that ``rtime_max`` is the
+longest response of the next interval. ``build_report`` turns that into the body of ``POST
+/v1/nodes/{id}/metrics`` — checked and kept by the server's ``windows.py``, in memory only:
+
+    {"at": <wall clock of the sample>, "interval": <seconds>,
+     "instances": {<allocation>: {"app", "workload", "cpu" (millicores), "memory" (bytes),
+                                  "cpu_request", "memory_request", "ready"}},
+     "ports": {"<app>.<service>.<port>": {"mode", "requests", "errors" (cumulative),
+               "active", "queued", "avg_ms", "max_ms",
+               "endpoints": {<allocation>: {"requests" (cumulative), "active", "avg_ms",
+                                            "max_ms"}}}}}
+
+The heartbeat (every 5 s, it writes the node's liveness) keeps sending usage too; while the
+metrics loop runs it takes the loop's last sample (``recent_usage``) instead of sampling
+again: a driver's cpu is an average since the previous sample, whoever took it, and two
+loops sampling a moment apart would each get a meaningless one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from elastin.mesh.model.traffic import ClusterStats
+from elastin.model.cluster import Allocation, Usage
+from elastin.model.workload import Workload
+
+DEFAULT_INTERVAL = 1.0
+
+
+def is_ready(
+    alloc: Allocation, workload: Workload | None, status: str, healthy: bool | None
+) -> bool:
+    """Whether an instance takes traffic: it runs and — when its service has a health
+    check — its last verdict is healthy (the registry's definition, docs/mesh.md)."""
+    if status != "running":
+        return False
+    has_check = workload is not None and workload.health is not None
+    return healthy is True if has_check else healthy is not False
+
+
+def instance_reading(alloc: Allocation, usage: Usage, ready: bool) -> dict[str, Any]:
+    return {
+        "app": alloc.app,
+        "workload": alloc.workload,
+        "cpu": round(usage.cpu, 3),
+        "memory": usage.memory,
+        "cpu_request": alloc.resources.cpu,
+        "memory_request": alloc.resources.memory,
+        "ready": ready,
+    }
+
+
+def endpoint_allocation(endpoint_id: str, port: str) -> str:
+    """The allocation of a mesh endpoint id (``<allocation>-<port>``)."""
+    suffix = f"-{port}"
+    return endpoint_id[: -len(suffix)] if endpoint_id.endswith(suffix) else endpoint_id
+
+
+def port_reading(s: ClusterStats) -> dict[str, Any]:
+    return {
+        "mode": "tcp" if s.mode == "tcp" else "http",
+        "requests": s.requests,
+        "errors": s.errors,
+        "active": s.active,
+        "queued": s.queued,
+        "avg_ms": s.avg_response_ms,
+        "max_ms": s.max_response_ms,
+        "endpoints": {
+            endpoint_allocation(e.id, s.port): {
+                "requests": e.served,
+                "active": e.active,
+                "avg_ms": e.avg_response_ms,
+                "max_ms": e.max_response_ms,
+            }
+            for e in s.endpoints
+        },
+    }
+
+
+def build_report(
+    at: float,
+    interval: float,
+    instances: Mapping[str, dict[str, Any]],
+    mesh: Mapping[str, ClusterStats],
+) -> dict[str, Any]:
+    """The metrics report's body (see the module's doc)."""
+    return {
+        "at": at,
+        "interval": interval,
+        "instances": dict(instances),
+        "ports": {name: port_reading(s) for name, s in mesh.items()},
+    }
+
+
+def recent_usage(usage: Usage, running: bool, now: float, max_age: float) -> Usage | None:
+    """``usage`` (a runner's last sample) when it is at most ``max_age`` seconds old (wall
+    clock) and its instance runs; None: sample again."""
+    if not running or usage.sampled_at <= 0 or not 0 <= now - usage.sampled_at <= max_age:
+        return None
+    return usage

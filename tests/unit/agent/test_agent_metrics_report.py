@@ -1,0 +1,168 @@
+"""The agent's one-second metrics report: HAProxy's longest response read per backend and
+server, the report built from samples and the proxy's counters (and read back by the
+server's parser), readiness, and the metrics loop beside the heartbeat (which then takes the
+loop's samples rather than sampling again)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from agent_support import offline_agent
+
+from elastin.agent.sampling import (
+    build_report,
+    endpoint_allocation,
+    instance_reading,
+    is_ready,
+    recent_usage,
+)
+from elastin.mesh.haproxy.stats import parse_stats
+from elastin.mesh.model.traffic import ClusterStats, EndpointStats
+from elastin.model.cluster import Allocation, Usage
+from elastin.model.resources import Resources
+from elastin.model.workload import HealthCheck, Workload
+from elastin.server.windows import parse_report
+
+HEADER = "# pxname,svname,scur,qcur,stot,req_tot,rtime,rtime_max,mode,status,"
+
+
+def test_the_longest_response_is_read_per_backend_and_server() -> None:
+    text = "\n".join(
+        [
+            HEADER,
+            "c_shop.api.http,e_a1-http,1,0,60,,4,25,http,UP,",
+            "c_shop.api.http,BACKEND,1,2,60,60,4,25,http,UP,",
+            "",
+        ]
+    )
+    api = parse_stats(text)["shop.api.http"]
+    assert (api.avg_response_ms, api.max_response_ms, api.queued) == (4, 25, 2)
+    (e,) = api.endpoints
+    assert (e.avg_response_ms, e.max_response_ms) == (4, 25)
+
+
+ALLOC = Allocation(
+    id="abc-1",
+    app="shop",
+    workload="api",
+    index=0,
+    resources=Resources(cpu=500, memory=1 << 28),
+)
+
+
+def test_the_report_carries_samples_and_counters_the_server_reads() -> None:
+    stats = ClusterStats(
+        "shop",
+        "api",
+        "http",
+        "http",
+        requests=100,
+        responses_5xx=3,
+        response_errors=1,
+        active=2,
+        queued=1,
+        avg_response_ms=7,
+        max_response_ms=30,
+        endpoints=(EndpointStats("abc-1-http", "UP", 2, 60, "", 6, 30),),
+    )
+    usage = Usage(cpu=123.4567, memory=1 << 20)
+    body = build_report(
+        50.0, 1.0, {ALLOC.id: instance_reading(ALLOC, usage, True)}, {"shop.api.http": stats}
+    )
+    report = parse_report(body)  # what the server does with it
+    i = report.instances["abc-1"]
+    assert (i.app, i.workload, i.cpu, i.memory) == ("shop", "api", 123.457, 1 << 20)
+    assert (i.cpu_request, i.memory_request, i.ready) == (500, 1 << 28, True)
+    p = report.ports["shop.api.http"]
+    assert (p.requests, p.errors, p.active, p.queued, p.avg_ms, p.max_ms) == (100, 4, 2, 1, 7, 30)
+    assert p.endpoints["abc-1"].requests == 60  # keyed by allocation, not endpoint id
+    assert endpoint_allocation("abc-1-http", "http") == "abc-1"
+    assert endpoint_allocation("odd", "http") == "odd"
+
+
+def test_ready_is_the_registrys_definition() -> None:
+    plain = Workload(name="api", command=("x",))
+    checked = Workload(name="api", command=("x",), health=HealthCheck(type="http", port="http"))
+    assert is_ready(ALLOC, plain, "running", None)
+    assert not is_ready(ALLOC, plain, "running", False)
+    assert not is_ready(ALLOC, checked, "running", None)  # no verdict yet
+    assert is_ready(ALLOC, checked, "running", True)
+    assert not is_ready(ALLOC, plain, "starting", None)
+
+
+def test_recent_usage_only_while_fresh_and_running() -> None:
+    u = Usage(cpu=1.0, sampled_at=100.0)
+    assert recent_usage(u, True, 102.0, 3.0) is u
+    assert recent_usage(u, True, 104.0, 3.0) is None  # stale: sample again
+    assert recent_usage(u, False, 101.0, 3.0) is None
+    assert recent_usage(Usage(), True, 101.0, 3.0) is None  # never sampled
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.heartbeats: list[dict[str, Usage]] = []
+
+    async def node_metrics(self, node_id: str, report: dict[str, Any]) -> None:
+        self.reports.append(report)
+
+    async def heartbeat(self, node_id: str, usage: dict[str, Usage], *_: Any) -> None:
+        self.heartbeats.append(usage)
+
+
+def fake_runner(clock: Any) -> SimpleNamespace:
+    r = SimpleNamespace(
+        alloc=ALLOC,
+        workload=Workload(name="api", command=("x",)),
+        state=SimpleNamespace(status="running", healthy=None, usage=Usage()),
+        handle=object(),
+        samples=0,
+    )
+
+    async def sample() -> Usage:
+        r.samples += 1
+        u = Usage(cpu=100.0 * r.samples, memory=5, sampled_at=clock.time())
+        r.state.usage = u
+        return u
+
+    r.sample = sample
+    return r
+
+
+async def until(cond: Any) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+async def test_the_metrics_loop_reports_and_the_heartbeat_takes_its_samples(
+    tmp_path: Path,
+) -> None:
+    agent = offline_agent(tmp_path)
+    client = FakeClient()
+    agent.client = client  # type: ignore[assignment]
+    runner = fake_runner(agent.clock)
+    agent.runners[ALLOC.id] = runner  # type: ignore[assignment]
+    loop = asyncio.create_task(agent.report_metrics())
+    await until(lambda: client.reports)
+    loop.cancel()
+    report = client.reports[0]
+    assert report["instances"]["abc-1"]["cpu"] == 100.0 and report["ports"] == {}
+    assert report["interval"] == 1.0
+    sampled = runner.samples
+    beat = asyncio.create_task(agent.heartbeat())
+    await until(lambda: client.heartbeats)
+    beat.cancel()
+    assert runner.samples == sampled  # the loop's sample, not a second one a moment later
+    assert client.heartbeats[0]["abc-1"].cpu == 100.0 * sampled
+    agent.cfg.metrics_interval = 0  # no metrics loop: the heartbeat samples itself
+    client.heartbeats.clear()
+    beat = asyncio.create_task(agent.heartbeat())
+    await until(lambda: client.heartbeats)
+    beat.cancel()
+    assert runner.samples == sampled + 1

@@ -1,0 +1,242 @@
+"""The server's rolling metric windows on a fake clock (pure): rates from cumulative
+counters, counter resets, two reports in one second, holes, ageing, aggregation over nodes
+and replicas, and the report's checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from elastin.server.windows import NodeReport, Windows, parse_report
+from elastin.testing import FakeClock
+
+T0 = 1_000_000.0
+
+
+def report(
+    at: float,
+    requests: int = 0,
+    *,
+    errors: int = 0,
+    active: int = 0,
+    queued: int = 0,
+    avg_ms: float = 0,
+    max_ms: float = 0,
+    endpoints: dict[str, dict[str, Any]] | None = None,
+    instances: dict[str, dict[str, Any]] | None = None,
+    interval: float = 1.0,
+) -> NodeReport:
+    port: dict[str, Any] = {
+        "mode": "http",
+        "requests": requests,
+        "errors": errors,
+        "active": active,
+        "queued": queued,
+        "avg_ms": avg_ms,
+        "max_ms": max_ms,
+        "endpoints": endpoints or {},
+    }
+    return parse_report(
+        {
+            "at": at,
+            "interval": interval,
+            "instances": instances or {},
+            "ports": {"shop.api.http": port},
+        }
+    )
+
+
+def inst(cpu: float, memory: int = 0, ready: bool = True, workload: str = "api") -> dict[str, Any]:
+    return {
+        "app": "shop",
+        "workload": workload,
+        "cpu": cpu,
+        "memory": memory,
+        "cpu_request": 500,
+        "memory_request": 1000,
+        "ready": ready,
+    }
+
+
+def current(w: Windows, metric: str, port: str | None = None) -> Any:
+    data = w.service("shop", "api", 10)
+    where = data["total"] if port is None else data["ports"][port]
+    return where[metric]["current"]
+
+
+def test_rate_is_the_counter_difference_over_the_agents_interval() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 1000))
+    assert current(w, "requests_per_s") is None  # no rate before a second reading
+    clock.advance(1)
+    w.record("n1", report(T0 + 2.0, 1200, errors=4, active=3, queued=2, avg_ms=7, max_ms=40))
+    assert current(w, "requests_per_s") == 100.0  # 200 requests over the agent's 2 s
+    assert current(w, "errors_per_s") == 2.0
+    assert current(w, "in_flight") == 5.0  # sessions + queued
+    assert current(w, "avg_response_ms") == 7.0
+    assert current(w, "max_response_ms") == 40.0
+    assert current(w, "p99_response_ms") is None
+
+
+def test_a_counter_that_went_down_was_reset() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 5000))
+    clock.advance(1)
+    w.record("n1", report(T0 + 1, 30))  # a proxy restarted without its base
+    assert current(w, "requests_per_s") == 30.0  # counted since the reset, never negative
+
+
+def test_times_are_left_out_for_an_interval_without_requests() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 10, avg_ms=9, max_ms=9))
+    clock.advance(1)
+    w.record("n1", report(T0 + 1, 10, avg_ms=9, max_ms=0))
+    assert current(w, "requests_per_s") == 0.0
+    assert current(w, "avg_response_ms") is None  # rtime is about older requests
+    assert current(w, "max_response_ms") is None
+
+
+def test_two_reports_in_one_second_merge_and_a_late_one_is_ignored() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 0))
+    clock.advance(0.9)
+    w.record("n1", report(T0 + 0.5, 50, max_ms=30))
+    clock.advance(0.05)  # the same server second
+    w.record("n1", report(T0 + 1.5, 250, max_ms=10, active=1))
+    assert current(w, "requests_per_s") == 250 / 1.5  # over the summed time, nothing lost
+    assert current(w, "max_response_ms") == 30.0
+    assert current(w, "in_flight") == 1.0  # the newer gauge
+    w.record("n1", report(T0 + 1.0, 9999))  # older than the last: ignored
+    assert current(w, "requests_per_s") == 250 / 1.5
+
+
+def test_a_point_holds_over_a_late_report_then_the_node_ages_out() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock, seconds=30)
+    w.record("n1", report(T0, 0))
+    clock.advance(1)
+    w.record("n1", report(T0 + 1, 100))
+    clock.advance(1)  # no report this second: the last one stands for it
+    assert current(w, "requests_per_s") == 100.0
+    clock.advance(2)  # silent past its hold: in no current value any more
+    assert current(w, "requests_per_s") is None
+    series = w.service("shop", "api", 5)["total"]["requests_per_s"]["series"]
+    assert series == [None, 100.0, 100.0, None, None]  # a hold of 2 s
+    assert w.nodes() == ["n1"]
+    clock.advance(30)  # silent past the window: gone
+    assert w.nodes() == []
+
+
+def test_a_node_reporting_less_often_holds_longer() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 0, interval=5))
+    clock.advance(5)
+    w.record("n1", report(T0 + 5, 500, interval=5))
+    clock.advance(4)
+    assert current(w, "requests_per_s") == 100.0
+
+
+def test_forget_drops_a_node_at_once() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 0, instances={"a1": inst(100)}))
+    w.forget("n1")
+    assert w.nodes() == [] and current(w, "replicas") == 0
+
+
+def test_aggregation_over_nodes_and_replicas() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    ep0 = {"a1": {"requests": 0}, "a2": {"requests": 0}}
+    w.record("n1", report(T0, 0, endpoints=ep0, instances={"a1": inst(100, 200)}))
+    w.record(
+        "n2",
+        report(T0, 0, endpoints={"a1": {"requests": 0}}, instances={"a2": inst(300, 600, False)}),
+    )
+    clock.advance(1)
+    ep1 = {
+        "a1": {"requests": 60, "active": 1, "avg_ms": 10, "max_ms": 20},
+        "a2": {"requests": 20, "active": 2, "avg_ms": 30, "max_ms": 90},
+    }
+    w.record(
+        "n1",
+        report(
+            T0 + 1,
+            80,
+            active=3,
+            avg_ms=15,
+            max_ms=90,
+            endpoints=ep1,
+            instances={"a1": inst(100, 200)},
+        ),
+    )
+    w.record(
+        "n2",
+        report(
+            T0 + 1,
+            20,
+            active=1,
+            avg_ms=40,
+            max_ms=50,
+            endpoints={"a1": {"requests": 20, "active": 1, "avg_ms": 40, "max_ms": 50}},
+            instances={"a2": inst(300, 600, False)},
+        ),
+    )
+    data = w.service("shop", "api", 3)
+    total = {k: v["current"] for k, v in data["total"].items()}
+    assert total["requests_per_s"] == 100.0  # summed over both proxies
+    assert total["in_flight"] == 4.0
+    assert total["avg_response_ms"] == (15 * 80 + 40 * 20) / 100  # weighted by requests
+    assert total["max_response_ms"] == 90.0
+    assert total["cpu"] == 400.0 and total["memory"] == 800.0
+    assert total["cpu_utilization"] == 400 / 1000 and total["memory_utilization"] == 0.4
+    assert total["replicas"] == 2 and total["ready"] == 1
+    a1 = data["replicas"]["a1"]
+    assert a1["node"] == "n1" and a1["ready"]["current"] is True
+    assert a1["requests_per_s"]["current"] == 80.0  # 60 from n1's proxy, 20 from n2's
+    assert a1["in_flight"]["current"] == 2.0
+    assert a1["avg_response_ms"]["current"] == (10 * 60 + 40 * 20) / 80
+    assert a1["cpu_utilization"]["current"] == 100 / 500
+    a2 = data["replicas"]["a2"]
+    assert a2["node"] == "n2" and a2["ready"]["current"] is False
+    assert a2["requests_per_s"]["current"] == 20.0
+    port = data["ports"]["http"]
+    assert port["requests_per_s"]["current"] == 100.0
+    assert port["replicas"]["a1"]["requests_per_s"]["current"] == 80.0
+    assert data["times"][-1] == int(T0 + 1) and len(data["total"]["cpu"]["series"]) == 3
+    other = w.service("shop", "web", 3)  # another service: nothing of these
+    assert other["total"]["replicas"]["current"] == 0 and other["replicas"] == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ([], "the report must be an object"),
+        ({"at": -1}, "the report.at must be a number >= 0"),
+        ({"at": 1, "interval": 0}, "interval must be in (0, 3600]"),
+        ({"at": 1, "ports": {"nodots": {"requests": 1}}}, "not a service port"),
+        ({"at": 1, "ports": {"a.b.c": {"requests": "x"}}}, "ports['a.b.c'].requests"),
+        ({"at": 1, "ports": {"a.b.c": {"requests": 1, "mode": "udp"}}}, "mode must be"),
+        ({"at": 1, "instances": {"x": {"app": "a", "workload": "w"}}}, "instances['x'].cpu"),
+        (
+            {
+                "at": 1,
+                "instances": {
+                    "x": {"app": "a", "workload": "w", "cpu": 1, "memory": 1, "ready": "yes"}
+                },
+            },
+            "ready must be true or false",
+        ),
+        ({"at": 1, "instances": {str(k): {} for k in range(20_001)}}, "at most 20000"),
+    ],
+)
+def test_a_malformed_report_is_refused_naming_the_field(body: Any, says: str) -> None:
+    with pytest.raises(ValueError, match=None) as e:
+        parse_report(body)
+    assert says in str(e.value)
