@@ -51,7 +51,7 @@ class Cluster:
         self.clock = clock
         self.changes = Changes(revision)
         repo = Repo(store, clock)
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry(clock)
         self.apps = Apps(repo, self.changes, clock)
         self.nodes = Nodes(repo, self.changes, self.telemetry, clock)
         self.reports = Reports(repo, self.changes, clock)
