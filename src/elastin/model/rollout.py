@@ -88,6 +88,19 @@ def fingerprint(w: Workload) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def needs_new_instances(prev: Workload | None, w: Workload) -> bool:
+    """Whether running ``w`` where ``prev`` ran takes new instances (a new version): the one
+    rule for the apply diff and the record (``server.apps``)."""
+    return prev is None or fingerprint(prev) != fingerprint(w)
+
+
+def with_policy_of(w: Workload, now: Workload) -> Workload:
+    """``w``'s instances with what ``now`` sets beside them (the replica count, the mesh and
+    autoscale policies): going back to an old version runs its instances, not the policy of
+    its time."""
+    return replace(w, **{key: getattr(now, key) for key in NOT_IN_INSTANCES})
+
+
 def effective_policy(w: Workload) -> UpdatePolicy:
     """The update policy as applied: a service with a fixed port is replaced stop-first
     (no surge, one instance unavailable at a time): two instances cannot hold one port."""

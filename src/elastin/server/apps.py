@@ -4,7 +4,8 @@ the versions of a workload (restart, re-run, undo, promote: ``elastin rollout``)
 Every change is one compare-and-set transaction on the application's record (``repo``); after
 it commits, ``changes.committed`` wakes the applier, the mesh feed and blocking queries. What
 each workload runs is versioned: a workload's spec version goes up when anything that needs
-new instances changes (its fingerprint: everything but the replica count), and on
+new instances changes (its fingerprint: what the instances see, not the replica count nor the
+mesh and autoscale policies; ``model.rollout.needs_new_instances``), and on
 ``elastin restart`` / ``elastin job run``. Version numbers never repeat for an application
 name, even across ``down`` and a new ``up``: a new application is a new run, and what belonged
 to the deleted one (its allocations, their logs) is history that no answer about the new one
@@ -28,8 +29,8 @@ from elastin.model.rollout import (
     Revision,
     current,
     effective_policy,
-    fingerprint,
     live,
+    needs_new_instances,
     next_ready_due,
     record,
     stop_first,
@@ -85,38 +86,36 @@ def replacement(w: Workload) -> str:
 
 
 def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, ...]:
-    """What applying ``new`` over ``old`` changes, per workload (pure)."""
+    """What applying ``new`` over ``old`` changes, per workload (pure): one line each, saying
+    every kind of change it holds (new instances, replicas, policies)."""
     out: list[WorkloadChange] = []
     old_app = old.app if old else Application(new.name)
     for w in new.workloads:
         prev = old_app.workload(w.name)
         if prev is None:
             out.append(WorkloadChange(w.name, w.type, "add", f"{w.instances} instance(s)"))
-        elif fingerprint(prev) != fingerprint(w):
+            continue
+        if needs_new_instances(prev, w):
             out.append(WorkloadChange(w.name, w.type, "update", replacement(w)))
-        elif prev.replicas != w.replicas:
-            out.append(
-                WorkloadChange(w.name, w.type, "scale", f"replicas {prev.replicas} -> {w.replicas}")
-            )
-        elif old and w.name in old.stopped:
+            continue
+        if old and w.name in old.stopped:
             out.append(WorkloadChange(w.name, w.type, "update", "was stopped: starts again"))
-        elif prev.mesh != w.mesh:
-            out.append(
-                WorkloadChange(
-                    w.name,
-                    w.type,
-                    "configure",
-                    "mesh policy changed: the proxies take it, no new instances",
-                )
-            )
-        elif prev.autoscale != w.autoscale:
-            out.append(
-                WorkloadChange(
-                    w.name, w.type, "configure", "autoscale policy changed: no new instances"
-                )
-            )
-        else:
+            continue
+        said = []
+        if prev.replicas != w.replicas:
+            said.append(f"replicas {prev.replicas} -> {w.replicas}")
+        if prev.mesh != w.mesh:
+            said.append("mesh policy changed: the proxies take it")
+        if prev.autoscale != w.autoscale:
+            said.append("autoscale policy changed")
+        if not said:
             out.append(WorkloadChange(w.name, w.type, "unchanged"))
+            continue
+        kind: Literal["scale", "configure"] = (
+            "scale" if prev.replicas != w.replicas else "configure"
+        )
+        detail = "; ".join(said) + ("" if kind == "scale" else ": no new instances")
+        out.append(WorkloadChange(w.name, w.type, kind, detail))
     for w in old_app.workloads:
         if new.workload(w.name) is None:
             out.append(WorkloadChange(w.name, w.type, "remove", "instances stopped"))
@@ -139,34 +138,30 @@ def next_record(
     now: float,
     floors: dict[str, int] | None = None,
 ) -> AppRecord:
-    """The record of ``app`` applied over ``old``: versions bumped where fingerprints moved.
+    """The record of ``app`` applied over ``old``: versions bumped where a workload needs new
+    instances (its spec applied before and the new one compared as this code decodes them).
     ``floors``: per workload, the highest version its allocations ran (a re-created
     application's versions start above it)."""
     versions = dict(old.versions) if old else {}
-    fps = dict(old.fingerprints) if old else {}
     history = dict(old.history) if old else {}
     floors = floors or {}
     for w in app.workloads:
-        fp = fingerprint(w)
         # the spec applied before, as this code decodes it: a hash stored by an earlier
         # release can differ for an unchanged spec (a field added since), so it is not used
         prev = old.app.workload(w.name) if old else None
-        if w.name not in versions or prev is None or fingerprint(prev) != fp:
+        if w.name not in versions or needs_new_instances(prev, w):
             v = next_version(w.name, versions, history, floors.get(w.name, 0))
             versions[w.name] = v
             generation = (old.generation + 1) if old else 1
             rev = Revision(v, w, now, since=now, generation=generation)
             history[w.name] = record(history.get(w.name, ()), rev)
-        fps[w.name] = fp
     for name in list(versions):
         if app.workload(name) is None:
             versions.pop(name)
-            fps.pop(name, None)
             history.pop(name, None)
     return AppRecord(
         app=app,
         versions=versions,
-        fingerprints=fps,
         stopped=(),
         generation=(old.generation + 1) if old else 1,
         source=source,

@@ -3,7 +3,7 @@
 Key layout (values are the model codec's JSON)::
 
     /apps/<name>            AppRecord: the application as applied, its per-workload spec
-                            versions, fingerprints and history (``model/rollout.Revision``),
+                            versions and history (``model/rollout.Revision``),
                             and workloads stopped by the user
     /allocs/<id>            Allocation
     /nodes/<id>             Node
@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation, Event, EventSpec, Node
 from elastin.model.codec import from_data, to_data
-from elastin.model.rollout import Revision, fingerprint
+from elastin.model.rollout import Revision, with_policy_of
 from elastin.model.workload import Application, Workload
 from elastin.store.base import JSON, Compare, KeyValue, StateStore
 
@@ -41,7 +41,6 @@ class AppRecord:
 
     app: Application
     versions: dict[str, int] = field(default_factory=dict)  # workload -> spec version
-    fingerprints: dict[str, str] = field(default_factory=dict)  # workload -> spec hash
     stopped: tuple[str, ...] = ()  # workloads stopped with `elastin stop`
     generation: int = 1  # bumped on every apply / scale / stop
     source: str = ""  # the file it came from
@@ -49,10 +48,11 @@ class AppRecord:
     history: dict[str, tuple[Revision, ...]] = field(default_factory=dict)  # workload -> versions
 
     def with_version(self, w: Workload, version: int, history: tuple[Revision, ...]) -> AppRecord:
-        """This record running ``w``'s spec at ``version`` (the replica count kept as it is
-        now), with ``history`` as the workload's versions."""
+        """This record running ``w``'s spec at ``version`` (the replica count, the mesh and
+        autoscale policies kept as they are now), with ``history`` as the workload's
+        versions."""
         now = self.app.workload(w.name)
-        spec = replace(w, replicas=now.replicas) if now is not None else w
+        spec = with_policy_of(w, now) if now is not None else w
         return replace(
             self,
             app=replace(
@@ -60,7 +60,6 @@ class AppRecord:
                 workloads=tuple(spec if x.name == w.name else x for x in self.app.workloads),
             ),
             versions={**self.versions, w.name: version},
-            fingerprints={**self.fingerprints, w.name: fingerprint(spec)},
             history={**self.history, w.name: history},
             generation=self.generation + 1,
         )

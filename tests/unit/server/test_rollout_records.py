@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from elastin.model.cluster import Allocation
+from elastin.model.codec import from_data, to_data
 from elastin.model.rollout import HISTORY_KEPT, Revision
 from elastin.model.workload import (
     Application,
@@ -88,7 +89,6 @@ def test_a_failed_version_is_rolled_back_to_the_last_stable_one() -> None:
     assert step is not None
     new, events = step
     assert new.versions == {"web": 1} and new.app.workloads[0].command == ("web",)
-    assert new.fingerprints["web"] == next_record(None, app(), "", 0.0).fingerprints["web"]
     last = new.history["web"][-1]
     assert (last.version, last.state, last.reverted_to) == (2, "failed", 1)
     assert events[0][0] == "rollout.failed" and "rolled back to version 1" in events[0][2]
@@ -127,7 +127,8 @@ def test_a_record_stored_before_an_upgrade_keeps_its_versions() -> None:
     record stored by the earlier release holds the old hash. Applying the same spec again
     after the upgrade must not start a new version (it would roll every service)."""
     rec = next_record(None, app(), "", 0.0)
-    stored = replace(rec, fingerprints={"web": "0123456789abcdef"})  # the earlier release's
+    # the earlier release stored a hash per workload (ignored now, as any unknown field is)
+    stored = from_data(AppRecord, {**to_data(rec), "fingerprints": {"web": "0123456789abcdef"}})
     again = next_record(stored, app(), "", 1.0)
     assert again.versions == {"web": 1}
     assert len(again.history["web"]) == 1
@@ -142,7 +143,7 @@ def test_a_mesh_or_autoscale_change_needs_no_new_instances() -> None:
     [change] = diff_apps(rec, app(retried))
     assert (change.change, change.detail) == (
         "configure",
-        "mesh policy changed: the proxies take it, no new instances",
+        "mesh policy changed: the proxies take it: no new instances",
     )
     scaled = replace(WEB, autoscale=Autoscale(min=1, max=4))
     [change] = diff_apps(rec, app(scaled))
@@ -151,3 +152,29 @@ def test_a_mesh_or_autoscale_change_needs_no_new_instances() -> None:
         "autoscale policy changed: no new instances",
     )
     assert next_record(rec, app(scaled), "", 1.0).versions == {"web": 1}
+
+
+def test_going_back_to_a_version_keeps_the_current_mesh_and_autoscale_policy() -> None:
+    """A mesh or autoscale change makes no version: the revisions keep the policy of their
+    time. Going back (auto-revert, `rollout undo`) runs an old version's instances, not its
+    policy: the operator's rate limit or bounds stay as applied since."""
+    rec = next_record(None, app(), "", 0.0)
+    limited = replace(WEB, mesh=replace(WEB.mesh, rate_limit=50), autoscale=Autoscale(1, 4))
+    rec = next_record(rec, app(limited), "", 1.0)
+    rec = next_record(rec, app(replace(limited, command=("web2",))), "", 2.0)
+    assert rec.versions == {"web": 2}
+    first = rec.history["web"][0]
+    back = rec.with_version(first.workload, first.version, rec.history["web"])
+    w = back.app.workload("web")
+    assert w is not None and w.command == ("web",)
+    assert (w.mesh.rate_limit, w.autoscale) == (50, Autoscale(1, 4))
+
+
+def test_the_diff_says_every_kind_of_change_a_workload_holds() -> None:
+    rec = next_record(None, app(), "", 0.0)
+    both = replace(WEB, replicas=3, mesh=replace(WEB.mesh, retries=5))
+    [change] = diff_apps(rec, app(both))
+    assert (change.change, change.detail) == (
+        "scale",
+        "replicas 2 -> 3; mesh policy changed: the proxies take it",
+    )
