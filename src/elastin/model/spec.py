@@ -930,8 +930,8 @@ def _header_bytes(ctx: _Ctx, node: yaml.Node, path: str) -> int | None:
     """``mesh.max_request_header_bytes``: bytes (a whole number) or a size (``8Ki``), from
     1 KiB up to what the node's proxy holds."""
     hint = (
-        f"write bytes or a size from 1Ki to {REQUEST_HEADER_BYTES_MOST // 1024}Ki, e.g. 8Ki (the"
-        f" default, {REQUEST_HEADER_BYTES_MOST // 1024}Ki, is the most the node's proxy holds)"
+        f"write bytes or a size from 1Ki to {REQUEST_HEADER_BYTES_MOST // 1024}Ki, e.g. 8Ki (left"
+        " out, the limit is what the node's proxy holds, about 15 KiB with the request line)"
     )
     v = _scalar(node) if isinstance(node, yaml.ScalarNode) else MISSING
     try:

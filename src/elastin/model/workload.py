@@ -127,7 +127,7 @@ class MeshPolicy:
     trace_sample: float = 0.01
     # a request with more headers, or more bytes of them, gets the mesh's named 431
     max_request_headers: int = REQUEST_HEADERS_DEFAULT
-    max_request_header_bytes: int = REQUEST_HEADER_BYTES_MOST
+    max_request_header_bytes: int = 0  # 0: what the node's proxy holds (about 15 KiB)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def mesh(block: str) -> MeshPolicy:
 
 def test_the_defaults_are_envoys_count_and_what_the_proxy_holds() -> None:
     m = parse_spec(W, "t.yaml").workloads[0].mesh
-    assert (m.max_request_headers, m.max_request_header_bytes) == (100, 14 * 1024)
+    assert (m.max_request_headers, m.max_request_header_bytes) == (100, 0)  # 0: the proxy's
 
 
 @pytest.mark.parametrize(

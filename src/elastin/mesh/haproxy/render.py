@@ -229,15 +229,15 @@ def _header_limits(c: Cluster) -> list[str]:
     """The service's request header limits, checked before the mesh adds headers of its own:
     a request over them gets a 431 naming the service and the limit (on a gRPC port, gRPC's
     RESOURCE_EXHAUSTED, as grpc-core answers metadata over its limit). The byte limit is
-    checked only when it is below what the proxy holds anyway (``req.hdrs`` copies the
-    headers)."""
+    checked only when the service sets one (``req.hdrs`` copies the headers); without it,
+    what the proxy holds is the limit."""
     checks = [
         (
             f"{{ req.fhdr_cnt gt {c.max_request_headers} }}",
             f"request over the limit of {c.max_request_headers} headers of {c.name}",
         )
     ]
-    if c.max_request_header_bytes < REQUEST_HEADER_BYTES_MOST:
+    if c.max_request_header_bytes:
         checks.append(
             (
                 f"{{ req.hdrs,length gt {c.max_request_header_bytes} }}",
@@ -245,19 +245,10 @@ def _header_limits(c: Cluster) -> list[str]:
                 f" of {c.name}",
             )
         )
-    out = []
-    for acl, why in checks:
-        if c.protocol == "grpc":
-            # the frontend answers before a backend is chosen, so the backend's rules that
-            # turn the mesh's answers into gRPC statuses do not run: it is written as one here
-            answer = (
-                f"status 200 hdr content-type application/grpc hdr grpc-status {GRPC_STATUS[429]}"
-                f' hdr grpc-message "{why}" hdr x-elastin-error "{why}"'
-            )
-        else:
-            answer = f"status 431 {_error_answer(c, 431, why)}"
-        out.append(f"    http-request return {answer} if {acl}")
-    return out
+    return [
+        f"    http-request return {_error_answer(c, 431, why, in_frontend=True)} if {acl}"
+        for acl, why in checks
+    ]
 
 
 def _sampled(share: float, draw: str = "lt") -> str:
@@ -343,7 +334,7 @@ def _backend(c: Cluster) -> list[str]:
         out += [
             "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
             "    http-request track-sc0 int(1)",
-            f"    http-request return status 429 {_error_answer(c, 429, why_429)} "
+            f"    http-request return {_error_answer(c, 429, why_429)} "
             f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}",
         ]
     if c.protocol == "grpc":
@@ -380,7 +371,7 @@ def _named_errors(c: Cluster) -> list[str]:
     if c.protocol == "grpc":
         why_504 += " or the call's deadline"
     out = [
-        f"    http-error status {status} {_error_answer(c, status, why)}"
+        f"    http-error {_error_answer(c, status, why)}"
         for status, why in ((503, why_503), (502, why_502), (504, why_504))
     ]
     if c.protocol == "grpc":
@@ -397,21 +388,28 @@ def _named_errors(c: Cluster) -> list[str]:
 
 # the gRPC status of each answer the mesh gives (as Envoy maps them: gRPC's
 # doc/http-grpc-status-mapping.md): 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED, 8 RESOURCE_EXHAUSTED
-GRPC_STATUS = {502: 14, 503: 14, 504: 4, 429: 8}
+GRPC_STATUS = {502: 14, 503: 14, 504: 4, 429: 8, 431: 8}
 
 
-def _error_answer(c: Cluster, status: int, why: str) -> str:
-    """The arguments of an ``http-error`` / ``http-request return`` that answer ``status``
-    naming the service and why: a text body for HTTP; for gRPC a "Trailers-Only" answer
-    (no body; ``grpc-status`` and ``grpc-message``; the ``http-after-response`` rules of
-    ``_named_errors`` make it an HTTP 200 with content-type ``application/grpc``).
-    ``why`` is a log-format string."""
-    if c.protocol == "grpc":
+def _error_answer(c: Cluster, status: int, why: str, *, in_frontend: bool = False) -> str:
+    """The arguments of an ``http-error`` / ``http-request return`` (from ``status`` on) that
+    answer ``status`` naming the service and why: a text body for HTTP; for gRPC a
+    "Trailers-Only" answer (no body; ``grpc-status`` and ``grpc-message``). In a backend the
+    ``http-after-response`` rules of ``_named_errors`` make that an HTTP 200 with content-type
+    ``application/grpc``; an answer ``in_frontend`` (given before a backend is chosen, which
+    those rules do not see) is written as one. ``why`` is a log-format string."""
+    if c.protocol != "grpc":
         return (
-            f"hdr grpc-status {GRPC_STATUS[status]} "
-            f'hdr grpc-message "{why}" hdr x-elastin-error "{why}"'
+            f'status {status} content-type text/plain hdr x-elastin-error "{why}" '
+            f'lf-string "elastin: {why}\\n"'
         )
-    return f'content-type text/plain hdr x-elastin-error "{why}" lf-string "elastin: {why}\\n"'
+    grpc = (
+        f"hdr grpc-status {GRPC_STATUS[status]} "
+        f'hdr grpc-message "{why}" hdr x-elastin-error "{why}"'
+    )
+    if in_frontend:
+        return f"status 200 hdr content-type application/grpc {grpc}"
+    return f"status {status} {grpc}"
 
 
 # gRPC's grpc-timeout header ("<digits><unit>", gRPC over HTTP/2) in milliseconds, for each

@@ -120,7 +120,7 @@ class Cluster:
     trace_sample: float = 0.01  # share of requests without a valid traceparent traced
     # request header limits, over which a caller gets the mesh's named 431 (HTTP ports)
     max_request_headers: int = REQUEST_HEADERS_DEFAULT
-    max_request_header_bytes: int = REQUEST_HEADER_BYTES_MOST
+    max_request_header_bytes: int = 0  # 0: what the proxy holds
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
@@ -135,10 +135,12 @@ class Cluster:
                 f"cluster {self.name}: max_request_headers {self.max_request_headers} is "
                 f"outside 1..{REQUEST_HEADERS_MOST}"
             )
-        if not 1024 <= self.max_request_header_bytes <= REQUEST_HEADER_BYTES_MOST:
+        if self.max_request_header_bytes and not (
+            1024 <= self.max_request_header_bytes <= REQUEST_HEADER_BYTES_MOST
+        ):
             raise MeshModelError(
                 f"cluster {self.name}: max_request_header_bytes {self.max_request_header_bytes}"
-                f" is outside 1024..{REQUEST_HEADER_BYTES_MOST}"
+                f" is outside 1024..{REQUEST_HEADER_BYTES_MOST} (or 0: what the proxy holds)"
             )
         if not 0 <= self.slow <= 86400:
             raise MeshModelError(f"cluster {self.name}: slow {self.slow}s is outside 0..86400")
