@@ -209,6 +209,40 @@ class Autoscaler:
         s = self._states.get(f"{app}/{service}")
         return dict(s.status) if s is not None and s.status else None
 
+    def view(self, app: str, w: Workload) -> dict[str, Any] | None:
+        """What ``elastin ps`` and ``GET /v1/services`` show of ``w``'s autoscaling: the
+        last decision (per metric its value and target, the bounds, what limited it), or
+        before the first one the bounds and targets without values. None: not autoscaled."""
+        policy = w.autoscale
+        if w.type != "service" or policy is None or not policy.horizontal:
+            return None
+        last = self.status(app, w.name)
+        if last is not None:
+            return last
+        return {
+            "current": w.replicas,
+            "desired": w.replicas,
+            "recommended": w.replicas,
+            "min": policy.min,
+            "max": policy.max,
+            "limit": "",
+            "reason": "not evaluated yet",
+            "ready": 0,
+            "replicas": 0,
+            "metrics": [
+                {
+                    "metric": m.label,
+                    "kind": m.kind,
+                    "target": m.target,
+                    "value": None,
+                    "proposal": None,
+                    "note": "",
+                }
+                for m in policy.metrics
+            ],
+            "at": 0.0,
+        }
+
     async def run(self) -> None:
         """Evaluate every service's policy at its interval, until cancelled."""
         while True:
