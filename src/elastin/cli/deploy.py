@@ -505,10 +505,15 @@ def apply_and_show(c: Client, file: str, *, dry_run: bool, as_json: bool) -> dic
 @click.argument("service")
 @click.argument("replicas", type=int)
 def scale(service: str, replicas: int) -> None:
-    """Set the number of replicas of SERVICE (0 to 1000)."""
+    """Set the number of replicas of SERVICE (0 to 1000).
+
+    An autoscaled service takes a count within its autoscale min..max (the autoscaler goes
+    on from it) or 0 (pauses its autoscaler until scaled again); any other count is refused:
+    change min / max in the spec instead."""
     with errors(), client() as c:
-        c.scale(service, replicas)
-        console.print(f"{service}: scaled to {replicas}")
+        answer = c.scale(service, replicas)
+        note = answer.get("note") if isinstance(answer, dict) else ""
+        console.print(f"{service}: scaled to {replicas}" + (f" ({note})" if note else ""))
 
 
 @click.command()

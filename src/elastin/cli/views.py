@@ -37,7 +37,9 @@ def ps(show_all: bool, as_json: bool) -> None:
     """List services and jobs, and their instances with limits and measured use.
 
     Instances are listed by application, workload and index (the newest first), with the
-    short ID events name them by; `restarting` / `retrying` while one waits out a delay."""
+    short ID events name them by; `restarting` / `retrying` while one waits out a delay.
+    An autoscaled service shows its bounds, each metric's current value against its target
+    and the last decision (`elastin events --service NAME` says why each one was taken)."""
     with errors(), client() as c:
         services = c.services()
         allocs = c.call("GET", "/v1/allocations", params={"all": show_all})
@@ -49,7 +51,54 @@ def ps(show_all: bool, as_json: bool) -> None:
             return
         console.print(render.services_table(services))
         console.print()
+        auto = autoscale_table(services)
+        if auto is not None:
+            console.print(auto)
+            console.print()
         console.print(render.allocations_table(allocs))
+
+
+def _metric_value(kind: str, v: float | None) -> str:
+    """A metric's value in its target's unit: cpu/memory as a share of the request."""
+    if v is None:
+        return "-"
+    if kind in ("cpu", "memory"):
+        return f"{v * 100:.0f}%"
+    if kind == "p99":
+        return f"{v * 1000:.0f}ms"
+    if kind == "rps":
+        return f"{v:.4g}/s"
+    return f"{v:.4g}"
+
+
+def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
+    """Per autoscaled service: replicas now and desired, min..max, each metric's current
+    value against its target (p99 <=: the longest response, an upper bound) and what
+    limited the last decision. None when no service is autoscaled."""
+    rows = [s for s in services if s.get("autoscale")]
+    if not rows:
+        return None
+    t = Table(show_edge=False, header_style="bold")
+    for col in ("AUTOSCALED", "REPLICAS", "MIN..MAX", "METRICS now (target)", "LAST DECISION"):
+        t.add_column(col, no_wrap=col != "LAST DECISION")
+    for s in rows:
+        a = s["autoscale"]
+        metrics = []
+        for m in a["metrics"]:
+            prefix = "<=" if m["kind"] == "p99" and m["value"] is not None else ""
+            value = prefix + _metric_value(m["kind"], m["value"])
+            metrics.append(f"{m['metric']} {value} ({_metric_value(m['kind'], m['target'])})")
+        replicas = str(a["current"])
+        if a["desired"] != a["current"]:
+            replicas += f" → {a['desired']}"
+        t.add_row(
+            f"{s['app']}/{s['name']}",
+            replicas,
+            f"{a['min']}..{a['max']}",
+            ", ".join(metrics),
+            a["limit"] or ("not evaluated yet" if not a.get("at") else "-"),
+        )
+    return t
 
 
 def live_services(c: Client, services: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,8 +285,17 @@ def nodes(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (one header)")
 @click.option("--limit", default=50, show_default=True)
-def events(as_json: bool, follow: bool, limit: int) -> None:
-    """What happened: applies, placements, starts, exits, OOM kills, restarts."""
+@click.option(
+    "--service",
+    "-s",
+    default="",
+    help="only events about this service or job (`name` or `app/name`) and its instances",
+)
+def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
+    """What happened: applies, placements, starts, exits, OOM kills, restarts, and each
+    autoscaling decision (`service.autoscaled`; `service.autoscale_held` when a limit held
+    a change back): the metric values, proposals, bounds and the limiting policy, in the
+    message and, with --json, in `data`."""
 
     header = [True]  # the first table has the column names; following ones line up below
 
@@ -249,8 +307,15 @@ def events(as_json: bool, follow: bool, limit: int) -> None:
             console.print(render.events_table(batch, header=header[0], aligned=follow))
             header[0] = False
 
+    def fetch(c: Client, since: int, limit: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"since": since, "limit": limit}
+        if service:
+            params["service"] = service
+        got: list[dict[str, Any]] = c.call("GET", "/v1/events", params=params)
+        return got
+
     with errors(), client() as c:
-        data = c.events(limit=limit)
+        data = fetch(c, 0, limit)
         if as_json and not follow:
             print_json(data)
             return
@@ -261,7 +326,7 @@ def events(as_json: bool, follow: bool, limit: int) -> None:
         try:
             while True:  # until Ctrl-C
                 time.sleep(1)
-                new = c.events(since=since, limit=0)
+                new = fetch(c, since, 0)
                 if new:
                     since = new[-1]["rev"]
                     show(new)

@@ -17,7 +17,7 @@ illegal one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from elastin.model.errors import ModelError
 from elastin.model.resources import Resources
@@ -146,3 +146,5 @@ class Event:
     message: str
     level: Literal["info", "warning", "error"] = "info"
     rev: int = 0  # store revision, filled in when read back
+    # structured values (e.g. an autoscaling decision's metrics, proposals and bounds)
+    data: dict[str, Any] = field(default_factory=dict)

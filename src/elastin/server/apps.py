@@ -122,6 +122,50 @@ def diff_apps(old: AppRecord | None, new: Application) -> tuple[WorkloadChange, 
     return tuple(out)
 
 
+def autoscaled_count(prev: Workload | None, new: Workload) -> int:
+    """The replicas ``new`` runs when applied over ``prev`` (pure). A service whose spec has
+    horizontal autoscaling keeps the count it runs now (the autoscaler's, or a user's
+    ``elastin scale``) within the new ``min``..``max``: re-applying the same file does not
+    reset it to the spec's ``replicas`` (Kubernetes' advice under an HPA). 0 stays 0 (the
+    autoscaler was paused on purpose, ``elastin scale NAME 0``). A new service, or one
+    without autoscaling, runs the spec's ``replicas``."""
+    auto = new.autoscale
+    if prev is None or new.type != "service" or auto is None or not auto.horizontal:
+        return new.replicas
+    if prev.replicas == 0:
+        return 0
+    return min(max(prev.replicas, auto.min), auto.max)
+
+
+def keep_autoscaled(old: AppRecord | None, app: Application) -> Application:
+    """``app`` with each autoscaled service's count as ``autoscaled_count`` says."""
+    if old is None:
+        return app
+    workloads = tuple(
+        replace(w, replicas=n)
+        if (n := autoscaled_count(old.app.workload(w.name), w)) != w.replicas
+        else w
+        for w in app.workloads
+    )
+    return replace(app, workloads=workloads)
+
+
+def scale_refusal(ref: str, w: Workload, replicas: int) -> Invalid | None:
+    """Why ``elastin scale ref replicas`` is refused for an autoscaled service, or None. The
+    autoscaler owns the count within ``min``..``max``: a count within them is taken (the
+    autoscaler goes on from it), 0 pauses it (as HPA does); any other is refused."""
+    auto = w.autoscale
+    if auto is None or not auto.horizontal or replicas == 0 or auto.min <= replicas <= auto.max:
+        return None
+    return Invalid(
+        f"{ref!r} is autoscaled between {auto.min} and {auto.max} replicas "
+        f"(autoscale {auto.min}..{auto.max}); {replicas} is outside",
+        hint="change autoscale.min / autoscale.max in the spec and apply it; "
+        f"`elastin scale {ref} 0` pauses the autoscaler, a count within "
+        f"{auto.min}..{auto.max} is taken and the autoscaler goes on from it",
+    )
+
+
 def next_version(
     name: str, versions: dict[str, int], history: dict[str, tuple[Revision, ...]], floor: int
 ) -> int:
@@ -196,6 +240,7 @@ class Apps:
         for _ in range(_TRIES):
             found = await self.repo.get_app(app.name)
             old, mod_rev = found if found else (None, 0)
+            app = keep_autoscaled(old, app)
             changes = diff_apps(old, app)
             if dry_run:
                 return ApplyResult(app.name, changes, True, old.generation if old else 0)
@@ -270,27 +315,62 @@ class Apps:
         ) -> tuple[AppRecord, EventSpec]:
             if w.type != "service":
                 raise Invalid(f"{ref!r} is a job; only services have replicas")
-            history = rec.history.get(w.name, ())
-            v = rec.versions.get(w.name, 0)
-            if current(history, v) is not None:
-                history = update_revision(history, v, since=self.clock.time())
-            new = replace(
-                rec,
-                app=replace(
-                    rec.app,
-                    workloads=tuple(
-                        replace(x, replicas=replicas) if x.name == w.name else x
-                        for x in rec.app.workloads
-                    ),
-                ),
-                stopped=tuple(s for s in rec.stopped if s != w.name),
-                generation=rec.generation + 1,
-                history={**rec.history, w.name: history} if history else rec.history,
-            )
+            if (refused := scale_refusal(ref, w, replicas)) is not None:
+                raise refused
             msg = f"replicas {w.replicas} -> {replicas}"
+            if w.autoscale is not None and w.autoscale.horizontal:
+                msg += (
+                    " (autoscaling paused until scaled again)"
+                    if replicas == 0
+                    else f" (autoscaled {w.autoscale.min}..{w.autoscale.max}: "
+                    "the autoscaler goes on from here)"
+                )
+            new = self._scaled(rec, w, replicas)
             return new, ("service.scaled", f"{rec.app.name}/{w.name}", msg, "info")
 
         return await self._change(ref, change)
+
+    async def autoscale(
+        self, ref: str, expected: int, replicas: int, message: str, data: dict[str, object]
+    ) -> AppRecord | None:
+        """The autoscaler's change (``server/autoscaler.py``): ``ref`` from ``expected`` to
+        ``replicas``, through the same compare-and-set as ``scale``, with an event naming why
+        (``message``, ``data``). None, nothing written, when the service is not at
+        ``expected`` any more (scaled, stopped or changed meanwhile: the next evaluation sees
+        it)."""
+        skipped: list[bool] = []
+
+        def change(
+            rec: AppRecord, w: Workload, _mine: list[Allocation]
+        ) -> tuple[AppRecord, EventSpec]:
+            if w.replicas != expected or w.name in rec.stopped:
+                skipped.append(True)
+                return rec, ("", "", "", "info")
+            new = self._scaled(rec, w, replicas)
+            return new, ("service.autoscaled", f"{rec.app.name}/{w.name}", message, "info")
+
+        new = await self._change(ref, change, data, skip=lambda: bool(skipped))
+        return None if skipped else new
+
+    def _scaled(self, rec: AppRecord, w: Workload, replicas: int) -> AppRecord:
+        """``rec`` with ``w`` at ``replicas`` (started again when it was stopped)."""
+        history = rec.history.get(w.name, ())
+        v = rec.versions.get(w.name, 0)
+        if current(history, v) is not None:
+            history = update_revision(history, v, since=self.clock.time())
+        return replace(
+            rec,
+            app=replace(
+                rec.app,
+                workloads=tuple(
+                    replace(x, replicas=replicas) if x.name == w.name else x
+                    for x in rec.app.workloads
+                ),
+            ),
+            stopped=tuple(s for s in rec.stopped if s != w.name),
+            generation=rec.generation + 1,
+            history={**rec.history, w.name: history} if history else rec.history,
+        )
 
     async def stop(self, ref: str | None) -> list[str]:
         """Stop one workload (``ref``) or every workload of every application."""
@@ -324,15 +404,23 @@ class Apps:
         self,
         ref: str,
         change: Callable[[AppRecord, Workload, list[Allocation]], tuple[AppRecord, EventSpec]],
+        data: dict[str, object] | None = None,
+        skip: Callable[[], bool] = lambda: False,
     ) -> AppRecord:
-        """Change one workload's record with ``change`` (compare-and-set, retried)."""
+        """Change one workload's record with ``change`` (compare-and-set, retried); ``data``:
+        the event's structured values; ``skip()`` true after ``change``: write nothing."""
         for _ in range(_TRIES):
             rec, mod_rev, w = await self.find_workload(ref)
             allocs, _ = await self.repo.list_allocs()
             mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
             new, event = change(rec, w, mine)
+            if skip():
+                return rec
             rev = await self.repo.commit(
-                compares=[self.repo.compare_app(rec.app.name, mod_rev)], apps=[new], events=[event]
+                compares=[self.repo.compare_app(rec.app.name, mod_rev)],
+                apps=[new],
+                events=[event],
+                event_data=[data] if data else (),
             )
             if rev is not None:
                 self.changes.committed(rev)

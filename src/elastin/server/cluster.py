@@ -7,6 +7,7 @@
     mesh       MeshFeed   mesh snapshots, streams, acks, the registry        (meshfeed.py)
     telemetry  Telemetry  measured usage and proxy counters (memory only)    (telemetry.py)
     views      Views      read-only views for the API                        (views.py)
+    autoscaler Autoscaler horizontal autoscaling decisions, applied as scales (autoscaler.py)
 
 They share a ``Repo`` (typed store access), a ``Changes`` (the watermarks blocking queries
 wait on, and the applier's kick) and a ``Clock``. The flow of one change::
@@ -18,16 +19,20 @@ wait on, and the applier's kick) and a ``Clock``. The flow of one change::
                                                             └─> mesh.stream (snapshots pushed)
 
 ``Cluster.open`` reads the store's revision once, so that an index an agent got from an
-earlier server process is honoured. ``run`` owns the background work (the scheduling loop);
+earlier server process is honoured. ``run`` owns the background work (the scheduling loop
+and the autoscaler's);
 ``close`` answers every blocking query at once (the server is stopping).
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from elastin.clock import SYSTEM, Clock
 from elastin.scheduler import SchedulerOptions
 from elastin.server.applier import Applier
 from elastin.server.apps import Apps
+from elastin.server.autoscaler import Autoscaler
 from elastin.server.meshfeed import MeshFeed
 from elastin.server.nodes import Nodes
 from elastin.server.repo import Repo
@@ -60,6 +65,7 @@ class Cluster:
         )
         self.mesh = MeshFeed(repo, self.changes, clock)
         self.views = Views(store, repo, self.apps, self.telemetry)
+        self.autoscaler = Autoscaler(repo, self.apps, self.telemetry, clock)
 
     @classmethod
     async def open(
@@ -75,8 +81,10 @@ class Cluster:
         return cls(store, revision=revision, clock=clock, options=options, seed=seed)
 
     async def run(self) -> None:
-        """The background work (the scheduling loop), until cancelled."""
-        await self.applier.run()
+        """The background work (the scheduling loop, the autoscaler), until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.applier.run())
+            tg.create_task(self.autoscaler.run())
 
     def close(self) -> None:
         """Answer every blocking query now (the server is stopping; agents ask again)."""

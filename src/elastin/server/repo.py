@@ -15,7 +15,7 @@ Only the server writes the store; agents, the CLI and the SDK go through the API
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -174,16 +174,35 @@ class Repo:
 
     # writes ------------------------------------------------------------------------------
     def event_put(
-        self, type_: str, subject: str, message: str, level: str = "info"
+        self,
+        type_: str,
+        subject: str,
+        message: str,
+        level: str = "info",
+        data: Mapping[str, Any] | None = None,
     ) -> tuple[str, JSON]:
         now = self.clock.time()
-        ev = Event(time=now, type=type_, subject=subject, message=message, level=level)  # type: ignore[arg-type]
+        ev = Event(
+            time=now,
+            type=type_,
+            subject=subject,
+            message=message,
+            level=level,  # type: ignore[arg-type]
+            data=dict(data or {}),
+        )
         # ordered by the (injected) clock, then by a counter within one process
         key = f"{EVENTS}{int(now * 1e9):020d}-{next(self._seq):06d}"
         return key, to_data(ev)
 
-    async def record_events(self, events: Iterable[EventSpec]) -> None:
-        puts = [self.event_put(t, s, m, lvl) for t, s, m, lvl in events]
+    async def record_events(
+        self, events: Iterable[EventSpec], data: Sequence[Mapping[str, Any] | None] = ()
+    ) -> None:
+        """Write ``events``; ``data``: the structured values of the first ones (in order)."""
+        specs = list(events)
+        puts = [
+            self.event_put(t, s, m, lvl, d)
+            for (t, s, m, lvl), d in itertools.zip_longest(specs, data[: len(specs)])
+        ]
         if puts:
             await self.store.txn(puts=puts)
 
@@ -197,13 +216,18 @@ class Repo:
         delete_apps: Sequence[str] = (),
         delete_allocs: Sequence[str] = (),
         events: Sequence[EventSpec] = (),
+        event_data: Sequence[Mapping[str, Any] | None] = (),
     ) -> int | None:
-        """One atomic write; returns the new revision, or None when a compare failed."""
+        """One atomic write; returns the new revision, or None when a compare failed.
+        ``event_data``: the structured values of the first events (in order)."""
         puts: list[tuple[str, Any]] = []
         puts += [(APPS + a.app.name, to_data(a)) for a in apps]
         puts += [(ALLOCS + a.id, to_data(a)) for a in allocs]
         puts += [(NODES + n.id, to_data(n)) for n in nodes]
-        puts += [self.event_put(t, s, m, lvl) for t, s, m, lvl in events]
+        puts += [
+            self.event_put(t, s, m, lvl, d)
+            for (t, s, m, lvl), d in itertools.zip_longest(events, event_data[: len(events)])
+        ]
         deletes = [APPS + n for n in delete_apps] + [ALLOCS + i for i in delete_allocs]
         res = await self.store.txn(compares=compares, puts=puts, deletes=deletes)
         return res.rev if res.succeeded else None

@@ -80,6 +80,57 @@ class ServiceMetrics(BaseModel):
     )
 
 
+class MetricStatus(BaseModel):
+    metric: str = Field(description="cpu, memory, rps, inflight, p99 or the gauge's name")
+    kind: str
+    target: float = Field(
+        description="as the spec's unit: a fraction of the request (cpu, memory), per "
+        "second (rps), requests (inflight), seconds (p99)"
+    )
+    value: float | None = Field(description="the value decided from (None: no value)")
+    proposal: int | None = Field(description="the replicas this metric asked for")
+    note: str = Field(description="what was left out or assumed; p99: where its value comes from")
+
+
+class AutoscaleStatus(BaseModel):
+    """An autoscaled service's last decision (``server/autoscaler.py``, memory only)."""
+
+    current: int
+    desired: int
+    recommended: int = Field(description="the largest proposal, before windows, rates, bounds")
+    min: int
+    max: int
+    limit: str = Field(description="what limited the change (docs/autoscaling.md); '' nothing")
+    reason: str
+    ready: int
+    replicas: int
+    metrics: list[MetricStatus]
+    at: float = Field(description="when it was decided (0: not yet)")
+
+
+class ServiceWithAutoscale(ServiceSummary):
+    autoscale: AutoscaleStatus | None = Field(
+        None, description="a service with horizontal autoscaling: its last decision"
+    )
+
+
+class ScaledService(Scaled):
+    note: str = Field("", description="what follows (an autoscaled service: its bounds)")
+
+
+def event_of(subject: str, service: str) -> bool:
+    """Whether an event's ``subject`` (``app/name``, or an instance's ``app.name[i] id``)
+    is about ``service`` (``name`` or ``app/name``)."""
+    head = subject.split(" ", 1)[0]
+    if "/" in head:
+        app, _, name = head.partition("/")
+    else:
+        app, _, rest = head.partition(".")
+        name = rest.split("[", 1)[0] if "[" in rest else ""
+    want_app, _, want = service.rpartition("/")
+    return bool(name) and name == want and (not want_app or want_app == app)
+
+
 class ExecBody(BaseModel):
     """A command to run inside a running instance: an argv, never a shell string."""
 
@@ -135,9 +186,19 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
         return {"deleted": name, "revision": await cluster.apps.delete(name)}
 
     # --- services ---------------------------------------------------------------------
-    @r.get("/v1/services", response_model=list[ServiceSummary])
+    @r.get("/v1/services", response_model=list[ServiceWithAutoscale])
     async def list_services() -> Response:
-        return JSONResponse(await views.services())
+        out = await views.services()
+        autoscaled = {
+            (rec.app.name, w.name): view
+            for rec in await views.applications()
+            for w in rec.app.workloads
+            if (view := cluster.autoscaler.view(rec.app.name, w)) is not None
+        }
+        for s in out:
+            if (view := autoscaled.get((s["app"], s["name"]))) is not None:
+                s["autoscale"] = view
+        return JSONResponse(out)
 
     @r.get("/v1/services/{ref:path}", response_model=ServiceDetail)
     async def get_service(ref: str) -> Response:
@@ -151,10 +212,19 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
             }
         )
 
-    @r.post("/v1/scale/{ref:path}", response_model=Scaled)
+    @r.post("/v1/scale/{ref:path}", response_model=ScaledService)
     async def scale(ref: str, body: ScaleBody) -> dict[str, Any]:
         rec = await cluster.apps.scale(ref, body.replicas)
-        return {"app": rec.app.name, "generation": rec.generation}
+        note = ""
+        w = rec.app.workload(ref.rpartition("/")[2])
+        if w is not None and w.autoscale is not None and w.autoscale.horizontal:
+            auto = w.autoscale
+            note = (
+                "autoscaling paused until scaled again"
+                if body.replicas == 0
+                else f"autoscaled {auto.min}..{auto.max}: the autoscaler goes on from here"
+            )
+        return {"app": rec.app.name, "generation": rec.generation, "note": note}
 
     @r.post("/v1/stop", response_model=Stopped)
     async def stop(body: StopBody) -> dict[str, Any]:
@@ -287,8 +357,19 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
 
     # --- events, watch, reports -------------------------------------------------------
     @r.get("/v1/events", response_model=list[Event])
-    async def events(since: int = 0, limit: int = 200) -> Response:
-        return JSONResponse([to_data(e) for e in await views.events(since, limit)])
+    async def events(
+        since: int = 0,
+        limit: int = 200,
+        service: str | None = Query(
+            None,
+            description="only events about this service or job (`name` or `app/name`): "
+            "its own and its instances'",
+        ),
+    ) -> Response:
+        if not service:
+            return JSONResponse([to_data(e) for e in await views.events(since, limit)])
+        found = [e for e in await views.events(since, 0) if event_of(e.subject, service)]
+        return JSONResponse([to_data(e) for e in (found[-limit:] if limit else found)])
 
     @r.get(
         "/v1/watch",

@@ -1,0 +1,336 @@
+"""The server's horizontal autoscaler loop: thin I/O around the pure
+``elastin.autoscale.horizontal.decide`` (docs/autoscaling.md).
+
+Every ``policy.interval`` (1 s by default) for each service whose spec has horizontal
+``autoscale:`` (not stopped), the loop
+
+1. builds ``Observations`` (``observations``, pure) from the service's live allocations in
+   the store (a replica is ready when it runs and is ready — healthy when checked) and the
+   one-second metric windows (``Telemetry.windows``, memory only): per replica cpu
+   (millicores, against the request's millicores), memory (bytes), requests per second and
+   requests in flight. There is no p99: the longest response of the last second is an upper
+   bound of it, used only for a ``p99`` metric, and the decision says so. Application gauges
+   are not read yet: such a metric has no value and proposes nothing, as ``decide`` does;
+2. calls ``decide`` with the service's ``History`` (kept here, in memory: a restarted server
+   starts with an empty one, as HPA's controller does);
+3. when the desired count differs, scales through ``Apps.autoscale`` — the same
+   compare-and-set on the application's record as ``elastin scale``, so that the applier's
+   plan, placement and rollout rules hold — with a ``service.autoscaled`` event: the
+   decision's ``reason`` as its message and the structured values (metric values,
+   proposals, bounds, what limited it) as its ``data``. When a limit held a change back (a
+   stabilization window, a rate policy, a bound, missing metrics), a
+   ``service.autoscale_held`` event says so, rate-limited (``HeldEvents``).
+
+A service in the middle of a rollout is not scaled (HPA scales the Deployment, whose rollout
+goes on; here the replica count is held until the version is stable), and a
+``service.autoscale_held`` event says so. There is one server, so there is no leader to
+elect: the loop runs in it. ``status`` serves the last decision per service to the API
+(``GET /v1/services``: ``autoscale``) and ``elastin ps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from elastin.autoscale.horizontal import (
+    Decision,
+    History,
+    Observations,
+    ReplicaObservation,
+    decide,
+)
+from elastin.clock import SYSTEM, Clock
+from elastin.model.cluster import Allocation
+from elastin.model.rollout import current as current_revision
+from elastin.model.workload import Autoscale, Workload
+from elastin.server.apps import Apps
+from elastin.server.errors import ServerError
+from elastin.server.repo import AppRecord, Repo
+from elastin.server.telemetry import Telemetry
+
+log = logging.getLogger("elastin.server.autoscaler")
+
+TICK = 1.0  # the loop's longest sleep; a service with a shorter interval makes it shorter
+MIN_TICK = 0.1  # the shortest interval a spec may set
+HELD_EVERY = 10.0  # at most one held event per service this often
+HELD_REPEAT = 300.0  # the same held event again after this long
+P99_NOTE = (
+    "p99 is not measured: the value is the longest response of the last second, an upper "
+    "bound of p99"
+)
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+def _current(metric: Any) -> Any:
+    """A windows metric ``{"current", "series"}`` → its current value (None: not measured)."""
+    return metric.get("current") if isinstance(metric, Mapping) else None
+
+
+def observations(w: Workload, allocs: list[Allocation], metrics: Mapping[str, Any]) -> Observations:
+    """What ``decide`` reads for service ``w`` (pure): one ``ReplicaObservation`` per live
+    allocation of its (``desired == run``, not terminal), ready when running and ready (its
+    ``ready_at``; healthy when checked), its start the time it became ready; its values from
+    ``metrics`` (``Windows.service(app, name, 1)``): cpu millicores, memory bytes, requests
+    per second and in flight; None where the windows have none. ``p99``: the service's
+    longest response of the last second (an upper bound), in seconds."""
+    replicas = metrics.get("replicas", {}) if metrics else {}
+    out = []
+    for a in allocs:
+        if a.terminal or a.desired != "run":
+            continue
+        r = replicas.get(a.id, {})
+        cpu, mem = _current(r.get("cpu")), _current(r.get("memory"))
+        out.append(
+            ReplicaObservation(
+                id=a.id,
+                ready=a.status == "running" and a.ready_at > 0,
+                started_at=a.ready_at or a.created_at,
+                cpu=None if cpu is None else float(cpu),
+                memory=None if mem is None else int(mem),
+                rps=_float(_current(r.get("requests_per_s"))),
+                inflight=_float(_current(r.get("in_flight"))),
+            )
+        )
+    longest = _float(_current(metrics.get("total", {}).get("max_response_ms"))) if metrics else None
+    return Observations(
+        replicas=tuple(out),
+        request=w.resources,
+        p99=None if longest is None else longest / 1000.0,
+    )
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def decision_data(d: Decision, policy: Autoscale, obs: Observations) -> dict[str, Any]:
+    """The structured values of a decision (an event's ``data``, the API's ``autoscale``):
+    per metric its value, target and proposal; the counts, bounds and what limited it."""
+    values = []
+    for p in d.proposals:
+        m = p.metric
+        item: dict[str, Any] = {
+            "metric": m.label,
+            "kind": m.kind,
+            "target": m.target,
+            "value": p.value,
+            "proposal": p.replicas,
+            "note": p.note,
+        }
+        if m.kind == "p99":
+            item["source"] = "max_response_ms"
+            item["note"] = "; ".join(x for x in (p.note, P99_NOTE) if x)
+        values.append(item)
+    return {
+        "current": d.current,
+        "desired": d.desired,
+        "recommended": d.recommended,
+        "min": d.min,
+        "max": d.max,
+        "limit": d.limit,
+        "reason": d.reason,
+        "ready": sum(1 for r in obs.replicas if r.ready),
+        "replicas": len(obs.replicas),
+        "metrics": values,
+    }
+
+
+def explain(d: Decision, policy: Autoscale) -> str:
+    """The event's message: the decision's reason, and the p99 caveat when it used one."""
+    if any(p.metric.kind == "p99" and p.value is not None for p in d.proposals):
+        return f"{d.reason}; {P99_NOTE}"
+    return d.reason
+
+
+def held_back(d: Decision) -> bool:
+    """Whether a limit held a change back (worth a rate-limited event): the count stays
+    while the metrics asked for another, or while no (or not every) metric has a value."""
+    if d.changed or d.limit in ("", "off"):
+        return False
+    return d.recommended != d.current or d.limit in ("no-metrics", "partial-metrics", "paused")
+
+
+@dataclass
+class HeldEvents:
+    """Rate limit of ``service.autoscale_held`` events, per service: one when what held the
+    count changed (at most every ``every`` seconds), the same one again after ``repeat``."""
+
+    every: float = HELD_EVERY
+    repeat: float = HELD_REPEAT
+    _last: dict[str, tuple[float, tuple[Any, ...]]] = field(default_factory=dict)
+
+    def due(self, service: str, key: tuple[Any, ...], now: float) -> bool:
+        last = self._last.get(service)
+        if last is not None:
+            at, was = last
+            if now - at < (self.repeat if was == key else self.every):
+                return False
+        self._last[service] = (now, key)
+        return True
+
+    def forget(self, service: str) -> None:
+        self._last.pop(service, None)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    history: History = field(default_factory=History)
+    next_at: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def rolling(rec: AppRecord, w: Workload) -> bool:
+    """Whether ``w``'s current version is still rolling out."""
+    rev = current_revision(rec.history.get(w.name, ()), rec.versions.get(w.name, 0))
+    return rev is not None and rev.state == "rolling"
+
+
+class Autoscaler:
+    def __init__(self, repo: Repo, apps: Apps, telemetry: Telemetry, clock: Clock = SYSTEM) -> None:
+        self.repo = repo
+        self.apps = apps
+        self.telemetry = telemetry
+        self.clock = clock
+        self.held = HeldEvents()
+        self._states: dict[str, _State] = {}
+
+    def status(self, app: str, service: str) -> dict[str, Any] | None:
+        """The last decision for ``app/service`` (None: none yet)."""
+        s = self._states.get(f"{app}/{service}")
+        return dict(s.status) if s is not None and s.status else None
+
+    def view(self, app: str, w: Workload) -> dict[str, Any] | None:
+        """What ``elastin ps`` and ``GET /v1/services`` show of ``w``'s autoscaling: the
+        last decision (per metric its value and target, the bounds, what limited it), or
+        before the first one the bounds and targets without values. None: not autoscaled."""
+        policy = w.autoscale
+        if w.type != "service" or policy is None or not policy.horizontal:
+            return None
+        last = self.status(app, w.name)
+        if last is not None:
+            return last
+        return {
+            "current": w.replicas,
+            "desired": w.replicas,
+            "recommended": w.replicas,
+            "min": policy.min,
+            "max": policy.max,
+            "limit": "",
+            "reason": "not evaluated yet",
+            "ready": 0,
+            "replicas": 0,
+            "metrics": [
+                {
+                    "metric": m.label,
+                    "kind": m.kind,
+                    "target": m.target,
+                    "value": None,
+                    "proposal": None,
+                    "note": "",
+                }
+                for m in policy.metrics
+            ],
+            "at": 0.0,
+        }
+
+    async def run(self) -> None:
+        """Evaluate every service's policy at its interval, until cancelled."""
+        while True:
+            tick = TICK
+            try:
+                tick = await self.evaluate_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store hiccup: the next tick tries again
+                log.exception("autoscaler pass failed")
+            await self.clock.sleep(tick)
+
+    async def evaluate_once(self) -> float:
+        """One pass: every autoscaled service whose interval is due. Returns how long to
+        sleep before the next pass."""
+        now = self.clock.time()
+        records = await self.repo.list_apps()
+        if not any(
+            w.autoscale and w.autoscale.horizontal for r in records for w in r.app.workloads
+        ):
+            self._states.clear()
+            return TICK
+        allocs, _ = await self.repo.list_allocs()
+        tick, seen = TICK, set()
+        for rec in records:
+            for w in rec.app.workloads:
+                policy = w.autoscale
+                if w.type != "service" or policy is None or not policy.horizontal:
+                    continue
+                key = f"{rec.app.name}/{w.name}"
+                seen.add(key)
+                tick = min(tick, max(MIN_TICK, policy.interval))
+                state = self._states.setdefault(key, _State())
+                if w.name in rec.stopped or now < state.next_at:
+                    continue
+                state.next_at = now + policy.interval
+                mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
+                await self._evaluate(rec, w, policy, mine, state, now)
+        for key in set(self._states) - seen:  # deleted, or no longer autoscaled
+            del self._states[key]
+            self.held.forget(key)
+        return tick
+
+    async def _evaluate(
+        self,
+        rec: AppRecord,
+        w: Workload,
+        policy: Autoscale,
+        allocs: list[Allocation],
+        state: _State,
+        now: float,
+    ) -> None:
+        key = f"{rec.app.name}/{w.name}"
+        metrics = self.telemetry.windows.service(rec.app.name, w.name, 1)
+        obs = observations(w, allocs, metrics)
+        d = decide(policy, w.replicas, obs, state.history, now)
+        data = decision_data(d, policy, obs)
+        message = explain(d, policy)
+        if d.changed and rolling(rec, w):
+            # hold: the count moves once the version is stable; the history keeps the
+            # recommendation (stabilization) but no scale event (nothing changed)
+            state.history = History(d.history.recommendations, state.history.events)
+            message = f"keep {w.replicas} while version {rec.versions.get(w.name, 0)} rolls out"
+            message += f" (the metrics ask for {d.desired}): {d.reason}"
+            data |= {"limit": "rollout", "desired": w.replicas, "asked": d.desired}
+            state.status = {**data, "reason": message, "at": now}
+            if self.held.due(key, ("rollout", d.desired), now):
+                await self._held_event(key, message, data)
+            return
+        state.status = {**data, "reason": message, "at": now}
+        if not d.changed:
+            state.history = d.history
+            if held_back(d) and self.held.due(key, (d.limit, d.desired, d.recommended), now):
+                await self._held_event(key, message, data)
+            return
+        try:
+            done = await self.apps.autoscale(key, w.replicas, d.desired, message, data)
+        except ServerError as e:  # deleted or changed meanwhile: the next pass sees it
+            log.info("autoscaling %s: %s", key, e.message)
+            done = None
+        if done is None:  # nothing written: keep the recommendation, not the scale event
+            state.history = History(d.history.recommendations, state.history.events)
+            return
+        state.history = d.history
+        self.held.forget(key)
+
+    async def _held_event(self, key: str, message: str, data: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # an event that cannot be written is no failure
+            await self.repo.record_events(
+                [("service.autoscale_held", key, message, "info")], [data]
+            )

@@ -1,0 +1,89 @@
+"""``apply`` and ``scale`` on an autoscaled service (issue #13): re-applying the spec keeps the
+replica count the autoscaler chose (clamped to the new bounds), as Kubernetes advises when an
+HPA owns a Deployment's replicas; ``elastin scale`` accepts a count within the bounds or 0
+(pauses the autoscaler) and refuses any other with what to do instead."""
+
+from __future__ import annotations
+
+import pytest
+
+from elastin.server.cluster import Cluster
+from elastin.server.errors import Invalid
+from elastin.store.memory import MemoryStore
+from elastin.testing import FakeClock
+
+SPEC = """
+app: shop
+services:
+  web:
+    command: python3 -m http.server
+    resources: {cpu: 100m, memory: 32Mi}
+    autoscale: {min: 1, max: 5, metrics: [{rps: 10}]}
+  plain:
+    command: python3 -m http.server
+    resources: {cpu: 100m, memory: 32Mi}
+    replicas: 2
+"""
+
+
+@pytest.fixture
+async def cluster() -> Cluster:
+    return await Cluster.open(MemoryStore(), seed=1, clock=FakeClock())
+
+
+async def replicas(cluster: Cluster, name: str) -> int:
+    rec = await cluster.views.application("shop")
+    w = rec.app.workload(name)
+    assert w is not None
+    return w.replicas
+
+
+async def test_reapply_keeps_the_autoscaled_count(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    assert await replicas(cluster, "web") == 1  # max(min, 1) on the first apply
+    await cluster.apps.scale("shop/web", 4)  # as the autoscaler would
+    res = await cluster.apps.apply(SPEC)
+    assert {c.workload: c.change for c in res.changes}["web"] == "unchanged"
+    assert await replicas(cluster, "web") == 4
+    # a service without autoscale follows its spec as before
+    await cluster.apps.scale("shop/plain", 5)
+    await cluster.apps.apply(SPEC)
+    assert await replicas(cluster, "plain") == 2
+
+
+async def test_reapply_clamps_the_count_to_new_bounds(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.scale("shop/web", 5)
+    res = await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"), dry_run=True)
+    change = {c.workload: c for c in res.changes}["web"]
+    assert change.change == "scale" and change.detail == "replicas 5 -> 3"
+    await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"))
+    assert await replicas(cluster, "web") == 3
+    await cluster.apps.apply(SPEC.replace("min: 1", "min: 4"))
+    assert await replicas(cluster, "web") == 4
+
+
+async def test_reapply_keeps_a_paused_service_at_zero(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.scale("shop/web", 0)  # paused on purpose
+    await cluster.apps.apply(SPEC)
+    assert await replicas(cluster, "web") == 0
+
+
+async def test_a_spec_that_drops_autoscale_takes_its_replicas_again(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.scale("shop/web", 4)
+    plain = SPEC.replace("autoscale: {min: 1, max: 5, metrics: [{rps: 10}]}", "replicas: 2")
+    await cluster.apps.apply(plain)
+    assert await replicas(cluster, "web") == 2
+
+
+async def test_scale_outside_the_autoscale_bounds_is_refused(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    with pytest.raises(Invalid) as err:
+        await cluster.apps.scale("web", 7)
+    assert "1..5" in err.value.message and "autoscale" in err.value.message
+    assert err.value.hint and "min" in err.value.hint and "max" in err.value.hint
+    assert await replicas(cluster, "web") == 1
+    await cluster.apps.scale("web", 3)  # within the bounds: the autoscaler goes on from 3
+    assert await replicas(cluster, "web") == 3

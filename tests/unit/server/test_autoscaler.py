@@ -1,0 +1,228 @@
+"""The server's autoscaler loop on an in-memory store and a fake clock (issue #13, items 1
+and 7): observations from the one-second windows, a scale through the same record change as
+``elastin scale`` with an event that explains it (reason and structured values), the
+rate-limited event when a limit holds a change back, the hold during a rollout, and the
+per-service interval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from elastin.model.cluster import Allocation, Node
+from elastin.model.resources import Resources
+from elastin.server.autoscaler import HeldEvents, observations
+from elastin.server.cluster import Cluster
+from elastin.server.reports import AllocReport
+from elastin.server.windows import Windows, parse_report
+from elastin.store.memory import MemoryStore
+from elastin.testing import FakeClock
+
+SPEC = """
+app: shop
+services:
+  api:
+    command: python3 -m http.server
+    ports: {http: 0}
+    resources: {cpu: 200m, memory: 64Mi}
+    autoscale:
+      min: 1
+      max: 3
+      metrics: [{inflight: 1}]
+      behavior: {scale_down: {stabilization_window: 2s}}
+"""
+
+
+def report(at: float, endpoints: dict[str, dict[str, Any]], requests: int = 0) -> Any:
+    return parse_report(
+        {
+            "at": at,
+            "interval": 1.0,
+            "instances": {
+                a: {
+                    "app": "shop",
+                    "workload": "api",
+                    "cpu": 50.0,
+                    "memory": 1 << 20,
+                    "cpu_request": 200,
+                    "memory_request": 64 << 20,
+                    "ready": True,
+                }
+                for a in endpoints
+            },
+            "ports": {
+                "shop.api.http": {
+                    "mode": "http",
+                    "requests": requests,
+                    "active": sum(e.get("active", 0) for e in endpoints.values()),
+                    "max_ms": 300.0,
+                    "avg_ms": 20.0,
+                    "endpoints": endpoints,
+                }
+            },
+        }
+    )
+
+
+def alloc(aid: str, status: str = "running", ready_at: float = 5.0, **kw: Any) -> Allocation:
+    return Allocation(
+        id=aid, app="shop", workload="api", index=0, status=status, ready_at=ready_at, **kw
+    )  # type: ignore[arg-type]
+
+
+def test_observations_from_the_windows() -> None:
+    clock = FakeClock(1000.0)
+    w = Windows(clock)
+    w.record("n1", report(999.0, {"a": {"requests": 10, "active": 2}}, requests=10))
+    w.record("n1", report(1000.0, {"a": {"requests": 30, "active": 3}}, requests=30))
+    metrics = w.service("shop", "api", 1)
+    from elastin.model.spec import parse_spec
+
+    wl = parse_spec(SPEC).workloads[0]
+    allocs = [
+        alloc("a"),
+        alloc("b", status="pending", ready_at=0.0),  # placed, not started: not ready
+        alloc("c", desired="stop"),  # on its way out: not a replica
+        alloc("d", status="stopped"),  # gone
+    ]
+    obs = observations(wl, allocs, metrics)
+    assert [r.id for r in obs.replicas] == ["a", "b"]
+    a, b = obs.replicas
+    assert a.ready and a.started_at == 5.0
+    assert a.cpu == 50.0 and a.memory == 1 << 20  # millicores and bytes, as the request
+    assert a.rps == 20.0 and a.inflight == 3.0
+    assert not b.ready and b.cpu is None and b.rps is None and b.inflight is None
+    assert obs.request == Resources(200, 64 << 20, obs.request.disk)
+    assert obs.p99 == 0.3  # the longest response of the second: an upper bound
+    # nothing measured yet: no values, and no p99
+    empty = observations(wl, [alloc("a")], Windows(clock).service("shop", "api", 1))
+    assert empty.replicas[0].inflight is None and empty.p99 is None
+
+
+def test_held_events_are_rate_limited() -> None:
+    h = HeldEvents(every=10, repeat=300)
+    assert h.due("s", ("max", 3), 0)
+    assert not h.due("s", ("max", 3), 5)
+    assert not h.due("s", ("min", 1), 5)  # another reason, too soon
+    assert h.due("s", ("min", 1), 10)
+    assert not h.due("s", ("min", 1), 200)  # the same again: after 300 s
+    assert h.due("s", ("min", 1), 310)
+    assert h.due("other", ("max", 3), 5)  # per service
+
+
+@pytest.fixture
+async def cluster() -> Cluster:
+    return await Cluster.open(MemoryStore(), seed=1, clock=FakeClock(1000.0))
+
+
+async def start(cluster: Cluster) -> None:
+    """Every placed replica of shop/api reports running (ready: no health check)."""
+    await cluster.applier.schedule_once()
+    allocs, _ = await cluster.views.all_allocations()
+    await cluster.reports.update_many(
+        {a.id: AllocReport(status="running", pid=10) for a in allocs if a.status == "pending"}
+    )
+
+
+async def api(cluster: Cluster) -> tuple[int, list[str]]:
+    rec = await cluster.views.application("shop")
+    w = rec.app.workload("api")
+    assert w is not None
+    allocs_, _ = await cluster.views.all_allocations()
+    live = [a.id for a in allocs_ if a.workload == "api" and not a.terminal and a.desired == "run"]
+    return w.replicas, live
+
+
+async def load(cluster: Cluster, ids: list[str], active: int, requests: list[int]) -> None:
+    """A metrics report in which each replica has ``active`` requests in flight."""
+    clock = cluster.clock
+    requests[0] += 10
+    eps = {a: {"requests": requests[0], "active": active} for a in ids}
+    cluster.telemetry.record_metrics("n1", report(clock.time(), eps, requests[0]))
+
+
+async def events(cluster: Cluster, kind: str) -> list[Any]:
+    return [e for e in await cluster.views.events(0, 0) if e.type == kind]
+
+
+async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> None:
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(SPEC)
+    await start(cluster)
+    clock.now += 6  # min_healthy_time: the first version becomes stable
+    await cluster.applier.follow_rollouts()
+    count, ids = await api(cluster)
+    assert count == 1 and len(ids) == 1
+    sent = [0]
+
+    # 3 requests in flight on the one replica: ceil(1 × 3 / 1) = 3
+    await load(cluster, ids, 3, sent)
+    await cluster.autoscaler.evaluate_once()
+    count, _ = await api(cluster)
+    assert count == 3
+    (ev,) = await events(cluster, "service.autoscaled")
+    assert ev.subject == "shop/api" and ev.message.startswith("scale up 1 → 3")
+    assert "inflight 3 (target 1) → 3" in ev.message and "bounds 1..3" in ev.message
+    assert ev.data["current"] == 1 and ev.data["desired"] == 3 and ev.data["limit"] == ""
+    (m,) = ev.data["metrics"]
+    assert m == {
+        "metric": "inflight",
+        "kind": "inflight",
+        "target": 1.0,
+        "value": 3.0,
+        "proposal": 3,
+        "note": "",
+    }
+    status = cluster.autoscaler.status("shop", "api")
+    assert status is not None and status["desired"] == 3 and status["min"] == 1
+
+    # the new replicas start; before the interval passes nothing is evaluated again
+    await start(cluster)
+    _, ids = await api(cluster)
+    assert len(ids) == 3
+    await cluster.autoscaler.evaluate_once()
+    assert len(await events(cluster, "service.autoscaled")) == 1
+
+    # the load stops: the scale-down window (2 s) keeps 3 and says so, once
+    for step in (0.5, 0.5, 0.5):
+        clock.now += step
+        await load(cluster, ids, 0, sent)
+        await cluster.autoscaler.evaluate_once()
+    assert (await api(cluster))[0] == 3
+    held = await events(cluster, "service.autoscale_held")
+    assert len(held) == 1, held
+    assert held[0].data["limit"] == "scale-down-stabilization"
+    assert "stabilized" in held[0].message and held[0].data["recommended"] == 0
+    clock.now += 0.5  # 2 s after the recommendation of 3
+    await load(cluster, ids, 0, sent)
+    await cluster.autoscaler.evaluate_once()
+    assert (await api(cluster))[0] == 1
+    down = (await events(cluster, "service.autoscaled"))[-1]
+    assert down.message.startswith("scale down 3 → 1") and down.data["desired"] == 1
+
+
+async def test_a_rollout_holds_the_count(cluster: Cluster) -> None:
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(SPEC)
+    await start(cluster)  # version 1 is still rolling (not healthy for min_healthy_time yet)
+    _, ids = await api(cluster)
+    await load(cluster, ids, 3, [0])
+    await cluster.autoscaler.evaluate_once()
+    assert (await api(cluster))[0] == 1
+    (held,) = await events(cluster, "service.autoscale_held")
+    assert "rolls out" in held.message and held.data["limit"] == "rollout"
+    assert held.data["asked"] == 3
+    status = cluster.autoscaler.status("shop", "api")
+    assert status is not None and status["limit"] == "rollout"
+
+
+async def test_user_scale_meanwhile_is_not_overwritten(cluster: Cluster) -> None:
+    """The autoscaler's change is conditional on the count it decided from."""
+    await cluster.apps.apply(SPEC)
+    assert await cluster.apps.autoscale("shop/api", 2, 3, "scale up", {}) is None
+    rec = await cluster.views.application("shop")
+    assert rec.app.workloads[0].replicas == 1
+    assert await events(cluster, "service.autoscaled") == []
