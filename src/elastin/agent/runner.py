@@ -289,8 +289,7 @@ class AllocRunner:
             except (DriverError, OSError) as e:
                 self._event(
                     "alloc.resize_failed",
-                    f"{change} not applied in place: {e}; the new limits apply at its next "
-                    "start",
+                    f"{change} not applied in place: {e}; the new limits apply at its next start",
                     "warning",
                 )
                 return

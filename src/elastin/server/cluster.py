@@ -7,6 +7,7 @@
     mesh       MeshFeed   mesh snapshots, streams, acks, the registry        (meshfeed.py)
     telemetry  Telemetry  measured usage and proxy counters (memory only)    (telemetry.py)
     views      Views      read-only views for the API                        (views.py)
+    vertical   VerticalScaler  resize in place; the vertical recommenders    (vertical.py)
 
 They share a ``Repo`` (typed store access), a ``Changes`` (the watermarks blocking queries
 wait on, and the applier's kick) and a ``Clock``. The flow of one change::
@@ -24,6 +25,8 @@ earlier server process is honoured. ``run`` owns the background work (the schedu
 
 from __future__ import annotations
 
+import asyncio
+
 from elastin.clock import SYSTEM, Clock
 from elastin.scheduler import SchedulerOptions
 from elastin.server.applier import Applier
@@ -33,6 +36,7 @@ from elastin.server.nodes import Nodes
 from elastin.server.repo import Repo
 from elastin.server.reports import Reports
 from elastin.server.telemetry import Telemetry
+from elastin.server.vertical import VerticalScaler
 from elastin.server.views import Views
 from elastin.server.waits import Changes
 from elastin.store.base import StateStore
@@ -60,6 +64,9 @@ class Cluster:
         )
         self.mesh = MeshFeed(repo, self.changes, clock)
         self.views = Views(store, repo, self.apps, self.telemetry)
+        self.vertical = VerticalScaler(
+            repo, self.changes, self.telemetry, self.applier.new_id, clock
+        )
 
     @classmethod
     async def open(
@@ -75,8 +82,10 @@ class Cluster:
         return cls(store, revision=revision, clock=clock, options=options, seed=seed)
 
     async def run(self) -> None:
-        """The background work (the scheduling loop), until cancelled."""
-        await self.applier.run()
+        """The background work (the scheduling loop, the vertical loop), until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.vertical.run())
+            await self.applier.run()
 
     def close(self) -> None:
         """Answer every blocking query now (the server is stopping; agents ask again)."""
