@@ -20,7 +20,7 @@ from elastin.model.units import format_cpu, format_size
 
 
 def _cpu(v: Any) -> str:
-    return "-" if v is None else format_cpu(int(round(float(v))))
+    return "-" if v is None else format_cpu(round(float(v)))
 
 
 def _mem(v: Any) -> str:
