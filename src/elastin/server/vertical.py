@@ -19,8 +19,9 @@ first, like any stop).
   not ``off`` a ``Recommender`` (``elastin.autoscale.vertical``) from the server's one-second
   windows (``Telemetry.windows``: every instance's cpu and memory), raises the memory
   recommendation at once on an OOM kill (the agents' ``alloc.oom_killed`` events), and in
-  ``auto`` mode resizes each running instance whose request lies outside the recommendation's
-  bounds — at most once per ``AUTO_EVERY`` seconds per instance, but at once after an OOM kill;
+  ``auto`` mode resizes each running instance (or one waiting to restart, after an OOM kill)
+  whose request lies outside the recommendation's bounds to its target (memory in whole MiB)
+  — at most once per ``AUTO_EVERY`` seconds per instance, but at once after an OOM kill;
 - ``recommendations(ref)`` (``GET /v1/recommendations``, ``elastin recommend``): per service
   the recommendation, the request (the spec's and each instance's) and the use now.
 
@@ -56,7 +57,8 @@ log = logging.getLogger("elastin.server")
 AUTO_EVERY = 60.0  # seconds between two automatic resizes of one instance (not after an OOM)
 INTERVAL = 1.0  # seconds between two passes of the loop
 _TRIES = 5
-MIN_MEMORY = 4 * 1024 * 1024  # the spec's (and the task driver's) least
+MIB = 1024 * 1024
+MIN_MEMORY = 4 * MIB  # the spec's (and the task driver's) least
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,9 @@ class VerticalScaler:
             if rec is None:
                 continue
             for a in allocs:
-                if (a.app, a.workload) != key or a.desired != "run" or a.status != "running":
+                if (a.app, a.workload) != key or a.desired != "run" or not a.node_id:
+                    continue
+                if a.status not in ("running", "starting"):  # starting: in a restart delay
                     continue
                 if not rec.outside(a.resources):
                     continue
@@ -368,7 +372,8 @@ class VerticalScaler:
                     continue
                 self._last_resize[a.id] = now  # also when it fails: tried again later
                 try:
-                    done.append(await self.resize(a.id, rec.target, f"auto: {rec.reason}"))
+                    target = whole_mib(rec.target)
+                    done.append(await self.resize(a.id, target, f"auto: {rec.reason}"))
                 except (Conflict, NotFound, Invalid) as e:
                     log.info("%s: vertical auto resize not done: %s", a.label, e.message)
         return done
@@ -449,6 +454,12 @@ class VerticalScaler:
             },
             "instances": instances,
         }
+
+
+def whole_mib(r: Resources) -> Resources:
+    """``r`` with its memory rounded up to a whole MiB: the kernel keeps limits in pages
+    anyway, and a request reads better as ``45Mi`` than as 46,826,876 bytes."""
+    return Resources(r.cpu, -(-r.memory // MIB) * MIB, r.disk)
 
 
 def _res(r: Resources) -> dict[str, int]:
