@@ -69,7 +69,7 @@ from elastin.agent.reconcile import (
     StopUnknown,
     reconcile,
 )
-from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner
+from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner, resized
 from elastin.agent.sampling import (
     DEFAULT_INTERVAL,
     build_report,
@@ -609,6 +609,9 @@ class Agent:
                     del self.runners[alloc_id]
                 case StopUnknown(alloc_id=alloc_id, reason=reason):
                     self.runners[alloc_id].request_stop(reason)
+        live = {i: r.alloc.resources for i, r in self.runners.items() if not r.done.is_set()}
+        for alloc_id, resources in resized(allocs, live):  # in place (``AllocRunner.resize``)
+            tg.create_task(self.runners[alloc_id].resize(resources))
         self.forget_told()
 
     def forget_told(self) -> None:

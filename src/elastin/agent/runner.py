@@ -43,6 +43,12 @@ allocation fails with the reason: an instance no agent could find again is never
 running. Likewise when the runner itself fails unexpectedly: its instance is stopped and the
 allocation is reported failed with no pid (never ``running`` with a pid that is gone).
 
+A resize (the server changed the allocation's ``resources`` in place: ``elastin recommend``'s
+auto mode, ``POST /v1/allocations/{id}/resize``) reaches the runner through the agent's
+allocation watch (``resized`` picks them, ``AllocRunner.resize`` applies one): a running
+instance gets its new cpu and memory limits live from its driver (same pid), and every later
+start (a restart after an OOM kill) uses the allocation's resources, not the spec's.
+
 Jobs do not restart in place: a failed run is reported ``failed`` and the scheduler places a
 new attempt while the job's ``retries`` allow.
 """
@@ -54,8 +60,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,8 @@ from elastin.agent.restart import Finish, GiveUp, decide
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import TERMINAL, Allocation, AllocStatus, Usage, check_transition
 from elastin.model.codec import from_data, to_data
+from elastin.model.resources import Resources
+from elastin.model.units import format_cpu, format_size
 from elastin.model.workload import Workload
 
 log = logging.getLogger("elastin.agent")
@@ -103,6 +111,32 @@ class RunnerState:
     pid: int = 0
     healthy: bool | None = None
     usage: Usage = field(default_factory=Usage)
+
+
+def resized(
+    allocs: Sequence[Allocation], current: Mapping[str, Resources]
+) -> list[tuple[str, Resources]]:
+    """The allocations the server resized in place: ``(allocation id, new resources)`` for
+    each one that should run, has a runner (``current``: its resources now) and whose
+    cpu or memory differs from it (pure; ``Agent.sync`` applies them)."""
+    out = []
+    for a in allocs:
+        have = current.get(a.id)
+        if have is None or a.desired != "run" or a.terminal or not a.resources.memory:
+            continue
+        if (a.resources.cpu, a.resources.memory) != (have.cpu, have.memory):
+            out.append((a.id, a.resources))
+    return out
+
+
+def describe_resize(old: Resources, new: Resources) -> str:
+    """``cpu 200m → 500m, memory 64Mi → 128Mi`` (the dimensions that changed)."""
+    parts = []
+    if old.cpu != new.cpu:
+        parts.append(f"cpu {format_cpu(old.cpu)} → {format_cpu(new.cpu)}")
+    if old.memory != new.memory:
+        parts.append(f"memory {format_size(old.memory)} → {format_size(new.memory)}")
+    return ", ".join(parts) or "unchanged"
 
 
 def base_env() -> dict[str, str]:
@@ -177,6 +211,7 @@ class AllocRunner:
         # what the running instance was started with (its environment: for exec and an exec
         # health check, which must not reserve ports to learn it); None when none runs
         self.instance: InstanceConfig | None = None
+        self._resizing = asyncio.Lock()
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -232,6 +267,35 @@ class AllocRunner:
         if drain_after and not self.stop_requested.is_set():
             self.drain_after = drain_after
         self.stop_requested.set()
+
+    async def resize(self, resources: Resources) -> None:
+        """The server changed this allocation's resources in place: a running instance gets
+        the new limits live (same pid; event ``alloc.resized``), and every later start uses
+        them. A driver that refuses (memory below what the instance uses) or cannot leaves
+        the instance as it runs: a warning event ``alloc.resize_failed`` says why, and the
+        new limits apply at its next start."""
+        async with self._resizing:
+            old = self.alloc.resources
+            if (old.cpu, old.memory) == (resources.cpu, resources.memory):
+                return
+            self.alloc = replace(self.alloc, resources=resources)
+            change = describe_resize(old, resources)
+            handle = self.handle
+            if handle is None or self.state.status != "running":
+                self._event("alloc.resized", f"{change}: applies when it starts")
+                return
+            try:
+                await self.driver.resize(handle, resources)
+            except (DriverError, OSError) as e:
+                self._event(
+                    "alloc.resize_failed",
+                    f"{change} not applied in place: {e}; the new limits apply at its next start",
+                    "warning",
+                )
+                return
+            with contextlib.suppress(OSError):  # a restarted agent knows the new limits
+                self.save_handle(handle)
+            self._event("alloc.resized", f"{change} in place (pid {handle.pid}, no restart)")
 
     def _set(self, status: AllocStatus, **extra: Any) -> None:
         check_transition(self.state.status, status)  # IllegalTransition: a bug here
@@ -422,7 +486,8 @@ class AllocRunner:
             command=w.command,
             env=env,
             workdir=w.workdir,
-            resources=w.resources,
+            # the allocation's: the spec's unless it was resized in place since
+            resources=self.alloc.resources if self.alloc.resources.memory else w.resources,
             alloc_dir=str(self.alloc_dir),
             pids_limit=w.pids,
             image=w.image,

@@ -13,6 +13,7 @@ Ctrl-C 130); the commands live in modules named for what they do:
               nodes, events, resources,
               status, version
     logs      logs (--mesh)                      instances' output, the mesh's access log
+    recommend recommend                          vertical recommendations vs request and use
     store     store check                        is the state database whole
     common    consoles, exit codes, errors(), client(), print_json, read_spec
     render    the tables
@@ -35,7 +36,7 @@ import sys
 import click
 
 from elastin import __version__
-from elastin.cli import deploy, exec, logs, rollout, servers, store, views
+from elastin.cli import deploy, exec, logs, recommend, rollout, servers, store, views
 from elastin.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -98,6 +99,7 @@ for command in (
     views.nodes,
     views.events,
     views.resources,
+    recommend.recommend,
     views.status,
     views.version,
     logs.logs,

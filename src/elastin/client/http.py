@@ -219,6 +219,19 @@ class Client:
             "GET", f"/v1/metrics/services/{app}/{service}", params={"seconds": seconds}
         )
 
+    def resize(self, alloc_id: str, cpu: str | int | float, memory: str | int) -> Any:
+        """New cpu and memory for one running instance (``POST
+        /v1/allocations/{id}/resize``): applied in place when its node has room, else it
+        moves; ``{"action": "in_place" | "moved", ...}``."""
+        return self.call(
+            "POST", f"/v1/allocations/{alloc_id}/resize", json={"cpu": cpu, "memory": memory}
+        )
+
+    def recommendations(self, service: str = "") -> Any:
+        """The vertical recommendations beside each service's request and use (``GET
+        /v1/recommendations``)."""
+        return self.call("GET", "/v1/recommendations", params={"service": service})
+
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")
 

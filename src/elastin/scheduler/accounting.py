@@ -8,6 +8,11 @@ workloads of that kind, for cpu, memory and disk alike:
     containers       (container)  C_total = Σ C_i × D_i
     automation tasks (task)       A_total = Σ A_i × E_i
 
+An instance resized in place (vertical scaling) counts with its allocation's resources: the
+term of a workload sums, per instance index, the request of the live allocation holding it
+(the spec's where none does), and its ``request`` is the one they share (the spec's when they
+differ).
+
 Beside it, *allocated* is the sum of the requests of placed, non-terminal allocations with
 ``desired="run"`` (what the nodes have reserved), and *measured* the sum of the last usage
 samples of those allocations. Per node: capacity, allocated, free (capacity - allocated) and
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 from elastin.model.cluster import Allocation, Usage
 from elastin.model.resources import Resources
-from elastin.model.workload import KINDS, Kind
+from elastin.model.workload import KINDS, Kind, Workload
 from elastin.scheduler.state import ClusterState
 
 FORMULAS: dict[str, tuple[str, str]] = {
@@ -101,6 +106,23 @@ def _holds(a: Allocation) -> bool:
     return bool(a.node_id) and a.desired == "run" and not a.terminal
 
 
+def _term(state: ClusterState, app: str, w: Workload) -> Term:
+    """``w``'s term: per instance the request of the live allocation of its current version
+    holding its index (one resized in place), else the spec's."""
+    held: dict[int, Resources] = {}
+    version = state.version(app, w.name)
+    for a in state.allocs_by_workload.get((app, w.name), ()):
+        current = a.spec_version == version and a.index < w.instances
+        if current and _holds(a) and a.resources.memory:
+            held.setdefault(a.index, a.resources)
+    each = [held.get(i, w.resources) for i in range(w.instances)]
+    total = Resources()
+    for r in each:
+        total = total + r
+    request = each[0] if each and all(r == each[0] for r in each) else w.resources
+    return Term(app, w.name, request, w.instances, total)
+
+
 def resource_report(
     state: ClusterState, usage_by_alloc: Mapping[str, Usage] | None = None
 ) -> ResourceReport:
@@ -119,7 +141,7 @@ def resource_report(
     for name in sorted(state.apps):
         app, _ = state.apps[name]
         for w in app.workloads:
-            terms[w.kind].append(Term(name, w.name, w.resources, w.instances, w.total()))
+            terms[w.kind].append(_term(state, name, w))
     # running sums as plain ints: cpu, memory, disk, measured cpu, memory, disk, count
     by_kind: dict[str, list[float]] = {k: [0, 0, 0, 0.0, 0, 0, 0] for k in KINDS}
     by_node: dict[str, list[float]] = {}

@@ -8,6 +8,7 @@
     telemetry  Telemetry  measured usage and proxy counters (memory only)    (telemetry.py)
     views      Views      read-only views for the API                        (views.py)
     autoscaler Autoscaler horizontal autoscaling decisions, applied as scales (autoscaler.py)
+    vertical   VerticalScaler  resize in place; the vertical recommenders    (vertical.py)
 
 They share a ``Repo`` (typed store access), a ``Changes`` (the watermarks blocking queries
 wait on, and the applier's kick) and a ``Clock``. The flow of one change::
@@ -38,6 +39,7 @@ from elastin.server.nodes import Nodes
 from elastin.server.repo import Repo
 from elastin.server.reports import Reports
 from elastin.server.telemetry import Telemetry
+from elastin.server.vertical import VerticalScaler
 from elastin.server.views import Views
 from elastin.server.waits import Changes
 from elastin.store.base import StateStore
@@ -66,6 +68,9 @@ class Cluster:
         self.mesh = MeshFeed(repo, self.changes, clock)
         self.views = Views(store, repo, self.apps, self.telemetry)
         self.autoscaler = Autoscaler(repo, self.apps, self.telemetry, clock)
+        self.vertical = VerticalScaler(
+            repo, self.changes, self.telemetry, self.applier.new_id, clock
+        )
 
     @classmethod
     async def open(
@@ -81,10 +86,12 @@ class Cluster:
         return cls(store, revision=revision, clock=clock, options=options, seed=seed)
 
     async def run(self) -> None:
-        """The background work (the scheduling loop, the autoscaler), until cancelled."""
+        """The background work (the scheduling loop, the horizontal and vertical
+        autoscalers), until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.applier.run())
             tg.create_task(self.autoscaler.run())
+            tg.create_task(self.vertical.run())
 
     def close(self) -> None:
         """Answer every blocking query now (the server is stopping; agents ask again)."""

@@ -12,10 +12,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from elastin.agent.drivers.base import DriverInfo, ExitResult, Handle, InstanceConfig, StartError
+from elastin.agent.drivers.base import (
+    DriverInfo,
+    ExitResult,
+    Handle,
+    InstanceConfig,
+    ResizeError,
+    StartError,
+)
 from elastin.model.cluster import Usage
+from elastin.model.resources import Resources
 
 
 @dataclass
@@ -38,6 +46,7 @@ class FakeDriver:
         self.fail_commands: set[str] = {"missing"}
         self.ignore_term = False
         self.execs: list[tuple[str, tuple[str, ...]]] = []  # exec_in calls: (alloc, command)
+        self.resizes: list[tuple[str, Resources]] = []  # resize calls: (alloc, new limits)
         self._pids = itertools.count(10_000)
 
     def fingerprint(self) -> DriverInfo:
@@ -111,6 +120,15 @@ class FakeDriver:
 
     async def cleanup(self, handle: Handle) -> None:
         return None
+
+    async def resize(self, handle: Handle, resources: Resources) -> Resources:
+        """New limits for a running instance (kept in its config, so ``stats`` follows)."""
+        inst = self.instances[handle.alloc_id]
+        if inst.result is not None:
+            raise ResizeError("the instance is not running")
+        inst.config = replace(inst.config, resources=resources)
+        self.resizes.append((handle.alloc_id, resources))
+        return resources
 
     async def exec_in(self, handle: Handle, command: tuple[str, ...], env: dict[str, str]) -> int:
         """A check command inside the instance: ``true`` passes, anything else fails."""

@@ -8,7 +8,10 @@ disk, so a new agent process can ``recover`` instances an old one started.
 Exceptions::
 
     DriverError            root; its message is shown to the user as the allocation's reason
-     └── StartError        the instance could not be started (e.g. the OS error of exec)
+     ├── StartError        the instance could not be started (e.g. the OS error of exec)
+     └── ResizeError       a running instance's limits could not be changed in place
+          ├── ResizeRefused      the new limits would harm it (memory below what it uses)
+          └── ResizeUnsupported  this driver cannot resize in place (the instance must move)
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ class DriverError(Exception):
 
 class StartError(DriverError):
     """An instance could not be started; the message carries the OS error."""
+
+
+class ResizeError(DriverError):
+    """A running instance's cpu or memory limit could not be changed in place."""
+
+
+class ResizeRefused(ResizeError):
+    """The new limits would harm the instance (a memory limit below what it uses now)."""
+
+
+class ResizeUnsupported(ResizeError):
+    """The driver cannot change a running instance's limits: it must be restarted (moved)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,12 @@ class Driver(Protocol):
     async def exec_in(self, handle: Handle, command: tuple[str, ...], env: dict[str, str]) -> int:
         """Run ``command`` inside the running instance (its limits, user, filesystem view and
         workdir) with ``env``; its exit status. Cancelling it kills what it started."""
+        ...
+
+    async def resize(self, handle: Handle, resources: Resources) -> Resources:
+        """Change the running instance's cpu and memory limits in place (same pid, no
+        restart); the limits now in force. ``ResizeRefused`` when they would harm it,
+        ``ResizeUnsupported`` when this driver cannot (containers and VMs: not yet)."""
         ...
 
 

@@ -14,7 +14,14 @@ A process must *start* inside its cgroup for memory to be charged to it, so the 
 writes the new process's pid into ``cgroup.procs`` before it execs the workload
 (``Cgroup.join_self`` runs in the child).
 
-Exceptions: ``CgroupError`` (a ``DriverError``) with the path and the OS error.
+``Cgroup.resize`` changes a running instance's cpu quota and memory limit in place (the same
+processes, no restart): a memory limit below what the instance uses now (its working set) is
+refused rather than left to the kernel, which would reclaim what it can and then OOM-kill the
+instance; page cache above the new limit is reclaimed by the kernel. On v1 the memory+swap
+limit moves with the memory limit, in the order the kernel accepts (memsw >= memory).
+
+Exceptions: ``CgroupError`` (a ``DriverError``) with the path and the OS error;
+``ResizeRefused`` when a resize would cut below the instance's use.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastin.agent.drivers.base import DriverError
+from elastin.agent.drivers.base import DriverError, ResizeRefused
 from elastin.clock import SYSTEM, Clock
 from elastin.model.resources import Resources
 
@@ -34,6 +41,8 @@ BASE = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer")
 CFS_PERIOD_US = 100_000
 DEFAULT_PIDS = 1024
+MIN_MEMORY = 4 * 1024 * 1024  # the spec's least; the kernel takes less, but nothing runs in it
+MIN_QUOTA_US = 1000  # the kernel's least CFS quota (1 ms)
 
 
 class CgroupError(DriverError):
@@ -140,7 +149,7 @@ class Cgroup:
         self.set_limits(resources, pids_limit)
 
     def set_limits(self, resources: Resources, pids_limit: int) -> None:
-        quota = max(1000, resources.cpu * CFS_PERIOD_US // 1000)
+        quota = cpu_quota(resources.cpu)
         pids = pids_limit or DEFAULT_PIDS
         if self.version == "v2":
             d = self.dirs["unified"]
@@ -162,6 +171,62 @@ class Cgroup:
             with contextlib.suppress(CgroupError):
                 _write(mem / "memory.swappiness", "0")
         _write(self.dirs["pids"] / "pids.max", str(pids))
+
+    def limits(self) -> Resources:
+        """The cpu (millicores, from the CFS quota) and memory limits written now (0: none)."""
+        if self.version == "v2":
+            d = self.dirs["unified"]
+            cpu_max = _read(d / "cpu.max").split()
+            quota = int(cpu_max[0]) if cpu_max and cpu_max[0].isdigit() else 0
+            period = int(cpu_max[1]) if len(cpu_max) > 1 and cpu_max[1].isdigit() else 0
+            mem = _read(d / "memory.max").strip()
+        else:
+            q = _read(self.dirs["cpu"] / "cpu.cfs_quota_us").strip()
+            quota = int(q) if q.isdigit() else 0
+            per = _read(self.dirs["cpu"] / "cpu.cfs_period_us").strip()
+            period = int(per) if per.isdigit() else 0
+            mem = _read(self.dirs["memory"] / "memory.limit_in_bytes").strip()
+        cpu = quota * 1000 // period if quota and period else 0
+        return Resources(cpu=cpu, memory=int(mem) if mem.isdigit() else 0)
+
+    def resize(self, resources: Resources) -> Resources:
+        """Write a new cpu quota and memory limit for the running instance (same processes);
+        the limits as written (``limits``). ``ResizeRefused`` when the memory limit would be
+        below the instance's working set, or below ``MIN_MEMORY``; ``CgroupError`` when the
+        kernel refuses a write (v1: it could not reclaim enough cache, ``EBUSY``)."""
+        if resources.memory < MIN_MEMORY:
+            raise ResizeRefused(
+                f"a memory limit of {resources.memory} bytes is below the least an instance "
+                f"may have ({MIN_MEMORY} bytes, 4Mi)"
+            )
+        if resources.cpu <= 0:
+            raise ResizeRefused(f"a cpu limit must be above 0, not {resources.cpu}m")
+        used = self.memory_bytes()
+        if resources.memory < used:
+            raise ResizeRefused(
+                f"the instance uses {used} bytes now, more than the new memory limit of "
+                f"{resources.memory} bytes: the kernel would OOM-kill it. Give it at least "
+                "what it uses (or restart it with the smaller limit)"
+            )
+        quota = str(cpu_quota(resources.cpu))
+        if self.version == "v2":
+            d = self.dirs["unified"]
+            _write(d / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+            _write(d / "memory.max", str(resources.memory))
+            return self.limits()
+        _write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
+        mem = self.dirs["memory"]
+        limit, memsw = mem / "memory.limit_in_bytes", mem / "memory.memsw.limit_in_bytes"
+        value = str(resources.memory)
+        if not memsw.exists():
+            _write(limit, value)
+        elif resources.memory >= self.limits().memory:  # raising: memsw first (memsw >= mem)
+            _write(memsw, value)
+            _write(limit, value)
+        else:  # lowering: the memory limit first
+            _write(limit, value)
+            _write(memsw, value)
+        return self.limits()
 
     def join_self(self) -> None:
         """Move the calling process into every hierarchy (used in the child before exec)."""
@@ -219,6 +284,11 @@ class Cgroup:
             time.sleep(0.02)
         for d in set(self.dirs.values()):
             _rmdir(d, tries=50)
+
+
+def cpu_quota(millicores: int) -> int:
+    """The CFS quota (µs per ``CFS_PERIOD_US``) of ``millicores`` (500m → 50,000)."""
+    return max(MIN_QUOTA_US, millicores * CFS_PERIOD_US // 1000)
 
 
 def _rmdir(d: Path, tries: int) -> None:

@@ -22,6 +22,11 @@ pass ``log_max_bytes`` (the workload keeps writing at the new end of the same fi
 ``log_max_files`` old copies; on a disk without room for a copy it truncates them in place
 and says how many bytes were dropped.
 
+``resize`` writes a running instance's new cpu quota and memory limit to its cgroup(s): the
+same pid goes on under the new limits (``Cgroup.resize``: a memory limit below the working set
+is refused). The handle keeps the limits the instance was started with; the runner starts a
+restarted instance with its allocation's current ones.
+
 Stopping sends SIGTERM to every process of the instance's cgroup, waits the grace period,
 then SIGKILLs what is left. An exit status above 128 is reported as death by signal
 (status − 128), the shell's convention; an OOM kill is recognised from the cgroup's
@@ -52,6 +57,7 @@ from elastin.agent.drivers.base import (
     ExitResult,
     Handle,
     InstanceConfig,
+    ResizeError,
     StartError,
     proc_start_ticks,
     supervisor_alive,
@@ -63,6 +69,7 @@ from elastin.agent.logfiles import Rotation, cap, mark_stamped
 from elastin.agent.logfiles import rotate as rotate  # re-exported (tests use it)
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Usage
+from elastin.model.resources import Resources
 from elastin.model.text import printable
 
 log = logging.getLogger("elastin.agent.drivers.task")
@@ -665,6 +672,15 @@ class TaskDriver:
         self._cpu[handle.alloc_id] = (now_ns, now)
         millis = (now_ns - last_ns) / 1e6 / (now - last) if now > last else 0.0
         return Usage(cpu=max(0.0, millis), memory=cg.memory_bytes(), sampled_at=self.clock.time())
+
+    async def resize(self, handle: Handle, resources: Resources) -> Resources:
+        """New cpu quota and memory limit for the running instance, written to its cgroup(s)
+        (``Cgroup.resize``); the limits now in force. ``ResizeError`` when it is not running,
+        ``ResizeRefused`` when the memory limit is below its working set."""
+        if not self._alive(handle):
+            raise ResizeError("the instance is not running")
+        cg = self._cgroup(handle)
+        return await asyncio.to_thread(cg.resize, resources)
 
     def rotate_logs(self, handle: Handle) -> list[Rotation]:
         """Keep the instance's stdout/stderr within ``log_max_bytes`` (``logfiles.cap``: on a

@@ -23,6 +23,8 @@ from elastin import __version__
 from elastin.mesh.model.registry import find_service
 from elastin.model.cluster import Allocation, Event
 from elastin.model.codec import to_data
+from elastin.model.errors import UnitError
+from elastin.model.resources import Resources
 from elastin.scheduler.accounting import ResourceReport
 from elastin.server.api.models import (
     ERRORS,
@@ -129,6 +131,26 @@ def event_of(subject: str, service: str) -> bool:
         name = rest.split("[", 1)[0] if "[" in rest else ""
     want_app, _, want = service.rpartition("/")
     return bool(name) and name == want and (not want_app or want_app == app)
+
+
+class ResizeBody(BaseModel):
+    """New cpu and memory requests (and limits) for one running instance."""
+
+    cpu: str | int | float = Field(description='cores or millicores: 1, 0.5, "500m"')
+    memory: str | int = Field(description='bytes or a size: "128Mi", "1Gi" (bare numbers: MiB)')
+
+
+class Resized(BaseModel):
+    """What a resize did: ``in_place`` (its node had room; the agent applies the new limits
+    to the running instance, same pid) or ``moved`` (a new allocation, ``to``, on ``node``;
+    the old one stops)."""
+
+    allocation: str
+    action: str = Field(description="in_place | moved")
+    node: str
+    to: str = ""
+    resources: dict[str, int] = Field(description="cpu (millicores), memory (bytes)")
+    message: str
 
 
 class ExecBody(BaseModel):
@@ -244,6 +266,29 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
     @r.get("/v1/allocations/{alloc_id}", response_model=AllocationView)
     async def get_allocation(alloc_id: str) -> Response:
         return JSONResponse(alloc_view(await views.allocation(alloc_id)))
+
+    @r.post(
+        "/v1/allocations/{alloc_id}/resize",
+        response_model=Resized,
+        responses={
+            409: {"model": ErrorBody, "description": "not running, or no node has room"},
+            422: {"model": ErrorBody, "description": "cpu or memory is not a valid request"},
+        },
+    )
+    async def resize_allocation(alloc_id: str, body: ResizeBody) -> dict[str, Any]:
+        try:
+            want = Resources.parse(cpu=body.cpu, memory=body.memory)
+        except UnitError as e:
+            raise Invalid(str(e), hint='e.g. {"cpu": "500m", "memory": "128Mi"}') from None
+        return await cluster.vertical.resize(alloc_id, want)
+
+    @r.get("/v1/recommendations")
+    async def recommendations(
+        service: str = Query("", description="a service: name or app/name (default: all)"),
+    ) -> dict[str, Any]:
+        """Per service: the vertical mode, the recommendation (target, lower and upper
+        bounds, why), the spec's request and each running instance's request and use."""
+        return {"services": await cluster.vertical.recommendations(service)}
 
     @r.get(
         "/v1/allocations/{alloc_id}/logs",
