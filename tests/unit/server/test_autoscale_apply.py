@@ -56,7 +56,7 @@ async def test_reapply_clamps_the_count_to_new_bounds(cluster: Cluster) -> None:
     await cluster.apps.scale("shop/web", 5)
     res = await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"), dry_run=True)
     change = {c.workload: c for c in res.changes}["web"]
-    assert change.change == "scale" and change.detail == "replicas 5 -> 3"
+    assert (change.change, change.detail) == ("scale", "replicas 5 -> 3; autoscale policy changed")
     await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"))
     assert await replicas(cluster, "web") == 3
     await cluster.apps.apply(SPEC.replace("min: 1", "min: 4"))
