@@ -302,15 +302,25 @@ def upstream_body(p: Ports) -> str:
 def nginx_proxy_body(case: str, listen: int, p: Ports) -> str:
     h2 = case in ("http2", "grpc_unary")
     ups = p.h2 if case == "grpc_unary" else p.h1  # nginx proxies HTTP/2 to HTTP/1.1
-    servers = "".join(f"server 127.0.0.1:{port}; " for port in ups)
     listen_line = f"listen 127.0.0.1:{listen}" + (" http2" if h2 else "") + ";"
+    params = ""
     if case == "grpc_unary":
-        location = "location / { grpc_pass grpc://u; }"
+        # the upstream answers before it reads the request's message (nginx's `return`):
+        # its frames for that stream may come after nginx ended it, which nginx takes for
+        # a broken connection — failing the requests in flight on it and, with the default
+        # max_fails=1, taking the endpoint out for 10 s ("no live upstreams": every request
+        # a 502). Those requests were never answered: retried on the other endpoint
+        params = " max_fails=0"
+        location = (
+            "location / { grpc_pass grpc://u; "
+            "grpc_next_upstream error timeout non_idempotent; }"
+        )
     else:
         location = (
             "location / { proxy_pass http://u; proxy_http_version 1.1; "
             'proxy_set_header Connection ""; }'
         )
+    servers = "".join(f"server 127.0.0.1:{port}{params}; " for port in ups)
     return (
         f"  upstream u {{ {servers} keepalive 64; }}\n"
         f"  server {{ {listen_line} keepalive_requests 100000; {location} }}\n"
@@ -553,6 +563,15 @@ def system(
         hp.stop()
 
 
+def last_error(path: Path, name: str) -> str:
+    """The last line of nginx's error log, for the note on failed requests ("" otherwise)."""
+    if name != "nginx":
+        return ""
+    with contextlib.suppress(OSError, IndexError):
+        return f"; nginx's error log: {path.read_text().strip().splitlines()[-1]}"
+    return ""
+
+
 def log_notes(samples: dict[tuple[str, str, str], list[float]]) -> list[str]:
     """What the access log line counts say: at a fixed rate (the collector keeps up)
     ``elastin-full`` must log every request, else ``FULL_POLICY`` no longer means "all";
@@ -623,9 +642,10 @@ def measure(
                         cpu = cpu_seconds(run.pids) - cpu0
                         rss = rss_mib(run.pids)
                     if r.failed:
+                        said = last_error(tmp / f"proxy-{case}" / "error.log", name)
                         notes.append(
                             f"{case}, {name}: not counted, {r.failed} requests failed "
-                            f"({r.requests} succeeded; {r.detail})"
+                            f"({r.requests} succeeded; {r.detail}){said}"
                         )
                         continue  # not a measurement of serving
                     rps[name] = r.rps
