@@ -312,8 +312,7 @@ def nginx_proxy_body(case: str, listen: int, p: Ports) -> str:
         # a 502). Those requests were never answered: retried on the other endpoint
         params = " max_fails=0"
         location = (
-            "location / { grpc_pass grpc://u; "
-            "grpc_next_upstream error timeout non_idempotent; }"
+            "location / { grpc_pass grpc://u; grpc_next_upstream error timeout non_idempotent; }"
         )
     else:
         location = (
