@@ -23,7 +23,8 @@ HAProxy and Go's runtime do by default), the upstreams and the load generator on
 so that the systems compete for nothing but their own work.
 
 Rows: ``rps``, ``p50_ms``, ``p99_ms``, ``cpu_us_per_req`` (user + system time of the proxy's
-processes, its helpers included, over the run, per request carried), ``rss_mib``, for the
+processes, its helpers included, over the run, per request carried: the scheduler's run
+time of their threads, to the nanosecond), ``rss_mib``, for the
 systems that log ``logged_per_req`` (access log lines per request), and per run pair:
 ``cpu_us_per_req_ratio_vs_haproxy`` and ``rps_ratio_vs_haproxy`` (elastin vs raw HAProxy),
 ``cpu_us_per_req_ratio_vs_haproxy_matched`` (elastin-full vs matched HAProxy) and
@@ -31,8 +32,13 @@ systems that log ``logged_per_req`` (access log lines per request), and per run 
 docs/performance.md; the script never fails on them): elastin <= 1.10x raw HAProxy's cpu per
 request, elastin-full <= 1.05x matched HAProxy's, elastin below Traefik, Caddy and nginx.
 
+Every HAProxy in a run — the raw and matched peers and Elastin's — is the same binary: the
+one the mesh runs (``haproxy_binary()``: HAProxy 3.0 built by ``make setup``), or the one
+``--haproxy PATH`` names (``--haproxy /usr/sbin/haproxy``: Debian's 2.6, to compare); each
+JSON row carries its version (``haproxy_version``).
+
 Usage: ``python bench/proxy.py [--json] [--runs N] [--seconds S] [--quick] [--cases ...]
-[--systems ...] [--no-install] [--breakdown]``.
+[--systems ...] [--haproxy PATH] [--no-install] [--breakdown]``.
 """
 
 from __future__ import annotations
@@ -106,6 +112,29 @@ def which(name: str) -> str:
     return path
 
 
+def haproxy_release(binary: str) -> str:
+    """The full version ``binary -v`` reports (``3.0.11``); raises SystemExit naming the
+    binary when it is no HAProxy."""
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemExit(f"--haproxy {binary}: cannot run it ({e})") from None
+    m = re.search(r"HAProxy version (\d+\.\d+(?:\.\d+)?)", out)
+    if not m:
+        raise SystemExit(f"--haproxy {binary}: `{binary} -v` names no HAProxy version")
+    return m[1]
+
+
+@dataclass(frozen=True)
+class VersionedRow(Row):
+    """A row measured with HAProxy ``haproxy_version`` (every HAProxy of the run)."""
+
+    haproxy_version: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "haproxy_version": self.haproxy_version}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,13 +199,34 @@ def started_on(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def runs_binary(pids: list[int], binary: str) -> bool:
+    """Whether one of ``pids`` runs ``binary`` (its executable, links resolved)."""
+    want = os.path.realpath(binary)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.path.realpath(os.readlink(f"/proc/{pid}/exe")) == want:
+                return True
+    return False
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+    """The cpu time ``pids`` used so far, user + system: the scheduler's exact run time of
+    each of their threads (``/proc/PID/task/TID/schedstat``, in ns), else the clock-tick
+    sampled ``utime + stime`` of ``/proc/PID/stat`` (10 ms ticks: about 3 % of a 5,000
+    requests/s run of 3 s)."""
+    total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
+            ns = 0
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    ns += int((task / "schedstat").read_text().split()[0])
+            if ns:
+                total += ns / 1e9
+                continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / os.sysconf("SC_CLK_TCK")
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -252,15 +302,24 @@ def upstream_body(p: Ports) -> str:
 def nginx_proxy_body(case: str, listen: int, p: Ports) -> str:
     h2 = case in ("http2", "grpc_unary")
     ups = p.h2 if case == "grpc_unary" else p.h1  # nginx proxies HTTP/2 to HTTP/1.1
-    servers = "".join(f"server 127.0.0.1:{port}; " for port in ups)
     listen_line = f"listen 127.0.0.1:{listen}" + (" http2" if h2 else "") + ";"
+    params = ""
     if case == "grpc_unary":
-        location = "location / { grpc_pass grpc://u; }"
+        # the upstream answers before it reads the request's message (nginx's `return`):
+        # its frames for that stream may come after nginx ended it, which nginx takes for
+        # a broken connection — failing the requests in flight on it and, with the default
+        # max_fails=1, taking the endpoint out for 10 s ("no live upstreams": every request
+        # a 502). Those requests were never answered: retried on the other endpoint
+        params = " max_fails=0"
+        location = (
+            "location / { grpc_pass grpc://u; grpc_next_upstream error timeout non_idempotent; }"
+        )
     else:
         location = (
             "location / { proxy_pass http://u; proxy_http_version 1.1; "
             'proxy_set_header Connection ""; }'
         )
+    servers = "".join(f"server 127.0.0.1:{port}{params}; " for port in ups)
     return (
         f"  upstream u {{ {servers} keepalive 64; }}\n"
         f"  server {{ {listen_line} keepalive_requests 100000; {location} }}\n"
@@ -413,6 +472,11 @@ VARIANTS: dict[str, Callable[[str], bool]] = {
 }
 
 
+def uses_haproxy(name: str) -> bool:
+    """Whether system ``name`` is an HAProxy (a peer or Elastin's mesh, any variant)."""
+    return name in ("haproxy", "haproxy-matched") or name.startswith("elastin")
+
+
 @dataclass
 class Running:
     """A system under test: the port to load, the processes whose cpu counts, and the
@@ -436,9 +500,10 @@ def count_lines(paths: list[Path], marker: bytes) -> int:
 
 @contextlib.contextmanager
 def system(
-    name: str, case: str, p: Ports, tmp: Path, binaries: dict[str, Path]
+    name: str, case: str, p: Ports, tmp: Path, binaries: dict[str, Path], haproxy: str
 ) -> Iterator[Running]:
-    """Start ``name`` for ``case`` on the proxy's core."""
+    """Start ``name`` for ``case`` on the proxy's core (``haproxy``: the HAProxy binary of
+    the raw and matched peers and of Elastin's mesh)."""
     if name == "direct":
         yield Running(p.h2[0] if case in ("http2", "grpc_unary") else p.h1[0], [], [])
         return
@@ -450,7 +515,7 @@ def system(
         cfg = d / "haproxy.cfg"
         cfg.write_text(make(case, listen, p.h1, p.h2))
         log = d / "stdout.log"
-        argv = on_cpu(PROXY_CPU, [which("haproxy"), "-W", "-f", str(cfg)])
+        argv = on_cpu(PROXY_CPU, [haproxy, "-W", "-f", str(cfg)])
         with process(argv, log) as proc:
             wait_port(listen)
             yield Running(listen, tree_pids(proc.pid), [log] if name != "haproxy" else [])
@@ -480,7 +545,7 @@ def system(
             yield Running(listen, tree_pids(proc.pid), [])
         return
     keep = VARIANTS.get(name, VARIANTS["elastin-full"])
-    hp = HaproxyProcess(d / "mesh", which("haproxy"))
+    hp = HaproxyProcess(d / "mesh", haproxy)
     full = name != "elastin"
     text = render(elastin_snapshot(case, listen, p, free_port(), full), hp.paths())
     with started_on(PROXY_CPU):  # as the raw HAProxy: started on the proxy's core
@@ -495,6 +560,15 @@ def system(
             yield Running(listen, [*tree_pids(hp.master_pid() or 0), c.pid], [log])
     finally:
         hp.stop()
+
+
+def last_error(path: Path, name: str) -> str:
+    """The last line of nginx's error log, for the note on failed requests ("" otherwise)."""
+    if name != "nginx":
+        return ""
+    with contextlib.suppress(OSError, IndexError):
+        return f"; nginx's error log: {path.read_text().strip().splitlines()[-1]}"
+    return ""
 
 
 def log_notes(samples: dict[tuple[str, str, str], list[float]]) -> list[str]:
@@ -534,6 +608,7 @@ def measure(
     tmp: Path,
     wanted: list[str],
     binaries: dict[str, Path],
+    haproxy: str,
     warmup: float = 1.0,
     breakdown: bool = False,
 ) -> tuple[list[Row], list[str]]:
@@ -555,7 +630,9 @@ def measure(
                 rps = {}
                 cpu_per_req: dict[str, float] = {}
                 for name in systems:
-                    with system(name, case, p, tmp, binaries) as run:
+                    with system(name, case, p, tmp, binaries, haproxy) as run:
+                        if uses_haproxy(name) and not runs_binary(run.pids, haproxy):
+                            raise SystemExit(f"{name} does not run {haproxy}")
                         pin(run.pids, PROXY_CPU)
                         wait_serving(case, run.port, tmp)
                         warm = load(case, run.port, warmup, tmp) if warmup else None
@@ -564,9 +641,10 @@ def measure(
                         cpu = cpu_seconds(run.pids) - cpu0
                         rss = rss_mib(run.pids)
                     if r.failed:
+                        said = last_error(tmp / f"proxy-{case}" / "error.log", name)
                         notes.append(
                             f"{case}, {name}: not counted, {r.failed} requests failed "
-                            f"({r.requests} succeeded; {r.detail})"
+                            f"({r.requests} succeeded; {r.detail}){said}"
                         )
                         continue  # not a measurement of serving
                     rps[name] = r.rps
@@ -602,7 +680,11 @@ def measure(
         notes.append("nginx here has no stream module (libnginx-mod-stream): no nginx tcp row")
     if "caddy" in wanted:
         notes.append("Caddy's standard build has no TCP proxy (caddy-l4 is a plugin): no tcp row")
-    rows = [Row(case, name, metric, tuple(v)) for (case, name, metric), v in samples.items()]
+    version = haproxy_release(haproxy)
+    rows: list[Row] = [
+        VersionedRow(case, name, metric, tuple(v), version)
+        for (case, name, metric), v in samples.items()
+    ]
     return rows, notes
 
 
@@ -619,6 +701,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="", help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
     ap.add_argument(
+        "--haproxy",
+        default="",
+        metavar="PATH",
+        help="the HAProxy binary of every HAProxy in the run: the raw and matched peers and "
+        "Elastin's mesh (default: the one the mesh runs, HAProxy 3.0 from `make setup`; "
+        "/usr/sbin/haproxy is Debian's 2.6)",
+    )
+    ap.add_argument(
         "--peers-dir",
         type=Path,
         default=peers.PEERS_DIR,
@@ -633,9 +723,22 @@ def main(argv: list[str] | None = None) -> int:
         help="raw HAProxy against Elastin's full configuration with and without each feature",
     )
     args = ap.parse_args(argv)
-    if haproxy_binary() is None:
+    haproxy = args.haproxy or haproxy_binary()
+    if haproxy is None:
         print("haproxy is not installed (make setup installs it)", file=sys.stderr)
         return 1
+    if not (os.path.isfile(haproxy) and os.access(haproxy, os.X_OK)):
+        print(
+            f"--haproxy {haproxy}: no executable file there (give the path of a haproxy "
+            "binary, e.g. /usr/sbin/haproxy; without --haproxy the mesh's own is used)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        version = haproxy_release(haproxy)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
     cases = args.cases.split(",") if args.cases else list(QUICK_CASES if args.quick else CASES)
     wanted = [s for s in args.systems.split(",") if s]
     unknown = [x for x in cases if x not in CASES] + [s for s in wanted if s not in SYSTEMS]
@@ -662,10 +765,13 @@ def main(argv: list[str] | None = None) -> int:
         runs, seconds, warmup = (args.runs or 1, 1.0, 0.0)
     with tempfile.TemporaryDirectory(prefix="elastin-proxy-") as d:
         rows, more = measure(
-            cases, runs, seconds, Path(d), wanted, binaries, warmup, args.breakdown
+            cases, runs, seconds, Path(d), wanted, binaries, haproxy, warmup, args.breakdown
         )
     notes += more
-    title = "one mesh hop vs raw HAProxy, matched HAProxy, nginx, Traefik, Caddy and direct"
+    title = (
+        "one mesh hop vs raw HAProxy, matched HAProxy, nginx, Traefik, Caddy and direct "
+        f"(HAProxy {version}: {haproxy})"
+    )
     emit("proxy", rows, as_json=args.json, title=title)
     for n in notes:
         print(f"note: {n}", file=sys.stderr if args.json else sys.stdout)

@@ -109,6 +109,18 @@ def test_elastin_full_renders_every_request_logged_and_traced(
     assert len(trace) == 1 and "rand(" not in trace[0] and '-01"' in trace[0]
 
 
+def test_an_haproxy_that_is_none_is_named(
+    proxy: ModuleType, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert proxy.main(["--quick", "--haproxy", str(tmp_path / "haproxy")]) == 2
+    assert f"--haproxy {tmp_path / 'haproxy'}: no executable file there" in capsys.readouterr().err
+    fake = tmp_path / "fake"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    assert proxy.main(["--quick", "--haproxy", str(fake)]) == 2
+    assert "names no HAProxy version" in capsys.readouterr().err
+
+
 def test_unknown_case_is_named(proxy: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     assert proxy.main(["--quick", "--cases", "http3"]) == 2
     err = capsys.readouterr().err
@@ -131,8 +143,11 @@ def test_quick_run_prints_every_system_and_ratio(
     doc = json.loads(captured.out)
     assert doc["bench"] == "proxy" and set(doc["machine"]) == {"cpus", "python"}
     rows = doc["results"]
+    version = proxy.haproxy_release(HAPROXY)
+    assert version.startswith("3.")  # the mesh's own HAProxy, not the first one on PATH
     for row in rows:
-        assert set(row) == {"case", "system", "metric", "value", "runs"}
+        assert set(row) == {"case", "system", "metric", "value", "runs", "haproxy_version"}
+        assert row["haproxy_version"] == version
     assert {r["case"] for r in rows} == {"http1_keepalive", "http1_rate_5000"}
     skipped = {s for s in ("traefik", "caddy") if f"{s} skipped" in captured.err}
     for case in ("http1_keepalive", "http1_rate_5000"):
@@ -167,3 +182,25 @@ def test_each_run_counts_its_own_log_lines(
     logged = {r["system"]: r["value"] for r in rows if r["metric"] == "logged_per_req"}
     assert set(logged) == {"haproxy-matched", "elastin-full"}
     assert all(0 < v <= 1.01 for v in logged.values()), logged
+
+
+DEBIAN_HAPROXY = "/usr/sbin/haproxy"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not Path(DEBIAN_HAPROXY).exists()
+    or any(shutil.which(t, path="/usr/sbin:/usr/bin:/bin") is None for t in TOOLS),
+    reason="needs Debian's haproxy, nginx, wrk, h2load and taskset",
+)
+def test_haproxy_option_runs_every_haproxy_with_that_binary(
+    proxy: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--haproxy`` measures the raw peer and Elastin's mesh with the same binary (the run
+    stops when a system runs another one), and the rows say which version."""
+    argv = ["--json", "--quick", "--cases", "http1_keepalive", "--systems", "haproxy,elastin"]
+    assert proxy.main([*argv, "--haproxy", DEBIAN_HAPROXY]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    want = proxy.haproxy_release(DEBIAN_HAPROXY)
+    assert {r["haproxy_version"] for r in rows} == {want} and not want.startswith("3.")
+    assert {r["system"] for r in rows if r["metric"] == "cpu_us_per_req"} == {"haproxy", "elastin"}

@@ -92,9 +92,11 @@ HTTP_LOG_FORMAT = (
 TRACEPARENT_RE = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 # shares of requests (sampling) are drawn as rand(SHARE_SCALE) < share * SHARE_SCALE
 SHARE_SCALE = 1_000_000
-# the variable that tells, for a normal HTTP response about to be left out of the log,
-# whether it was retried and how long its endpoint took (HAProxy 2.6 has no sample fetch for
-# either; its log-format tags are read here as they are for the log line)
+# the HAProxy release whose sample fetches tell, for a normal HTTP response about to be left
+# out of the log, whether it was retried and how long its endpoint took (``txn.conn_retries``,
+# ``txn.redispatched``, ``res.timer.hdr``); before it (2.6), the variable that holds the
+# same from log-format tags, read as they are for the log line
+FETCHES_SINCE = "3.0"
 LOG_CHECK_VAR = "txn.elastin_log"
 # one JSON object per TCP connection
 TCP_LOG_FORMAT = (
@@ -285,23 +287,37 @@ def _leave_normal_out(c: Cluster) -> list[str]:
     every answer HAProxy makes itself (the named 502/503/504, a 429, an injected fault) is
     logged, as is a request that ends before a response (aborted, timed out). Normal: a
     status below 500 other than 429, no retry and (with ``slow``) an endpoint that answered
-    within ``slow``. What HAProxy 2.6 cannot tell at that point: a response cut after its
-    headers (the endpoint or the caller closing mid-body) is logged only when sampled."""
+    within ``slow``. What HAProxy cannot tell at that point: a response cut after its
+    headers (the endpoint or the caller closing mid-body) is logged only when sampled.
+
+    HAProxy 3.0 reads the retries and the endpoint's time with sample fetches
+    (``txn.conn_retries``, ``txn.redispatched``, ``res.timer.hdr``) in one rule; an older
+    one (2.6: none of these fetches) gets the same decision from its log-format tags, put
+    in a variable first (``LOG_CHECK_VAR``). The choice is HAProxy's own, when it reads the
+    configuration (``.if version_atleast``)."""
     if c.access_log_sample >= 1:
         return []
     when = "" if c.access_log_sample <= 0 else _sampled(c.access_log_sample, "ge") + " "
-    # "<retries>/<ms the endpoint took to answer>"; %rc is "+1" after a redispatch
-    check, normal = "%rc", f"{{ var({LOG_CHECK_VAR}) -m int 0 }}"
+    endpoint_normal = f"{when}{{ status lt 500 }} !{{ status 429 }}"
+    slow_ms = max(1, round(c.slow * 1000))
+    normal = "{ txn.conn_retries eq 0 } !{ txn.redispatched }"
+    if c.slow > 0:
+        normal += f" {{ res.timer.hdr lt {slow_ms} }}"
+    # before 3.0: "<retries>/<ms the endpoint took to answer>"; %rc is "+1" after a redispatch
+    check, old_normal = "%rc", f"{{ var({LOG_CHECK_VAR}) -m int 0 }}"
     if c.slow > 0:
         check += "/%Tr"
-        normal = (
+        old_normal = (
             f"{{ var({LOG_CHECK_VAR}),field(1,/) -m int 0 }} "
-            f"{{ var({LOG_CHECK_VAR}),field(2,/) -m int lt {max(1, round(c.slow * 1000))} }}"
+            f"{{ var({LOG_CHECK_VAR}),field(2,/) -m int lt {slow_ms} }}"
         )
     return [
-        f'    http-response set-var-fmt({LOG_CHECK_VAR}) "{check}" '
-        f"if {when}{{ status lt 500 }} !{{ status 429 }}",
-        f"    http-response set-log-level silent if {normal}",
+        f"    .if version_atleast({FETCHES_SINCE})",
+        f"    http-response set-log-level silent if {endpoint_normal} {normal}",
+        "    .else",
+        f'    http-response set-var-fmt({LOG_CHECK_VAR}) "{check}" if {endpoint_normal}',
+        f"    http-response set-log-level silent if {old_normal}",
+        "    .endif",
     ]
 
 
