@@ -105,6 +105,12 @@ GRPC_PATH = "/bench.Echo/Unary"
 GRPC_FRAME = b"\x00\x00\x00\x00\x04ping"  # uncompressed, 4-byte message
 
 
+# the access log collector waits up to half a second between short reads
+# (elastin.mesh.haproxy.accesslog): a run waits this long after its load, so that the lines of
+# the requests it measured are all in, and their cpu counted, before it reads either
+DRAIN_SECONDS = 1.0
+
+
 def which(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path=SBIN)
     if path is None:
@@ -636,8 +642,10 @@ def measure(
                         pin(run.pids, PROXY_CPU)
                         wait_serving(case, run.port, tmp)
                         warm = load(case, run.port, warmup, tmp) if warmup else None
+                        time.sleep(DRAIN_SECONDS)  # the warm-up's lines out of the window
                         cpu0 = cpu_seconds(run.pids)
                         r = load(case, run.port, seconds, tmp)
+                        time.sleep(DRAIN_SECONDS)  # the measured requests' lines all in
                         cpu = cpu_seconds(run.pids) - cpu0
                         rss = rss_mib(run.pids)
                     if r.failed:

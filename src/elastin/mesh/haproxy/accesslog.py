@@ -59,11 +59,20 @@ log = logging.getLogger("elastin.mesh.accesslog")
 PROBE_SECONDS = 1.0  # how often the collector asks which worker serves the socket
 READ_BYTES = 1 << 18
 REPLAY_SECONDS = 0.5  # a pause this long in a replay: the ring's old content has all come
-# after a short read, wait this long for lines to pile up: 50 ms cost ~2 µs of cpu per request
-# at 5,000 requests/s (a wake-up for a few lines; bench/proxy.py), 0.5 s about half of it.
-# The ring holds ~12,000 lines, so nothing is lost below 24,000 logged lines/s; a line reaches
-# the file (and `elastin logs --mesh -f`) at most half a second late (Envoy flushes every 10 s)
+# after a short read, wait for lines to pile up rather than wake for a few: up to half a second
+# (50 ms cost ~2 µs of cpu per request at 5,000 requests/s, bench/proxy.py; 0.5 s about half
+# of it), but never longer than it takes the ring to fill an eighth at the rate lines came at
+# (``batch_wait``): a fast stream is read often, and nothing is overwritten. A line reaches the
+# file (and `elastin logs --mesh -f`) at most half a second late (Envoy flushes every 10 s).
 BATCH_SECONDS = 0.5
+BATCH_LEAST = 0.005
+
+
+def batch_wait(rate: float) -> float:
+    """How long to let lines pile up after a short read, at ``rate`` bytes/s."""
+    if rate <= 0:
+        return BATCH_SECONDS
+    return min(BATCH_SECONDS, max(BATCH_LEAST, RING_BYTES / 8 / rate))
 
 
 class LineBuffer:
@@ -261,11 +270,16 @@ class AccessLogCollector:
         buf = LineBuffer()
         replay = Replay(self._anchor(pid))
         received, checked, paused = 0, False, False
+        rate, since = 0.0, self.clock.monotonic()  # bytes/s of lines, smoothed
         data = first
         try:
             while True:
                 lines = buf.feed(data)
                 received += len(data)
+                now = self.clock.monotonic()
+                if now > since:
+                    rate = 0.7 * rate + 0.3 * len(data) / (now - since)
+                since = now
                 if lines and not checked:
                     checked = True
                     if refusal(lines[0]):
@@ -280,7 +294,7 @@ class AccessLogCollector:
                 if wait is None and len(data) < READ_BYTES // 4:
                     # little came: let lines pile up (in the socket, then in the ring)
                     # rather than wake for each one — a read then carries hundreds
-                    await self.clock.sleep(BATCH_SECONDS)
+                    await self.clock.sleep(batch_wait(rate))
                 try:
                     async with asyncio.timeout(wait):
                         data = await sess.read(READ_BYTES)

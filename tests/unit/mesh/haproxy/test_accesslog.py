@@ -198,3 +198,17 @@ async def test_a_worker_started_after_the_file_was_written_is_all_new(tmp_path: 
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_the_collector_waits_less_the_faster_lines_come() -> None:
+    """A short read is followed by a wait for lines to pile up: half a second when they
+    trickle, never so long that the ring (RING_BYTES) fills past an eighth at the rate they
+    came (at saturation a long wait let HAProxy overwrite most of the lines)."""
+    from elastin.mesh.haproxy.accesslog import BATCH_LEAST, BATCH_SECONDS, batch_wait
+    from elastin.mesh.haproxy.render import RING_BYTES
+
+    assert batch_wait(0.0) == BATCH_SECONDS
+    assert batch_wait(1000.0) == BATCH_SECONDS  # a few lines a second
+    fast = 40_000 * 330.0  # 40,000 lines/s of ~330 bytes
+    assert batch_wait(fast) * fast <= RING_BYTES / 8
+    assert batch_wait(1e12) == BATCH_LEAST
