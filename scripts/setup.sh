@@ -10,7 +10,7 @@ VENV=${VENV:-.venv}
 # headers scripts/haproxy.sh builds the mesh's HAProxy 3.0 with; Debian's haproxy 2.6 for the
 # benchmark's comparison with it).
 DEB_PACKAGES="python3 python3-venv python3-dev curl procps iproute2 util-linux perl haproxy nginx wrk nghttp2-client
- gcc make libc6-dev patch xz-utils libssl-dev liblua5.4-dev libpcre2-dev"
+ gcc make libc6-dev dpkg-dev patch xz-utils libssl-dev liblua5.4-dev libpcre2-dev"
 
 missing=""
 for p in $DEB_PACKAGES; do

@@ -292,19 +292,38 @@ def _pusher(cycle: RequestResponseCycle) -> Callable[[bytes], bool]:
     writing): then the caller sends it with ``await send`` (which waits for the reader)."""
 
     def push(data: bytes) -> bool:
-        if (
-            cycle.disconnected
-            or not cycle.response_started
-            or cycle.response_complete
-            or not cycle.chunked_encoding
-            or cycle.flow.write_paused
-        ):
+        try:
+            ready = not (
+                cycle.disconnected
+                or not cycle.response_started
+                or cycle.response_complete
+                or not cycle.chunked_encoding
+                or cycle.flow.write_paused
+            )
+        except AttributeError as e:  # uvicorn's internals moved: say so once, go the ASGI way
+            _say_push_broken(e)
+            return False
+        if not ready:
             return False
         if data:  # an empty chunk would end the answer
             cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
         return True
 
     return push
+
+
+_push_broken: list[str] = []
+
+
+def _say_push_broken(e: AttributeError) -> None:
+    if not _push_broken:
+        _push_broken.append(str(e))
+        log.warning(
+            "streamed answers go the slower ASGI way: this uvicorn (%s) lacks what PUSH reads"
+            " (%s); Elastin was tested with uvicorn 0.29-0.55",
+            uvicorn.__version__,
+            e,
+        )
 
 
 def pusher(scope: Mapping[str, Any]) -> Callable[[bytes], bool] | None:

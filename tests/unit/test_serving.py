@@ -3,6 +3,7 @@ variable) and the connection counts per address."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -66,3 +67,24 @@ async def test_guard_counts_per_address_and_in_total() -> None:
     assert g.admit("b")
     g.release("a", admitted=True)
     assert g.by_client == {"a": 1, "b": 1} and g.open == 2
+
+
+def test_a_push_on_a_uvicorn_without_what_it_reads_says_so_once_and_declines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PUSH reads uvicorn's RequestResponseCycle; if a uvicorn release renames what it reads,
+    every push declines (the stream sends the ASGI way) and one warning says why."""
+    from elastin import serving
+
+    class Cycle:  # a cycle of a uvicorn that has no `flow`
+        disconnected = False
+        response_started = True
+        response_complete = False
+        chunked_encoding = True
+
+    serving._push_broken.clear()
+    push = serving._pusher(Cycle())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="elastin.serving"):
+        assert push(b"x") is False
+        assert push(b"y") is False
+    assert caplog.text.count("streamed answers go the slower ASGI way") == 1

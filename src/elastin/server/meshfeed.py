@@ -203,7 +203,12 @@ class MeshFeed:
                         sub.wake.set()
                     continue
                 seen = m.version
-                self._deliver(m)
+                try:
+                    self._deliver(m)
+                except Exception:  # a bug: every stream sends the version itself instead
+                    log.exception("mesh fan-out: cannot deliver version %d", m.version)
+                    for sub in self._subs:
+                        sub.wake.set()
         finally:
             for sub in self._subs:
                 sub.wake.set()
