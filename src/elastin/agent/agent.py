@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import uuid
@@ -745,6 +746,7 @@ class Agent:
         liveness to the store; a report the server refuses is said once, not every second."""
         interval = self.cfg.metrics_interval
         told = ""
+        series = secrets.token_hex(8)  # this loop's: the server starts a new series with it
         while True:
             started = self.clock.monotonic()
             instances: dict[str, dict[str, Any]] = {}
@@ -765,7 +767,9 @@ class Agent:
                 if mesh:  # the longest response of the next interval, from now on
                     with contextlib.suppress(Exception):
                         await self.mesh.proxy.command(CLEAR_MAX)
-            report = build_report(self.clock.time(), interval, instances, mesh)
+            report = build_report(
+                self.clock.time(), interval, instances, mesh, self.clock.monotonic(), series
+            )
             try:
                 await self.client.node_metrics(self.node_id, report)
                 told = ""

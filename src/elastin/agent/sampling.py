@@ -7,13 +7,18 @@ across HAProxy's reloads), then clears the proxy's max values so that ``rtime_ma
 longest response of the next interval. ``build_report`` turns that into the body of ``POST
 /v1/nodes/{id}/metrics`` — checked and kept by the server's ``windows.py``, in memory only:
 
-    {"at": <wall clock of the sample>, "interval": <seconds>,
+    {"at": <wall clock of the sample>, "mono": <monotonic clock of the sample>,
+     "series": <this agent process's id>, "interval": <seconds>,
      "instances": {<allocation>: {"app", "workload", "cpu" (millicores), "memory" (bytes),
                                   "cpu_request", "memory_request", "ready"}},
      "ports": {"<app>.<service>.<port>": {"mode", "requests", "errors" (cumulative),
                "active", "queued", "avg_ms", "max_ms",
                "endpoints": {<allocation>: {"requests" (cumulative), "active", "avg_ms",
                                             "max_ms"}}}}}
+
+The server counts rates over ``mono``'s difference between two reports (a step of the wall
+clock bends nothing) and starts a new series when ``series`` changes (an agent restarted);
+``at`` only has to be within a few minutes of the server's clock.
 
 The heartbeat (every 5 s, it writes the node's liveness) keeps sending usage too; while the
 metrics loop runs it takes the loop's last sample (``recent_usage``) instead of sampling
@@ -88,10 +93,13 @@ def build_report(
     interval: float,
     instances: Mapping[str, dict[str, Any]],
     mesh: Mapping[str, ClusterStats],
+    mono: float | None = None,
+    series: str = "",
 ) -> dict[str, Any]:
     """The metrics report's body (see the module's doc)."""
     return {
         "at": at,
+        **({} if mono is None else {"mono": mono, "series": series}),
         "interval": interval,
         "instances": dict(instances),
         "ports": {name: port_reading(s) for name, s in mesh.items()},

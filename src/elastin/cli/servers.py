@@ -64,6 +64,17 @@ def _loopback_port(flag: str, what: str) -> Callable[[Callable[..., Any]], Calla
     )
 
 
+def _metrics_interval(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """``--metrics-interval``: 0 (off) or 0.5 to 60 s (the agent's loop cannot report more
+    often than it samples; a report a minute is what the windows still hold)."""
+    if value == 0 or 0.5 <= value <= 60:
+        return value
+    raise click.BadParameter(
+        f"{value:g} is not 0 (no reports) or from 0.5 to 60 seconds; "
+        "1 (the default) is what `elastin top` and the autoscaler expect"
+    )
+
+
 def read_token_file(path: str) -> str:
     """The token in ``path``; refused when other users may read it or it is empty."""
     try:
@@ -103,11 +114,12 @@ def read_token_file(path: str) -> str:
 )
 @click.option(
     "--metrics-interval",
-    type=click.FloatRange(0, 60),
+    type=float,
+    callback=_metrics_interval,
     default=1.0,
     show_default=True,
     help="seconds between metrics reports to the server (cpu, memory, request rates, "
-    "latency; kept in its memory); 0: none",
+    "latency; kept in its memory): 0.5 to 60, or 0 for none",
 )
 def agent(
     server_url: str,

@@ -269,6 +269,12 @@ class MeshFeed:
         m = await self._inputs()
         return m.version, guarded_registry(m.apps, m.allocs, m.addresses)
 
+    async def allocations(self) -> tuple[int, list[Allocation]]:
+        """Every allocation of the current mesh version and that version (the same read of
+        the store as the snapshots': once per version)."""
+        m = await self._inputs()
+        return m.version, m.allocs
+
     # inputs ------------------------------------------------------------------------------
     async def _inputs(self) -> MeshInputs:
         """What snapshots are built from, read once per mesh version: when a change wakes

@@ -9,13 +9,16 @@ its numbers with it. ``traffic()`` sums the proxies' counters per service port f
 ``windows`` (``server/windows.py``) keeps the agents' one-second metrics reports (``POST
 /v1/nodes/{id}/metrics``): five minutes at 1 s per instance and per service port, what
 ``GET /v1/metrics/services/{app}/{service}``, ``elastin top`` and the autoscaler read. A
-report is taken only from a node that sent a heartbeat to this server (``knows``); a node
-marked down leaves the windows with the rest of its numbers.
+report is taken only from a node that sent a heartbeat to this server (``knows``), and only
+for what the store has (``vet_report``): the instances of allocations placed on that node,
+their app and workload the allocation's (never the report's), and the proxy's share of each
+live allocation of the port's service; a node marked down leaves the windows with the rest of
+its numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -35,12 +38,39 @@ TRAFFIC_COUNTERS = (
 )
 
 
+def vet_report(report: NodeReport, node_id: str, allocs: Mapping[str, Allocation]) -> NodeReport:
+    """``report`` of node ``node_id`` with only what the store has (``allocs``: allocation id
+    -> allocation, live ones): instances of allocations on that node, their app and workload
+    the allocation's; endpoints of allocations of the port's service. Anything else (an id
+    unknown, of another node or another service) is left out: it would show as a replica
+    that does not exist, or overwrite another node's (pure)."""
+    instances = {}
+    for alloc_id, i in report.instances.items():
+        a = allocs.get(alloc_id)
+        if a is None or a.node_id != node_id:
+            continue
+        if (i.app, i.workload) != (a.app, a.workload):
+            i = replace(i, app=a.app, workload=a.workload)
+        instances[alloc_id] = i
+    ports = {}
+    for key, p in report.ports.items():
+        app, service = p.name.app, p.name.service
+        ours = {
+            alloc_id: e
+            for alloc_id, e in p.endpoints.items()
+            if (a := allocs.get(alloc_id)) is not None and (a.app, a.workload) == (app, service)
+        }
+        ports[key] = p if len(ours) == len(p.endpoints) else replace(p, endpoints=ours)
+    return replace(report, instances=instances, ports=ports)
+
+
 class Telemetry:
     def __init__(self, clock: Clock = SYSTEM) -> None:
         self.windows = Windows(clock)
         self._usage: dict[str, dict[str, Usage]] = {}  # node -> allocation -> usage
         self._node_usage: dict[str, Usage] = {}
         self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
+        self._allocs: tuple[int, dict[str, Allocation]] = (-1, {})  # version -> live ones
 
     def record(
         self,
@@ -68,8 +98,16 @@ class Telemetry:
         return node_id in self._usage
 
     def record_metrics(self, node_id: str, report: NodeReport) -> None:
-        """A metrics report of a node this server knows (``knows``)."""
+        """A metrics report of a node this server knows (``knows``), vetted
+        (``vet_report``). ``ClockSkew`` when its clock is far from the server's."""
         self.windows.record(node_id, report)
+
+    def live_allocations(self, version: int, allocs: Iterable[Allocation]) -> dict[str, Allocation]:
+        """The live ones of ``allocs`` (the mesh feed's, of mesh ``version``) by id, built
+        once per version for ``vet_report``."""
+        if self._allocs[0] != version:
+            self._allocs = (version, {a.id: a for a in allocs if not a.terminal})
+        return self._allocs[1]
 
     def usage(self) -> dict[str, Usage]:
         """Measured usage per allocation id, over every node."""

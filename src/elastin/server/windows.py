@@ -6,26 +6,40 @@ node's proxy, per replica and in total.
 Agents send a *metrics report* at their ``--metrics-interval`` (1 s by default; ``POST
 /v1/nodes/{id}/metrics``, apart from the 5 s heartbeat, which writes the node's liveness).
 ``parse_report`` checks one (a ``ValueError`` saying what is wrong) into a ``NodeReport``;
-``Windows.record`` turns it into one ``NodePoint`` for the server's current second:
+``Windows.record`` takes it for the server's current second:
 
 - the proxy's request and error counters are cumulative (the agent's ``Totals`` already
   keep them monotonic across HAProxy's reloads); a rate is the difference from the node's
-  previous report over the time between the two samples (the agent's clock, so network
-  delays do not bend it). A counter that went down was reset (a proxy restarted without its
-  base): what it counts now is what it counted since, as Prometheus' ``rate`` assumes. A
-  service port or endpoint seen for the first time has no rate yet (its counter's start is
-  unknown);
+  previous report over the time between the two samples on the agent's *monotonic* clock
+  (``mono``; network delays do not bend it, and neither does a step of its wall clock). A
+  counter that went down was reset (a proxy restarted without its base): what it counts now
+  is what it counted since, as Prometheus' ``rate`` assumes. A service port or endpoint seen
+  for the first time has no rate yet (its counter's start is unknown);
+- a report of another agent process (``series``), or one whose time does not move forward
+  (an older agent without ``mono``: its wall clock stepped back), starts a new series: its
+  counters are the new baseline and give no rate yet. A report whose wall clock ``at`` is
+  more than ``MAX_CLOCK_SKEW`` from the server's is refused (``ClockSkew``);
 - in flight (current sessions plus queued), the average response time (HAProxy's ``rtime``:
   the last 1,024 requests) and the longest response of the interval (``rtime_max``, which
   the agent clears after each reading) are gauges; both times are left out (None) for an
   interval without a request;
 - two reports in one second merge (rates over their summed time, gauges from the newer).
 
-Each node keeps a ring of ``seconds`` points (300: five minutes at 1 s). A point stands for
-its second and, while no newer one came, for ``hold`` seconds after it (at least 2 s, more
-for a node that reports less often), so that a report landing a little late does not show as
-a hole. A node that stops reporting ages out: after ``hold`` it counts in no current value,
-after the window it is gone; ``forget`` drops a node at once (marked down).
+A node keeps only its newest *point* (what it reported for one second, grouped by service)
+and its last counters. A point stands for its second and, while no newer one came, for
+``hold`` seconds after it (at least 2 s, more for a node that reports less often), so that a
+report landing a little late does not show as a hole. Once a second is over, every node's
+point that stands for it is folded, per service, into that service's ring (``seconds`` rows:
+five minutes at 1 s): one compact row a second — the replicas (interned ids, shared from one
+second to the next while they do not change) and an ``array`` of numbers: per replica cpu and
+memory, per port the sums of its traffic over the nodes and of each replica's share. So the
+memory is that of the services, not of every node's copy of every endpoint, and a read
+(``Windows.service``) costs the seconds asked for times that service's replicas, whatever the
+other services and nodes; the current second is folded from the nodes' points on each read.
+
+A node that stops reporting ages out: after its point's ``hold`` it counts in no current
+value, after the window it is gone; ``forget`` drops a node at once (marked down) from the
+current values (the seconds already past keep what it measured then).
 
 ``Windows.service`` aggregates one service over every node: the current value and the last N
 seconds of each metric, per replica (an allocation) and in total, per port and over its
@@ -35,6 +49,8 @@ ports. Nothing here does I/O; time comes from the injected ``Clock``.
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,12 +62,13 @@ WINDOW_SECONDS = 300  # five minutes at one second
 MIN_HOLD = 2  # seconds a point stands for at least (a report arriving late is no hole)
 MAX_REPORT_BYTES = 1 << 20  # a larger report is refused (413)
 MAX_ENTRIES = 20_000  # instances, ports or endpoints in one report at most
+MAX_CLOCK_SKEW = 300.0  # seconds a report's wall clock may be from the server's (else 422)
 
 
 # --- the report an agent sends ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceReading:
     """One instance (allocation) on the reporting node. cpu in millicores (used since the
     previous sample, from the cgroup's usage), memory in bytes; the requests are the
@@ -66,7 +83,7 @@ class InstanceReading:
     ready: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointReading:
     """One replica of a service port as the reporting node's proxy sees it."""
 
@@ -76,7 +93,7 @@ class EndpointReading:
     max_ms: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortReading:
     """One service port (mesh cluster) as the reporting node's proxy counted it."""
 
@@ -91,12 +108,18 @@ class PortReading:
     endpoints: Mapping[str, EndpointReading] = field(default_factory=dict)  # allocation ->
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeReport:
     at: float  # the agent's wall clock when it sampled
     interval: float
     instances: Mapping[str, InstanceReading]
     ports: Mapping[str, PortReading]
+    mono: float | None = None  # the agent's monotonic clock when it sampled (None: older agent)
+    series: str = ""  # the agent process's id: another one starts a new series
+
+
+class ClockSkew(ValueError):
+    """A report's wall clock is too far from the server's (the node's clock is off)."""
 
 
 def _num(data: Mapping[str, Any], key: str, where: str, default: float | None = None) -> float:
@@ -122,12 +145,19 @@ def _str(data: Mapping[str, Any], key: str, where: str) -> str:
     v = data.get(key)
     if not isinstance(v, str) or not v or len(v) > 256:
         raise ValueError(f"{where}.{key} must be a non-empty string")
-    return v
+    return sys.intern(v)
+
+
+def _id(key: str, where: str) -> str:
+    if not key or len(key) > 256:
+        raise ValueError(f"{where}: an id must have 1 to 256 characters")
+    return sys.intern(key)
 
 
 def parse_report(data: Any) -> NodeReport:
     """An agent's metrics report (decoded JSON) → ``NodeReport``; ``ValueError`` naming the
-    field when it is malformed."""
+    field when it is malformed. Ids and names are interned (the windows keep them for
+    minutes, one copy each)."""
     top = _obj(data, "the report")
     instances: dict[str, InstanceReading] = {}
     for alloc_id, raw in _obj(top.get("instances", {}), "instances").items():
@@ -136,7 +166,7 @@ def parse_report(data: Any) -> NodeReport:
         ready = i.get("ready", False)
         if not isinstance(ready, bool):
             raise ValueError(f"{w}.ready must be true or false")
-        instances[alloc_id] = InstanceReading(
+        instances[_id(alloc_id, w)] = InstanceReading(
             app=_str(i, "app", w),
             workload=_str(i, "workload", w),
             cpu=_num(i, "cpu", w),
@@ -154,7 +184,7 @@ def parse_report(data: Any) -> NodeReport:
         except ValueError:
             raise ValueError(f"{w}: not a service port <app>.<service>.<port>") from None
         endpoints = {
-            alloc_id: EndpointReading(
+            _id(alloc_id, f"{w}.endpoints[{alloc_id!r}]"): EndpointReading(
                 requests=_int(e, "requests", f"{w}.endpoints[{alloc_id!r}]"),
                 active=_int(e, "active", f"{w}.endpoints[{alloc_id!r}]", 0),
                 avg_ms=_num(e, "avg_ms", f"{w}.endpoints[{alloc_id!r}]", 0),
@@ -168,7 +198,7 @@ def parse_report(data: Any) -> NodeReport:
         mode = p.get("mode", "http")
         if mode not in ("http", "tcp"):
             raise ValueError(f"{w}.mode must be http or tcp, not {mode!r}")
-        ports[name] = PortReading(
+        ports[sys.intern(name)] = PortReading(
             name=cluster,
             mode=mode,
             requests=_int(p, "requests", w),
@@ -182,18 +212,24 @@ def parse_report(data: Any) -> NodeReport:
     interval = _num(top, "interval", "the report", 1.0)
     if not 0 < interval <= 3600:
         raise ValueError(f"the report's interval must be in (0, 3600] seconds, not {interval}")
+    mono = None if top.get("mono") is None else _num(top, "mono", "the report")
+    series = top.get("series", "")
+    if not isinstance(series, str) or len(series) > 256:
+        raise ValueError("the report's series must be a string of at most 256 characters")
     return NodeReport(
         at=_num(top, "at", "the report"),
         interval=interval,
         instances=instances,
         ports=ports,
+        mono=mono,
+        series=series,
     )
 
 
 # --- what one node measured in one second -------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Traffic:
     """Requests over ``seconds`` (None: no rate yet), and the gauges at the end of it."""
 
@@ -240,18 +276,34 @@ class Traffic:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortPoint:
+    """One service port in one node's point: its total and each replica's share."""
+
     name: ClusterName
     total: Traffic
     endpoints: Mapping[str, Traffic]  # allocation -> its share
 
 
-@dataclass
+@dataclass(slots=True)
+class _Share:
+    """One node's share of one service in its point."""
+
+    instances: dict[str, InstanceReading] = field(default_factory=dict)
+    ports: dict[str, PortPoint] = field(default_factory=dict)  # port (e.g. "http") ->
+
+
+@dataclass(slots=True)
 class NodePoint:
+    """A node's newest report, for the server's second ``second`` and ``hold`` seconds after
+    while no newer one comes, grouped by service ``(app, service)``."""
+
     second: int
-    instances: dict[str, InstanceReading]
-    ports: dict[str, PortPoint]
+    hold: int
+    services: dict[tuple[str, str], _Share]
+
+    def stands_for(self, second: int) -> bool:
+        return self.second <= second < self.second + self.hold
 
 
 def _add(a: float | None, b: float | None) -> float | None:
@@ -293,27 +345,255 @@ def _traffic(
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
-    ring: list[NodePoint | None]
-    at: float  # the agent's time of the last report
+    point: NodePoint | None
+    at: float  # the agent's wall clock of the last report
+    mono: float | None  # the agent's monotonic clock of the last report
+    series: str
     seen: float  # the server's monotonic time of the last report
-    hold: int
     # the last cumulative counters: cluster -> (requests, errors), endpoint (cluster, alloc)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
     endpoint_counters: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+# --- a service's ring: one compact row a second ---------------------------------------------
+
+# a traffic accumulator: ACC numbers in a row's array (NaN: nothing known)
+ACC = 6
+_RATE, _ERR, _FLIGHT, _WSUM, _AMAX, _MAXMS = range(ACC)
+_NAN = math.nan
+_EMPTY_ACC = (_NAN,) * ACC
+
+
+def _nadd(a: float, b: float) -> float:
+    return b if a != a else a + b
+
+
+def _nmax(a: float, b: float) -> float:
+    return b if a != a or b > a else a
+
+
+def _fold(acc: list[float], t: Traffic) -> None:
+    """Add one proxy's ``t`` to ``acc``: rates and in flight add up; the average response
+    is weighted by the requests (its weight is the rate: an interval without a request has
+    no average and a rate of 0), the longest is the longest."""
+    r = t.rate
+    if r is not None:
+        acc[_RATE] = _nadd(acc[_RATE], r)
+    e = t.error_rate
+    if e is not None:
+        acc[_ERR] = _nadd(acc[_ERR], e)
+    acc[_FLIGHT] = _nadd(acc[_FLIGHT], float(t.in_flight))
+    if t.avg_ms is not None:
+        acc[_WSUM] = _nadd(acc[_WSUM], t.avg_ms * (r or 0.0))
+        acc[_AMAX] = _nmax(acc[_AMAX], t.avg_ms)
+    if t.max_ms is not None:
+        acc[_MAXMS] = _nmax(acc[_MAXMS], t.max_ms)
+
+
+def _combine(acc: list[float], values: array[float], off: int) -> None:
+    """Add the accumulator at ``values[off:]`` to ``acc``."""
+    for k in (_RATE, _ERR, _FLIGHT, _WSUM):
+        acc[k] = _nadd(acc[k], values[off + k]) if values[off + k] == values[off + k] else acc[k]
+    for k in (_AMAX, _MAXMS):
+        acc[k] = _nmax(acc[k], values[off + k]) if values[off + k] == values[off + k] else acc[k]
+
+
+def _opt(v: float) -> float | None:
+    return None if v != v else v
+
+
+def _traffic_values(acc: Any, off: int = 0) -> tuple[float | None, ...] | None:
+    """An accumulator → the traffic metrics in ``TRAFFIC_METRICS``' order (see ``_fold``);
+    None: no traffic. No p99: see docs/mesh.md."""
+    flight = acc[off + _FLIGHT]
+    if flight != flight:
+        return None
+    rate, amax = acc[off + _RATE], acc[off + _AMAX]
+    weight = rate if rate == rate else 0.0
+    if amax == amax and weight > 0:
+        avg: float | None = acc[off + _WSUM] / weight
+    else:
+        avg = _opt(amax)
+    return (_opt(rate), _opt(acc[off + _ERR]), flight, avg, _opt(acc[off + _MAXMS]), None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a row's numbers are about; shared by consecutive rows while it does not change.
+    ``replicas``: (allocation, node, ready, cpu_request, memory_request), by allocation;
+    ``ports``: (port, the replicas with traffic on it), by port."""
+
+    replicas: tuple[tuple[str, str, bool, int, int], ...]
+    ports: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(slots=True)
+class _Row:
+    """One service in one second: ``values`` holds cpu and memory per replica, then per port
+    its total's accumulator and each of its replicas' (``_Layout``'s order)."""
+
+    second: int
+    layout: _Layout
+    values: array[float]
+
+
+def _row(second: int, shares: list[tuple[str, _Share]], before: _Layout | None) -> _Row:
+    """The shares of one service in one second, folded over the nodes."""
+    instances: dict[str, tuple[str, InstanceReading]] = {}
+    ports: dict[str, list[PortPoint]] = {}
+    for node_id, share in shares:
+        for alloc_id, i in share.instances.items():
+            instances[alloc_id] = (node_id, i)
+        for port, pp in share.ports.items():
+            ports.setdefault(port, []).append(pp)
+    values: array[float] = array("d")
+    replicas = []
+    for alloc_id in sorted(instances):
+        node_id, i = instances[alloc_id]
+        replicas.append((alloc_id, node_id, i.ready, i.cpu_request, i.memory_request))
+        values.append(i.cpu)
+        values.append(float(i.memory))
+    port_layout = []
+    for port in sorted(ports):
+        acc = list(_EMPTY_ACC)
+        by_replica: dict[str, list[float]] = {}
+        for pp in ports[port]:
+            _fold(acc, pp.total)
+            for alloc_id, t in pp.endpoints.items():
+                _fold(by_replica.setdefault(alloc_id, list(_EMPTY_ACC)), t)
+        values.extend(acc)
+        names = tuple(sorted(by_replica))
+        for alloc_id in names:
+            values.extend(by_replica[alloc_id])
+        port_layout.append((port, names))
+    layout = _Layout(tuple(replicas), tuple(port_layout))
+    if before is not None and before == layout:
+        layout = before  # one copy while nothing changes
+    return _Row(second, layout, values)
+
+
+Columns = dict[str, list[Any]]  # metric -> one value a second
+
+
+def _columns(names: Iterable[str], n: int) -> Columns:
+    return {k: [None] * n for k in names}
+
+
+def _put(cols: Columns, j: int, names: tuple[str, ...], values: Iterable[Any] | None) -> None:
+    """Second ``j``'s ``values`` of metrics ``names`` (None: nothing measured)."""
+    if values is not None:
+        for k, x in zip(names, values, strict=True):
+            cols[k][j] = x
+
+
+def _usage(cpu: float, memory: float, cpu_req: float, mem_req: float) -> tuple[Any, ...]:
+    """``USAGE_METRICS`` of instances that use and request these."""
+    return (
+        cpu,
+        memory,
+        float(cpu_req),
+        float(mem_req),
+        cpu / cpu_req if cpu_req else None,
+        memory / mem_req if mem_req else None,
+    )
+
+
+def _series(rows: list[_Row | None]) -> dict[str, Any]:
+    """Rows (one per second, oldest first; None: nothing measured) → per metric
+    ``{"current", "series"}`` in total, per port (and its replicas' shares) and per replica
+    (with its node: the newest); the current value is the last second's. Replicas and ports
+    are those of any second; a replica has traffic metrics when it had traffic in one."""
+    n = len(rows)
+    total = _columns(TOTAL_METRICS, n)
+    total["replicas"], total["ready"] = [0] * n, [0] * n
+    replicas: dict[str, Columns] = {}
+    nodes: dict[str, str] = {}
+    ports: dict[str, Columns] = {}
+    shares: dict[str, dict[str, Columns]] = {}
+    for j, row in enumerate(rows):
+        if row is None:
+            continue
+        v, layout = row.values, row.layout
+        off = 0
+        cpu = mem = cpu_req = mem_req = 0.0
+        ready = 0
+        for alloc_id, node_id, is_ready, c_req, m_req in layout.replicas:
+            cols = replicas.get(alloc_id)
+            if cols is None:
+                cols = replicas[alloc_id] = _columns(("ready", *USAGE_METRICS), n)
+            nodes[alloc_id] = node_id
+            cols["ready"][j] = is_ready
+            _put(cols, j, USAGE_METRICS, _usage(v[off], v[off + 1], c_req, m_req))
+            cpu, mem = cpu + v[off], mem + v[off + 1]
+            cpu_req, mem_req = cpu_req + c_req, mem_req + m_req
+            ready += is_ready
+            off += 2
+        if layout.replicas:
+            _put(total, j, USAGE_METRICS, _usage(cpu, mem, cpu_req, mem_req))
+        total["replicas"][j], total["ready"][j] = len(layout.replicas), ready
+        total_acc = list(_EMPTY_ACC)
+        replica_acc: dict[str, list[float]] = {}
+        for port, names in layout.ports:
+            _combine(total_acc, v, off)
+            cols = ports.get(port)
+            if cols is None:
+                cols = ports[port] = _columns(TRAFFIC_METRICS, n)
+            _put(cols, j, TRAFFIC_METRICS, _traffic_values(v, off))
+            off += ACC
+            of_port = shares.setdefault(port, {})
+            for alloc_id in names:
+                cols = of_port.get(alloc_id)
+                if cols is None:
+                    cols = of_port[alloc_id] = _columns(TRAFFIC_METRICS, n)
+                _put(cols, j, TRAFFIC_METRICS, _traffic_values(v, off))
+                if alloc_id in nodes and replicas[alloc_id]["ready"][j] is not None:
+                    _combine(replica_acc.setdefault(alloc_id, list(_EMPTY_ACC)), v, off)
+                off += ACC
+        for alloc_id, acc in replica_acc.items():
+            cols = replicas[alloc_id]
+            if "requests_per_s" not in cols:
+                cols.update(_columns(TRAFFIC_METRICS, n))
+            _put(cols, j, TRAFFIC_METRICS, _traffic_values(acc))
+        if layout.ports:
+            _put(total, j, TRAFFIC_METRICS, _traffic_values(total_acc))
+
+    def metrics(cols: Columns) -> dict[str, Any]:
+        return {k: {"current": x[-1], "series": x} for k, x in cols.items()}
+
+    return {
+        "total": metrics(total),
+        "ports": {
+            p: {
+                **metrics(ports[p]),
+                "replicas": {a: metrics(c) for a, c in sorted(shares[p].items())},
+            }
+            for p in sorted(ports)
+        },
+        "replicas": {a: {"node": nodes[a], **metrics(replicas[a])} for a in sorted(replicas)},
+    }
+
+
+@dataclass(slots=True)
+class _Service:
+    rows: list[_Row | None]
+    last: int = 0  # the newest second with a row
 
 
 # --- the windows ---------------------------------------------------------------------------
 
 
 class Windows:
-    """Every node's last ``seconds`` of metrics at 1 s resolution (see the module's doc)."""
+    """Every node's last ``seconds`` of metrics at 1 s resolution, per service (see the
+    module's doc)."""
 
     def __init__(self, clock: Clock = SYSTEM, seconds: int = WINDOW_SECONDS) -> None:
         self.clock = clock
         self.seconds = seconds
         self._nodes: dict[str, _Node] = {}
+        self._services: dict[tuple[str, str], _Service] = {}
+        self._done: int | None = None  # the last second folded into the services' rings
 
     def nodes(self) -> list[str]:
         self._prune()
@@ -323,22 +603,43 @@ class Windows:
         self._nodes.pop(node_id, None)
 
     def record(self, node_id: str, report: NodeReport) -> None:
-        """One report of ``node_id`` (a report older than its last one is ignored)."""
+        """One report of ``node_id``. ``ClockSkew`` (a ``ValueError``) when its wall clock is
+        more than ``MAX_CLOCK_SKEW`` from the server's: nothing of it is taken."""
         now = self.clock.time()
+        if abs(report.at - now) > MAX_CLOCK_SKEW:
+            raise ClockSkew(
+                f"the report was sampled at {report.at:.3f} on the node's clock, "
+                f"{report.at - now:+.0f} s from the server's (at most {MAX_CLOCK_SKEW:.0f} s)"
+            )
         second = int(now)
+        self._advance(second)
         hold = max(MIN_HOLD, math.ceil(report.interval) + 1)
         node = self._nodes.get(node_id)
-        if node is not None and report.at <= node.at:
-            return  # a late or repeated report: the newer one counted already
+        seconds = 0.0
         if node is None:
-            node = _Node([None] * self.seconds, report.at, self.clock.monotonic(), hold)
+            node = _Node(None, report.at, report.mono, report.series, self.clock.monotonic())
             self._nodes[node_id] = node
-        seconds = report.at - node.at
-        ports: dict[str, PortPoint] = {}
+            new_series = True
+        else:
+            new_series = report.series != node.series
+            if not new_series:
+                if report.mono is not None and node.mono is not None:
+                    seconds = report.mono - node.mono
+                else:  # an agent without a monotonic clock in its reports
+                    seconds = report.at - node.at
+                new_series = seconds <= 0  # its clock went back, or a repeated report
+        old_counters = {} if new_series else node.counters
+        old_endpoints = {} if new_series else node.endpoint_counters
+        services: dict[tuple[str, str], _Share] = {}
+        for alloc_id, i in report.instances.items():
+            share = services.get((i.app, i.workload))
+            if share is None:
+                share = services[(i.app, i.workload)] = _Share()
+            share.instances[alloc_id] = i
         counters: dict[str, tuple[int, int]] = {}
         endpoint_counters: dict[tuple[str, str], int] = {}
         for key, p in report.ports.items():
-            before = node.counters.get(key)
+            before = old_counters.get(key)
             counters[key] = (p.requests, p.errors)
             total = _traffic(
                 p.requests, p.errors, p.active + p.queued, p.avg_ms, p.max_ms, before, seconds
@@ -346,7 +647,7 @@ class Windows:
             eps: dict[str, Traffic] = {}
             for alloc_id, e in p.endpoints.items():
                 endpoint_counters[(key, alloc_id)] = e.requests
-                prev = node.endpoint_counters.get((key, alloc_id))
+                prev = old_endpoints.get((key, alloc_id))
                 eps[alloc_id] = _traffic(
                     e.requests,
                     0,
@@ -356,21 +657,57 @@ class Windows:
                     None if prev is None else (prev, 0),
                     seconds,
                 )
-            ports[key] = PortPoint(p.name, total, eps)
-        node.at, node.seen, node.hold = report.at, self.clock.monotonic(), hold
+            svc = (p.name.app, p.name.service)
+            share = services.get(svc)
+            if share is None:
+                share = services[svc] = _Share()
+            share.ports[p.name.port] = PortPoint(p.name, total, eps)
+        node.at, node.mono, node.series = report.at, report.mono, report.series
+        node.seen = self.clock.monotonic()
         node.counters, node.endpoint_counters = counters, endpoint_counters
-        slot = second % self.seconds
-        old = node.ring[slot]
+        old = node.point
         if old is not None and old.second == second:  # a second report in this second
-            for key, pp in ports.items():
-                if (was := old.ports.get(key)) is not None:
-                    eps = {
-                        a: was.endpoints[a].merged(t) if a in was.endpoints else t
-                        for a, t in pp.endpoints.items()
-                    }
-                    ports[key] = PortPoint(pp.name, was.total.merged(pp.total), eps)
-        node.ring[slot] = NodePoint(second, dict(report.instances), ports)
+            for svc, share in services.items():
+                if (was := old.services.get(svc)) is None:
+                    continue
+                for port, pp in share.ports.items():
+                    if (wp := was.ports.get(port)) is not None:
+                        eps = {
+                            a: wp.endpoints[a].merged(t) if a in wp.endpoints else t
+                            for a, t in pp.endpoints.items()
+                        }
+                        share.ports[port] = PortPoint(pp.name, wp.total.merged(pp.total), eps)
+        node.point = NodePoint(second, hold, services)
         self._prune()
+
+    def _advance(self, now: int) -> None:
+        """Fold every second before ``now`` not folded yet into the services' rings: each
+        node's point that stands for it."""
+        done = self._done
+        if done is not None and now - 1 <= done:
+            if now - 1 < done:  # the server's clock went back: go on from there
+                self._done = now - 1
+            return
+        start = now - self.seconds if done is None else max(done + 1, now - self.seconds)
+        for second in range(start, now):
+            by_service: dict[tuple[str, str], list[tuple[str, _Share]]] = {}
+            for node_id, node in self._nodes.items():
+                p = node.point
+                if p is None or not p.stands_for(second):
+                    continue
+                for svc, share in p.services.items():
+                    by_service.setdefault(svc, []).append((node_id, share))
+            for svc, shares in by_service.items():
+                ring = self._services.get(svc)
+                if ring is None:
+                    ring = self._services[svc] = _Service([None] * self.seconds)
+                before = ring.rows[(second - 1) % self.seconds]
+                layout = before.layout if before is not None else None
+                ring.rows[second % self.seconds] = _row(second, shares, layout)
+                ring.last = second
+        self._done = now - 1
+        for svc in [s for s, r in self._services.items() if r.last <= now - self.seconds]:
+            del self._services[svc]
 
     def _prune(self) -> None:
         """Nodes silent for longer than the window are gone."""
@@ -378,14 +715,16 @@ class Windows:
         for node_id in [n for n, x in self._nodes.items() if now - x.seen > self.seconds]:
             del self._nodes[node_id]
 
-    def _point(self, node: _Node, second: int) -> NodePoint | None:
-        """The node's point that stands for ``second``: its own, else the newest within the
-        node's hold before it."""
-        for s in range(second, second - node.hold, -1):
-            p = node.ring[s % self.seconds]
-            if p is not None and p.second == s:
-                return p
-        return None
+    def _current(self, svc: tuple[str, str], second: int) -> _Row | None:
+        """The service's row for the current ``second``, from the nodes' points (not kept)."""
+        shares = [
+            (node_id, share)
+            for node_id, node in self._nodes.items()
+            if node.point is not None
+            and node.point.stands_for(second)
+            and (share := node.point.services.get(svc)) is not None
+        ]
+        return _row(second, shares, None) if shares else None
 
     def service(self, app: str, service: str, last: int = 60) -> dict[str, Any]:
         """One service over every node: per metric its current value and the last ``last``
@@ -394,60 +733,21 @@ class Windows:
         self._prune()
         last = max(1, min(int(last), self.seconds))
         now = int(self.clock.time())
+        self._advance(now)
         times = list(range(now - last + 1, now + 1))
-        frames = [self._frame(app, service, t) for t in times]
+        ring = self._services.get((app, service))
+        rows: list[_Row | None] = []
+        for t in times[:-1]:
+            row = ring.rows[t % self.seconds] if ring is not None else None
+            rows.append(row if row is not None and row.second == t else None)
+        rows.append(self._current((app, service), now))
         return {
             "app": app,
             "service": service,
             "at": now,
             "times": times,
-            **_series(frames),
+            **_series(rows),
         }
-
-    def _frame(self, app: str, service: str, second: int) -> dict[str, Any]:
-        """The service's values in one second, aggregated over the nodes."""
-        instances: dict[str, tuple[str, InstanceReading]] = {}  # alloc -> (node, reading)
-        ports: dict[str, list[PortPoint]] = {}
-        for node_id, node in self._nodes.items():
-            p = self._point(node, second)
-            if p is None:
-                continue
-            for alloc_id, i in p.instances.items():
-                if i.app == app and i.workload == service:
-                    instances[alloc_id] = (node_id, i)
-            for pp in p.ports.values():
-                if pp.name.app == app and pp.name.service == service:
-                    ports.setdefault(pp.name.port, []).append(pp)
-        replicas: dict[str, dict[str, Any]] = {}
-        for alloc_id, (node_id, i) in instances.items():
-            replicas[alloc_id] = {
-                "node": node_id,
-                "ready": i.ready,
-                **_usage([i]),
-            }
-        port_out: dict[str, Any] = {}
-        per_replica_traffic: dict[str, list[Traffic]] = {}
-        for port, points in sorted(ports.items()):
-            by_replica: dict[str, list[Traffic]] = {}
-            for pp in points:
-                for alloc_id, t in pp.endpoints.items():
-                    by_replica.setdefault(alloc_id, []).append(t)
-                    per_replica_traffic.setdefault(alloc_id, []).append(t)
-            port_out[port] = {
-                **_traffic_sum([pp.total for pp in points]),
-                "replicas": {a: _traffic_sum(ts) for a, ts in sorted(by_replica.items())},
-            }
-        for alloc_id, ts in per_replica_traffic.items():
-            if alloc_id in replicas:
-                replicas[alloc_id].update(_traffic_sum(ts))
-        all_traffic = [pp.total for points in ports.values() for pp in points]
-        total = {
-            **_usage([i for _, i in instances.values()]),
-            "replicas": len(instances),
-            "ready": sum(1 for _, i in instances.values() if i.ready),
-            **_traffic_sum(all_traffic),
-        }
-        return {"total": total, "ports": port_out, "replicas": replicas}
 
 
 USAGE_METRICS = (
@@ -468,73 +768,4 @@ TRAFFIC_METRICS = (
 )
 
 
-def _usage(readings: list[InstanceReading]) -> dict[str, float | None]:
-    if not readings:
-        return dict.fromkeys(USAGE_METRICS)
-    cpu = sum(i.cpu for i in readings)
-    mem = sum(i.memory for i in readings)
-    cpu_req = sum(i.cpu_request for i in readings)
-    mem_req = sum(i.memory_request for i in readings)
-    return {
-        "cpu": cpu,
-        "memory": float(mem),
-        "cpu_request": float(cpu_req),
-        "memory_request": float(mem_req),
-        "cpu_utilization": cpu / cpu_req if cpu_req else None,
-        "memory_utilization": mem / mem_req if mem_req else None,
-    }
-
-
-def _traffic_sum(ts: list[Traffic]) -> dict[str, float | None]:
-    """Traffic seen by several proxies: rates and in flight add up, the average is weighted
-    by the requests each saw, the longest is the longest. No p99: see docs/mesh.md."""
-    if not ts:
-        return dict.fromkeys(TRAFFIC_METRICS)
-    rates = [t.rate for t in ts]
-    known = [r for r in rates if r is not None]
-    weighted = [(t.avg_ms, r) for t, r in zip(ts, rates, strict=True) if t.avg_ms is not None]
-    weight = sum(r or 0.0 for _, r in weighted)
-    if weighted and weight > 0:
-        avg: float | None = sum(a * (r or 0.0) for a, r in weighted) / weight
-    else:
-        avg = _max(a for a, _ in weighted)
-    errs = [e for t in ts if (e := t.error_rate) is not None]
-    return {
-        "requests_per_s": sum(known) if known else None,
-        "errors_per_s": sum(errs) if errs else None,
-        "in_flight": float(sum(t.in_flight for t in ts)),
-        "avg_response_ms": avg,
-        "max_response_ms": _max(t.max_ms for t in ts),
-        "p99_response_ms": None,
-    }
-
-
-def _series(frames: list[dict[str, Any]]) -> dict[str, Any]:
-    """Frames (one per second, oldest first) → per metric ``{"current", "series"}``; the
-    current value is the last frame's. Replicas and ports are those of any frame."""
-
-    def metric(values: list[Any]) -> dict[str, Any]:
-        return {"current": values[-1], "series": values}
-
-    def table(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
-        keys = [k for r in rows if r for k in r]
-        out: dict[str, Any] = {}
-        for k in dict.fromkeys(keys):
-            values = [r.get(k) if r else None for r in rows]
-            if k == "node":
-                out[k] = next((v for v in reversed(values) if v is not None), None)
-            elif k == "replicas" and any(isinstance(v, dict) for v in values):
-                out[k] = nested([v if isinstance(v, dict) else None for v in values])
-            else:
-                out[k] = metric(values)
-        return out
-
-    def nested(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
-        names = sorted({n for r in rows if r for n in r})
-        return {n: table([r.get(n) if r else None for r in rows]) for n in names}
-
-    return {
-        "total": table([f["total"] for f in frames]),
-        "ports": nested([f["ports"] for f in frames]),
-        "replicas": nested([f["replicas"] for f in frames]),
-    }
+TOTAL_METRICS = (*USAGE_METRICS, "replicas", "ready", *TRAFFIC_METRICS)

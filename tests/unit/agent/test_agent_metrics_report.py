@@ -149,11 +149,16 @@ async def test_the_metrics_loop_reports_and_the_heartbeat_takes_its_samples(
     runner = fake_runner(agent.clock)
     agent.runners[ALLOC.id] = runner  # type: ignore[assignment]
     loop = asyncio.create_task(agent.report_metrics())
-    await until(lambda: client.reports)
+    await until(lambda: len(client.reports) >= 2)
     loop.cancel()
     report = client.reports[0]
     assert report["instances"]["abc-1"]["cpu"] == 100.0 and report["ports"] == {}
     assert report["interval"] == 1.0
+    # rates run on the agent's monotonic clock, within one series (this agent process)
+    first, second = client.reports[:2]
+    assert first["series"] and second["series"] == first["series"]
+    assert second["mono"] - first["mono"] == 1.0  # the interval, whatever the wall clock did
+    assert parse_report(second).mono == second["mono"]
     sampled = runner.samples
     beat = asyncio.create_task(agent.heartbeat())
     await until(lambda: client.heartbeats)
@@ -166,3 +171,14 @@ async def test_the_metrics_loop_reports_and_the_heartbeat_takes_its_samples(
     await until(lambda: client.heartbeats)
     beat.cancel()
     assert runner.samples == sampled + 1
+
+
+def test_the_metrics_interval_is_off_or_half_a_second_to_a_minute() -> None:
+    from click.testing import CliRunner
+
+    from elastin.cli.main import cli
+
+    for bad in ("0.001", "0.2", "61", "-1"):
+        r = CliRunner().invoke(cli, ["agent", "--metrics-interval", bad])
+        assert r.exit_code == 2, r.output
+        assert "0 (no reports) or from 0.5 to 60 seconds" in r.output, r.output

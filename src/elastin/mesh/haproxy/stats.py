@@ -8,7 +8,14 @@ backend ``c_<app>.<service>.<port>`` (``render.py`` names them so) becomes the s
 answers the drain's question from the servers-only form (``show stat -1 4 -1``).
 ``rtime_max`` (the longest response) is HAProxy's since its max values were last cleared
 (``CLEAR_MAX``, which the agent's metrics loop sends after each reading; it leaves every
-cumulative counter alone).
+cumulative counter alone). ``clear counters`` clears every max value of the whole process,
+not only ``rtime_max``: also ``smax``, ``qmax``, ``rate_max``, ``ttime_max`` (and the other
+``*_max`` of backends and servers), the frontends' maxima (``smax``, ``rate_max``,
+``req_rate_max``, ``conn_rate_max``...; also what HAProxy's Prometheus exporter shows as
+``*_max``) and the counters of ``show activity``: after it none of these means "since the
+proxy started". And it is not atomic with the reading: a response that finishes between
+``show stat`` and the clear is in neither interval's ``rtime_max`` (its time is lost from
+the max; the request itself is counted).
 
 HAProxy's counters start again at zero in every new worker: after each reload (and a
 restart). ``Totals`` keeps the totals the agent reports monotonic: it knows which worker
@@ -34,7 +41,9 @@ from typing import NamedTuple
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 
-# clears the max values (rtime_max, ...) of every proxy and server, never a counter
+# clears every max value of the process (rtime_max, smax, qmax, rate_max, ttime_max, the
+# frontends' maxima) and `show activity`, never a cumulative counter; a response finishing
+# between the `show stat` before it and the clear is lost from the max (see the doc above)
 CLEAR_MAX = "clear counters"
 BACKEND_PREFIX = "c_"
 SERVER_PREFIX = "e_"

@@ -39,7 +39,14 @@ from elastin.server.cluster import Cluster
 from elastin.server.errors import Invalid, NotFound
 from elastin.server.relay import RelayResponse, open_relay
 from elastin.server.reports import AllocReport
-from elastin.server.windows import MAX_ENTRIES, MAX_REPORT_BYTES, parse_report
+from elastin.server.telemetry import vet_report
+from elastin.server.windows import (
+    MAX_CLOCK_SKEW,
+    MAX_ENTRIES,
+    MAX_REPORT_BYTES,
+    ClockSkew,
+    parse_report,
+)
 
 _NUMBER = {"type": "number", "minimum": 0}
 _ENDPOINT = {
@@ -54,11 +61,26 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
     "description": f"an agent's metrics report (at most {MAX_REPORT_BYTES} bytes and "
     f"{MAX_ENTRIES} instances, ports or endpoints of a port)",
     "properties": {
-        "at": {**_NUMBER, "description": "the agent's wall clock when it sampled"},
+        "at": {
+            **_NUMBER,
+            "description": "the agent's wall clock when it sampled (a report more than "
+            f"{MAX_CLOCK_SKEW:.0f} s from the server's clock is refused: 422)",
+        },
+        "mono": {
+            **_NUMBER,
+            "description": "the agent's monotonic clock when it sampled: rates are counted "
+            "over its difference from the previous report's",
+        },
+        "series": {
+            "type": "string",
+            "description": "the agent process's id: another one (or a time that went back) "
+            "starts a new series (no rate from its first report)",
+        },
         "interval": {**_NUMBER, "description": "seconds between the agent's reports"},
         "instances": {
             "type": "object",
-            "description": "allocation id -> its instance on this node",
+            "description": "allocation id -> its instance on this node (one the store does "
+            "not have on this node is left out; app and workload are the allocation's)",
             "additionalProperties": {
                 "type": "object",
                 "properties": {
@@ -88,7 +110,8 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
                     "max_ms": {**_NUMBER, "description": "the longest since the last report"},
                     "endpoints": {
                         "type": "object",
-                        "description": "allocation id -> its share",
+                        "description": "allocation id -> its share (an allocation the store "
+                        "does not have for this service is left out)",
                         "additionalProperties": _ENDPOINT,
                     },
                 },
@@ -172,7 +195,17 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
                 hint="the agent registers and sends its heartbeat first; its next metrics "
                 "report is taken",
             )
-        cluster.telemetry.record_metrics(node_id, report)
+        # only what the store has on that node (app and workload the allocation's)
+        version, allocs = await cluster.mesh.allocations()
+        report = vet_report(report, node_id, cluster.telemetry.live_allocations(version, allocs))
+        try:
+            cluster.telemetry.record_metrics(node_id, report)
+        except ClockSkew as e:
+            raise Invalid(
+                f"the metrics report of node {node_id} is not taken: {e}",
+                hint="set the node's clock right (NTP: `timedatectl`, `chronyc tracking`); "
+                "its reports are taken again as soon as it is",
+            ) from None
         return JSONResponse(
             {"node": node_id, "instances": len(report.instances), "ports": len(report.ports)}
         )
