@@ -31,13 +31,7 @@ then ``{"exit_code": N|null, "signal": N|null, "timed_out": bool}``; it is kille
 ``timeout`` seconds (default 30, at most 3600) or when the caller goes away. 404 when the
 allocation does not run on this node, 409 when it is not running now.
 
-Apart from these, ``WakeListener`` serves the node's proxy alone, on 127.0.0.1: ``POST
-/v1/mesh/wake/<key>?backend=c_<app>.<service>.<port>&held=N``, which HAProxy's Lua calls when
-it holds a request for a service scaled to zero (``elastin.mesh.haproxy.render``, ``_wake``).
-It takes no token (the proxy's configuration would have to hold it); the ``key``, random per
-agent run and written only into the proxy's configuration (in the 0700 data directory), is
-what keeps other local processes out. It answers 202 at once; the agent's mesh manager
-passes the wake on to the server (``MeshManager.wake``).
+The proxy's wake (scale to zero) is served apart, on 127.0.0.1: ``agent/wake.py``.
 
 Nothing from the request reaches a path unchecked: ``alloc_id`` must be 1-32 lowercase hex
 digits (what the server makes), ``stream`` one of two names; the files are
@@ -54,7 +48,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -561,98 +554,3 @@ async def _filtered(content: AsyncIterator[bytes], stamps: StampFilter) -> Async
         aclose = getattr(content, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-# --------------------------------------------------------------------------- the proxy's wake
-
-WAKE_PATH = "/v1/mesh/wake/"
-BACKEND = re.compile(r"c_([A-Za-z0-9._-]{1,120})")
-MAX_HELD = 1_000_000
-
-
-def parse_wake(params: Mapping[str, str]) -> tuple[str, int]:
-    """A wake's query (``backend=c_<cluster>&held=N``) → (cluster, held); ``Refused`` 422
-    naming what is wrong."""
-    m = BACKEND.fullmatch(params.get("backend", ""))
-    if m is None:
-        raise invalid("backend must be c_<app>.<service>.<port>, the proxy's backend")
-    try:
-        held = int(params.get("held", "1"))
-    except ValueError:
-        raise invalid("held must be a whole number") from None
-    if not 1 <= held <= MAX_HELD:
-        raise invalid(f"held must be in 1..{MAX_HELD}, not {held}")
-    return m.group(1), held
-
-
-class WakeListener:
-    """Where this node's proxy tells that it holds requests for a service scaled to zero
-    (see the module's doc): 127.0.0.1 only, a random ``key`` in the path, no token.
-    ``on_wake(cluster, held)`` (not blocking) says whether the cluster is one this node's
-    proxy may hold requests for; 404 otherwise. ``url`` is what the proxy's configuration
-    calls (``Paths.wake_url``)."""
-
-    HOST = "127.0.0.1"
-
-    def __init__(
-        self, on_wake: Callable[[str, int], bool], limits: serving.Limits | None = None
-    ) -> None:
-        self.on_wake = on_wake
-        self.key = secrets.token_hex(16)
-        self.limits = limits if limits is not None else serving.Limits.from_env()
-        self._sock: socket.socket | None = None
-        self._server: serving.Server | None = None
-        self.app = Starlette(
-            routes=[Route(WAKE_PATH + "{key}", self._wake, methods=["POST"])],
-            exception_handlers={HTTPException: self._http_error},
-        )
-
-    @property
-    def url(self) -> str:
-        assert self._sock is not None, "start() first"
-        return f"http://{self.HOST}:{self._sock.getsockname()[1]}{WAKE_PATH}{self.key}"
-
-    async def start(self) -> None:
-        sock = serving.bind(self.HOST, 0, what="the agent's wake listener", backlog=128)
-        server = serving.Server(
-            self.app,
-            self.limits,
-            name="the agent's wake listener",
-            log_level="warning",
-            log_config=None,
-            proxy_headers=False,
-            server_header=False,
-            timeout_graceful_shutdown=1,
-        )
-        try:
-            await server.startup(sockets=[sock])
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._server = sock, server
-
-    async def close(self) -> None:
-        server, sock = self._server, self._sock
-        self._server = None
-        if server is not None and sock is not None:
-            server.should_exit = True
-            await server.shutdown(sockets=[sock])
-
-    async def _http_error(self, _: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse(
-            {"error": "HTTPError", "message": str(exc.detail)}, status_code=exc.status_code
-        )
-
-    async def _wake(self, request: Request) -> Response:
-        if not secrets.compare_digest(request.path_params["key"], self.key):
-            return Refused(404, "NotFound", "no such wake on this agent").response()
-        try:
-            cluster, held = parse_wake(request.query_params)
-        except Refused as e:
-            return e.response()
-        if not self.on_wake(cluster, held):
-            return Refused(
-                404, "NotFound", f"{cluster} does not scale to zero on this node's proxy"
-            ).response()
-        return Response(status_code=202)

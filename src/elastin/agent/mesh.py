@@ -59,9 +59,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from elastin.agent.api import WakeListener
 from elastin.agent.logfiles import rotate
 from elastin.agent.ports import PortAllocator, describe_pid, listening_pids, port_free
+from elastin.agent.wake import WakeListener
 from elastin.client.errors import ClientError
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from elastin.agent.api import WakeListener
 from elastin.agent.mesh import WAKE_EVERY, MeshManager
+from elastin.agent.wake import WakeListener
 from elastin.mesh.model import Cluster, Listener, MeshSnapshot
 from elastin.testing import FakeClock, FakeProxy
 
