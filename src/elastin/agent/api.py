@@ -31,6 +31,8 @@ then ``{"exit_code": N|null, "signal": N|null, "timed_out": bool}``; it is kille
 ``timeout`` seconds (default 30, at most 3600) or when the caller goes away. 404 when the
 allocation does not run on this node, 409 when it is not running now.
 
+The proxy's wake (scale to zero) is served apart, on 127.0.0.1: ``agent/wake.py``.
+
 Nothing from the request reaches a path unchecked: ``alloc_id`` must be 1-32 lowercase hex
 digits (what the server makes), ``stream`` one of two names; the files are
 ``<alloc_root>/<alloc_id>/logs/<stream>.log`` and the one mesh log the agent was given.

@@ -37,6 +37,12 @@ counted is added; a worker is its pid and its start time), reads them just befor
 reload (one reading at a time), and keeps the base in ``counters.json`` in the mesh
 directory, so an agent restart keeps the totals too.
 
+Scale to zero: while it runs, the manager serves a ``WakeListener`` on 127.0.0.1 (its URL goes
+into the proxy's configuration, ``Paths.wake_url``). When the proxy holds a request for a
+service scaled to zero its Lua tells the listener, and ``wake`` passes that on to the server
+(``POST /v1/nodes/{id}/wake``, at most once per service per ``WAKE_EVERY`` seconds, in the
+background), which starts a replica.
+
 The access log: HAProxy writes it into a ring in its memory; the manager's
 ``AccessLogCollector`` drains it into ``haproxy.log`` in the mesh directory (beside
 HAProxy's own messages), which ``elastin logs --mesh`` reads, and rotates that file.
@@ -55,6 +61,7 @@ from typing import Protocol
 
 from elastin.agent.logfiles import rotate
 from elastin.agent.ports import PortAllocator, describe_pid, listening_pids, port_free
+from elastin.agent.wake import WakeListener
 from elastin.client.errors import ClientError
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.accesslog import AccessLogCollector
@@ -64,6 +71,7 @@ from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
 from elastin.mesh.haproxy.stats import Totals, allocation_in_flight, parse_stats, split_info
 from elastin.mesh.model import Listener, MeshSnapshot, diff
+from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats
 
 log = logging.getLogger("elastin.agent.mesh")
@@ -88,6 +96,7 @@ PortHolder = Callable[[str, int], str | None]
 ListenerFailed = Callable[[Listener, str], None]
 PROXY_OWNER = "proxy"  # the owner of the proxy's own ports in the node's PortAllocator
 STATS_COMMAND = "show info;show stat -1 6 -1"  # which worker counted, and its counters
+WAKE_EVERY = 1.0  # seconds: a held service's wake goes to the server at most this often
 
 
 async def keep_running(
@@ -163,6 +172,8 @@ class MeshClient(Protocol):
 
     async def mesh_ack(self, node_id: str, version: int) -> None: ...
 
+    async def mesh_wake(self, node_id: str, held: dict[str, int]) -> object: ...
+
 
 def foreign_holder(proxy: HaproxyProcess) -> PortHolder:
     """``PortHolder`` for a node running ``proxy``: a port its master or workers listen on
@@ -228,6 +239,43 @@ class MeshManager:
         self.on_left_out = on_left_out
         self.left_out: dict[str, str] = {}  # applications not in the configuration, and why
         self._rendered: tuple[MeshSnapshot, str] | None = None  # the last render, reused
+        self.wake_listener: WakeListener | None = None  # while ``run`` runs
+        self._woken: dict[str, float] = {}  # app/service -> when its wake was last sent
+        self._wakes: set[asyncio.Task[None]] = set()
+        self.wakes_sent = 0
+
+    def _paths(self) -> Paths:
+        """The proxy's paths, with the wake listener's URL while it serves."""
+        assert self.proxy is not None
+        paths = self.proxy.paths()
+        if self.wake_listener is None:
+            return paths
+        return replace(paths, wake_url=self.wake_listener.url)
+
+    def wake(self, cluster: str, held: int) -> bool:
+        """The proxy holds ``held`` requests for ``cluster``: tell the server (in the
+        background; at most once per service per ``WAKE_EVERY`` s). False: the current
+        snapshot has no such cluster scaling to zero."""
+        current = self.current.cluster(cluster) if self.current is not None else None
+        if current is None or not current.scale_to_zero:
+            return False
+        port = ClusterName.parse(cluster)
+        key = f"{port.app}/{port.service}"
+        now = self.clock.monotonic()
+        if now - self._woken.get(key, -WAKE_EVERY) < WAKE_EVERY:
+            return True
+        self._woken[key] = now
+        task = asyncio.get_running_loop().create_task(self._send_wake(cluster, held))
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+        return True
+
+    async def _send_wake(self, cluster: str, held: int) -> None:
+        try:
+            await self.client().mesh_wake(self.node_id, {cluster: held})
+            self.wakes_sent += 1
+        except ClientError as e:  # the proxy tells again within a second while it holds
+            log.warning("cannot tell the server that %s has held requests: %s", cluster, e)
 
     @property
     def log_path(self) -> Path:
@@ -422,7 +470,7 @@ class MeshManager:
         assert self.proxy is not None
         if self._rendered is not None and self._rendered[0] is snap:
             return self._rendered[1]
-        text = render(snap, self.proxy.paths())
+        text = render(snap, self._paths())
         self._rendered = (snap, text)
         return text
 
@@ -438,13 +486,13 @@ class MeshManager:
             clusters=tuple(c for c in snap.clusters if app_of(c.name) in apps),
             listeners=tuple(lst for lst in snap.listeners if app_of(lst.cluster) in apps),
         )
-        return leave_out_unrenderable(alone, self.proxy.paths())[2] != self.left_out
+        return leave_out_unrenderable(alone, self._paths())[2] != self.left_out
 
     def _renderable(self, snap: MeshSnapshot) -> MeshSnapshot:
         """``snap`` without the applications whose part cannot be rendered (``left_out``);
         logs when an application is left out, and when it is no longer."""
         assert self.proxy is not None
-        kept, text, bad = leave_out_unrenderable(snap, self.proxy.paths())
+        kept, text, bad = leave_out_unrenderable(snap, self._paths())
         self._rendered = (kept, text)  # what ``_full`` loads, when it reloads
         for app, why in bad.items():
             if self.left_out.get(app) != why:
@@ -575,6 +623,22 @@ class MeshManager:
         if self.proxy is None:
             log.warning("no haproxy binary: the service mesh is off on this node")
             return
+        listener = WakeListener(self.wake)
+        try:
+            await listener.start()
+        except OSError as e:  # the mesh works; services scaled to zero answer 503 at once
+            log.error("cannot serve the proxy's wake listener (%s): no request is held", e)
+        else:
+            self.wake_listener = listener
+        try:
+            await self._run()
+        finally:
+            self.wake_listener = None
+            for task in list(self._wakes):
+                task.cancel()
+            await listener.close()
+
+    async def _run(self) -> None:
         mailbox: list[MeshSnapshot] = []  # the newest snapshot not applied yet
         arrived = asyncio.Event()
         async with asyncio.TaskGroup() as tg:

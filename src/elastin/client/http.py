@@ -339,6 +339,13 @@ class AsyncClient:
     async def mesh_ack(self, node_id: str, version: int) -> None:
         await self.call("POST", f"/v1/nodes/{node_id}/mesh/ack", params={"version": version})
 
+    async def mesh_wake(self, node_id: str, held: dict[str, int]) -> Any:
+        """Requests this node's proxy holds for services scaled to zero (``{"<app>.<service>.
+        <port>": held}``): the server starts a replica of each at once."""
+        return await self.call(
+            "POST", f"/v1/nodes/{node_id}/wake", json={"held": held}, timeout=10.0
+        )
+
     async def mesh_converged(self, version: int, wait: float) -> list[str]:
         """Nodes whose proxies do not serve mesh ``version`` after ``wait`` s (empty: all do)."""
         data = await self.call(

@@ -21,6 +21,14 @@ Every ``policy.interval`` (1 s by default) for each service whose spec has horiz
    stabilization window, a rate policy, a bound, missing metrics), a
    ``service.autoscale_held`` event says so, rate-limited (``HeldEvents``).
 
+Scale to zero (``min: 0``; docs/autoscaling.md): the loop passes ``decide`` how long the
+service has been idle (``idle_for``: seconds since it last had a request, or one in flight,
+in the windows; ``last_active``, pure — counted only while a replica is ready, and from the
+server's start) and how many requests the mesh holds for it (``held``: the agents' wakes,
+``POST /v1/nodes/{id}/wake`` → ``held_requests``, memory only, counted for ``HELD_TTL``
+seconds). A wake wakes the loop at once: a service at zero replicas is evaluated then, not at
+its next interval, and goes to one.
+
 A service in the middle of a rollout is not scaled (HPA scales the Deployment, whose rollout
 goes on; here the replica count is held until the version is stable), and a
 ``service.autoscale_held`` event says so. There is one server, so there is no leader to
@@ -33,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elastin.autoscale.horizontal import (
@@ -59,6 +68,8 @@ TICK = 1.0  # the loop's longest sleep; a service with a shorter interval makes 
 MIN_TICK = 0.1  # the shortest interval a spec may set
 HELD_EVERY = 10.0  # at most one held event per service this often
 HELD_REPEAT = 300.0  # the same held event again after this long
+HELD_TTL = 5.0  # seconds a wake counts (agents repeat it every second while requests wait)
+HELD_MOST = 10_000  # services with held requests remembered at most
 P99_NOTE = (
     "p99 is not measured: the value is the longest response of the last second, an upper "
     "bound of p99"
@@ -108,6 +119,21 @@ def observations(w: Workload, allocs: list[Allocation], metrics: Mapping[str, An
 
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def last_active(previous: float | None, metrics: Mapping[str, Any], now: float) -> float:
+    """When the service was last active, seen at ``now`` (pure): ``now`` when any second of
+    ``metrics`` (``Windows.service`` over the seconds since the last evaluation) had a
+    request, a request in flight, or no measurement at all (a node that did not report, a
+    port without a rate yet: idleness is measured, never assumed); else ``previous`` (the
+    first time: ``now``)."""
+    total = metrics.get("total", {}) if metrics else {}
+    rates = total.get("requests_per_s", {}).get("series") or [None]
+    in_flight = total.get("in_flight", {}).get("series") or [None]
+    for rate, busy in zip(rates, in_flight, strict=False):
+        if rate is None or busy is None or rate > 0 or busy > 0:
+            return now
+    return now if previous is None else previous
 
 
 def decision_data(d: Decision, policy: Autoscale, obs: Observations) -> dict[str, Any]:
@@ -187,6 +213,8 @@ class _State:
     history: History = field(default_factory=History)
     next_at: float = 0.0
     status: dict[str, Any] = field(default_factory=dict)
+    active_at: float | None = None  # when it last had a request or one in flight
+    evaluated_at: float | None = None
 
 
 def rolling(rec: AppRecord, w: Workload) -> bool:
@@ -203,6 +231,30 @@ class Autoscaler:
         self.clock = clock
         self.held = HeldEvents()
         self._states: dict[str, _State] = {}
+        # requests the mesh holds for a service scaled to zero: app/service -> (count, when)
+        self._held: dict[str, tuple[int, float]] = {}
+        self._kick = asyncio.Event()
+
+    def held_requests(self, app: str, service: str, count: int) -> None:
+        """A node's proxy holds ``count`` requests for ``app/service`` (scaled to zero):
+        remembered for ``HELD_TTL`` s, and the loop evaluates it at once."""
+        now = self.clock.monotonic()
+        if len(self._held) >= HELD_MOST:
+            self._held = {k: v for k, v in self._held.items() if now - v[1] <= HELD_TTL}
+            if len(self._held) >= HELD_MOST:
+                return  # no room: the next wake (in a second) tries again
+        self._held[f"{app}/{service}"] = (max(1, count), now)
+        self._kick.set()
+
+    def held_count(self, key: str) -> int:
+        """Requests held for ``key`` (``app/service``) as last told, within ``HELD_TTL``."""
+        held = self._held.get(key)
+        if held is None:
+            return 0
+        if self.clock.monotonic() - held[1] > HELD_TTL:
+            del self._held[key]
+            return 0
+        return held[0]
 
     def status(self, app: str, service: str) -> dict[str, Any] | None:
         """The last decision for ``app/service`` (None: none yet)."""
@@ -247,13 +299,26 @@ class Autoscaler:
         """Evaluate every service's policy at its interval, until cancelled."""
         while True:
             tick = TICK
+            self._kick.clear()  # a wake from here on makes the next pass at once
             try:
                 tick = await self.evaluate_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a store hiccup: the next tick tries again
                 log.exception("autoscaler pass failed")
-            await self.clock.sleep(tick)
+            await self._pause(tick)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until a held request wakes the loop."""
+        if self._kick.is_set():
+            return
+        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+        kick = asyncio.ensure_future(self._kick.wait())
+        try:
+            await asyncio.wait((sleep, kick), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            kick.cancel()
 
     async def evaluate_once(self) -> float:
         """One pass: every autoscaled service whose interval is due. Returns how long to
@@ -276,7 +341,8 @@ class Autoscaler:
                 seen.add(key)
                 tick = min(tick, max(MIN_TICK, policy.interval))
                 state = self._states.setdefault(key, _State())
-                if w.name in rec.stopped or now < state.next_at:
+                woken = w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
+                if w.name in rec.stopped or (now < state.next_at and not woken):
                     continue
                 state.next_at = now + policy.interval
                 mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
@@ -296,8 +362,19 @@ class Autoscaler:
         now: float,
     ) -> None:
         key = f"{rec.app.name}/{w.name}"
-        metrics = self.telemetry.windows.service(rec.app.name, w.name, 1)
+        # the seconds since the last evaluation (for idleness); the current values are the
+        # last second's
+        since = now - state.evaluated_at if state.evaluated_at is not None else 1.0
+        seconds = min(60, max(2, math.ceil(since) + 1))
+        state.evaluated_at = now
+        metrics = self.telemetry.windows.service(rec.app.name, w.name, seconds)
         obs = observations(w, allocs, metrics)
+        held = self.held_count(key)
+        if held or not any(r.ready for r in obs.replicas):
+            state.active_at = now  # idle only counts while a replica is up and nothing waits
+        else:
+            state.active_at = last_active(state.active_at, metrics, now)
+        obs = replace(obs, held=held, idle_for=now - state.active_at)
         d = decide(policy, w.replicas, obs, state.history, now)
         data = decision_data(d, policy, obs)
         message = explain(d, policy)

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from elastin.mesh.model.registry import ServiceEntry, cluster_name, registry
 from elastin.mesh.model.types import (
+    HOLD_MAX_MOST,
     CircuitBreaker,
     Cluster,
     Endpoint,
@@ -37,6 +38,23 @@ from elastin.model.workload import Application, MeshPolicy, Workload
 log = logging.getLogger("elastin.mesh")
 
 UPSTREAM_PREFIX = "upstream."
+# scale to zero: the requests one proxy holds for a service while a replica starts, unless
+# the service's mesh.max_queue says otherwise (docs/mesh.md, "Scale to zero")
+HOLD_MAX = 100
+
+
+def scales_to_zero(w: Workload, protocol: str) -> bool:
+    """Whether the mesh holds requests to ``w``'s ``protocol`` port while it has no replica:
+    its horizontal autoscaling has ``min: 0`` (the spec allows that only for HTTP and gRPC
+    ports; a TCP port is never held)."""
+    auto = w.autoscale
+    return (
+        w.type == "service"
+        and auto is not None
+        and auto.horizontal
+        and auto.min == 0
+        and protocol != "tcp"
+    )
 
 
 def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, ...]) -> Cluster:
@@ -60,6 +78,10 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
         trace_sample=p.trace_sample,
         max_request_headers=p.max_request_headers,
         max_request_header_bytes=p.max_request_header_bytes,
+        # a held request waits for a replica at most as long as for an answer
+        scale_to_zero=scales_to_zero(w, protocol),
+        hold_timeout=max(1.0, p.request_timeout),
+        hold_max=min(p.max_queue or HOLD_MAX, HOLD_MAX_MOST),
     )
 
 

@@ -31,6 +31,7 @@ LB_POLICIES: tuple[LbPolicy, ...] = (
     "hash_cookie",
 )
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,120}$")
+HOLD_MAX_MOST = 100_000  # requests one proxy may hold for a service scaled to zero
 
 
 class MeshModelError(ValueError):
@@ -121,9 +122,28 @@ class Cluster:
     # request header limits, over which a caller gets the mesh's named 431 (HTTP ports)
     max_request_headers: int = REQUEST_HEADERS_DEFAULT
     max_request_header_bytes: int = 0  # 0: what the proxy holds
+    # scale to zero (the service's autoscale.min is 0; HTTP, HTTP/2 and gRPC only): a
+    # caller's request that finds no endpoint up is held while a replica starts, at most
+    # ``hold_timeout`` seconds and ``hold_max`` requests at once per proxy (docs/mesh.md)
+    scale_to_zero: bool = False
+    hold_timeout: float = 30.0
+    hold_max: int = 100
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
+        if self.scale_to_zero and self.protocol == "tcp":
+            raise MeshModelError(
+                f"cluster {self.name}: scale_to_zero needs an HTTP or gRPC port (a TCP "
+                "connection cannot be held)"
+            )
+        if not 0 < self.hold_timeout <= 3600:  # NaN fails too
+            raise MeshModelError(
+                f"cluster {self.name}: hold_timeout {self.hold_timeout}s is outside (0, 3600]"
+            )
+        if not 1 <= self.hold_max <= HOLD_MAX_MOST:
+            raise MeshModelError(
+                f"cluster {self.name}: hold_max {self.hold_max} is outside 1..{HOLD_MAX_MOST}"
+            )
         for what, share in (
             ("access_log_sample", self.access_log_sample),
             ("trace_sample", self.trace_sample),

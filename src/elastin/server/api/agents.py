@@ -15,9 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from elastin.mesh.model import MeshSnapshot
+from elastin.mesh.model.names import ClusterName
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
 from elastin.server.api.models import (
@@ -121,6 +122,22 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
     },
     "required": ["at"],
 }
+
+
+MAX_WAKE_ENTRIES = 1000  # service ports in one wake at most
+
+
+class WakeBody(BaseModel):
+    """Requests a node's proxy holds for services scaled to zero, per service port
+    (``<app>.<service>.<port>``)."""
+
+    held: dict[str, int] = Field(
+        description="service port -> requests held (at least 1)", max_length=MAX_WAKE_ENTRIES
+    )
+
+
+class Woken(BaseModel):
+    services: list[str]  # app/service: each now counts its held requests
 
 
 class MetricsTaken(BaseModel):
@@ -241,6 +258,32 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
     async def node_mesh_ack(node_id: str, version: int) -> dict[str, Any]:
         cluster.mesh.ack(node_id, version)
         return {"version": version}
+
+    @r.post("/v1/nodes/{node_id}/wake", response_model=Woken)
+    async def node_wake(node_id: str, body: WakeBody) -> dict[str, Any]:
+        # a node's proxy holds requests for a service scaled to zero: start a replica now
+        # (memory only; the agent repeats it every second while requests wait)
+        services: dict[tuple[str, str], int] = {}  # a service's ports: the most held
+        for name, held in body.held.items():
+            try:
+                port = ClusterName.parse(name)
+            except ValueError:
+                raise Invalid(
+                    f"the wake of node {node_id} names {name[:120]!r}, not a service port "
+                    "<app>.<service>.<port>",
+                    hint="agents build it from their proxy's backends; is this agent of "
+                    "another Elastin version than the server?",
+                ) from None
+            if not 1 <= held <= 1_000_000:
+                raise Invalid(
+                    f"the wake of node {node_id}: {held} requests held for {name}; "
+                    "expected 1..1000000"
+                )
+            key = (port.app, port.service)
+            services[key] = max(held, services.get(key, 0))
+        for (app, service), held in services.items():
+            cluster.autoscaler.held_requests(app, service, held)
+        return {"services": sorted(f"{app}/{service}" for app, service in services)}
 
     @r.get("/v1/mesh/converged", response_model=Converged)
     async def mesh_converged(version: int, wait: float = Query(0.0, le=60)) -> dict[str, Any]:

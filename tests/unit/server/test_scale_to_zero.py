@@ -1,0 +1,212 @@
+"""Scale to zero in the server (issue #13, item 3), on an in-memory store and a fake clock:
+the autoscaler loop measures idleness from the one-second windows (``last_active``) and
+passes it to ``decide``, so a ``min: 0`` service's last replica goes after ``idle_after``
+without a request; an agent's wake (``POST /v1/nodes/{id}/wake``) records the requests the
+mesh holds and wakes the loop at once, which brings one replica back without waiting for the
+next interval."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from elastin.model.cluster import Node
+from elastin.model.resources import Resources
+from elastin.server.api import create_api
+from elastin.server.auth import ensure_token
+from elastin.server.autoscaler import HELD_TTL, last_active
+from elastin.server.cluster import Cluster
+from elastin.server.reports import AllocReport
+from elastin.server.windows import parse_report
+from elastin.store.memory import MemoryStore
+from elastin.testing import FakeClock
+
+SPEC = """
+app: shop
+services:
+  api:
+    command: python3 -m http.server
+    ports: {http: 0}
+    resources: {cpu: 200m, memory: 64Mi}
+    autoscale:
+      min: 0
+      max: 3
+      metrics: [{inflight: 4}]
+      idle_after: 2s
+"""
+
+
+def series(rates: list[float | None], in_flight: list[float | None]) -> dict[str, Any]:
+    return {
+        "total": {
+            "requests_per_s": {"current": rates[-1], "series": rates},
+            "in_flight": {"current": in_flight[-1], "series": in_flight},
+        }
+    }
+
+
+def test_last_active_is_measured_never_assumed() -> None:
+    quiet = series([0.0, 0.0], [0.0, 0.0])
+    assert last_active(None, quiet, 100.0) == 100.0  # the first look: from now
+    assert last_active(90.0, quiet, 100.0) == 90.0  # quiet since
+    assert last_active(90.0, series([0.0, 3.0], [0.0, 0.0]), 100.0) == 100.0  # a request
+    assert last_active(90.0, series([0.0, 0.0], [0.0, 1.0]), 100.0) == 100.0  # one in flight
+    # a second without a measurement (no report, no rate yet) is not idle
+    assert last_active(90.0, series([None, 0.0], [None, 0.0]), 100.0) == 100.0
+    assert last_active(90.0, {}, 100.0) == 100.0
+
+
+@pytest.fixture
+async def cluster() -> Cluster:
+    return await Cluster.open(MemoryStore(), seed=1, clock=FakeClock(1000.0))
+
+
+async def start(cluster: Cluster) -> list[str]:
+    await cluster.applier.schedule_once()
+    allocs, _ = await cluster.views.all_allocations()
+    await cluster.reports.update_many(
+        {a.id: AllocReport(status="running", pid=10) for a in allocs if a.status == "pending"}
+    )
+    allocs, _ = await cluster.views.all_allocations()
+    return [a.id for a in allocs if a.status == "running" and a.desired == "run"]
+
+
+async def replicas(cluster: Cluster) -> int:
+    rec = await cluster.views.application("shop")
+    w = rec.app.workload("api")
+    assert w is not None
+    return w.replicas
+
+
+def report(cluster: Cluster, ids: list[str], requests: int, active: int = 0) -> None:
+    cluster.telemetry.record_metrics(
+        "n1",
+        parse_report(
+            {
+                "at": cluster.clock.time(),
+                "instances": {
+                    a: {
+                        "app": "shop",
+                        "workload": "api",
+                        "cpu": 1.0,
+                        "memory": 1 << 20,
+                        "ready": True,
+                    }
+                    for a in ids
+                },
+                "ports": {
+                    "shop.api.http": {
+                        "requests": requests,
+                        "active": active,
+                        "endpoints": {a: {"requests": requests, "active": active} for a in ids},
+                    }
+                },
+            }
+        ),
+    )
+
+
+async def events(cluster: Cluster) -> list[Any]:
+    return [e for e in await cluster.views.events(0, 0) if e.type == "service.autoscaled"]
+
+
+async def to_zero(cluster: Cluster, clock: FakeClock) -> None:
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(SPEC)
+    assert await replicas(cluster) == 1  # min 0 starts with one: a request may come
+    ids = await start(cluster)
+    clock.now += 6  # min_healthy_time: the version is stable
+    await cluster.applier.follow_rollouts()
+    sent = 0
+    # busy: a request every second keeps it
+    for _ in range(4):
+        sent += 5
+        report(cluster, ids, sent)
+        await cluster.autoscaler.evaluate_once()
+        clock.now += 1
+    assert await replicas(cluster) == 1
+    # quiet: after idle_after (2 s) without a request, the last replica goes
+    for _ in range(4):
+        report(cluster, ids, sent)
+        await cluster.autoscaler.evaluate_once()
+        clock.now += 1
+    assert await replicas(cluster) == 0
+    (down,) = await events(cluster)
+    assert down.message.startswith("scale down 1 → 0") and "idle_after 2s" in down.message
+    assert down.data["limit"] == "idle"
+
+
+async def test_idle_goes_to_zero_and_a_held_request_brings_one_back(cluster: Cluster) -> None:
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    await to_zero(cluster, clock)
+    # nothing held: it stays at zero
+    await cluster.autoscaler.evaluate_once()
+    assert await replicas(cluster) == 0
+    # a proxy holds 3 requests: one replica at once, before the next interval
+    cluster.autoscaler.held_requests("shop", "api", 3)
+    await cluster.autoscaler.evaluate_once()
+    assert await replicas(cluster) == 1
+    up = (await events(cluster))[-1]
+    assert up.message.startswith("scale up 0 → 1") and "3 request(s) held" in up.message
+    assert up.data["limit"] == "held-request"
+    # the held count expires; the new replica is not idle from the old quiet
+    clock.now += HELD_TTL + 1
+    assert cluster.autoscaler.held_count("shop/api") == 0
+    ids = await start(cluster)
+    report(cluster, ids, 0)
+    await cluster.autoscaler.evaluate_once()
+    assert await replicas(cluster) == 1
+
+
+async def test_a_wake_wakes_the_loop_at_once(cluster: Cluster) -> None:
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    await to_zero(cluster, clock)
+    loop = asyncio.create_task(cluster.autoscaler.run())
+    try:
+        for _ in range(50):  # the loop's first pass, then its sleep
+            await asyncio.sleep(0)
+        assert clock.sleepers >= 1
+        cluster.autoscaler.held_requests("shop", "api", 1)
+        for _ in range(200):  # no time passes: only the wake can run the pass
+            await asyncio.sleep(0)
+            if await replicas(cluster) == 1:
+                break
+        assert await replicas(cluster) == 1
+    finally:
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+
+
+@pytest.fixture
+async def api(tmp_path: Path, cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
+    token = ensure_token(tmp_path)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_api(cluster, token, tmp_path)),
+        base_url="http://test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield client
+
+
+async def test_the_wake_route(api: httpx.AsyncClient, cluster: Cluster) -> None:
+    r = await api.post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 2, "shop.api.grpc": 1}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"services": ["shop/api"]}
+    assert cluster.autoscaler.held_count("shop/api") == 2  # the most of its ports
+    bad = await api.post("/v1/nodes/n1/wake", json={"held": {"shop/api": 1}})
+    assert bad.status_code == 422 and "not a service port" in bad.json()["message"]
+    bad = await api.post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 0}})
+    assert bad.status_code == 422 and "expected 1..1000000" in bad.json()["message"]
+    r = await httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_api(cluster, "x" * 32, Path("/nonexistent"))),
+        base_url="http://test",
+    ).post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 1}})
+    assert r.status_code == 401  # the agents' token
