@@ -290,7 +290,11 @@ class MeshFeed:
 
     async def _read(self, version: int) -> MeshInputs:
         snap = await self.repo.snapshot()
-        apps = {name: rec.effective() for name, (rec, _) in snap.apps.items()}
+        # every declared workload, stopped ones (`elastin stop`) included: a stopped service
+        # keeps its cluster, with no endpoint, so that stopping it is endpoint churn for the
+        # proxies, not a reload — after a reload the old worker's requests in flight are not
+        # in the new worker's counts, and the drain would not wait for them (docs/mesh.md)
+        apps = {name: rec.app for name, (rec, _) in snap.apps.items()}
         addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
         allocs = [a for a, _ in snap.allocs.values()]
         by_node: dict[str, list[Allocation]] = {}
