@@ -294,7 +294,7 @@ class MeshFeed:
         # keeps its cluster, with no endpoint, so that stopping it is endpoint churn for the
         # proxies, not a reload — after a reload the old worker's requests in flight are not
         # in the new worker's counts, and the drain would not wait for them (docs/mesh.md)
-        apps = {name: rec.app for name, (rec, _) in snap.apps.items()}
+        apps = {name: rec.for_mesh() for name, (rec, _) in snap.apps.items()}
         addresses = {nid: n.address for nid, (n, _) in snap.nodes.items()}
         allocs = [a for a, _ in snap.allocs.values()]
         by_node: dict[str, list[Allocation]] = {}

@@ -64,6 +64,21 @@ class AppRecord:
             generation=self.generation + 1,
         )
 
+    def for_mesh(self) -> Application:
+        """The application as the mesh is built from it: every declared workload, stopped
+        ones too (a stopped service keeps its cluster, with no endpoint: ``MeshFeed._read``),
+        but a stopped one without its autoscale policy — it scales nothing back from zero, so
+        its callers get the named 503 at once instead of a request held until its timeout."""
+        if not self.stopped:
+            return self.app
+        return replace(
+            self.app,
+            workloads=tuple(
+                replace(w, autoscale=None) if w.name in self.stopped else w
+                for w in self.app.workloads
+            ),
+        )
+
     def effective(self) -> Application:
         """The application as the scheduler should run it: stopped workloads removed."""
         if not self.stopped:

@@ -210,3 +210,25 @@ async def test_the_wake_route(api: httpx.AsyncClient, cluster: Cluster) -> None:
         base_url="http://test",
     ).post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 1}})
     assert r.status_code == 401  # the agents' token
+
+
+def test_a_stopped_service_holds_no_request() -> None:
+    """A stopped service keeps its mesh cluster (no endpoint), but nothing will scale it back
+    from zero: its callers get the named 503 at once, not a request held until its timeout."""
+    from dataclasses import replace as _replace
+
+    from elastin.mesh.model.build import build_clusters
+    from elastin.model.spec import parse_spec
+    from elastin.server.repo import AppRecord
+
+    app = parse_spec(
+        "app: z\nservices:\n  api:\n    command: [x]\n    ports: {http: 0}\n"
+        "    autoscale: {min: 0, max: 2, metrics: [{rps: 10}]}\n",
+        "t.yaml",
+    )
+    running = AppRecord(app=app)
+    [cluster] = build_clusters({"z": running.for_mesh()}, [], {})
+    assert cluster.scale_to_zero
+    stopped = _replace(running, stopped=("api",))
+    [cluster] = build_clusters({"z": stopped.for_mesh()}, [], {})
+    assert not cluster.scale_to_zero
