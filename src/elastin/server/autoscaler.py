@@ -84,10 +84,14 @@ def _current(metric: Any) -> Any:
     return metric.get("current") if isinstance(metric, Mapping) else None
 
 
-def observations(w: Workload, allocs: list[Allocation], metrics: Mapping[str, Any]) -> Observations:
+def observations(
+    w: Workload, allocs: list[Allocation], metrics: Mapping[str, Any], shift: float = 0.0
+) -> Observations:
     """What ``decide`` reads for service ``w`` (pure): one ``ReplicaObservation`` per live
     allocation of its (``desired == run``, not terminal), ready when running and ready (its
-    ``ready_at``; healthy when checked), its start the time it became ready; its values from
+    ``ready_at``; healthy when checked), its start the time it became ready — a stored wall
+    clock timestamp, plus ``shift`` (the loop passes monotonic − wall, so that ``decide``
+    compares it with its monotonic ``now``); its values from
     ``metrics`` (``Windows.service(app, name, 1)``): cpu millicores, memory bytes, requests
     per second and in flight; None where the windows have none. ``p99``: the service's
     longest response of the last second (an upper bound), in seconds."""
@@ -102,7 +106,7 @@ def observations(w: Workload, allocs: list[Allocation], metrics: Mapping[str, An
             ReplicaObservation(
                 id=a.id,
                 ready=a.status == "running" and a.ready_at > 0,
-                started_at=a.ready_at or a.created_at,
+                started_at=(a.ready_at or a.created_at) + shift,
                 cpu=None if cpu is None else float(cpu),
                 memory=None if mem is None else int(mem),
                 rps=_float(_current(r.get("requests_per_s"))),
@@ -322,8 +326,13 @@ class Autoscaler:
 
     async def evaluate_once(self) -> float:
         """One pass: every autoscaled service whose interval is due. Returns how long to
-        sleep before the next pass."""
-        now = self.clock.time()
+        sleep before the next pass.
+
+        Intervals, idleness, the decision history and the held events' rate limit run on the
+        monotonic clock (a wall clock stepped back by NTP would stop evaluating; stepped
+        forward it would find an idle service idle for too long); the wall clock only
+        converts the store's timestamps (``ready_at``) and stamps the status (``at``)."""
+        now = self.clock.monotonic()
         records = await self.repo.list_apps()
         if not any(
             w.autoscale and w.autoscale.horizontal for r in records for w in r.app.workloads
@@ -346,7 +355,7 @@ class Autoscaler:
                     continue
                 state.next_at = now + policy.interval
                 mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
-                await self._evaluate(rec, w, policy, mine, state, now)
+                await self._evaluate(rec, w, policy, mine, state, now, self.clock.time())
         for key in set(self._states) - seen:  # deleted, or no longer autoscaled
             del self._states[key]
             self.held.forget(key)
@@ -360,7 +369,9 @@ class Autoscaler:
         allocs: list[Allocation],
         state: _State,
         now: float,
+        wall: float,
     ) -> None:
+        """Evaluate ``w`` at ``now`` (monotonic); ``wall``: the wall clock at the same moment."""
         key = f"{rec.app.name}/{w.name}"
         # the seconds since the last evaluation (for idleness); the current values are the
         # last second's
@@ -368,7 +379,7 @@ class Autoscaler:
         seconds = min(60, max(2, math.ceil(since) + 1))
         state.evaluated_at = now
         metrics = self.telemetry.windows.service(rec.app.name, w.name, seconds)
-        obs = observations(w, allocs, metrics)
+        obs = observations(w, allocs, metrics, shift=now - wall)
         held = self.held_count(key)
         if held or not any(r.ready for r in obs.replicas):
             state.active_at = now  # idle only counts while a replica is up and nothing waits
@@ -385,11 +396,11 @@ class Autoscaler:
             message = f"keep {w.replicas} while version {rec.versions.get(w.name, 0)} rolls out"
             message += f" (the metrics ask for {d.desired}): {d.reason}"
             data |= {"limit": "rollout", "desired": w.replicas, "asked": d.desired}
-            state.status = {**data, "reason": message, "at": now}
+            state.status = {**data, "reason": message, "at": wall}
             if self.held.due(key, ("rollout", d.desired), now):
                 await self._held_event(key, message, data)
             return
-        state.status = {**data, "reason": message, "at": now}
+        state.status = {**data, "reason": message, "at": wall}
         if not d.changed:
             state.history = d.history
             if held_back(d) and self.held.due(key, (d.limit, d.desired, d.recommended), now):

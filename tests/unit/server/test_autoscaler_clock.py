@@ -1,0 +1,59 @@
+"""The autoscaler loop times its intervals and idleness on the monotonic clock (review of
+issue #13, finding 3): an NTP step of the wall clock neither stops the evaluation (a step
+back) nor makes an idle service idle for longer than it was (a step forward)."""
+
+from __future__ import annotations
+
+from elastin.model.cluster import Node
+from elastin.model.resources import Resources
+from elastin.server.cluster import Cluster
+from elastin.store.memory import MemoryStore
+from elastin.testing import FakeClock
+import test_autoscaler as busy
+import test_scale_to_zero as zero
+
+
+class SteppedClock(FakeClock):
+    """A fake clock whose wall clock can be stepped (``offset``); monotonic time cannot."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return self.now + self.offset
+
+
+async def test_a_wall_clock_stepped_back_does_not_stop_the_evaluation() -> None:
+    clock = SteppedClock(1_700_000_000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(busy.SPEC)
+    await busy.start(cluster)
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    _, ids = await busy.api(cluster)
+    await cluster.autoscaler.evaluate_once()  # the first evaluation; the next one in 1 s
+    clock.now += 2
+    clock.offset = -3600.0  # NTP steps the wall clock back an hour
+    await busy.load(cluster, ids, 3, [0])
+    await cluster.autoscaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 3
+    status = cluster.autoscaler.status("shop", "api")
+    assert status is not None and status["at"] == clock.time()  # shown: wall time
+
+
+async def test_a_wall_clock_stepped_forward_does_not_make_a_service_idle() -> None:
+    clock = SteppedClock(1_700_000_000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(zero.SPEC)
+    ids = await zero.start(cluster)
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    zero.report(cluster, ids, 5)
+    await cluster.autoscaler.evaluate_once()  # active now
+    clock.now += 1
+    zero.report(cluster, ids, 5)  # quiet for one second (idle_after is 2 s)
+    clock.offset = 3600.0  # NTP steps the wall clock forward an hour
+    await cluster.autoscaler.evaluate_once()
+    assert await zero.replicas(cluster) == 1
