@@ -4,13 +4,14 @@ back) nor makes an idle service idle for longer than it was (a step forward)."""
 
 from __future__ import annotations
 
+import test_autoscaler as busy
+import test_scale_to_zero as zero
+
 from elastin.model.cluster import Node
 from elastin.model.resources import Resources
 from elastin.server.cluster import Cluster
 from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
-import test_autoscaler as busy
-import test_scale_to_zero as zero
 
 
 class SteppedClock(FakeClock):
