@@ -26,8 +26,11 @@ service has been idle (``idle_for``: seconds since it last had a request, or one
 in the windows; ``last_active``, pure — counted only while a replica is ready, and from the
 server's start) and how many requests the mesh holds for it (``held``: the agents' wakes,
 ``POST /v1/nodes/{id}/wake`` → ``held_requests``, memory only, counted for ``HELD_TTL``
-seconds). A wake wakes the loop at once: a service at zero replicas is evaluated then, not at
-its next interval, and goes to one.
+seconds). The wake route takes a wake only from a registered node and only for a port that
+holds requests in the current mesh version (``MeshFeed.wakeable``). The first wake for a
+service at zero replicas wakes the loop at once: it is evaluated then, not at its next
+interval, and goes to one; the wakes the agents repeat while requests wait only refresh the
+count.
 
 A service in the middle of a rollout is not scaled (HPA scales the Deployment, whose rollout
 goes on; here the replica count is held until the version is stable), and a
@@ -235,20 +238,28 @@ class Autoscaler:
         self.clock = clock
         self.held = HeldEvents()
         self._states: dict[str, _State] = {}
-        # requests the mesh holds for a service scaled to zero: app/service -> (count, when)
-        self._held: dict[str, tuple[int, float]] = {}
+        # requests the mesh holds for a service scaled to zero:
+        # app/service -> (count, when, whether it was at zero replicas then)
+        self._held: dict[str, tuple[int, float, bool]] = {}
         self._kick = asyncio.Event()
 
-    def held_requests(self, app: str, service: str, count: int) -> None:
+    def held_requests(self, app: str, service: str, count: int, at_zero: bool = True) -> None:
         """A node's proxy holds ``count`` requests for ``app/service`` (scaled to zero):
-        remembered for ``HELD_TTL`` s, and the loop evaluates it at once."""
+        remembered for ``HELD_TTL`` s. The loop is woken at once only when the service is
+        ``at_zero`` replicas and its requests were not already known held there (the agents
+        repeat a wake every second while requests wait: one pass is enough; a service on its
+        way up or down is evaluated at its interval)."""
+        key = f"{app}/{service}"
         now = self.clock.monotonic()
-        if len(self._held) >= HELD_MOST:
+        was = self._held.get(key)
+        known = was is not None and now - was[1] <= HELD_TTL and was[2]
+        if was is None and len(self._held) >= HELD_MOST:
             self._held = {k: v for k, v in self._held.items() if now - v[1] <= HELD_TTL}
             if len(self._held) >= HELD_MOST:
                 return  # no room: the next wake (in a second) tries again
-        self._held[f"{app}/{service}"] = (max(1, count), now)
-        self._kick.set()
+        self._held[key] = (max(1, count), now, at_zero)
+        if at_zero and not known:
+            self._kick.set()
 
     def held_count(self, key: str) -> int:
         """Requests held for ``key`` (``app/service``) as last told, within ``HELD_TTL``."""

@@ -41,6 +41,7 @@ from elastin.mesh.model.build import (
     localize,
     wants_ack,
 )
+from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.registry import ServiceEntry
 from elastin.model.cluster import Allocation
 from elastin.model.codec import to_data
@@ -67,6 +68,8 @@ class MeshInputs:
     names: frozenset[str]
     clusters_json: bytes
     ack_wanted: bool
+    # scale-to-zero service ports (cluster name) -> whether the service is at zero replicas
+    wakeable: dict[str, bool]
     # the encoded line around the node's own parts (``line``)
     head: bytes = b""
     tail: bytes = b""
@@ -275,6 +278,14 @@ class MeshFeed:
         m = await self._inputs()
         return m.version, m.allocs
 
+    async def wakeable(self, node_id: str) -> dict[str, bool] | None:
+        """The service ports (mesh cluster names) whose requests node ``node_id``'s proxy may
+        hold in the current mesh version (``scale_to_zero``), each with whether its service is
+        at zero replicas now; None when no node ``node_id`` is registered. What the agents'
+        wakes are checked against (``POST /v1/nodes/{id}/wake``)."""
+        m = await self._inputs()
+        return m.wakeable if node_id in m.addresses else None
+
     # inputs ------------------------------------------------------------------------------
     async def _inputs(self) -> MeshInputs:
         """What snapshots are built from, read once per mesh version: when a change wakes
@@ -303,6 +314,12 @@ class MeshFeed:
         clusters = build_clusters(apps, allocs, addresses)
         clusters_json = json.dumps(to_data(clusters)).encode()
         ack_wanted = wants_ack(allocs)
+        wakeable = {}
+        for c in clusters:
+            if c.scale_to_zero:
+                port = ClusterName.parse(c.name)
+                w = apps[port.app].workload(port.service)
+                wakeable[c.name] = w is not None and w.replicas == 0
         return MeshInputs(
             version=version,
             apps=apps,
@@ -313,6 +330,7 @@ class MeshFeed:
             names=frozenset(c.name for c in clusters),
             clusters_json=clusters_json,
             ack_wanted=ack_wanted,
+            wakeable=wakeable,
             head=b'{"version": %d, "node": ' % version,
             tail=b', "metrics_port": 0, "ack_wanted": %s, "clusters": %s}\n'
             % (json.dumps(ack_wanted).encode(), clusters_json),

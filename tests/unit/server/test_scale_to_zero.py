@@ -197,6 +197,8 @@ async def api(tmp_path: Path, cluster: Cluster) -> AsyncIterator[httpx.AsyncClie
 
 
 async def test_the_wake_route(api: httpx.AsyncClient, cluster: Cluster) -> None:
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(SPEC.replace("http: 0}", "http: 0, grpc: {port: 0, protocol: grpc}}"))
     r = await api.post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 2, "shop.api.grpc": 1}})
     assert r.status_code == 200, r.text
     assert r.json() == {"services": ["shop/api"]}
@@ -210,6 +212,46 @@ async def test_the_wake_route(api: httpx.AsyncClient, cluster: Cluster) -> None:
         base_url="http://test",
     ).post("/v1/nodes/n1/wake", json={"held": {"shop.api.http": 1}})
     assert r.status_code == 401  # the agents' token
+
+
+async def test_the_wake_route_checks_the_node_and_the_port(
+    api: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    """A wake is taken only from a registered node, and only for a port that holds requests
+    in the current mesh version (review of issue #13, finding 6)."""
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.apply(
+        "app: other\nservices:\n  web:\n    command: [x]\n    ports: {http: 0}\n"
+    )
+    r = await api.post("/v1/nodes/ghost/wake", json={"held": {"shop.api.http": 1}})
+    assert r.status_code == 404 and "'ghost' is not registered" in r.json()["message"]
+    assert cluster.autoscaler.held_count("shop/api") == 0
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    # a service without scale to zero, and one that does not exist: nothing recorded
+    r = await api.post(
+        "/v1/nodes/n1/wake", json={"held": {"other.web.http": 3, "nope.api.http": 1}}
+    )
+    assert r.status_code == 200 and r.json() == {"services": []}
+    assert cluster.autoscaler.held_count("other/web") == 0
+    assert cluster.autoscaler.held_count("nope/api") == 0
+
+
+async def test_a_wake_kicks_the_loop_once_and_only_at_zero(cluster: Cluster) -> None:
+    """The agents repeat a wake every second while requests wait: only the first one for a
+    service at zero replicas wakes the loop (review of issue #13, finding 6)."""
+    a = cluster.autoscaler
+    a.held_requests("shop", "api", 1, at_zero=False)  # replicas on their way: no pass now
+    assert not a._kick.is_set()
+    a.held_requests("shop", "api", 2, at_zero=True)  # now at zero: one pass
+    assert a._kick.is_set() and a.held_count("shop/api") == 2
+    a._kick.clear()
+    a.held_requests("shop", "api", 3, at_zero=True)  # the same wake again: no new pass
+    assert not a._kick.is_set() and a.held_count("shop/api") == 3
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    clock.now += HELD_TTL + 1  # forgotten: a new wake is new again
+    a.held_requests("shop", "api", 1, at_zero=True)
+    assert a._kick.is_set()
 
 
 def test_a_stopped_service_holds_no_request() -> None:

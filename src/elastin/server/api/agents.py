@@ -263,7 +263,14 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
     async def node_wake(node_id: str, body: WakeBody) -> dict[str, Any]:
         # a node's proxy holds requests for a service scaled to zero: start a replica now
         # (memory only; the agent repeats it every second while requests wait)
+        wakeable = await cluster.mesh.wakeable(node_id)
+        if wakeable is None:
+            raise NotFound(
+                f"node {node_id!r} is not registered with this server",
+                hint="the agent registers first; its next wake is taken",
+            )
         services: dict[tuple[str, str], int] = {}  # a service's ports: the most held
+        at_zero: dict[tuple[str, str], bool] = {}
         for name, held in body.held.items():
             try:
                 port = ClusterName.parse(name)
@@ -279,10 +286,15 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
                     f"the wake of node {node_id}: {held} requests held for {name}; "
                     "expected 1..1000000"
                 )
+            if name not in wakeable:
+                # not a scale-to-zero port in the current mesh version (the node's proxy
+                # may run an older one, or the agent is wrong): nothing to start
+                continue
             key = (port.app, port.service)
             services[key] = max(held, services.get(key, 0))
+            at_zero[key] = wakeable[name]
         for (app, service), held in services.items():
-            cluster.autoscaler.held_requests(app, service, held)
+            cluster.autoscaler.held_requests(app, service, held, at_zero[(app, service)])
         return {"services": sorted(f"{app}/{service}" for app, service in services)}
 
     @r.get("/v1/mesh/converged", response_model=Converged)
