@@ -508,8 +508,9 @@ def scale(service: str, replicas: int) -> None:
     """Set the number of replicas of SERVICE (0 to 1000).
 
     An autoscaled service takes a count within its autoscale min..max (the autoscaler goes
-    on from it) or 0 (pauses its autoscaler until scaled again); any other count is refused:
-    change min / max in the spec instead."""
+    on from it) or 0: that pauses its autoscaler until scaled again, but a service with
+    min 0 is only scaled to zero (the next request starts it again; `elastin stop` keeps it
+    down). Any other count is refused: change min / max in the spec instead."""
     with errors(), client() as c:
         answer = c.scale(service, replicas)
         note = answer.get("note") if isinstance(answer, dict) else ""

@@ -150,18 +150,43 @@ def keep_autoscaled(old: AppRecord | None, app: Application) -> Application:
     return replace(app, workloads=workloads)
 
 
+def scale_note(ref: str, w: Workload, replicas: int) -> str:
+    """What ``elastin scale ref replicas`` means for ``w`` when it is autoscaled (pure; ""
+    when it is not): a count within ``min..max`` is where the autoscaler goes on from; 0
+    pauses the autoscaler when ``min`` is above 0 — but with ``min: 0`` it is only scaled to
+    zero: the mesh holds the next request and the autoscaler starts a replica for it, so
+    ``elastin stop`` is what keeps it down."""
+    auto = w.autoscale
+    if auto is None or not auto.horizontal:
+        return ""
+    if replicas == 0 and auto.min == 0:
+        return (
+            "scaled to zero: the next request starts it again (autoscale min 0); "
+            f"`elastin stop {ref}` keeps it down"
+        )
+    if replicas == 0:
+        return "autoscaling paused until scaled again"
+    return f"autoscaled {auto.min}..{auto.max}: the autoscaler goes on from here"
+
+
 def scale_refusal(ref: str, w: Workload, replicas: int) -> Invalid | None:
     """Why ``elastin scale ref replicas`` is refused for an autoscaled service, or None. The
     autoscaler owns the count within ``min``..``max``: a count within them is taken (the
-    autoscaler goes on from it), 0 pauses it (as HPA does); any other is refused."""
+    autoscaler goes on from it), 0 pauses it (as HPA does; with ``min: 0`` it only scales
+    to zero, ``scale_note``); any other is refused."""
     auto = w.autoscale
     if auto is None or not auto.horizontal or replicas == 0 or auto.min <= replicas <= auto.max:
         return None
+    zero = (
+        "scales it to zero (the next request starts it again)"
+        if auto.min == 0
+        else "pauses the autoscaler"
+    )
     return Invalid(
         f"{ref!r} is autoscaled between {auto.min} and {auto.max} replicas "
         f"(autoscale {auto.min}..{auto.max}); {replicas} is outside",
         hint="change autoscale.min / autoscale.max in the spec and apply it; "
-        f"`elastin scale {ref} 0` pauses the autoscaler, a count within "
+        f"`elastin scale {ref} 0` {zero}, a count within "
         f"{auto.min}..{auto.max} is taken and the autoscaler goes on from it",
     )
 
@@ -318,13 +343,8 @@ class Apps:
             if (refused := scale_refusal(ref, w, replicas)) is not None:
                 raise refused
             msg = f"replicas {w.replicas} -> {replicas}"
-            if w.autoscale is not None and w.autoscale.horizontal:
-                msg += (
-                    " (autoscaling paused until scaled again)"
-                    if replicas == 0
-                    else f" (autoscaled {w.autoscale.min}..{w.autoscale.max}: "
-                    "the autoscaler goes on from here)"
-                )
+            if note := scale_note(f"{rec.app.name}/{w.name}", w, replicas):
+                msg += f" ({note})"
             new = self._scaled(rec, w, replicas)
             return new, ("service.scaled", f"{rec.app.name}/{w.name}", msg, "info")
 

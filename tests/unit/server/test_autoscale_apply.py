@@ -87,3 +87,32 @@ async def test_scale_outside_the_autoscale_bounds_is_refused(cluster: Cluster) -
     assert await replicas(cluster, "web") == 1
     await cluster.apps.scale("web", 3)  # within the bounds: the autoscaler goes on from 3
     assert await replicas(cluster, "web") == 3
+
+
+async def test_scale_to_zero_of_a_min_0_service_says_the_next_request_starts_it(
+    cluster: Cluster,
+) -> None:
+    """`elastin scale X 0` pauses the autoscaler only when min is above 0; a `min: 0`
+    service is started again by the next request the mesh holds, and the message and the
+    refusal's hint say so (review of issue #13, finding 4)."""
+    await cluster.apps.apply(
+        SPEC.replace("{min: 1, max: 5", "{min: 0, max: 5").replace(
+            "    autoscale:", "    ports: {http: 0}\n    autoscale:", 1
+        )
+    )
+    await cluster.apps.scale("shop/web", 0)
+    (ev,) = [e for e in await cluster.views.events(0, 0) if e.type == "service.scaled"]
+    assert "paused" not in ev.message
+    assert "the next request starts it again" in ev.message
+    assert "`elastin stop shop/web` keeps it down" in ev.message
+    with pytest.raises(Invalid) as err:
+        await cluster.apps.scale("shop/web", 7)
+    assert err.value.hint and "pauses" not in err.value.hint
+    assert "scales it to zero (the next request starts it again)" in err.value.hint
+
+
+async def test_scale_to_zero_with_min_above_0_pauses(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.scale("shop/web", 0)
+    (ev,) = [e for e in await cluster.views.events(0, 0) if e.type == "service.scaled"]
+    assert "autoscaling paused until scaled again" in ev.message

@@ -45,6 +45,7 @@ from elastin.server.api.models import (
     Stopped,
     Traffic,
 )
+from elastin.server.apps import scale_note
 from elastin.server.cluster import Cluster
 from elastin.server.errors import Conflict, Invalid, NotFound
 from elastin.server.metrics import CONTENT_TYPE, render_metrics, store_counters
@@ -237,15 +238,8 @@ def user_routes(cluster: Cluster, token: str, data_dir: Path) -> APIRouter:
     @r.post("/v1/scale/{ref:path}", response_model=ScaledService)
     async def scale(ref: str, body: ScaleBody) -> dict[str, Any]:
         rec = await cluster.apps.scale(ref, body.replicas)
-        note = ""
         w = rec.app.workload(ref.rpartition("/")[2])
-        if w is not None and w.autoscale is not None and w.autoscale.horizontal:
-            auto = w.autoscale
-            note = (
-                "autoscaling paused until scaled again"
-                if body.replicas == 0
-                else f"autoscaled {auto.min}..{auto.max}: the autoscaler goes on from here"
-            )
+        note = "" if w is None else scale_note(ref, w, body.replicas)
         return {"app": rec.app.name, "generation": rec.generation, "note": note}
 
     @r.post("/v1/stop", response_model=Stopped)
