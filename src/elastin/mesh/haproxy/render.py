@@ -152,6 +152,10 @@ end, 1)
 
 local elastin_held = {}
 local elastin_told = {}
+-- what the held requests of a backend last saw of it, shared by them all: one look (and at
+-- most one connect probe) per backend per ELASTIN_POLL_MS, however many requests are held
+local elastin_seen = {}  -- backend -> { at = ms, ready = bool, up_at = ms or nil }
+local ELASTIN_POLL_MS = 25
 
 local function elastin_now_ms()
     local t = core.now()
@@ -186,6 +190,28 @@ local function elastin_listening(be)
     return false
 end
 
+-- whether a held request to the backend may go on (shared per backend, see elastin_seen): a
+-- server is up and accepts a connection, or has been up for a second
+local function elastin_ready(backend, be, now)
+    local seen = elastin_seen[backend]
+    if seen == nil then
+        seen = { at = now - ELASTIN_POLL_MS, ready = false }
+        elastin_seen[backend] = seen
+    end
+    if now - seen.at < ELASTIN_POLL_MS then
+        return seen.ready  -- another held request looked (or is probing) just now
+    end
+    seen.at = now
+    if elastin_up(be) == 0 then
+        seen.up_at = nil
+        seen.ready = false
+    else
+        seen.up_at = seen.up_at or now
+        seen.ready = now - seen.up_at >= 1000 or elastin_listening(be)
+    end
+    return seen.ready
+end
+
 local function elastin_tell(backend, wake_url, now)
     if now - (elastin_told[backend] or 0) < 1000 then
         return
@@ -210,22 +236,23 @@ local function elastin_wake(txn, backend, timeout_ms, max_held, wake_url)
     end
     elastin_held[backend] = held + 1
     local deadline = elastin_now_ms() + tonumber(timeout_ms)
+    -- pcall: whatever happens in the loop (HAProxy refusing a yield once the client has
+    -- gone, with ACT_OPT_FINAL), the request's slot is given back below
     pcall(function()
         local now = elastin_now_ms()
-        local up_at = nil
         while now < deadline do
-            if elastin_up(be) > 0 then
-                up_at = up_at or now
-                if now - up_at >= 1000 or elastin_listening(be) then
-                    break
-                end
+            if elastin_ready(backend, be, now) then
+                break
             end
             elastin_tell(backend, wake_url, now)
-            core.msleep(5)
+            core.msleep(ELASTIN_POLL_MS)
             now = elastin_now_ms()
         end
     end)
     elastin_held[backend] = elastin_held[backend] - 1
+    if elastin_held[backend] == 0 then
+        elastin_seen[backend] = nil  -- the next cold start looks afresh
+    end
     if elastin_up(be) == 0 then
         txn:set_var("txn.elastin_wake", "timeout")
     end

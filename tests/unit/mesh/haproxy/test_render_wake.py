@@ -147,3 +147,20 @@ def test_every_installed_haproxy_accepts_the_hold(binary: str, tmp_path: Path) -
             [binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30
         )
         assert proc.returncode == 0, (haproxy_version(binary), proc.stdout + proc.stderr)
+
+
+def test_held_requests_share_one_look_per_backend() -> None:
+    """The held requests of a backend poll every 20-50 ms and share one look (and one
+    connect probe) per backend per poll, instead of each probing every 5 ms (review of issue
+    #13, finding 8). Exercised with real traffic in tests/integration/mesh/test_wake_real.py."""
+    import re
+
+    poll = re.search(r"local ELASTIN_POLL_MS = (\d+)", LUA_SCRIPT)
+    assert poll is not None and 20 <= int(poll.group(1)) <= 50
+    assert "core.msleep(ELASTIN_POLL_MS)" in LUA_SCRIPT
+    assert "core.msleep(5)" not in LUA_SCRIPT
+    wake = LUA_SCRIPT.split("local function elastin_wake", 1)[1]
+    assert "elastin_listening" not in wake  # probes only through the shared look
+    assert "elastin_ready(backend, be, now)" in wake
+    ready = LUA_SCRIPT.split("local function elastin_ready", 1)[1].split("\nend\n", 1)[0]
+    assert "if now - seen.at < ELASTIN_POLL_MS then" in ready and "seen.at = now" in ready
