@@ -46,6 +46,9 @@ from elastin.server.waits import Changes
 
 MAX_REPLICAS = 1000
 _TRIES = 10  # compare-and-set attempts before a change gives up with a conflict
+# one workload's record change (``Apps._try_change``): (record, workload, its allocations) ->
+# the new record and its event, or None: nothing to write
+_Change = Callable[[AppRecord, Workload, list[Allocation]], tuple[AppRecord, EventSpec] | None]
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,7 @@ class Apps:
             new = self._scaled(rec, w, replicas)
             return new, ("service.scaled", f"{rec.app.name}/{w.name}", msg, "info")
 
-        return await self._change(ref, change)
+        return await self._change(ref, change, allocs=False)
 
     async def autoscale(
         self, ref: str, expected: int, replicas: int, message: str, data: dict[str, object]
@@ -358,19 +361,16 @@ class Apps:
         (``message``, ``data``). None, nothing written, when the service is not at
         ``expected`` any more (scaled, stopped or changed meanwhile: the next evaluation sees
         it)."""
-        skipped: list[bool] = []
 
         def change(
             rec: AppRecord, w: Workload, _mine: list[Allocation]
-        ) -> tuple[AppRecord, EventSpec]:
+        ) -> tuple[AppRecord, EventSpec] | None:
             if w.replicas != expected or w.name in rec.stopped:
-                skipped.append(True)
-                return rec, ("", "", "", "info")
+                return None
             new = self._scaled(rec, w, replicas)
             return new, ("service.autoscaled", f"{rec.app.name}/{w.name}", message, "info")
 
-        new = await self._change(ref, change, data, skip=lambda: bool(skipped))
-        return None if skipped else new
+        return await self._try_change(ref, change, data, allocs=False)
 
     def _scaled(self, rec: AppRecord, w: Workload, replicas: int) -> AppRecord:
         """``rec`` with ``w`` at ``replicas`` (started again when it was stopped)."""
@@ -421,21 +421,31 @@ class Apps:
         return stopped
 
     async def _change(
-        self,
-        ref: str,
-        change: Callable[[AppRecord, Workload, list[Allocation]], tuple[AppRecord, EventSpec]],
-        data: dict[str, object] | None = None,
-        skip: Callable[[], bool] = lambda: False,
+        self, ref: str, change: _Change, data: dict[str, object] | None = None, allocs: bool = True
     ) -> AppRecord:
-        """Change one workload's record with ``change`` (compare-and-set, retried); ``data``:
-        the event's structured values; ``skip()`` true after ``change``: write nothing."""
+        """``_try_change`` with a ``change`` that always writes (or raises)."""
+        new = await self._try_change(ref, change, data, allocs=allocs)
+        if new is None:  # a bug in the caller, not a user's error
+            raise AssertionError(f"the change of {ref!r} had nothing to write")
+        return new
+
+    async def _try_change(
+        self, ref: str, change: _Change, data: dict[str, object] | None = None, allocs: bool = True
+    ) -> AppRecord | None:
+        """Change one workload's record with ``change`` (compare-and-set, retried): it gets
+        the record, the workload and — when ``allocs`` — the workload's allocations (else an
+        empty list: they are not read), and returns the new record and its event, or None for
+        nothing to write (then None is returned). ``data``: the event's structured values."""
         for _ in range(_TRIES):
             rec, mod_rev, w = await self.find_workload(ref)
-            allocs, _ = await self.repo.list_allocs()
-            mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
-            new, event = change(rec, w, mine)
-            if skip():
-                return rec
+            mine: list[Allocation] = []
+            if allocs:
+                every, _ = await self.repo.list_allocs()
+                mine = [a for a in every if a.app == rec.app.name and a.workload == w.name]
+            out = change(rec, w, mine)
+            if out is None:
+                return None
+            new, event = out
             rev = await self.repo.commit(
                 compares=[self.repo.compare_app(rec.app.name, mod_rev)],
                 apps=[new],

@@ -116,3 +116,24 @@ async def test_scale_to_zero_with_min_above_0_pauses(cluster: Cluster) -> None:
     await cluster.apps.scale("shop/web", 0)
     (ev,) = [e for e in await cluster.views.events(0, 0) if e.type == "service.scaled"]
     assert "autoscaling paused until scaled again" in ev.message
+
+
+async def test_scale_and_autoscale_do_not_read_the_allocations(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their record changes need no allocation: none are listed (review of issue #13,
+    finding 10); a change with nothing to write writes nothing."""
+    await cluster.apps.apply(SPEC)
+    calls: list[int] = []
+    real = cluster.apps.repo.list_allocs
+
+    async def counted() -> object:
+        calls.append(1)
+        return await real()
+
+    monkeypatch.setattr(cluster.apps.repo, "list_allocs", counted)
+    await cluster.apps.scale("shop/web", 3)
+    assert await cluster.apps.autoscale("shop/web", 3, 4, "scale up", {"desired": 4}) is not None
+    assert await cluster.apps.autoscale("shop/web", 3, 5, "stale", {}) is None  # not at 3
+    assert calls == []
+    assert await replicas(cluster, "web") == 4
