@@ -7,9 +7,10 @@ kicked. One that says a resize in place was refused (``resize_refused``) puts th
 allocation's resources back to what its instance runs with, when they are still the refused
 ones (a compare on the value, inside the commit's compare-and-set): the scheduler's accounting
 and the vertical ``auto`` mode then see the instance as it runs, and the kick lets the
-scheduler use the room freed. One that changes what the mesh sees (status, health, ports) advances the mesh
-version, so that every proxy learns of the endpoint. A batch of reports (what agents send) is
-one transaction: one revision, one wake, however many allocations it moves.
+scheduler use the room freed. One that changes what the mesh sees (status, health, ports)
+advances the mesh version, so that every proxy learns of the endpoint. A batch of reports
+(what agents send) is one transaction: one revision, one wake, however many allocations it
+moves.
 """
 
 from __future__ import annotations

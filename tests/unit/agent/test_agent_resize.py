@@ -199,7 +199,7 @@ async def test_a_resize_while_the_instance_starts_is_applied_once_it_runs(
     tmp_path: Path,
 ) -> None:
     d = GatedDriver()
-    runner, reports = make(tmp_path, d)
+    runner, _reports = make(tmp_path, d)
     task = asyncio.create_task(runner.run())
     await until(d.entered.is_set)  # its configuration (SPEC) is built; the driver starts it
     await runner.resize(BIG)

@@ -32,7 +32,7 @@ def test_a_refused_memory_write_leaves_the_cpu_quota(tmp_path: Path) -> None:
     assert quota.read_text() == "20000"
     limit.unlink()
     limit.mkdir()  # the kernel refuses the write (as EBUSY would)
-    with pytest.raises(CgroupError, match="memory.limit_in_bytes"):
+    with pytest.raises(CgroupError, match=r"memory\.limit_in_bytes"):
         cg.resize(Resources(500, 128 * MI))
     assert quota.read_text() == "20000"  # unchanged: the resize did not half apply
 
@@ -49,6 +49,6 @@ def test_a_refused_cpu_write_puts_the_memory_limit_back(tmp_path: Path) -> None:
     limit = tmp_path / "memory/elastin/a1/memory.limit_in_bytes"
     quota.unlink()
     quota.mkdir()
-    with pytest.raises(CgroupError, match="cpu.cfs_quota_us"):
+    with pytest.raises(CgroupError, match=r"cpu\.cfs_quota_us"):
         cg.resize(Resources(500, 128 * MI))
     assert limit.read_text() == str(64 * MI)
