@@ -1,8 +1,9 @@
 """Vertical scaling end to end (issue #13, item 5): a real server and agent, real tasks in real
 cgroups. A resize through the API is applied live — the new limits in the instance's cgroup
 files, the same pid — and the node's allocated totals follow; a resize no node has room for
-is refused; an OOM kill in ``auto`` mode raises the memory limit at once and the instance then
-runs past its old limit; ``elastin recommend`` shows recommendation, request and use."""
+is refused, and one the agent refuses (below the working set) puts the allocation back; an
+OOM kill in ``auto`` mode raises the memory limit at once and the instance then runs past its
+old limit; ``elastin recommend`` shows recommendation, request and use."""
 
 from __future__ import annotations
 
@@ -141,3 +142,37 @@ services:
     assert limits(h.cgroup_root, a.id)[1] == a.resources.memory > 32 * MI
     reasons = [e["message"] for e in h.client.events(limit=0) if e["type"] == "alloc.resize"]
     assert any("OOM-killed at 32Mi" in r for r in reasons), reasons
+
+
+def test_a_resize_the_agent_refuses_puts_the_allocation_back(harness: Any) -> None:
+    """Below the instance's working set (it touched 28 MiB; asked for 8Mi): the agent
+    refuses, the instance keeps its limits, and the allocation's resources (what the node's
+    totals count) go back to them."""
+    h = harness.start()
+    spec = h.write_spec(
+        "r.yaml",
+        f"""
+app: r
+services:
+  hold:
+    command: ["{PY}", "-c", {json.dumps(GROW)}]
+    resources: {{cpu: 100m, memory: 48Mi}}
+""",
+    )
+    h.cli("apply", str(spec), "--wait", check=True)
+    a = h.wait_for(lambda: h.running("r", "hold"), 30, "hold running")[0]
+    grown = h.data_dir / "allocs" / a.id / "local" / "grown"
+    h.wait_for(grown.exists, 30, "the instance using 28 MiB")
+    before = h.client.resources()["nodes"][0]["allocated"]
+    done = h.client.resize(a.id, "200m", "8Mi")
+    assert done["action"] == "in_place", done
+
+    def put_back() -> bool:
+        [x] = h.client.allocations(app="r")
+        return (x.resources.cpu, x.resources.memory) == (100, 48 * MI)
+
+    h.wait_for(put_back, 30, "the allocation's resources put back")
+    assert limits(h.cgroup_root, a.id) == (10_000, 48 * MI)  # nothing written
+    assert h.client.resources()["nodes"][0]["allocated"] == before
+    events = [e for e in h.client.events(limit=0) if e["type"] == "alloc.resize_failed"]
+    assert events and "keeps running with cpu 100m, memory 48Mi" in events[0]["message"]

@@ -47,7 +47,10 @@ A resize (the server changed the allocation's ``resources`` in place: ``elastin 
 auto mode, ``POST /v1/allocations/{id}/resize``) reaches the runner through the agent's
 allocation watch (``resized`` picks them, ``AllocRunner.resize`` applies one): a running
 instance gets its new cpu and memory limits live from its driver (same pid), and every later
-start (a restart after an OOM kill) uses the allocation's resources, not the spec's.
+start (a restart after an OOM kill) uses the allocation's resources, not the spec's. One that
+comes while the instance starts is applied once it runs. One the driver refuses is reported
+(``resize_refused``: the server puts the allocation's resources back to what the instance runs
+with).
 
 Jobs do not restart in place: a failed run is reported ``failed`` and the scheduler places a
 new attempt while the job's ``retries`` allow.
@@ -139,6 +142,10 @@ def describe_resize(old: Resources, new: Resources) -> str:
     return ", ".join(parts) or "unchanged"
 
 
+def _limits(r: Resources) -> dict[str, int]:
+    return {"cpu": r.cpu, "memory": r.memory}
+
+
 def base_env() -> dict[str, str]:
     """The few variables of the agent's environment every instance inherits."""
     keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONUNBUFFERED")  # not HOME, USER: the driver's
@@ -212,6 +219,9 @@ class AllocRunner:
         # health check, which must not reserve ports to learn it); None when none runs
         self.instance: InstanceConfig | None = None
         self._resizing = asyncio.Lock()
+        # the cpu and memory limits the running instance has (None when none runs): a
+        # resize compares the allocation's resources with them
+        self.applied: Resources | None = None
 
     # handle persistence --------------------------------------------------------------
     def save_handle(self, handle: Handle) -> None:
@@ -272,30 +282,60 @@ class AllocRunner:
         """The server changed this allocation's resources in place: a running instance gets
         the new limits live (same pid; event ``alloc.resized``), and every later start uses
         them. A driver that refuses (memory below what the instance uses) or cannot leaves
-        the instance as it runs: a warning event ``alloc.resize_failed`` says why, and the
-        new limits apply at its next start."""
+        the instance as it runs, and the runner keeps the limits it runs with: a warning
+        event ``alloc.resize_failed`` says why, and the report's ``resize_refused`` (the
+        limits refused and those it runs with) has the server put the allocation's
+        resources back, so that its accounting and ``auto`` see the instance as it is."""
         async with self._resizing:
             old = self.alloc.resources
             if (old.cpu, old.memory) == (resources.cpu, resources.memory):
                 return
             self.alloc = replace(self.alloc, resources=resources)
-            change = describe_resize(old, resources)
             handle = self.handle
-            if handle is None or self.state.status != "running":
+            if handle is None or self.applied is None or self.state.status != "running":
+                # not running, or starting (``_start`` applies it once the instance runs)
+                change = describe_resize(old, resources)
                 self._event("alloc.resized", f"{change}: applies when it starts")
                 return
-            try:
-                await self.driver.resize(handle, resources)
-            except (DriverError, OSError) as e:
-                self._event(
-                    "alloc.resize_failed",
-                    f"{change} not applied in place: {e}; the new limits apply at its next start",
-                    "warning",
-                )
+            await self._apply_limits(handle, self.applied)
+
+    async def _catch_up(self, handle: Handle) -> None:
+        """A resize that came while the instance was starting (its configuration was built
+        with the resources before it): applied now that it runs."""
+        async with self._resizing:
+            applied = self.applied
+            want = self.alloc.resources
+            if applied is None or not want.memory:  # none known: it runs with the spec's
                 return
-            with contextlib.suppress(OSError):  # a restarted agent knows the new limits
-                self.save_handle(handle)
-            self._event("alloc.resized", f"{change} in place (pid {handle.pid}, no restart)")
+            if (applied.cpu, applied.memory) != (want.cpu, want.memory):
+                await self._apply_limits(handle, applied)
+
+    async def _apply_limits(self, handle: Handle, running: Resources) -> None:
+        """Give the instance (running with ``running``) the allocation's resources live;
+        on a refusal keep ``running`` and tell the server (see ``resize``). Under
+        ``_resizing``."""
+        want = self.alloc.resources
+        change = describe_resize(running, want)
+        try:
+            await self.driver.resize(handle, want)
+        except (DriverError, OSError) as e:
+            kept = replace(want, cpu=running.cpu, memory=running.memory)
+            self.alloc = replace(self.alloc, resources=kept)
+            message = (
+                f"{change} not applied in place: {e}; it keeps running with cpu "
+                f"{format_cpu(kept.cpu)}, memory {format_size(kept.memory)} (the allocation's "
+                "resources are put back to them)"
+            )
+            self.report(
+                self.alloc.id,
+                resize_refused={"refused": _limits(want), "running": _limits(kept)},
+                events=[("alloc.resize_failed", self.alloc.label, message, "warning")],
+            )
+            return
+        self.applied = want
+        with contextlib.suppress(OSError):  # a restarted agent knows the new limits
+            self.save_handle(handle)
+        self._event("alloc.resized", f"{change} in place (pid {handle.pid}, no restart)")
 
     def _set(self, status: AllocStatus, **extra: Any) -> None:
         check_transition(self.state.status, status)  # IllegalTransition: a bug here
@@ -346,6 +386,7 @@ class AllocRunner:
         w = self.workload
         if recovered is not None:
             self.handle = recovered
+            self.applied = self.alloc.resources  # as saved with its handle
             # its environment as it was started (its ports are the handle's)
             self.instance = self.instance_config(w) if w is not None else None
             self.state.status = "running"  # the previous agent process started it
@@ -531,6 +572,7 @@ class AllocRunner:
             return None
         self.handle = handle
         self.instance = config
+        self.applied = config.resources
         self.run_started = self.clock.monotonic()
         err = await self._record(handle)
         if err is not None:
@@ -545,6 +587,7 @@ class AllocRunner:
         self.state.pid = handle.pid
         self._set("running", pid=handle.pid, reason="", ports=sorted(self.ports.items()))
         self._event("alloc.started", f"pid {handle.pid}")
+        await self._catch_up(handle)
         return handle
 
     async def _fixed_ports(self, w: Workload) -> str | None:
@@ -643,6 +686,7 @@ class AllocRunner:
         self.forget_handle()
         self.handle = None
         self.instance = None
+        self.applied = None
         self.state.pid = 0
         return result
 

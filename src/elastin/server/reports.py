@@ -3,9 +3,14 @@ health and events, checked against the allocation lifecycle
 (``elastin.model.cluster.ALLOC_TRANSITIONS``) and committed with a compare-and-set.
 
 A report that ends an allocation frees resources and may complete a job: the applier is
-kicked. One that changes what the mesh sees (status, health, ports) advances the mesh
-version, so that every proxy learns of the endpoint. A batch of reports (what agents send) is
-one transaction: one revision, one wake, however many allocations it moves.
+kicked. One that says a resize in place was refused (``resize_refused``) puts the
+allocation's resources back to what its instance runs with, when they are still the refused
+ones (a compare on the value, inside the commit's compare-and-set): the scheduler's accounting
+and the vertical ``auto`` mode then see the instance as it runs, and the kick lets the
+scheduler use the room freed. One that changes what the mesh sees (status, health, ports)
+advances the mesh version, so that every proxy learns of the endpoint. A batch of reports
+(what agents send) is one transaction: one revision, one wake, however many allocations it
+moves.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from elastin.model.cluster import (
     IllegalTransition,
     check_transition,
 )
+from elastin.model.resources import Resources
 from elastin.server.errors import Conflict, NotFound
 from elastin.server.repo import Repo
 from elastin.server.waits import Changes
@@ -41,10 +47,13 @@ class AllocReport:
     ports: tuple[tuple[str, int], ...] | None = None
     healthy: bool | None = None
     events: tuple[EventSpec, ...] = ()
+    # a resize the agent could not apply: (the resources refused, those the instance runs with)
+    resize_refused: tuple[Resources, Resources] | None = None
 
     def applied_to(self, a: Allocation, now: float) -> Allocation:
         new = replace(
             a,
+            resources=refused_back(a.resources, self.resize_refused),
             status=a.status if self.status is None else self.status,
             reason=a.reason if self.reason is None else self.reason,
             exit_code=a.exit_code if self.exit_code is None else self.exit_code,
@@ -55,6 +64,18 @@ class AllocReport:
             updated_at=now,
         )
         return replace(new, ready_at=ready_since(a, new, now))
+
+
+def refused_back(have: Resources, refused: tuple[Resources, Resources] | None) -> Resources:
+    """The allocation's resources after its agent refused a resize (``refused``: the
+    resources refused, those the instance runs with): put back to the running ones when they
+    are still the refused ones; a later resize (another size since) is left for the agent."""
+    if refused is None:
+        return have
+    no, running = refused
+    if (have.cpu, have.memory) != (no.cpu, no.memory):
+        return have
+    return replace(have, cpu=running.cpu, memory=running.memory)
 
 
 def ready_since(old: Allocation, new: Allocation, now: float) -> float:
@@ -91,9 +112,11 @@ class Reports:
     def _signal(self, changed: list[tuple[Allocation, Allocation]], rev: int) -> None:
         """Wake who a commit of ``(old, new)`` allocations concerns, once per commit."""
         if any(
-            (new.terminal and not old.terminal) or (new.ready_at and not old.ready_at)
+            (new.terminal and not old.terminal)
+            or (new.ready_at and not old.ready_at)
+            or new.resources != old.resources
             for old, new in changed
-        ):  # resources freed, a job slot done, an instance ready (a rollout goes on): schedule
+        ):  # resources freed (or put back), a job slot done, an instance ready: schedule
             self.changes.committed(rev)
         elif any(
             (new.status, new.healthy, new.ports) != (old.status, old.healthy, old.ports)

@@ -21,7 +21,11 @@ first, like any stop).
   recommendation at once on an OOM kill (the agents' ``alloc.oom_killed`` events), and in
   ``auto`` mode resizes each running instance (or one waiting to restart, after an OOM kill)
   whose request lies outside the recommendation's bounds to its target (memory in whole MiB)
-  — at most once per ``AUTO_EVERY`` seconds per instance, but at once after an OOM kill;
+  — at most once per ``AUTO_EVERY`` seconds per instance, but at once after an OOM kill (the
+  times of the allocations that are gone are forgotten). A resize the agent refuses (the
+  instance uses more memory than the new limit) comes back in its report (``resize_refused``,
+  ``elastin.server.reports``): the allocation's resources are put back to what the instance
+  runs with, so the accounting stays true and ``auto`` tries again ``AUTO_EVERY`` later;
 - ``recommendations(ref)`` (``GET /v1/recommendations``, ``elastin recommend``): per service
   the recommendation, the request (the spec's and each instance's) and the use now.
 
@@ -352,6 +356,9 @@ class VerticalScaler:
         for key, svc in self.services.items():
             self._feed(key, svc)
         self._ooms({a.label: a for a in allocs})
+        live = {a.id for a in allocs if a.desired == "run" and not a.terminal}
+        for gone in [i for i in self._last_resize if i not in live]:  # stopped, moved, deleted
+            del self._last_resize[gone]
         done = []
         now = self.clock.monotonic()
         for key, svc in self.services.items():

@@ -1,6 +1,8 @@
 """A resize in place on the agent's side (fake driver, fake clock): which allocations the
 watch's answer resized (``resized``), the runner applying one live (same instance), after a
-restart (the allocation's resources, not the spec's), and through ``Agent.sync``."""
+restart (the allocation's resources, not the spec's), and through ``Agent.sync``; a refused
+resize reported to the server with what the instance runs with; a resize that arrives while
+the instance starts applied once it runs."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from agent_support import offline_agent
 
+from elastin.agent.drivers.base import Handle, InstanceConfig, ResizeRefused
 from elastin.agent.runner import AllocRunner, describe_resize, resized
 from elastin.clock import yield_now
 from elastin.model.cluster import Allocation
@@ -143,3 +146,67 @@ async def test_sync_applies_a_resize_from_the_watch(tmp_path: Path) -> None:
         await yield_now()
         assert d.resizes == [("a1", BIG)]
         agent.runners["a1"].request_stop()
+
+
+class RefusingDriver(FakeDriver):
+    """Refuses every resize, as the task driver does below an instance's working set."""
+
+    async def resize(self, handle: Handle, resources: Resources) -> Resources:
+        raise ResizeRefused("the instance uses 100 MiB now, more than the new memory limit")
+
+
+def refusals(reports: Reports) -> list[dict[str, Any]]:
+    return [f["resize_refused"] for _, f in reports.items if "resize_refused" in f]
+
+
+async def test_a_refused_resize_is_reported_with_the_resources_it_runs_with(
+    tmp_path: Path,
+) -> None:
+    d = RefusingDriver()
+    runner, reports = make(tmp_path, d)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: d.running("a1") and runner.state.status == "running")
+    await runner.resize(BIG)
+    # the server is told (it puts the allocation's resources back), and the runner keeps
+    # what the instance runs with: the next start is not silently bigger than the server counts
+    assert refusals(reports) == [
+        {"refused": {"cpu": 500, "memory": 128 * MI}, "running": {"cpu": 200, "memory": 64 * MI}}
+    ]
+    assert runner.alloc.resources == SPEC
+    assert any(t == "alloc.resize_failed" for t, _ in reports.events())
+    d.oom("a1")
+    await until(lambda: len(d.started) == 2 and d.running("a1"))
+    assert d.started[-1].resources == SPEC
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)
+
+
+class GatedDriver(FakeDriver):
+    """``start`` waits for ``go``: a resize can arrive while the instance is starting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def start(self, config: InstanceConfig) -> Handle:
+        self.entered.set()
+        await self.go.wait()
+        return await super().start(config)
+
+
+async def test_a_resize_while_the_instance_starts_is_applied_once_it_runs(
+    tmp_path: Path,
+) -> None:
+    d = GatedDriver()
+    runner, _reports = make(tmp_path, d)
+    task = asyncio.create_task(runner.run())
+    await until(d.entered.is_set)  # its configuration (SPEC) is built; the driver starts it
+    await runner.resize(BIG)
+    d.go.set()
+    await until(lambda: runner.state.status == "running" and d.resizes == [("a1", BIG)])
+    assert d.started[-1].resources == SPEC  # started with what it had, then resized live
+    assert d.instances["a1"].config.resources == BIG
+    assert len(d.started) == 1
+    runner.request_stop()
+    await asyncio.wait_for(task, 5)

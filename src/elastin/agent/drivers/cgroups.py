@@ -18,7 +18,10 @@ writes the new process's pid into ``cgroup.procs`` before it execs the workload
 processes, no restart): a memory limit below what the instance uses now (its working set) is
 refused rather than left to the kernel, which would reclaim what it can and then OOM-kill the
 instance; page cache above the new limit is reclaimed by the kernel. On v1 the memory+swap
-limit moves with the memory limit, in the order the kernel accepts (memsw >= memory).
+limit moves with the memory limit, in the order the kernel accepts (memsw >= memory). Memory
+is written before the cpu quota: a memory write the kernel refuses leaves the cpu quota as it
+was (and a cpu write that fails puts the memory limit back), so a resize reported as not
+applied changed nothing.
 
 Exceptions: ``CgroupError`` (a ``DriverError``) with the path and the OS error;
 ``ResizeRefused`` when a resize would cut below the instance's use.
@@ -208,25 +211,40 @@ class Cgroup:
                 f"{resources.memory} bytes: the kernel would OOM-kill it. Give it at least "
                 "what it uses (or restart it with the smaller limit)"
             )
-        quota = str(cpu_quota(resources.cpu))
+        # memory first, cpu last: memory is the write the kernel may refuse (v1: EBUSY when
+        # it cannot reclaim enough cache), and a refused resize must leave both as they were
+        before = self.limits()
+        self._write_memory(resources.memory, before.memory)
+        try:
+            self._write_cpu(resources.cpu)
+        except CgroupError:
+            with contextlib.suppress(CgroupError):  # put memory back as it was
+                self._write_memory(before.memory, resources.memory)
+            raise
+        return self.limits()
+
+    def _write_memory(self, value: int, now: int) -> None:
+        """The memory limit (v1: with memory+swap, in the order the kernel accepts)."""
         if self.version == "v2":
-            d = self.dirs["unified"]
-            _write(d / "cpu.max", f"{quota} {CFS_PERIOD_US}")
-            _write(d / "memory.max", str(resources.memory))
-            return self.limits()
-        _write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
+            _write(self.dirs["unified"] / "memory.max", str(value))
+            return
         mem = self.dirs["memory"]
         limit, memsw = mem / "memory.limit_in_bytes", mem / "memory.memsw.limit_in_bytes"
-        value = str(resources.memory)
         if not memsw.exists():
-            _write(limit, value)
-        elif resources.memory >= self.limits().memory:  # raising: memsw first (memsw >= mem)
-            _write(memsw, value)
-            _write(limit, value)
+            _write(limit, str(value))
+        elif value >= now:  # raising: memsw first (memsw >= mem)
+            _write(memsw, str(value))
+            _write(limit, str(value))
         else:  # lowering: the memory limit first
-            _write(limit, value)
-            _write(memsw, value)
-        return self.limits()
+            _write(limit, str(value))
+            _write(memsw, str(value))
+
+    def _write_cpu(self, millicores: int) -> None:
+        quota = str(cpu_quota(millicores))
+        if self.version == "v2":
+            _write(self.dirs["unified"] / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+        else:
+            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
 
     def join_self(self) -> None:
         """Move the calling process into every hierarchy (used in the child before exec)."""

@@ -21,6 +21,7 @@ from elastin.mesh.model import MeshSnapshot
 from elastin.mesh.model.names import ClusterName
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
+from elastin.model.resources import Resources
 from elastin.server.api.models import (
     ERRORS,
     Acked,
@@ -156,6 +157,12 @@ def to_report(body: StatusBody) -> AllocReport:
         ports=None if body.ports is None else tuple(body.ports),
         healthy=body.healthy,
         events=tuple(body.events),
+        resize_refused=None
+        if body.resize_refused is None
+        else (
+            Resources(body.resize_refused.refused.cpu, body.resize_refused.refused.memory),
+            Resources(body.resize_refused.running.cpu, body.resize_refused.running.memory),
+        ),
     )
 
 

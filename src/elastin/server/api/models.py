@@ -103,6 +103,19 @@ class HeartbeatBody(BaseModel):
     )
 
 
+class Limits(BaseModel):
+    cpu: int = Field(ge=0, description="millicores")
+    memory: int = Field(ge=0, description="bytes")
+
+
+class ResizeRefusedBody(BaseModel):
+    """A resize in place the agent could not apply: the allocation's resources go back to
+    ``running`` (what the instance runs with) when they are still ``refused``."""
+
+    refused: Limits
+    running: Limits
+
+
 class StatusBody(BaseModel):
     """An agent's report on one allocation; absent fields stay as they are."""
 
@@ -116,6 +129,7 @@ class StatusBody(BaseModel):
     events: list[EventTuple] = Field(
         default_factory=list, description="(type, subject, message, level)"
     )
+    resize_refused: ResizeRefusedBody | None = None
 
 
 class BatchStatusBody(BaseModel):
