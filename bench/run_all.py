@@ -2,7 +2,8 @@
 
 Each script is run with ``--json``; their objects are collected into one file with the date,
 and each script's human table is printed too. A script that cannot measure (for example
-tasks.py without root) is reported and skipped; the exit code is non-zero only when none ran.
+tasks.py or elasticity.py without root) is reported and skipped; the exit code is non-zero
+only when none ran.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["scheduler.py", "tasks.py", "sandbox.py", "propagation.py", "proxy.py"]
+SCRIPTS = [
+    "scheduler.py",
+    "tasks.py",
+    "sandbox.py",
+    "propagation.py",
+    "proxy.py",
+    "elasticity.py",
+]
 
 
 def main() -> int:
