@@ -196,6 +196,7 @@ class Sample:
     due: float
     latency: float
     ok: bool
+    error: str = ""  # a failure's kind: "status 503", "timeout", "connection reset", ...
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ class Timeline:
     step_up: float = 0.0
     step_down: float = 0.0
     end: float = 0.0
+    stale_retries: int = 0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -305,6 +307,7 @@ class LoadGen:
         self.rate = rate
         self.max_requests = max_requests
         self.samples: list[Sample] = []
+        self.stale_retries = 0  # requests sent again after a kept-alive connection closed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="loadgen", daemon=True)
 
@@ -327,24 +330,41 @@ class LoadGen:
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(due: float) -> None:
-            ok = False
+            error = "timeout"
             async with sem:
-                conn = idle.pop() if idle else None
-                try:
-                    if conn is None:
-                        conn = await asyncio.wait_for(
-                            asyncio.open_connection("127.0.0.1", self.port), REQUEST_TIMEOUT
-                        )
-                    ok, keep = await asyncio.wait_for(exchange(*conn), REQUEST_TIMEOUT)
-                    if keep:
-                        idle.append(conn)
-                        conn = None
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-                    ok = False
-                finally:
-                    if conn is not None:
-                        conn[1].close()
-            self.samples.append(Sample(due, time.monotonic() - self.t0 - due, ok))
+                for attempt in range(2):
+                    conn = idle.pop() if idle and attempt == 0 else None
+                    reused = conn is not None
+                    try:
+                        if conn is None:
+                            conn = await asyncio.wait_for(
+                                asyncio.open_connection("127.0.0.1", self.port), REQUEST_TIMEOUT
+                            )
+                        status, keep = await asyncio.wait_for(exchange(*conn), REQUEST_TIMEOUT)
+                        error = "" if status == 200 else f"status {status}"
+                        if keep:
+                            idle.append(conn)
+                            conn = None
+                        break
+                    except StaleConnection:
+                        # a kept-alive connection the proxy closed before answering: sent
+                        # again on a new one, as HTTP clients do (RFC 9110, 9.2.2)
+                        error = "closed before an answer"
+                        if reused:
+                            self.stale_retries += 1
+                            continue
+                        break
+                    except TimeoutError:
+                        error = "timeout"
+                        break
+                    except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                        error = type(e).__name__
+                        break
+                    finally:
+                        if conn is not None:
+                            conn[1].close()
+            latency = time.monotonic() - self.t0 - due
+            self.samples.append(Sample(due, latency, not error, error))
 
         due = time.monotonic() - self.t0
         for _ in range(self.max_requests):  # bounded in count; stop() bounds it in time
@@ -363,13 +383,21 @@ class LoadGen:
             w.close()
 
 
-async def exchange(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> tuple[bool, bool]:
-    """One request on a connection: ``(status was 200, connection may be reused)``."""
-    w.write(REQUEST)
-    await w.drain()
-    status = await r.readline()
+class StaleConnection(Exception):
+    """The connection closed before any byte of an answer."""
+
+
+async def exchange(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> tuple[int, bool]:
+    """One request on a connection: ``(the answer's status, connection may be reused)``;
+    ``StaleConnection`` when it closed before answering."""
+    try:
+        w.write(REQUEST)
+        await w.drain()
+        status = await r.readline()
+    except ConnectionError as e:
+        raise StaleConnection(str(e)) from e
     if not status:
-        raise ConnectionResetError("closed before an answer")
+        raise StaleConnection("closed before an answer")
     length, keep = 0, True
     while True:
         line = await r.readline()
@@ -383,7 +411,7 @@ async def exchange(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> tuple[bo
     if length:
         await r.readexactly(length)
     parts = status.split()
-    return len(parts) > 1 and parts[1] == b"200", keep
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), keep
 
 
 # -- the daemon and one system's run -------------------------------------------------------
@@ -482,14 +510,14 @@ def get_once(port: int, timeout: float = REQUEST_TIMEOUT) -> bool:
     async def go() -> bool:
         r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
         try:
-            ok, _ = await asyncio.wait_for(exchange(r, w), timeout)
-            return ok
+            status, _ = await asyncio.wait_for(exchange(r, w), timeout)
+            return status == 200
         finally:
             w.close()
 
     try:
         return asyncio.run(go())
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, StaleConnection):
         return False
 
 
@@ -548,6 +576,7 @@ def run_system(client: Any, system: str, phases: Phases, run: int, lb: str = "")
         gen.stop()
     tl.end = now()
     tl.samples = sorted(gen.samples, key=lambda s: s.due)
+    tl.stale_retries = gen.stale_retries
     client.delete_app(app)
     wait_for(lambda: all(a.terminal for a in client.allocations(app=app)), 60, f"{app} to stop")
     return tl
@@ -565,6 +594,9 @@ class Measured:
     waited_down_s: float
     peak_ready: int
     requests: int
+    errors: dict[str, int]  # failed requests by kind, from the step up on
+    failed_after_down: int  # of them, due after the step down
+    stale_retries: int
 
 
 def measure(tl: Timeline) -> Measured:
@@ -580,7 +612,19 @@ def measure(tl: Timeline) -> Measured:
         waited_down_s=tl.end - tl.step_down,
         peak_ready=max((c.ready for c in tl.counts), default=0),
         requests=len(tl.samples),
+        errors=error_kinds(tl.samples, tl.step_up, tl.end + 1),
+        failed_after_down=failures(tl.samples, tl.step_down, tl.end + 1),
+        stale_retries=tl.stale_retries,
     )
+
+
+def error_kinds(samples: Sequence[Sample], start: float, end: float) -> dict[str, int]:
+    """Failed requests due in ``[start, end)`` by kind."""
+    kinds: dict[str, int] = {}
+    for s in samples:
+        if start <= s.due < end and not s.ok:
+            kinds[s.error] = kinds.get(s.error, 0) + 1
+    return kinds
 
 
 def cold_start(client: Any, run: int, idle_bound: float) -> tuple[float | None, str]:
@@ -623,6 +667,8 @@ def dump(tl: Timeline) -> dict[str, Any]:
         "step_up": tl.step_up,
         "step_down": tl.step_down,
         "end": tl.end,
+        "stale_retries": tl.stale_retries,
+        "failures": [(s.due, s.error) for s in tl.samples if not s.ok][:10_000],
         "rates": tl.rates,
         "counts": [(c.t, c.desired, c.ready) for c in tl.counts],
         "per_second": [(t, n, None if p is None else min(p, 1e9)) for t, n, p in per_second(tl)],
@@ -812,6 +858,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         waited = ", ".join(f"{m.waited_down_s:.0f}" for m in ms)
         notes.append(f"{system}: waited {waited} s after the step down")
+        for i, m in enumerate(ms):
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(m.errors.items())) or "none"
+            notes.append(
+                f"{system} run {i + 1}: failed requests by kind: {kinds}; "
+                f"{m.failed_after_down} of them after the step down; {m.stale_retries} "
+                "requests sent again after a kept-alive connection closed (not failures)"
+            )
     if colds:
         rows.append(
             Row(

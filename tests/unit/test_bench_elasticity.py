@@ -68,6 +68,9 @@ def test_p99_windows_count_a_failure_as_infinitely_slow(el: ModuleType) -> None:
     two_bad = [*fast[:98], el.Sample(0.985, 0.0, False), el.Sample(0.995, 0.0, False)]
     assert el.window_p99_ms(two_bad, 0.0, 1.0) == math.inf
     assert el.failures(two_bad, 0.0, 0.99) == 1
+    kinds = [el.Sample(0.1, 0, False, "status 503"), el.Sample(0.2, 0, False, "timeout")]
+    kinds += [el.Sample(0.3, 0, False, "timeout"), el.Sample(2.0, 0, False, "timeout")]
+    assert el.error_kinds(kinds, 0.0, 1.0) == {"status 503": 1, "timeout": 2}
 
 
 def timeline(el: ModuleType, slow_until: float, ready_from: float) -> object:
@@ -90,7 +93,7 @@ def test_reaction_waits_for_both_the_replicas_and_the_latency(el: ModuleType) ->
     # never fast again before the step down: not measured
     assert el.reaction(timeline(el, 45.0, 13.0), 5, 100.0) is None
     m = el.measure(timeline(el, 16.0, 13.0))
-    assert m.failed_requests == 0 and m.peak_ready == 5
+    assert m.failed_requests == 0 and m.peak_ready == 5 and m.errors == {}
     assert m.ready_s == pytest.approx(3.0, abs=0.26) and m.decision_s == pytest.approx(0.0)
     assert m.scale_down_s is None  # never back to one replica
 
