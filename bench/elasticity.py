@@ -27,7 +27,11 @@ Rows, per system:
   wait's bound comes first; the notes say how long it waited);
 * ``cold_start_s`` (``elastin`` only) — a service with ``min: 0`` left idle until it has no
   replica, then one request: the seconds until its answer, the held request included. Not
-  measured (a note says why) when the service keeps a replica: scale to zero not wired.
+  measured (a note says why) when the service keeps a replica (scale to zero not wired).
+
+``--cases step,cold_start`` picks what is measured (both by default), ``--lb`` sets the
+service's mesh load balancing (``least_request``; the mesh's default otherwise), ``--dump``
+writes each system's timeline (polls, each second's answered requests and p99, failures).
 
 Systems, in the same run, one after the other: ``elastin`` (the defaults: a decision every
 second, a 60 s scale-down window) and ``hpa`` (HPA's defaults configured in Elastin:
@@ -41,6 +45,7 @@ PyPI into ``bench/.plot`` (not a project dependency). Needs root (tasks run in c
 HAProxy. Usage::
 
     python bench/elasticity.py [--json] [--runs N] [--quick] [--plot] [--systems elastin,hpa]
+        [--cases step,cold_start] [--lb least_request] [--dump FILE]
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ POLL = 0.25
 PLOT_DIR = HERE / ".plot"
 PNG = HERE / "results" / "elasticity.png"
 SYSTEMS = ("elastin", "hpa")
+CASES = ("step", "cold_start")
 
 
 @dataclass(frozen=True)
@@ -645,9 +651,9 @@ def cold_start(client: Any, run: int, idle_bound: float) -> tuple[float | None, 
             time.sleep(POLL)
         else:
             return None, (
-                "cold_start_s not measured: scale to zero is not wired in this build — the "
-                f"`min: 0` service (idle_after: 2s) still had {count(client, app)[0]} "
-                f"replica(s) after {idle_bound:.0f} s without a request"
+                "cold_start_s not measured: the `min: 0` service (idle_after: 2s) still had "
+                f"{count(client, app)[0]} replica(s) after {idle_bound:.0f} s without a "
+                "request (is scale to zero wired in this build?)"
             )
         start = time.monotonic()
         ok = get_once(port, timeout=30)
@@ -798,11 +804,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", action="store_true", help=f"draw {PNG.relative_to(HERE.parent)}")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="elastin,hpa (default both)")
     ap.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help="step,cold_start (default both; cold_start: elastin)",
+    )
+    ap.add_argument(
         "--lb", default="", help="the service's mesh load balancing (default: the mesh's own)"
     )
     ap.add_argument("--dump", type=Path, help="write each system's last timeline (JSON) here")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
+    cases = [c for c in args.cases.split(",") if c]
+    if unknown := [c for c in cases if c not in CASES]:
+        print(f"--cases: unknown case {unknown[0]!r}; known: {', '.join(CASES)}", file=sys.stderr)
+        return 2
     if unknown := [s for s in systems if s not in SYSTEMS]:
         print(
             f"--systems: unknown system {unknown[0]!r}; known: {', '.join(SYSTEMS)}",
@@ -825,24 +840,25 @@ def main(argv: list[str] | None = None) -> int:
     last: dict[str, Timeline] = {}
     with tempfile.TemporaryDirectory(prefix="elastin-elasticity-") as d, daemon(Path(d)) as c:
         for run in range(runs):
-            for system in systems:  # A B, A B, ...
+            for system in systems if "step" in cases else ():  # A B, A B, ...
                 tl = run_system(c, system, phases[system], run, args.lb)
                 m = measure(tl)
                 figures[system].append(m)
                 last[system] = tl
                 log(f"{system} run {run + 1}: {m}")
-            if "elastin" in systems:
-                took, why = cold_start(c, run, idle_bound=4 if args.quick else 20)
+            if "elastin" in systems and "cold_start" in cases:
+                took, why = cold_start(c, run, idle_bound=15 if args.quick else 30)
                 if took is None:
                     notes.append(why)
                     log(why)
                 else:
                     colds.append(took)
+                    log(f"cold start run {run + 1}: {took:.3f} s")
     rows: list[Row] = []
     case = f"step {LOW_RPS:.0f} -> {HIGH_RPS:.0f} req/s, {TARGET_RPS} rps/replica"
     if args.lb:
         case += f", lb {args.lb}"
-    for system, ms in figures.items():
+    for system, ms in ((s, ms) for s, ms in figures.items() if ms):
         for metric in ("reaction_s", "decision_s", "ready_s", "scale_down_s"):
             values = [v for m in ms if (v := getattr(m, metric)) is not None]
             if values:

@@ -98,9 +98,13 @@ def test_reaction_waits_for_both_the_replicas_and_the_latency(el: ModuleType) ->
     assert m.scale_down_s is None  # never back to one replica
 
 
-def test_an_unknown_system_is_named(el: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_system_or_case_is_named(
+    el: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert el.main(["--quick", "--systems", "elastin,knative"]) == 2
     assert "unknown system 'knative'" in capsys.readouterr().err
+    assert el.main(["--quick", "--cases", "step,warm_start"]) == 2
+    assert "unknown case 'warm_start'; known: step, cold_start" in capsys.readouterr().err
 
 
 @pytest.mark.integration
