@@ -21,6 +21,11 @@ import httpx
 from elastin.agent.drivers.base import DriverError
 from elastin.model.workload import HealthCheck
 
+# while an instance starts (no verdict yet), it is probed after FIRST_STEP seconds, then twice
+# as long each time up to the usual pace, so that it is ready soon after it first answers (a
+# fixed second was most of a cold start from zero: bench/elasticity.py)
+FIRST_STEP = 0.05
+
 
 @dataclass
 class HealthState:
@@ -30,6 +35,33 @@ class HealthState:
     successes: int = 0
     failures: int = 0
     last_error: str = ""
+    step: float = FIRST_STEP  # the next wait while starting
+    failure_counted_at: float = float("-inf")
+
+    def pace(self) -> float:
+        """Seconds between probes at the check's usual pace: its interval when healthy, at
+        most a second otherwise."""
+        return self.check.interval if self.healthy else min(self.check.interval, 1.0)
+
+    def counts(self, ok: bool, now: float) -> bool:
+        """Whether a probe result counts (``record``): every success; a failure while the
+        instance starts only once per usual pace (the fast probes then must not make
+        ``unhealthy_threshold`` failures out of a slow start)."""
+        if ok or self.healthy is not None:
+            return True
+        if now - self.failure_counted_at < self.pace():
+            return False
+        self.failure_counted_at = now
+        return True
+
+    def wait(self) -> float:
+        """Seconds until the next probe: fast and growing while the instance starts, then
+        the usual pace."""
+        if self.healthy is not None:
+            return self.pace()
+        wait = min(self.step, self.pace())
+        self.step *= 2
+        return wait
 
     def record(self, ok: bool, now: float, error: str = "") -> bool | None:
         """Record a probe result; return the new verdict when it changed, else None."""

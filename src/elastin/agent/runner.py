@@ -757,7 +757,8 @@ class AllocRunner:
 
         for _ in range(10**9):  # bounded only by the instance's life
             ok, err = await probe(check, "127.0.0.1", port, exec_in)
-            verdict = state.record(ok, self.clock.monotonic(), err)
+            now = self.clock.monotonic()
+            verdict = state.record(ok, now, err) if state.counts(ok, now) else None
             if verdict is not None:
                 self.state.healthy = verdict
                 self.report(self.alloc.id, healthy=verdict)
@@ -765,7 +766,7 @@ class AllocRunner:
                     self._event("alloc.healthy", "health check passes")
                 else:
                     self._event("alloc.unhealthy", f"health check fails: {err}", "warning")
-            await self.clock.sleep(check.interval if state.healthy else min(check.interval, 1.0))
+            await self.clock.sleep(state.wait())
 
     async def sample(self) -> Usage | None:
         if self.handle is None:

@@ -108,3 +108,23 @@ async def test_http_probe_semantics_against_a_real_server() -> None:
     assert not ok and err and err == tcp_err  # the socket's error, as a tcp check says it
     ok, err = await probe(HealthCheck(type="http"), "127.0.0.1", None, exec_here)
     assert (ok, err) == (False, "no port to check")
+
+
+def test_a_starting_instance_is_probed_fast_then_at_the_usual_pace() -> None:
+    """Until the first verdict the probes come after 50 ms, 100 ms, 200 ms... up to the
+    usual pace (at most a second before it is healthy), so an instance is ready soon after
+    it first answers; once healthy, the check's interval."""
+    s = HealthState(HealthCheck(type="tcp", interval=10.0), started_at=0.0)
+    assert [s.wait() for _ in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
+    assert s.record(True, 1.5) is True
+    assert s.wait() == 10.0
+
+
+def test_fast_probes_of_a_slow_start_count_a_failure_once_per_usual_pace() -> None:
+    """A slow starter refuses the fast probes: those failures count only once a second (as
+    before the fast probes), so three of them do not make it unhealthy in 150 ms."""
+    check = HealthCheck(type="tcp", interval=10.0, unhealthy_threshold=3)
+    s = HealthState(check, started_at=0.0)
+    counted = [t for t in (0.0, 0.05, 0.15, 0.35, 0.75, 1.0, 1.55, 2.0, 2.6) if s.counts(False, t)]
+    assert counted == [0.0, 1.0, 2.0]
+    assert s.counts(True, 2.7)  # a success always counts
