@@ -1,8 +1,9 @@
 """Autoscaling: the pure core that decides a service's replicas and requests from its metrics.
 
 It sits beside the scheduler in the layers (docs/architecture.md): it imports only the model
-and the clock, does no I/O and reads no clock of its own, so the server (which will feed it
-metrics and turn its decisions into plans; not wired yet) and the tests drive it alike.
+and the clock, does no I/O and reads no clock of its own, so the server (which feeds it the
+agents' one-second metrics and turns its decisions into scales and resizes:
+``server/autoscaler.py``, ``server/vertical.py``) and the tests drive it alike.
 
 Modules:
     horizontal  ``decide``: replicas from per-replica observations, HPA v2's semantics

@@ -5,7 +5,7 @@ service's ``Autoscale`` policy, its current replica count, what its replicas mea
 their readiness), the history of earlier recommendations and scale events, and the time, it
 returns a ``Decision``: the desired count, each metric's proposal with the values it used, the
 bounds, what limited the change (``limit``) and a ``reason`` fit for an event. The history to
-pass next time is in the decision. The caller (the server, not wired yet) evaluates every
+pass next time is in the decision. The caller (``server/autoscaler.py``) evaluates every
 ``policy.interval`` seconds and turns a changed count into a plan like any other scale.
 
 The semantics are Kubernetes' HPA v2 (docs/autoscaling.md says where they differ):

@@ -16,8 +16,8 @@ As Kubernetes' VPA (and Borg's Autopilot) do it, from observed usage:
 a ``Clock`` for the samples that come without one); ``recommend()`` returns a
 ``VerticalRecommendation`` whose ``outside(request)`` says whether the current request is far
 enough off (outside lower..upper) to be worth a resize, as VPA's updater decides. No I/O; the
-agent's samples and the resize itself are the server's and the agent's business (not wired
-yet).
+agent's samples and the resize itself are the server's and the agent's business
+(``server/vertical.py``, the agent's runner).
 """
 
 from __future__ import annotations
