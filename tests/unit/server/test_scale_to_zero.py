@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from server_support import api_client
 
 from elastin.model.cluster import Node
 from elastin.model.resources import Resources
 from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.autoscaler import HELD_TTL, last_active
 from elastin.server.cluster import Cluster
 from elastin.server.reports import AllocReport
@@ -187,12 +187,7 @@ async def test_a_wake_wakes_the_loop_at_once(cluster: Cluster) -> None:
 
 @pytest.fixture
 async def api(tmp_path: Path, cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
-    token = ensure_token(tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_api(cluster, token, tmp_path)),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         yield client
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_support import api_client
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
-from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
 from elastin.server.reports import AllocReport
 from elastin.server.vertical import AUTO_EVERY
@@ -115,13 +114,7 @@ async def test_the_loop_forgets_allocations_that_are_gone() -> None:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Cluster]]:
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=FakeClock())
-    token = ensure_token(tmp_path)
-    app = create_api(cluster, token, tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         yield client, cluster
 
 
