@@ -1,6 +1,7 @@
 """Shared by the server's unit tests: a client of the server's REST API over a cluster in
 memory, through httpx's ASGI transport (no sockets), and the steps the autoscaler's tests
-take on such a cluster (start the placed replicas, read the replica count and events)."""
+take on such a cluster (start the placed replicas, read the replica count and events), and
+the one instance the vertical autoscaler's tests resize."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from elastin.model.cluster import Allocation
 from elastin.server.api import create_api
 from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
@@ -53,3 +55,25 @@ async def replicas(cluster: Cluster, app: str = "shop", workload: str = "api") -
 async def events_of(cluster: Cluster, kind: str) -> list[Any]:
     """Every event of type ``kind`` so far."""
     return [e for e in await cluster.views.events(0, 0) if e.type == kind]
+
+
+VERTICAL_SPEC = """
+app: shop
+services:
+  web:
+    command: python3 -m http.server
+    resources: {cpu: 500m, memory: 128Mi}
+    autoscale: {vertical: {mode: MODE, min: {cpu: 100m}}}
+"""
+
+
+async def placed_vertical(cluster: Cluster, mode: str = "recommend") -> Allocation:
+    """Apply ``VERTICAL_SPEC`` (vertical ``mode``), place its one instance (500m, 128Mi) and
+    report it running; the allocation as placed."""
+    await cluster.apps.apply(VERTICAL_SPEC.replace("MODE", mode))
+    await cluster.applier.schedule_once()
+    allocs, _ = await cluster.applier.repo.list_allocs()
+    [a] = allocs
+    await cluster.reports.update(a.id, AllocReport(status="starting"))
+    await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
+    return a

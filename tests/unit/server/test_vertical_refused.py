@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_support import api_client
+from server_support import api_client, placed_vertical
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
@@ -24,29 +24,11 @@ from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
 
 MI = 1 << 20
-SPEC = """
-app: shop
-services:
-  web:
-    command: python3 -m http.server
-    resources: {cpu: 500m, memory: 128Mi}
-    autoscale: {vertical: {mode: MODE, min: {cpu: 100m}}}
-"""
 START = Resources(500, 128 * MI)
 
 
 def node(nid: str = "n1") -> Node:
     return Node(id=nid, name=nid, capacity=Resources(4000, 4096 * MI, 100 << 30))
-
-
-async def placed(cluster: Cluster, mode: str = "recommend") -> Allocation:
-    await cluster.apps.apply(SPEC.replace("MODE", mode))
-    await cluster.applier.schedule_once()
-    allocs, _ = await cluster.applier.repo.list_allocs()
-    [a] = allocs
-    await cluster.reports.update(a.id, AllocReport(status="starting"))
-    await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
-    return a
 
 
 def reading(a: Allocation, at: float) -> NodeReport:
@@ -66,7 +48,7 @@ async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node())
-    a = await placed(cluster, "auto")
+    a = await placed_vertical(cluster, "auto")
     for _ in range(5):
         if await auto_pass(cluster, clock, a):
             break
@@ -88,7 +70,7 @@ async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
 async def test_a_stale_refusal_leaves_a_later_resize() -> None:
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=FakeClock())
     await cluster.nodes.register(node())
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     first, second = Resources(800, 200 * MI), Resources(900, 300 * MI)
     await cluster.vertical.resize(a.id, first)
     await cluster.vertical.resize(a.id, second)
@@ -101,7 +83,7 @@ async def test_the_loop_forgets_allocations_that_are_gone() -> None:
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node())
-    a = await placed(cluster, "auto")
+    a = await placed_vertical(cluster, "auto")
     for _ in range(5):
         if await auto_pass(cluster, clock, a):
             break
@@ -123,7 +105,7 @@ async def test_the_agents_report_route_takes_a_refusal(
 ) -> None:
     client, cluster = api
     await cluster.nodes.register(node())
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     await cluster.vertical.resize(a.id, Resources(800, 200 * MI))
     body = {
         "resize_refused": {
