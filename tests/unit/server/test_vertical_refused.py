@@ -44,7 +44,9 @@ async def auto_pass(cluster: Cluster, clock: FakeClock, a: Allocation) -> list[d
     return done
 
 
-async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
+async def auto_resized() -> tuple[Cluster, FakeClock, Allocation]:
+    """A cluster whose one instance (vertical mode auto) the loop has resized (within five
+    passes)."""
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node())
@@ -52,6 +54,11 @@ async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
     for _ in range(5):
         if await auto_pass(cluster, clock, a):
             break
+    return cluster, clock, a
+
+
+async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
+    cluster, clock, a = await auto_resized()
     resized = (await cluster.views.allocation(a.id)).resources
     assert resized != START
     # the agent could not apply it: it runs with what it had
@@ -80,13 +87,7 @@ async def test_a_stale_refusal_leaves_a_later_resize() -> None:
 
 
 async def test_the_loop_forgets_allocations_that_are_gone() -> None:
-    clock = FakeClock()
-    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
-    await cluster.nodes.register(node())
-    a = await placed_vertical(cluster, "auto")
-    for _ in range(5):
-        if await auto_pass(cluster, clock, a):
-            break
+    cluster, _, a = await auto_resized()
     assert a.id in cluster.vertical._last_resize
     await cluster.reports.update(a.id, AllocReport(status="failed", reason="gone"))
     await cluster.vertical.step()
