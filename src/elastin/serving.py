@@ -598,3 +598,50 @@ class Server(uvicorn.Server):
                 await task
         self._accepting.clear()
         await super().shutdown(sockets=sockets)
+
+
+class Listening:
+    """A ``Server`` serving on a socket of its own, from ``listen``; ``stop()`` ends it (once)."""
+
+    def __init__(self, sock: socket.socket, server: Server) -> None:
+        self.sock = sock
+        self.server = server
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.should_exit = True
+        await self.server.shutdown(sockets=[self.sock])
+
+
+async def listen(
+    app: ASGIApp, limits: Limits, host: str, port: int, *, name: str, **config: Any
+) -> Listening:
+    """Bind ``host:port`` (``name``: what the listener is, in errors and logs) and start
+    serving ``app`` there as a part of a daemon: warnings only, into the owner's logging, no
+    proxy headers trusted, no ``server`` header (``config``: more of uvicorn's settings).
+    The socket is closed if serving does not start. The agent's API and its wake listener
+    start so."""
+    sock = bind(host, port, what=name, backlog=128)
+    server = Server(
+        app,
+        limits,
+        name=name,
+        log_level="warning",
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        **config,
+    )
+    try:
+        await server.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    return Listening(sock, server)

@@ -11,11 +11,10 @@ import json
 import os
 import sys
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
+from e2e_support import http_service, status
 
 from elastin.mesh.haproxy.process import haproxy_binary
 
@@ -26,17 +25,7 @@ pytestmark = [
 ]
 
 PY = sys.executable
-API = (
-    "import http.server, os, time\n"
-    "class H(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        if self.path == '/slow': time.sleep(1)\n"
-    "        self.send_response(200); self.send_header('Content-Length', '2')\n"
-    "        self.end_headers(); self.wfile.write(b'ok')\n"
-    "    def log_message(self, *a): pass\n"
-    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
-    ".serve_forever()\n"
-)
+API = http_service(1)
 SPEC = f"""
 app: auto
 services:
@@ -65,13 +54,7 @@ def test_scales_up_under_load_and_back_down_when_it_stops(harness: Any) -> None:
     c = h.client
 
     def get(path: str) -> int:
-        try:
-            with urllib.request.urlopen(url + path, timeout=30) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as e:
-            return e.code
-        except OSError:
-            return 0
+        return status(url + path)
 
     def api() -> dict[str, Any]:
         return next(s for s in c.services() if s["name"] == "api")

@@ -10,11 +10,10 @@ import json
 import os
 import sys
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
+from e2e_support import http_service, status
 
 from elastin.mesh.haproxy.process import haproxy_binary
 
@@ -25,17 +24,7 @@ pytestmark = [
 ]
 
 PY = sys.executable
-API = (
-    "import http.server, os, time\n"
-    "class H(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        if self.path == '/slow': time.sleep(3)\n"
-    "        self.send_response(200); self.send_header('Content-Length', '2')\n"
-    "        self.end_headers(); self.wfile.write(b'ok')\n"
-    "    def log_message(self, *a): pass\n"
-    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
-    ".serve_forever()\n"
-)
+API = http_service(3)
 SPEC = f"""
 app: m
 services:
@@ -61,13 +50,7 @@ def test_request_rate_and_in_flight_reach_the_api_within_seconds(harness: Any) -
     api = {a.id for a in h.wait_for(lambda: h.running("m", "api"), 30, "api running")}
 
     def get(path: str) -> int:
-        try:
-            with urllib.request.urlopen(url + path, timeout=30) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as e:
-            return e.code
-        except OSError:
-            return 0
+        return status(url + path)
 
     h.wait_for(lambda: get("/") == 200, 30, "a call through the mesh")
     stop = threading.Event()

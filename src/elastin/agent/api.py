@@ -49,7 +49,6 @@ import math
 import os
 import re
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -338,8 +337,7 @@ class AgentApi:
         # timeouts, connection caps, body size (elastin.serving); ELASTIN_API_* by default
         self.limits = limits if limits is not None else serving.Limits.from_env()
         self._watches: set[Watch] = set()
-        self._sock: socket.socket | None = None
-        self._server: serving.Server | None = None
+        self._listening: serving.Listening | None = None
         app = Starlette(
             routes=[
                 Route("/v1/allocations/{alloc_id}/logs", self._alloc_logs, methods=["GET"]),
@@ -357,8 +355,8 @@ class AgentApi:
 
     @property
     def port(self) -> int:
-        assert self._sock is not None, "start() first"
-        return int(self._sock.getsockname()[1])
+        assert self._listening is not None, "start() first"
+        return self._listening.port
 
     @property
     def address(self) -> str:
@@ -371,33 +369,21 @@ class AgentApi:
         return len(self._watches)
 
     async def start(self) -> None:
-        sock = serving.bind(self.host, self.want_port, what="the agent's API", backlog=128)
-        server = serving.Server(
+        self._listening = await serving.listen(
             self.app,
             self.limits,
+            self.host,
+            self.want_port,
             name="the agent's API",
-            log_level="warning",
-            log_config=None,  # the agent's logging stays as its owner set it
-            proxy_headers=False,
-            server_header=False,
             limit_concurrency=4 * self.max_follows,
             timeout_graceful_shutdown=2,
         )
-        try:
-            await server.startup(sockets=[sock])
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._server = sock, server
 
     async def close(self) -> None:
         for w in list(self._watches):
             w.end()  # followers read what is left and finish
-        server, sock = self._server, self._sock
-        self._server = None
-        if server is not None and sock is not None:
-            server.should_exit = True
-            await server.shutdown(sockets=[sock])
+        if self._listening is not None:
+            await self._listening.stop()
 
     # --- handlers ---------------------------------------------------------------------
     async def _http_error(self, _: Request, exc: Exception) -> Response:

@@ -82,7 +82,7 @@ from elastin.agent.restart import Finish, GiveUp, decide
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import TERMINAL, Allocation, AllocStatus, Usage, check_transition
 from elastin.model.codec import from_data, to_data
-from elastin.model.resources import Resources
+from elastin.model.resources import Resources, describe_resize
 from elastin.model.units import format_cpu, format_size
 from elastin.model.workload import Workload
 
@@ -130,16 +130,6 @@ def resized(
         if (a.resources.cpu, a.resources.memory) != (have.cpu, have.memory):
             out.append((a.id, a.resources))
     return out
-
-
-def describe_resize(old: Resources, new: Resources) -> str:
-    """``cpu 200m → 500m, memory 64Mi → 128Mi`` (the dimensions that changed)."""
-    parts = []
-    if old.cpu != new.cpu:
-        parts.append(f"cpu {format_cpu(old.cpu)} → {format_cpu(new.cpu)}")
-    if old.memory != new.memory:
-        parts.append(f"memory {format_size(old.memory)} → {format_size(new.memory)}")
-    return ", ".join(parts) or "unchanged"
 
 
 def _limits(r: Resources) -> dict[str, int]:

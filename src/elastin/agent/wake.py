@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import socket
 from collections.abc import Callable, Mapping
 
 from starlette.applications import Starlette
@@ -69,8 +68,7 @@ class WakeListener:
         self.on_wake = on_wake
         self.key = secrets.token_hex(16)
         self.limits = limits if limits is not None else serving.Limits.from_env()
-        self._sock: socket.socket | None = None
-        self._server: serving.Server | None = None
+        self._listening: serving.Listening | None = None
         self.app = Starlette(
             routes=[Route(WAKE_PATH + "{key}", self._wake, methods=["POST"])],
             exception_handlers={HTTPException: self._http_error},
@@ -78,34 +76,22 @@ class WakeListener:
 
     @property
     def url(self) -> str:
-        assert self._sock is not None, "start() first"
-        return f"http://{self.HOST}:{self._sock.getsockname()[1]}{WAKE_PATH}{self.key}"
+        assert self._listening is not None, "start() first"
+        return f"http://{self.HOST}:{self._listening.port}{WAKE_PATH}{self.key}"
 
     async def start(self) -> None:
-        sock = serving.bind(self.HOST, 0, what="the agent's wake listener", backlog=128)
-        server = serving.Server(
+        self._listening = await serving.listen(
             self.app,
             self.limits,
+            self.HOST,
+            0,
             name="the agent's wake listener",
-            log_level="warning",
-            log_config=None,
-            proxy_headers=False,
-            server_header=False,
             timeout_graceful_shutdown=1,
         )
-        try:
-            await server.startup(sockets=[sock])
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._server = sock, server
 
     async def close(self) -> None:
-        server, sock = self._server, self._sock
-        self._server = None
-        if server is not None and sock is not None:
-            server.should_exit = True
-            await server.shutdown(sockets=[sock])
+        if self._listening is not None:
+            await self._listening.stop()
 
     async def _http_error(self, _: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -60,3 +60,14 @@ class Resources:
             f"cpu {format_cpu(self.cpu)}, mem {format_size(self.memory)}, "
             f"disk {format_size(self.disk)}"
         )
+
+
+def describe_resize(old: Resources, new: Resources) -> str:
+    """``cpu 200m → 500m, memory 64Mi → 128Mi``: the dimensions that changed (the server's
+    vertical autoscaler and the agent's runner say a resize so)."""
+    parts = []
+    if old.cpu != new.cpu:
+        parts.append(f"cpu {format_cpu(old.cpu)} → {format_cpu(new.cpu)}")
+    if old.memory != new.memory:
+        parts.append(f"memory {format_size(old.memory)} → {format_size(new.memory)}")
+    return ", ".join(parts) or "unchanged"

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -397,6 +397,19 @@ def _duration(ctx: _Ctx, node: yaml.Node, path: str, hi: float = 86400.0) -> flo
         return None
     if v > hi:
         ctx.add(node, path, f"{v:g}s is too long", f"use at most {hi:g}s")
+        return None
+    return v
+
+
+def _duration_from(
+    ctx: _Ctx, node: yaml.Node, path: str, lo: float, hi: float, what: str, hint: str
+) -> float | None:
+    """A duration from ``lo`` to ``hi`` seconds; None once reported (``what``: how the
+    message names it, ``hint``: what it is for)."""
+    v = _duration(ctx, node, path, hi)
+    if v is not None and v < lo:
+        least = f"{lo:g}s" if lo >= 1 else f"{round(lo * 1000)}ms"
+        ctx.add(node, path, f"{what} must be at least {least}", hint)
         return None
     return v
 
@@ -1335,6 +1348,63 @@ METRICS_HINT = (
 )
 AUTOSCALE_EXAMPLE = "e.g. autoscale: {min: 1, max: 10, metrics: [{cpu: 70%}]}"
 
+# The bounded fields of autoscale: and vertical:, in the order they are checked:
+# (key, least, most, how a message names it, what it is for).
+_Bounds = tuple[tuple[str, float, float, str, str], ...]
+AUTOSCALE_SHARES: _Bounds = (
+    (
+        "tolerance",
+        0.0,
+        0.99,
+        "the tolerance",
+        "how far from its target a metric may be before the replicas change: 0% to 99%, "
+        "e.g. 10% (the default)",
+    ),
+)
+AUTOSCALE_DURATIONS: _Bounds = (
+    (
+        "interval",
+        0.1,
+        3600,
+        "the interval",
+        "how often the autoscaler decides, e.g. 1s (the default) or 15s (HPA's)",
+    ),
+    ("startup_grace", 0, 86400, "startup_grace", "e.g. 30s"),
+    (
+        "idle_after",
+        1,
+        86400,
+        "idle_after",
+        "how long a service with min: 0 goes without a request before its last replica "
+        "stops, e.g. 5m (the default)",
+    ),
+)
+VERTICAL_SHARES: _Bounds = (
+    (
+        "percentile",
+        0.01,
+        1.0,
+        "the percentile",
+        "the share of the usage samples the recommendation covers: 1% to 100%, e.g. 90%",
+    ),
+    (
+        "margin",
+        0.0,
+        10.0,
+        "the margin",
+        "added on top of the percentile: 0% to 1000%, e.g. 15%",
+    ),
+)
+VERTICAL_DURATIONS: _Bounds = (
+    (
+        "half_life",
+        1,
+        30 * 86400,
+        "the half life",
+        "how long until a sample weighs half as much as a new one, e.g. 24h",
+    ),
+)
+
 
 def _number(ctx: _Ctx, node: yaml.Node, path: str, what: str, hint: str) -> float | None:
     """A finite number (int or float, not a boolean); None once reported."""
@@ -1359,6 +1429,21 @@ def _fraction(
         ctx.add(node, path, f"{what} {node.value} is out of range", hint)
         return None
     return float(v)
+
+
+def _bounded(
+    ctx: _Ctx,
+    m: dict[str, tuple[yaml.Node, yaml.Node]],
+    path: str,
+    kw: dict[str, Any],
+    parse: Callable[[_Ctx, yaml.Node, str, float, float, str, str], float | None],
+    fields: _Bounds,
+) -> None:
+    """Parse each of ``fields`` given in ``m`` with ``parse`` into ``kw`` (None once
+    reported)."""
+    for key, lo, hi, what, hint in fields:
+        if key in m:
+            kw[key] = parse(ctx, m[key][1], f"{path}.{key}", lo, hi, what, hint)
 
 
 def _utilisation(ctx: _Ctx, node: yaml.Node, path: str, kind: str) -> float | None:
@@ -1600,10 +1685,9 @@ def _policies(
             else "replicas (pods) or a percentage of the replicas (percent), at least 1"
         )
         value = _int(ctx, m["value"][1], f"{ipath}.value", 1, hi, hint)
-        period = _duration(ctx, m["period"][1], f"{ipath}.period", 1800)
-        if period is not None and period < 1:
-            ctx.add(m["period"][1], f"{ipath}.period", "the period must be at least 1s", "e.g. 15s")
-            period = None
+        period = _duration_from(
+            ctx, m["period"][1], f"{ipath}.period", 1, 1800, "the period", "e.g. 15s"
+        )
         if ptype is None or value is None or period is None:
             ok = False
             continue
@@ -1682,37 +1766,8 @@ def _vertical(ctx: _Ctx, node: yaml.Node, path: str) -> Vertical | None:
     kw: dict[str, Any] = {}
     if "mode" in m:
         kw["mode"] = _one_of(ctx, m["mode"][1], f"{path}.mode", VERTICAL_MODES, "vertical mode")
-    if "percentile" in m:
-        kw["percentile"] = _fraction(
-            ctx,
-            m["percentile"][1],
-            f"{path}.percentile",
-            0.01,
-            1.0,
-            "the percentile",
-            "the share of the usage samples the recommendation covers: 1% to 100%, e.g. 90%",
-        )
-    if "margin" in m:
-        kw["margin"] = _fraction(
-            ctx,
-            m["margin"][1],
-            f"{path}.margin",
-            0.0,
-            10.0,
-            "the margin",
-            "added on top of the percentile: 0% to 1000%, e.g. 15%",
-        )
-    if "half_life" in m:
-        hl = _duration(ctx, m["half_life"][1], f"{path}.half_life", 30 * 86400)
-        if hl is not None and hl < 1:
-            ctx.add(
-                m["half_life"][1],
-                f"{path}.half_life",
-                "the half life must be at least 1s",
-                "how long until a sample weighs half as much as a new one, e.g. 24h",
-            )
-            hl = None
-        kw["half_life"] = hl
+    _bounded(ctx, m, path, kw, _fraction, VERTICAL_SHARES)
+    _bounded(ctx, m, path, kw, _duration_from, VERTICAL_DURATIONS)
     for key in ("min", "max"):
         if key in m:
             found = _bounds(ctx, m[key][1], f"{path}.{key}")
@@ -1798,40 +1853,8 @@ def _autoscale(
         kw["metrics"] = _metrics(ctx, m["metrics"][1], f"{path}.metrics", ports)
     if "behavior" in m:
         kw["behavior"] = _behavior(ctx, m["behavior"][1], f"{path}.behavior")
-    if "tolerance" in m:
-        kw["tolerance"] = _fraction(
-            ctx,
-            m["tolerance"][1],
-            f"{path}.tolerance",
-            0.0,
-            0.99,
-            "the tolerance",
-            "how far from its target a metric may be before the replicas change: 0% to 99%, "
-            "e.g. 10% (the default)",
-        )
-    if "interval" in m:
-        iv = _duration(ctx, m["interval"][1], f"{path}.interval", 3600)
-        if iv is not None and iv < 0.1:
-            ctx.add(
-                m["interval"][1],
-                f"{path}.interval",
-                "the interval must be at least 100ms",
-                "how often the autoscaler decides, e.g. 1s (the default) or 15s (HPA's)",
-            )
-            iv = None
-        kw["interval"] = iv
-    for key in ("startup_grace", "idle_after"):
-        if key in m:
-            kw[key] = _duration(ctx, m[key][1], f"{path}.{key}", 86400)
-    if kw.get("idle_after", 1.0) is not None and kw.get("idle_after", 1.0) < 1.0:
-        ctx.add(
-            m["idle_after"][1],
-            f"{path}.idle_after",
-            "idle_after must be at least 1s",
-            "how long a service with min: 0 goes without a request before its last replica "
-            "stops, e.g. 5m (the default)",
-        )
-        kw["idle_after"] = None
+    _bounded(ctx, m, path, kw, _fraction, AUTOSCALE_SHARES)
+    _bounded(ctx, m, path, kw, _duration_from, AUTOSCALE_DURATIONS)
     if "vertical" in m:
         kw["vertical"] = _vertical(ctx, m["vertical"][1], f"{path}.vertical")
     if kw.get("min") == 0:

@@ -44,8 +44,8 @@ from typing import Any
 from elastin.autoscale.vertical import Recommender, VerticalRecommendation
 from elastin.clock import SYSTEM, Clock
 from elastin.model.cluster import Allocation, EventSpec, Node
-from elastin.model.resources import Resources
-from elastin.model.units import format_cpu, format_size
+from elastin.model.resources import Resources, describe_resize
+from elastin.model.units import format_size
 from elastin.model.workload import Vertical, Workload
 from elastin.scheduler import ClusterState, Plan, plan_writes
 from elastin.scheduler.core import constraint_ok, static_ports
@@ -87,16 +87,6 @@ class NoRoom:
     """Neither its node nor another has room: nothing changes."""
 
     reason: str
-
-
-def describe(old: Resources, new: Resources) -> str:
-    """``cpu 200m → 500m, memory 64Mi → 128Mi``."""
-    parts = []
-    if old.cpu != new.cpu:
-        parts.append(f"cpu {format_cpu(old.cpu)} → {format_cpu(new.cpu)}")
-    if old.memory != new.memory:
-        parts.append(f"memory {format_size(old.memory)} → {format_size(new.memory)}")
-    return ", ".join(parts) or "unchanged"
 
 
 def _free(state: ClusterState, node: Node, but: str) -> Resources:
@@ -168,7 +158,7 @@ def plan_resize(
         left = (free - want).memory
         if best is None or left > best[0]:
             best = (left, n)
-    change = describe(a.resources, want)
+    change = describe_resize(a.resources, want)
     if best is None:
         return NoRoom(
             f"{a.label}: {change} fits neither on its node {here} (short of {short}) nor on "
@@ -238,7 +228,7 @@ class VerticalScaler:
             if isinstance(decision, InPlace):
                 old = state.allocations[alloc_id]
                 new = replace(decision.alloc, updated_at=self.clock.time())
-                change = describe(old.resources, new.resources)
+                change = describe_resize(old.resources, new.resources)
                 event: EventSpec = ("alloc.resize", old.label, f"{change} in place{suffix}", "info")
                 rev = await self.repo.commit(
                     compares=[self.repo.compare_alloc(alloc_id, snap.allocs[alloc_id][1])],
@@ -480,6 +470,5 @@ __all__ = [
     "NoRoom",
     "VerticalScaler",
     "check_request",
-    "describe",
     "plan_resize",
 ]

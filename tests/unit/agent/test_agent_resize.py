@@ -14,10 +14,10 @@ from typing import Any
 from agent_support import offline_agent
 
 from elastin.agent.drivers.base import Handle, InstanceConfig, ResizeRefused
-from elastin.agent.runner import AllocRunner, describe_resize, resized
+from elastin.agent.runner import AllocRunner, resized
 from elastin.clock import yield_now
 from elastin.model.cluster import Allocation
-from elastin.model.resources import Resources
+from elastin.model.resources import Resources, describe_resize
 from elastin.model.workload import RestartPolicy, Workload
 from elastin.testing import FakeClock, FakeDriver
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from server_support import events_of, replicas, start_placed
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
 from elastin.server.autoscaler import HeldEvents, observations
 from elastin.server.cluster import Cluster
-from elastin.server.reports import AllocReport
 from elastin.server.windows import Windows, parse_report
 from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
@@ -116,22 +116,11 @@ async def cluster() -> Cluster:
     return await Cluster.open(MemoryStore(), seed=1, clock=FakeClock(1000.0))
 
 
-async def start(cluster: Cluster) -> None:
-    """Every placed replica of shop/api reports running (ready: no health check)."""
-    await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.all_allocations()
-    await cluster.reports.update_many(
-        {a.id: AllocReport(status="running", pid=10) for a in allocs if a.status == "pending"}
-    )
-
-
 async def api(cluster: Cluster) -> tuple[int, list[str]]:
-    rec = await cluster.views.application("shop")
-    w = rec.app.workload("api")
-    assert w is not None
+    count = await replicas(cluster)
     allocs_, _ = await cluster.views.all_allocations()
     live = [a.id for a in allocs_ if a.workload == "api" and not a.terminal and a.desired == "run"]
-    return w.replicas, live
+    return count, live
 
 
 async def load(cluster: Cluster, ids: list[str], active: int, requests: list[int]) -> None:
@@ -142,16 +131,12 @@ async def load(cluster: Cluster, ids: list[str], active: int, requests: list[int
     cluster.telemetry.record_metrics("n1", report(clock.time(), eps, requests[0]))
 
 
-async def events(cluster: Cluster, kind: str) -> list[Any]:
-    return [e for e in await cluster.views.events(0, 0) if e.type == kind]
-
-
 async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> None:
     clock = cluster.clock
     assert isinstance(clock, FakeClock)
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
     await cluster.apps.apply(SPEC)
-    await start(cluster)
+    await start_placed(cluster)
     clock.now += 6  # min_healthy_time: the first version becomes stable
     await cluster.applier.follow_rollouts()
     count, ids = await api(cluster)
@@ -163,7 +148,7 @@ async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> 
     await cluster.autoscaler.evaluate_once()
     count, _ = await api(cluster)
     assert count == 3
-    (ev,) = await events(cluster, "service.autoscaled")
+    (ev,) = await events_of(cluster, "service.autoscaled")
     assert ev.subject == "shop/api" and ev.message.startswith("scale up 1 → 3")
     assert "inflight 3 (target 1) → 3" in ev.message and "bounds 1..3" in ev.message
     assert ev.data["current"] == 1 and ev.data["desired"] == 3 and ev.data["limit"] == ""
@@ -180,11 +165,11 @@ async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> 
     assert status is not None and status["desired"] == 3 and status["min"] == 1
 
     # the new replicas start; before the interval passes nothing is evaluated again
-    await start(cluster)
+    await start_placed(cluster)
     _, ids = await api(cluster)
     assert len(ids) == 3
     await cluster.autoscaler.evaluate_once()
-    assert len(await events(cluster, "service.autoscaled")) == 1
+    assert len(await events_of(cluster, "service.autoscaled")) == 1
 
     # the load stops: the scale-down window (2 s) keeps 3 and says so, once
     for step in (0.5, 0.5, 0.5):
@@ -192,7 +177,7 @@ async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> 
         await load(cluster, ids, 0, sent)
         await cluster.autoscaler.evaluate_once()
     assert (await api(cluster))[0] == 3
-    held = await events(cluster, "service.autoscale_held")
+    held = await events_of(cluster, "service.autoscale_held")
     assert len(held) == 1, held
     assert held[0].data["limit"] == "scale-down-stabilization"
     assert "stabilized" in held[0].message and held[0].data["recommended"] == 0
@@ -200,19 +185,19 @@ async def test_scales_up_on_load_and_down_after_the_window(cluster: Cluster) -> 
     await load(cluster, ids, 0, sent)
     await cluster.autoscaler.evaluate_once()
     assert (await api(cluster))[0] == 1
-    down = (await events(cluster, "service.autoscaled"))[-1]
+    down = (await events_of(cluster, "service.autoscaled"))[-1]
     assert down.message.startswith("scale down 3 → 1") and down.data["desired"] == 1
 
 
 async def test_a_rollout_holds_the_count(cluster: Cluster) -> None:
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
     await cluster.apps.apply(SPEC)
-    await start(cluster)  # version 1 is still rolling (not healthy for min_healthy_time yet)
+    await start_placed(cluster)  # version 1 is still rolling (not healthy for min_healthy_time yet)
     _, ids = await api(cluster)
     await load(cluster, ids, 3, [0])
     await cluster.autoscaler.evaluate_once()
     assert (await api(cluster))[0] == 1
-    (held,) = await events(cluster, "service.autoscale_held")
+    (held,) = await events_of(cluster, "service.autoscale_held")
     assert "rolls out" in held.message and held.data["limit"] == "rollout"
     assert held.data["asked"] == 3
     status = cluster.autoscaler.status("shop", "api")
@@ -225,4 +210,4 @@ async def test_user_scale_meanwhile_is_not_overwritten(cluster: Cluster) -> None
     assert await cluster.apps.autoscale("shop/api", 2, 3, "scale up", {}) is None
     rec = await cluster.views.application("shop")
     assert rec.app.workloads[0].replicas == 1
-    assert await events(cluster, "service.autoscaled") == []
+    assert await events_of(cluster, "service.autoscaled") == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import test_autoscaler as busy
 import test_scale_to_zero as zero
+from server_support import replicas, start_placed
 
 from elastin.model.cluster import Node
 from elastin.model.resources import Resources
@@ -28,7 +29,7 @@ async def test_a_wall_clock_stepped_back_does_not_stop_the_evaluation() -> None:
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
     await cluster.apps.apply(busy.SPEC)
-    await busy.start(cluster)
+    await start_placed(cluster)
     clock.now += 6
     await cluster.applier.follow_rollouts()
     _, ids = await busy.api(cluster)
@@ -48,7 +49,7 @@ async def test_a_wall_clock_stepped_forward_does_not_make_a_service_idle() -> No
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
     await cluster.apps.apply(zero.SPEC)
-    ids = await zero.start(cluster)
+    ids = await start_placed(cluster)
     clock.now += 6
     await cluster.applier.follow_rollouts()
     zero.report(cluster, ids, 5)
@@ -57,4 +58,4 @@ async def test_a_wall_clock_stepped_forward_does_not_make_a_service_idle() -> No
     zero.report(cluster, ids, 5)  # quiet for one second (idle_after is 2 s)
     clock.offset = 3600.0  # NTP steps the wall clock forward an hour
     await cluster.autoscaler.evaluate_once()
-    assert await zero.replicas(cluster) == 1
+    assert await replicas(cluster) == 1

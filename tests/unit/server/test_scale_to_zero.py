@@ -14,14 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from server_support import api_client, events_of, replicas, start_placed
 
 from elastin.model.cluster import Node
 from elastin.model.resources import Resources
 from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.autoscaler import HELD_TTL, last_active
 from elastin.server.cluster import Cluster
-from elastin.server.reports import AllocReport
 from elastin.server.windows import parse_report
 from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
@@ -66,23 +65,6 @@ async def cluster() -> Cluster:
     return await Cluster.open(MemoryStore(), seed=1, clock=FakeClock(1000.0))
 
 
-async def start(cluster: Cluster) -> list[str]:
-    await cluster.applier.schedule_once()
-    allocs, _ = await cluster.views.all_allocations()
-    await cluster.reports.update_many(
-        {a.id: AllocReport(status="running", pid=10) for a in allocs if a.status == "pending"}
-    )
-    allocs, _ = await cluster.views.all_allocations()
-    return [a.id for a in allocs if a.status == "running" and a.desired == "run"]
-
-
-async def replicas(cluster: Cluster) -> int:
-    rec = await cluster.views.application("shop")
-    w = rec.app.workload("api")
-    assert w is not None
-    return w.replicas
-
-
 def report(cluster: Cluster, ids: list[str], requests: int, active: int = 0) -> None:
     cluster.telemetry.record_metrics(
         "n1",
@@ -111,15 +93,11 @@ def report(cluster: Cluster, ids: list[str], requests: int, active: int = 0) -> 
     )
 
 
-async def events(cluster: Cluster) -> list[Any]:
-    return [e for e in await cluster.views.events(0, 0) if e.type == "service.autoscaled"]
-
-
 async def to_zero(cluster: Cluster, clock: FakeClock) -> None:
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
     await cluster.apps.apply(SPEC)
     assert await replicas(cluster) == 1  # min 0 starts with one: a request may come
-    ids = await start(cluster)
+    ids = await start_placed(cluster)
     clock.now += 6  # min_healthy_time: the version is stable
     await cluster.applier.follow_rollouts()
     sent = 0
@@ -136,7 +114,7 @@ async def to_zero(cluster: Cluster, clock: FakeClock) -> None:
         await cluster.autoscaler.evaluate_once()
         clock.now += 1
     assert await replicas(cluster) == 0
-    (down,) = await events(cluster)
+    (down,) = await events_of(cluster, "service.autoscaled")
     assert down.message.startswith("scale down 1 → 0") and "idle_after 2s" in down.message
     assert down.data["limit"] == "idle"
 
@@ -152,13 +130,13 @@ async def test_idle_goes_to_zero_and_a_held_request_brings_one_back(cluster: Clu
     cluster.autoscaler.held_requests("shop", "api", 3)
     await cluster.autoscaler.evaluate_once()
     assert await replicas(cluster) == 1
-    up = (await events(cluster))[-1]
+    up = (await events_of(cluster, "service.autoscaled"))[-1]
     assert up.message.startswith("scale up 0 → 1") and "3 request(s) held" in up.message
     assert up.data["limit"] == "held-request"
     # the held count expires; the new replica is not idle from the old quiet
     clock.now += HELD_TTL + 1
     assert cluster.autoscaler.held_count("shop/api") == 0
-    ids = await start(cluster)
+    ids = await start_placed(cluster)
     report(cluster, ids, 0)
     await cluster.autoscaler.evaluate_once()
     assert await replicas(cluster) == 1
@@ -187,12 +165,7 @@ async def test_a_wake_wakes_the_loop_at_once(cluster: Cluster) -> None:
 
 @pytest.fixture
 async def api(tmp_path: Path, cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
-    token = ensure_token(tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_api(cluster, token, tmp_path)),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         yield client
 
 

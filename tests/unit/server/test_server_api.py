@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from server_support import api_client
 
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
@@ -29,13 +30,7 @@ services:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Cluster]]:
     cluster = await Cluster.open(MemoryStore(), seed=1)
-    token = ensure_token(tmp_path)
-    app = create_api(cluster, token, tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         yield client, cluster
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from server_support import api_client
 
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 from elastin.model.cluster import Allocation, Usage
-from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
 from elastin.server.metrics import CONTENT_TYPE, render_metrics
 from elastin.server.repo import Repo
@@ -107,13 +105,7 @@ async def test_the_api_serves_the_same_metrics(tmp_path: Path) -> None:
     await Repo(store).commit(allocs=ALLOCS)
     cluster = await Cluster.open(store, seed=1)
     cluster.telemetry.record("n1", USAGE, None, {"shop.api.http": API})
-    token = ensure_token(tmp_path)
-    app = create_api(cluster, token, tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         r = await client.get("/v1/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     allocs, rev = await cluster.views.all_allocations()

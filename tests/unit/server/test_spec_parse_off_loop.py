@@ -8,12 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from server_support import api_client
 
 from elastin.server import apps
-from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
 from elastin.store.memory import MemoryStore
 
@@ -39,12 +37,7 @@ async def test_the_spec_is_parsed_off_the_loop_thread(
 
     monkeypatch.setattr(apps, "parse_spec", spy)
     cluster = await Cluster.open(MemoryStore(), seed=1)
-    token = ensure_token(tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_api(cluster, token, tmp_path)),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         r = await client.post("/v1/apps", json={"spec": spec, "dry_run": True})
     assert r.status_code == (200 if spec == SPEC else 422), r.text
     assert threads, "the spec was not parsed"

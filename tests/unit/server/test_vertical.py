@@ -6,6 +6,7 @@ an OOM kill raising the memory at once in ``auto`` mode, nothing in ``recommend`
 from __future__ import annotations
 
 import pytest
+from server_support import placed_vertical
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
@@ -18,28 +19,10 @@ from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
 
 MI = 1 << 20
-SPEC = """
-app: shop
-services:
-  web:
-    command: python3 -m http.server
-    resources: {cpu: 500m, memory: 128Mi}
-    autoscale: {vertical: {mode: MODE, min: {cpu: 100m}}}
-"""
 
 
 def node(nid: str, cpu: int = 1000, mem_mi: int = 256) -> Node:
     return Node(id=nid, name=nid, capacity=Resources(cpu, mem_mi * MI, 100 << 30))
-
-
-async def placed(cluster: Cluster, mode: str = "recommend") -> Allocation:
-    await cluster.apps.apply(SPEC.replace("MODE", mode))
-    await cluster.applier.schedule_once()
-    allocs, _ = await cluster.applier.repo.list_allocs()
-    [a] = allocs
-    await cluster.reports.update(a.id, AllocReport(status="starting"))
-    await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
-    return a
 
 
 @pytest.fixture
@@ -49,7 +32,7 @@ async def cluster() -> Cluster:
 
 async def test_in_place_when_the_node_has_room(cluster: Cluster) -> None:
     await cluster.nodes.register(node("n1"))
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     done = await cluster.vertical.resize(a.id, Resources(800, 200 * MI))
     assert done["action"] == "in_place" and done["node"] == "n1"
     now = await cluster.views.allocation(a.id)
@@ -69,7 +52,7 @@ async def test_in_place_when_the_node_has_room(cluster: Cluster) -> None:
 
 async def test_moved_when_only_another_node_has_room(cluster: Cluster) -> None:
     await cluster.nodes.register(node("n1", cpu=1000, mem_mi=256))
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     await cluster.nodes.register(node("n2", cpu=4000, mem_mi=2048))
     done = await cluster.vertical.resize(a.id, Resources(2000, 1024 * MI))
     assert done["action"] == "moved" and done["node"] == "n2", done
@@ -87,7 +70,7 @@ async def test_moved_when_only_another_node_has_room(cluster: Cluster) -> None:
 
 async def test_refused_when_no_node_has_room(cluster: Cluster) -> None:
     await cluster.nodes.register(node("n1"))
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     with pytest.raises(Conflict, match="fits neither on its node n1"):
         await cluster.vertical.resize(a.id, Resources(500, 4096 * MI))
     assert (await cluster.views.allocation(a.id)).resources == Resources(500, 128 * MI)
@@ -106,7 +89,7 @@ async def test_auto_resizes_outside_the_bounds_and_an_oom_raises_memory_at_once(
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node("n1", cpu=4000, mem_mi=4096))
-    a = await placed(cluster, "auto")
+    a = await placed_vertical(cluster, "auto")
     for _ in range(5):
         cluster.telemetry.record_metrics("n1", report(cluster, a, clock.time(), 40 * MI))
         done = await cluster.vertical.step()
@@ -135,7 +118,7 @@ async def test_recommend_mode_shows_and_never_resizes() -> None:
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node("n1", cpu=4000, mem_mi=4096))
-    a = await placed(cluster, "recommend")
+    a = await placed_vertical(cluster, "recommend")
     for _ in range(5):
         cluster.telemetry.record_metrics("n1", report(cluster, a, clock.time(), 40 * MI))
         assert await cluster.vertical.step() == []

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_support import api_client, placed_vertical
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
-from elastin.server.api import create_api
-from elastin.server.auth import ensure_token
 from elastin.server.cluster import Cluster
 from elastin.server.reports import AllocReport
 from elastin.server.vertical import AUTO_EVERY
@@ -25,29 +24,11 @@ from elastin.store.memory import MemoryStore
 from elastin.testing import FakeClock
 
 MI = 1 << 20
-SPEC = """
-app: shop
-services:
-  web:
-    command: python3 -m http.server
-    resources: {cpu: 500m, memory: 128Mi}
-    autoscale: {vertical: {mode: MODE, min: {cpu: 100m}}}
-"""
 START = Resources(500, 128 * MI)
 
 
 def node(nid: str = "n1") -> Node:
     return Node(id=nid, name=nid, capacity=Resources(4000, 4096 * MI, 100 << 30))
-
-
-async def placed(cluster: Cluster, mode: str = "recommend") -> Allocation:
-    await cluster.apps.apply(SPEC.replace("MODE", mode))
-    await cluster.applier.schedule_once()
-    allocs, _ = await cluster.applier.repo.list_allocs()
-    [a] = allocs
-    await cluster.reports.update(a.id, AllocReport(status="starting"))
-    await cluster.reports.update(a.id, AllocReport(status="running", pid=42))
-    return a
 
 
 def reading(a: Allocation, at: float) -> NodeReport:
@@ -63,14 +44,21 @@ async def auto_pass(cluster: Cluster, clock: FakeClock, a: Allocation) -> list[d
     return done
 
 
-async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
+async def auto_resized() -> tuple[Cluster, FakeClock, Allocation]:
+    """A cluster whose one instance (vertical mode auto) the loop has resized (within five
+    passes)."""
     clock = FakeClock()
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(node())
-    a = await placed(cluster, "auto")
+    a = await placed_vertical(cluster, "auto")
     for _ in range(5):
         if await auto_pass(cluster, clock, a):
             break
+    return cluster, clock, a
+
+
+async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
+    cluster, clock, a = await auto_resized()
     resized = (await cluster.views.allocation(a.id)).resources
     assert resized != START
     # the agent could not apply it: it runs with what it had
@@ -89,7 +77,7 @@ async def test_a_refused_auto_resize_is_put_back_and_tried_again() -> None:
 async def test_a_stale_refusal_leaves_a_later_resize() -> None:
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=FakeClock())
     await cluster.nodes.register(node())
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     first, second = Resources(800, 200 * MI), Resources(900, 300 * MI)
     await cluster.vertical.resize(a.id, first)
     await cluster.vertical.resize(a.id, second)
@@ -99,13 +87,7 @@ async def test_a_stale_refusal_leaves_a_later_resize() -> None:
 
 
 async def test_the_loop_forgets_allocations_that_are_gone() -> None:
-    clock = FakeClock()
-    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
-    await cluster.nodes.register(node())
-    a = await placed(cluster, "auto")
-    for _ in range(5):
-        if await auto_pass(cluster, clock, a):
-            break
+    cluster, _, a = await auto_resized()
     assert a.id in cluster.vertical._last_resize
     await cluster.reports.update(a.id, AllocReport(status="failed", reason="gone"))
     await cluster.vertical.step()
@@ -115,13 +97,7 @@ async def test_the_loop_forgets_allocations_that_are_gone() -> None:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Cluster]]:
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=FakeClock())
-    token = ensure_token(tmp_path)
-    app = create_api(cluster, token, tmp_path)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(cluster, tmp_path) as client:
         yield client, cluster
 
 
@@ -130,7 +106,7 @@ async def test_the_agents_report_route_takes_a_refusal(
 ) -> None:
     client, cluster = api
     await cluster.nodes.register(node())
-    a = await placed(cluster)
+    a = await placed_vertical(cluster)
     await cluster.vertical.resize(a.id, Resources(800, 200 * MI))
     body = {
         "resize_refused": {
