@@ -10,13 +10,18 @@ Every ``bench/*.py`` builds ``Row``s and hands them to ``emit``: a human table b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -132,3 +137,44 @@ def ratio_rows(
         for name, peer in pairs
         if values.get(name) and values.get(peer)
     ]
+
+
+@contextlib.contextmanager
+def elastin_process(
+    command: Sequence[str], data: Path, env: Mapping[str, str], log: Path, stop_wait: float = 30
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+    """``elastin COMMAND`` (``server``, ``daemon``...) in a session of its own with its output
+    in ``log``, once it has written ``data/server.json`` (the process and what that file says);
+    SIGTERM at the end (SIGKILL after ``stop_wait`` s). A benchmark exits saying why when it
+    exits or does not start within 30 s."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "elastin.cli.main", *command],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    what = f"elastin {command[0]}"
+    try:
+        deadline = time.monotonic() + 30
+        info: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                info = json.loads((data / "server.json").read_text())
+                if info["pid"] == proc.pid:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited: " + log.read_text())
+            time.sleep(0.05)
+        else:
+            raise SystemExit(f"{what} did not start within 30 s")
+        yield proc, info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(stop_wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -57,7 +57,6 @@ import json
 import math
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -69,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, document, emit, machine
+from _common import Row, document, elastin_process, emit, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -438,42 +437,16 @@ def daemon(tmp: Path) -> Iterator[Any]:
     }
     env.pop("ELASTIN_ADDR", None)
     env.pop("ELASTIN_TOKEN", None)
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "elastin.cli.main", "daemon", "--port", "0", "--stop-workloads"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
+    command = ("daemon", "--port", "0", "--stop-workloads")
     try:
-        deadline = time.monotonic() + 30
-        info: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                info = json.loads((data / "server.json").read_text())
-                if info["pid"] == proc.pid:
-                    break
-            if proc.poll() is not None:
-                raise SystemExit("the elastin daemon exited: " + (tmp / "daemon.log").read_text())
-            time.sleep(0.05)
-        else:
-            raise SystemExit("the elastin daemon did not start within 30 s")
-        client = Client(info["url"], (data / "token").read_text().strip())
-        wait_for(lambda: bool(client.nodes()), 30, "the agent to register")
-        try:
-            yield client
-        finally:
-            client.close()
+        with elastin_process(command, data, env, tmp / "daemon.log", stop_wait=60) as (_, info):
+            client = Client(info["url"], (data / "token").read_text().strip())
+            wait_for(lambda: bool(client.nodes()), 30, "the agent to register")
+            try:
+                yield client
+            finally:
+                client.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
         destroy_root(env["ELASTIN_CGROUP_ROOT"])
 
 

@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, emit
+from _common import Row, elastin_process, emit
 from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.client.http import AsyncClient
 from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary
@@ -90,36 +90,9 @@ def server(tmp: Path) -> Iterator[tuple[str, str, int]]:
     data = tmp / "data"
     env = {**os.environ, "ELASTIN_DATA_DIR": str(data)}
     env.pop("ELASTIN_ADDR", None)
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "elastin.cli.main", "server", "--port", "0"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    try:
-        deadline = time.monotonic() + 30
-        info: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                info = json.loads((data / "server.json").read_text())
-                if info["pid"] == proc.pid:
-                    break
-            if proc.poll() is not None:
-                raise SystemExit("the server exited: " + (tmp / "server.log").read_text())
-            time.sleep(0.05)
-        else:
-            raise SystemExit("the server did not start within 30 s")
+    command = ("server", "--port", "0")
+    with elastin_process(command, data, env, tmp / "server.log") as (proc, info):
         yield str(info["url"]), (data / "token").read_text().strip(), proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @contextlib.contextmanager
