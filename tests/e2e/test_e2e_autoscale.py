@@ -32,6 +32,9 @@ services:
   api:
     command: ["{PY}", "-c", {json.dumps(API)}]
     ports: {{http: 0}}
+    # a replica joins the proxies once it answers: without a check it would be ready before
+    # it listens, and a request could meet refusals on every retry (docs/autoscaling.md)
+    health: {{tcp: http, interval: 1s}}
     resources: {{cpu: 100m, memory: 48Mi}}
     autoscale:
       min: 1
