@@ -50,6 +50,7 @@ class HealthState:
         if ok or self.healthy is not None:
             return True
         if now - self.failure_counted_at < self.pace():
+            self.successes = 0  # not counted as a failure, but passes are "in a row"
             return False
         self.failure_counted_at = now
         return True

@@ -891,7 +891,7 @@ def _mesh(ctx: _Ctx, node: yaml.Node, path: str) -> MeshPolicy | None:
             1,
             REQUEST_HEADERS_MOST,
             f"use 1..{REQUEST_HEADERS_MOST} (the default is {REQUEST_HEADERS_DEFAULT}, Envoy's;"
-            " the node's proxy parses no more)",
+            " the mesh allows no more)",
         )
     if "max_request_header_bytes" in m:
         kw["max_request_header_bytes"] = _header_bytes(

@@ -79,9 +79,9 @@ class Constraint:
 
 # Request header limits the mesh holds a service's callers to, answering a request over them
 # with a 431 that names the service and the limit (Envoy's defaults are 100 headers and
-# 60 KiB of them). The node's proxy parses at most 256 headers and a request head of about
-# 15 KiB (its 16 KiB buffer less the room kept for rewrites): a service may ask for up to
-# these, and beyond them the proxy's parser refuses the request before any rule can name it
+# 60 KiB of them). A service may ask for up to 200 headers and 14 KiB, below what the node's
+# proxy parses (256 headers, a request head of about 15 KiB: its 16 KiB buffer less the room
+# kept for rewrites), beyond which its parser refuses a request before any rule can name it
 # (docs/mesh.md, "Limits and errors").
 REQUEST_HEADERS_DEFAULT = 100
 REQUEST_HEADERS_MOST = 200

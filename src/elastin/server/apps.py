@@ -129,15 +129,31 @@ def autoscaled_count(prev: Workload | None, new: Workload) -> int:
     """The replicas ``new`` runs when applied over ``prev`` (pure). A service whose spec has
     horizontal autoscaling keeps the count it runs now (the autoscaler's, or a user's
     ``elastin scale``) within the new ``min``..``max``: re-applying the same file does not
-    reset it to the spec's ``replicas`` (Kubernetes' advice under an HPA). 0 stays 0 (the
-    autoscaler was paused on purpose, ``elastin scale NAME 0``). A new service, or one
-    without autoscaling, runs the spec's ``replicas``."""
+    reset it to the spec's ``replicas`` (Kubernetes' advice under an HPA). An autoscaled
+    service at 0 stays 0 (the autoscaler was paused on purpose, ``elastin scale NAME 0``). A
+    new service, or one that was not autoscaled before, runs the spec's ``replicas``."""
     auto = new.autoscale
     if prev is None or new.type != "service" or auto is None or not auto.horizontal:
         return new.replicas
+    if prev.autoscale is None or not prev.autoscale.horizontal:
+        return new.replicas  # autoscaling starts now: from the spec's count
     if prev.replicas == 0:
         return 0
     return min(max(prev.replicas, auto.min), auto.max)
+
+
+def not_applied(asked: Application, kept: Application) -> dict[str, str]:
+    """Per autoscaled service whose spec's ``replicas`` ``keep_autoscaled`` did not apply,
+    what ``apply`` says about it (the edit would otherwise vanish without a word)."""
+    out = {}
+    for w in asked.workloads:
+        k = kept.workload(w.name)
+        if k is not None and k.replicas != w.replicas and k.autoscale is not None:
+            out[w.name] = (
+                f"autoscaled {k.autoscale.min}..{k.autoscale.max}: keeps {k.replicas}"
+                f" replicas, not the spec's {w.replicas} (`elastin scale` sets the count)"
+            )
+    return out
 
 
 def keep_autoscaled(old: AppRecord | None, app: Application) -> Application:
@@ -268,8 +284,14 @@ class Apps:
         for _ in range(_TRIES):
             found = await self.repo.get_app(app.name)
             old, mod_rev = found if found else (None, 0)
-            app = keep_autoscaled(old, app)
-            changes = diff_apps(old, app)
+            asked, app = app, keep_autoscaled(old, app)
+            notes = not_applied(asked, app)
+            changes = tuple(
+                replace(c, detail="; ".join(x for x in (c.detail, notes[c.workload]) if x))
+                if c.workload in notes
+                else c
+                for c in diff_apps(old, app)
+            )
             if dry_run:
                 return ApplyResult(app.name, changes, True, old.generation if old else 0)
             floors = await self._floors(app.name) if old is None else None

@@ -128,3 +128,13 @@ def test_fast_probes_of_a_slow_start_count_a_failure_once_per_usual_pace() -> No
     counted = [t for t in (0.0, 0.05, 0.15, 0.35, 0.75, 1.0, 1.55, 2.0, 2.6) if s.counts(False, t)]
     assert counted == [0.0, 1.0, 2.0]
     assert s.counts(True, 2.7)  # a success always counts
+
+
+def test_passes_while_starting_are_still_in_a_row() -> None:
+    """A failure the fast probes do not count as a failure still breaks a run of passes: a
+    flapping starter is not healthy after pass, fail, pass with healthy_threshold 2."""
+    s = HealthState(HealthCheck(type="tcp", healthy_threshold=2, interval=10.0), started_at=0.0)
+    for t, ok in ((0.0, False), (0.05, True), (0.15, False), (0.35, True)):
+        verdict = s.record(ok, t) if s.counts(ok, t) else None
+        assert verdict is None, (t, ok)
+    assert s.record(True, 0.75) is True  # two in a row now

@@ -56,7 +56,11 @@ async def test_reapply_clamps_the_count_to_new_bounds(cluster: Cluster) -> None:
     await cluster.apps.scale("shop/web", 5)
     res = await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"), dry_run=True)
     change = {c.workload: c for c in res.changes}["web"]
-    assert (change.change, change.detail) == ("scale", "replicas 5 -> 3; autoscale policy changed")
+    assert (change.change, change.detail) == (
+        "scale",
+        "replicas 5 -> 3; autoscale policy changed; autoscaled 1..3: keeps 3 replicas, not the"
+        " spec's 1 (`elastin scale` sets the count)",
+    )
     await cluster.apps.apply(SPEC.replace("max: 5", "max: 3"))
     assert await replicas(cluster, "web") == 3
     await cluster.apps.apply(SPEC.replace("min: 1", "min: 4"))
@@ -137,3 +141,27 @@ async def test_scale_and_autoscale_do_not_read_the_allocations(
     assert await cluster.apps.autoscale("shop/web", 3, 5, "stale", {}) is None  # not at 3
     assert calls == []
     assert await replicas(cluster, "web") == 4
+
+
+def test_autoscaling_added_to_a_service_at_zero_starts_from_the_spec() -> None:
+    """A service that was not autoscaled and ran 0 replicas was not paused by the autoscaler:
+    adding autoscale: starts it from the spec's count (min..max), not from 0."""
+    from elastin.model.workload import Autoscale, MetricTarget, Workload
+    from elastin.server.apps import autoscaled_count
+
+    before = Workload("web", replicas=0)
+    after = Workload("web", replicas=2, autoscale=Autoscale(2, 5, (MetricTarget("rps", 10),)))
+    assert autoscaled_count(before, after) == 2
+    paused = Workload("web", replicas=0, autoscale=after.autoscale)
+    assert autoscaled_count(paused, after) == 0  # paused on purpose: stays
+
+
+async def test_apply_says_when_the_spec_s_replicas_is_not_applied(cluster: Cluster) -> None:
+    await cluster.apps.apply(SPEC)
+    await cluster.apps.scale("shop/web", 4)
+    res = await cluster.apps.apply(SPEC, dry_run=True)
+    change = {c.workload: c for c in res.changes}["web"]
+    assert (change.change, change.detail) == (
+        "unchanged",
+        "autoscaled 1..5: keeps 4 replicas, not the spec's 1 (`elastin scale` sets the count)",
+    )

@@ -78,7 +78,8 @@ assert HEADER_BYTES >= REQUEST_HEADER_BYTES_MOST + 1024
 RING_NAME = "elastin_log"
 RING_BYTES = 4 << 20
 LINE_MAX = 8192
-# one JSON object per request; %b is the backend (c_<service>), %s the endpoint (e_<id>),
+# one JSON object per request; {service} is the backend's name (c_<service>), written in per
+# frontend (%b would name the frontend for an answer it gives itself), %s the endpoint (e_<id>),
 # %ts the termination state that says why HAProxy ended a failed request. The path is the
 # only text a caller chooses (the method is a token, the traceparent is checked first): it
 # goes through HAProxy's json converter, so that a quote or backslash cannot break (or hide)
