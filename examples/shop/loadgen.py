@@ -52,8 +52,8 @@ def main() -> int:
             rate = new
             kind = "busy" if rate > QUIET else "quiet"
             print(f"loadgen: {kind}: {rate:g} requests/s for {PHASE:g} s", flush=True)
-        if due > now:
-            time.sleep(min(due - now, 0.5))  # short: SIGTERM and a phase change are seen
+        if rate <= 0 or due > now:  # a phase of 0 requests/s: idle until the next phase
+            time.sleep(0.5 if rate <= 0 else min(due - now, 0.5))  # SIGTERM is seen soon
             continue
         due = max(due, now - 1 / rate) + 1 / rate  # late: at once, but never a burst
         n += 1

@@ -73,8 +73,9 @@ def _metric_value(kind: str, v: float | None) -> str:
 
 def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
     """Per autoscaled service: replicas now and desired, min..max, each metric's current
-    value against its target (p99 <=: the longest response, an upper bound) and what
-    limited the last decision. None when no service is autoscaled."""
+    value against its target (p99 <=: the longest response, an upper bound) and the last
+    decision's reason (what it proposed and what limited it). None when no service is
+    autoscaled."""
     rows = [s for s in services if s.get("autoscale")]
     if not rows:
         return None
@@ -96,7 +97,7 @@ def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
             replicas,
             f"{a['min']}..{a['max']}",
             ", ".join(metrics),
-            a["limit"] or ("not evaluated yet" if not a.get("at") else "-"),
+            a["reason"] if a.get("at") else "not evaluated yet",
         )
     return t
 
@@ -308,10 +309,7 @@ def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
             header[0] = False
 
     def fetch(c: Client, since: int, limit: int) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"since": since, "limit": limit}
-        if service:
-            params["service"] = service
-        got: list[dict[str, Any]] = c.call("GET", "/v1/events", params=params)
+        got: list[dict[str, Any]] = c.events(since, limit, service)
         return got
 
     with errors(), client() as c:
@@ -320,6 +318,12 @@ def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
             print_json(data)
             return
         show(data)
+        if service and not data and not as_json:
+            known = {s["name"] for s in c.services()} | {
+                f"{s['app']}/{s['name']}" for s in c.services()
+            }
+            say = "no events about" if service in known else "no service or job named"
+            click.echo(f"{say} {service!r}", err=True)
         if not follow:
             return
         since = data[-1]["rev"] if data else 0

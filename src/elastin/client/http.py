@@ -235,8 +235,13 @@ class Client:
     def nodes(self) -> Any:
         return self.call("GET", "/v1/nodes")
 
-    def events(self, since: int = 0, limit: int = 200) -> Any:
-        return self.call("GET", "/v1/events", params={"since": since, "limit": limit})
+    def events(self, since: int = 0, limit: int = 200, service: str = "") -> Any:
+        """Events, oldest first, from revision ``since``; only those about ``service``
+        (``name`` or ``app/name``) and its instances when given."""
+        params: dict[str, Any] = {"since": since, "limit": limit}
+        if service:
+            params["service"] = service
+        return self.call("GET", "/v1/events", params=params)
 
     def resources(self) -> Any:
         return self.call("GET", "/v1/resources")
