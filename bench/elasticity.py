@@ -29,9 +29,11 @@ Rows, per system:
   replica, then one request: the seconds until its answer, the held request included. Not
   measured (a note says why) when the service keeps a replica (scale to zero not wired).
 
-``--cases step,cold_start`` picks what is measured (both by default), ``--lb`` sets the
-service's mesh load balancing (``least_request``; the mesh's default otherwise), ``--dump``
-writes each system's timeline (polls, each second's answered requests and p99, failures).
+``--cases step,cold_start`` picks what is measured (both by default), ``--max-connections``
+sets the service's ``mesh.max_connections`` (a replica is given that many requests at once,
+the others wait in the proxy's queue), ``--lb`` sets the service's mesh load balancing
+(``least_request``; the mesh's default otherwise), ``--dump`` writes each system's timeline
+(polls, each second's answered requests and p99, failures, the autoscaler's decisions).
 
 Systems, in the same run, one after the other: ``elastin`` (the defaults: a decision every
 second, a 60 s scale-down window) and ``hpa`` (HPA's defaults configured in Elastin:
@@ -45,7 +47,7 @@ PyPI into ``bench/.plot`` (not a project dependency). Needs root (tasks run in c
 HAProxy. Usage::
 
     python bench/elasticity.py [--json] [--runs N] [--quick] [--plot] [--systems elastin,hpa]
-        [--cases step,cold_start] [--lb least_request] [--dump FILE]
+        [--cases step,cold_start] [--lb least_request] [--max-connections N] [--dump FILE]
 """
 
 from __future__ import annotations
@@ -159,11 +161,18 @@ asyncio.run(main())
 """
 
 
-def spec(app: str, system: str, *, zero: bool = False, lb: str = "") -> str:
+def spec(
+    app: str, system: str, *, zero: bool = False, lb: str = "", max_connections: int = 0
+) -> str:
     """The application of one row: ``api`` autoscaled on rps, and ``caller`` (a sleeping task
     whose mesh listener ``upstream.api`` the load generator uses). ``system`` ``hpa``
     configures HPA's defaults; ``zero`` makes ``api`` scale to zero after 2 s idle; ``lb`` sets
-    the mesh's load balancing (the mesh's default, round robin, when empty)."""
+    the mesh's load balancing (the mesh's default, round robin, when empty);
+    ``max_connections`` the requests each replica is given at once (``mesh.max_connections``;
+    the others wait in the proxy's queue; unlimited when 0)."""
+    mesh = ", ".join(
+        f"{k}: {v}" for k, v in (("lb", lb), ("max_connections", max_connections)) if v
+    )
     if zero:
         auto = f"{{min: 0, max: 2, idle_after: 2s, metrics: [{{rps: {TARGET_RPS}}}]}}"
     elif system == "hpa":
@@ -181,7 +190,7 @@ def spec(app: str, system: str, *, zero: bool = False, lb: str = "") -> str:
         "    ports: {http: 0}\n"
         "    resources: {cpu: 200m, memory: 48Mi}\n"
         "    health: {http: /healthz, interval: 1s, timeout: 1s}\n"
-        + (f"    mesh: {{lb: {lb}}}\n" if lb else "")
+        + (f"    mesh: {{{mesh}}}\n" if mesh else "")
         + f"    autoscale: {auto}\n"
         "  caller:\n"
         "    command: [/bin/sleep, '3600']\n"
@@ -224,6 +233,8 @@ class Timeline:
     step_down: float = 0.0
     end: float = 0.0
     stale_retries: int = 0
+    # the autoscaler's decisions (``service.autoscaled`` events): (t, message, data)
+    decisions: list[tuple[float, str, Any]] = field(default_factory=list)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -504,15 +515,23 @@ def log(msg: str) -> None:
     print(f"elasticity: {msg}", file=sys.stderr, flush=True)
 
 
-def run_system(client: Any, system: str, phases: Phases, run: int, lb: str = "") -> Timeline:
+def run_system(
+    client: Any, system: str, phases: Phases, run: int, lb: str = "", max_connections: int = 0
+) -> Timeline:
     """One system's step: warm at 50/s, 500/s, back to 50/s until one replica is left."""
     app = f"el-{system}-{run}"
-    client.apply(spec(app, system, lb=lb), file=f"{app}.yaml")
+    client.apply(spec(app, system, lb=lb, max_connections=max_connections), file=f"{app}.yaml")
     port = listener(client, app)
     wait_for(lambda: count(client, app)[1] >= 1, 60, f"{app}'s api to be ready")
     wait_for(lambda: get_once(port), 30, f"a request through {app}'s mesh listener")
+    # the autoscaler holds the count while a version rolls out (until its instances have
+    # been ready for min_healthy_time): the step starts from a proven version
+    wait_for(
+        lambda: client.rollout(f"{app}/api")["state"] == "stable", 60, f"{app}'s api to be stable"
+    )
     tl = Timeline()
     t0 = time.monotonic()
+    wall0 = time.time()
     bound = phases.warm + phases.high + phases.down_max + 5
     gen = LoadGen(port, t0, LOW_RPS, max_requests=int(HIGH_RPS * bound) + 1)
 
@@ -556,6 +575,11 @@ def run_system(client: Any, system: str, phases: Phases, run: int, lb: str = "")
     tl.end = now()
     tl.samples = sorted(gen.samples, key=lambda s: s.due)
     tl.stale_retries = gen.stale_retries
+    tl.decisions = [
+        (e["time"] - wall0, e["message"], e.get("data"))
+        for e in client.events(limit=1000, service=f"{app}/api")
+        if e.get("type") == "service.autoscaled"
+    ]
     client.delete_app(app)
     wait_for(lambda: all(a.terminal for a in client.allocations(app=app)), 60, f"{app} to stop")
     return tl
@@ -650,6 +674,7 @@ def dump(tl: Timeline) -> dict[str, Any]:
         "failures": [(s.due, s.error) for s in tl.samples if not s.ok][:10_000],
         "rates": tl.rates,
         "counts": [(c.t, c.desired, c.ready) for c in tl.counts],
+        "decisions": tl.decisions,
         "per_second": [(t, n, None if p is None else min(p, 1e9)) for t, n, p in per_second(tl)],
     }
 
@@ -784,6 +809,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--lb", default="", help="the service's mesh load balancing (default: the mesh's own)"
     )
+    ap.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="the service's mesh max_connections (requests a replica gets at once; default: "
+        "unlimited)",
+    )
     ap.add_argument("--dump", type=Path, help="write each system's last timeline (JSON) here")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
@@ -814,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="elastin-elasticity-") as d, daemon(Path(d)) as c:
         for run in range(runs):
             for system in systems if "step" in cases else ():  # A B, A B, ...
-                tl = run_system(c, system, phases[system], run, args.lb)
+                tl = run_system(c, system, phases[system], run, args.lb, args.max_connections)
                 m = measure(tl)
                 figures[system].append(m)
                 last[system] = tl
@@ -831,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
     case = f"step {LOW_RPS:.0f} -> {HIGH_RPS:.0f} req/s, {TARGET_RPS} rps/replica"
     if args.lb:
         case += f", lb {args.lb}"
+    if args.max_connections:
+        case += f", max_connections {args.max_connections}"
     for system, ms in ((s, ms) for s, ms in figures.items() if ms):
         for metric in ("reaction_s", "decision_s", "ready_s", "scale_down_s"):
             values = [v for m in ms if (v := getattr(m, metric)) is not None]

@@ -68,6 +68,8 @@ from elastin.server.telemetry import Telemetry
 log = logging.getLogger("elastin.server.autoscaler")
 
 TICK = 1.0  # the loop's longest sleep; a service with a shorter interval makes it shorter
+EARLY = 0.3  # a pass may come this much (at most this share of the interval) before its
+# interval is over, to follow a metrics report that has just arrived
 MIN_TICK = 0.1  # the shortest interval a spec may set
 HELD_EVERY = 10.0  # at most one held event per service this often
 HELD_REPEAT = 300.0  # the same held event again after this long
@@ -96,7 +98,8 @@ def observations(
     clock timestamp, plus ``shift`` (the loop passes monotonic − wall, so that ``decide``
     compares it with its monotonic ``now``); its values from
     ``metrics`` (``Windows.service(app, name, 1)``): cpu millicores, memory bytes, requests
-    per second and in flight; None where the windows have none. ``p99``: the service's
+    per second and in flight (plus a share of what waits in a proxy's queue, on no replica
+    yet: ``_with_backlog``); None where the windows have none. ``p99``: the service's
     longest response of the last second (an upper bound), in seconds."""
     replicas = metrics.get("replicas", {}) if metrics else {}
     out = []
@@ -116,12 +119,35 @@ def observations(
                 inflight=_float(_current(r.get("in_flight"))),
             )
         )
-    longest = _float(_current(metrics.get("total", {}).get("max_response_ms"))) if metrics else None
+    total = metrics.get("total", {}) if metrics else {}
+    out = _with_backlog(out, _float(_current(total.get("requests_per_s"))), "rps")
+    out = _with_backlog(out, _float(_current(total.get("in_flight"))), "inflight")
+    longest = _float(_current(total.get("max_response_ms")))
     return Observations(
         replicas=tuple(out),
         request=w.resources,
         p99=None if longest is None else longest / 1000.0,
     )
+
+
+def _with_backlog(
+    replicas: list[ReplicaObservation], total: float | None, attr: str
+) -> list[ReplicaObservation]:
+    """``replicas`` with the service's ``total`` (requests per second, or in flight) beyond
+    the sum of their own values spread evenly over the ready ones that have a value (pure).
+
+    That share is on no endpoint yet: requests waiting in a proxy's queue for a free
+    connection (``mesh.max_connections``) arrived and wait, but no replica holds them. Left
+    out, a saturated service would look as loaded as what its replicas take, and a scale-up
+    would be sized for that rather than for the load asked of it."""
+    if total is None:
+        return replicas
+    share = {r.id for r in replicas if r.ready and getattr(r, attr) is not None}
+    extra = total - sum(getattr(r, attr) or 0.0 for r in replicas)
+    if not share or extra <= 0:
+        return replicas
+    add = extra / len(share)
+    return [replace(r, **{attr: getattr(r, attr) + add}) if r.id in share else r for r in replicas]
 
 
 def _float(v: Any) -> float | None:
@@ -224,6 +250,13 @@ class _State:
     evaluated_at: float | None = None
 
 
+def early(interval: float) -> float:
+    """The shortest time between two evaluations of a service with ``interval``: a pass
+    that follows a fresh metrics report may come ``EARLY`` seconds (at most that share of
+    the interval) before the interval is over."""
+    return interval - min(EARLY, EARLY * interval)
+
+
 def rolling(rec: AppRecord, w: Workload) -> bool:
     """Whether ``w``'s current version is still rolling out."""
     rev = current_revision(rec.history.get(w.name, ()), rec.versions.get(w.name, 0))
@@ -242,6 +275,8 @@ class Autoscaler:
         # app/service -> (count, when, whether it was at zero replicas then)
         self._held: dict[str, tuple[int, float, bool]] = {}
         self._kick = asyncio.Event()
+        self._fresh = asyncio.Event()  # a metrics report arrived since the last pass
+        telemetry.on_report(self._fresh.set)
 
     def held_requests(self, app: str, service: str, count: int, at_zero: bool = True) -> None:
         """A node's proxy holds ``count`` requests for ``app/service`` (scaled to zero):
@@ -315,6 +350,7 @@ class Autoscaler:
         while True:
             tick = TICK
             self._kick.clear()  # a wake from here on makes the next pass at once
+            self._fresh.clear()
             try:
                 tick = await self.evaluate_once()
             except asyncio.CancelledError:
@@ -324,16 +360,31 @@ class Autoscaler:
             await self._pause(tick)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until a held request wakes the loop."""
+        """Sleep until the next pass: at once on a held request's wake; else right after
+        the first metrics report that arrives from ``early(seconds)`` on, or after
+        ``seconds`` when none does. A pass then reads numbers a few milliseconds old, not
+        up to an interval old (the loop's tick and the agents' reports are not in step)."""
         if self._kick.is_set():
             return
+        start = self.clock.monotonic()
+        if await self._wait((self._kick,), early(seconds)):
+            return
+        rest = seconds - (self.clock.monotonic() - start)
+        if rest > 0:
+            await self._wait((self._kick, self._fresh), rest)
+
+    async def _wait(self, events: tuple[asyncio.Event, ...], seconds: float) -> bool:
+        """Wait until one of ``events`` is set or ``seconds`` pass; whether one was set."""
+        if any(e.is_set() for e in events):
+            return True
         sleep = asyncio.ensure_future(self.clock.sleep(seconds))
-        kick = asyncio.ensure_future(self._kick.wait())
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
         try:
-            await asyncio.wait((sleep, kick), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((sleep, *waits), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleep.cancel()
-            kick.cancel()
+            for f in (sleep, *waits):
+                f.cancel()
+        return any(e.is_set() for e in events)
 
     async def evaluate_once(self) -> float:
         """One pass: every autoscaled service whose interval is due. Returns how long to
@@ -364,7 +415,7 @@ class Autoscaler:
                 woken = w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
                 if w.name in rec.stopped or (now < state.next_at and not woken):
                     continue
-                state.next_at = now + policy.interval
+                state.next_at = now + early(policy.interval)
                 mine = [a for a in allocs if a.app == rec.app.name and a.workload == w.name]
                 await self._evaluate(rec, w, policy, mine, state, now, self.clock.time())
         for key in set(self._states) - seen:  # deleted, or no longer autoscaled

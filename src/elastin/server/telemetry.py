@@ -18,7 +18,7 @@ its numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -71,6 +71,12 @@ class Telemetry:
         self._node_usage: dict[str, Usage] = {}
         self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
         self._allocs: tuple[int, dict[str, Allocation]] = (-1, {})  # version -> live ones
+        self._on_report: list[Callable[[], None]] = []
+
+    def on_report(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each metrics report is kept (the autoscaler's wake-up:
+        it evaluates right after fresh numbers, not up to a second later)."""
+        self._on_report.append(listener)
 
     def record(
         self,
@@ -101,6 +107,8 @@ class Telemetry:
         """A metrics report of a node this server knows (``knows``), vetted
         (``vet_report``). ``ClockSkew`` when its clock is far from the server's."""
         self.windows.record(node_id, report)
+        for listener in self._on_report:
+            listener()
 
     def live_allocations(self, version: int, allocs: Iterable[Allocation]) -> dict[str, Allocation]:
         """The live ones of ``allocs`` (the mesh feed's, of mesh ``version``) by id, built

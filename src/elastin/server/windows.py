@@ -19,10 +19,10 @@ Agents send a *metrics report* at their ``--metrics-interval`` (1 s by default; 
   (an older agent without ``mono``: its wall clock stepped back), starts a new series: its
   counters are the new baseline and give no rate yet. A report whose wall clock ``at`` is
   more than ``MAX_CLOCK_SKEW`` from the server's is refused (``ClockSkew``);
-- in flight (current sessions plus queued), the average response time (HAProxy's ``rtime``:
-  the last 1,024 requests) and the longest response of the interval (``rtime_max``, which
-  the agent clears after each reading) are gauges; both times are left out (None) for an
-  interval without a request;
+- in flight (the backend's current sessions, its queued requests included), the average
+  response time (HAProxy's ``rtime``: the last 1,024 requests) and the longest response of
+  the interval (``rtime_max``, which the agent clears after each reading) are gauges; both
+  times are left out (None) for an interval without a request;
 - two reports in one second merge (rates over their summed time, gauges from the newer).
 
 A node keeps only its newest *point* (what it reported for one second, grouped by service)
@@ -641,9 +641,9 @@ class Windows:
         for key, p in report.ports.items():
             before = old_counters.get(key)
             counters[key] = (p.requests, p.errors)
-            total = _traffic(
-                p.requests, p.errors, p.active + p.queued, p.avg_ms, p.max_ms, before, seconds
-            )
+            # ``active`` is the backend's sessions (HAProxy's ``scur``), which count its
+            # queued requests already (``queued`` is the share of them still waiting)
+            total = _traffic(p.requests, p.errors, p.active, p.avg_ms, p.max_ms, before, seconds)
             eps: dict[str, Traffic] = {}
             for alloc_id, e in p.endpoints.items():
                 endpoint_counters[(key, alloc_id)] = e.requests

@@ -34,7 +34,13 @@ services:
 """
 
 
-def report(at: float, endpoints: dict[str, dict[str, Any]], requests: int = 0) -> Any:
+def report(
+    at: float,
+    endpoints: dict[str, dict[str, Any]],
+    requests: int = 0,
+    active: int | None = None,
+    queued: int = 0,
+) -> Any:
     return parse_report(
         {
             "at": at,
@@ -55,7 +61,12 @@ def report(at: float, endpoints: dict[str, dict[str, Any]], requests: int = 0) -
                 "shop.api.http": {
                     "mode": "http",
                     "requests": requests,
-                    "active": sum(e.get("active", 0) for e in endpoints.values()),
+                    "active": (
+                        sum(e.get("active", 0) for e in endpoints.values())
+                        if active is None
+                        else active
+                    ),
+                    "queued": queued,
                     "max_ms": 300.0,
                     "avg_ms": 20.0,
                     "endpoints": endpoints,
@@ -211,3 +222,23 @@ async def test_user_scale_meanwhile_is_not_overwritten(cluster: Cluster) -> None
     rec = await cluster.views.application("shop")
     assert rec.app.workloads[0].replicas == 1
     assert await events_of(cluster, "service.autoscaled") == []
+
+
+def test_requests_waiting_in_the_proxy_count_for_the_ready_replicas() -> None:
+    """A backlog in the proxy's queue (``max_connections``) is on no endpoint yet: what
+    arrived beyond the endpoints' shares, and what waits, is spread over the ready replicas,
+    so that the decision sizes for the load asked, not for what the replicas could take."""
+    clock = FakeClock(1000.0)
+    w = Windows(clock)
+    eps0 = {"a": {"requests": 10, "active": 1}, "e": {"requests": 0, "active": 0}}
+    w.record("n1", report(999.0, eps0, requests=10))
+    eps1 = {"a": {"requests": 30, "active": 3}, "e": {"requests": 0, "active": 0}}
+    # 50 arrived, 20 of them went to an endpoint; 9 in the backend, 6 of them queued
+    w.record("n1", report(1000.0, eps1, requests=60, active=9, queued=6))
+    from elastin.model.spec import parse_spec
+
+    wl = parse_spec(SPEC).workloads[0]
+    obs = observations(wl, [alloc("a"), alloc("e")], w.service("shop", "api", 1))
+    a, e = obs.replicas
+    assert (a.rps, e.rps) == (35.0, 15.0)  # 20 + 30/2, 0 + 30/2
+    assert (a.inflight, e.inflight) == (6.0, 3.0)  # 3 + 6/2, 0 + 6/2

@@ -4,6 +4,8 @@ back) nor makes an idle service idle for longer than it was (a step forward)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import test_autoscaler as busy
 import test_scale_to_zero as zero
 from server_support import replicas, start_placed
@@ -59,3 +61,36 @@ async def test_a_wall_clock_stepped_forward_does_not_make_a_service_idle() -> No
     clock.offset = 3600.0  # NTP steps the wall clock forward an hour
     await cluster.autoscaler.evaluate_once()
     assert await replicas(cluster) == 1
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_the_next_pass_follows_a_fresh_metrics_report() -> None:
+    """The loop's tick and the agents' reports are not in step: a pass waits for the report
+    that comes near the end of its interval rather than reading numbers up to a second old
+    (issue #13, reaction time). Without a report it comes after the interval, as before."""
+    clock = FakeClock(1000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    scaler = cluster.autoscaler
+    pause = asyncio.ensure_future(scaler._pause(1.0))
+    await _settle()
+    clock.advance(0.5)
+    cluster.telemetry.record_metrics("n1", busy.report(1000.5, {}))  # too early to count
+    await _settle()
+    assert not pause.done()
+    clock.advance(0.25)  # past 0.7 s: the report that came counts now
+    await _settle()
+    assert pause.done()
+
+    scaler._fresh.clear()
+    pause = asyncio.ensure_future(scaler._pause(1.0))  # no report this time
+    await _settle()
+    clock.advance(0.85)
+    await _settle()
+    assert not pause.done()
+    clock.advance(0.2)
+    await _settle()
+    assert pause.done()

@@ -72,10 +72,11 @@ def test_rate_is_the_counter_difference_over_the_agents_interval() -> None:
     w.record("n1", report(T0, 1000))
     assert current(w, "requests_per_s") is None  # no rate before a second reading
     clock.advance(1)
-    w.record("n1", report(T0 + 2.0, 1200, errors=4, active=3, queued=2, avg_ms=7, max_ms=40))
+    # a backend's sessions (HAProxy's ``scur``) count its queued requests already
+    w.record("n1", report(T0 + 2.0, 1200, errors=4, active=5, queued=2, avg_ms=7, max_ms=40))
     assert current(w, "requests_per_s") == 100.0  # 200 requests over the agent's 2 s
     assert current(w, "errors_per_s") == 2.0
-    assert current(w, "in_flight") == 5.0  # sessions + queued
+    assert current(w, "in_flight") == 5.0  # the backend's sessions, queued ones included
     assert current(w, "avg_response_ms") == 7.0
     assert current(w, "max_response_ms") == 40.0
     assert current(w, "p99_response_ms") is None

@@ -60,7 +60,7 @@ def body(at: float, requests: int, cpu: float = 250.0, a1: str = "a1") -> dict[s
                 "mode": "http",
                 "requests": requests,
                 "errors": 0,
-                "active": 2,
+                "active": 3,  # the backend's sessions: 2 on the endpoint, 1 queued
                 "queued": 1,
                 "avg_ms": 5,
                 "max_ms": 12,

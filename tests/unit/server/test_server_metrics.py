@@ -56,7 +56,7 @@ def test_every_family_with_its_help_type_labels_and_values() -> None:
         "elastin_allocation_memory_bytes": ("gauge", "Measured memory use (working set)."),
         "elastin_mesh_requests": (
             "counter",
-            "Requests (TCP: connections) the mesh sent to the service.",
+            "Requests (TCP: connections) that reached the service's mesh backend, answered or not.",
         ),
         "elastin_mesh_errors": ("counter", "5xx answers and broken responses from the service."),
         "elastin_mesh_connect_errors": (

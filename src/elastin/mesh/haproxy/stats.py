@@ -100,7 +100,11 @@ def parse_stats(text: str) -> dict[str, ClusterStats]:
             service=cluster.service,
             port=cluster.port,
             mode=mode,
-            requests=_int(row, "req_tot") if mode == "http" else _int(row, "stot"),
+            # what arrived: HAProxy counts a stream (an HTTP request, a TCP connection) in
+            # ``stot`` when it is given to the backend, before a queue or an answer, and
+            # ``req_tot`` only when it ends: a saturated service's ``req_tot`` is what it
+            # serves, not what is asked of it, which is what the autoscaler follows
+            requests=_int(row, "stot"),
             responses_2xx=_int(row, "hrsp_2xx"),
             responses_3xx=_int(row, "hrsp_3xx"),
             responses_4xx=_int(row, "hrsp_4xx"),

@@ -67,7 +67,14 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
         endpoints=endpoints,
         timeouts=Timeouts(p.connect_timeout, p.request_timeout, p.idle_timeout),
         retries=RetryPolicy(attempts=p.retries, on=p.retry_on),
-        breaker=CircuitBreaker(max_connections=p.max_connections, max_queue=p.max_queue),
+        # a request waits for a free connection (``max_connections``) as long as it may wait
+        # for its answer: a backlog (a scale-up on its way) stays queued for the replicas
+        # that come, rather than failing after a second
+        breaker=CircuitBreaker(
+            max_connections=p.max_connections,
+            max_queue=p.max_queue,
+            queue_timeout=p.request_timeout,
+        ),
         outlier=OutlierDetection(
             consecutive_errors=max(1, p.consecutive_errors), enabled=p.consecutive_errors > 0
         ),

@@ -45,7 +45,7 @@ class ClusterStats:
     service: str
     port: str  # the port's name
     mode: str  # http or tcp
-    requests: int  # HTTP requests, or TCP connections
+    requests: int  # HTTP requests, or TCP connections, that arrived (answered or not yet)
     responses_2xx: int = 0
     responses_3xx: int = 0
     responses_4xx: int = 0
@@ -92,7 +92,7 @@ class TrafficMetric:
 TRAFFIC_METRICS: tuple[TrafficMetric, ...] = (
     TrafficMetric(
         "elastin_mesh_requests_total",
-        "Requests (TCP: connections) the mesh sent to the service.",
+        "Requests (TCP: connections) that reached the service's mesh backend, answered or not.",
         "counter",
         lambda s: s.requests,
     ),

@@ -38,7 +38,8 @@ TEXT = "\n".join(
             "BACKEND",
             status="UP",
             mode="http",
-            req_tot=100,
+            stot=100,
+            req_tot=98,  # answered; 2 still in flight
             hrsp_2xx=95,
             hrsp_5xx=3,
             eresp=1,

@@ -136,6 +136,9 @@ def test_build_snapshot_from_apps_and_allocations() -> None:
     (c,) = snap.clusters
     assert c.name == "shop.api.grpc" and c.protocol == "grpc" and c.lb == "least_request"
     assert c.breaker.max_connections == 50
+    # a request waits for a free connection as long as it may wait for its answer: a
+    # backlog during a scale-up stays queued for the new replicas, not 503ed after 1 s
+    assert c.breaker.queue_timeout == c.timeouts.request == 30.0
     assert [(e.id, e.address, e.port, e.ready, e.local) for e in c.endpoints] == [
         ("a1-grpc", "127.0.0.1", 9001, True, True),
         ("a2-grpc", "10.0.0.2", 9002, False, False),
