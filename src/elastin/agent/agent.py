@@ -47,6 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from elastin.agent.api import AgentApi, runner_targets
 from elastin.agent.drivers.base import Driver, Handle, supervisor_alive
+from elastin.agent.gauges import GaugeReader, scrape_timeout
 from elastin.agent.gc import (
     GC_INTERVAL,
     AllocDir,
@@ -73,7 +74,9 @@ from elastin.agent.reconcile import (
 from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner, resized
 from elastin.agent.sampling import (
     DEFAULT_INTERVAL,
+    Page,
     build_report,
+    gauge_pages,
     instance_reading,
     is_ready,
     recent_usage,
@@ -743,15 +746,34 @@ class Agent:
 
     async def report_metrics(self) -> None:
         """Every ``metrics_interval`` seconds: each instance's cpu, memory, requests and
-        readiness and the proxy's counters per service port, to the server's memory
-        (``elastin.agent.sampling``). Apart from the heartbeat, which writes the node's
-        liveness to the store; a report the server refuses is said once, not every second."""
+        readiness (and application gauges, ``agent/gauges.py``) and the proxy's counters per
+        service port, to the server's memory (``elastin.agent.sampling``). Apart from the
+        heartbeat, which writes the node's liveness to the store; a report the server refuses
+        is said once, not every second."""
+        reader = GaugeReader(self.clock)  # the instances' application gauges
+        try:
+            await self._metrics_loop(reader)
+        finally:
+            await reader.close()
+
+    def _gauge_workload(self, runner: AllocRunner) -> Workload | None:
+        """``runner``'s workload for its application gauges: the application as last
+        fetched when it runs the same version (an ``autoscale:`` change makes no new one, so
+        that copy may be newer than the runner's), else the runner's own."""
+        a = runner.alloc
+        cached = self._apps.get(a.app)
+        if cached is not None and cached[2].get(a.workload) == a.spec_version:
+            return cached[1].workload(a.workload) or runner.workload
+        return runner.workload
+
+    async def _metrics_loop(self, reader: GaugeReader) -> None:
         interval = self.cfg.metrics_interval
         told = ""
         series = secrets.token_hex(8)  # this loop's: the server starts a new series with it
         while True:
             started = self.clock.monotonic()
-            instances: dict[str, dict[str, Any]] = {}
+            sampled: dict[str, tuple[Allocation, Usage, bool]] = {}
+            pages: dict[str, tuple[Page, ...]] = {}
             for alloc_id, runner in list(self.runners.items()):
                 try:
                     u = await runner.sample()
@@ -762,7 +784,19 @@ class Agent:
                     continue
                 st = runner.state
                 ready = is_ready(runner.alloc, runner.workload, st.status, st.healthy)
-                instances[alloc_id] = instance_reading(runner.alloc, u, ready)
+                sampled[alloc_id] = (runner.alloc, u, ready)
+                w = self._gauge_workload(runner) if ready else None
+                if w is not None and w.autoscale and (found := gauge_pages(w, runner.ports)):
+                    pages[alloc_id] = found
+            gauges: dict[str, dict[str, float]] = {}
+            try:  # bounded by the timeout; a failure leaves gauges out, never the report
+                gauges = await reader.read(pages, scrape_timeout(interval))
+            except Exception:
+                log.exception("cannot read the application gauges")
+            instances = {
+                alloc_id: instance_reading(alloc, u, ready, gauges.get(alloc_id))
+                for alloc_id, (alloc, u, ready) in sampled.items()
+            }
             mesh = {}
             if self.mesh is not None and self.mesh.proxy is not None:
                 mesh = await self.mesh.read_stats()

@@ -10,7 +10,8 @@ longest response of the next interval. ``build_report`` turns that into the body
     {"at": <wall clock of the sample>, "mono": <monotonic clock of the sample>,
      "series": <this agent process's id>, "interval": <seconds>,
      "instances": {<allocation>: {"app", "workload", "cpu" (millicores), "memory" (bytes),
-                                  "cpu_request", "memory_request", "ready"}},
+                                  "cpu_request", "memory_request", "ready",
+                                  "gauges": {<Prometheus name>: <value>} (when read)}},
      "ports": {"<app>.<service>.<port>": {"mode", "requests", "errors" (cumulative),
                "active", "queued", "avg_ms", "max_ms",
                "endpoints": {<allocation>: {"requests" (cumulative), "active", "avg_ms",
@@ -19,6 +20,11 @@ longest response of the next interval. ``build_report`` turns that into the body
 The server counts rates over ``mono``'s difference between two reports (a step of the wall
 clock bends nothing) and starts a new series when ``series`` changes (an agent restarted);
 ``at`` only has to be within a few minutes of the server's clock.
+
+``gauges``: an autoscaled service's application metrics (``autoscale.metrics`` entries of
+kind ``app``), scraped from each ready instance's own Prometheus endpoint
+(``gauge_pages`` says which; ``agent/gauges.py`` reads them, ``agent/promtext.py`` parses):
+a gauge that could not be read is left out.
 
 The heartbeat (every 5 s, it writes the node's liveness) keeps sending usage too; while the
 metrics loop runs it takes the loop's last sample (``recent_usage``) instead of sampling
@@ -29,6 +35,7 @@ loops sampling a moment apart would each get a meaningless one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from elastin.mesh.model.traffic import ClusterStats
@@ -36,6 +43,7 @@ from elastin.model.cluster import Allocation, Usage
 from elastin.model.workload import Workload
 
 DEFAULT_INTERVAL = 1.0
+MAX_GAUGES = 64  # application gauges one instance reports at most (the server's bound too)
 
 
 def is_ready(
@@ -49,7 +57,11 @@ def is_ready(
     return healthy is True if has_check else healthy is not False
 
 
-def instance_reading(alloc: Allocation, usage: Usage, ready: bool) -> dict[str, Any]:
+def instance_reading(
+    alloc: Allocation, usage: Usage, ready: bool, gauges: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """One instance's entry of the report; ``gauges``: the application gauges read from it
+    (left out when none was)."""
     return {
         "app": alloc.app,
         "workload": alloc.workload,
@@ -58,7 +70,45 @@ def instance_reading(alloc: Allocation, usage: Usage, ready: bool) -> dict[str, 
         "cpu_request": alloc.resources.cpu,
         "memory_request": alloc.resources.memory,
         "ready": ready,
+        **({"gauges": dict(gauges)} if gauges else {}),
     }
+
+
+@dataclass(frozen=True)
+class Page:
+    """A Prometheus endpoint of one instance (``127.0.0.1:<port><path>``, where its health
+    check probes it) and the gauges to read from it (``agent/gauges.py``)."""
+
+    port: int
+    path: str
+    names: tuple[str, ...]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+
+def gauge_pages(workload: Workload | None, ports: Mapping[str, int]) -> tuple[Page, ...]:
+    """The pages to scrape for ``workload``'s application metrics (``autoscale.metrics``
+    of kind ``app``) on an instance with ``ports`` (port name → its number): one per
+    distinct port and path, with the gauges read from it, at most ``MAX_GAUGES`` gauges in
+    all. Empty when the service has none, or the instance lacks the port."""
+    policy = workload.autoscale if workload is not None else None
+    if policy is None or not policy.horizontal:
+        return ()
+    by_page: dict[tuple[int, str], list[str]] = {}
+    count = 0
+    for m in policy.metrics:
+        if m.kind != "app" or count >= MAX_GAUGES:
+            continue
+        port = ports.get(m.port)
+        if not port:
+            continue
+        names = by_page.setdefault((port, m.path), [])
+        if m.name not in names:
+            names.append(m.name)
+            count += 1
+    return tuple(Page(port, path, tuple(names)) for (port, path), names in by_page.items())
 
 
 def endpoint_allocation(endpoint_id: str, port: str) -> str:

@@ -102,9 +102,21 @@ def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
     return t
 
 
+def _now(metric: Any) -> Any:
+    """A windows metric's current value; a replica's ``gauges`` (name -> metric): name ->
+    current value."""
+    if isinstance(metric, dict) and "current" in metric:
+        return metric["current"]
+    if isinstance(metric, dict):
+        return {k: _now(v) for k, v in metric.items()}
+    return metric
+
+
 def live_services(c: Client, services: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every service that runs, with its current metrics (``GET /v1/metrics/services``: the
-    agents' one-second reports); one without any yet has none."""
+    agents' one-second reports; a replica's application gauges under ``gauges``) and, when
+    it is autoscaled on application metrics, their last values against their targets
+    (``app_metrics``, the autoscaler's); one without any yet has none."""
     out = []
     for s in services:
         if s["type"] != "service" or not s["running"]:
@@ -119,9 +131,11 @@ def live_services(c: Client, services: list[dict[str, Any]]) -> list[dict[str, A
                 "name": s["name"],
                 "total": {k: v["current"] for k, v in m["total"].items()},
                 "replicas": {
-                    a: {k: v["current"] if isinstance(v, dict) else v for k, v in r.items()}
-                    for a, r in m["replicas"].items()
+                    a: {k: _now(v) for k, v in r.items()} for a, r in m["replicas"].items()
                 },
+                "app_metrics": [
+                    x for x in (s.get("autoscale") or {}).get("metrics", []) if x["kind"] == "app"
+                ],
             }
         )
     return out
@@ -133,8 +147,11 @@ def _ms(v: float | None) -> str:
 
 def services_live_table(rows: list[dict[str, Any]]) -> Table:
     """Per service: ready replicas, cpu and memory against their requests, requests per
-    second, in flight and response times (average and longest; p99 <= the longest)."""
+    second, in flight and response times (average and longest; p99 <= the longest), and when
+    a service is autoscaled on application gauges, each one's value (the replicas' average)
+    against its target."""
     t = Table(show_edge=False, header_style="bold")
+    gauges = any(s.get("app_metrics") for s in rows)
     for col in (
         "SERVICE",
         "READY",
@@ -144,6 +161,7 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
         "IN FLIGHT",
         "AVG",
         "MAX (>= p99)",
+        *(("APP METRICS now (target)",) if gauges else ()),
     ):
         t.add_column(col, no_wrap=True)
     for s in rows:
@@ -161,6 +179,18 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
             "-" if flight is None else f"{flight:.0f}",
             _ms(m.get("avg_response_ms")),
             _ms(m.get("max_response_ms")),
+            *(
+                (
+                    ", ".join(
+                        f"{x['metric']} {_metric_value('app', x['value'])} "
+                        f"({_metric_value('app', x['target'])})"
+                        for x in s.get("app_metrics", [])
+                    )
+                    or "-",
+                )
+                if gauges
+                else ()
+            ),
         )
     return t
 
@@ -170,11 +200,13 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--once", is_flag=True, help="print once and exit (default on a non-terminal)")
 def top(as_json: bool, once: bool) -> None:
     """Live cpu and memory of every running instance, and per service its requests per
-    second, requests in flight and response times (average and longest) through the mesh.
+    second, requests in flight and response times (average and longest) through the mesh,
+    and the application metrics it is autoscaled on against their targets.
 
     The numbers come from the agents' one-second reports (the server keeps five minutes of
     them in memory). With --json, the running instances as before, each with `live`: its
-    current metrics (requests/s, in flight, ...) when its service has some."""
+    current metrics (requests/s, in flight, ..., `gauges`: the application gauges read from
+    it) when its service has some."""
     with errors(), client() as c:
 
         def rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

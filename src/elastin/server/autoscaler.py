@@ -8,9 +8,10 @@ Every ``policy.interval`` (1 s by default) for each service whose spec has horiz
    the store (a replica is ready when it runs and is ready — healthy when checked) and the
    one-second metric windows (``Telemetry.windows``, memory only): per replica cpu
    (millicores, against the request's millicores), memory (bytes), requests per second and
-   requests in flight. There is no p99: the longest response of the last second is an upper
-   bound of it, used only for a ``p99`` metric, and the decision says so. Application gauges
-   are not read yet: such a metric has no value and proposes nothing, as ``decide`` does;
+   requests in flight, and the application gauges the node's agent read from the replica's
+   own Prometheus endpoint (``agent/gauges.py``; a gauge it could not read is missing, which
+   ``decide`` treats conservatively). There is no p99: the longest response of the last
+   second is an upper bound of it, used only for a ``p99`` metric, and the decision says so;
 2. calls ``decide`` with the service's ``History`` (kept here, in memory: a restarted server
    starts with an empty one, as HPA's controller does);
 3. when the desired count differs, scales through ``Apps.autoscale`` — the same
@@ -99,8 +100,9 @@ def observations(
     compares it with its monotonic ``now``); its values from
     ``metrics`` (``Windows.service(app, name, 1)``): cpu millicores, memory bytes, requests
     per second and in flight (plus a share of what waits in a proxy's queue, on no replica
-    yet: ``_with_backlog``); None where the windows have none. ``p99``: the service's
-    longest response of the last second (an upper bound), in seconds."""
+    yet: ``_with_backlog``), and its application gauges (those with a current value); None
+    (or no gauge) where the windows have none. ``p99``: the service's longest response of
+    the last second (an upper bound), in seconds."""
     replicas = metrics.get("replicas", {}) if metrics else {}
     out = []
     for a in allocs:
@@ -117,6 +119,7 @@ def observations(
                 memory=None if mem is None else int(mem),
                 rps=_float(_current(r.get("requests_per_s"))),
                 inflight=_float(_current(r.get("in_flight"))),
+                gauges=_gauges(r.get("gauges")),
             )
         )
     total = metrics.get("total", {}) if metrics else {}
@@ -152,6 +155,16 @@ def _with_backlog(
 
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def _gauges(metrics: Any) -> tuple[tuple[str, float], ...]:
+    """A replica's windows ``gauges`` (name -> ``{"current", "series"}``) → the current
+    values, by name; a gauge without a current value is left out (missing)."""
+    if not isinstance(metrics, Mapping):
+        return ()
+    return tuple(
+        (name, float(v)) for name, m in sorted(metrics.items()) if (v := _current(m)) is not None
+    )
 
 
 def last_active(previous: float | None, metrics: Mapping[str, Any], now: float) -> float:

@@ -1,5 +1,6 @@
 """Short rolling windows of what agents measure every second (pure; memory only, never the
-store): per instance cpu, memory, their requests and readiness, and per service port the
+store): per instance cpu, memory, their requests, readiness and application gauges (an
+autoscaled service's own Prometheus gauges, read by the agent), and per service port the
 requests per second, errors per second, in-flight requests and response times of every
 node's proxy, per replica and in total.
 
@@ -31,9 +32,10 @@ and its last counters. A point stands for its second and, while no newer one cam
 report landing a little late does not show as a hole. Once a second is over, every node's
 point that stands for it is folded, per service, into that service's ring (``seconds`` rows:
 five minutes at 1 s): one compact row a second — the replicas (interned ids, shared from one
-second to the next while they do not change) and an ``array`` of numbers: per replica cpu and
-memory, per port the sums of its traffic over the nodes and of each replica's share. So the
-memory is that of the services, not of every node's copy of every endpoint, and a read
+second to the next while they do not change) and an ``array`` of numbers: per replica cpu,
+memory and the value of each of its gauges (the newest report's), per port the sums of its
+traffic over the nodes and of each replica's share. So the memory is that of the services,
+not of every node's copy of every endpoint, and a read
 (``Windows.service``) costs the seconds asked for times that service's replicas, whatever the
 other services and nodes; the current second is folded from the nodes' points on each read.
 
@@ -49,6 +51,7 @@ ports. Nothing here does I/O; time comes from the injected ``Clock``.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from array import array
 from collections.abc import Iterable, Mapping
@@ -63,6 +66,8 @@ MIN_HOLD = 2  # seconds a point stands for at least (a report arriving late is n
 MAX_REPORT_BYTES = 1 << 20  # a larger report is refused (413)
 MAX_ENTRIES = 20_000  # instances, ports or endpoints in one report at most
 MAX_CLOCK_SKEW = 300.0  # seconds a report's wall clock may be from the server's (else 422)
+MAX_GAUGES = 64  # application gauges of one instance at most
+GAUGE_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")  # a Prometheus name
 
 
 # --- the report an agent sends ------------------------------------------------------------
@@ -81,6 +86,8 @@ class InstanceReading:
     cpu_request: int = 0
     memory_request: int = 0
     ready: bool = False
+    # application gauges read from its own Prometheus endpoint: (name, value), by name
+    gauges: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,23 @@ def _str(data: Mapping[str, Any], key: str, where: str) -> str:
     return sys.intern(v)
 
 
+def _gauges(data: Mapping[str, Any], where: str) -> tuple[tuple[str, float], ...]:
+    """An instance's ``gauges``: Prometheus name -> a finite number, at most ``MAX_GAUGES``."""
+    raw = data.get("gauges", {})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}.gauges must be an object, not {type(raw).__name__}")
+    if len(raw) > MAX_GAUGES:
+        raise ValueError(f"{where}.gauges has {len(raw)} entries; at most {MAX_GAUGES}")
+    out = []
+    for name, v in raw.items():
+        if not isinstance(name, str) or not GAUGE_NAME_RE.fullmatch(name):
+            raise ValueError(f"{where}.gauges: {name!r} is not a Prometheus metric name")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"{where}.gauges[{name!r}] must be a finite number, not {v!r}")
+        out.append((sys.intern(name), float(v)))
+    return tuple(sorted(out))
+
+
 def _id(key: str, where: str) -> str:
     if not key or len(key) > 256:
         raise ValueError(f"{where}: an id must have 1 to 256 characters")
@@ -174,6 +198,7 @@ def parse_report(data: Any) -> NodeReport:
             cpu_request=_int(i, "cpu_request", w, 0),
             memory_request=_int(i, "memory_request", w, 0),
             ready=ready,
+            gauges=_gauges(i, w),
         )
     ports: dict[str, PortReading] = {}
     for name, raw in _obj(top.get("ports", {}), "ports").items():
@@ -422,17 +447,18 @@ def _traffic_values(acc: Any, off: int = 0) -> tuple[float | None, ...] | None:
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """What a row's numbers are about; shared by consecutive rows while it does not change.
-    ``replicas``: (allocation, node, ready, cpu_request, memory_request), by allocation;
-    ``ports``: (port, the replicas with traffic on it), by port."""
+    ``replicas``: (allocation, node, ready, cpu_request, memory_request, the names of its
+    application gauges), by allocation; ``ports``: (port, the replicas with traffic on it),
+    by port."""
 
-    replicas: tuple[tuple[str, str, bool, int, int], ...]
+    replicas: tuple[tuple[str, str, bool, int, int, tuple[str, ...]], ...]
     ports: tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclass(slots=True)
 class _Row:
-    """One service in one second: ``values`` holds cpu and memory per replica, then per port
-    its total's accumulator and each of its replicas' (``_Layout``'s order)."""
+    """One service in one second: ``values`` holds cpu, memory and its gauges per replica,
+    then per port its total's accumulator and each of its replicas' (``_Layout``'s order)."""
 
     second: int
     layout: _Layout
@@ -452,9 +478,11 @@ def _row(second: int, shares: list[tuple[str, _Share]], before: _Layout | None) 
     replicas = []
     for alloc_id in sorted(instances):
         node_id, i = instances[alloc_id]
-        replicas.append((alloc_id, node_id, i.ready, i.cpu_request, i.memory_request))
+        names = tuple(name for name, _ in i.gauges)
+        replicas.append((alloc_id, node_id, i.ready, i.cpu_request, i.memory_request, names))
         values.append(i.cpu)
         values.append(float(i.memory))
+        values.extend(v for _, v in i.gauges)
     port_layout = []
     for port in sorted(ports):
         acc = list(_EMPTY_ACC)
@@ -503,12 +531,14 @@ def _usage(cpu: float, memory: float, cpu_req: float, mem_req: float) -> tuple[A
 def _series(rows: list[_Row | None]) -> dict[str, Any]:
     """Rows (one per second, oldest first; None: nothing measured) → per metric
     ``{"current", "series"}`` in total, per port (and its replicas' shares) and per replica
-    (with its node: the newest); the current value is the last second's. Replicas and ports
+    (with its node: the newest; ``gauges``: name -> metric, for a replica that reported
+    any); the current value is the last second's. Replicas and ports
     are those of any second; a replica has traffic metrics when it had traffic in one."""
     n = len(rows)
     total = _columns(TOTAL_METRICS, n)
     total["replicas"], total["ready"] = [0] * n, [0] * n
     replicas: dict[str, Columns] = {}
+    gauges: dict[str, Columns] = {}  # allocation -> its gauges (those that ever had one)
     nodes: dict[str, str] = {}
     ports: dict[str, Columns] = {}
     shares: dict[str, dict[str, Columns]] = {}
@@ -519,7 +549,7 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
         off = 0
         cpu = mem = cpu_req = mem_req = 0.0
         ready = 0
-        for alloc_id, node_id, is_ready, c_req, m_req in layout.replicas:
+        for alloc_id, node_id, is_ready, c_req, m_req, names in layout.replicas:
             cols = replicas.get(alloc_id)
             if cols is None:
                 cols = replicas[alloc_id] = _columns(("ready", *USAGE_METRICS), n)
@@ -530,6 +560,11 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
             cpu_req, mem_req = cpu_req + c_req, mem_req + m_req
             ready += is_ready
             off += 2
+            if names:
+                of_replica = gauges.setdefault(alloc_id, {})
+                for name in names:
+                    of_replica.setdefault(name, [None] * n)[j] = v[off]
+                    off += 1
         if layout.replicas:
             _put(total, j, USAGE_METRICS, _usage(cpu, mem, cpu_req, mem_req))
         total["replicas"][j], total["ready"][j] = len(layout.replicas), ready
@@ -571,7 +606,14 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
             }
             for p in sorted(ports)
         },
-        "replicas": {a: {"node": nodes[a], **metrics(replicas[a])} for a in sorted(replicas)},
+        "replicas": {
+            a: {
+                "node": nodes[a],
+                **metrics(replicas[a]),
+                **({"gauges": metrics(gauges[a])} if a in gauges else {}),
+            }
+            for a in sorted(replicas)
+        },
     }
 
 

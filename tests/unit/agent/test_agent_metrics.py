@@ -64,7 +64,9 @@ HELP = {
     "elastin_agent_mesh_starts": "Proxy starts (first, and after it died).",
     "elastin_agent_mesh_runtime_commands": "Runtime API commands (no reload).",
     "elastin_agent_mesh_exporter_port": "HAProxy's own Prometheus exporter port.",
-    "elastin_mesh_requests": "Requests (TCP: connections) that reached the service's mesh backend, answered or not.",
+    "elastin_mesh_requests": (
+        "Requests (TCP: connections) that reached the service's mesh backend, answered or not."
+    ),
     "elastin_mesh_errors": "5xx answers and broken responses from the service.",
     "elastin_mesh_connect_errors": "Failed connections to the service's endpoints.",
     "elastin_mesh_retries": "Requests the mesh retried.",

@@ -6,6 +6,8 @@ loop's samples rather than sampling again)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,8 +15,10 @@ from typing import Any
 from agent_support import offline_agent
 
 from elastin.agent.sampling import (
+    Page,
     build_report,
     endpoint_allocation,
+    gauge_pages,
     instance_reading,
     is_ready,
     recent_usage,
@@ -23,7 +27,7 @@ from elastin.mesh.haproxy.stats import parse_stats
 from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 from elastin.model.cluster import Allocation, Usage
 from elastin.model.resources import Resources
-from elastin.model.workload import HealthCheck, Workload
+from elastin.model.workload import Autoscale, HealthCheck, MetricTarget, Port, Workload
 from elastin.server.windows import parse_report
 
 HEADER = "# pxname,svname,scur,qcur,stot,req_tot,rtime,rtime_max,mode,status,"
@@ -182,3 +186,86 @@ def test_the_metrics_interval_is_off_or_half_a_second_to_a_minute() -> None:
         r = CliRunner().invoke(cli, ["agent", "--metrics-interval", bad])
         assert r.exit_code == 2, r.output
         assert "0 (no reports) or from 0.5 to 60 seconds" in r.output, r.output
+
+
+# --- application gauges (issue #13) --------------------------------------------------------
+
+APP_METRIC = MetricTarget("app", 10, name="queue_depth", port="metrics", path="/metrics")
+AUTOSCALED = Workload(
+    name="api",
+    command=("x",),
+    ports=(Port("http"), Port("metrics")),
+    autoscale=Autoscale(
+        min=1,
+        max=5,
+        metrics=(
+            MetricTarget("cpu", 0.7),
+            APP_METRIC,
+            MetricTarget("app", 5, name="workers", port="metrics", path="/metrics"),
+            MetricTarget("app", 1, name="lag", port="http", path="/stats"),
+        ),
+    ),
+)
+
+
+def test_the_gauges_read_go_in_the_instance_reading_and_the_server_reads_them() -> None:
+    reading = instance_reading(ALLOC, Usage(cpu=1, memory=2), True, {"queue_depth": 7.5})
+    assert reading["gauges"] == {"queue_depth": 7.5}
+    assert "gauges" not in instance_reading(ALLOC, Usage(), True)  # none read: left out
+    report = parse_report(build_report(50.0, 1.0, {ALLOC.id: reading}, {}))
+    assert report.instances[ALLOC.id].gauges == (("queue_depth", 7.5),)
+
+
+def test_gauge_pages_group_the_app_metrics_by_port_and_path() -> None:
+    pages = gauge_pages(AUTOSCALED, {"http": 8080, "metrics": 9090})
+    assert pages == (
+        Page(9090, "/metrics", ("queue_depth", "workers")),
+        Page(8080, "/stats", ("lag",)),
+    )
+    assert pages[0].url == "http://127.0.0.1:9090/metrics"
+    assert gauge_pages(AUTOSCALED, {"http": 8080}) == (Page(8080, "/stats", ("lag",)),)
+    assert gauge_pages(Workload(name="api", command=("x",)), {"http": 8080}) == ()
+    assert gauge_pages(None, {"http": 8080}) == ()
+
+
+async def test_the_metrics_loop_reads_the_gauges_of_ready_instances(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+                body = b'queue_depth{q="a"} 12\nqueue_depth{q="b"} 3\n'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    agent = offline_agent(tmp_path)
+    client = FakeClient()
+    agent.client = client  # type: ignore[assignment]
+    ready = fake_runner(agent.clock)
+    ready.workload, ready.ports = AUTOSCALED, {"metrics": port}
+    starting = fake_runner(agent.clock)
+    starting.alloc = replace(ALLOC, id="abc-2", index=1)
+    starting.workload, starting.ports = AUTOSCALED, {"metrics": port}
+    starting.state.status = "starting"
+    agent.runners[ALLOC.id] = ready  # type: ignore[assignment]
+    agent.runners["abc-2"] = starting  # type: ignore[assignment]
+    loop = asyncio.create_task(agent.report_metrics())
+    try:
+        for _ in range(500):  # bounded polling: real sockets
+            if client.reports:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        server.close()
+        await server.wait_closed()
+    instances = client.reports[0]["instances"]
+    assert instances["abc-1"]["gauges"] == {"queue_depth": 15.0}  # both label sets summed
+    assert "gauges" not in instances["abc-2"]  # not ready: not scraped
+    assert seen and b"GET /metrics " in seen[0]

@@ -242,3 +242,76 @@ def test_requests_waiting_in_the_proxy_count_for_the_ready_replicas() -> None:
     a, e = obs.replicas
     assert (a.rps, e.rps) == (35.0, 15.0)  # 20 + 30/2, 0 + 30/2
     assert (a.inflight, e.inflight) == (6.0, 3.0)  # 3 + 6/2, 0 + 6/2
+
+
+# --- application gauges (issue #13) --------------------------------------------------------
+
+GAUGE_SPEC = """
+app: shop
+services:
+  api:
+    command: python3 -m http.server
+    ports: {http: 0, metrics: 0}
+    resources: {cpu: 200m, memory: 64Mi}
+    autoscale:
+      min: 1
+      max: 4
+      metrics: [{metric: queue_depth, target: 10, port: metrics}]
+"""
+
+
+def gauge_report(at: float, gauges: dict[str, dict[str, float]]) -> Any:
+    """A metrics report with each replica's application gauges (allocation -> name -> value)."""
+    instances = {
+        a: {
+            "app": "shop",
+            "workload": "api",
+            "cpu": 50.0,
+            "memory": 1 << 20,
+            "cpu_request": 200,
+            "memory_request": 64 << 20,
+            "ready": True,
+            "gauges": g,
+        }
+        for a, g in gauges.items()
+    }
+    return parse_report({"at": at, "interval": 1.0, "instances": instances})
+
+
+def test_observations_carry_the_replicas_application_gauges() -> None:
+    from elastin.model.spec import parse_spec
+
+    clock = FakeClock(1000.0)
+    w = Windows(clock)
+    w.record("n1", gauge_report(1000.0, {"a": {"queue_depth": 25.0, "other": 1.0}, "b": {}}))
+    wl = parse_spec(GAUGE_SPEC).workloads[0]
+    obs = observations(wl, [alloc("a"), alloc("b"), alloc("c")], w.service("shop", "api", 1))
+    a, b, c = obs.replicas
+    assert a.gauges == (("other", 1.0), ("queue_depth", 25.0))
+    assert b.gauges == () and c.gauges == ()  # none read, none reported: missing
+    (metric,) = wl.autoscale.metrics if wl.autoscale else ()
+    assert a.value(metric, obs.request) == 25.0 and b.value(metric, obs.request) is None
+
+
+async def test_a_gauge_above_its_target_scales_up_and_the_event_names_it(
+    cluster: Cluster,
+) -> None:
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(GAUGE_SPEC)
+    await start_placed(cluster)
+    clock.now += 6  # min_healthy_time: the first version becomes stable
+    await cluster.applier.follow_rollouts()
+    _, ids = await api(cluster)
+    cluster.telemetry.record_metrics(
+        "n1", gauge_report(clock.time(), {ids[0]: {"queue_depth": 30}})
+    )
+    await cluster.autoscaler.evaluate_once()
+    assert (await api(cluster))[0] == 3  # ceil(1 × 30 / 10)
+    (ev,) = await events_of(cluster, "service.autoscaled")
+    assert "queue_depth 30 (target 10) → 3" in ev.message, ev.message
+    (m,) = ev.data["metrics"]
+    assert (m["metric"], m["kind"], m["value"], m["target"]) == ("queue_depth", "app", 30.0, 10)
+    view = cluster.autoscaler.status("shop", "api")
+    assert view is not None and view["metrics"][0]["value"] == 30.0

@@ -313,3 +313,68 @@ def test_rates_run_on_the_agents_monotonic_clock() -> None:
     clock.advance(1)
     w.record("n1", mono_report(T0 + 4, 9.0, 450, series="s2"))
     assert current(w, "requests_per_s") == 200.0  # 400 requests over its 2 s
+
+
+# --- application gauges (issue #13) --------------------------------------------------------
+
+
+def with_gauges(gauges: dict[str, Any], cpu: float = 100) -> dict[str, Any]:
+    return {**inst(cpu), "gauges": gauges}
+
+
+def test_gauges_are_kept_per_replica_as_cpu_and_memory_are() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, instances={"a1": with_gauges({"queue_depth": 4, "lag": 0.5})}))
+    w.record("n2", report(T0, instances={"a2": inst(100)}))  # no gauge read from this one
+    clock.advance(1)
+    w.record("n1", report(T0 + 1, instances={"a1": with_gauges({"queue_depth": 9})}))
+    w.record("n2", report(T0 + 1, instances={"a2": with_gauges({"queue_depth": 2})}))
+    clock.advance(1)  # the second before is folded into the service's ring
+    w.record("n1", report(T0 + 2, instances={"a1": with_gauges({"queue_depth": 12})}))
+    data = w.service("shop", "api", 3)
+    a1 = data["replicas"]["a1"]["gauges"]
+    assert a1["queue_depth"] == {"current": 12.0, "series": [4.0, 9.0, 12.0]}
+    assert a1["lag"] == {"current": None, "series": [0.5, None, None]}  # not read since
+    a2 = data["replicas"]["a2"]
+    # n2 sent nothing this second: its last point holds, gauges with it
+    assert a2["gauges"]["queue_depth"]["series"] == [None, 2.0, 2.0]
+    assert a2["cpu"]["current"] == 100.0
+    # two reports in one second: the newer one's gauges
+    w.record("n1", report(T0 + 2.5, instances={"a1": with_gauges({"queue_depth": 1})}))
+    assert w.service("shop", "api", 1)["replicas"]["a1"]["gauges"]["queue_depth"]["current"] == 1
+    # a replica that never had a gauge shows none (the shape is what it was)
+    w2 = Windows(clock)
+    w2.record("n1", report(T0 + 2, instances={"a1": inst(100)}))
+    assert "gauges" not in w2.service("shop", "api", 1)["replicas"]["a1"]
+
+
+@pytest.mark.parametrize(
+    ("gauges", "says"),
+    [
+        ([1], "instances['x'].gauges must be an object, not list"),
+        ({"9lives": 1}, "'9lives' is not a Prometheus metric name"),
+        ({"a.b": 1}, "'a.b' is not a Prometheus metric name"),
+        ({"q": "1"}, "gauges['q'] must be a finite number, not '1'"),
+        ({"q": True}, "gauges['q'] must be a finite number"),
+        ({"q": float("nan")}, "gauges['q'] must be a finite number, not nan"),
+        ({"q": float("inf")}, "gauges['q'] must be a finite number, not inf"),
+        ({f"g{i}": 1 for i in range(65)}, "gauges has 65 entries; at most 64"),
+    ],
+)
+def test_malformed_gauges_are_refused_naming_the_field(gauges: Any, says: str) -> None:
+    body = {"at": 1, "instances": {"x": {"app": "a", "workload": "w", "cpu": 1, "memory": 1}}}
+    body["instances"]["x"]["gauges"] = gauges
+    with pytest.raises(ValueError, match=None) as e:
+        parse_report(body)
+    assert says in str(e.value)
+
+
+def test_gauges_may_be_negative_or_zero_and_are_read_by_name() -> None:
+    body = {
+        "at": 1,
+        "instances": {
+            "x": {"app": "a", "workload": "w", "cpu": 1, "memory": 1, "gauges": {"b": -2, "a": 0}}
+        },
+    }
+    assert parse_report(body).instances["x"].gauges == (("a", 0.0), ("b", -2.0))

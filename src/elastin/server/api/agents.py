@@ -45,6 +45,7 @@ from elastin.server.telemetry import vet_report
 from elastin.server.windows import (
     MAX_CLOCK_SKEW,
     MAX_ENTRIES,
+    MAX_GAUGES,
     MAX_REPORT_BYTES,
     ClockSkew,
     parse_report,
@@ -93,6 +94,13 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
                     "cpu_request": _NUMBER,
                     "memory_request": _NUMBER,
                     "ready": {"type": "boolean"},
+                    "gauges": {
+                        "type": "object",
+                        "description": "application gauges read from the instance's own "
+                        "Prometheus endpoint: metric name -> a finite number (at most "
+                        f"{MAX_GAUGES}; left out when none was read)",
+                        "additionalProperties": {"type": "number"},
+                    },
                 },
                 "required": ["app", "workload", "cpu", "memory"],
             },

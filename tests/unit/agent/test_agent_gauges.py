@@ -1,0 +1,135 @@
+"""Reading application gauges from instances' Prometheus endpoints (``agent/gauges.py``)
+against real sockets on 127.0.0.1: the values read, one GET per page, and each way a scrape
+fails — refused, silent, not 200, too large, a name missing — leaving the gauge out, logged
+at most once a minute per instance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from elastin.agent.gauges import GaugeReader, scrape_timeout
+from elastin.agent.sampling import Page
+from elastin.testing import FakeClock
+
+PAGE = b'# TYPE queue_depth gauge\nqueue_depth{q="a"} 4\nqueue_depth{q="b"} 3\nworkers 2\n'
+
+
+class Endpoint:
+    """A tiny HTTP server: ``/metrics`` answers PAGE, ``/big`` a large page, ``/down`` 503,
+    ``/silent`` nothing at all (until the test ends); records the requests' heads."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.done = asyncio.Event()
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one connection may carry several requests
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                path = head.split(b" ")[1]
+                if path == b"/silent":
+                    await self.done.wait()
+                    return
+                status, body = {
+                    b"/metrics": (b"200 OK", PAGE),
+                    b"/big": (b"200 OK", b"queue_depth 1\n" + b"# pad\n" * 400_000),
+                    b"/down": (b"503 Service Unavailable", b"no"),
+                }.get(path, (b"404 Not Found", b""))
+                writer.write(
+                    b"HTTP/1.1 "
+                    + status
+                    + b"\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    e = Endpoint()
+    server = await asyncio.start_server(e.handle, "127.0.0.1", 0)
+    e.port = server.sockets[0].getsockname()[1]
+    try:
+        yield e
+    finally:
+        e.done.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_gauges_are_read_per_instance_one_get_per_page(endpoint: Endpoint) -> None:
+    reader = GaugeReader(FakeClock())
+    try:
+        got = await reader.read(
+            {
+                "a1": [Page(endpoint.port, "/metrics", ("queue_depth", "workers"))],
+                "a2": [Page(endpoint.port, "/metrics", ("workers",))],
+            },
+            timeout=5,
+        )
+    finally:
+        await reader.close()
+    assert got == {"a1": {"queue_depth": 7.0, "workers": 2.0}, "a2": {"workers": 2.0}}
+    assert len(endpoint.heads) == 2  # one GET per instance's page, whatever it reads
+    head = endpoint.heads[0].lower()
+    assert b"accept: text/plain;version=0.0.4" in head and b"elastin-gauges" in head
+    assert b"accept-encoding: identity" in head
+
+
+async def test_a_failed_scrape_leaves_the_gauge_out_and_says_why_once_a_minute(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    reader = GaugeReader(clock, max_bytes=1 << 20)
+    free = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    refused = free.sockets[0].getsockname()[1]
+    free.close()
+    await free.wait_closed()  # nothing listens there any more
+    pages = {
+        "ok": [Page(endpoint.port, "/metrics", ("queue_depth",))],
+        "refused": [Page(refused, "/metrics", ("queue_depth",))],
+        "silent": [Page(endpoint.port, "/silent", ("queue_depth",))],
+        "down": [Page(endpoint.port, "/down", ("queue_depth",))],
+        "big": [Page(endpoint.port, "/big", ("queue_depth",))],
+        "missing": [Page(endpoint.port, "/metrics", ("queue_depth", "nope"))],
+    }
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read(pages, timeout=0.3)
+        said = {r.getMessage().split()[1][:-1]: r.getMessage() for r in caplog.records}
+        assert got == {"ok": {"queue_depth": 7.0}, "missing": {"queue_depth": 7.0}}
+        assert set(said) == {"refused", "silent", "down", "big", "missing"}
+        assert "Connection refused" in said["refused"]
+        assert "no answer within 0.3s" in said["silent"]
+        assert "HTTP 503" in said["down"]
+        assert f"larger than {1 << 20} bytes" in said["big"]
+        assert "no sample of nope in the page" in said["missing"]
+        assert f"http://127.0.0.1:{endpoint.port}/down" in said["down"]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            await reader.read(pages, timeout=0.3)
+        assert caplog.records == []  # within the minute: not said again
+        clock.advance(61)
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            await reader.read(pages, timeout=0.3)
+        assert len(caplog.records) == 5  # a minute later: said again
+    finally:
+        await reader.close()
+
+
+def test_the_timeout_is_half_the_interval_at_most_half_a_second() -> None:
+    assert scrape_timeout(1.0) == 0.5
+    assert scrape_timeout(0.5) == 0.25
+    assert scrape_timeout(60) == 0.5

@@ -1,0 +1,94 @@
+"""Prometheus' text format as the agent reads an application gauge (pure): comments, HELP and
+TYPE, labels (escapes, braces and commas in values, a trailing comma), NaN and infinities,
+timestamps, exemplars, several label sets summed, exact names, and what makes a gauge
+unreadable."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from elastin.agent.promtext import ParseError, parse, parse_value, read
+
+PAGE = r"""# HELP queue_depth Jobs waiting, per queue.
+# TYPE queue_depth gauge
+queue_depth{queue="emails"} 3
+queue_depth{queue="odd \"one\", {with} braces\\",region="eu",} 4.5 1700000000000
+  queue_depth{queue="x\ny"}	0.5
+queue_depth_total 1000
+queue_depth_bucket{le="+Inf"} 7
+# a comment that looks like queue_depth 99
+workers 2.5e1 # {trace_id="abc"} 1.0
+idle NaN
+busy +Inf
+cold -Inf
+empty_labels{} 7
+# EOF
+"""
+
+
+def test_a_name_with_several_label_sets_reads_as_their_sum() -> None:
+    got = read(PAGE, ["queue_depth"])
+    assert got.values == {"queue_depth": 8.0}  # 3 + 4.5 + 0.5; not _total, _bucket, a comment
+    assert got.problems == {}
+
+
+def test_every_sample_is_parsed_with_its_value_forms() -> None:
+    sums = parse(PAGE)
+    assert sums["queue_depth_total"] == 1000.0
+    assert sums["workers"] == 25.0  # an exemplar after the value is ignored
+    assert math.isnan(sums["idle"])
+    assert sums["busy"] == math.inf and sums["cold"] == -math.inf
+    assert sums["empty_labels"] == 7.0
+
+
+def test_names_match_exactly() -> None:
+    got = read("queue_depth_total 5\nqueue 2\n", ["queue_depth"])
+    assert got.values == {}
+    assert got.problems == {"queue_depth": "no sample of queue_depth in the page"}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("g NaN\n", "g is nan (not a finite number)"),
+        ('g{a="1"} 1\ng{a="2"} +Inf\n', "g is inf (not a finite number)"),
+        ("g 1e308\ng 1e308\n", "g is inf"),  # a sum that overflows
+        ("g 1_000\n", "line 1: the value of g: '1_000' is not a number"),
+        ("g{a=1} 2\n", "line 1:"),  # an unquoted label value
+        ('g{a="1" 2\n', "line 1:"),  # an unclosed brace
+        ("\ng\n", "line 2:"),  # no value
+        ("g 1 12.5\n", "line 1:"),  # a timestamp is an integer
+        ("g 1 2 3\n", "line 1:"),
+    ],
+)
+def test_an_unreadable_gauge_says_why(text: str, says: str) -> None:
+    got = read(text, ["g"])
+    assert got.values == {}
+    assert says in got.problems["g"], got.problems
+
+
+def test_a_malformed_line_spoils_only_its_own_metric() -> None:
+    text = "good 3\nbad{x= 1\nother metric line with junk {\n"
+    got = read(text, ["good", "bad"])
+    assert got.values == {"good": 3.0}
+    assert "line 2" in got.problems["bad"]
+    with pytest.raises(ParseError, match="line 2"):
+        parse(text)  # read all: the first malformed line is an error
+
+
+def test_windows_line_ends_and_a_missing_final_newline_are_read() -> None:
+    assert read("# TYPE g gauge\r\ng 4\r\nh 1", ["g", "h"]).values == {"g": 4.0, "h": 1.0}
+
+
+@pytest.mark.parametrize("text", ["1", "-2.5", "1e3", ".5", "+Inf", "-Inf", "NaN", "Inf"])
+def test_value_forms(text: str) -> None:
+    v = parse_value(text)
+    assert math.isnan(v) if text == "NaN" else v == float(text)
+
+
+@pytest.mark.parametrize("text", ["0x10", "1_0", "one", "", "--1", "infinit"])
+def test_not_values(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a number"):
+        parse_value(text)
