@@ -52,6 +52,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import uvicorn
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -273,12 +275,29 @@ async def accept_loop(
 # --------------------------------------------------------------------------- HTTP
 
 
-def error_response(status: int, reason: str, error: str, message: str, hint: str = "") -> bytes:
-    """A whole HTTP/1.1 answer with the APIs' JSON error body; the connection closes after."""
-    body: dict[str, str] = {"error": error, "message": message}
+def error_body(error: str, message: str, hint: str = "") -> dict[str, str]:
+    """The APIs' JSON error body: what kind of error, what is wrong and (when there is
+    something to say) how to fix it."""
+    body = {"error": error, "message": message}
     if hint:
         body["hint"] = hint
-    data = json.dumps(body).encode()
+    return body
+
+
+def json_error(status: int, error: str, message: str, hint: str = "") -> JSONResponse:
+    """An answer with the APIs' JSON error body (the agent's API and its wake listener)."""
+    return JSONResponse(error_body(error, message, hint), status_code=status)
+
+
+def http_error(exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusal (a route or method it does not serve) with the JSON error
+    body instead of its plain text."""
+    return json_error(exc.status_code, "HTTPError", str(exc.detail))
+
+
+def error_response(status: int, reason: str, error: str, message: str, hint: str = "") -> bytes:
+    """A whole HTTP/1.1 answer with the APIs' JSON error body; the connection closes after."""
+    data = json.dumps(error_body(error, message, hint)).encode()
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(data)}\r\nconnection: close\r\n\r\n"
@@ -517,13 +536,12 @@ class BodyLimit:
 
     async def _too_large(self, send: Send, size: int | None) -> None:
         said = f"{size} bytes" if size is not None else "a chunked body"
-        body = {
-            "error": "TooLarge",
-            "message": f"the request's body is too large ({said}; the most is "
-            f"{self.max_body} bytes)",
-            "hint": "a spec this large is unusual: split it into several applications, or "
+        body = error_body(
+            "TooLarge",
+            f"the request's body is too large ({said}; the most is {self.max_body} bytes)",
+            "a spec this large is unusual: split it into several applications, or "
             "raise the limit with ELASTIN_API_MAX_BODY=<bytes> where this API runs",
-        }
+        )
         data = json.dumps(body).encode()
         await send(
             {

@@ -1,7 +1,7 @@
 """Priority under pressure, end to end (a real server and agent, real tasks): on a full node a
 higher-priority service scaled up preempts a lower-priority batch job; the job is requeued,
-not lost, and runs again — to completion — once the service scales down and room returns.
-docs/scheduler.md, "Priority and preemption"."""
+not lost, and runs again — to completion — once the service scales down and room returns; the
+preempted run says why it stopped. docs/scheduler.md, "Priority and preemption"."""
 
 from __future__ import annotations
 
@@ -59,11 +59,16 @@ services:
 
     h.cli("scale", "front/hot", "2", check=True)
     h.wait_for(lambda: len(h.running("front", "hot")) == 2, 30, "two replicas of hot")
-    h.wait_for(
+    (stopped,) = h.wait_for(
         lambda: [a for a in h.allocs("batch") if a.id == first.id and a.status == "stopped"],
         30,
         "the job's run stopped",
     )
+    # it says why, after its agent reported the stop (issue #13: "stopped" overwrote it)
+    assert stopped.reason.startswith("preempted by front.hot"), stopped
+    listed = h.cli("ps", "-a", check=True).stdout
+    (line,) = [x for x in listed.splitlines() if first.id[:8] in x]
+    assert "preempted by front.hot" in line, listed
     # requeued, not lost: a new run of the job waits for room, and says why
     waiting = h.wait_for(
         lambda: [a for a in h.allocs("batch") if a.id != first.id and a.status == "pending"],

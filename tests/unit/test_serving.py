@@ -88,3 +88,47 @@ def test_a_push_on_a_uvicorn_without_what_it_reads_says_so_once_and_declines(
         assert push(b"x") is False
         assert push(b"y") is False
     assert caplog.text.count("streamed answers go the slower ASGI way") == 1
+
+
+async def test_the_agents_listeners_answer_errors_through_one_helper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent's API and its wake listener build their JSON errors with
+    ``serving.json_error`` (issue #13: the wake listener had a copy of its own): the body is
+    the APIs' one, and a change to the helper reaches both."""
+    import httpx
+
+    from elastin import serving
+    from elastin.agent.api import Refused
+    from elastin.agent.wake import WakeListener
+
+    assert serving.error_body("Invalid", "bad") == {"error": "Invalid", "message": "bad"}
+    assert serving.error_body("Invalid", "bad", "fix") == {
+        "error": "Invalid",
+        "message": "bad",
+        "hint": "fix",
+    }
+    made: list[int] = []
+    real = serving.json_error
+
+    def spy(status: int, error: str, message: str, hint: str = "") -> object:
+        made.append(status)
+        return real(status, error, message, hint)
+
+    monkeypatch.setattr(serving, "json_error", spy)
+    wake = WakeListener(lambda cluster, held: False, Limits())
+    transport = httpx.ASGITransport(app=wake.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as c:
+        r = await c.post("/v1/mesh/wake/wrong")
+        assert (r.status_code, r.json()) == (
+            404,
+            {"error": "NotFound", "message": "no such wake on this agent"},
+        )
+        r = await c.get(f"/v1/mesh/wake/{wake.key}")  # starlette's own refusal
+        assert (r.status_code, r.json()) == (
+            405,
+            {"error": "HTTPError", "message": "Method Not Allowed"},
+        )
+    refused = Refused(422, "Invalid", "tail must be a number", "e.g. tail=100").response()
+    assert refused.status_code == 422
+    assert made == [404, 405, 422]

@@ -98,10 +98,7 @@ class Refused(Exception):
         self.hint = hint
 
     def response(self) -> JSONResponse:
-        body = {"error": self.error, "message": self.message}
-        if self.hint:
-            body["hint"] = self.hint
-        return JSONResponse(body, status_code=self.status)
+        return serving.json_error(self.status, self.error, self.message, self.hint)
 
 
 def invalid(message: str, hint: str = "") -> Refused:
@@ -395,9 +392,7 @@ class AgentApi:
                 "no such route on this agent",
                 "GET /v1/allocations/{id}/logs or /v1/mesh/logs, POST /v1/allocations/{id}/exec",
             ).response()
-        return JSONResponse(
-            {"error": "HTTPError", "message": str(exc.detail)}, status_code=exc.status_code
-        )
+        return serving.http_error(exc)
 
     async def _alloc_logs(self, request: Request) -> Response:
         try:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from elastin import serving
@@ -32,10 +32,6 @@ MAX_HELD = 1_000_000
 
 class Invalid(ValueError):
     """A malformed wake (answered 422)."""
-
-
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
 def parse_wake(params: Mapping[str, str]) -> tuple[str, int]:
@@ -95,17 +91,17 @@ class WakeListener:
 
     async def _http_error(self, _: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return JSONResponse(
-            {"error": "HTTPError", "message": str(exc.detail)}, status_code=exc.status_code
-        )
+        return serving.http_error(exc)
 
     async def _wake(self, request: Request) -> Response:
         if not secrets.compare_digest(request.path_params["key"], self.key):
-            return _error(404, "NotFound", "no such wake on this agent")
+            return serving.json_error(404, "NotFound", "no such wake on this agent")
         try:
             cluster, held = parse_wake(request.query_params)
         except Invalid as e:
-            return _error(422, "Invalid", str(e))
+            return serving.json_error(422, "Invalid", str(e))
         if not self.on_wake(cluster, held):
-            return _error(404, "NotFound", f"{cluster} does not scale to zero on this node's proxy")
+            return serving.json_error(
+                404, "NotFound", f"{cluster} does not scale to zero on this node's proxy"
+            )
         return Response(status_code=202)

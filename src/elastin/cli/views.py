@@ -328,7 +328,8 @@ def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
     """What happened: applies, placements, starts, exits, OOM kills, restarts, and each
     autoscaling decision (`service.autoscaled`; `service.autoscale_held` when a limit held
     a change back): the metric values, proposals, bounds and the limiting policy, in the
-    message and, with --json, in `data`."""
+    message and, with --json, in `data`. With --follow, the recent ones (matching --service)
+    first, then each new one as it happens."""
 
     header = [True]  # the first table has the column names; following ones line up below
 
@@ -345,6 +346,11 @@ def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
         return got
 
     with errors(), client() as c:
+        # following: new events are those after the newest one printed — with --service,
+        # after the newest of all (asked before the recent matching ones, so that none falls
+        # between), not every one since the first until one matches
+        newest = c.events(0, 1) if follow and service else []
+        now = int(newest[-1]["rev"]) if newest else 0
         data = fetch(c, 0, limit)
         if as_json and not follow:
             print_json(data)
@@ -358,7 +364,7 @@ def events(as_json: bool, follow: bool, limit: int, service: str) -> None:
             click.echo(f"{say} {service!r}", err=True)
         if not follow:
             return
-        since = data[-1]["rev"] if data else 0
+        since = max(now, data[-1]["rev"] if data else 0)
         try:
             while True:  # until Ctrl-C
                 time.sleep(1)

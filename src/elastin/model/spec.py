@@ -1153,7 +1153,7 @@ def _workload(
             "use 0 (lowest) to 100 (highest); the default is 50",
         )
     if "replicas" in m:
-        kw["replicas"] = _int(ctx, m["replicas"][1], f"{path}.replicas", 0, 1000)
+        kw["replicas"] = _int(ctx, m["replicas"][1], f"{path}.replicas", 0, MAX_REPLICAS)
     for key in ("parallelism", "completions"):
         if key in m:
             kw[key] = _int(ctx, m[key][1], f"{path}.{key}", 1, 1000)
@@ -1790,11 +1790,10 @@ def _vertical(ctx: _Ctx, node: yaml.Node, path: str) -> Vertical | None:
     return Vertical(**kw)
 
 
-def _autoscale(
-    ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port], replicas: int
-) -> Autoscale | None:
-    """A service's ``autoscale:`` block. ``replicas``: the spec's count (the bounds of a
-    block with only ``vertical:``)."""
+def _autoscale(ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]) -> Autoscale | None:
+    """A service's ``autoscale:`` block. A block with only ``vertical:`` sets no replica
+    bounds (``Autoscale``'s defaults, never read: the spec's ``replicas`` is the count), so
+    that a change of ``replicas`` is not also a change of the policy."""
     m = _mapping(ctx, node, path, AUTOSCALE_KEYS, "autoscale")
     if m is None:
         return None
@@ -1847,8 +1846,6 @@ def _autoscale(
         kw["min"] = 1 if "min" not in m else lo
         kw["max"] = hi
         kw["metrics"] = (MetricTarget("cpu", 0.8),)  # HPA's default without metrics
-    else:
-        kw["min"] = kw["max"] = replicas
     if "metrics" in m:
         kw["metrics"] = _metrics(ctx, m["metrics"][1], f"{path}.metrics", ports)
     if "behavior" in m:
@@ -1906,7 +1903,7 @@ def _autoscale_replicas(
     """Parse a service's ``autoscale:`` into ``kw``; ``replicas`` checked against its bounds,
     or, left out, ``max(min, 1)``."""
     given = kw.get("replicas", 1)
-    auto = _autoscale(ctx, m["autoscale"][1], f"{path}.autoscale", ports, given or 0)
+    auto = _autoscale(ctx, m["autoscale"][1], f"{path}.autoscale", ports)
     if auto is None:
         return
     kw["autoscale"] = auto

@@ -38,13 +38,12 @@ from elastin.model.rollout import (
 )
 from elastin.model.rollout import update as update_revision
 from elastin.model.settled import Settlement, settlement
-from elastin.model.spec import parse_spec
+from elastin.model.spec import MAX_REPLICAS, parse_spec
 from elastin.model.workload import Application, Workload
 from elastin.server.errors import Conflict, Invalid, NotFound
 from elastin.server.repo import AppRecord, Repo
 from elastin.server.waits import Changes
 
-MAX_REPLICAS = 1000
 _TRIES = 10  # compare-and-set attempts before a change gives up with a conflict
 # one workload's record change (``Apps._try_change``): (record, workload, its allocations) ->
 # the new record and its event, or None: nothing to write

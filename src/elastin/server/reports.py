@@ -1,6 +1,8 @@
 """Agents' reports on their allocations: status, reason, exit code, restarts, pid, ports,
 health and events, checked against the allocation lifecycle
-(``elastin.model.cluster.ALLOC_TRANSITIONS``) and committed with a compare-and-set.
+(``elastin.model.cluster.ALLOC_TRANSITIONS``) and committed with a compare-and-set. The
+reason the server stopped an allocation for (a preemption, a scale-down) is kept over the
+agent's "stopped" (``AllocReport.reason_for``).
 
 A report that ends an allocation frees resources and may complete a job: the applier is
 kicked. One that says a resize in place was refused (``resize_refused``) puts the
@@ -55,7 +57,7 @@ class AllocReport:
             a,
             resources=refused_back(a.resources, self.resize_refused),
             status=a.status if self.status is None else self.status,
-            reason=a.reason if self.reason is None else self.reason,
+            reason=self.reason_for(a),
             exit_code=a.exit_code if self.exit_code is None else self.exit_code,
             restarts=a.restarts if self.restarts is None else self.restarts,
             pid=a.pid if self.pid is None else self.pid,
@@ -64,6 +66,17 @@ class AllocReport:
             updated_at=now,
         )
         return replace(new, ready_at=ready_since(a, new, now))
+
+    def reason_for(self, a: Allocation) -> str:
+        """``a``'s reason after this report. The server's reason for stopping it (preempted
+        by whom, scaled down, replaced, ...; set with ``desired="stop"``) is kept over the
+        agent's account of doing so ("stopped", an exit code): ``elastin ps -a`` shows why
+        it stopped. An instance that ended by itself meanwhile (complete, failed) says so."""
+        if self.reason is None:
+            return a.reason
+        if a.desired == "stop" and a.reason and self.status not in ("complete", "failed"):
+            return a.reason
+        return self.reason
 
 
 def refused_back(have: Resources, refused: tuple[Resources, Resources] | None) -> Resources:

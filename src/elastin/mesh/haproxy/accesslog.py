@@ -25,9 +25,13 @@ Where lines could be lost or doubled, and what is done about it:
   is still arriving for new lines and write it twice;
 * a restarted agent starts from the last line of the ring in the file (HAProxy's own
   messages, ``[NOTICE]``/``[WARNING]``/``[ALERT]`` lines, share the file and are never in the
-  ring), the same way; a worker that started after the collector, or after the file was last
-  written (HAProxy restarted before the agent came back), has nothing in the file, so all of
-  its ring is new at once (no waiting for a replay to end);
+  ring), the same way; a worker that started after the collector, or after the request of
+  that last line came (its own ``time``: HAProxy reloaded or restarted while the agent was
+  away), has nothing in the file, so all of its ring is new at once (no waiting for a replay
+  to end, which a busy proxy's stream never gives). Not the file's modification time:
+  HAProxy's master writes its own lines there after it forks a worker ("New worker",
+  "Loading success"). Process start times come in clock ticks since boot: a worker is taken
+  for later only when it surely is, else its replay is waited for as before;
 * the agent away for longer than the ring holds (``RING_BYTES``, about 12,000 lines): the
   oldest of those lines are gone.
 
@@ -45,9 +49,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
 from elastin.clock import SYSTEM, Clock
@@ -171,15 +178,37 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
     return complete[-1] if complete else None
 
 
-def ticks_at(epoch: float) -> int | None:
-    """A wall-clock time as clock ticks since boot (``start_ticks``' unit), or None."""
+# the ``time`` every access log line starts with (``render``: ``%tr`` for HTTP, ``%t`` for
+# TCP): when the request (the connection) came, in HAProxy's local time, to the millisecond
+LINE_TIME = re.compile(
+    rb'^\{"time":"(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})\.(\d{3})"'
+)
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def line_time(line: bytes | None) -> float | None:
+    """When the request of an access log line came (its ``time``), in seconds since the
+    epoch; None for a line without one (a notice of the ring, another format). A local time
+    that a change of daylight saving time repeats is taken as the later one: a later time
+    lets fewer workers count as all new, never more."""
+    m = LINE_TIME.match(line or b"")
+    if m is None or m.group(2).decode() not in MONTHS:
+        return None
+    day, month, year, hour, minute, second, ms = (x.decode() for x in m.groups())
     try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return int((epoch - int(line.split()[1])) * os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError):
-        pass
-    return None
+        when = datetime(
+            int(year),
+            MONTHS.index(month) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int(ms) * 1000,
+            fold=1,
+        )
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def start_ticks(pid: int) -> int | None:
@@ -189,6 +218,27 @@ def start_ticks(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_start(pid: int, now: float) -> float | None:
+    """When ``pid`` started, in seconds since the epoch (``now``: the wall clock's time),
+    never later than it did: the kernel counts it in whole clock ticks since boot
+    (``CLOCK_BOOTTIME``); None when unknown."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    boot = now - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def all_new(worker: float | None, collector: float | None, anchor: float | None) -> bool:
+    """Whether the ring of a worker that started at ``worker`` can hold nothing of the file:
+    it started after the collector (``collector``), or after the request of the file's last
+    line of a ring came (``anchor``; a worker logs only requests it accepted). Times in
+    seconds since the epoch; an unknown one decides nothing."""
+    if worker is None:
+        return False
+    return any(t is not None and worker > t for t in (collector, anchor))
 
 
 class AccessLogCollector:
@@ -201,19 +251,20 @@ class AccessLogCollector:
         log_path: Path,
         probe: float = PROBE_SECONDS,
         clock: Clock = SYSTEM,
+        started_at: Callable[[int], float | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.log_path = log_path
         self.probe = probe
         self.clock = clock
+        # when a process started (epoch seconds, never later than it did; None: unknown)
+        self.started_at = started_at or (lambda pid: process_start(pid, self.clock.time()))
         # worker pid -> the last line written from it (or, before any, where to start)
         self._anchors: dict[int, bytes | None] = {}
         self._start_anchor = last_line(log_path)  # after a restart: where the file ends
-        self._started = start_ticks(os.getpid())  # workers started later are all new
-        try:  # and so are workers started after the file was last written
-            self._written = ticks_at(log_path.stat().st_mtime)
-        except OSError:
-            self._written = None
+        # workers started after this process, or after that line's request, are all new
+        self._started = self.started_at(os.getpid())
+        self._anchor_time = line_time(self._start_anchor)
         self._following: set[int] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -316,13 +367,12 @@ class AccessLogCollector:
     def _anchor(self, pid: int) -> bytes | None:
         """The last line written from worker ``pid``: what a replay of its ring is skipped
         up to. A worker not followed before: the file's last line when this collector
-        started — unless the worker started after that, or after the file was last written
-        (nothing of it can be in the file: waiting for that line would hold its lines back
-        until its stream pauses, which a busy proxy's never does)."""
+        started — unless the worker started after the collector, or after that line's
+        request came (``all_new``: nothing of it can be in the file; waiting for that line
+        would hold its lines back until its stream pauses, which a busy proxy's never
+        does)."""
         if pid not in self._anchors:
-            ticks = start_ticks(pid)
-            later = [t for t in (self._started, self._written) if t is not None]
-            new = ticks is not None and any(ticks > t for t in later)
+            new = all_new(self.started_at(pid), self._started, self._anchor_time)
             self._anchors[pid] = None if new else self._start_anchor
         return self._anchors[pid]
 

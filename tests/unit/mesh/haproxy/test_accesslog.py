@@ -1,14 +1,15 @@
 """The pure parts of the access log collector: splitting a stream into lines, skipping what
 was written already when a ring is replayed, and reading ``show info``'s pid; and the
 collector's follower on a scripted session: a replay that arrives slowly is still skipped
-up to its anchor, and a worker started after the collector is all new."""
+up to its anchor, and a worker started after the collector, or after the request of the
+file's last line, is all new (start times given, not raced for)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,12 @@ from elastin.mesh.haproxy.accesslog import (
     LineBuffer,
     Replay,
     after,
+    all_new,
     last_line,
+    line_time,
+    process_start,
     refusal,
     split_info,
-    start_ticks,
 )
 from elastin.mesh.haproxy.runtime_client import RuntimeClient
 from elastin.testing import FakeClock
@@ -160,44 +163,82 @@ async def test_a_replay_without_its_anchor_is_new_once_it_pauses(
     assert log.read_bytes() == b"gone\na\nb\nc\n"
 
 
+# a line's time as HAProxy writes it (%tr), and the same instant in seconds since the epoch
+LINE_AT = "06/Feb/2026:12:14:14.655"
+AT = datetime(2026, 2, 6, 12, 14, 14, 655000).timestamp()
+WORKER, OLDER, UNKNOWN = 1001, 1002, 1003
+
+
+def test_a_lines_time_is_when_its_request_came() -> None:
+    http = b'{"time":"%s","caller":"c","listener":"c.web","status":200}\n' % LINE_AT.encode()
+    assert line_time(http) == AT
+    tcp = b'{"time":"%s","caller":"c","bytes_in":3}\n' % LINE_AT.encode()
+    assert line_time(tcp) == AT
+    assert line_time(b"Server c_a/e_1 is DOWN, reason: Layer4 timeout\n") is None
+    assert line_time(b'{"time":"06/Foo/2026:12:14:14.655"}\n') is None
+    assert line_time(b'{"time":"31/Feb/2026:12:14:14.655"}\n') is None
+    assert line_time(None) is None
+
+
+def test_a_process_start_is_never_later_than_it_was() -> None:
+    started = process_start(os.getpid(), time.time())
+    assert started is not None and started <= time.time()
+    assert process_start(2**22 + 7, time.time()) is None  # no such process
+
+
+def test_the_rule_for_a_ring_that_is_all_new() -> None:
+    assert all_new(101.0, 100.0, None)  # started after the collector
+    assert all_new(101.0, None, 100.0)  # after the request of the file's last line
+    assert not all_new(100.0, 100.0, 100.0)  # maybe not: its replay is waited for
+    assert not all_new(99.0, 100.0, 100.0)
+    assert not all_new(None, 100.0, 100.0)  # unknown: nothing decided
+
+
 async def test_a_worker_started_after_the_collector_is_all_new(tmp_path: Path) -> None:
     log = tmp_path / "haproxy.log"
     log.write_bytes(b"x\n")
-    c = collector(tmp_path)
-    time.sleep(0.05)  # start times are counted in clock ticks (10 ms)
-    worker = subprocess.Popen(["sleep", "5"])
-    try:
-        ticks = start_ticks(worker.pid)
-        assert ticks is not None and ticks >= (start_ticks(os.getpid()) or 0)
-        assert c._anchor(worker.pid) is None  # nothing to wait for: no replay to skip
-        assert c._anchor(os.getppid()) == b"x\n"  # older: maybe written already
-        sess = ScriptedSession([b"y\n"], gap=0)
-        await asyncio.wait_for(c._follow(worker.pid, sess, b"x\n"), 5)  # type: ignore[arg-type]
-        assert log.read_bytes() == b"x\nx\ny\n"  # its own "x" line is new
-    finally:
-        worker.kill()
-        worker.wait()
+    times = {os.getpid(): 100.0, WORKER: 100.01, OLDER: 99.0}
+    c = AccessLogCollector(
+        RuntimeClient(tmp_path / "none.sock"),
+        log,
+        clock=FakeClock(autojump=True),
+        started_at=times.get,
+    )
+    assert c._anchor(WORKER) is None  # nothing to wait for: no replay to skip
+    assert c._anchor(OLDER) == b"x\n"  # older: maybe written already
+    assert c._anchor(UNKNOWN) == b"x\n"  # gone, or no /proc: wait for the replay
+    sess = ScriptedSession([b"y\n"], gap=0)
+    await asyncio.wait_for(c._follow(WORKER, sess, b"x\n"), 5)  # type: ignore[arg-type]
+    assert log.read_bytes() == b"x\nx\ny\n"  # its own "x" line is new
 
 
 async def test_a_worker_started_after_the_file_was_written_is_all_new(tmp_path: Path) -> None:
-    # HAProxy restarted, then the agent: its fresh ring cannot hold the file's last line, so
-    # waiting for it held every line back until the stream paused (never, under load)
+    """HAProxy reloaded (or restarted), then the agent came back: the new worker's ring
+    cannot hold the file's last line, so waiting for it held every line back until the
+    stream paused (never, under load). Decided by that line's own time: the file was
+    written later than the worker started (HAProxy's master writes "New worker ... forked"
+    and "Loading success" after the fork), so its modification time said "maybe"."""
     log = tmp_path / "haproxy.log"
-    log.write_bytes(b"x\n")
-    written = time.time() - 1.0
-    os.utime(log, (written, written))
-    worker = subprocess.Popen(["sleep", "5"])
-    try:
-        time.sleep(0.05)
-        c = collector(tmp_path)
-        ticks = start_ticks(worker.pid)
-        assert ticks is not None
-        c._started = ticks + 1  # the agent (re)started after the worker, as after a reboot
-        assert c._anchor(worker.pid) is None
-        assert c._anchor(os.getppid()) == b"x\n"  # started before the file was written
-    finally:
-        worker.kill()
-        worker.wait()
+    last = b'{"time":"%s","path":"/a","status":200}\n' % LINE_AT.encode()
+    log.write_bytes(
+        last + b"[NOTICE]   (7) : New worker (1001) forked\n[NOTICE]   (7) : Loading success.\n"
+    )
+    os.utime(log, (AT + 10, AT + 10))  # the master's lines: after the worker started
+    # the agent (re)started after the worker, as after a reboot
+    times = {os.getpid(): AT + 20, WORKER: AT + 1, OLDER: AT - 1, UNKNOWN: AT}
+    c = AccessLogCollector(
+        RuntimeClient(tmp_path / "none.sock"),
+        log,
+        clock=FakeClock(autojump=True),
+        started_at=times.get,
+    )
+    assert c._anchor(WORKER) is None
+    assert c._anchor(OLDER) == last  # started before that request came: may hold it
+    assert c._anchor(UNKNOWN) == last  # the same millisecond: maybe
+    # its lines pass at once, though the stream never pauses (no replay to wait out)
+    sess = ScriptedSession([b"b\n", b"c\n"], gap=0)
+    await asyncio.wait_for(c._follow(WORKER, sess, b"a\n"), 5)  # type: ignore[arg-type]
+    assert log.read_bytes().endswith(b"Loading success.\na\nb\nc\n")
 
 
 def test_the_collector_waits_less_the_faster_lines_come() -> None:
