@@ -69,7 +69,16 @@ from elastin.mesh.haproxy.process import HaproxyProcess, haproxy_binary, older_t
 from elastin.mesh.haproxy.render import Paths, app_of, leave_out_unrenderable, render
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
-from elastin.mesh.haproxy.stats import Totals, allocation_in_flight, parse_stats, split_info
+from elastin.mesh.haproxy.stats import (
+    STATS_COMMAND as STATS_COMMAND,  # what it reads with when no cluster keeps a histogram
+)
+from elastin.mesh.haproxy.stats import (
+    Totals,
+    allocation_in_flight,
+    parse_stats,
+    split_info,
+    stats_command,
+)
 from elastin.mesh.model import Listener, MeshSnapshot, diff
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import ClusterStats
@@ -95,7 +104,6 @@ PortHolder = Callable[[str, int], str | None]
 # told when a listener is left out because its port is held: (the listener, who holds it)
 ListenerFailed = Callable[[Listener, str], None]
 PROXY_OWNER = "proxy"  # the owner of the proxy's own ports in the node's PortAllocator
-STATS_COMMAND = "show info;show stat -1 6 -1"  # which worker counted, and its counters
 WAKE_EVERY = 1.0  # seconds: a held service's wake goes to the server at most this often
 
 
@@ -339,7 +347,7 @@ class MeshManager:
         async with self._stats_lock:
             if self.proxy is not None and self.proxy.alive():
                 try:
-                    worker, text = split_info(await self.proxy.command(STATS_COMMAND))
+                    worker, text = split_info(await self.proxy.command(stats_command(self.current)))
                 except (HaproxyError, OSError):
                     pass
                 else:

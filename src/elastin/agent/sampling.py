@@ -15,7 +15,13 @@ longest response of the next interval. ``build_report`` turns that into the body
      "ports": {"<app>.<service>.<port>": {"mode", "requests", "errors" (cumulative),
                "active", "queued", "avg_ms", "max_ms",
                "endpoints": {<allocation>: {"requests" (cumulative), "active", "avg_ms",
-                                            "max_ms"}}}}}
+                                            "max_ms"}},
+               "latency_buckets": [[<le ms>, <cumulative>], ..., [null, <total>]]}}}
+
+``latency_buckets`` only for a port whose proxy keeps a latency histogram (a service that
+autoscales on its p99, ``Cluster.latency_histogram``): the responses that took at most
+``le`` ms since the proxy's totals began (monotonic across reloads, as ``requests``), the
+last bucket (``null``: +Inf) all of them; the server turns their differences into a p99.
 
 The server counts rates over ``mono``'s difference between two reports (a step of the wall
 clock bends nothing) and starts a new series when ``series`` changes (an agent restarted);
@@ -34,11 +40,11 @@ loops sampling a moment apart would each get a meaningless one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from elastin.mesh.model.traffic import ClusterStats
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, ClusterStats
 from elastin.model.cluster import Allocation, Usage
 from elastin.model.workload import Workload
 
@@ -117,7 +123,25 @@ def endpoint_allocation(endpoint_id: str, port: str) -> str:
     return endpoint_id[: -len(suffix)] if endpoint_id.endswith(suffix) else endpoint_id
 
 
+def latency_buckets(counts: Sequence[int]) -> list[list[int | None]]:
+    """A port's latency histogram (``ClusterStats.latency``: responses per bucket) as the
+    report carries it: ``[[le_ms, cumulative], ..., [None, total]]``, Prometheus' ``le``
+    buckets (each counts the responses that took at most ``le_ms``; None: +Inf, all of
+    them)."""
+    out: list[list[int | None]] = []
+    total = 0
+    for le, n in zip((*LATENCY_BOUNDS_MS, None), counts, strict=True):
+        total += n
+        out.append([le, total])
+    return out
+
+
 def port_reading(s: ClusterStats) -> dict[str, Any]:
+    latency = (
+        {"latency_buckets": latency_buckets(s.latency)}
+        if len(s.latency) == len(LATENCY_BOUNDS_MS) + 1
+        else {}
+    )
     return {
         "mode": "tcp" if s.mode == "tcp" else "http",
         "requests": s.requests,
@@ -135,6 +159,7 @@ def port_reading(s: ClusterStats) -> dict[str, Any]:
             }
             for e in s.endpoints
         },
+        **latency,
     }
 
 

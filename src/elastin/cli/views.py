@@ -73,8 +73,8 @@ def _metric_value(kind: str, v: float | None) -> str:
 
 def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
     """Per autoscaled service: replicas now and desired, min..max, each metric's current
-    value against its target (p99 <=: the longest response, an upper bound) and the last
-    decision's reason (what it proposed and what limited it). None when no service is
+    value against its target (p99 <=: not measured, the longest response, an upper bound) and
+    the last decision's reason (what it proposed and what limited it). None when no service is
     autoscaled."""
     rows = [s for s in services if s.get("autoscale")]
     if not rows:
@@ -86,7 +86,9 @@ def autoscale_table(services: list[dict[str, Any]]) -> Table | None:
         a = s["autoscale"]
         metrics = []
         for m in a["metrics"]:
-            prefix = "<=" if m["kind"] == "p99" and m["value"] is not None else ""
+            # p99 "<=": the longest response stood in for it (an upper bound), unless measured
+            bound = m.get("source") != "p99_response_ms"
+            prefix = "<=" if m["kind"] == "p99" and m["value"] is not None and bound else ""
             value = prefix + _metric_value(m["kind"], m["value"])
             metrics.append(f"{m['metric']} {value} ({_metric_value(m['kind'], m['target'])})")
         replicas = str(a["current"])

@@ -8,10 +8,12 @@ Every ``policy.interval`` (1 s by default) for each service whose spec has horiz
    the store (a replica is ready when it runs and is ready — healthy when checked) and the
    one-second metric windows (``Telemetry.windows``, memory only): per replica cpu
    (millicores, against the request's millicores), memory (bytes), requests per second and
-   requests in flight, and the application gauges the node's agent read from the replica's
+   requests in flight, the application gauges the node's agent read from the replica's
    own Prometheus endpoint (``agent/gauges.py``; a gauge it could not read is missing, which
-   ``decide`` treats conservatively). There is no p99: the longest response of the last
-   second is an upper bound of it, used only for a ``p99`` metric, and the decision says so;
+   ``decide`` treats conservatively), and the service's p99 (``service_p99``: from the
+   proxies' latency histograms, which they keep for a service with a ``p99`` metric; without
+   one — an agent of an older version — the longest response of the last second stands in
+   for it, an upper bound, and the decision says so);
 2. calls ``decide`` with the service's ``History`` (kept here, in memory: a restarted server
    starts with an empty one, as HPA's controller does);
 3. when the desired count differs, scales through ``Apps.autoscale`` — the same
@@ -76,10 +78,27 @@ HELD_EVERY = 10.0  # at most one held event per service this often
 HELD_REPEAT = 300.0  # the same held event again after this long
 HELD_TTL = 5.0  # seconds a wake counts (agents repeat it every second while requests wait)
 HELD_MOST = 10_000  # services with held requests remembered at most
+# said of a p99 that is not measured: no proxy keeps a latency histogram for the service
+# (an agent of an older version), so the longest response stands in for it
 P99_NOTE = (
     "p99 is not measured: the value is the longest response of the last second, an upper "
     "bound of p99"
 )
+P99_MEASURED = "p99_response_ms"  # the windows' metric of a measured p99
+P99_BOUND = "max_response_ms"  # what stands in for it
+
+
+def service_p99(metrics: Mapping[str, Any]) -> tuple[float | None, bool]:
+    """The service's p99 latency in seconds from ``Windows.service``'s current values, and
+    whether it is measured (the proxies' latency histograms, ``p99_response_ms``). Without
+    a histogram (an agent of an older version), the longest response of the last second, an
+    upper bound of it (``P99_NOTE``); None: neither (no request)."""
+    total = metrics.get("total", {}) if metrics else {}
+    p99 = _float(_current(total.get(P99_MEASURED)))
+    if p99 is not None:
+        return p99 / 1000.0, True
+    longest = _float(_current(total.get(P99_BOUND)))
+    return (None if longest is None else longest / 1000.0), False
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -101,8 +120,8 @@ def observations(
     ``metrics`` (``Windows.service(app, name, 1)``): cpu millicores, memory bytes, requests
     per second and in flight (plus a share of what waits in a proxy's queue, on no replica
     yet: ``_with_backlog``), and its application gauges (those with a current value); None
-    (or no gauge) where the windows have none. ``p99``: the service's longest response of
-    the last second (an upper bound), in seconds."""
+    (or no gauge) where the windows have none. ``p99``: the service's p99 in seconds
+    (``service_p99``: measured, or the longest response as its upper bound)."""
     replicas = metrics.get("replicas", {}) if metrics else {}
     out = []
     for a in allocs:
@@ -125,12 +144,7 @@ def observations(
     total = metrics.get("total", {}) if metrics else {}
     out = _with_backlog(out, _float(_current(total.get("requests_per_s"))), "rps")
     out = _with_backlog(out, _float(_current(total.get("in_flight"))), "inflight")
-    longest = _float(_current(total.get("max_response_ms")))
-    return Observations(
-        replicas=tuple(out),
-        request=w.resources,
-        p99=None if longest is None else longest / 1000.0,
-    )
+    return Observations(replicas=tuple(out), request=w.resources, p99=service_p99(metrics)[0])
 
 
 def _with_backlog(
@@ -182,9 +196,13 @@ def last_active(previous: float | None, metrics: Mapping[str, Any], now: float) 
     return now if previous is None else previous
 
 
-def decision_data(d: Decision, policy: Autoscale, obs: Observations) -> dict[str, Any]:
+def decision_data(
+    d: Decision, policy: Autoscale, obs: Observations, p99_measured: bool = False
+) -> dict[str, Any]:
     """The structured values of a decision (an event's ``data``, the API's ``autoscale``):
-    per metric its value, target and proposal; the counts, bounds and what limited it."""
+    per metric its value, target and proposal; the counts, bounds and what limited it. A
+    ``p99`` metric says where its value comes from (``source``) and, when it is not
+    ``p99_measured``, that it is an upper bound (``P99_NOTE``)."""
     values = []
     for p in d.proposals:
         m = p.metric
@@ -196,8 +214,10 @@ def decision_data(d: Decision, policy: Autoscale, obs: Observations) -> dict[str
             "proposal": p.replicas,
             "note": p.note,
         }
-        if m.kind == "p99":
-            item["source"] = "max_response_ms"
+        if m.kind == "p99" and p99_measured:
+            item["source"] = P99_MEASURED
+        elif m.kind == "p99":
+            item["source"] = P99_BOUND
             item["note"] = "; ".join(x for x in (p.note, P99_NOTE) if x)
         values.append(item)
     return {
@@ -214,8 +234,11 @@ def decision_data(d: Decision, policy: Autoscale, obs: Observations) -> dict[str
     }
 
 
-def explain(d: Decision, policy: Autoscale) -> str:
-    """The event's message: the decision's reason, and the p99 caveat when it used one."""
+def explain(d: Decision, policy: Autoscale, p99_measured: bool = False) -> str:
+    """The event's message: the decision's reason, and the p99 caveat when it used a p99
+    that is not measured (the longest response stood in for it)."""
+    if p99_measured:
+        return d.reason
     if any(p.metric.kind == "p99" and p.value is not None for p in d.proposals):
         return f"{d.reason}; {P99_NOTE}"
     return d.reason
@@ -462,8 +485,9 @@ class Autoscaler:
             state.active_at = last_active(state.active_at, metrics, now)
         obs = replace(obs, held=held, idle_for=now - state.active_at)
         d = decide(policy, w.replicas, obs, state.history, now)
-        data = decision_data(d, policy, obs)
-        message = explain(d, policy)
+        measured = service_p99(metrics)[1]
+        data = decision_data(d, policy, obs, measured)
+        message = explain(d, policy, measured)
         if d.changed and rolling(rec, w):
             # hold: the count moves once the version is stable; the history keeps the
             # recommendation (stabilization) but no scale event (nothing changed)

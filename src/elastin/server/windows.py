@@ -68,6 +68,13 @@ MAX_ENTRIES = 20_000  # instances, ports or endpoints in one report at most
 MAX_CLOCK_SKEW = 300.0  # seconds a report's wall clock may be from the server's (else 422)
 MAX_GAUGES = 64  # application gauges of one instance at most
 GAUGE_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")  # a Prometheus name
+MAX_BUCKETS = 64  # latency buckets of one port at most
+P99 = 0.99
+
+# a latency histogram: the buckets' upper bounds in ms (ascending; the last bucket, +Inf, has
+# none) and per bucket the responses that took at most its bound (cumulative: Prometheus'
+# ``le`` buckets; the last is every response)
+Histogram = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 # --- the report an agent sends ------------------------------------------------------------
@@ -113,6 +120,8 @@ class PortReading:
     avg_ms: float = 0.0  # the last 1,024 requests
     max_ms: float = 0.0  # the longest since the previous reading
     endpoints: Mapping[str, EndpointReading] = field(default_factory=dict)  # allocation ->
+    # the proxy's latency histogram, counted since its totals began (None: it keeps none)
+    latency: Histogram | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +187,37 @@ def _id(key: str, where: str) -> str:
     return sys.intern(key)
 
 
+def _latency(p: Mapping[str, Any], where: str) -> Histogram | None:
+    """A port's ``latency_buckets`` (``[[le_ms, cumulative], ..., [null, total]]``) → a
+    ``Histogram``; None when the report has none (an agent of an older version, a proxy that
+    keeps no histogram for the port). ``ValueError`` naming what is wrong otherwise."""
+    raw = p.get("latency_buckets")
+    if raw is None:
+        return None
+    w = f"{where}.latency_buckets"
+    if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_BUCKETS:
+        raise ValueError(f"{w} must be a list of 2 to {MAX_BUCKETS} [le_ms, count] pairs")
+    bounds: list[float] = []
+    counts: list[float] = []
+    for i, pair in enumerate(raw):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"{w}[{i}] must be a pair [le_ms, count]")
+        le, n = pair
+        last = i == len(raw) - 1
+        if last and le is not None:
+            raise ValueError(f"{w}: the last bucket's le must be null (+Inf: every response)")
+        if not last:
+            le = _num({"le": le}, "le", f"{w}[{i}]")
+            if bounds and le <= bounds[-1]:
+                raise ValueError(f"{w}[{i}]: the bounds must go up ({le:g} after {bounds[-1]:g})")
+            bounds.append(le)
+        n = _int({"count": n}, "count", f"{w}[{i}]")
+        if counts and n < counts[-1]:
+            raise ValueError(f"{w}[{i}]: the counts are cumulative and cannot go down")
+        counts.append(float(n))
+    return tuple(bounds), tuple(counts)
+
+
 def parse_report(data: Any) -> NodeReport:
     """An agent's metrics report (decoded JSON) → ``NodeReport``; ``ValueError`` naming the
     field when it is malformed. Ids and names are interned (the windows keep them for
@@ -233,6 +273,7 @@ def parse_report(data: Any) -> NodeReport:
             avg_ms=_num(p, "avg_ms", w, 0),
             max_ms=_num(p, "max_ms", w, 0),
             endpoints=endpoints,
+            latency=_latency(p, w),
         )
     interval = _num(top, "interval", "the report", 1.0)
     if not 0 < interval <= 3600:
@@ -308,6 +349,79 @@ class PortPoint:
     name: ClusterName
     total: Traffic
     endpoints: Mapping[str, Traffic]  # allocation -> its share
+    # the responses of the interval per latency bucket (None: no histogram, or no rate yet)
+    latency: Histogram | None = None
+
+
+# --- latency histograms and their p99 -------------------------------------------------------
+
+
+def histogram_quantile(q: float, h: Histogram) -> float | None:
+    """The ``q`` quantile (0..1) of histogram ``h`` in ms, as Prometheus'
+    ``histogram_quantile`` computes it: the bucket holding the rank ``q × count`` is found
+    and the value interpolated linearly inside it (the first bucket starts at 0); a rank in
+    the last bucket (+Inf) is the highest finite bound. None: no response."""
+    bounds, cum = h
+    total = cum[-1] if cum else 0.0
+    if total <= 0 or not bounds:
+        return None
+    rank = q * total
+    i = next(k for k, c in enumerate(cum) if c >= rank)
+    if i >= len(bounds):
+        return bounds[-1]
+    lower = bounds[i - 1] if i > 0 else 0.0
+    before = cum[i - 1] if i > 0 else 0.0
+    inside = cum[i] - before
+    if inside <= 0:
+        return bounds[i]
+    return lower + (bounds[i] - lower) * (rank - before) / inside
+
+
+def _cum_at(h: Histogram, le: float) -> float:
+    """The responses of ``h`` that took at most ``le`` as far as its buckets tell: those of
+    its largest bound at or below ``le`` (0 below its first)."""
+    bounds, cum = h
+    n = 0.0
+    for b, c in zip(bounds, cum, strict=False):
+        if b > le:
+            break
+        n = c
+    return n
+
+
+def merge_histograms(hs: Iterable[Histogram]) -> Histogram | None:
+    """The sum of histograms (several nodes' proxies, several ports). Histograms with the same
+    bounds add bucket by bucket; otherwise (agents of different versions) over the union of
+    their bounds, each counting at a bound what its own largest bound below it counts — so
+    the sum never claims a response faster than a proxy measured it. None: none given."""
+    hs = list(hs)
+    if not hs:
+        return None
+    bounds = hs[0][0]
+    if all(h[0] == bounds for h in hs):
+        return bounds, tuple(map(sum, zip(*(h[1] for h in hs), strict=True)))
+    union = tuple(sorted({b for h in hs for b in h[0]}))
+    cum = [sum(_cum_at(h, le) for h in hs) for le in union]
+    return union, (*cum, sum(h[1][-1] for h in hs))
+
+
+def _latency_delta(now: Histogram | None, before: Histogram | None) -> Histogram | None:
+    """The responses of the interval from two cumulative readings of a proxy's histogram;
+    None without both (the first reading) or when the bounds changed. A histogram whose
+    counts went down was reset (a proxy restarted without its base): it counted ``now``
+    since, as ``_delta`` assumes of a counter."""
+    if now is None or before is None or now[0] != before[0] or len(now[1]) != len(before[1]):
+        return None
+    if any(n < b for n, b in zip(now[1], before[1], strict=True)):
+        return now
+    return now[0], tuple(n - b for n, b in zip(now[1], before[1], strict=True))
+
+
+def _add_latency(a: Histogram | None, b: Histogram | None) -> Histogram | None:
+    """Two intervals' histograms together (two reports in one second)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return merge_histograms((a, b))
 
 
 @dataclass(slots=True)
@@ -380,6 +494,7 @@ class _Node:
     # the last cumulative counters: cluster -> (requests, errors), endpoint (cluster, alloc)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
     endpoint_counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    latency: dict[str, Histogram] = field(default_factory=dict)  # cluster -> the last reading
 
 
 # --- a service's ring: one compact row a second ---------------------------------------------
@@ -429,9 +544,12 @@ def _opt(v: float) -> float | None:
     return None if v != v else v
 
 
-def _traffic_values(acc: Any, off: int = 0) -> tuple[float | None, ...] | None:
+def _traffic_values(
+    acc: Any, off: int = 0, p99: float | None = None
+) -> tuple[float | None, ...] | None:
     """An accumulator → the traffic metrics in ``TRAFFIC_METRICS``' order (see ``_fold``);
-    None: no traffic. No p99: see docs/mesh.md."""
+    None: no traffic. ``p99``: the second's, from the latency histograms (``_p99s``; None
+    where no proxy keeps one, or for a replica's share: docs/mesh.md)."""
     flight = acc[off + _FLIGHT]
     if flight != flight:
         return None
@@ -441,7 +559,7 @@ def _traffic_values(acc: Any, off: int = 0) -> tuple[float | None, ...] | None:
         avg: float | None = acc[off + _WSUM] / weight
     else:
         avg = _opt(amax)
-    return (_opt(rate), _opt(acc[off + _ERR]), flight, avg, _opt(acc[off + _MAXMS]), None)
+    return (_opt(rate), _opt(acc[off + _ERR]), flight, avg, _opt(acc[off + _MAXMS]), p99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +581,30 @@ class _Row:
     second: int
     layout: _Layout
     values: array[float]
+    # the p99 (ms) of the second per port with a histogram, and over them all ("")
+    p99: dict[str, float] | None = None
+
+
+def _p99s(ports: Mapping[str, list[PortPoint]]) -> dict[str, float] | None:
+    """The p99 of one second per port from its nodes' histograms summed, and over every
+    port of the service (key ""); None: no port has a histogram with a response."""
+    out: dict[str, float] = {}
+    every: list[Histogram] = []
+    for port, points in ports.items():
+        hs = [pp.latency for pp in points if pp.latency is not None]
+        merged = merge_histograms(hs)
+        if merged is None:
+            continue
+        every.append(merged)
+        p99 = histogram_quantile(P99, merged)
+        if p99 is not None:
+            out[port] = p99
+    if out:
+        merged = merge_histograms(every)
+        p99 = None if merged is None else histogram_quantile(P99, merged)
+        if p99 is not None:
+            out[""] = p99
+    return out or None
 
 
 def _row(second: int, shares: list[tuple[str, _Share]], before: _Layout | None) -> _Row:
@@ -499,7 +641,7 @@ def _row(second: int, shares: list[tuple[str, _Share]], before: _Layout | None) 
     layout = _Layout(tuple(replicas), tuple(port_layout))
     if before is not None and before == layout:
         layout = before  # one copy while nothing changes
-    return _Row(second, layout, values)
+    return _Row(second, layout, values, _p99s(ports))
 
 
 Columns = dict[str, list[Any]]  # metric -> one value a second
@@ -546,6 +688,7 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
         if row is None:
             continue
         v, layout = row.values, row.layout
+        p99 = row.p99 or {}
         off = 0
         cpu = mem = cpu_req = mem_req = 0.0
         ready = 0
@@ -575,7 +718,7 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
             cols = ports.get(port)
             if cols is None:
                 cols = ports[port] = _columns(TRAFFIC_METRICS, n)
-            _put(cols, j, TRAFFIC_METRICS, _traffic_values(v, off))
+            _put(cols, j, TRAFFIC_METRICS, _traffic_values(v, off, p99.get(port)))
             off += ACC
             of_port = shares.setdefault(port, {})
             for alloc_id in names:
@@ -592,7 +735,7 @@ def _series(rows: list[_Row | None]) -> dict[str, Any]:
                 cols.update(_columns(TRAFFIC_METRICS, n))
             _put(cols, j, TRAFFIC_METRICS, _traffic_values(acc))
         if layout.ports:
-            _put(total, j, TRAFFIC_METRICS, _traffic_values(total_acc))
+            _put(total, j, TRAFFIC_METRICS, _traffic_values(total_acc, p99=p99.get("")))
 
     def metrics(cols: Columns) -> dict[str, Any]:
         return {k: {"current": x[-1], "series": x} for k, x in cols.items()}
@@ -680,6 +823,8 @@ class Windows:
             share.instances[alloc_id] = i
         counters: dict[str, tuple[int, int]] = {}
         endpoint_counters: dict[tuple[str, str], int] = {}
+        old_latency = {} if new_series else node.latency
+        latency: dict[str, Histogram] = {}
         for key, p in report.ports.items():
             before = old_counters.get(key)
             counters[key] = (p.requests, p.errors)
@@ -703,10 +848,14 @@ class Windows:
             share = services.get(svc)
             if share is None:
                 share = services[svc] = _Share()
-            share.ports[p.name.port] = PortPoint(p.name, total, eps)
+            if p.latency is not None:
+                latency[key] = p.latency
+            in_interval = _latency_delta(p.latency, old_latency.get(key))
+            share.ports[p.name.port] = PortPoint(p.name, total, eps, in_interval)
         node.at, node.mono, node.series = report.at, report.mono, report.series
         node.seen = self.clock.monotonic()
         node.counters, node.endpoint_counters = counters, endpoint_counters
+        node.latency = latency
         old = node.point
         if old is not None and old.second == second:  # a second report in this second
             for svc, share in services.items():
@@ -718,7 +867,12 @@ class Windows:
                             a: wp.endpoints[a].merged(t) if a in wp.endpoints else t
                             for a, t in pp.endpoints.items()
                         }
-                        share.ports[port] = PortPoint(pp.name, wp.total.merged(pp.total), eps)
+                        share.ports[port] = PortPoint(
+                            pp.name,
+                            wp.total.merged(pp.total),
+                            eps,
+                            _add_latency(wp.latency, pp.latency),
+                        )
         node.point = NodePoint(second, hold, services)
         self._prune()
 

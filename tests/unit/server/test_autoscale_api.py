@@ -16,6 +16,7 @@ from rich.console import Console
 from server_support import api_client
 
 from elastin.cli.views import autoscale_table
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
 from elastin.model.resources import Resources
@@ -134,3 +135,68 @@ async def test_services_events_and_scale(api: tuple[httpx.AsyncClient, Cluster])
     assert r.status_code == 200 and "autoscaler goes on" in r.json()["note"]
     r = await client.post("/v1/scale/web", json={"replicas": 2})
     assert r.status_code == 200 and r.json()["note"] == ""
+
+
+def buckets(fast: int, slow: int) -> list[list[int | None]]:
+    """An agent's ``latency_buckets``: ``fast`` responses within 25 ms, ``slow`` ones in
+    (150, 250] ms (cumulative ``le`` buckets, the last +Inf)."""
+    out: list[list[int | None]] = []
+    for le in (*LATENCY_BOUNDS_MS, None):
+        n = (fast if le is None or le >= 25 else 0) + (slow if le is None or le >= 250 else 0)
+        out.append([le, n])
+    return out
+
+
+async def test_a_measured_p99_is_decided_from_without_the_upper_bound_note(
+    api: tuple[httpx.AsyncClient, Cluster],
+) -> None:
+    client, cluster = api
+    clock = cluster.clock
+    assert isinstance(clock, FakeClock)
+    n = Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30, 10 << 30))
+    await client.post("/v1/nodes", json={"node": to_data(n)})
+    await client.post("/v1/apps", json={"spec": SPEC})
+    await cluster.applier.schedule_once()
+    allocs, _ = await cluster.views.all_allocations()
+    await cluster.reports.update_many({a.id: AllocReport(status="running", pid=10) for a in allocs})
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    (a,) = [x for x in allocs if x.workload == "api"]
+    # 100 responses in the second: 98 within 25 ms, 2 in (150, 250] ms; the slowest 240 ms
+    for i, at in enumerate((clock.now - 1, clock.now)):
+        cluster.telemetry.record_metrics(
+            "n1",
+            parse_report(
+                {
+                    "at": at,
+                    "instances": {a.id: {"app": "shop", "workload": "api", "cpu": 10, "memory": 1}},
+                    "ports": {
+                        "shop.api.http": {
+                            "requests": 100 * i,
+                            "max_ms": 240.0,
+                            "endpoints": {a.id: {"requests": 100 * i}},
+                            "latency_buckets": buckets(98 * i, 2 * i),
+                        }
+                    },
+                }
+            ),
+        )
+    await cluster.autoscaler.evaluate_once()
+    services = (await client.get("/v1/services")).json()
+    now = {s["name"]: s for s in services}["api"]["autoscale"]
+    _, p99 = now["metrics"]
+    # rank 99 of 100: the second of the two in (150, 250] -> 150 + 100 × 1/2
+    assert p99["value"] == pytest.approx(0.2) and p99["proposal"] == 2
+    assert "upper bound" not in p99["note"]
+    assert "upper bound" not in now["reason"]
+    out = Console(width=200, record=True)
+    table = autoscale_table(services)
+    assert table is not None
+    out.print(table)
+    text = out.export_text()
+    assert "p99 200ms (100ms)" in text  # measured: no "<="
+    events = (await client.get("/v1/events", params={"service": "api"})).json()
+    (scaled,) = [e for e in events if e["type"] == "service.autoscaled"]
+    assert "upper bound" not in scaled["message"]
+    (metric,) = [m for m in scaled["data"]["metrics"] if m["kind"] == "p99"]
+    assert metric["source"] == "p99_response_ms" and metric["value"] == pytest.approx(0.2)

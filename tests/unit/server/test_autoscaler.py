@@ -13,7 +13,7 @@ from server_support import events_of, replicas, start_placed
 
 from elastin.model.cluster import Allocation, Node
 from elastin.model.resources import Resources
-from elastin.server.autoscaler import HeldEvents, observations
+from elastin.server.autoscaler import HeldEvents, observations, service_p99
 from elastin.server.cluster import Cluster
 from elastin.server.windows import Windows, parse_report
 from elastin.store.memory import MemoryStore
@@ -315,3 +315,18 @@ async def test_a_gauge_above_its_target_scales_up_and_the_event_names_it(
     assert (m["metric"], m["kind"], m["value"], m["target"]) == ("queue_depth", "app", 30.0, 10)
     view = cluster.autoscaler.status("shop", "api")
     assert view is not None and view["metrics"][0]["value"] == 30.0
+
+
+def test_the_p99_is_the_measured_one_and_the_longest_response_only_without_a_histogram() -> None:
+    def total(p99: float | None, longest: float | None) -> dict[str, Any]:
+        return {
+            "total": {
+                "p99_response_ms": {"current": p99, "series": [p99]},
+                "max_response_ms": {"current": longest, "series": [longest]},
+            }
+        }
+
+    assert service_p99(total(120.0, 900.0)) == (0.12, True)
+    assert service_p99(total(None, 900.0)) == (0.9, False)  # an agent without a histogram
+    assert service_p99(total(None, None)) == (None, False)
+    assert service_p99({}) == (None, False)

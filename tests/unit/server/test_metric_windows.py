@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from elastin.server.windows import ClockSkew, NodeReport, Windows, parse_report
+from elastin.server.windows import (
+    ClockSkew,
+    NodeReport,
+    Windows,
+    histogram_quantile,
+    merge_histograms,
+    parse_report,
+)
 from elastin.testing import FakeClock
 
 T0 = 1_000_000.0
@@ -378,3 +385,114 @@ def test_gauges_may_be_negative_or_zero_and_are_read_by_name() -> None:
         },
     }
     assert parse_report(body).instances["x"].gauges == (("a", 0.0), ("b", -2.0))
+
+
+# --- the p99 from the proxies' latency histograms -------------------------------------------
+
+BOUNDS = (10, 100, 1000)
+
+
+def hist_report(at: float, counts: tuple[int, int, int, int], requests: int = 0) -> NodeReport:
+    """A report whose port carries ``latency_buckets``: per bucket (<=10, <=100, <=1000,
+    slower) the responses since the proxy's totals began, made cumulative over buckets."""
+    running, buckets = 0, []
+    for le, n in zip((*BOUNDS, None), counts, strict=True):
+        running += n
+        buckets.append([le, running])
+    data = {
+        "at": at,
+        "ports": {"shop.api.http": {"requests": requests or running, "latency_buckets": buckets}},
+    }
+    return parse_report(data)
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket_as_prometheus() -> None:
+    h = ((10.0, 100.0, 1000.0), (50.0, 90.0, 99.0, 100.0))
+    assert histogram_quantile(0.5, h) == 10.0  # rank 50: the first bucket's top
+    assert histogram_quantile(0.25, h) == 5.0  # the first bucket starts at 0
+    assert histogram_quantile(0.7, h) == pytest.approx(55.0)  # 10 + 90 × (70-50)/(90-50)
+    assert histogram_quantile(0.99, h) == pytest.approx(1000.0)  # rank 99: the (100, 1000] top
+    assert histogram_quantile(0.995, h) == 1000.0  # in +Inf: the highest finite bound
+    assert histogram_quantile(0.99, ((10.0,), (0.0, 0.0))) is None  # no response
+
+
+def test_merge_histograms_sums_and_bounds_differing_ones_from_below() -> None:
+    a = ((10.0, 100.0), (1.0, 2.0, 3.0))
+    assert merge_histograms([a, a]) == ((10.0, 100.0), (2.0, 4.0, 6.0))
+    b = ((50.0,), (4.0, 5.0))
+    # at 10 b counts none (its first bound is 50), at 50 a counts its <=10 only
+    assert merge_histograms([a, b]) == ((10.0, 50.0, 100.0), (1.0, 5.0, 6.0, 8.0))
+    assert merge_histograms([]) is None
+
+
+def test_p99_from_the_bucket_deltas_summed_over_nodes() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", hist_report(T0, (100, 0, 0, 0)))
+    w.record("n2", hist_report(T0, (5, 5, 0, 0)))
+    assert current(w, "p99_response_ms") is None  # no difference yet
+    clock.advance(1)
+    # this second: n1 90 fast and 5 in (10, 100]; n2 4 in (10, 100] and 1 in (100, 1000]
+    w.record("n1", hist_report(T0 + 1, (190, 5, 0, 0)))
+    w.record("n2", hist_report(T0 + 1, (5, 9, 1, 0)))
+    # 100 responses: 90 <= 10, 9 in (10, 100], 1 in (100, 1000]; rank 99 is the 9th of 9
+    assert current(w, "p99_response_ms") == pytest.approx(100.0)
+    assert current(w, "p99_response_ms", "http") == pytest.approx(100.0)
+    replica_p99 = w.service("shop", "api", 1)["ports"]["http"]["replicas"]
+    assert replica_p99 == {}  # per replica: none (a proxy counts per service port)
+    clock.advance(1)
+    w.record("n1", hist_report(T0 + 2, (190, 5, 0, 0)))  # no response this second
+    w.record("n2", hist_report(T0 + 2, (5, 9, 1, 0)))
+    assert current(w, "p99_response_ms") is None
+
+
+def test_a_histogram_that_went_down_was_reset_and_other_bounds_start_again() -> None:
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", hist_report(T0, (100, 50, 0, 0)))
+    clock.advance(1)
+    w.record("n1", hist_report(T0 + 1, (0, 0, 2, 0)))  # a proxy restarted without its base
+    # 2 in (100, 1000]: rank 1.98 of 2 -> 100 + 900 × 1.98/2
+    assert current(w, "p99_response_ms") == pytest.approx(991.0)
+    clock.advance(1)
+    other = {
+        "at": T0 + 2,
+        "ports": {"shop.api.http": {"requests": 3, "latency_buckets": [[5, 1], [None, 3]]}},
+    }
+    w.record("n1", parse_report(other))  # new bounds (another agent): no difference yet
+    assert current(w, "p99_response_ms") is None
+
+
+def test_two_reports_in_one_second_add_their_histograms() -> None:
+    clock = FakeClock(T0 + 0.1)
+    w = Windows(clock)
+    w.record("n1", hist_report(T0, (0, 0, 0, 0)))
+    clock.advance(1)
+    w.record("n1", hist_report(T0 + 1, (99, 0, 0, 0)))
+    clock.advance(0.5)
+    w.record("n1", hist_report(T0 + 1.5, (99, 0, 0, 1)))  # the same second: 100 in all
+    assert current(w, "p99_response_ms") == pytest.approx(10.0)
+    clock.advance(0.1)
+    w.record("n1", hist_report(T0 + 1.6, (99, 0, 0, 3)))
+    assert current(w, "p99_response_ms") == pytest.approx(1000.0)  # 3 of 102 past 1000
+
+
+@pytest.mark.parametrize(
+    ("buckets", "says"),
+    [
+        ("x", "a list of 2 to 64"),
+        ([[5, 1]], "a list of 2 to 64"),
+        ([[5, 1], [None, 2]] * 40, "a list of 2 to 64"),
+        ([[5, 1], [3, 2], [None, 2]], "the bounds must go up"),
+        ([[5, 3], [10, 2], [None, 3]], "cumulative and cannot go down"),
+        ([[5, 1], [10, 2]], "the last bucket's le must be null"),
+        ([[None, 1], [None, 2]], "[0].le must be a number"),
+        ([[5, -1], [None, 2]], "[0].count must be a number >= 0"),
+        ([[5, 1, 2], [None, 2]], "must be a pair"),
+    ],
+)
+def test_a_malformed_histogram_is_refused_naming_the_field(buckets: Any, says: str) -> None:
+    body = {"at": 1, "ports": {"a.b.c": {"requests": 1, "latency_buckets": buckets}}}
+    with pytest.raises(ValueError) as e:
+        parse_report(body)
+    assert "ports['a.b.c'].latency_buckets" in str(e.value) and says in str(e.value)

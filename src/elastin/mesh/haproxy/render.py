@@ -13,6 +13,9 @@ Mapping of the model:
 * CircuitBreaker: per-server ``maxconn`` / ``maxqueue``, ``timeout queue``.
 * rate_limit: a one-entry stick table counting the service's requests per second; over the
   limit, a 429 that names the service and the limit.
+* latency_histogram (a service autoscaled on its p99): the same one-entry table with a GPC
+  array, one counter per latency bucket, incremented by ``http-response`` rules on
+  ``res.timer.hdr`` (``_latency_histogram``); read back by ``stats.parse_latency``.
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   check that brings the endpoint back: a connect check for HTTP/1.1 and TCP, an HTTP/2
   handshake for HTTP/2 and gRPC (a frozen instance fails it and stays out).
@@ -47,6 +50,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS
 from elastin.mesh.model.types import (
     Cluster,
     Endpoint,
@@ -506,19 +510,34 @@ def _backend(c: Cluster) -> list[str]:
         out.append(
             "    http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE TRACE }"
         )
-    if mode == "http" and c.rate_limit:
-        why_429 = f"rate limit of {c.rate_limit}/s for {c.name}"
+    if mode == "http" and c.latency_histogram:
+        # one entry (a constant key) for the histogram's counters, and the rate limit's
+        # when the service has one; never expired: the counters must last between readings
+        store = f"gpc({len(LATENCY_BOUNDS_MS) + 1})"
+        if c.rate_limit:
+            store += ",http_req_rate(1s)"
+        out += [
+            f"    stick-table type integer size 1 store {store}",
+            "    http-request track-sc0 int(1)",
+        ]
+    elif mode == "http" and c.rate_limit:
         # one shared counter for the service: requests in the last second
         out += [
             "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
             "    http-request track-sc0 int(1)",
-            f"    http-request return {_error_answer(c, 429, why_429)} "
-            f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}",
         ]
+    if mode == "http" and c.rate_limit:
+        why_429 = f"rate limit of {c.rate_limit}/s for {c.name}"
+        out.append(
+            f"    http-request return {_error_answer(c, 429, why_429)} "
+            f"if {{ sc_http_req_rate(0) gt {c.rate_limit} }}"
+        )
     if c.protocol == "grpc":
         out += _grpc_deadline(c)
     if c.protocol in ("http2", "grpc") and c.outlier.enabled:
         out += _h2_check()
+    if mode == "http" and c.latency_histogram:
+        out += _latency_histogram(c)
     if mode == "http":
         out += _named_errors(c)
     for e in c.endpoints:
@@ -526,6 +545,44 @@ def _backend(c: Cluster) -> list[str]:
         if not e.ready:
             line += " disabled"
         out.append(line)
+    return out
+
+
+def latency_bucket(ms: float) -> int:
+    """The index of the histogram bucket (``LATENCY_BOUNDS_MS``, then the one of slower
+    responses) that counts a response of ``ms`` milliseconds."""
+    return next((i for i, le in enumerate(LATENCY_BOUNDS_MS) if ms <= le), len(LATENCY_BOUNDS_MS))
+
+
+def _latency_histogram(c: Cluster) -> list[str]:
+    """The service's latency histogram (``Cluster.latency_histogram``): each response of an
+    endpoint adds one to the counter of its bucket, in the entry ``sc0`` tracks (the
+    backend's one-entry table, ``_backend``). The time is ``res.timer.hdr``: from the
+    connection to the endpoint to its complete response headers, HAProxy's ``%Tr`` (the
+    access log's ``response_ms``); the queue and the connect are not in it.
+
+    Exclusive buckets (one counter per range), not cumulative ones (``le`` counters, as
+    Prometheus exports them): both evaluate one condition per bucket for every response,
+    but an exclusive response increments one counter where a cumulative one increments
+    every counter above its time (all of them for a fast response), each a write to the
+    shared entry. The agent makes them cumulative when it reports them.
+
+    A response the mesh gives itself after waiting on the endpoint, its 504 (no answer
+    within the request timeout), passes no ``http-response`` rule: it is counted at that
+    timeout, in ``http-after-response`` (before a gRPC port's answer becomes a 200)."""
+    out = []
+    low = 0
+    for i, le in enumerate(LATENCY_BOUNDS_MS):
+        when = f"le {le}" if i == 0 else f"{low + 1}:{le}"
+        out.append(f"    http-response sc-inc-gpc({i},0) if {{ res.timer.hdr {when} }}")
+        low = le
+    slowest = len(LATENCY_BOUNDS_MS)
+    out.append(f"    http-response sc-inc-gpc({slowest},0) if {{ res.timer.hdr gt {low} }}")
+    timeout = latency_bucket(round(c.timeouts.request * 1000))
+    out.append(
+        f"    http-after-response sc-inc-gpc({timeout},0) if {{ status 504 }} "
+        "{ res.hdr(x-elastin-error) -m found }"
+    )
     return out
 
 

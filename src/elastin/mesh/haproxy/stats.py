@@ -26,6 +26,12 @@ a base that is added to every later reading. Requests the old worker still finis
 that reading are not counted (the agent reads just before it reloads, so these are the few
 in flight across the reload). The base keeps only the endpoints the newest worker serves.
 
+For a service that autoscales on its p99, the proxy also keeps a latency histogram in a
+stick table (``render._latency_histogram``): ``stats_command`` asks for those tables with
+``show stat`` and ``parse_latency`` reads them into ``ClusterStats.latency``; its counters
+are cumulative and ``Totals`` keeps them monotonic as the others (``latency:<bucket>``).
+A GPC counter is 32 bits: one that wraps reads as a counter gone down (a new base).
+
 Only the agent imports this module: the client, the server and the CLI know the traffic
 model, not HAProxy.
 """
@@ -34,12 +40,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from elastin.mesh.haproxy.render import backend_name
 from elastin.mesh.model.names import ClusterName
-from elastin.mesh.model.traffic import ClusterStats, EndpointStats
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, ClusterStats, EndpointStats
+from elastin.mesh.model.types import MeshSnapshot
 
 # clears every max value of the process (rtime_max, smax, qmax, rate_max, ttime_max, the
 # frontends' maxima) and `show activity`, never a cumulative counter; a response finishing
@@ -47,6 +56,11 @@ from elastin.mesh.model.traffic import ClusterStats, EndpointStats
 CLEAR_MAX = "clear counters"
 BACKEND_PREFIX = "c_"
 SERVER_PREFIX = "e_"
+# which worker counted, and its counters (backends and servers)
+STATS_COMMAND = "show info;show stat -1 6 -1"
+# how a ``show table`` answer starts; a GPC array's counter in an entry's line
+TABLE_HEAD = "# table: "
+_GPC = re.compile(r"gpc(\d+)=(\d+)")
 
 
 def _int(row: dict[str, str], key: str) -> int:
@@ -83,8 +97,54 @@ def _endpoint(sv: str, row: dict[str, str]) -> EndpointStats:
     )
 
 
+def stats_command(snapshot: MeshSnapshot | None) -> str:
+    """The one runtime API command the agent reads its proxy's counters with: which worker
+    answers (``show info``), ``show stat`` for backends and servers, and ``show table`` of
+    every cluster of ``snapshot`` (the configuration the proxy runs) that keeps a latency
+    histogram (``Cluster.latency_histogram``)."""
+    tables = "".join(
+        f";show table {backend_name(c.name)}"
+        for c in (snapshot.clusters if snapshot is not None else ())
+        if c.latency_histogram and c.protocol != "tcp"
+    )
+    return STATS_COMMAND + tables
+
+
+def parse_latency(text: str) -> dict[str, tuple[int, ...]]:
+    """The latency histograms in ``show table`` answers (``render._latency_histogram``) →
+    per mesh cluster its counts per bucket (``ClusterStats.latency``). A table without an
+    entry (no response since the worker started) counts zero everywhere; a table whose GPC
+    array is not one counter per bucket (not the mesh's) is left out, as are answers about a
+    table the proxy does not have ("No such table": a configuration not loaded yet)."""
+    out: dict[str, tuple[int, ...]] = {}
+    size = len(LATENCY_BOUNDS_MS) + 1
+    for section in text.split(TABLE_HEAD)[1:]:
+        head, _, rest = section.partition("\n")
+        px = head.split(",", 1)[0].strip()
+        if not px.startswith(BACKEND_PREFIX):
+            continue
+        try:
+            cluster = str(ClusterName.parse(px[len(BACKEND_PREFIX) :]))
+        except ValueError:
+            continue  # not a mesh cluster
+        entry = next((x for x in rest.split("\n\n", 1)[0].splitlines() if " key=" in x), "")
+        gpc: dict[int, int] = {}
+        for field_ in entry.split():
+            m = _GPC.fullmatch(field_)
+            if m is not None:
+                gpc[int(m.group(1))] = int(m.group(2))
+        if not entry:
+            out[cluster] = (0,) * size
+        elif sorted(gpc) == list(range(size)):
+            out[cluster] = tuple(gpc[i] for i in range(size))
+    return out
+
+
 def parse_stats(text: str) -> dict[str, ClusterStats]:
-    """``show stat`` CSV → stats per mesh cluster, keyed by the cluster's name."""
+    """``show stat`` CSV → stats per mesh cluster, keyed by the cluster's name; the latency
+    histograms of ``show table`` answers after it (``stats_command``) are read into them."""
+    text, sep, tables = text.partition(TABLE_HEAD)
+    latency = parse_latency(sep + tables) if sep else {}
     servers: dict[ClusterName, list[EndpointStats]] = {}
     backends: dict[ClusterName, dict[str, str]] = {}
     for cluster, sv, row in _rows(text):
@@ -118,6 +178,7 @@ def parse_stats(text: str) -> dict[str, ClusterStats]:
             avg_response_ms=_int(row, "rtime"),
             max_response_ms=_int(row, "rtime_max"),
             endpoints=tuple(servers.get(cluster, ())),
+            latency=latency.get(str(cluster), ()) if mode == "http" else (),
         )
     return out
 
@@ -176,6 +237,7 @@ COUNTERS = (
     "redispatches",
 )
 ENDPOINT = "endpoint:"
+LATENCY = "latency:"  # a latency bucket's counter ("latency:<index>")
 Counts = dict[str, int]
 
 
@@ -183,6 +245,7 @@ def counts(s: ClusterStats) -> Counts:
     """The counters of one cluster's stats, by name."""
     out = {k: int(getattr(s, k)) for k in COUNTERS}
     out.update({ENDPOINT + e.id: e.served for e in s.endpoints})
+    out.update({f"{LATENCY}{i}": n for i, n in enumerate(s.latency)})
     return out
 
 
@@ -194,13 +257,15 @@ def plus(s: ClusterStats, base: Mapping[str, int]) -> ClusterStats:
         replace(e, served=e.served + base.get(ENDPOINT + e.id, 0)) for e in s.endpoints
     )
     grown = {k: int(getattr(s, k)) + base.get(k, 0) for k in COUNTERS}
-    return replace(s, endpoints=endpoints, **grown)  # type: ignore[arg-type]
+    latency = tuple(n + base.get(f"{LATENCY}{i}", 0) for i, n in enumerate(s.latency))
+    return replace(s, endpoints=endpoints, latency=latency, **grown)  # type: ignore[arg-type]
 
 
 def zero(s: ClusterStats) -> ClusterStats:
     """``s`` with its counters at zero (its gauges kept)."""
     endpoints = tuple(replace(e, served=0) for e in s.endpoints)
-    return replace(s, endpoints=endpoints, **dict.fromkeys(COUNTERS, 0))  # type: ignore[arg-type]
+    latency = (0,) * len(s.latency)
+    return replace(s, endpoints=endpoints, latency=latency, **dict.fromkeys(COUNTERS, 0))  # type: ignore[arg-type]
 
 
 @dataclass

@@ -57,6 +57,20 @@ def scales_to_zero(w: Workload, protocol: str) -> bool:
     )
 
 
+def measures_p99(w: Workload, protocol: str) -> bool:
+    """Whether the proxies count ``w``'s ``protocol`` port's responses in a latency histogram:
+    its horizontal autoscaling follows a ``p99`` metric (only then: the histogram costs a few
+    rules per request). A TCP port has no response time to count."""
+    auto = w.autoscale
+    return (
+        w.type == "service"
+        and auto is not None
+        and auto.horizontal
+        and any(m.kind == "p99" for m in auto.metrics)
+        and protocol != "tcp"
+    )
+
+
 def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, ...]) -> Cluster:
     p: MeshPolicy = w.mesh
     return Cluster(
@@ -89,6 +103,7 @@ def _cluster(name: str, w: Workload, protocol: str, endpoints: tuple[Endpoint, .
         scale_to_zero=scales_to_zero(w, protocol),
         hold_timeout=max(1.0, p.request_timeout),
         hold_max=min(p.max_queue or HOLD_MAX, HOLD_MAX_MOST),
+        latency_histogram=measures_p99(w, protocol),
     )
 
 

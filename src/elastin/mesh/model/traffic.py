@@ -23,6 +23,15 @@ from dataclasses import dataclass
 from elastin.mesh.model.names import ClusterName
 from elastin.metrics import MetricKind
 
+# the upper bounds (milliseconds, inclusive) of the latency histogram a proxy keeps for a
+# service that autoscales on its p99 (``Cluster.latency_histogram``): log-spaced, about x1.6
+# to x2.5 apart, from 5 ms to 30 s, plus one bucket for every slower response. 250 ms (a
+# common target) is a bound
+LATENCY_BOUNDS_MS: tuple[int, ...] = (
+    5, 10, 15, 25, 40, 60, 100, 150, 250, 400, 600,
+    1000, 1500, 2500, 4000, 6000, 10000, 15000, 30000,
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class EndpointStats:
@@ -61,6 +70,11 @@ class ClusterStats:
     # metrics loop clears them after each reading: the longest of its interval)
     max_response_ms: int = 0
     endpoints: tuple[EndpointStats, ...] = ()
+    # responses per latency bucket, cumulative over time (not over buckets): bucket i
+    # counts those that took at most ``LATENCY_BOUNDS_MS[i]`` ms and more than the bound
+    # before it, the last one those slower than every bound; empty when the proxy keeps no
+    # histogram for the service (``Cluster.latency_histogram``)
+    latency: tuple[int, ...] = ()
 
     @property
     def name(self) -> ClusterName:

@@ -128,9 +128,19 @@ class Cluster:
     scale_to_zero: bool = False
     hold_timeout: float = 30.0
     hold_max: int = 100
+    # the service autoscales on its p99 latency (an autoscale metric ``p99``; HTTP, HTTP/2
+    # and gRPC only): every proxy counts its responses in a latency histogram
+    # (``traffic.LATENCY_BOUNDS_MS``), which the agent reports and the server turns into a
+    # p99 (docs/mesh.md, "Metrics"). Off: no per-request cost at all
+    latency_histogram: bool = False
 
     def __post_init__(self) -> None:
         _name("cluster", self.name)
+        if self.latency_histogram and self.protocol == "tcp":
+            raise MeshModelError(
+                f"cluster {self.name}: latency_histogram needs an HTTP or gRPC port (a TCP "
+                "connection has no response time)"
+            )
         if self.scale_to_zero and self.protocol == "tcp":
             raise MeshModelError(
                 f"cluster {self.name}: scale_to_zero needs an HTTP or gRPC port (a TCP "

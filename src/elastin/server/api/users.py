@@ -68,7 +68,8 @@ class ServiceMetrics(BaseModel):
     """One service's live metrics from the agents' one-second reports (memory only):
     cpu (millicores), memory (bytes), their requests and utilisation, replicas and ready
     ones, requests and errors per second, in flight, average and longest response time
-    (ms) through the mesh; p99 is not measured (null, docs/mesh.md "Metrics")."""
+    (ms) through the mesh; p99 (ms) from the proxies' latency histograms, kept only for a
+    service that autoscales on its p99 (null otherwise, docs/mesh.md "Metrics")."""
 
     app: str
     service: str
@@ -93,6 +94,11 @@ class MetricStatus(BaseModel):
     value: float | None = Field(description="the value decided from (None: no value)")
     proposal: int | None = Field(description="the replicas this metric asked for")
     note: str = Field(description="what was left out or assumed; p99: where its value comes from")
+    source: str = Field(
+        "",
+        description="p99: p99_response_ms (measured, the proxies' latency histograms) or "
+        "max_response_ms (the longest response, an upper bound: no histogram)",
+    )
 
 
 class AutoscaleStatus(BaseModel):

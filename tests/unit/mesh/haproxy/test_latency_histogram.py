@@ -1,0 +1,218 @@
+"""The mesh's latency histogram (issue #13, a measured p99): only a service whose autoscale has
+a ``p99`` metric gets one (``Cluster.latency_histogram``); its backend counts each endpoint's
+response in one GPC counter per bucket of ``res.timer.hdr`` (exclusive ranges) and a 504 of
+the mesh's own at the request timeout; every other service renders as before. The agent
+asks for the tables with ``show stat`` (``stats_command``), reads them (``parse_latency``),
+keeps them monotonic across reloads (``Totals``) and reports them cumulative per bucket
+(``latency_buckets``). HAProxy 3.0 accepts the text (``haproxy -c``). With real traffic:
+tests/integration/mesh/test_mesh_p99.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from elastin.agent.sampling import latency_buckets, port_reading
+from elastin.mesh.haproxy.process import haproxy_binary
+from elastin.mesh.haproxy.render import Paths, latency_bucket, render
+from elastin.mesh.haproxy.stats import (
+    STATS_COMMAND,
+    Totals,
+    Worker,
+    parse_latency,
+    parse_stats,
+    stats_command,
+)
+from elastin.mesh.model import Cluster, Listener, MeshSnapshot, Timeouts
+from elastin.mesh.model.build import build_clusters
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, ClusterStats
+from elastin.mesh.model.types import MeshModelError
+from elastin.model.spec import parse_spec
+
+N = len(LATENCY_BOUNDS_MS) + 1  # the buckets, with the one of slower responses
+
+
+def snapshot(protocol: str = "http", **policy: object) -> MeshSnapshot:
+    c = Cluster("a.w.http", protocol=protocol, **policy)  # type: ignore[arg-type]
+    lst = Listener("c.w", 20001, "a.w.http", protocol=protocol)  # type: ignore[arg-type]
+    return MeshSnapshot(1, "n1", (lst,), (c,))
+
+
+def backend(text: str) -> list[str]:
+    return text.split("backend c_a.w.http\n", 1)[1].split("\n\n", 1)[0].splitlines()
+
+
+PATHS = Paths("/tmp/x.sock")
+
+
+def test_a_p99_service_counts_each_response_in_one_bucket() -> None:
+    lines = backend(render(snapshot(latency_histogram=True), PATHS))
+    assert f"    stick-table type integer size 1 store gpc({N})" in lines
+    assert "    http-request track-sc0 int(1)" in lines
+    rules = [x.strip() for x in lines if x.startswith("    http-response sc-inc-gpc(")]
+    assert rules[:3] == [
+        "http-response sc-inc-gpc(0,0) if { res.timer.hdr le 5 }",
+        "http-response sc-inc-gpc(1,0) if { res.timer.hdr 6:10 }",
+        "http-response sc-inc-gpc(2,0) if { res.timer.hdr 11:15 }",
+    ]
+    assert rules[-1] == f"http-response sc-inc-gpc({N - 1},0) if {{ res.timer.hdr gt 30000 }}"
+    assert len(rules) == N  # one rule, one counter per bucket: each response matches one
+    # the mesh's own 504 (no answer within the request timeout, 30 s): counted at the timeout
+    after = [x for x in lines if x.startswith("    http-after-response sc-inc-gpc")]
+    assert after == [
+        f"    http-after-response sc-inc-gpc({latency_bucket(30000)},0) if {{ status 504 }} "
+        "{ res.hdr(x-elastin-error) -m found }"
+    ]
+    assert latency_bucket(30000) == N - 2 and latency_bucket(30001) == N - 1
+
+
+def test_the_buckets_cover_every_millisecond_once() -> None:
+    assert [latency_bucket(ms) for ms in (0, 5, 6, 250, 251, 10**9)] == [0, 0, 1, 8, 9, N - 1]
+    lines = backend(render(snapshot(latency_histogram=True), PATHS))
+    covered: list[int] = []
+    for x in lines:
+        if "http-response sc-inc-gpc(" in x and "gt" not in x:
+            cond = x.split("res.timer.hdr ", 1)[1].rstrip(" }")
+            lo, hi = (0, int(cond[3:])) if cond.startswith("le") else map(int, cond.split(":"))
+            covered += range(lo, hi + 1)
+    assert covered == list(range(0, LATENCY_BOUNDS_MS[-1] + 1))
+
+
+def test_with_a_rate_limit_the_histogram_shares_its_entry() -> None:
+    lines = backend(render(snapshot(latency_histogram=True, rate_limit=50), PATHS))
+    tables = [x for x in lines if "stick-table" in x]
+    assert tables == [f"    stick-table type integer size 1 store gpc({N}),http_req_rate(1s)"]
+    assert lines.count("    http-request track-sc0 int(1)") == 1
+    assert any("sc_http_req_rate(0) gt 50" in x for x in lines)
+
+
+def test_a_504_is_counted_at_the_services_own_timeout_and_before_grpc_rewrites_it() -> None:
+    snap = snapshot("grpc", latency_histogram=True, timeouts=Timeouts(request=0.3))
+    lines = backend(render(snap, PATHS))
+    count = next(i for i, x in enumerate(lines) if "sc-inc-gpc" in x and "status 504" in x)
+    assert f"sc-inc-gpc({latency_bucket(300)},0)" in lines[count]
+    rewrite = next(i for i, x in enumerate(lines) if "set-status 200" in x)
+    assert count < rewrite
+
+
+def test_other_services_render_as_before() -> None:
+    for policy in ({}, {"rate_limit": 50}):
+        text = render(snapshot(**policy), PATHS)  # type: ignore[arg-type]
+        assert "gpc" not in text and "res.timer.hdr" not in text.split("backend", 1)[1]
+    lines = backend(render(snapshot(rate_limit=50), PATHS))
+    assert "    stick-table type integer size 1 expire 10s store http_req_rate(1s)" in lines
+
+
+def test_a_tcp_port_has_no_histogram() -> None:
+    with pytest.raises(MeshModelError, match="latency_histogram needs an HTTP or gRPC port"):
+        Cluster("a.w.db", protocol="tcp", latency_histogram=True)
+
+
+SPEC = """
+app: a
+services:
+  w:
+    command: "true"
+    ports: {http: 0, db: {port: 0, protocol: tcp}}
+    autoscale: {min: 1, max: 3, metrics: [%s]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("metrics", "http", "tcp"),
+    [("p99: 250ms", True, False), ("rps: 10", False, False), ("{rps: 10}, {p99: 1s}", True, False)],
+)
+def test_the_cluster_of_a_p99_service_keeps_a_histogram(
+    metrics: str, http: bool, tcp: bool
+) -> None:
+    app = parse_spec(SPEC % metrics)
+    clusters = {c.name: c for c in build_clusters({"a": app}, [], {})}
+    assert clusters["a.w.http"].latency_histogram is http
+    assert clusters["a.w.db"].latency_histogram is tcp
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_haproxy_accepts_the_histogram(tmp_path: Path, protocol: str) -> None:
+    snap = snapshot(protocol, latency_histogram=True, rate_limit=10)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(render(snap, Paths(str(tmp_path / "x.sock"))) + "\n")
+    done = subprocess.run(
+        [str(haproxy_binary()), "-c", "-f", str(cfg)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- reading it back ------------------------------------------------------------------------
+
+GPCS = " ".join(f"gpc{i}={i * 2}" for i in range(N))
+TABLE = (
+    "# table: c_a.w.http, type: integer, size:1, used:1\n"
+    f"0x55c0c2effd20: key=1 use=0 exp=0 shard=0 http_req_rate(1000)=5 {GPCS}\n\n"
+)
+EMPTY = "# table: c_a.v.http, type: integer, size:1, used:0\n\n"
+STAT = (
+    "# pxname,svname,stot,mode,\n"
+    "c_a.w.http,BACKEND,7,http,\n"
+    "c_a.v.http,BACKEND,0,http,\n"
+    "c_a.u.http,BACKEND,0,http,\n\n"
+)
+
+
+def test_parse_latency_reads_each_tables_counters() -> None:
+    answer = (
+        TABLE
+        + EMPTY
+        + "No such table\n\n"
+        + "# table: c_a.x.http, type: integer\n0x1: key=1 gpc0=4\n\n"
+    )
+    got = parse_latency(answer)
+    assert got["a.w.http"] == tuple(i * 2 for i in range(N))
+    assert got["a.v.http"] == (0,) * N  # no response since the worker started
+    assert "a.x.http" not in got  # not one counter per bucket: not the mesh's table
+
+
+def test_parse_stats_puts_the_histograms_in_the_clusters_stats() -> None:
+    stats = parse_stats(STAT + TABLE + EMPTY)
+    assert stats["a.w.http"].requests == 7
+    assert stats["a.w.http"].latency == tuple(i * 2 for i in range(N))
+    assert stats["a.v.http"].latency == (0,) * N
+    assert stats["a.u.http"].latency == ()  # no histogram for it
+
+
+def test_stats_command_asks_for_the_tables_of_p99_services_only() -> None:
+    plain = Cluster("a.u.http")
+    p99 = Cluster("a.w.http", latency_histogram=True)
+    snap = MeshSnapshot(1, "n1", (), (plain, p99))
+    assert stats_command(snap) == STATS_COMMAND + ";show table c_a.w.http"
+    assert stats_command(MeshSnapshot(1, "n1", (), (plain,))) == STATS_COMMAND
+    assert stats_command(None) == STATS_COMMAND
+
+
+def stats(latency: tuple[int, ...], requests: int = 0) -> dict[str, ClusterStats]:
+    return {"a.w.http": ClusterStats("a", "w", "http", "http", requests, latency=latency)}
+
+
+def test_the_buckets_stay_monotonic_across_a_reload() -> None:
+    totals = Totals()
+    first = (3, 1) + (0,) * (N - 2)
+    got, _ = totals.add(Worker(10, 1), stats(first, 4))
+    assert got["a.w.http"].latency == first
+    got, moved = totals.add(Worker(11, 2), stats((1,) + (0,) * (N - 1), 1))  # a new worker
+    assert moved
+    assert got["a.w.http"].latency == (4, 1) + (0,) * (N - 2)
+    back = Totals.from_data(totals.to_data())  # counters.json
+    got, _ = back.add(Worker(11, 2), stats((2,) + (0,) * (N - 1), 2))
+    assert got["a.w.http"].latency == (5, 1) + (0,) * (N - 2)
+
+
+def test_the_report_carries_cumulative_le_buckets() -> None:
+    counts = (3, 1) + (0,) * (N - 3) + (2,)
+    s = stats(counts, 6)["a.w.http"]
+    reading = port_reading(s)
+    assert reading["latency_buckets"] == latency_buckets(counts)
+    assert reading["latency_buckets"][:3] == [[5, 3], [10, 4], [15, 4]]
+    assert reading["latency_buckets"][-2:] == [[30000, 4], [None, 6]]
+    assert "latency_buckets" not in port_reading(stats(())["a.w.http"])
