@@ -253,3 +253,71 @@ def test_a_gauge_above_its_target_scales_the_service_up(daemon: Daemon) -> None:
     )
     assert "the value of queue_depth: 'lots' is not a number" in text
     c.close()
+
+
+def spec_with(metrics: str) -> str:
+    """The worker of ``SPEC`` autoscaled on ``metrics`` (a YAML flow list): one version
+    whatever they are (``autoscale:`` makes no new one)."""
+    head, _ = SPEC.split("      metrics:")
+    return f"{head}      metrics: {metrics}\n"
+
+
+def test_a_gauge_added_to_a_running_service_is_read_without_a_restart(daemon: Daemon) -> None:
+    """``apply`` adds the gauge (then changes its path) on a running service: no new version,
+    no new instance, and the agent is not restarted; its agent reads the current spec."""
+    tmp = daemon.tmp
+    set_depth(tmp, "34")  # 35 per replica: 3 replicas (max) once the gauge is read
+    spec = tmp / "gauge.yaml"
+    spec.write_text(spec_with("[{cpu: 90%}]"))
+    daemon.start()
+    assert daemon.proc is not None
+    daemon_pid = daemon.proc.pid
+    daemon.cli("apply", str(spec), "--wait")
+    c = daemon.client()
+    log = daemon.log
+
+    def worker() -> dict[str, Any]:
+        return next(s for s in c.services() if s["name"] == "worker")
+
+    def gauge() -> dict[str, Any] | None:
+        a = worker().get("autoscale") or {}
+        found = [m for m in a.get("metrics", []) if m["metric"] == "queue_depth"]
+        return found[0] if a.get("at") and found else None
+
+    def first() -> dict[str, Any]:
+        allocs = c.call("GET", "/v1/allocations")
+        return next(a for a in allocs if a["workload"] == "worker" and a["index"] == 0)
+
+    # the autoscaler decides on cpu alone: one replica
+    wait_for(lambda: (worker().get("autoscale") or {}).get("at"), 60, "a decision", log)
+    before = wait_for(lambda: (a := first())["pid"] and a, 30, "the first replica's pid", log)
+    assert worker()["desired"] == 1
+
+    # the gauge added by apply: the same version and instance, read by the running agent
+    spec.write_text(
+        spec_with("[{cpu: 90%}, {metric: queue_depth, target: 10, port: metrics, path: /metrics}]")
+    )
+    out = daemon.cli("apply", str(spec), "--wait")
+    assert "configure" in out, out
+    wait_for(lambda: (g := gauge()) and g["value"] == 35.0, 60, "the added gauge's value", log)
+    wait_for(lambda: worker()["desired"] == 3, 60, "a scale-up to 3 replicas", log)
+    now = first()
+    assert (now["id"], now["pid"], now["spec_version"], now["status"]) == (
+        before["id"],
+        before["pid"],
+        before["spec_version"],
+        "running",
+    )
+
+    # its path changed by apply: a page the instances do not serve, the gauge left out
+    spec.write_text(
+        spec_with("[{cpu: 90%}, {metric: queue_depth, target: 10, port: metrics, path: /nope}]")
+    )
+    daemon.cli("apply", str(spec), "--wait")
+    wait_for(lambda: (g := gauge()) and g["value"] is None, 60, "the gauge to be left out", log)
+    wait_for(
+        lambda: "/nope: HTTP 404" in log.read_text(errors="replace"), 30, "the reason", log
+    )
+    assert first()["pid"] == before["pid"]
+    assert daemon.proc.poll() is None and daemon.proc.pid == daemon_pid  # never restarted
+    c.close()
