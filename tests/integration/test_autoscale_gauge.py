@@ -315,9 +315,7 @@ def test_a_gauge_added_to_a_running_service_is_read_without_a_restart(daemon: Da
     )
     daemon.cli("apply", str(spec), "--wait")
     wait_for(lambda: (g := gauge()) and g["value"] is None, 60, "the gauge to be left out", log)
-    wait_for(
-        lambda: "/nope: HTTP 404" in log.read_text(errors="replace"), 30, "the reason", log
-    )
+    wait_for(lambda: "/nope: HTTP 404" in log.read_text(errors="replace"), 30, "the reason", log)
     assert first()["pid"] == before["pid"]
     assert daemon.proc.poll() is None and daemon.proc.pid == daemon_pid  # never restarted
     c.close()

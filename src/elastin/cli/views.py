@@ -147,11 +147,22 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}ms"
 
 
+def _p99_or_max(total: dict[str, Any]) -> str:
+    """The ``P99 / MAX`` cell: the measured p99 of the last second (``p99_response_ms``: a
+    service autoscaled on p99, whose proxies keep a latency histogram) named ``p99``, else the
+    longest response named ``max`` (p99 is at most that); ``-`` without traffic."""
+    p99, longest = total.get("p99_response_ms"), total.get("max_response_ms")
+    if p99 is not None:
+        return f"{_ms(p99)} p99"
+    return "-" if longest is None else f"{_ms(longest)} max"
+
+
 def services_live_table(rows: list[dict[str, Any]]) -> Table:
     """Per service: ready replicas, cpu and memory against their requests, requests per
-    second, in flight and response times (average and longest; p99 <= the longest), and when
-    a service is autoscaled on application gauges, each one's value (the replicas' average)
-    against its target."""
+    second, in flight and response times (average; the measured p99 when the service has one,
+    else the longest, each cell saying which: ``_p99_or_max``), and when a service is
+    autoscaled on application gauges, each one's value (the replicas' average) against its
+    target."""
     t = Table(show_edge=False, header_style="bold")
     gauges = any(s.get("app_metrics") for s in rows)
     for col in (
@@ -162,7 +173,7 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
         "REQ/S",
         "IN FLIGHT",
         "AVG",
-        "MAX (>= p99)",
+        "P99 / MAX",
         *(("APP METRICS now (target)",) if gauges else ()),
     ):
         t.add_column(col, no_wrap=True)
@@ -180,7 +191,7 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
             "-" if rps is None else f"{rps:.1f}",
             "-" if flight is None else f"{flight:.0f}",
             _ms(m.get("avg_response_ms")),
-            _ms(m.get("max_response_ms")),
+            _p99_or_max(m),
             *(
                 (
                     ", ".join(
@@ -202,8 +213,10 @@ def services_live_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--once", is_flag=True, help="print once and exit (default on a non-terminal)")
 def top(as_json: bool, once: bool) -> None:
     """Live cpu and memory of every running instance, and per service its requests per
-    second, requests in flight and response times (average and longest) through the mesh,
-    and the application metrics it is autoscaled on against their targets.
+    second, requests in flight and response times through the mesh (the average, and the
+    measured p99 of a service autoscaled on p99 or else the longest response, an upper bound
+    of p99: the cell says `p99` or `max`), and the application metrics it is autoscaled on
+    against their targets.
 
     The numbers come from the agents' one-second reports (the server keeps five minutes of
     them in memory). With --json, the running instances as before, each with `live`: its
