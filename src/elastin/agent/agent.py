@@ -28,6 +28,18 @@ accept connections on the node's proxy (``upstreams_down``).
 
 The node's HAProxy outlives the agent while instances run here (they survive an agent restart,
 and the next agent adopts the proxy); ``run`` stops it on the way out only when none does.
+
+Applications are fetched (``GET /v1/apps/{name}``) when an allocation starts and cached
+(``CachedApp``). A change of ``replicas``, ``mesh`` or ``autoscale:`` (``NOT_IN_INSTANCES``)
+makes no new version, so nothing in the allocation sync tells the agent of it; of those, the
+agent reads only ``autoscale.metrics`` at run time (its instances' application gauges:
+``_gauge_workload``; health checks, ports, stop grace and the rest belong to the version).
+``refresh_apps`` keeps the applications of its live service instances current: every mesh
+version follows each commit of an application (the server rebuilds the mesh from the applied
+spec), so an application fetched before the node's mesh version last moved is fetched again —
+at most once per ``APP_REFRESH`` s per application, and only while the mesh moves (a quiet
+cluster costs no call); without a mesh feed (no HAProxy here) every ``APP_REFRESH_NO_MESH`` s
+(``apps_to_refresh``, pure).
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import secrets
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -92,6 +104,7 @@ from elastin.mesh.model import Listener, MeshSnapshot
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
+from elastin.model.rollout import with_policy_of
 from elastin.model.settled import workload_ready
 from elastin.model.workload import Application, Workload
 from elastin.serving import Limits
@@ -110,6 +123,57 @@ LOG_CHECK_SECONDS = 1.0
 LOOP_GIVE_UP = 10  # failures in a row (about 3 min) before a vital loop stops the agent
 LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
 DRAIN_WAIT = 5.0  # seconds an instance being stopped waits for the proxies to drop it
+# an application is fetched at most once per APP_REFRESH seconds (also when the fetch fails);
+# its instances' spec as applied is fetched again once the node's mesh version moved past
+# the fetch (``apps_to_refresh``), or every APP_REFRESH_NO_MESH seconds without a mesh feed;
+# which ones are due is checked every APP_REFRESH_CHECK seconds
+APP_REFRESH = 5.0
+APP_REFRESH_NO_MESH = 15.0
+APP_REFRESH_CHECK = 1.0
+
+
+@dataclass(frozen=True)
+class CachedApp:
+    """An application as the agent last fetched it (``GET /v1/apps/{name}``)."""
+
+    app: Application
+    versions: dict[str, int]  # workload -> its current spec version
+    fetched: float  # the agent's ``clock.monotonic()`` when the fetch began
+    mesh_version: int | None  # the node's mesh version then (None: no mesh feed)
+
+
+def apps_to_refresh(
+    wanted: Iterable[str],
+    cached: Mapping[str, CachedApp],
+    tried: Mapping[str, float],
+    mesh_version: int | None,
+    now: float,
+) -> list[str]:
+    """Which of the ``wanted`` applications (those of the node's live service instances) to
+    fetch again now, sorted. ``tried``: when each was last asked for (``now`` is on the same
+    monotonic clock); ``mesh_version``: the version the node's proxy serves (None: no mesh
+    feed here).
+
+    None is fetched twice within ``APP_REFRESH`` s, a failed fetch included. One not cached is
+    due. With a mesh feed, one fetched at another mesh version than the node's now is due:
+    every commit of an application (``apply``, ``scale``, ``stop``) moves the mesh version,
+    and the record is committed before the version moves, so a fetch begun after the move
+    reads it; an allocation's report moves it too, which costs a fetch at most every
+    ``APP_REFRESH`` s while the mesh is busy, none while it is quiet. Without a feed, one
+    fetched ``APP_REFRESH_NO_MESH`` s ago is due."""
+    due = []
+    for name in sorted(set(wanted)):
+        last = tried.get(name)
+        if last is not None and now - last < APP_REFRESH:
+            continue
+        c = cached.get(name)
+        if (
+            c is None
+            or (mesh_version is not None and c.mesh_version != mesh_version)
+            or (mesh_version is None and now - c.fetched >= APP_REFRESH_NO_MESH)
+        ):
+            due.append(name)
+    return due
 
 
 @dataclass
@@ -334,7 +398,8 @@ class Agent:
         self.alloc_root = cfg.data_dir / "allocs"
         self.node_id = self._node_id()
         self.node: Node | None = None
-        self._apps: dict[str, tuple[float, Application, dict[str, int]]] = {}
+        self._apps: dict[str, CachedApp] = {}  # applications as last fetched (``_fetch_app``)
+        self._app_tried: dict[str, float] = {}  # application -> when it was last asked for
         self._tg: asyncio.TaskGroup | None = None
         self.mesh: MeshManager | None = None
         if metrics is None and cfg.metrics_port is not None:
@@ -434,22 +499,37 @@ class Agent:
                 delay = min(delay * 2, 5.0)
         raise RuntimeError("unreachable")  # pragma: no cover
 
+    def _mesh_version(self) -> int | None:
+        """The mesh version this node's proxy serves (None: no mesh feed here, or none yet)."""
+        m = self.mesh
+        if m is None or m.proxy is None or m.current is None:
+            return None
+        return m.current.version
+
+    async def _fetch_app(self, name: str) -> CachedApp:
+        """Application ``name`` as applied now, cached with when and at which mesh version
+        the fetch began. ``ClientError`` when the server cannot say."""
+        began, mesh_version = self.clock.monotonic(), self._mesh_version()
+        self._app_tried[name] = began
+        data = await self.client.call("GET", f"/v1/apps/{name}")
+        versions = {str(k): int(v) for k, v in data["versions"].items()}
+        cached = CachedApp(from_data(Application, data["app"]), versions, began, mesh_version)
+        self._apps[name] = cached
+        return cached
+
     async def _application(self, alloc: Allocation) -> tuple[Application, dict[str, int]]:
-        """``alloc``'s application as applied and its spec versions, cached for a few
-        seconds (fetched again when ``alloc`` runs another version than the cached one: a
-        rollback or an undo makes an older version current again). ``ClientError`` when the
-        server cannot say."""
+        """``alloc``'s application as applied and its spec versions, cached for
+        ``APP_REFRESH`` seconds (fetched again when ``alloc`` runs another version than the
+        cached one: a rollback or an undo makes an older version current again).
+        ``ClientError`` when the server cannot say."""
         cached = self._apps.get(alloc.app)
         if (
             cached is None
-            or self.clock.monotonic() - cached[0] > 5
-            or cached[2].get(alloc.workload, 0) != alloc.spec_version
+            or self.clock.monotonic() - cached.fetched > APP_REFRESH
+            or cached.versions.get(alloc.workload, 0) != alloc.spec_version
         ):
-            data = await self.client.call("GET", f"/v1/apps/{alloc.app}")
-            versions = {str(k): int(v) for k, v in data["versions"].items()}
-            cached = (self.clock.monotonic(), from_data(Application, data["app"]), versions)
-            self._apps[alloc.app] = cached
-        return cached[1], cached[2]
+            cached = await self._fetch_app(alloc.app)
+        return cached.app, cached.versions
 
     async def workload(self, alloc: Allocation) -> Workload | None:
         """The workload spec an allocation runs (None when it is not available)."""
@@ -757,14 +837,48 @@ class Agent:
             await reader.close()
 
     def _gauge_workload(self, runner: AllocRunner) -> Workload | None:
-        """``runner``'s workload for its application gauges: the application as last
-        fetched when it runs the same version (an ``autoscale:`` change makes no new one, so
-        that copy may be newer than the runner's), else the runner's own."""
-        a = runner.alloc
-        cached = self._apps.get(a.app)
-        if cached is not None and cached[2].get(a.workload) == a.spec_version:
-            return cached[1].workload(a.workload) or runner.workload
-        return runner.workload
+        """``runner``'s workload for its application gauges: its own version's spec with the
+        policies of the application as last fetched (``with_policy_of``: an ``autoscale:``
+        change makes no new version, so the runner's copy may be older; ``refresh_apps``
+        keeps the fetched one current). The policy applies to every version of the service,
+        the ports it names are the instance's own (a port its version lacks is not read)."""
+        w = runner.workload
+        cached = self._apps.get(runner.alloc.app)
+        now = cached.app.workload(runner.alloc.workload) if cached is not None else None
+        if w is None or now is None:
+            return w
+        return with_policy_of(w, now)
+
+    async def keep_apps_fresh(self) -> None:
+        """Every ``APP_REFRESH_CHECK`` seconds, ``refresh_apps``."""
+        while True:
+            await self.clock.sleep(APP_REFRESH_CHECK)
+            await self.refresh_apps()
+
+    async def refresh_apps(self) -> list[str]:
+        """Fetch again the applications of this node's live service instances that
+        ``apps_to_refresh`` finds due (one at a time; a failure waits ``APP_REFRESH`` s), and
+        forget those no runner here belongs to. Returns the ones fetched."""
+        held = {r.alloc.app for r in self.runners.values()}
+        for name in [n for n in self._apps if n not in held]:
+            del self._apps[name]
+        for name in [n for n in self._app_tried if n not in held]:
+            del self._app_tried[name]
+        wanted = {
+            r.alloc.app
+            for r in self.runners.values()
+            if r.alloc.type == "service" and not r.done.is_set()
+        }
+        now = self.clock.monotonic()
+        fetched = []
+        for name in apps_to_refresh(wanted, self._apps, self._app_tried, self._mesh_version(), now):
+            try:
+                await self._fetch_app(name)
+            except ClientError as e:  # the server away or the app deleted: tried again later
+                log.debug("cannot fetch application %s again: %s", name, e.message)
+                continue
+            fetched.append(name)
+        return fetched
 
     async def _metrics_loop(self, reader: GaugeReader) -> None:
         interval = self.cfg.metrics_interval
@@ -859,6 +973,9 @@ class Agent:
                 if self.cfg.metrics_interval > 0:
                     tg.create_task(
                         keep_running("the agent's metrics reports", self.report_metrics, clock)
+                    )
+                    tg.create_task(  # what the metrics loop reads of the spec (app gauges)
+                        keep_running("the agent's application refresh", self.keep_apps_fresh, clock)
                     )
                 tg.create_task(keep_running("the agent's log caps", self.keep_logs, clock))
                 tg.create_task(keep_running("the agent's allocation GC", self.keep_allocs, clock))
