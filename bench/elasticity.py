@@ -235,6 +235,7 @@ class Timeline:
     stale_retries: int = 0
     # the autoscaler's decisions (``service.autoscaled`` events): (t, message, data)
     decisions: list[tuple[float, str, Any]] = field(default_factory=list)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, type, subject)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -575,11 +576,13 @@ def run_system(
     tl.end = now()
     tl.samples = sorted(gen.samples, key=lambda s: s.due)
     tl.stale_retries = gen.stale_retries
+    events = client.events(limit=1000, service=f"{app}/api")
     tl.decisions = [
         (e["time"] - wall0, e["message"], e.get("data"))
-        for e in client.events(limit=1000, service=f"{app}/api")
+        for e in events
         if e.get("type") == "service.autoscaled"
     ]
+    tl.events = [(e["time"] - wall0, e["type"], e["subject"]) for e in events]
     client.delete_app(app)
     wait_for(lambda: all(a.terminal for a in client.allocations(app=app)), 60, f"{app} to stop")
     return tl
@@ -675,6 +678,7 @@ def dump(tl: Timeline) -> dict[str, Any]:
         "rates": tl.rates,
         "counts": [(c.t, c.desired, c.ready) for c in tl.counts],
         "decisions": tl.decisions,
+        "events": tl.events,
         "per_second": [(t, n, None if p is None else min(p, 1e9)) for t, n, p in per_second(tl)],
     }
 
