@@ -85,12 +85,15 @@ from elastin.agent.reconcile import (
 )
 from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner, resized
 from elastin.agent.sampling import (
+    BURST_LOOKS,
     DEFAULT_INTERVAL,
     Page,
     build_report,
+    burst,
     gauge_pages,
     instance_reading,
     is_ready,
+    port_rates,
     recent_usage,
 )
 from elastin.client.discovery import running_server
@@ -101,6 +104,7 @@ from elastin.datadir import ensure_private
 from elastin.mesh.dns import DnsServer, Target
 from elastin.mesh.haproxy.stats import CLEAR_MAX
 from elastin.mesh.model import Listener, MeshSnapshot
+from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
 from elastin.model.codec import from_data
 from elastin.model.resources import Resources
@@ -884,6 +888,9 @@ class Agent:
         interval = self.cfg.metrics_interval
         told = ""
         series = secrets.token_hex(8)  # this loop's: the server starts a new series with it
+        early = False  # this report goes before its interval is over: the load jumped
+        last: tuple[float, Mapping[str, ClusterStats]] | None = None  # the last reading
+        rates: dict[str, float] = {}  # each port's arrivals per second in the last interval
         while True:
             started = self.clock.monotonic()
             sampled: dict[str, tuple[Allocation, Usage, bool]] = {}
@@ -917,9 +924,8 @@ class Agent:
                 if mesh:  # the longest response of the next interval, from now on
                     with contextlib.suppress(Exception):
                         await self.mesh.proxy.command(CLEAR_MAX)
-            report = build_report(
-                self.clock.time(), interval, instances, mesh, self.clock.monotonic(), series
-            )
+            mono = self.clock.monotonic()
+            report = build_report(self.clock.time(), interval, instances, mesh, mono, series, early)
             try:
                 await self.client.node_metrics(self.node_id, report)
                 told = ""
@@ -927,8 +933,31 @@ class Agent:
                 if e.message != told:  # 404 before the first heartbeat, 413: said once
                     log.warning("metrics report not taken: %s", e.message)
                     told = e.message
-            spent = self.clock.monotonic() - started
-            await self.clock.sleep(max(0.05, interval - spent))
+            rates = port_rates(mesh, last[1], mono - last[0]) if last is not None else {}
+            last = (mono, mesh)
+            early = await self._until_next_report(started + interval, mono, rates)
+
+    async def _until_next_report(
+        self, deadline: float, reported: float, rates: Mapping[str, float]
+    ) -> bool:
+        """Wait until ``deadline`` (monotonic) for the next metrics report, looking at the
+        proxy's arrival counters ``BURST_LOOKS`` times meanwhile; True as soon as a port's
+        load jumped since the report at ``reported`` (``sampling.burst``): report now."""
+        step = max(0.1, self.cfg.metrics_interval / BURST_LOOKS)
+        while (now := self.clock.monotonic()) < deadline - 0.05:
+            await self.clock.sleep(min(step, deadline - now))
+            mesh = self.mesh
+            if mesh is None or not rates or deadline - self.clock.monotonic() < 0.05:
+                continue
+            worker, before = mesh.reported_arrivals
+            looked, counts = await mesh.arrivals()
+            if looked is None or looked != worker:
+                continue  # another worker since the report: its counters start again
+            if jumped := burst(before, rates, counts, self.clock.monotonic() - reported):
+                log.debug("load jumped on %s: reporting now", ", ".join(jumped))
+                return True
+        await self.clock.sleep(max(0.0, deadline - self.clock.monotonic()))
+        return False
 
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops, and so does the

@@ -70,14 +70,16 @@ from elastin.mesh.haproxy.render import Paths, app_of, leave_out_unrenderable, r
 from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
 from elastin.mesh.haproxy.stats import (
-    STATS_COMMAND as STATS_COMMAND,  # what it reads with when no cluster keeps a histogram
-)
-from elastin.mesh.haproxy.stats import (
+    ARRIVALS_COMMAND,
     Totals,
+    Worker,
     allocation_in_flight,
     parse_stats,
     split_info,
     stats_command,
+)
+from elastin.mesh.haproxy.stats import (
+    STATS_COMMAND as STATS_COMMAND,  # what it reads with when no cluster keeps a histogram
 )
 from elastin.mesh.model import Listener, MeshSnapshot, diff
 from elastin.mesh.model.names import ClusterName
@@ -235,6 +237,8 @@ class MeshManager:
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
+        # the raw arrival counters per cluster of the last ``read_stats`` and their worker
+        self.reported_arrivals: tuple[Worker | None, dict[str, int]] = (None, {})
         self._stats_lock = asyncio.Lock()  # read_stats: one reading at a time
         self.ports = ports if ports is not None else PortAllocator()
         self.port_holder = port_holder  # None: listeners' ports are not checked (tests)
@@ -351,11 +355,26 @@ class MeshManager:
                 except (HaproxyError, OSError):
                     pass
                 else:
-                    stats, moved = self.totals.add(worker, parse_stats(text))
+                    raw = parse_stats(text)
+                    self.reported_arrivals = (worker, {k: s.requests for k, s in raw.items()})
+                    stats, moved = self.totals.add(worker, raw)
                     if moved:
                         self._save_totals()
             self._stats = stats
         return stats
+
+    async def arrivals(self) -> tuple[Worker | None, dict[str, int]]:
+        """The proxy's raw arrival counters per cluster now (one ``show stat`` of the
+        backends, not counted into the totals) and the worker that answered: what the
+        metrics loop compares with ``reported_arrivals`` (the same worker's counters at the
+        last report) to see the load jump between reports. Empty when no proxy runs."""
+        if self.proxy is None or not self.proxy.alive():
+            return None, {}
+        try:
+            worker, text = split_info(await self.proxy.command(ARRIVALS_COMMAND))
+        except (HaproxyError, OSError):
+            return None, {}
+        return worker, {k: s.requests for k, s in parse_stats(text).items()}
 
     async def serves(self, name: str, port: int) -> bool:
         """Whether the proxy serves the listener ``name`` on ``port`` (it is in the

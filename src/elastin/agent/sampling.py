@@ -27,6 +27,11 @@ The server counts rates over ``mono``'s difference between two reports (a step o
 clock bends nothing) and starts a new series when ``series`` changes (an agent restarted);
 ``at`` only has to be within a few minutes of the server's clock.
 
+Between two reports the loop looks at its proxy's arrival counters ``BURST_LOOKS`` times
+(one cheap ``show stat`` of the backends); when a port's load jumped (``burst``) it reports
+at once with ``"early": true`` and its interval starts again: the server takes that
+report's rates for its second alone and evaluates the autoscaler at once.
+
 ``gauges``: an autoscaled service's application metrics (``autoscale.metrics`` entries of
 kind ``app``), scraped from each ready instance's own Prometheus endpoint
 (``gauge_pages`` says which; ``agent/gauges.py`` reads them, ``agent/promtext.py`` parses):
@@ -49,6 +54,9 @@ from elastin.model.cluster import Allocation, Usage
 from elastin.model.workload import Workload
 
 DEFAULT_INTERVAL = 1.0
+BURST_FACTOR = 1.5  # a port's load since the last report this many times its last rate...
+BURST_MIN = 20.0  # ...and this many requests per second above it: report now (``burst``)
+BURST_LOOKS = 4  # looks at the proxy's counters per interval for a jump
 MAX_GAUGES = 64  # application gauges one instance reports at most (the server's bound too)
 
 
@@ -170,15 +178,57 @@ def build_report(
     mesh: Mapping[str, ClusterStats],
     mono: float | None = None,
     series: str = "",
+    early: bool = False,
 ) -> dict[str, Any]:
-    """The metrics report's body (see the module's doc)."""
+    """The metrics report's body (see the module's doc); ``early``: sent before its
+    interval was over because the load jumped (``burst``)."""
     return {
         "at": at,
         **({} if mono is None else {"mono": mono, "series": series}),
         "interval": interval,
+        **({"early": True} if early else {}),
         "instances": dict(instances),
         "ports": {name: port_reading(s) for name, s in mesh.items()},
     }
+
+
+def port_rates(
+    now: Mapping[str, ClusterStats], before: Mapping[str, ClusterStats], seconds: float
+) -> dict[str, float]:
+    """Each port's arrivals per second between two readings of the proxy's totals (``now``,
+    ``before``, ``seconds`` apart); a port new since ``before``, or a counter that went
+    down, has none."""
+    if seconds <= 0:
+        return {}
+    return {
+        key: (s.requests - b.requests) / seconds
+        for key, s in now.items()
+        if (b := before.get(key)) is not None and s.requests >= b.requests
+    }
+
+
+def burst(
+    before: Mapping[str, int], rates: Mapping[str, float], now: Mapping[str, int], seconds: float
+) -> list[str]:
+    """The ports whose load jumped since the last report (pure): their arrivals since then
+    (``now`` − ``before``: one proxy worker's raw counters, ``seconds`` apart) at a rate of
+    at least ``BURST_FACTOR`` times the rate of the report's interval (``rates``) and at least
+    ``BURST_MIN`` requests per second above it. The agent then reports at once (``early``)
+    rather than at the end of its interval, and the server's autoscaler evaluates then: a
+    load step is seen in a fraction of a second, not up to an interval later (what Knative's
+    panic window is for). A port without both readings, or whose counter went down (another
+    worker), is not judged."""
+    if seconds <= 0:
+        return []
+    out = []
+    for key, count in now.items():
+        b = before.get(key)
+        if b is None or count < b:
+            continue
+        rate, last = (count - b) / seconds, rates.get(key, 0.0)
+        if rate >= BURST_FACTOR * last and rate >= last + BURST_MIN:
+            out.append(key)
+    return out
 
 
 def recent_usage(usage: Usage, running: bool, now: float, max_age: float) -> Usage | None:

@@ -312,7 +312,17 @@ class Autoscaler:
         self._held: dict[str, tuple[int, float, bool]] = {}
         self._kick = asyncio.Event()
         self._fresh = asyncio.Event()  # a metrics report arrived since the last pass
-        telemetry.on_report(self._fresh.set)
+        self._burst = False  # an early report (the load jumped) since the last pass
+        telemetry.on_report(self._report_arrived)
+
+    def _report_arrived(self, early: bool) -> None:
+        """A metrics report was kept: the next pass may follow it (``_pause``); an early
+        one — an agent saw the load jump before its interval was over — makes a pass at
+        once that evaluates every service, due or not (a scale-up waits for no tick)."""
+        self._fresh.set()
+        if early:
+            self._burst = True
+            self._kick.set()
 
     def held_requests(self, app: str, service: str, count: int, at_zero: bool = True) -> None:
         """A node's proxy holds ``count`` requests for ``app/service`` (scaled to zero):
@@ -431,6 +441,7 @@ class Autoscaler:
         forward it would find an idle service idle for too long); the wall clock only
         converts the store's timestamps (``ready_at``) and stamps the status (``at``)."""
         now = self.clock.monotonic()
+        burst, self._burst = self._burst, False
         records = await self.repo.list_apps()
         if not any(
             w.autoscale and w.autoscale.horizontal for r in records for w in r.app.workloads
@@ -448,7 +459,7 @@ class Autoscaler:
                 seen.add(key)
                 tick = min(tick, max(MIN_TICK, policy.interval))
                 state = self._states.setdefault(key, _State())
-                woken = w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
+                woken = burst or (w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0)
                 if w.name in rec.stopped or (now < state.next_at and not woken):
                     continue
                 state.next_at = now + early(policy.interval)

@@ -71,11 +71,12 @@ class Telemetry:
         self._node_usage: dict[str, Usage] = {}
         self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
         self._allocs: tuple[int, dict[str, Allocation]] = (-1, {})  # version -> live ones
-        self._on_report: list[Callable[[], None]] = []
+        self._on_report: list[Callable[[bool], None]] = []
 
-    def on_report(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after each metrics report is kept (the autoscaler's wake-up:
-        it evaluates right after fresh numbers, not up to a second later)."""
+    def on_report(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(early)`` after each metrics report is kept (the autoscaler's
+        wake-up: it evaluates right after fresh numbers, not up to a second later; at once
+        after an ``early`` one, which says the load jumped)."""
         self._on_report.append(listener)
 
     def record(
@@ -108,7 +109,7 @@ class Telemetry:
         (``vet_report``). ``ClockSkew`` when its clock is far from the server's."""
         self.windows.record(node_id, report)
         for listener in self._on_report:
-            listener()
+            listener(report.early)
 
     def live_allocations(self, version: int, allocs: Iterable[Allocation]) -> dict[str, Allocation]:
         """The live ones of ``allocs`` (the mesh feed's, of mesh ``version``) by id, built

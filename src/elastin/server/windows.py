@@ -24,7 +24,9 @@ Agents send a *metrics report* at their ``--metrics-interval`` (1 s by default; 
   response time (HAProxy's ``rtime``: the last 1,024 requests) and the longest response of
   the interval (``rtime_max``, which the agent clears after each reading) are gauges; both
   times are left out (None) for an interval without a request;
-- two reports in one second merge (rates over their summed time, gauges from the newer).
+- two reports in one second merge (rates over their summed time, gauges from the newer),
+  unless the newer came ``early`` (the agent saw the load jump before its interval was over:
+  ``agent.sampling.burst``): its rates then stand for the second alone.
 
 A node keeps only its newest *point* (what it reported for one second, grouped by service)
 and its last counters. A point stands for its second and, while no newer one came, for
@@ -132,6 +134,9 @@ class NodeReport:
     ports: Mapping[str, PortReading]
     mono: float | None = None  # the agent's monotonic clock when it sampled (None: older agent)
     series: str = ""  # the agent process's id: another one starts a new series
+    # sent before its interval was over because the load jumped (``agent.sampling.burst``):
+    # its rates stand for the second alone, not merged with an earlier report's
+    early: bool = False
 
 
 class ClockSkew(ValueError):
@@ -282,6 +287,9 @@ def parse_report(data: Any) -> NodeReport:
     series = top.get("series", "")
     if not isinstance(series, str) or len(series) > 256:
         raise ValueError("the report's series must be a string of at most 256 characters")
+    early = top.get("early", False)
+    if not isinstance(early, bool):
+        raise ValueError("the report's early must be true or false")
     return NodeReport(
         at=_num(top, "at", "the report"),
         interval=interval,
@@ -289,6 +297,7 @@ def parse_report(data: Any) -> NodeReport:
         ports=ports,
         mono=mono,
         series=series,
+        early=early,
     )
 
 
@@ -857,7 +866,10 @@ class Windows:
         node.counters, node.endpoint_counters = counters, endpoint_counters
         node.latency = latency
         old = node.point
-        if old is not None and old.second == second:  # a second report in this second
+        # a second report in this second merges with the first (rates over their summed
+        # time) — unless it came early because the load jumped: then the rates before the
+        # jump are not the second's, and the early report's stand alone
+        if old is not None and old.second == second and not report.early:
             for svc, share in services.items():
                 if (was := old.services.get(svc)) is None:
                     continue

@@ -17,6 +17,7 @@ from agent_support import offline_agent
 from elastin.agent.sampling import (
     Page,
     build_report,
+    burst,
     endpoint_allocation,
     gauge_pages,
     instance_reading,
@@ -269,3 +270,65 @@ async def test_the_metrics_loop_reads_the_gauges_of_ready_instances(tmp_path: Pa
     assert instances["abc-1"]["gauges"] == {"queue_depth": 15.0}  # both label sets summed
     assert "gauges" not in instances["abc-2"]  # not ready: not scraped
     assert seen and b"GET /metrics " in seen[0]
+
+
+def test_burst_is_a_jump_well_above_the_last_rate() -> None:
+    rates = {"a.b.http": 50.0, "a.c.http": 0.0}
+    # 0.25 s after the report: b took 80 requests (320/s), c 2 (8/s: below BURST_MIN)
+    now = {"a.b.http": 1080, "a.c.http": 12, "a.new.http": 5}
+    before = {"a.b.http": 1000, "a.c.http": 10}
+    assert burst(before, rates, now, 0.25) == ["a.b.http"]
+    assert burst(before, {"a.b.http": 300.0}, now, 0.25) == []  # 320/s is not a jump from 300
+    assert burst({"a.b.http": 2000}, rates, now, 0.25) == []  # went down: another worker
+    assert burst(before, rates, now, 0.0) == []
+
+
+class JumpingMesh:
+    """A node's proxy whose one port takes 50 requests/s, then 500/s from ``step`` on
+    (monotonic seconds); its arrival counters as ``MeshManager`` reads them."""
+
+    def __init__(self, clock: Any, step: float) -> None:
+        self.clock, self.step = clock, step
+        self.proxy = SimpleNamespace(command=self._command)
+        self.reported_arrivals: tuple[Any, dict[str, int]] = (None, {})
+        self.looks = 0
+
+    async def _command(self, _: str) -> str:
+        return ""
+
+    def count(self) -> int:
+        t = self.clock.monotonic()
+        return int(50 * min(t, self.step) + 500 * max(0.0, t - self.step))
+
+    async def read_stats(self) -> dict[str, ClusterStats]:
+        n = self.count()
+        self.reported_arrivals = ("w1", {"shop.api.http": n})
+        return {"shop.api.http": ClusterStats("shop", "api", "http", "http", requests=n)}
+
+    async def arrivals(self) -> tuple[Any, dict[str, int]]:
+        self.looks += 1
+        return "w1", {"shop.api.http": self.count()}
+
+
+async def test_a_load_jump_is_reported_at_once_not_at_the_end_of_the_interval(
+    tmp_path: Path,
+) -> None:
+    """Between two reports the loop looks at the proxy's arrivals; when a port's load
+    jumped it reports at once, marked early (the server then evaluates the autoscaler at
+    once), and its interval starts again (issue #13, reaction time)."""
+    agent = offline_agent(tmp_path)
+    client = FakeClient()
+    agent.client = client  # type: ignore[assignment]
+    start = agent.clock.monotonic()
+    mesh = JumpingMesh(agent.clock, step=start + 2.1)
+    agent.mesh = mesh  # type: ignore[assignment]
+    loop = asyncio.create_task(agent.report_metrics())
+    await until(lambda: len(client.reports) >= 6)
+    loop.cancel()
+    times = [round(r["mono"] - start, 2) for r in client.reports]
+    early = [bool(r.get("early")) for r in client.reports]
+    # regular at 0, 1, 2; the load jumps at 2.1; seen at the look at 2.25 (320/s since the
+    # report at 2), and again at 2.5 (500/s against 320/s); then a quiet interval
+    assert times[:6] == [0.0, 1.0, 2.0, 2.25, 2.5, 3.5]
+    assert early[:6] == [False, False, False, True, True, False]
+    assert parse_report(client.reports[3]).early

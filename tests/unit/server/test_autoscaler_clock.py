@@ -5,6 +5,7 @@ back) nor makes an idle service idle for longer than it was (a step forward)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import test_autoscaler as busy
 import test_scale_to_zero as zero
@@ -94,3 +95,32 @@ async def test_the_next_pass_follows_a_fresh_metrics_report() -> None:
     clock.advance(0.2)
     await _settle()
     assert pause.done()
+
+
+async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
+    """An agent reports early when the load jumped (``agent.sampling.burst``): the loop
+    wakes at once and evaluates every service, though its interval is not over."""
+    clock = FakeClock(1_700_000_000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(busy.SPEC)
+    await start_placed(cluster)
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    _, ids = await busy.api(cluster)
+    scaler = cluster.autoscaler
+    await scaler.evaluate_once()  # quiet: the next evaluation is due in 0.7 s at the soonest
+    clock.now += 0.2
+    scaler._kick.clear()
+    await busy.load(cluster, ids, 3, [0])  # a regular report: waits for its turn
+    assert not scaler._kick.is_set()
+    await scaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 1  # not due yet
+    eps = {a: {"requests": 20, "active": 3} for a in ids}
+    early = busy.report(clock.time(), eps, 20)
+    cluster.telemetry.record_metrics("n1", replace(early, early=True))
+    assert scaler._kick.is_set()  # the loop's pause ends now
+    await scaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 3  # evaluated though not due: 3 in flight against a target of 1

@@ -496,3 +496,29 @@ def test_a_malformed_histogram_is_refused_naming_the_field(buckets: Any, says: s
     with pytest.raises(ValueError) as e:
         parse_report(body)
     assert "ports['a.b.c'].latency_buckets" in str(e.value) and says in str(e.value)
+
+
+def test_an_early_report_stands_for_its_second_alone() -> None:
+    """An agent reports early when the load jumped: the rate before the jump is not the
+    second's, so the early report's rate is not merged with the one before it."""
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", report(T0, 0))
+    clock.advance(0.9)
+    w.record("n1", report(T0 + 1.0, 50))  # 50/s
+    clock.advance(0.05)  # the same server second
+    early = parse_report({**raw_report(T0 + 1.25, 175), "early": True})  # 500/s for 0.25 s
+    assert early.early
+    w.record("n1", early)
+    assert current(w, "requests_per_s") == 500.0  # not (50 + 125) / 1.25
+
+
+def test_early_must_be_a_boolean() -> None:
+    with pytest.raises(ValueError, match="early must be true or false"):
+        parse_report({**raw_report(T0, 0), "early": "yes"})
+
+
+def raw_report(at: float, requests: int) -> dict[str, Any]:
+    """A report's body as the agent sends it: one HTTP port, no instance."""
+    port = {"mode": "http", "requests": requests, "errors": 0, "active": 0, "endpoints": {}}
+    return {"at": at, "interval": 1.0, "instances": {}, "ports": {"shop.api.http": port}}

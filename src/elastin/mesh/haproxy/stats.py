@@ -58,6 +58,8 @@ BACKEND_PREFIX = "c_"
 SERVER_PREFIX = "e_"
 # which worker counted, and its counters (backends and servers)
 STATS_COMMAND = "show info;show stat -1 6 -1"
+# the backends only (``show stat``'s type 2): their arrival counters, between two readings
+ARRIVALS_COMMAND = "show info;show stat -1 2 -1"
 # how a ``show table`` answer starts; a GPC array's counter in an entry's line
 TABLE_HEAD = "# table: "
 _GPC = re.compile(r"gpc(\d+)=(\d+)")

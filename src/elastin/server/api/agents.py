@@ -80,6 +80,12 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
             "starts a new series (no rate from its first report)",
         },
         "interval": {**_NUMBER, "description": "seconds between the agent's reports"},
+        "early": {
+            "type": "boolean",
+            "description": "sent before its interval was over because a port's load jumped: "
+            "its rates stand for their second alone (not merged with an earlier report's) and "
+            "the autoscaler evaluates at once",
+        },
         "instances": {
             "type": "object",
             "description": "allocation id -> its instance on this node (one the store does "
