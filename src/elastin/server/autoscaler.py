@@ -142,8 +142,10 @@ def observations(
             )
         )
     total = metrics.get("total", {}) if metrics else {}
-    out = _with_backlog(out, _float(_current(total.get("requests_per_s"))), "rps")
-    out = _with_backlog(out, _float(_current(total.get("in_flight"))), "inflight")
+    queued = _with_backlog(out, _float(_current(total.get("in_flight"))), "inflight")
+    if queued != out:  # requests wait on no replica: what arrived beyond theirs waits too
+        queued = _with_backlog(queued, _float(_current(total.get("requests_per_s"))), "rps")
+    out = queued
     return Observations(replicas=tuple(out), request=w.resources, p99=service_p99(metrics)[0])
 
 
@@ -156,7 +158,10 @@ def _with_backlog(
     That share is on no endpoint yet: requests waiting in a proxy's queue for a free
     connection (``mesh.max_connections``) arrived and wait, but no replica holds them. Left
     out, a saturated service would look as loaded as what its replicas take, and a scale-up
-    would be sized for that rather than for the load asked of it."""
+    would be sized for that rather than for the load asked of it. The request rate is
+    spread only while requests wait (``observations``): otherwise what arrived beyond the
+    replicas' share is what the mesh answered itself (a rate limit's 429, a 503), which
+    more replicas would not serve."""
     if total is None:
         return replicas
     share = {r.id for r in replicas if r.ready and getattr(r, attr) is not None}
@@ -397,6 +402,7 @@ class Autoscaler:
             tick = TICK
             self._kick.clear()  # a wake from here on makes the next pass at once
             self._fresh.clear()
+            started = self.clock.monotonic()
             try:
                 tick = await self.evaluate_once()
             except asyncio.CancelledError:
@@ -404,12 +410,15 @@ class Autoscaler:
             except Exception:  # a store hiccup: the next tick tries again
                 log.exception("autoscaler pass failed")
             await self._pause(tick)
+            if self._burst:  # many nodes' early reports: a pass at most every MIN_TICK
+                await self.clock.sleep(max(0.0, started + MIN_TICK - self.clock.monotonic()))
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep until the next pass: at once on a held request's wake; else right after
-        the first metrics report that arrives from ``early(seconds)`` on, or after
-        ``seconds`` when none does. A pass then reads numbers a few milliseconds old, not
-        up to an interval old (the loop's tick and the agents' reports are not in step)."""
+        """Sleep until the next pass: at once on a held request's wake or an early report
+        (the load jumped); else right after the first metrics report that arrives from
+        ``early(seconds)`` on, or after ``seconds`` when none does. A pass then reads
+        numbers a few milliseconds old, not up to an interval old (the loop's tick and the
+        agents' reports are not in step)."""
         if self._kick.is_set():
             return
         start = self.clock.monotonic()

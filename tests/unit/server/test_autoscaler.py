@@ -330,3 +330,19 @@ def test_the_p99_is_the_measured_one_and_the_longest_response_only_without_a_his
     assert service_p99(total(None, 900.0)) == (0.9, False)  # an agent without a histogram
     assert service_p99(total(None, None)) == (None, False)
     assert service_p99({}) == (None, False)
+
+
+def test_requests_the_mesh_answered_itself_are_not_load_for_the_replicas() -> None:
+    """A rate-limited service: what arrived beyond the replicas' share was answered by the
+    mesh (429), not queued; spreading it would scale up replicas the limit keeps idle (a
+    reviewer's finding)."""
+    clock = FakeClock(1000.0)
+    w = Windows(clock)
+    w.record("n1", report(999.0, {"a": {"requests": 10, "active": 1}}, requests=10))
+    # 1,000 arrived, 100 went to the endpoint, the rest were 429s; nothing waits
+    w.record("n1", report(1000.0, {"a": {"requests": 110, "active": 1}}, requests=1010))
+    from elastin.model.spec import parse_spec
+
+    wl = parse_spec(SPEC).workloads[0]
+    (a,) = observations(wl, [alloc("a")], w.service("shop", "api", 1)).replicas
+    assert a.rps == 100.0 and a.inflight == 1.0

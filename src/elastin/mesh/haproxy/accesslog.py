@@ -25,10 +25,11 @@ Where lines could be lost or doubled, and what is done about it:
   is still arriving for new lines and write it twice;
 * a restarted agent starts from the last line of the ring in the file (HAProxy's own
   messages, ``[NOTICE]``/``[WARNING]``/``[ALERT]`` lines, share the file and are never in the
-  ring), the same way; a worker that started after the collector, or after the request of
-  that last line came (its own ``time``: HAProxy reloaded or restarted while the agent was
-  away), has nothing in the file, so all of its ring is new at once (no waiting for a replay
-  to end, which a busy proxy's stream never gives). Not the file's modification time:
+  ring), the same way; a worker that started after the collector, or after that last line
+  was logged (its request's ``time`` plus its ``time_ms``: HAProxy logs a request when it
+  ends; HAProxy reloaded or restarted while the agent was away), has nothing in the file,
+  so all of its ring is new at once (no waiting for a replay to end, which a busy proxy's
+  stream never gives). Not the file's modification time:
   HAProxy's master writes its own lines there after it forks a worker ("New worker",
   "Loading success"). Process start times come in clock ticks since boot: a worker is taken
   for later only when it surely is, else its replay is waited for as before;
@@ -183,17 +184,22 @@ def last_line(path: Path, window: int = 64 << 10) -> bytes | None:
 LINE_TIME = re.compile(
     rb'^\{"time":"(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})\.(\d{3})"'
 )
+LINE_LASTED = re.compile(rb'"time_ms":(\d{1,10})[,}]')  # %Ta (HTTP) or %Tt (TCP)
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def line_time(line: bytes | None) -> float | None:
-    """When the request of an access log line came (its ``time``), in seconds since the
-    epoch; None for a line without one (a notice of the ring, another format). A local time
-    that a change of daylight saving time repeats is taken as the later one: a later time
-    lets fewer workers count as all new, never more."""
+    """When an access log line was logged, in seconds since the epoch: when its request
+    came (``time``) plus how long it lasted (``time_ms``: HAProxy logs a request when it
+    ends; a slow request that came before a worker started may end, and be written, after
+    that worker's lines); None for a line without a time (a notice of the ring, another
+    format). A local time that a change of daylight saving time repeats is taken as the
+    later one: a later time lets fewer workers count as all new, never more."""
     m = LINE_TIME.match(line or b"")
     if m is None or m.group(2).decode() not in MONTHS:
         return None
+    lasted = LINE_LASTED.search(line or b"")
+    took = int(lasted.group(1)) / 1000 if lasted else 0.0
     day, month, year, hour, minute, second, ms = (x.decode() for x in m.groups())
     try:
         when = datetime(
@@ -206,7 +212,7 @@ def line_time(line: bytes | None) -> float | None:
             int(ms) * 1000,
             fold=1,
         )
-        return when.timestamp()
+        return when.timestamp() + took
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -233,8 +239,9 @@ def process_start(pid: int, now: float) -> float | None:
 
 def all_new(worker: float | None, collector: float | None, anchor: float | None) -> bool:
     """Whether the ring of a worker that started at ``worker`` can hold nothing of the file:
-    it started after the collector (``collector``), or after the request of the file's last
-    line of a ring came (``anchor``; a worker logs only requests it accepted). Times in
+    it started after the collector (``collector``), or after the file's last line of a ring
+    was logged (``anchor``, ``line_time``; a worker logs only requests it accepted, when they
+    end). Times in
     seconds since the epoch; an unknown one decides nothing."""
     if worker is None:
         return False

@@ -292,8 +292,8 @@ class Totals:
         """A reading of ``worker`` (None when unknown) -> the totals, and whether the base
         moved (another worker answered, or a cluster's counter went down: what the previous
         worker counted joined the base; to be saved). An endpoint's counter that went down
-        alone (its server deleted and added again in the same worker) adds just that
-        endpoint's count to the base."""
+        alone (its server deleted and added again in the same worker), or a latency bucket's
+        (its 32-bit counter wrapped), adds just that counter's count to the base."""
         if worker and worker in self.retired:  # late: its counts are in the base already
             late = {
                 n: plus(zero(s), _sum(self.base.get(n, {}), self.last.get(n, {})))
@@ -308,7 +308,9 @@ class Totals:
             if v < self.last.get(name, {}).get(k, 0)
         }
         other = bool(worker and self.worker and not worker.same(self.worker))
-        moved = other or any(not k.startswith(ENDPOINT) for _, k in fell)
+        # an endpoint's counter, or a latency bucket's (a 32-bit GPC that wrapped), going
+        # down alone moves only itself; any other counter going down means another worker
+        moved = other or any(not k.startswith((ENDPOINT, LATENCY)) for _, k in fell)
         if moved:
             self.base = _kept(
                 {name: _sum(self.base.get(name, {}), last) for name, last in self.last.items()}

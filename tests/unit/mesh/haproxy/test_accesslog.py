@@ -169,7 +169,7 @@ AT = datetime(2026, 2, 6, 12, 14, 14, 655000).timestamp()
 WORKER, OLDER, UNKNOWN = 1001, 1002, 1003
 
 
-def test_a_lines_time_is_when_its_request_came() -> None:
+def test_a_lines_time_is_when_its_request_ended() -> None:
     http = b'{"time":"%s","caller":"c","listener":"c.web","status":200}\n' % LINE_AT.encode()
     assert line_time(http) == AT
     tcp = b'{"time":"%s","caller":"c","bytes_in":3}\n' % LINE_AT.encode()
@@ -178,6 +178,10 @@ def test_a_lines_time_is_when_its_request_came() -> None:
     assert line_time(b'{"time":"06/Foo/2026:12:14:14.655"}\n') is None
     assert line_time(b'{"time":"31/Feb/2026:12:14:14.655"}\n') is None
     assert line_time(None) is None
+    # logged when it ended: a 10 s request came before a worker started, its line after
+    slow = b'{"time":"%s","caller":"c","time_ms":10000,"connect_ms":0}\n' % LINE_AT.encode()
+    assert line_time(slow) == AT + 10.0
+    assert line_time(b'{"time":"%s","time_ms":-1}\n' % LINE_AT.encode()) == AT  # aborted
 
 
 def test_a_process_start_is_never_later_than_it_was() -> None:

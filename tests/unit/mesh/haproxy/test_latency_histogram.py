@@ -208,6 +208,19 @@ def test_the_buckets_stay_monotonic_across_a_reload() -> None:
     assert got["a.w.http"].latency == (5, 1) + (0,) * (N - 2)
 
 
+def test_a_wrapped_bucket_counter_moves_only_itself_into_the_base() -> None:
+    """GPC counters are 32 bits: one bucket wrapping in the same worker is that counter
+    gone down, not a new worker — only its own count joins the base (a reviewer saw every
+    counter of the node doubled: requests 4e9 -> 8e9)."""
+    totals = Totals()
+    w = Worker(10, 1)
+    big = (4_294_967_000,) + (0,) * (N - 1)
+    totals.add(w, stats(big, 4_000_000_000))
+    got, _ = totals.add(w, stats((700,) + (0,) * (N - 1), 4_000_001_000))
+    assert got["a.w.http"].requests == 4_000_001_000  # not added to itself
+    assert got["a.w.http"].latency[0] == 4_294_967_000 + 700
+
+
 def test_the_report_carries_cumulative_le_buckets() -> None:
     counts = (3, 1) + (0,) * (N - 3) + (2,)
     s = stats(counts, 6)["a.w.http"]
