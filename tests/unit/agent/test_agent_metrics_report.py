@@ -281,6 +281,11 @@ def test_burst_is_a_jump_well_above_the_last_rate() -> None:
     assert burst(before, {"a.b.http": 300.0}, now, 0.25) == []  # 320/s is not a jump from 300
     assert burst({"a.b.http": 2000}, rates, now, 0.25) == []  # went down: another worker
     assert burst(before, rates, now, 0.0) == []
+    # noise is no jump: at 90/s, 0.25 s hold 22.5 on average; 40 (160/s) is chance about
+    # once in 2,000 looks, 42 or more once in 6,500 (4 standard deviations above)
+    steady = {"a.b.http": 90.0}
+    assert burst({"a.b.http": 0}, steady, {"a.b.http": 40}, 0.25) == []
+    assert burst({"a.b.http": 0}, steady, {"a.b.http": 45}, 0.25) == ["a.b.http"]
 
 
 class JumpingMesh:
