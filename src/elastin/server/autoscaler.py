@@ -323,7 +323,8 @@ class Autoscaler:
     def _report_arrived(self, early: bool) -> None:
         """A metrics report was kept: the next pass may follow it (``_pause``); an early
         one — an agent saw the load jump before its interval was over — makes a pass at
-        once that evaluates every service, due or not (a scale-up waits for no tick)."""
+        once that evaluates every service with an interval of at most ``TICK``, due or not
+        (a scale-up waits for no tick; a longer interval is what its policy asked for)."""
         self._fresh.set()
         if early:
             self._burst = True
@@ -468,7 +469,11 @@ class Autoscaler:
                 seen.add(key)
                 tick = min(tick, max(MIN_TICK, policy.interval))
                 state = self._states.setdefault(key, _State())
-                woken = burst or (w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0)
+                # an early report (the load jumped) makes due the services that asked for
+                # second-level decisions; a longer interval (HPA's 15 s) is kept as asked
+                woken = (burst and policy.interval <= TICK) or (
+                    w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
+                )
                 if w.name in rec.stopped or (now < state.next_at and not woken):
                     continue
                 state.next_at = now + early(policy.interval)

@@ -124,3 +124,27 @@ async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
     await scaler.evaluate_once()
     count, _ = await busy.api(cluster)
     assert count == 3  # evaluated though not due: 3 in flight against a target of 1
+
+
+async def test_an_early_report_keeps_a_long_interval() -> None:
+    """HPA's 15 s interval is what such a policy asked for: an early report does not
+    evaluate it before its time (it made the benchmark's HPA row react like Elastin's)."""
+    clock = FakeClock(1_700_000_000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(
+        busy.SPEC.replace("      min: 1\n", "      min: 1\n      interval: 15s\n")
+    )
+    await start_placed(cluster)
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    _, ids = await busy.api(cluster)
+    scaler = cluster.autoscaler
+    await scaler.evaluate_once()
+    clock.now += 1
+    eps = {a: {"requests": 20, "active": 3} for a in ids}
+    early = busy.report(clock.time(), eps, 20)
+    cluster.telemetry.record_metrics("n1", replace(early, early=True))
+    await scaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 1  # 14 s before its next evaluation
