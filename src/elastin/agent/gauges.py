@@ -11,7 +11,11 @@ asks ``GaugeReader.read`` for the gauges of each running, ready instance of such
   slow endpoint never holds the report longer; at most ``MAX_BYTES`` (1 MiB) of body; one
   ``GET`` per distinct port and path however many gauges it serves; redirects are not
   followed, no proxy from the environment is used;
-- the page is read by ``agent/promtext.py`` (several label sets of a name are summed).
+- the page is read by ``agent/promtext.py`` (several label sets of a name are summed) on the
+  reader's own thread, within the same ``timeout``: the page is the application's, and the
+  event loop also carries the agent's heartbeats, API and mesh; a MiB takes a fraction of a
+  second to read (linear, but Python), and pages are read one at a time there, so that many
+  large pages share one core's worth and never the loop.
 
 A failed scrape — refused, timed out, not 200, too large, unparsable, the name missing or not
 a finite number — leaves that gauge out of that instance's reading (the autoscaler treats a
@@ -25,10 +29,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
+from elastin.agent.promtext import Gauges
 from elastin.agent.promtext import read as read_gauges
 from elastin.agent.sampling import Page
 from elastin.clock import SYSTEM, Clock
@@ -66,6 +72,7 @@ class GaugeReader:
         self.clock = clock
         self.max_bytes = max_bytes
         self._client: httpx.AsyncClient | None = None
+        self._parser: ThreadPoolExecutor | None = None  # reads the pages, off the loop
         self._said: dict[str, _Said] = {}  # instance -> its last logged failure
 
     def _http(self) -> httpx.AsyncClient:
@@ -86,9 +93,20 @@ class GaugeReader:
         return self._client
 
     async def close(self) -> None:
+        if self._parser is not None:
+            # a page being read finishes on its own (a fraction of a second): not waited for
+            self._parser.shutdown(wait=False, cancel_futures=True)
+            self._parser = None
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    async def _parse(self, text: str, names: tuple[str, ...]) -> Gauges:
+        """``read_gauges`` on the reader's thread (a cancelled wait drops a page not begun)."""
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(1, thread_name_prefix="elastin-gauges")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, read_gauges, text, names)
 
     async def read(
         self, pages: Mapping[str, Iterable[Page]], timeout: float
@@ -129,14 +147,17 @@ class GaugeReader:
 
     async def _one(self, page: Page, timeout: float) -> tuple[dict[str, float], str]:
         """``(values, trouble)`` of one page: the gauges read, and why any was not."""
+        text: str | None = None
         try:
             async with asyncio.timeout(timeout):
                 text = await self._fetch(page)
+                found = await self._parse(text, page.names)
         except TimeoutError:
-            return {}, f"no answer within {timeout:g}s"
+            if text is None:
+                return {}, f"no answer within {timeout:g}s"
+            return {}, f"the page was not read within {timeout:g}s ({len(text)} characters)"
         except ScrapeError as e:
             return {}, str(e)
-        found = read_gauges(text, page.names)
         trouble = "; ".join(found.problems.values())
         return found.values, trouble
 

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
+from elastin.agent import gauges
 from elastin.agent.gauges import GaugeReader, scrape_timeout
+from elastin.agent.promtext import Gauges
 from elastin.agent.sampling import Page
 from elastin.testing import FakeClock
 
 PAGE = b'# TYPE queue_depth gauge\nqueue_depth{q="a"} 4\nqueue_depth{q="b"} 3\nworkers 2\n'
+# the review's hostile page (issue #13): wanted lines a backtracking parser takes hours over,
+# then a good one; just under the 1 MiB a scrape reads
+HOSTILE = (b'queue_depth{a="b"' + b" " * 4000 + b"x\n") * 255 + b"queue_depth 5\n"
 
 
 class Endpoint:
@@ -39,6 +45,7 @@ class Endpoint:
                 status, body = {
                     b"/metrics": (b"200 OK", PAGE),
                     b"/big": (b"200 OK", b"queue_depth 1\n" + b"# pad\n" * 400_000),
+                    b"/hostile": (b"200 OK", HOSTILE),
                     b"/down": (b"503 Service Unavailable", b"no"),
                 }.get(path, (b"404 Not Found", b""))
                 writer.write(
@@ -133,3 +140,59 @@ def test_the_timeout_is_half_the_interval_at_most_half_a_second() -> None:
     assert scrape_timeout(1.0) == 0.5
     assert scrape_timeout(0.5) == 0.25
     assert scrape_timeout(60) == 0.5
+
+
+async def test_a_page_is_parsed_off_the_event_loop(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's loop also carries its heartbeats, API and mesh: while a hostile page is
+    parsed, another coroutine runs. The parse waits for a coroutine to run, which it can only
+    do when it is not on the loop itself (on the loop it would wait its 30 s out)."""
+    parsing, loop_ran = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    real = gauges.read_gauges
+
+    def watched(text: str, names: Iterable[str]) -> Gauges:
+        parsing.set()
+        waited.append(loop_ran.wait(30))
+        return real(text, names)
+
+    async def another() -> None:
+        while not parsing.is_set():
+            await asyncio.sleep(0.01)
+        loop_ran.set()
+
+    monkeypatch.setattr(gauges, "read_gauges", watched)
+    reader = GaugeReader(FakeClock())
+    try:
+        got, _ = await asyncio.gather(
+            reader.read({"a1": [Page(endpoint.port, "/hostile", ("queue_depth",))]}, 60),
+            asyncio.wait_for(another(), 60),
+        )
+    finally:
+        loop_ran.set()
+        await reader.close()
+    assert waited == [True]  # the other coroutine ran during the parse
+    assert got == {}  # the malformed lines spoil the gauge, and are said
+
+
+async def test_the_timeout_bounds_the_parse_too(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    real = gauges.read_gauges
+
+    def stuck(text: str, names: Iterable[str]) -> Gauges:
+        release.wait(30)
+        return real(text, names)
+
+    monkeypatch.setattr(gauges, "read_gauges", stuck)
+    reader = GaugeReader(FakeClock())
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read({"a1": [Page(endpoint.port, "/metrics", ("workers",))]}, 0.3)
+    finally:
+        release.set()
+        await reader.close()
+    assert got == {}
+    assert "the page was not read within 0.3s" in caplog.text
