@@ -188,6 +188,12 @@ def test_the_application_metric_port_defaults_to_the_only_port() -> None:
             "not a Prometheus metric name",
             "queue_depth",
         ),
+        (  # a trailing newline: never found in a page (it passed a `^...$` match)
+            '{max: 3, metrics: [{metric: "queue_depth\\n", target: 1, port: http}]}',
+            "autoscale.metrics[0].metric",
+            "not a Prometheus metric name",
+            "queue_depth",
+        ),
         ("{max: 3, metrics: [{cpu: 70%, rps: 5}]}", "autoscale.metrics[0]", "one name", ""),
         ("{max: 3, metrics: []}", "autoscale.metrics", "at least one metric", "cpu: 70%"),
         ("{max: 3, metrics: [{rps: 1}, {rps: 2}]}", "autoscale.metrics[1]", "twice", ""),
