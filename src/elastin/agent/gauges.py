@@ -7,6 +7,8 @@ asks ``GaugeReader.read`` for the gauges of each running, ready instance of such
 
 - ``GET http://127.0.0.1:<the instance's port>/<path>``, the address and port the health
   checker probes (``AllocRunner._health_loop``): the port number is the allocation's own;
+  HTTP/1.1 on an ``http`` port, HTTP/2 without TLS with prior knowledge (h2c, as the mesh
+  speaks to it) on an ``http2`` one;
 - all instances concurrently, each bounded by ``timeout`` (``min(0.5 s, interval / 2)``): a
   slow endpoint never holds the report longer; at most ``MAX_BYTES`` (1 MiB) of body; one
   ``GET`` per distinct port and path however many gauges it serves; redirects are not
@@ -71,15 +73,20 @@ class GaugeReader:
     def __init__(self, clock: Clock = SYSTEM, max_bytes: int = MAX_BYTES) -> None:
         self.clock = clock
         self.max_bytes = max_bytes
-        self._client: httpx.AsyncClient | None = None
+        self._clients: dict[bool, httpx.AsyncClient] = {}  # by http2 (h2c) or not
         self._parser: ThreadPoolExecutor | None = None  # reads the pages, off the loop
         self._said: dict[str, _Said] = {}  # instance -> its last logged failure
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self, http2: bool) -> httpx.AsyncClient:
+        """The client for HTTP/1.1 ports, or for ``http2`` ones: HTTP/2 without TLS with
+        prior knowledge (h2c, as the mesh speaks to them)."""
+        client = self._clients.get(http2)
+        if client is None:
             # verify=False: no TLS is spoken here, and building a default TLS context costs
             # ~20 ms of cpu (as the health checker)
-            self._client = httpx.AsyncClient(
+            client = self._clients[http2] = httpx.AsyncClient(
+                http1=not http2,
+                http2=http2,
                 timeout=None,  # asyncio.timeout bounds each scrape
                 trust_env=False,
                 verify=False,
@@ -90,15 +97,15 @@ class GaugeReader:
                     "Accept-Encoding": ACCEPT_ENCODING,
                 },
             )
-        return self._client
+        return client
 
     async def close(self) -> None:
         if self._parser is not None:
             # a page being read finishes on its own (a fraction of a second): not waited for
             self._parser.shutdown(wait=False, cancel_futures=True)
             self._parser = None
-        if self._client is not None:
-            client, self._client = self._client, None
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             await client.aclose()
 
     async def _parse(self, text: str, names: tuple[str, ...]) -> Gauges:
@@ -163,7 +170,7 @@ class GaugeReader:
 
     async def _fetch(self, page: Page) -> str:
         try:
-            async with self._http().stream("GET", page.url) as resp:
+            async with self._http(page.http2).stream("GET", page.url) as resp:
                 if resp.status_code != 200:
                     raise ScrapeError(f"HTTP {resp.status_code}")
                 length = resp.headers.get("content-length", "")
@@ -177,6 +184,8 @@ class GaugeReader:
         except httpx.TimeoutException as e:
             raise TimeoutError from e
         except (httpx.RemoteProtocolError, httpx.DecodingError):
+            if page.http2:
+                raise ScrapeError("not an HTTP/2 response (the port is http2: h2c)") from None
             raise ScrapeError("not an HTTP response") from None
         except httpx.TransportError as e:
             raise ScrapeError(_reason(e)) from None

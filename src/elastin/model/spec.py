@@ -1529,7 +1529,8 @@ def _metric_port(
             pnode,
             f"{path}.port",
             f"port {name!r} is {port.protocol}: the metric is read with an HTTP GET",
-            "name the port that serves the Prometheus endpoint (protocol http)",
+            "name the port that serves the Prometheus endpoint (protocol http or http2), "
+            "or serve it on a port of its own: ports: {metrics: {port: 0, protocol: http}}",
         )
         return None
     return name

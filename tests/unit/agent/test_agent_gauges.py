@@ -10,12 +10,17 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterable
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 
 from elastin.agent import gauges
 from elastin.agent.gauges import GaugeReader, scrape_timeout
 from elastin.agent.promtext import Gauges
-from elastin.agent.sampling import Page
+from elastin.agent.sampling import Page, gauge_pages
+from elastin.model.spec import parse_spec
 from elastin.testing import FakeClock
 
 PAGE = b'# TYPE queue_depth gauge\nqueue_depth{q="a"} 4\nqueue_depth{q="b"} 3\nworkers 2\n'
@@ -196,3 +201,64 @@ async def test_the_timeout_bounds_the_parse_too(
         await reader.close()
     assert got == {}
     assert "the page was not read within 0.3s" in caplog.text
+
+
+async def serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP/2-only endpoint without TLS (h2c, prior knowledge), as an ``http2`` port
+    serves (the mesh speaks to it so): PAGE on every stream."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    try:
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(
+                        event.stream_id,
+                        [(":status", "200"), ("content-length", str(len(PAGE)))],
+                    )
+                    conn.send_data(event.stream_id, PAGE, end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+    except (ConnectionError, h2.exceptions.ProtocolError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_an_http2_port_is_read_with_http2(endpoint: Endpoint) -> None:
+    """An application metric on an ``http2`` port (h2c) is read over HTTP/2; an ``http``
+    port still over HTTP/1.1 (an HTTP/1.1 request to an h2c-only port is not answered)."""
+    server = await asyncio.start_server(serve_h2c, "127.0.0.1", 0)
+    h2c = server.sockets[0].getsockname()[1]
+    reader = GaugeReader(FakeClock())
+    try:
+        got = await reader.read(
+            {
+                "a1": [Page(h2c, "/metrics", ("queue_depth",), http2=True)],
+                "a2": [Page(endpoint.port, "/metrics", ("workers",))],
+            },
+            timeout=5,
+        )
+    finally:
+        await reader.close()
+        server.close()
+        await server.wait_closed()
+    assert got == {"a1": {"queue_depth": 7.0}, "a2": {"workers": 2.0}}
+
+
+def test_the_pages_of_an_http2_port_say_so() -> None:
+    spec = """app: a
+services:
+  web:
+    command: x
+    ports: {http: 0, metrics: {port: 0, protocol: http2}}
+    autoscale:
+      max: 3
+      metrics: [{metric: q, target: 1, port: metrics}, {metric: r, target: 1, port: http}]
+"""
+    w = parse_spec(spec, file="t.yaml").workloads[0]
+    assert gauge_pages(w, {"http": 8080, "metrics": 9090}) == (
+        Page(9090, "/metrics", ("q",), http2=True),
+        Page(8080, "/metrics", ("r",), http2=False),
+    )
