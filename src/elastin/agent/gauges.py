@@ -189,6 +189,11 @@ class GaugeReader:
             raise ScrapeError("not an HTTP response") from None
         except httpx.TransportError as e:
             raise ScrapeError(_reason(e)) from None
+        except ImportError:  # httpx's http2 needs h2 (pyproject: httpx[http2])
+            raise ScrapeError(
+                "the port is http2, and reading it needs the Python package h2 beside the "
+                "agent: pip install 'httpx[http2]' in its environment"
+            ) from None
         return body.decode("utf-8", errors="replace")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterable
 
@@ -262,3 +263,19 @@ services:
         Page(9090, "/metrics", ("q",), http2=True),
         Page(8080, "/metrics", ("r",), http2=False),
     )
+
+
+async def test_without_the_h2_package_an_http2_page_is_a_failed_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent installed without ``h2`` (an older environment) leaves the gauge out and says
+    why; the round, and the report, go on."""
+    monkeypatch.setitem(sys.modules, "h2", None)  # `import h2` fails
+    reader = GaugeReader(FakeClock())
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read({"a1": [Page(1, "/metrics", ("q",), http2=True)]}, 5)
+    finally:
+        await reader.close()
+    assert got == {}
+    assert "needs the Python package h2" in caplog.text
