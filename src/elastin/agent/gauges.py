@@ -7,11 +7,17 @@ asks ``GaugeReader.read`` for the gauges of each running, ready instance of such
 
 - ``GET http://127.0.0.1:<the instance's port>/<path>``, the address and port the health
   checker probes (``AllocRunner._health_loop``): the port number is the allocation's own;
+  HTTP/1.1 on an ``http`` port, HTTP/2 without TLS with prior knowledge (h2c, as the mesh
+  speaks to it) on an ``http2`` one;
 - all instances concurrently, each bounded by ``timeout`` (``min(0.5 s, interval / 2)``): a
   slow endpoint never holds the report longer; at most ``MAX_BYTES`` (1 MiB) of body; one
   ``GET`` per distinct port and path however many gauges it serves; redirects are not
   followed, no proxy from the environment is used;
-- the page is read by ``agent/promtext.py`` (several label sets of a name are summed).
+- the page is read by ``agent/promtext.py`` (several label sets of a name are summed) on the
+  reader's own thread, within the same ``timeout``: the page is the application's, and the
+  event loop also carries the agent's heartbeats, API and mesh; a MiB takes a fraction of a
+  second to read (linear, but Python), and pages are read one at a time there, so that many
+  large pages share one core's worth and never the loop.
 
 A failed scrape — refused, timed out, not 200, too large, unparsable, the name missing or not
 a finite number — leaves that gauge out of that instance's reading (the autoscaler treats a
@@ -25,10 +31,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
+from elastin.agent.promtext import Gauges
 from elastin.agent.promtext import read as read_gauges
 from elastin.agent.sampling import Page
 from elastin.clock import SYSTEM, Clock
@@ -65,14 +73,20 @@ class GaugeReader:
     def __init__(self, clock: Clock = SYSTEM, max_bytes: int = MAX_BYTES) -> None:
         self.clock = clock
         self.max_bytes = max_bytes
-        self._client: httpx.AsyncClient | None = None
+        self._clients: dict[bool, httpx.AsyncClient] = {}  # by http2 (h2c) or not
+        self._parser: ThreadPoolExecutor | None = None  # reads the pages, off the loop
         self._said: dict[str, _Said] = {}  # instance -> its last logged failure
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self, http2: bool) -> httpx.AsyncClient:
+        """The client for HTTP/1.1 ports, or for ``http2`` ones: HTTP/2 without TLS with
+        prior knowledge (h2c, as the mesh speaks to them)."""
+        client = self._clients.get(http2)
+        if client is None:
             # verify=False: no TLS is spoken here, and building a default TLS context costs
             # ~20 ms of cpu (as the health checker)
-            self._client = httpx.AsyncClient(
+            client = self._clients[http2] = httpx.AsyncClient(
+                http1=not http2,
+                http2=http2,
                 timeout=None,  # asyncio.timeout bounds each scrape
                 trust_env=False,
                 verify=False,
@@ -83,12 +97,23 @@ class GaugeReader:
                     "Accept-Encoding": ACCEPT_ENCODING,
                 },
             )
-        return self._client
+        return client
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        if self._parser is not None:
+            # a page being read finishes on its own (a fraction of a second): not waited for
+            self._parser.shutdown(wait=False, cancel_futures=True)
+            self._parser = None
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             await client.aclose()
+
+    async def _parse(self, text: str, names: tuple[str, ...]) -> Gauges:
+        """``read_gauges`` on the reader's thread (a cancelled wait drops a page not begun)."""
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(1, thread_name_prefix="elastin-gauges")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, read_gauges, text, names)
 
     async def read(
         self, pages: Mapping[str, Iterable[Page]], timeout: float
@@ -129,20 +154,23 @@ class GaugeReader:
 
     async def _one(self, page: Page, timeout: float) -> tuple[dict[str, float], str]:
         """``(values, trouble)`` of one page: the gauges read, and why any was not."""
+        text: str | None = None
         try:
             async with asyncio.timeout(timeout):
                 text = await self._fetch(page)
+                found = await self._parse(text, page.names)
         except TimeoutError:
-            return {}, f"no answer within {timeout:g}s"
+            if text is None:
+                return {}, f"no answer within {timeout:g}s"
+            return {}, f"the page was not read within {timeout:g}s ({len(text)} characters)"
         except ScrapeError as e:
             return {}, str(e)
-        found = read_gauges(text, page.names)
         trouble = "; ".join(found.problems.values())
         return found.values, trouble
 
     async def _fetch(self, page: Page) -> str:
         try:
-            async with self._http().stream("GET", page.url) as resp:
+            async with self._http(page.http2).stream("GET", page.url) as resp:
                 if resp.status_code != 200:
                     raise ScrapeError(f"HTTP {resp.status_code}")
                 length = resp.headers.get("content-length", "")
@@ -156,9 +184,16 @@ class GaugeReader:
         except httpx.TimeoutException as e:
             raise TimeoutError from e
         except (httpx.RemoteProtocolError, httpx.DecodingError):
+            if page.http2:
+                raise ScrapeError("not an HTTP/2 response (the port is http2: h2c)") from None
             raise ScrapeError("not an HTTP response") from None
         except httpx.TransportError as e:
             raise ScrapeError(_reason(e)) from None
+        except ImportError:  # httpx's http2 needs h2 (pyproject: httpx[http2])
+            raise ScrapeError(
+                "the port is http2, and reading it needs the Python package h2 beside the "
+                "agent: pip install 'httpx[http2]' in its environment"
+            ) from None
         return body.decode("utf-8", errors="replace")
 
 

@@ -19,7 +19,10 @@ What is read, as Prometheus' own text parser does:
 - a name with several samples (several label sets, or the same one repeated) reads as their
   **sum** (the service's total of, say, a queue depth per queue);
 - only the lines of the names asked for are parsed: a malformed line of another metric is
-  not this reader's business (Prometheus would refuse the whole scrape).
+  not this reader's business (Prometheus would refuse the whole scrape);
+- a page is read in time linear in its length, whatever it holds: the page comes from the
+  application, and a line built against a backtracking parser must not cost the agent more
+  than reading it (a scanner moving forward, with patterns that cannot backtrack).
 
 ``read`` answers the values found and, per name it could not read, why: absent, a malformed
 sample line (its line number), or a value that is not a finite number (``NaN``, ``±Inf``, or a
@@ -34,18 +37,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_VALUE = r'"(?:[^"\\\n]|\\.)*"'
-_LABEL = rf"[ \t]*[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*{_LABEL_VALUE}[ \t]*"
-# after the name: optional labels, the value, an optional timestamp, an optional exemplar
-_REST_RE = re.compile(
-    rf"(?:[ \t]*\{{(?:{_LABEL}(?:,{_LABEL})*,?[ \t]*|[ \t]*)\}}[ \t]*|[ \t]+)"
-    r"(?P<value>[^ \t]+)"
-    r"(?:[ \t]+(?P<ts>-?[0-9]+))?"
-    r"(?:[ \t]+#.*)?[ \t]*"
-)
-# Go's ParseFloat as Prometheus uses it, without hexadecimal and underscores
+# The pieces of a sample line after its name, each matched at a position by the scanner
+# (``_rest``): none can backtrack (one quantifier each, or possessive ones), and the scanner
+# only moves forward, so a line is read in time linear in its length whatever it holds. (One
+# regular expression for the whole line had blanks that two of its parts could take: a wanted
+# metric's line with a MiB of blanks in its braces took hours.)
+_BLANKS_RE = re.compile(r"[ \t]*")
+_LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_LABEL_VALUE_RE = re.compile(r'"(?:[^"\\\n]++|\\.)*+"')
+_TOKEN_RE = re.compile(r"[^ \t]*")
+_TIMESTAMP_RE = re.compile(r"-?[0-9]+")
+# Go's ParseFloat as Prometheus uses it, without hexadecimal and underscores; possessive, so
+# that a long run of digits that is not a number fails at once (``[0-9]+\.?[0-9]*`` split it
+# every possible way: a MiB of digits took hours)
 _FLOAT_RE = re.compile(
-    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])"
+    r"[+-]?+(?:(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?+"
+    r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?+|[nN][aA][nN])"
 )
 
 
@@ -80,15 +87,71 @@ def _sample(line: str, names: frozenset[str] | None, number: int) -> tuple[str, 
     name = m.group()
     if names is not None and name not in names:
         return None
-    rest = _REST_RE.fullmatch(line, m.end())
-    if rest is None:
+    value = _rest(line, m.end())
+    if value is None:
         raise ParseError(
             f"line {number}: {line[:120]!r} is not a sample (name{{labels}} value [timestamp])"
         )
     try:
-        return name, parse_value(rest.group("value"))
+        return name, parse_value(value)
     except ValueError as e:
         raise ParseError(f"line {number}: the value of {name}: {e}") from None
+
+
+def _blanks(line: str, at: int) -> int:
+    """Where the blanks (spaces, tabs) from ``at`` end."""
+    m = _BLANKS_RE.match(line, at)
+    return m.end() if m else at  # (always a match: blanks may be none)
+
+
+def _labels(line: str, at: int) -> int | None:
+    """Where ``{label="value", ...}`` starting at ``at`` (its ``{``) ends, just after its
+    ``}``; None when it is malformed. Blanks may go around the names, ``=`` and ``,``, and a
+    comma may end the list."""
+    at = _blanks(line, at + 1)
+    while True:
+        if line.startswith("}", at):
+            return at + 1
+        name = _LABEL_NAME_RE.match(line, at)
+        if name is None:
+            return None
+        at = _blanks(line, name.end())
+        if not line.startswith("=", at):
+            return None
+        value = _LABEL_VALUE_RE.match(line, _blanks(line, at + 1))
+        if value is None:
+            return None
+        at = _blanks(line, value.end())
+        if line.startswith(",", at):
+            at = _blanks(line, at + 1)
+        elif not line.startswith("}", at):
+            return None
+
+
+def _rest(line: str, at: int) -> str | None:
+    """The value (unchecked) of a sample line whose name ends at ``at``: ``[{labels}] value
+    [timestamp] [# exemplar]``, None when the line is not of that form."""
+    start = at
+    at = _blanks(line, at)
+    if line.startswith("{", at):
+        end = _labels(line, at)
+        if end is None:
+            return None
+        at = _blanks(line, end)
+    elif at == start:
+        return None  # the name runs into something else
+    token = _TOKEN_RE.match(line, at)
+    if token is None or token.end() == at:
+        return None  # no value
+    at = _blanks(line, token.end())
+    if at < len(line) and not line.startswith("#", at):  # not the end, nor an exemplar
+        timestamp = _TOKEN_RE.match(line, at)
+        if timestamp is None or not _TIMESTAMP_RE.fullmatch(timestamp.group()):
+            return None
+        at = _blanks(line, timestamp.end())
+        if at < len(line) and not line.startswith("#", at):
+            return None
+    return token.group()
 
 
 def _candidates(text: str, wanted: frozenset[str] | None) -> Iterator[tuple[int, str]]:

@@ -98,6 +98,7 @@ class Page:
     port: int
     path: str
     names: tuple[str, ...]
+    http2: bool = False  # the port is http2: HTTP/2 without TLS (h2c), with prior knowledge
 
     @property
     def url(self) -> str:
@@ -112,19 +113,22 @@ def gauge_pages(workload: Workload | None, ports: Mapping[str, int]) -> tuple[Pa
     policy = workload.autoscale if workload is not None else None
     if policy is None or not policy.horizontal:
         return ()
-    by_page: dict[tuple[int, str], list[str]] = {}
+    by_page: dict[tuple[int, str, bool], list[str]] = {}
     count = 0
+    h2c = {p.name for p in workload.ports if p.protocol == "http2"} if workload else set()
     for m in policy.metrics:
         if m.kind != "app" or count >= MAX_GAUGES:
             continue
         port = ports.get(m.port)
         if not port:
             continue
-        names = by_page.setdefault((port, m.path), [])
+        names = by_page.setdefault((port, m.path, m.port in h2c), [])
         if m.name not in names:
             names.append(m.name)
             count += 1
-    return tuple(Page(port, path, tuple(names)) for (port, path), names in by_page.items())
+    return tuple(
+        Page(port, path, tuple(names), http2) for (port, path, http2), names in by_page.items()
+    )
 
 
 def endpoint_allocation(endpoint_id: str, port: str) -> str:

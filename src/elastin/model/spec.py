@@ -1339,7 +1339,8 @@ POLICY_TYPES: tuple[str, ...] = get_args(PolicyType)
 SELECT_POLICIES: tuple[str, ...] = get_args(SelectPolicy)
 VERTICAL_MODES: tuple[str, ...] = get_args(VerticalMode)
 SCALE_TO_ZERO_PROTOCOLS = ("http", "http2", "grpc")
-PROMETHEUS_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")
+# used with fullmatch: a `^...$` match let "queue_depth\n" pass (`$` matches before a final \n)
+PROMETHEUS_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 PERCENTAGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 MAX_REPLICAS = 1000
 METRICS_HINT = (
@@ -1528,7 +1529,8 @@ def _metric_port(
             pnode,
             f"{path}.port",
             f"port {name!r} is {port.protocol}: the metric is read with an HTTP GET",
-            "name the port that serves the Prometheus endpoint (protocol http)",
+            "name the port that serves the Prometheus endpoint (protocol http or http2), "
+            "or serve it on a port of its own: ports: {metrics: {port: 0, protocol: http}}",
         )
         return None
     return name
@@ -1541,7 +1543,7 @@ def _app_metric(ctx: _Ctx, node: yaml.Node, path: str, ports: list[Port]) -> Met
         return None
     ok = True
     name = _str(ctx, m["metric"][1], f"{path}.metric")
-    if name is not None and not PROMETHEUS_NAME_RE.match(name):
+    if name is not None and not PROMETHEUS_NAME_RE.fullmatch(name):
         ctx.add(
             m["metric"][1],
             f"{path}.metric",

@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterable
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 
+from elastin.agent import gauges
 from elastin.agent.gauges import GaugeReader, scrape_timeout
-from elastin.agent.sampling import Page
+from elastin.agent.promtext import Gauges
+from elastin.agent.sampling import Page, gauge_pages
+from elastin.model.spec import parse_spec
 from elastin.testing import FakeClock
 
 PAGE = b'# TYPE queue_depth gauge\nqueue_depth{q="a"} 4\nqueue_depth{q="b"} 3\nworkers 2\n'
+# the review's hostile page (issue #13): wanted lines a backtracking parser takes hours over,
+# then a good one; just under the 1 MiB a scrape reads
+HOSTILE = (b'queue_depth{a="b"' + b" " * 4000 + b"x\n") * 255 + b"queue_depth 5\n"
 
 
 class Endpoint:
@@ -39,6 +51,7 @@ class Endpoint:
                 status, body = {
                     b"/metrics": (b"200 OK", PAGE),
                     b"/big": (b"200 OK", b"queue_depth 1\n" + b"# pad\n" * 400_000),
+                    b"/hostile": (b"200 OK", HOSTILE),
                     b"/down": (b"503 Service Unavailable", b"no"),
                 }.get(path, (b"404 Not Found", b""))
                 writer.write(
@@ -133,3 +146,136 @@ def test_the_timeout_is_half_the_interval_at_most_half_a_second() -> None:
     assert scrape_timeout(1.0) == 0.5
     assert scrape_timeout(0.5) == 0.25
     assert scrape_timeout(60) == 0.5
+
+
+async def test_a_page_is_parsed_off_the_event_loop(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's loop also carries its heartbeats, API and mesh: while a hostile page is
+    parsed, another coroutine runs. The parse waits for a coroutine to run, which it can only
+    do when it is not on the loop itself (on the loop it would wait its 30 s out)."""
+    parsing, loop_ran = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    real = gauges.read_gauges
+
+    def watched(text: str, names: Iterable[str]) -> Gauges:
+        parsing.set()
+        waited.append(loop_ran.wait(30))
+        return real(text, names)
+
+    async def another() -> None:
+        while not parsing.is_set():
+            await asyncio.sleep(0.01)
+        loop_ran.set()
+
+    monkeypatch.setattr(gauges, "read_gauges", watched)
+    reader = GaugeReader(FakeClock())
+    try:
+        got, _ = await asyncio.gather(
+            reader.read({"a1": [Page(endpoint.port, "/hostile", ("queue_depth",))]}, 60),
+            asyncio.wait_for(another(), 60),
+        )
+    finally:
+        loop_ran.set()
+        await reader.close()
+    assert waited == [True]  # the other coroutine ran during the parse
+    assert got == {}  # the malformed lines spoil the gauge, and are said
+
+
+async def test_the_timeout_bounds_the_parse_too(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    real = gauges.read_gauges
+
+    def stuck(text: str, names: Iterable[str]) -> Gauges:
+        release.wait(30)
+        return real(text, names)
+
+    monkeypatch.setattr(gauges, "read_gauges", stuck)
+    reader = GaugeReader(FakeClock())
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read({"a1": [Page(endpoint.port, "/metrics", ("workers",))]}, 0.3)
+    finally:
+        release.set()
+        await reader.close()
+    assert got == {}
+    assert "the page was not read within 0.3s" in caplog.text
+
+
+async def serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP/2-only endpoint without TLS (h2c, prior knowledge), as an ``http2`` port
+    serves (the mesh speaks to it so): PAGE on every stream."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    try:
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(
+                        event.stream_id,
+                        [(":status", "200"), ("content-length", str(len(PAGE)))],
+                    )
+                    conn.send_data(event.stream_id, PAGE, end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+    except (ConnectionError, h2.exceptions.ProtocolError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_an_http2_port_is_read_with_http2(endpoint: Endpoint) -> None:
+    """An application metric on an ``http2`` port (h2c) is read over HTTP/2; an ``http``
+    port still over HTTP/1.1 (an HTTP/1.1 request to an h2c-only port is not answered)."""
+    server = await asyncio.start_server(serve_h2c, "127.0.0.1", 0)
+    h2c = server.sockets[0].getsockname()[1]
+    reader = GaugeReader(FakeClock())
+    try:
+        got = await reader.read(
+            {
+                "a1": [Page(h2c, "/metrics", ("queue_depth",), http2=True)],
+                "a2": [Page(endpoint.port, "/metrics", ("workers",))],
+            },
+            timeout=5,
+        )
+    finally:
+        await reader.close()
+        server.close()
+        await server.wait_closed()
+    assert got == {"a1": {"queue_depth": 7.0}, "a2": {"workers": 2.0}}
+
+
+def test_the_pages_of_an_http2_port_say_so() -> None:
+    spec = """app: a
+services:
+  web:
+    command: x
+    ports: {http: 0, metrics: {port: 0, protocol: http2}}
+    autoscale:
+      max: 3
+      metrics: [{metric: q, target: 1, port: metrics}, {metric: r, target: 1, port: http}]
+"""
+    w = parse_spec(spec, file="t.yaml").workloads[0]
+    assert gauge_pages(w, {"http": 8080, "metrics": 9090}) == (
+        Page(9090, "/metrics", ("q",), http2=True),
+        Page(8080, "/metrics", ("r",), http2=False),
+    )
+
+
+async def test_without_the_h2_package_an_http2_page_is_a_failed_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent installed without ``h2`` (an older environment) leaves the gauge out and says
+    why; the round, and the report, go on."""
+    monkeypatch.setitem(sys.modules, "h2", None)  # `import h2` fails
+    reader = GaugeReader(FakeClock())
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read({"a1": [Page(1, "/metrics", ("q",), http2=True)]}, 5)
+    finally:
+        await reader.close()
+    assert got == {}
+    assert "needs the Python package h2" in caplog.text

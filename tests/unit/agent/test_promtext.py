@@ -6,6 +6,8 @@ unreadable."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +94,70 @@ def test_value_forms(text: str) -> None:
 def test_not_values(text: str) -> None:
     with pytest.raises(ValueError, match="is not a number"):
         parse_value(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ('g{a="b"} 1', 1.0),
+        ('g{ a = "b" , c="d", } 2 123', 2.0),
+        ("g{} 3", 3.0),
+        ('g {a="b"}\t4', 4.0),  # blanks before the braces
+        ('g{a="b"}5', 5.0),  # none after them
+        ('g{a="x\\"}"} 6 # {t="1"} 1', 6.0),  # an exemplar after the value
+        ('g 7 -12 # {t="1"} 1.5 99', 7.0),  # a timestamp and an exemplar
+        ('g{a="b",c="}, {"}  8  ', 8.0),
+    ],
+)
+def test_label_forms_are_read(line: str, value: float) -> None:
+    assert read(line + "\n", ["g"]).values == {"g": value}
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['g{a="b" c="d"} 1', "g{,} 1", 'g{a="b",,} 1', 'g{a="b"', 'g{a="b"} ', "g-1 2", 'g{1="b"} 1'],
+)
+def test_malformed_label_forms_are_refused(line: str) -> None:
+    assert "line 1:" in read(line, ["g"]).problems.get("g", ""), line
+
+
+# A wanted metric's line built to make a backtracking parser take hours (review of issue #13:
+# 16,000 blanks inside the braces took 0.63 s, a MiB of them years); and a MiB of ordinary
+# lines. Run in a child process with a generous bound: hours fail, a linear parser takes well
+# under a second.
+HOSTILE = r"""
+import sys, time
+from elastin.agent.promtext import read
+N = (1 << 20) - 200
+cases = {
+    "spaces in braces": 'queue_depth{a="b"' + " " * N + "x",
+    "spaces in braces, 64 lines": ('queue_depth{a="b"' + " " * 4000 + "x\n") * 256,
+    "spaces after a label": 'queue_depth{a="b" ' + " \t" * (N // 2) + ",}",
+    "spaces after the value": "queue_depth 1" + " " * N + "x",
+    "spaces before the timestamp": "queue_depth 1 " + " \t" * (N // 2) + "x",
+    "many labels": "queue_depth{" + ",".join(['a="b"'] * (N // 6)) + " x",
+    "many labels, blanks": "queue_depth{" + " , ".join(['a = "b"'] * (N // 10)) + " x",
+    "backslashes": 'queue_depth{a="' + "\\\\" * (N // 2),
+    "a long number": "queue_depth 1" + "1" * N + "x",
+    "a long number, a dot": "queue_depth 1." + "1" * N + "e",
+    "many lines": "queue_depth 1\n" * (N // 14),
+    "many labelled lines": 'queue_depth{q="a"} 1\n' * (N // 22),
+}
+for name, text in cases.items():
+    got = read(text[: 1 << 20], ["queue_depth"])
+    print(name, got.values, list(got.problems))
+"""
+
+
+def test_hostile_pages_are_read_in_linear_time() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HOSTILE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split(" {", 1) for line in done.stdout.splitlines())
+    assert len(said) == 12
+    for name in ("many lines", "many labelled lines"):
+        assert said[name].startswith("'queue_depth': "), said[name]  # read, summed
+    for name, what in said.items():
+        if not name.startswith("many lines") and name != "many labelled lines":
+            assert what == "} ['queue_depth']", (name, what)  # malformed: a problem

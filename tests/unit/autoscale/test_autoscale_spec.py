@@ -188,6 +188,12 @@ def test_the_application_metric_port_defaults_to_the_only_port() -> None:
             "not a Prometheus metric name",
             "queue_depth",
         ),
+        (  # a trailing newline: never found in a page (it passed a `^...$` match)
+            '{max: 3, metrics: [{metric: "queue_depth\\n", target: 1, port: http}]}',
+            "autoscale.metrics[0].metric",
+            "not a Prometheus metric name",
+            "queue_depth",
+        ),
         ("{max: 3, metrics: [{cpu: 70%, rps: 5}]}", "autoscale.metrics[0]", "one name", ""),
         ("{max: 3, metrics: []}", "autoscale.metrics", "at least one metric", "cpu: 70%"),
         ("{max: 3, metrics: [{rps: 1}, {rps: 2}]}", "autoscale.metrics[1]", "twice", ""),
@@ -299,6 +305,15 @@ def test_an_application_metric_on_a_grpc_port_is_refused() -> None:
     issue = one("{max: 3, metrics: [{metric: q, target: 1}]}", head)
     assert issue.path == "services.w.autoscale.metrics[0].port"
     assert "is grpc" in issue.message and "HTTP GET" in issue.message
+    assert "http or http2" in issue.hint
+
+
+def test_an_application_metric_on_an_http2_port_is_kept() -> None:
+    # read over HTTP/2 without TLS (h2c), as the mesh speaks to it (agent/gauges.py)
+    head = "app: a\nservices:\n  w:\n    command: x\n    ports: {m: {protocol: http2}}\n"
+    w = web("{max: 3, metrics: [{metric: q, target: 1}]}", head)
+    assert w.autoscale is not None
+    assert [(m.kind, m.name, m.port) for m in w.autoscale.metrics] == [("app", "q", "m")]
 
 
 def test_autoscale_on_a_job_is_refused() -> None:

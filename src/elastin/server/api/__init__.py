@@ -64,6 +64,7 @@ from elastin.server.api.users import user_routes
 from elastin.server.auth import token_hint
 from elastin.server.cluster import Cluster
 from elastin.server.errors import ServerError, from_store_error
+from elastin.serving import json_error
 from elastin.store import StoreError
 
 
@@ -101,16 +102,11 @@ def create_api(cluster: Cluster, token: str, data_dir: Path) -> FastAPI:
             issues.append({"path": where, "message": str(err.get("msg", ""))})
         message = "; ".join(f"{i['path']}: {i['message']}" for i in issues) or "invalid request"
         # no "issues": those are a spec's located problems (file, line, column)
-        body = {
-            "error": "Invalid",
-            "message": message,
-            "hint": "see /v1/openapi.json for what this call takes",
-        }
-        return JSONResponse(body, status_code=422)
+        return json_error(422, "Invalid", message, "see /v1/openapi.json for what this call takes")
 
     @api.exception_handler(ModelError)
     async def model_error(_: Request, exc: ModelError) -> JSONResponse:
-        return JSONResponse({"error": "Invalid", "message": str(exc)}, status_code=422)
+        return json_error(422, "Invalid", str(exc))
 
     # The routes go on the app itself, agents' first (they are the busiest): an included
     # router matches through a wrapper per request, which cost a fifth of the server's time

@@ -50,6 +50,7 @@ from elastin.server.windows import (
     ClockSkew,
     parse_report,
 )
+from elastin.serving import json_error
 
 _NUMBER = {"type": "number", "minimum": 0}
 _ENDPOINT = {
@@ -208,16 +209,14 @@ def agent_routes(cluster: Cluster, token: str) -> APIRouter:
         # every agent, every second: read by hand, kept in memory (never the store)
         raw = await request.body()
         if len(raw) > MAX_REPORT_BYTES:
-            return JSONResponse(
-                {
-                    "error": "TooLarge",
-                    "message": f"the metrics report of node {node_id} has {len(raw)} bytes; "
-                    f"the most is {MAX_REPORT_BYTES}",
-                    "hint": "the node serves too many instances or service ports for one "
-                    "report; give it fewer, or raise --metrics-interval on its agent (a "
-                    "larger report is refused each time)",
-                },
-                status_code=413,
+            return json_error(
+                413,
+                "TooLarge",
+                f"the metrics report of node {node_id} has {len(raw)} bytes; "
+                f"the most is {MAX_REPORT_BYTES}",
+                "the node serves too many instances or service ports for one report; give it "
+                "fewer, or raise --metrics-interval on its agent (a larger report is refused "
+                "each time)",
             )
         try:
             report = parse_report(json.loads(raw))
