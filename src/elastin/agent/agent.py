@@ -672,12 +672,17 @@ class Agent:
         runner = self.runners.get(alloc.id)
         grace = runner.workload.stop_grace if runner and runner.workload else 10.0
         deadline = self.clock.monotonic() + grace
-        busy = 0
+        busy: int | None = 0
         while self.mesh is not None:
-            busy = await self.mesh.in_flight(alloc.id)
-            if not busy or self.clock.monotonic() >= deadline:
+            busy = await self.mesh.in_flight(alloc.id)  # None: the proxy does not say
+            if busy == 0 or self.clock.monotonic() >= deadline:
                 break
             await self.clock.sleep(min(DRAIN_POLL, deadline - self.clock.monotonic()))
+        if busy is None:
+            return (
+                f"out of every proxy; this node's proxy did not say within {grace:g}s what "
+                "it still has in flight to it (see the agent's log); stopping"
+            )
         if busy:
             return f"out of every proxy; {busy} request(s) still in flight after {grace:g}s"
         return "out of every proxy, no request in flight; stopping"

@@ -608,16 +608,18 @@ class MeshManager:
         self.current = snap
         return "updated" if now else "unchanged"
 
-    async def in_flight(self, allocation: str) -> int:
+    async def in_flight(self, allocation: str) -> int | None:
         """Requests this node's proxy is still serving on any endpoint of ``allocation``
         (its endpoints' ids are ``<allocation>-<port>``), on every live worker: after a
-        reload the old worker still carries the requests it had (``each_worker``)."""
+        reload the old worker still carries the requests it had (``each_worker``). None
+        when the proxy runs but does not say (e.g. while it reloads): not the same as 0."""
         if self.proxy is None or not self.proxy.alive():
             return 0
         try:
             answers = await self.proxy.each_worker("show stat -1 6 -1")  # backends + servers
-        except (HaproxyError, OSError):
-            return 0
+        except (HaproxyError, OSError) as e:
+            log.debug("cannot count the requests in flight to %s: %s", allocation, e)
+            return None
         return sum(allocation_in_flight(text, allocation) for text in answers)
 
     async def delete_drained(self) -> None:

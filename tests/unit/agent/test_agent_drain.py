@@ -83,3 +83,25 @@ def test_show_proc_names_the_current_and_the_old_workers() -> None:
     )
     assert parse_workers(answer) == [26456, 21722]
     assert parse_workers("") == []
+
+
+async def test_a_proxy_that_does_not_say_is_not_taken_for_an_idle_one(tmp_path: Path) -> None:
+    # e.g. while it reloads, the master CLI closes its connections: asked again, not 0
+    a, alloc, clock, _ = draining(tmp_path, 4.0)
+    answers: list[int | None] = [None, None, 0]
+
+    async def in_flight(_: str) -> int | None:
+        return answers.pop(0) if answers else 0
+
+    a.mesh = SimpleNamespace(in_flight=in_flight)  # type: ignore[assignment]
+    assert await a.drain(alloc, 7) == "out of every proxy, no request in flight; stopping"
+    assert answers == []
+
+    async def silent(_: str) -> int | None:
+        return None
+
+    a.mesh = SimpleNamespace(in_flight=silent)  # type: ignore[assignment]
+    t0 = clock.monotonic()
+    said = await a.drain(alloc, 7)
+    assert 4.0 <= clock.monotonic() - t0 < 4.1
+    assert "did not say within 4s" in said and said.endswith("; stopping")

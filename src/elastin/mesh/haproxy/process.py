@@ -275,22 +275,34 @@ class HaproxyProcess:
         """One runtime API command (``RuntimeClient.command``)."""
         return await self.runtime.command(command)
 
+    def has_master_cli(self) -> bool:
+        """Whether the running master was started with a master CLI (``-S``): one an
+        earlier Elastin started, or one whose path could not be bound, has none."""
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"-S" in args
+
     async def each_worker(self, command: str) -> list[str]:
         """``command``'s answer from every live worker: the current one and the old ones a
         reload left finishing the requests they carry (through the master CLI; a worker
         that exits meanwhile is left out). From the current worker alone (the runtime
-        socket) when the master has no CLI or it does not answer."""
-        try:
-            answers = []
-            for pid in await self.master.workers():
-                with contextlib.suppress(WorkerGone):
-                    answers.append(await self.master.command(pid, command))
-            if answers:
-                return answers
-        except (HaproxyError, OSError) as e:
-            if self.master_socket.exists():
-                log.debug("the master CLI did not answer %r (%s): the runtime socket", command, e)
-        return [await self.command(command)]
+        socket) when the master has no CLI. ``OSError`` or ``HaproxyError`` when the master
+        CLI does not answer: while the master reloads it closes its CLI's connections, and
+        the current worker's answer alone would leave out what the old ones carry."""
+        if not self.has_master_cli():
+            return [await self.command(command)]
+        answers = []
+        for pid in await self.master.workers():
+            with contextlib.suppress(WorkerGone):
+                answers.append(await self.master.command(pid, command))
+        if not answers:
+            raise HaproxyError(f"the master CLI ({self.master_socket}) lists no live worker")
+        return answers
 
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]:
         """Listeners that do not accept connections within ``timeout`` (a reload signalled
