@@ -18,7 +18,7 @@ from meshproxy import free_port, get, http_backend, needs_haproxy, wait_listenin
 
 from elastin.agent.mesh import MeshManager, local_haproxy
 from elastin.mesh.haproxy import process
-from elastin.mesh.haproxy.process import HaproxyProcess
+from elastin.mesh.haproxy.process import HaproxyError, HaproxyProcess
 from elastin.mesh.haproxy.stats import split_info
 from elastin.mesh.model import Cluster, Endpoint, Listener, MeshSnapshot
 
@@ -27,6 +27,28 @@ pytestmark = needs_haproxy
 
 def no_client() -> Any:
     raise AssertionError("the manager's apply and in-flight steps need no server")
+
+
+async def counted(manager: MeshManager, allocation: str) -> int:
+    """``manager.in_flight``, asked again while the proxy does not say (None: its master
+    re-executes itself after a start and a reload, its CLI closed meanwhile)."""
+    deadline = time.monotonic() + 10
+    while (n := await manager.in_flight(allocation)) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert n is not None, f"the proxy did not say what is in flight to {allocation}"
+    return n
+
+
+async def workers(proxy: HaproxyProcess) -> list[int]:
+    """The live workers the master CLI lists (asked again while it re-executes itself)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await proxy.master.workers()
+        except (HaproxyError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def serving_worker(proxy: HaproxyProcess) -> int:
@@ -63,9 +85,9 @@ async def test_a_request_on_the_old_worker_is_counted_until_it_completes(tmp_pat
             )
             caller.start()
             deadline = time.monotonic() + 10
-            while await manager.in_flight("a1") == 0 and time.monotonic() < deadline:
+            while await counted(manager, "a1") == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert await manager.in_flight("a1") == 1
+            assert await counted(manager, "a1") == 1
             old = await serving_worker(proxy)
             # the endpoint is drained and, at the same time, a structural change (another
             # service's listener) reloads the proxy: the new worker never had a1
@@ -86,17 +108,17 @@ async def test_a_request_on_the_old_worker_is_counted_until_it_completes(tmp_pat
             while await serving_worker(proxy) == old and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert await serving_worker(proxy) != old  # the new worker serves the socket
-            assert await proxy.master.workers() == [await serving_worker(proxy), old]
+            assert await workers(proxy) == [await serving_worker(proxy), old]
             assert "e_a1-http" not in await proxy.command("show servers state c_shop.web.http")
-            assert await manager.in_flight("a1") == 1  # on the old worker
-            assert await manager.in_flight("a2") == 0
+            assert await counted(manager, "a1") == 1  # on the old worker
+            assert await counted(manager, "a2") == 0
             release.set()
             await asyncio.to_thread(caller.join, 30)
             assert answers == [(200, "slow")]
             deadline = time.monotonic() + 10
-            while await manager.in_flight("a1") and time.monotonic() < deadline:
+            while await counted(manager, "a1") and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert await manager.in_flight("a1") == 0
+            assert await counted(manager, "a1") == 0
         finally:
             release.set()
             proxy.stop()
@@ -129,9 +151,9 @@ async def test_a_master_without_cli_is_asked_through_the_runtime_socket(
             caller = threading.Thread(target=lambda: get(f"http://127.0.0.1:{web}/", timeout=30))
             caller.start()
             deadline = time.monotonic() + 10
-            while await manager.in_flight("a1") == 0 and time.monotonic() < deadline:
+            while await counted(manager, "a1") == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert await manager.in_flight("a1") == 1  # the current worker's count
+            assert await counted(manager, "a1") == 1  # the current worker's count
             release.set()
             await asyncio.to_thread(caller.join, 30)
         finally:
