@@ -1,8 +1,10 @@
 """Graceful drain, end to end (a real server, agent, tasks and HAProxy): an instance being
-stopped leaves every proxy first, what is in flight to it finishes, and only then it gets
-SIGTERM, its ``stop_grace`` and SIGKILL — for a gRPC server-streaming call in flight when its
-replica is scaled away, and for a stream that outlasts the drain's wait (it gets the grace
-period). docs/mesh.md, "Draining"."""
+stopped leaves every proxy first, what is in flight to it finishes (the drain waits for it
+at most ``stop_grace``), and only then it gets SIGTERM, its ``stop_grace`` and SIGKILL — for
+a gRPC server-streaming call in flight when its replica is scaled away, for a stream that
+outlasts the drain's wait (it gets the grace period), for an HTTP request in flight when its
+instance is stopped or replaced, and for one the proxy's old worker still carries after a
+reload meanwhile. docs/mesh.md, "Draining"."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ else:
 """
 
 
-def rpc_spec(replicas: int, *, graceful: bool) -> str:
+def rpc_spec(replicas: int, *, graceful: bool, stop_grace: str = "20s") -> str:
     return f"""
 app: g
 services:
@@ -68,7 +70,7 @@ services:
     env: {{GRACEFUL: "{1 if graceful else 0}"}}
     ports: {{grpc: {{port: 0, protocol: grpc}}}}
     replicas: {replicas}
-    stop_grace: 20s
+    stop_grace: {stop_grace}
     resources: {{cpu: 100m, memory: 96Mi}}
     health: {{tcp: grpc, interval: 1s}}
   web:
@@ -78,12 +80,14 @@ services:
 """
 
 
-def start_rpc(harness: Any, graceful: bool) -> tuple[Any, Path, grpc.Channel, str]:
+def start_rpc(
+    harness: Any, graceful: bool, stop_grace: str = "20s"
+) -> tuple[Any, Path, grpc.Channel, str]:
     """The application with two rpc replicas; a channel to ``web``'s upstream listener for
     rpc (through the node's HAProxy) and the id of the replica a scale to one stops."""
     h = harness.start()
     (harness.tmp / "rpc.py").write_text(RPC)
-    path = harness.write_spec("g.yaml", rpc_spec(2, graceful=graceful))
+    path = harness.write_spec("g.yaml", rpc_spec(2, graceful=graceful, stop_grace=stop_grace))
     h.cli("apply", str(path), "--wait", check=True)
     web = h.wait_for(lambda: h.running("g", "web"), 30, "web running")[0]
     rpcs = h.wait_for(lambda: len(h.running("g", "rpc")) == 2 and h.running("g", "rpc"), 30, "rpc")
@@ -156,12 +160,12 @@ def test_a_grpc_stream_in_flight_when_its_replica_is_scaled_away_completes(harne
 
 
 def test_a_grpc_stream_longer_than_the_drain_wait_gets_the_grace_period(harness: Any) -> None:
-    # the stream (about 8 s) outlasts the drain's bounded wait (5 s): SIGTERM comes while it is
-    # in flight, and the server, stopping gracefully within stop_grace (20 s), finishes it
-    h, path, channel, leaving = start_rpc(harness, graceful=True)
+    # the stream (about 8 s) outlasts the drain's wait (stop_grace, 5 s): SIGTERM comes while
+    # it is in flight, and the server, stopping gracefully within stop_grace, finishes it
+    h, path, channel, leaving = start_rpc(harness, graceful=True, stop_grace="5s")
     with channel:
         call, got = stream_on(channel, leaving, b"16 0.5")
-        path.write_text(rpc_spec(1, graceful=True))
+        path.write_text(rpc_spec(1, graceful=True, stop_grace="5s"))
         h.cli("apply", str(path), check=True)
         got, status, details = finish(call, got)
         assert status == grpc.StatusCode.OK, (status, details, got)
@@ -241,6 +245,104 @@ def test_a_request_in_flight_when_its_instance_is_stopped_or_replaced_is_answere
     h.wait_for(got.exists, 30, "the request reached the instance")
     h.cli(*how, check=True)
     t.join(60)
+    assert answer == {"status": 200, "body": old.id}
+    h.wait_for(
+        lambda: any(a.id == old.id and a.status == "stopped" for a in h.allocs("s")),
+        60,
+        "the old instance stopped",
+    )
+    drained = [e["message"] for e in events_of(h, old.id) if e["type"] == "alloc.draining"]
+    assert drained == ["out of every proxy, no request in flight; stopping"], drained
+
+
+# An HTTP service whose POST is answered (with the instance's id) only once the file
+# ``release`` is in its HOME: the test decides when the request ends. SIGTERM ends it at once.
+HELD = (
+    "import http.server, os, time\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_POST(self):\n"
+    "        self.rfile.read(int(self.headers['Content-Length']))\n"
+    "        open(os.path.join(os.environ['HOME'], 'got-a-request'), 'w').close()\n"
+    "        while not os.path.exists(os.path.join(os.environ['HOME'], 'release')):\n"
+    "            time.sleep(0.05)\n"
+    "        b = os.environ['ELASTIN_ALLOC_ID'].encode()\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(b)))\n"
+    "        self.end_headers(); self.wfile.write(b)\n"
+    "    do_GET = lambda self: (self.send_response(200), self.end_headers())\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)"
+    ".serve_forever()\n"
+)
+
+HELD_SPEC = f"""
+app: s
+services:
+  api:
+    command: ["{PY}", "-c", {json.dumps(HELD)}]
+    ports: {{http: 0}}
+    stop_grace: 60s
+    resources: {{cpu: 100m, memory: 48Mi}}
+    health: {{http: /, interval: 1s}}
+  web:
+    command: ["{PY}", "-c", "import time; time.sleep(600)"]
+    upstreams: [api]
+    resources: {{cpu: 50m, memory: 32Mi}}
+"""
+
+# another application on the node: its caller's listener is a structural change (a reload)
+OTHER_SPEC = f"""
+app: t
+services:
+  other:
+    command: ["{PY}", "-c", "import time; time.sleep(600)"]
+    ports: {{http: 0}}
+    resources: {{cpu: 50m, memory: 32Mi}}
+  caller:
+    command: ["{PY}", "-c", "import time; time.sleep(600)"]
+    upstreams: [other]
+    resources: {{cpu: 50m, memory: 32Mi}}
+"""
+
+
+def test_a_request_the_old_worker_carries_across_a_reload_is_answered(harness: Any) -> None:
+    # the drain waits for the request on every HAProxy worker: after the reload the new
+    # worker never had the instance, the old one still carries the request to it
+    h = harness.start()
+    h.cli("apply", str(harness.write_spec("s.yaml", HELD_SPEC)), "--wait", check=True)
+    web = h.wait_for(lambda: h.running("s", "web"), 30, "web running")[0]
+    (old,) = h.wait_for(lambda: h.running("s", "api"), 30, "api running")
+    url = f"http://127.0.0.1:{dict(web.ports)['upstream.api']}/"
+    home = h.data_dir / "allocs" / old.id / "local"
+    proxy_log = h.data_dir / "mesh" / "haproxy.log"
+    answer: dict[str, Any] = {}
+
+    def post() -> None:  # not idempotent: the mesh never retries it once sent
+        req = urllib.request.Request(url, data=b"-", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                answer["status"], answer["body"] = r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            answer["status"], answer["body"] = e.code, e.read().decode(errors="replace")
+        except OSError as e:
+            answer["status"], answer["body"] = 0, str(e)
+
+    t = threading.Thread(target=post)
+    t.start()
+    try:
+        h.wait_for((home / "got-a-request").exists, 30, "the request reached the instance")
+        workers = proxy_log.read_text(errors="replace").count("New worker")
+        h.cli("stop", "api", check=True)
+        h.cli("apply", str(harness.write_spec("t.yaml", OTHER_SPEC)), check=True)
+        h.wait_for(
+            lambda: proxy_log.read_text(errors="replace").count("New worker") > workers,
+            60,
+            "the node's proxy reloaded while the request is in flight",
+        )
+        h.wait_for(lambda: h.running("t", "caller"), 60, "the other application's caller")
+        assert not answer, answer  # still in flight: the instance was not signalled
+    finally:
+        (home / "release").touch()
+        t.join(60)
     assert answer == {"status": 200, "body": old.id}
     h.wait_for(
         lambda: any(a.id == old.id and a.status == "stopped" for a in h.allocs("s")),

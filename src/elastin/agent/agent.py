@@ -126,7 +126,10 @@ HEARTBEAT_INTERVAL = 5.0
 LOG_CHECK_SECONDS = 1.0
 LOOP_GIVE_UP = 10  # failures in a row (about 3 min) before a vital loop stops the agent
 LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
-DRAIN_WAIT = 5.0  # seconds an instance being stopped waits for the proxies to drop it
+# seconds an instance being stopped waits for every proxy to confirm it dropped it; the wait
+# for the requests still in flight to it is then bounded by its workload's ``stop_grace``
+DRAIN_CONFIRM = 5.0
+DRAIN_POLL = 0.05  # seconds between two counts of the requests in flight
 # an application is fetched at most once per APP_REFRESH seconds (also when the fetch fails);
 # its instances' spec as applied is fetched again once the node's mesh version moved past
 # the fetch (``apps_to_refresh``), or every APP_REFRESH_NO_MESH seconds without a mesh feed;
@@ -654,26 +657,34 @@ class Agent:
 
     async def drain(self, alloc: Allocation, version: int) -> str:
         """Wait until every live proxy has dropped ``alloc``'s endpoints (the server's mesh
-        ``version`` that stopped it), then until this node's proxy has finished the requests
-        it had sent there; both bounded by ``DRAIN_WAIT``."""
-        deadline = self.clock.monotonic() + DRAIN_WAIT
+        ``version`` that stopped it; at most ``DRAIN_CONFIRM``), then until this node's proxy
+        has finished the requests it had sent there, on every worker (at most the workload's
+        ``stop_grace``; SIGTERM then gets its own ``stop_grace``). Says what happened."""
         try:
-            pending = await self.client.mesh_converged(version, DRAIN_WAIT)
+            pending = await self.client.mesh_converged(version, DRAIN_CONFIRM)
         except ClientError as e:
             return f"could not confirm that the proxies dropped it ({e.message}); stopping"
         if pending:
             return (
-                f"the proxies of {', '.join(pending)} did not confirm within {DRAIN_WAIT:g}s "
-                "that they dropped it; stopping"
+                f"the proxies of {', '.join(pending)} did not confirm within "
+                f"{DRAIN_CONFIRM:g}s that they dropped it; stopping"
             )
-        busy = 0
-        while self.mesh is not None and self.clock.monotonic() < deadline:
-            busy = await self.mesh.in_flight(alloc.id)
-            if not busy:
+        runner = self.runners.get(alloc.id)
+        grace = runner.workload.stop_grace if runner and runner.workload else 10.0
+        deadline = self.clock.monotonic() + grace
+        busy: int | None = 0
+        while self.mesh is not None:
+            busy = await self.mesh.in_flight(alloc.id)  # None: the proxy does not say
+            if busy == 0 or self.clock.monotonic() >= deadline:
                 break
-            await self.clock.sleep(0.05)
+            await self.clock.sleep(min(DRAIN_POLL, deadline - self.clock.monotonic()))
+        if busy is None:
+            return (
+                f"out of every proxy; this node's proxy did not say within {grace:g}s what "
+                "it still has in flight to it (see the agent's log); stopping"
+            )
         if busy:
-            return f"out of every proxy; {busy} request(s) still in flight after {DRAIN_WAIT:g}s"
+            return f"out of every proxy; {busy} request(s) still in flight after {grace:g}s"
         return "out of every proxy, no request in flight; stopping"
 
     async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:

@@ -155,9 +155,11 @@ class Proxy(Protocol):
 
     ``load`` starts it with a configuration, or reloads it when it runs ("started" /
     "reloaded"; ``HaproxyError`` when the configuration is refused); ``command`` sends a
-    runtime API command (``HaproxyError`` on a refusal, ``OSError`` when it does not
-    answer); ``unreachable`` names the listeners that do not accept connections within
-    ``timeout`` s; ``reloads`` and ``starts`` count what ``load`` did."""
+    runtime API command to the current worker (``HaproxyError`` on a refusal, ``OSError``
+    when it does not answer); ``each_worker`` sends one to every live worker, the old ones a
+    reload left finishing their requests too, and returns their answers; ``unreachable``
+    names the listeners that do not accept connections within ``timeout`` s; ``reloads`` and
+    ``starts`` count what ``load`` did."""
 
     reloads: int
     starts: int
@@ -169,6 +171,8 @@ class Proxy(Protocol):
     async def load(self, text: str) -> str: ...
 
     async def command(self, command: str) -> str: ...
+
+    async def each_worker(self, command: str) -> list[str]: ...
 
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]: ...
 
@@ -604,16 +608,19 @@ class MeshManager:
         self.current = snap
         return "updated" if now else "unchanged"
 
-    async def in_flight(self, allocation: str) -> int:
+    async def in_flight(self, allocation: str) -> int | None:
         """Requests this node's proxy is still serving on any endpoint of ``allocation``
-        (its endpoints' ids are ``<allocation>-<port>``)."""
+        (its endpoints' ids are ``<allocation>-<port>``), on every live worker: after a
+        reload the old worker still carries the requests it had (``each_worker``). None
+        when the proxy runs but does not say (e.g. while it reloads): not the same as 0."""
         if self.proxy is None or not self.proxy.alive():
             return 0
         try:
-            text = await self.proxy.command("show stat -1 6 -1")  # backends + servers
-        except (HaproxyError, OSError):
-            return 0
-        return allocation_in_flight(text, allocation)
+            answers = await self.proxy.each_worker("show stat -1 6 -1")  # backends + servers
+        except (HaproxyError, OSError) as e:
+            log.debug("cannot count the requests in flight to %s: %s", allocation, e)
+            return None
+        return sum(allocation_in_flight(text, allocation) for text in answers)
 
     async def delete_drained(self) -> None:
         """Delete the removed servers HAProxy lets go (no connection left); the others are

@@ -54,6 +54,10 @@ class FakeProxy:
                 raise HaproxyError(f"haproxy refused {command!r}: {answer}")
         return self.answers.get(command, "")
 
+    async def each_worker(self, command: str) -> list[str]:
+        """``command`` to every live worker: this fake has one (``command``)."""
+        return [await self.command(command)]
+
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]:
         return list(self.down)
 

@@ -7,6 +7,14 @@ the calling thread (scripts, tests), ``load`` in a worker thread for the agent's
 ``runtime`` and ``HaproxyProcess.send`` are blocking runtime API calls for scripts, tests and
 benchmarks only; the agent never uses them.
 
+The master CLI: HAProxy is started with ``-S <dir>/master.sock,mode,600`` (kept across reloads:
+the master re-executes itself with the same arguments), through which ``each_worker`` asks
+every live worker — the current one and the old ones a reload left finishing the requests
+they carry — what the runtime socket asks the current one alone (``master_cli_argument``
+checks the path first; a path HAProxy cannot bind leaves the master without a CLI, logged).
+A master without a CLI (one an earlier Elastin started, adopted) is asked through the runtime
+socket, as before.
+
 Exceptions: ``HaproxyError`` with HAProxy's own message.
 """
 
@@ -28,7 +36,13 @@ from pathlib import Path
 
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.haproxy.render import LUA_SCRIPT, Paths
-from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient, refused
+from elastin.mesh.haproxy.runtime_client import (
+    HaproxyError,
+    MasterClient,
+    RuntimeClient,
+    WorkerGone,
+    refused,
+)
 from elastin.mesh.model import Listener
 
 log = logging.getLogger(__name__)
@@ -39,6 +53,7 @@ __all__ = [
     "check_config",
     "haproxy_binary",
     "haproxy_version",
+    "master_cli_argument",
     "older_than_wanted",
     "refused",
     "runtime",
@@ -104,6 +119,22 @@ def check_config(path: str, binary: str = "haproxy") -> None:
         raise HaproxyError(f"haproxy rejected {path}:\n{proc.stdout}{proc.stderr}".strip())
 
 
+# a unix socket's path: at most this many bytes (sun_path is 108, with its terminating NUL)
+SOCKET_PATH_MAX = 107
+
+
+def master_cli_argument(path: Path) -> list[str] | str:
+    """``haproxy``'s arguments for a master CLI on the unix socket ``path`` (absolute, only
+    the owner may connect: ``mode 600``), or why there can be none: ``-S`` takes bind
+    options after commas, and a unix socket's path has at most ``SOCKET_PATH_MAX`` bytes."""
+    where = str(path.absolute())
+    if "," in where:
+        return f"the path {where} has a comma, which HAProxy's -S reads as a bind option"
+    if len(os.fsencode(where)) > SOCKET_PATH_MAX:
+        return f"the path {where} is longer than a unix socket's ({SOCKET_PATH_MAX} bytes)"
+    return ["-S", f"{where},mode,600"]
+
+
 def runtime(socket_path: str, command: str, timeout: float = 5.0) -> str:
     """Send one command to the runtime API; return its answer (blocking: for scripts and
     tests; the agent uses ``RuntimeClient``)."""
@@ -130,7 +161,8 @@ class HaproxyProcess:
     one is already running (this agent's or a previous agent's, found by its pid file),
     reloads it hitlessly (SIGUSR2 to the master; listening sockets are passed to the new
     workers); ``load(config)`` does the same off the event loop. ``alive()`` tells whether the
-    master still runs; ``command`` uses the runtime API (``runtime``, a ``RuntimeClient``).
+    master still runs; ``command`` uses the runtime API (``runtime``, a ``RuntimeClient``),
+    ``each_worker`` the master CLI (``MasterClient``) to ask every live worker.
     """
 
     def __init__(self, directory: Path, binary: str, clock: Clock = SYSTEM) -> None:
@@ -142,6 +174,8 @@ class HaproxyProcess:
         self.socket = directory / "haproxy.sock"
         self.lua_file = directory / "elastin.lua"
         self.runtime = RuntimeClient(self.socket)
+        self.master_socket = directory / "master.sock"
+        self.master = MasterClient(self.master_socket)
         self.reloads = 0
         self.starts = 0
         self._child: subprocess.Popen[bytes] | None = None  # when this process started it
@@ -204,16 +238,27 @@ class HaproxyProcess:
             self.reloads += 1
             return "reloaded"
         self.socket.unlink(missing_ok=True)
-        log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
+        self.master_socket.unlink(missing_ok=True)
+        master_cli = master_cli_argument(self.master_socket)
+        if isinstance(master_cli, str):
+            log.warning(
+                "HAProxy runs without a master CLI (%s): a drain then counts the requests"
+                " in flight on its current worker only, not on the old ones a reload leaves"
+                " finishing; use a data directory whose path has no comma and is shorter",
+                master_cli,
+            )
+            master_cli = []
+        out = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
         self._child = subprocess.Popen(
-            [self.binary, "-W", "-f", str(self.config)],  # the config names the pidfile
+            # the config names the pidfile
+            [self.binary, "-W", *master_cli, "-f", str(self.config)],
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=out,
+            stderr=out,
             start_new_session=True,
         )
         self._pid = self._child.pid  # -W without -D: the process we started is the master
-        log.close()
+        out.close()
         deadline = self.clock.monotonic() + 10
         while self.clock.monotonic() < deadline:
             if self.socket.exists() and self.alive():
@@ -229,6 +274,35 @@ class HaproxyProcess:
     async def command(self, command: str) -> str:
         """One runtime API command (``RuntimeClient.command``)."""
         return await self.runtime.command(command)
+
+    def has_master_cli(self) -> bool:
+        """Whether the running master was started with a master CLI (``-S``): one an
+        earlier Elastin started, or one whose path could not be bound, has none."""
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"-S" in args
+
+    async def each_worker(self, command: str) -> list[str]:
+        """``command``'s answer from every live worker: the current one and the old ones a
+        reload left finishing the requests they carry (through the master CLI; a worker
+        that exits meanwhile is left out). From the current worker alone (the runtime
+        socket) when the master has no CLI. ``OSError`` or ``HaproxyError`` when the master
+        CLI does not answer: while the master reloads it closes its CLI's connections, and
+        the current worker's answer alone would leave out what the old ones carry."""
+        if not self.has_master_cli():
+            return [await self.command(command)]
+        answers = []
+        for pid in await self.master.workers():
+            with contextlib.suppress(WorkerGone):
+                answers.append(await self.master.command(pid, command))
+        if not answers:
+            raise HaproxyError(f"the master CLI ({self.master_socket}) lists no live worker")
+        return answers
 
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]:
         """Listeners that do not accept connections within ``timeout`` (a reload signalled
