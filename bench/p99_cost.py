@@ -3,9 +3,13 @@ HAProxy, upstreams and load, interleaved in one run, through
 
 * ``elastin`` — one mesh hop with the mesh model's default policy (``bench/proxy.py``'s);
 * ``elastin-p99`` — the same cluster with ``latency_histogram`` (a service autoscaled on its
-  p99): a one-entry stick table with a GPC array, tracked per request, and one
-  ``http-response sc-inc-gpc`` rule per bucket on ``res.timer.hdr`` (exclusive buckets: one
+  p99): a one-entry stick table with a GPC array, tracked per request, the caller's wait
+  (queue + connect + response headers: three ``http-response set-var`` rules summing
+  ``req.timer.queue``, ``bc.timer.connect`` and ``res.timer.hdr`` into a variable) and one
+  ``http-response sc-inc-gpc`` rule per bucket on that variable (exclusive buckets: one
   increment per response);
+* ``elastin-p99-tr`` — the former rules, for what the wait costs over them: the buckets on
+  ``res.timer.hdr`` alone (the endpoint's time, ``%Tr``; no variable);
 * ``elastin-p99-cumulative`` — the rejected alternative: the same rules with ``le``
   conditions (cumulative buckets, as Prometheus exports them: every bucket at or above a
   response's time is incremented), to show why the exclusive form was chosen.
@@ -13,10 +17,12 @@ HAProxy, upstreams and load, interleaved in one run, through
 Cases: ``http1_keepalive`` (wrk, 20 connections: the proxy saturated) and
 ``http1_rate_5000`` (h2load at a fixed 5,000 requests/s: what a node pays). Rows: ``rps``
 and ``cpu_us_per_req`` (the proxy's processes' user + system time per request, bench/proxy.py's
-measure), and per run ``cpu_us_per_req_ratio_vs_elastin``. HAProxy alone is measured: no access
+measure), and per run ``cpu_us_per_req_ratio_vs_elastin`` (and for ``elastin-p99``
+``..._vs_elastin_p99_tr``). HAProxy alone is measured: no access
 log collector runs (the histogram is HAProxy's work only).
 
-Usage: ``python bench/p99_cost.py [--json] [--runs N] [--seconds S] [--cases ...]``.
+Usage: ``python bench/p99_cost.py [--json] [--runs N] [--seconds S] [--cases ...]
+[--systems ...]`` (``elastin`` is always run: the ratios' base).
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ from elastin.mesh.haproxy.render import render
 from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS
 
 CASES = ("http1_keepalive", "http1_rate_5000")
-SYSTEMS = ("elastin", "elastin-p99", "elastin-p99-cumulative")
-RULE = re.compile(r"(    http-response sc-inc-gpc\((\d+),0\)) if \{ res\.timer\.hdr [^}]*\}")
+SYSTEMS = ("elastin", "elastin-p99", "elastin-p99-tr", "elastin-p99-cumulative")
+WAIT = "txn.elastin_ms"  # render.LATENCY_VAR
+TIMING = re.compile(rf"    http-response set-var\({re.escape(WAIT)}\) [^\n]*\n")
+RULE = re.compile(
+    rf"(    http-response sc-inc-gpc\((\d+),0\)) if \{{ var\({re.escape(WAIT)}\) -m int [^}}]*\}}"
+)
 
 
 def cumulative(text: str) -> str:
@@ -50,9 +60,15 @@ def cumulative(text: str) -> str:
         i = int(m[2])
         if i >= len(LATENCY_BOUNDS_MS):
             return m[1]  # +Inf: every response
-        return f"{m[1]} if {{ res.timer.hdr le {LATENCY_BOUNDS_MS[i]} }}"
+        return f"{m[1]} if {{ var({WAIT}) -m int le {LATENCY_BOUNDS_MS[i]} }}"
 
     return RULE.sub(le, text)
+
+
+def endpoint_time(text: str) -> str:
+    """The former rules: the buckets on the endpoint's time alone (``res.timer.hdr``)."""
+    text = TIMING.sub("", text)
+    return text.replace(f"var({WAIT}) -m int ", "res.timer.hdr ")
 
 
 @contextlib.contextmanager
@@ -66,6 +82,8 @@ def system(name: str, case: str, p: hop.Ports, tmp: Path, haproxy: str) -> Itera
     text = render(snap, hp.paths())
     if name == "elastin-p99-cumulative":
         text = cumulative(text)
+    elif name == "elastin-p99-tr":
+        text = endpoint_time(text)
     try:
         with hop.started_on(hop.PROXY_CPU):
             hp.ensure(text + "\n")
@@ -75,7 +93,9 @@ def system(name: str, case: str, p: hop.Ports, tmp: Path, haproxy: str) -> Itera
         hp.stop()
 
 
-def measure(cases: list[str], runs: int, seconds: float, tmp: Path, haproxy: str) -> list[Row]:
+def measure(
+    cases: list[str], systems: list[str], runs: int, seconds: float, tmp: Path, haproxy: str
+) -> list[Row]:
     p = hop.Ports((hop.free_port(), hop.free_port()), (hop.free_port(), hop.free_port()))
     conf = hop.nginx_conf(tmp, "upstream", hop.upstream_body(p))
     samples: dict[tuple[str, str, str], list[float]] = {}
@@ -89,7 +109,7 @@ def measure(cases: list[str], runs: int, seconds: float, tmp: Path, haproxy: str
         for case in cases:
             for _ in range(runs):
                 cpu_per_req: dict[str, float] = {}
-                for name in SYSTEMS:
+                for name in systems:
                     with system(name, case, p, tmp, haproxy) as run:
                         hop.pin(run.pids, hop.PROXY_CPU)
                         hop.wait_serving(case, run.port, tmp)
@@ -104,7 +124,8 @@ def measure(cases: list[str], runs: int, seconds: float, tmp: Path, haproxy: str
                     cpu_per_req[name] = cpu * 1e6 / max(1, r.requests)
                     add(case, name, "rps", r.rps)
                     add(case, name, "cpu_us_per_req", cpu_per_req[name])
-                pairs = [(n, "elastin") for n in SYSTEMS[1:]]
+                pairs = [(n, "elastin") for n in systems[1:]]
+                pairs.append(("elastin-p99", "elastin-p99-tr"))
                 for name, metric, value in ratio_rows(cpu_per_req, pairs, "cpu_us_per_req"):
                     add(case, name, metric, value)
             print(f"{case}: done", file=sys.stderr, flush=True)
@@ -117,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs per case (3)")
     ap.add_argument("--seconds", type=float, default=5.0, help="load per run (5 s)")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--systems", nargs="+", choices=SYSTEMS[1:], default=list(SYSTEMS[1:]))
     args = ap.parse_args(argv)
     haproxy = haproxy_binary()
     if haproxy is None:
         raise SystemExit("no haproxy binary: run make setup (scripts/haproxy.sh)")
     with tempfile.TemporaryDirectory(prefix="p99-cost-") as tmp:
-        rows = measure(args.cases, args.runs, args.seconds, Path(tmp), str(haproxy))
+        systems = ["elastin", *args.systems]
+        rows = measure(args.cases, systems, args.runs, args.seconds, Path(tmp), str(haproxy))
     title = f"latency histogram cost, {hop.haproxy_release(str(haproxy))}"
     emit("p99_cost", rows, as_json=args.json, title=title)
     return 0

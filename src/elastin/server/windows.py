@@ -594,13 +594,28 @@ class _Row:
     p99: dict[str, float] | None = None
 
 
+def per_second(h: Histogram, seconds: float) -> Histogram:
+    """The responses of histogram ``h``, counted over ``seconds``, per second: every bucket
+    divided alike, so that its own quantiles stay where they were."""
+    bounds, cum = h
+    return bounds, tuple(c / seconds for c in cum)
+
+
 def _p99s(ports: Mapping[str, list[PortPoint]]) -> dict[str, float] | None:
     """The p99 of one second per port from its nodes' histograms summed, and over every
-    port of the service (key ""); None: no port has a histogram with a response."""
+    port of the service (key ""); None: no port has a histogram with a response. A node's
+    histogram counts the responses of its interval (5 s for ``--metrics-interval 5``): it is
+    taken per second of it (``per_second``, over the interval its rates are taken over) before
+    the nodes are summed, so that a node reporting less often weighs its responses of one
+    second, not of its whole interval."""
     out: dict[str, float] = {}
     every: list[Histogram] = []
     for port, points in ports.items():
-        hs = [pp.latency for pp in points if pp.latency is not None]
+        hs = [
+            per_second(pp.latency, pp.total.seconds)
+            for pp in points
+            if pp.latency is not None and pp.total.seconds > 0
+        ]
         merged = merge_histograms(hs)
         if merged is None:
             continue

@@ -392,7 +392,9 @@ def test_gauges_may_be_negative_or_zero_and_are_read_by_name() -> None:
 BOUNDS = (10, 100, 1000)
 
 
-def hist_report(at: float, counts: tuple[int, int, int, int], requests: int = 0) -> NodeReport:
+def hist_report(
+    at: float, counts: tuple[int, int, int, int], requests: int = 0, interval: float = 1.0
+) -> NodeReport:
     """A report whose port carries ``latency_buckets``: per bucket (<=10, <=100, <=1000,
     slower) the responses since the proxy's totals began, made cumulative over buckets."""
     running, buckets = 0, []
@@ -401,6 +403,7 @@ def hist_report(at: float, counts: tuple[int, int, int, int], requests: int = 0)
         buckets.append([le, running])
     data = {
         "at": at,
+        "interval": interval,
         "ports": {"shop.api.http": {"requests": requests or running, "latency_buckets": buckets}},
     }
     return parse_report(data)
@@ -475,6 +478,40 @@ def test_two_reports_in_one_second_add_their_histograms() -> None:
     clock.advance(0.1)
     w.record("n1", hist_report(T0 + 1.6, (99, 0, 0, 3)))
     assert current(w, "p99_response_ms") == pytest.approx(1000.0)  # 3 of 102 past 1000
+
+
+def test_a_node_reporting_every_5_s_weighs_its_responses_per_second() -> None:
+    """Its histogram's difference holds 5 s of responses; summed as it is into one second it
+    would outweigh the nodes that report every second. Each node's counts are taken per
+    second of its interval (as its rates are) before they are summed."""
+    clock = FakeClock(T0)
+    w = Windows(clock)
+    w.record("n1", hist_report(T0, (0, 0, 0, 0)))
+    w.record("n5", hist_report(T0, (0, 0, 0, 0), interval=5))
+    for s in range(1, 6):
+        clock.advance(1)
+        # n1, each second: 1,000 responses within 10 ms and 5 in (10, 100]
+        w.record("n1", hist_report(T0 + s, (1000 * s, 5 * s, 0, 0)))
+    # n5, over its 5 s: 50 in (100, 1000], 10 a second
+    w.record("n5", hist_report(T0 + 5, (0, 0, 50, 0), interval=5))
+    # a second: 1,015 responses, rank 1,004.85 is the 4.85th of the 5 in (10, 100]
+    assert current(w, "p99_response_ms") == pytest.approx(10 + 90 * 4.85 / 5)
+    assert current(w, "p99_response_ms", "http") == pytest.approx(10 + 90 * 4.85 / 5)
+    # its rate is per second already: 10/s of n5's next to 1,005/s of n1's
+    assert current(w, "requests_per_s") == pytest.approx(1015.0)
+
+
+def test_the_per_second_scale_keeps_one_nodes_quantile() -> None:
+    # one node alone: its p99 does not depend on the length of its interval
+    got = []
+    for interval in (1, 5):
+        clock = FakeClock(T0)
+        w = Windows(clock)
+        w.record("n1", hist_report(T0, (0, 0, 0, 0), interval=interval))
+        clock.advance(interval)
+        w.record("n1", hist_report(T0 + interval, (90, 9, 1, 0), interval=interval))
+        got.append(current(w, "p99_response_ms"))
+    assert got == [pytest.approx(100.0), pytest.approx(100.0)]
 
 
 @pytest.mark.parametrize(

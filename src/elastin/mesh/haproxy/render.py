@@ -14,8 +14,9 @@ Mapping of the model:
 * rate_limit: a one-entry stick table counting the service's requests per second; over the
   limit, a 429 that names the service and the limit.
 * latency_histogram (a service autoscaled on its p99): the same one-entry table with a GPC
-  array, one counter per latency bucket, incremented by ``http-response`` rules on
-  ``res.timer.hdr`` (``_latency_histogram``); read back by ``stats.parse_latency``.
+  array, one counter per latency bucket, incremented by ``http-response`` rules on the
+  caller's wait (queue + connect + response headers, ``_latency_histogram``); read back by
+  ``stats.parse_latency``.
 * OutlierDetection: ``observe layer7|layer4 error-limit N on-error mark-down``, with a
   check that brings the endpoint back: a connect check for HTTP/1.1 and TCP, an HTTP/2
   handshake for HTTP/2 and gRPC (a frozen instance fails it and stays out).
@@ -548,6 +549,11 @@ def _backend(c: Cluster) -> list[str]:
     return out
 
 
+# the time a response of an endpoint kept its caller waiting, in ms (``_latency_histogram``);
+# set for every such response: the mark of one counted by the ``http-response`` rules
+LATENCY_VAR = "txn.elastin_ms"
+
+
 def latency_bucket(ms: float) -> int:
     """The index of the histogram bucket (``LATENCY_BOUNDS_MS``, then the one of slower
     responses) that counts a response of ``ms`` milliseconds."""
@@ -557,9 +563,13 @@ def latency_bucket(ms: float) -> int:
 def _latency_histogram(c: Cluster) -> list[str]:
     """The service's latency histogram (``Cluster.latency_histogram``): each response of an
     endpoint adds one to the counter of its bucket, in the entry ``sc0`` tracks (the
-    backend's one-entry table, ``_backend``). The time is ``res.timer.hdr``: from the
-    connection to the endpoint to its complete response headers, HAProxy's ``%Tr`` (the
-    access log's ``response_ms``); the queue and the connect are not in it.
+    backend's one-entry table, ``_backend``). The time is what the caller waits from the
+    request's arrival at the backend to the endpoint's complete response headers: the wait
+    in the queue for a connection slot (``mesh.max_connections``), the connect and the
+    endpoint's answer — HAProxy's ``%Tw + %Tc + %Tr`` (``req.timer.queue``,
+    ``bc.timer.connect``, ``res.timer.hdr``), summed once into ``LATENCY_VAR``; the buckets
+    compare that variable. Without the queue a saturated service would look fast: its
+    requests wait in the proxy, not in the endpoint.
 
     Exclusive buckets (one counter per range), not cumulative ones (``le`` counters, as
     Prometheus exports them): both evaluate one condition per bucket for every response,
@@ -567,22 +577,34 @@ def _latency_histogram(c: Cluster) -> list[str]:
     every counter above its time (all of them for a fast response), each a write to the
     shared entry. The agent makes them cumulative when it reports them.
 
-    A response the mesh gives itself after waiting on the endpoint, its 504 (no answer
-    within the request timeout), passes no ``http-response`` rule: it is counted at that
-    timeout, in ``http-after-response`` (before a gRPC port's answer becomes a 200)."""
-    out = []
+    The answers the mesh gives itself after a wait pass no ``http-response`` rule; they are
+    counted in ``http-after-response`` (before a gRPC port's answer becomes a 200): its 504
+    (no answer within the request timeout) at that timeout, its 503 after the queue timeout
+    (termination state ``sQ``) at the queue timeout. ``http-after-response`` also sees the
+    endpoints' responses — an endpoint's own 504 may carry ``x-elastin-error`` (a gateway
+    relaying a mesh's answer) — so a response already counted (``LATENCY_VAR`` is set) is
+    not counted there again."""
+    v = LATENCY_VAR
+    out = [
+        f"    http-response set-var({v}) req.timer.queue",
+        f"    http-response set-var({v}) bc.timer.connect,add({v})",
+        f"    http-response set-var({v}) res.timer.hdr,add({v})",
+    ]
     low = 0
     for i, le in enumerate(LATENCY_BOUNDS_MS):
         when = f"le {le}" if i == 0 else f"{low + 1}:{le}"
-        out.append(f"    http-response sc-inc-gpc({i},0) if {{ res.timer.hdr {when} }}")
+        out.append(f"    http-response sc-inc-gpc({i},0) if {{ var({v}) -m int {when} }}")
         low = le
     slowest = len(LATENCY_BOUNDS_MS)
-    out.append(f"    http-response sc-inc-gpc({slowest},0) if {{ res.timer.hdr gt {low} }}")
+    out.append(f"    http-response sc-inc-gpc({slowest},0) if {{ var({v}) -m int gt {low} }}")
     timeout = latency_bucket(round(c.timeouts.request * 1000))
-    out.append(
+    queue = latency_bucket(round(c.breaker.queue_timeout * 1000))
+    out += [
         f"    http-after-response sc-inc-gpc({timeout},0) if {{ status 504 }} "
-        "{ res.hdr(x-elastin-error) -m found }"
-    )
+        f"!{{ var({v}) -m found }}",
+        f"    http-after-response sc-inc-gpc({queue},0) if {{ status 503 }} "
+        "{ txn.sess_term_state sQ }",
+    ]
     return out
 
 

@@ -1,7 +1,9 @@
 """The mesh's latency histogram (issue #13, a measured p99): only a service whose autoscale has
 a ``p99`` metric gets one (``Cluster.latency_histogram``); its backend counts each endpoint's
-response in one GPC counter per bucket of ``res.timer.hdr`` (exclusive ranges) and a 504 of
-the mesh's own at the request timeout; every other service renders as before. The agent
+response in one GPC counter per bucket (exclusive ranges) of the caller's wait — queue,
+connect and response headers (``%Tw + %Tc + %Tr``, summed once into ``LATENCY_VAR``) — a 504
+of the mesh's own at the request timeout and its 503 after the queue timeout at that one,
+never a response twice; every other service renders as before. The agent
 asks for the tables with ``show stat`` (``stats_command``), reads them (``parse_latency``),
 keeps them monotonic across reloads (``Totals``) and reports them cumulative per bucket
 (``latency_buckets``). HAProxy 3.0 accepts the text (``haproxy -c``). With real traffic:
@@ -16,7 +18,7 @@ import pytest
 
 from elastin.agent.sampling import latency_buckets, port_reading
 from elastin.mesh.haproxy.process import haproxy_binary
-from elastin.mesh.haproxy.render import Paths, latency_bucket, render
+from elastin.mesh.haproxy.render import LATENCY_VAR, Paths, latency_bucket, render
 from elastin.mesh.haproxy.stats import (
     STATS_COMMAND,
     Totals,
@@ -25,7 +27,7 @@ from elastin.mesh.haproxy.stats import (
     parse_stats,
     stats_command,
 )
-from elastin.mesh.model import Cluster, Listener, MeshSnapshot, Timeouts
+from elastin.mesh.model import CircuitBreaker, Cluster, Listener, MeshSnapshot, Timeouts
 from elastin.mesh.model.build import build_clusters
 from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, ClusterStats
 from elastin.mesh.model.types import MeshModelError
@@ -53,31 +55,44 @@ def test_a_p99_service_counts_each_response_in_one_bucket() -> None:
     assert "    http-request track-sc0 int(1)" in lines
     rules = [x.strip() for x in lines if x.startswith("    http-response sc-inc-gpc(")]
     assert rules[:3] == [
-        "http-response sc-inc-gpc(0,0) if { res.timer.hdr le 5 }",
-        "http-response sc-inc-gpc(1,0) if { res.timer.hdr 6:10 }",
-        "http-response sc-inc-gpc(2,0) if { res.timer.hdr 11:15 }",
+        f"http-response sc-inc-gpc(0,0) if {{ var({LATENCY_VAR}) -m int le 5 }}",
+        f"http-response sc-inc-gpc(1,0) if {{ var({LATENCY_VAR}) -m int 6:10 }}",
+        f"http-response sc-inc-gpc(2,0) if {{ var({LATENCY_VAR}) -m int 11:15 }}",
     ]
-    assert rules[-1] == f"http-response sc-inc-gpc({N - 1},0) if {{ res.timer.hdr gt 30000 }}"
+    assert rules[-1] == (
+        f"http-response sc-inc-gpc({N - 1},0) if {{ var({LATENCY_VAR}) -m int gt 30000 }}"
+    )
     assert len(rules) == N  # one rule, one counter per bucket: each response matches one
-    # the mesh's own 504 (no answer within the request timeout, 30 s): counted at the timeout
-    after = [x for x in lines if x.startswith("    http-after-response sc-inc-gpc")]
-    assert after == [
-        f"    http-after-response sc-inc-gpc({latency_bucket(30000)},0) if {{ status 504 }} "
-        "{ res.hdr(x-elastin-error) -m found }"
-    ]
     assert latency_bucket(30000) == N - 2 and latency_bucket(30001) == N - 1
 
 
-def test_the_buckets_cover_every_millisecond_once() -> None:
-    assert [latency_bucket(ms) for ms in (0, 5, 6, 250, 251, 10**9)] == [0, 0, 1, 8, 9, N - 1]
+def test_the_time_is_the_callers_wait_queue_and_connect_included() -> None:
+    """%Tw + %Tc + %Tr, summed once into a variable before the buckets compare it."""
     lines = backend(render(snapshot(latency_histogram=True), PATHS))
-    covered: list[int] = []
-    for x in lines:
-        if "http-response sc-inc-gpc(" in x and "gt" not in x:
-            cond = x.split("res.timer.hdr ", 1)[1].rstrip(" }")
-            lo, hi = (0, int(cond[3:])) if cond.startswith("le") else map(int, cond.split(":"))
-            covered += range(lo, hi + 1)
-    assert covered == list(range(0, LATENCY_BOUNDS_MS[-1] + 1))
+    v = LATENCY_VAR
+    timed = [x.strip() for x in lines if f"set-var({v})" in x]
+    assert timed == [
+        f"http-response set-var({v}) req.timer.queue",
+        f"http-response set-var({v}) bc.timer.connect,add({v})",
+        f"http-response set-var({v}) res.timer.hdr,add({v})",
+    ]
+    first_bucket = next(i for i, x in enumerate(lines) if "http-response sc-inc-gpc(" in x)
+    assert max(i for i, x in enumerate(lines) if f"set-var({v})" in x) < first_bucket
+
+
+def test_the_mesh_answers_after_a_wait_are_counted_once_at_their_timeout() -> None:
+    c = {"timeouts": Timeouts(request=2.0), "breaker": CircuitBreaker(queue_timeout=0.3)}
+    lines = backend(render(snapshot(latency_histogram=True, **c), PATHS))
+    after = [x.strip() for x in lines if x.startswith("    http-after-response sc-inc-gpc")]
+    assert after == [
+        # the mesh's 504: an endpoint's response (counted above, LATENCY_VAR set) is not
+        # counted again, even a 504 with x-elastin-error (a gateway relaying one)
+        f"http-after-response sc-inc-gpc({latency_bucket(2000)},0) if {{ status 504 }} "
+        f"!{{ var({LATENCY_VAR}) -m found }}",
+        # the 503 after the queue timeout (termination state sQ), at the queue timeout
+        f"http-after-response sc-inc-gpc({latency_bucket(300)},0) if {{ status 503 }} "
+        "{ txn.sess_term_state sQ }",
+    ]
 
 
 def test_with_a_rate_limit_the_histogram_shares_its_entry() -> None:
@@ -93,14 +108,16 @@ def test_a_504_is_counted_at_the_services_own_timeout_and_before_grpc_rewrites_i
     lines = backend(render(snap, PATHS))
     count = next(i for i, x in enumerate(lines) if "sc-inc-gpc" in x and "status 504" in x)
     assert f"sc-inc-gpc({latency_bucket(300)},0)" in lines[count]
+    queue = next(i for i, x in enumerate(lines) if "sc-inc-gpc" in x and "status 503" in x)
     rewrite = next(i for i, x in enumerate(lines) if "set-status 200" in x)
-    assert count < rewrite
+    assert count < rewrite and queue < rewrite
 
 
 def test_other_services_render_as_before() -> None:
     for policy in ({}, {"rate_limit": 50}):
         text = render(snapshot(**policy), PATHS)  # type: ignore[arg-type]
         assert "gpc" not in text and "res.timer.hdr" not in text.split("backend", 1)[1]
+        assert LATENCY_VAR not in text and "sess_term_state" not in text
     lines = backend(render(snapshot(rate_limit=50), PATHS))
     assert "    stick-table type integer size 1 expire 10s store http_req_rate(1s)" in lines
 
@@ -136,7 +153,12 @@ def test_the_cluster_of_a_p99_service_keeps_a_histogram(
 @pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_haproxy_accepts_the_histogram(tmp_path: Path, protocol: str) -> None:
-    snap = snapshot(protocol, latency_histogram=True, rate_limit=10)
+    snap = snapshot(
+        protocol,
+        latency_histogram=True,
+        rate_limit=10,
+        breaker=CircuitBreaker(max_connections=1, queue_timeout=0.3),
+    )
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(render(snap, Paths(str(tmp_path / "x.sock"))) + "\n")
     done = subprocess.run(
