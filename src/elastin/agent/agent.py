@@ -45,6 +45,7 @@ cluster costs no call); without a mesh feed (no HAProxy here) every ``APP_REFRES
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -85,6 +86,7 @@ from elastin.agent.reconcile import (
 )
 from elastin.agent.runner import UPSTREAM_PREFIX, AllocRunner, resized
 from elastin.agent.sampling import (
+    BURST_BASELINE,
     BURST_LOOKS,
     DEFAULT_INTERVAL,
     Page,
@@ -93,7 +95,7 @@ from elastin.agent.sampling import (
     gauge_pages,
     instance_reading,
     is_ready,
-    port_rates,
+    port_baseline,
     recent_usage,
 )
 from elastin.client.discovery import running_server
@@ -899,9 +901,11 @@ class Agent:
         interval = self.cfg.metrics_interval
         told = ""
         series = secrets.token_hex(8)  # this loop's: the server starts a new series with it
-        early = False  # this report goes before its interval is over: the load jumped
-        last: tuple[float, Mapping[str, ClusterStats]] | None = None  # the last reading
-        rates: dict[str, float] = {}  # each port's arrivals per second in the last interval
+        jumped: list[str] = []  # ports whose load jumped: this report goes early
+        # the last readings of the proxy (monotonic time, totals): the baseline of a jump
+        readings: collections.deque[tuple[float, Mapping[str, ClusterStats]]] = collections.deque(
+            maxlen=BURST_BASELINE + 1
+        )
         while True:
             started = self.clock.monotonic()
             sampled: dict[str, tuple[Allocation, Usage, bool]] = {}
@@ -931,12 +935,14 @@ class Agent:
             }
             mesh = {}
             if self.mesh is not None and self.mesh.proxy is not None:
-                mesh = await self.mesh.read_stats()
+                mesh = await self.mesh.read_stats(mark=True)
                 if mesh:  # the longest response of the next interval, from now on
                     with contextlib.suppress(Exception):
                         await self.mesh.proxy.command(CLEAR_MAX)
             mono = self.clock.monotonic()
-            report = build_report(self.clock.time(), interval, instances, mesh, mono, series, early)
+            report = build_report(
+                self.clock.time(), interval, instances, mesh, mono, series, jumped
+            )
             try:
                 await self.client.node_metrics(self.node_id, report)
                 told = ""
@@ -944,31 +950,32 @@ class Agent:
                 if e.message != told:  # 404 before the first heartbeat, 413: said once
                     log.warning("metrics report not taken: %s", e.message)
                     told = e.message
-            rates = port_rates(mesh, last[1], mono - last[0]) if last is not None else {}
-            last = (mono, mesh)
-            early = await self._until_next_report(started + interval, mono, rates)
+            readings.append((mono, mesh))
+            baseline = port_baseline(readings)
+            jumped = await self._until_next_report(started + interval, mono, baseline)
 
     async def _until_next_report(
-        self, deadline: float, reported: float, rates: Mapping[str, float]
-    ) -> bool:
+        self, deadline: float, reported: float, baseline: Mapping[str, tuple[float, float]]
+    ) -> list[str]:
         """Wait until ``deadline`` (monotonic) for the next metrics report, looking at the
-        proxy's arrival counters ``BURST_LOOKS`` times meanwhile; True as soon as a port's
-        load jumped since the report at ``reported`` (``sampling.burst``): report now."""
+        proxy's arrival counters ``BURST_LOOKS`` times meanwhile; the ports whose load
+        jumped since the report at ``reported`` (``sampling.burst``) as soon as one did:
+        report now."""
         step = max(0.1, self.cfg.metrics_interval / BURST_LOOKS)
         while (now := self.clock.monotonic()) < deadline - 0.05:
             await self.clock.sleep(min(step, deadline - now))
             mesh = self.mesh
-            if mesh is None or not rates or deadline - self.clock.monotonic() < 0.05:
+            if mesh is None or not baseline or deadline - self.clock.monotonic() < 0.05:
                 continue
             worker, before = mesh.reported_arrivals
             looked, counts = await mesh.arrivals()
             if looked is None or looked != worker:
                 continue  # another worker since the report: its counters start again
-            if jumped := burst(before, rates, counts, self.clock.monotonic() - reported):
+            if jumped := burst(before, baseline, counts, self.clock.monotonic() - reported):
                 log.debug("load jumped on %s: reporting now", ", ".join(jumped))
-                return True
+                return jumped
         await self.clock.sleep(max(0.0, deadline - self.clock.monotonic()))
-        return False
+        return []
 
     async def run(self) -> None:
         """Run until cancelled. Instances keep running when the agent stops, and so does the

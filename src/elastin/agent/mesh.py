@@ -241,7 +241,8 @@ class MeshManager:
         self.runtime_commands = 0  # sent through the runtime API (endpoint churn, no reload)
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
-        # the raw arrival counters per cluster of the last ``read_stats`` and their worker
+        # the raw arrival counters per cluster of the metrics loop's last reading (``read_stats``
+        # with ``mark``) and the worker that answered
         self.reported_arrivals: tuple[Worker | None, dict[str, int]] = (None, {})
         self._stats_lock = asyncio.Lock()  # read_stats: one reading at a time
         self.ports = ports if ports is not None else PortAllocator()
@@ -346,9 +347,12 @@ class MeshManager:
             return {}
         return self._stats
 
-    async def read_stats(self) -> Stats:
+    async def read_stats(self, mark: bool = False) -> Stats:
         """Read the running proxy's per-cluster counters now (empty when none runs), as
-        totals that count what earlier workers counted too (``Totals``)."""
+        totals that count what earlier workers counted too (``Totals``). ``mark``: the
+        metrics loop's reading for a report — its raw arrival counters become
+        ``reported_arrivals``, what the loop's looks compare with (the supervisor's readings
+        in between must not move that starting point)."""
         stats: Stats = {}  # assigned whole: /metrics reads it from another thread
         # one reading at a time (the supervisor's and the one before a reload): answers taken
         # out of order would look like a counter going down, which means a new worker
@@ -360,7 +364,8 @@ class MeshManager:
                     pass
                 else:
                     raw = parse_stats(text)
-                    self.reported_arrivals = (worker, {k: s.requests for k, s in raw.items()})
+                    if mark:
+                        self.reported_arrivals = (worker, {k: s.requests for k, s in raw.items()})
                     stats, moved = self.totals.add(worker, raw)
                     if moved:
                         self._save_totals()

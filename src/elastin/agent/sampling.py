@@ -29,8 +29,9 @@ clock bends nothing) and starts a new series when ``series`` changes (an agent r
 
 Between two reports the loop looks at its proxy's arrival counters ``BURST_LOOKS`` times
 (one cheap ``show stat`` of the backends); when a port's load jumped (``burst``) it reports
-at once with ``"early": true`` and its interval starts again: the server takes that
-report's rates for its second alone and evaluates the autoscaler at once.
+at once with ``"early": true`` and ``"jumped": [<port>, ...]`` and its interval starts
+again: the server takes that report's rates for its second alone and evaluates the
+autoscaler at once for the services of those ports.
 
 ``gauges``: an autoscaled service's application metrics (``autoscale.metrics`` entries of
 kind ``app``), scraped from each ready instance's own Prometheus endpoint
@@ -59,6 +60,7 @@ BURST_FACTOR = 1.5  # a port's load since the last report this many times its la
 BURST_MIN = 20.0  # ...and this many requests per second above it: report now (``burst``)
 BURST_SIGMAS = 4.0  # ...and this far above what chance gives (a Poisson count's deviations)
 BURST_LOOKS = 4  # looks at the proxy's counters per interval for a jump
+BURST_BASELINE = 3  # intervals the rate a jump is judged against is measured over
 MAX_GAUGES = 64  # application gauges one instance reports at most (the server's bound too)
 
 
@@ -184,63 +186,76 @@ def build_report(
     mesh: Mapping[str, ClusterStats],
     mono: float | None = None,
     series: str = "",
-    early: bool = False,
+    jumped: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The metrics report's body (see the module's doc); ``early``: sent before its
-    interval was over because the load jumped (``burst``)."""
+    """The metrics report's body (see the module's doc); ``jumped``: the ports whose load
+    jumped (``burst``) — the report goes before its interval is over, marked ``early``."""
     return {
         "at": at,
         **({} if mono is None else {"mono": mono, "series": series}),
         "interval": interval,
-        **({"early": True} if early else {}),
+        **({"early": True, "jumped": list(jumped)} if jumped else {}),
         "instances": dict(instances),
         "ports": {name: port_reading(s) for name, s in mesh.items()},
     }
 
 
-def port_rates(
-    now: Mapping[str, ClusterStats], before: Mapping[str, ClusterStats], seconds: float
-) -> dict[str, float]:
-    """Each port's arrivals per second between two readings of the proxy's totals (``now``,
-    ``before``, ``seconds`` apart); a port new since ``before``, or a counter that went
-    down, has none."""
-    if seconds <= 0:
+def port_baseline(
+    readings: Sequence[tuple[float, Mapping[str, ClusterStats]]],
+) -> dict[str, tuple[float, float]]:
+    """Each port's baseline for ``burst`` from the last readings of the proxy's totals
+    (``(monotonic time, totals)``, oldest first; the report's the newest): ``(arrivals per
+    second, how many they were measured from)`` over the readings' span — several
+    intervals, so that the baseline's own noise is small. While it catches up after a step,
+    a step may make two or three early reports (each a report and one evaluation of its
+    service). A port new since the oldest reading, or a counter that went down, has none."""
+    if len(readings) < 2:
         return {}
-    return {
-        key: (s.requests - b.requests) / seconds
-        for key, s in now.items()
-        if (b := before.get(key)) is not None and s.requests >= b.requests
-    }
+    (t_new, newest), (t_old, old) = readings[-1], readings[0]
+    if t_new <= t_old:
+        return {}
+    out: dict[str, tuple[float, float]] = {}
+    for key, s in newest.items():
+        b = old.get(key)
+        if b is not None and s.requests >= b.requests:
+            came = float(s.requests - b.requests)
+            out[key] = (came / (t_new - t_old), came)
+    return out
 
 
 def burst(
-    before: Mapping[str, int], rates: Mapping[str, float], now: Mapping[str, int], seconds: float
+    before: Mapping[str, int],
+    baseline: Mapping[str, tuple[float, float]],
+    now: Mapping[str, int],
+    seconds: float,
 ) -> list[str]:
     """The ports whose load jumped since the last report (pure): their arrivals since then
-    (``now`` − ``before``: one proxy worker's raw counters, ``seconds`` apart) at a rate of
-    at least ``BURST_FACTOR`` times the rate of the report's interval (``rates``) and at least
-    ``BURST_MIN`` requests per second above it, and more than chance would give: at least
-    ``BURST_SIGMAS`` standard deviations of a Poisson count above the expected one (a look
-    covers a fraction of a second: at 90 requests/s, 0.25 s hold 22.5 on average and 34 or
-    more about once in a hundred looks — without this, a service near its target would be
-    scaled up by noise every couple of minutes; with it, 42 are needed, once in 6,500). The
-    agent then reports at once (``early``)
-    rather than at the end of its interval, and the server's autoscaler evaluates then: a
-    load step is seen in a fraction of a second, not up to an interval later (what Knative's
-    panic window is for). A port without both readings, or whose counter went down (another
-    worker), is not judged."""
+    (``now`` − ``before``: one proxy worker's raw counters, ``seconds`` apart) at least
+    ``BURST_FACTOR`` times what their ``baseline`` rate (``port_baseline`` over the last
+    ``BURST_BASELINE`` intervals) gives for that time, at least ``BURST_MIN`` requests per
+    second above it, and more than chance would give: ``BURST_SIGMAS`` standard deviations
+    above the expected count, counting both the look's Poisson noise and the baseline's own
+    (it was measured from a finite count: variance ``e + e² / n`` for ``e`` expected from
+    ``n`` counted). At 90 requests/s a look of 0.25 s holds 22.5 on average; 42 are needed.
+    The agent then reports at once (``early``) rather than at the end of its interval, and
+    the server's autoscaler evaluates the services of those ports then: a load step is seen
+    in a fraction of a second, not up to an interval later (what Knative's panic window is
+    for). A port without both readings, or whose counter went down (another worker), is not
+    judged."""
     if seconds <= 0:
         return []
     out = []
     for key, count in now.items():
-        b = before.get(key)
-        if b is None or count < b:
+        b, base = before.get(key), baseline.get(key)
+        if b is None or base is None or count < b:
             continue
-        came, expected = count - b, rates.get(key, 0.0) * seconds
+        rate, counted = base
+        came, expected = count - b, rate * seconds
+        noise = math.sqrt(max(expected + expected * expected / max(counted, 1.0), 1.0))
         if (
             came >= BURST_FACTOR * expected
             and came >= expected + BURST_MIN * seconds
-            and came - expected >= BURST_SIGMAS * math.sqrt(max(expected, 1.0))
+            and came - expected >= BURST_SIGMAS * noise
         ):
             out.append(key)
     return out

@@ -67,6 +67,7 @@ from elastin.server.apps import Apps
 from elastin.server.errors import ServerError
 from elastin.server.repo import AppRecord, Repo
 from elastin.server.telemetry import Telemetry
+from elastin.server.windows import NodeReport
 
 log = logging.getLogger("elastin.server.autoscaler")
 
@@ -317,17 +318,19 @@ class Autoscaler:
         self._held: dict[str, tuple[int, float, bool]] = {}
         self._kick = asyncio.Event()
         self._fresh = asyncio.Event()  # a metrics report arrived since the last pass
-        self._burst = False  # an early report (the load jumped) since the last pass
+        # services whose load jumped (early reports) since the last pass: (app, service)
+        self._burst: set[tuple[str, str]] = set()
         telemetry.on_report(self._report_arrived)
 
-    def _report_arrived(self, early: bool) -> None:
+    def _report_arrived(self, report: NodeReport) -> None:
         """A metrics report was kept: the next pass may follow it (``_pause``); an early
-        one — an agent saw the load jump before its interval was over — makes a pass at
-        once that evaluates every service with an interval of at most ``TICK``, due or not
-        (a scale-up waits for no tick; a longer interval is what its policy asked for)."""
+        one — an agent saw the load of some ports jump before its interval was over —
+        makes a pass at once that evaluates their services if their interval is at most
+        ``TICK``, due or not (a scale-up waits for no tick; a longer interval is what its
+        policy asked for)."""
         self._fresh.set()
-        if early:
-            self._burst = True
+        if report.early and report.jumped:
+            self._burst.update((p.app, p.service) for p in report.jumped)
             self._kick.set()
 
     def held_requests(self, app: str, service: str, count: int, at_zero: bool = True) -> None:
@@ -451,7 +454,7 @@ class Autoscaler:
         forward it would find an idle service idle for too long); the wall clock only
         converts the store's timestamps (``ready_at``) and stamps the status (``at``)."""
         now = self.clock.monotonic()
-        burst, self._burst = self._burst, False
+        burst, self._burst = self._burst, set()
         records = await self.repo.list_apps()
         if not any(
             w.autoscale and w.autoscale.horizontal for r in records for w in r.app.workloads
@@ -471,7 +474,7 @@ class Autoscaler:
                 state = self._states.setdefault(key, _State())
                 # an early report (the load jumped) makes due the services that asked for
                 # second-level decisions; a longer interval (HPA's 15 s) is kept as asked
-                woken = (burst and policy.interval <= TICK) or (
+                woken = ((rec.app.name, w.name) in burst and policy.interval <= TICK) or (
                     w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
                 )
                 if w.name in rec.stopped or (now < state.next_at and not woken):

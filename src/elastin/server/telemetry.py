@@ -71,12 +71,12 @@ class Telemetry:
         self._node_usage: dict[str, Usage] = {}
         self._mesh: dict[str, dict[str, ClusterStats]] = {}  # node -> cluster -> counters
         self._allocs: tuple[int, dict[str, Allocation]] = (-1, {})  # version -> live ones
-        self._on_report: list[Callable[[bool], None]] = []
+        self._on_report: list[Callable[[NodeReport], None]] = []
 
-    def on_report(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(early)`` after each metrics report is kept (the autoscaler's
+    def on_report(self, listener: Callable[[NodeReport], None]) -> None:
+        """Call ``listener(report)`` after each metrics report is kept (the autoscaler's
         wake-up: it evaluates right after fresh numbers, not up to a second later; at once
-        after an ``early`` one, which says the load jumped)."""
+        after an ``early`` one, for the services whose load jumped)."""
         self._on_report.append(listener)
 
     def record(
@@ -109,7 +109,7 @@ class Telemetry:
         (``vet_report``). ``ClockSkew`` when its clock is far from the server's."""
         self.windows.record(node_id, report)
         for listener in self._on_report:
-            listener(report.early)
+            listener(report)
 
     def live_allocations(self, version: int, allocs: Iterable[Allocation]) -> dict[str, Allocation]:
         """The live ones of ``allocs`` (the mesh feed's, of mesh ``version``) by id, built

@@ -69,6 +69,7 @@ MAX_REPORT_BYTES = 1 << 20  # a larger report is refused (413)
 MAX_ENTRIES = 20_000  # instances, ports or endpoints in one report at most
 MAX_CLOCK_SKEW = 300.0  # seconds a report's wall clock may be from the server's (else 422)
 MAX_GAUGES = 64  # application gauges of one instance at most
+MAX_JUMPED = 1000  # ports an early report names at most
 GAUGE_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")  # a Prometheus name
 MAX_BUCKETS = 64  # latency buckets of one port at most
 P99 = 0.99
@@ -137,6 +138,7 @@ class NodeReport:
     # sent before its interval was over because the load jumped (``agent.sampling.burst``):
     # its rates stand for the second alone, not merged with an earlier report's
     early: bool = False
+    jumped: tuple[ClusterName, ...] = ()  # the ports whose load jumped (an early report's)
 
 
 class ClockSkew(ValueError):
@@ -290,6 +292,15 @@ def parse_report(data: Any) -> NodeReport:
     early = top.get("early", False)
     if not isinstance(early, bool):
         raise ValueError("the report's early must be true or false")
+    names = top.get("jumped", [])
+    if not isinstance(names, list) or len(names) > MAX_JUMPED:
+        raise ValueError(f"the report's jumped must be a list of at most {MAX_JUMPED} ports")
+    jumped = []
+    for k, name in enumerate(names):
+        try:
+            jumped.append(ClusterName.parse(name if isinstance(name, str) else ""))
+        except ValueError:
+            raise ValueError(f"jumped[{k}]: not a service port <app>.<service>.<port>") from None
     return NodeReport(
         at=_num(top, "at", "the report"),
         interval=interval,
@@ -298,6 +309,7 @@ def parse_report(data: Any) -> NodeReport:
         mono=mono,
         series=series,
         early=early,
+        jumped=tuple(jumped),
     )
 
 

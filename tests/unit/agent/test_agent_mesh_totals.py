@@ -150,3 +150,19 @@ async def test_a_listener_on_the_exporters_port_is_left_out(tmp_path: Path) -> N
     await m.apply(snap(1, clash))
     assert m.listener_failed == {"a3.web": (m.exporter_port, "this node proxy's metrics exporter")}
     assert proxy.configs[-1].count(f"bind 127.0.0.1:{m.exporter_port}") == 1
+
+
+async def test_only_the_metrics_loops_reading_is_where_a_jump_is_measured_from(
+    tmp_path: Path,
+) -> None:
+    """The supervisor reads the proxy's counters every second too: its readings must not
+    move the starting point the metrics loop measures a load jump from (a reviewer saw a
+    doubling of the load never reported early on a real node)."""
+    proxy = FakeProxy()
+    m = MeshManager(no_client, "n1", tmp_path / "mesh", proxy, clock=FakeClock())  # type: ignore[arg-type]
+    await m.apply(snap(1))
+    proxy.answers[STATS_COMMAND] = answer(10, 100)
+    await m.read_stats(mark=True)  # the metrics loop's, for its report
+    proxy.answers[STATS_COMMAND] = answer(10, 180)
+    await m.read_stats()  # the supervisor's
+    assert m.reported_arrivals == (Worker(10, 0), {"shop.web.http": 100})

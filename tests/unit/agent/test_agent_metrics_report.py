@@ -22,6 +22,7 @@ from elastin.agent.sampling import (
     gauge_pages,
     instance_reading,
     is_ready,
+    port_baseline,
     recent_usage,
 )
 from elastin.mesh.haproxy.stats import parse_stats
@@ -272,20 +273,32 @@ async def test_the_metrics_loop_reads_the_gauges_of_ready_instances(tmp_path: Pa
     assert seen and b"GET /metrics " in seen[0]
 
 
-def test_burst_is_a_jump_well_above_the_last_rate() -> None:
-    rates = {"a.b.http": 50.0, "a.c.http": 0.0}
+def test_burst_is_a_jump_well_above_the_baseline() -> None:
+    base = {"a.b.http": (50.0, 150.0), "a.c.http": (0.0, 0.0)}  # 50/s over 3 s; c idle
     # 0.25 s after the report: b took 80 requests (320/s), c 2 (8/s: below BURST_MIN)
     now = {"a.b.http": 1080, "a.c.http": 12, "a.new.http": 5}
     before = {"a.b.http": 1000, "a.c.http": 10}
-    assert burst(before, rates, now, 0.25) == ["a.b.http"]
-    assert burst(before, {"a.b.http": 300.0}, now, 0.25) == []  # 320/s is not a jump from 300
-    assert burst({"a.b.http": 2000}, rates, now, 0.25) == []  # went down: another worker
-    assert burst(before, rates, now, 0.0) == []
+    assert burst(before, base, now, 0.25) == ["a.b.http"]
+    assert burst(before, {"a.b.http": (300.0, 900.0)}, now, 0.25) == []  # no jump from 300
+    assert burst({"a.b.http": 2000}, base, now, 0.25) == []  # went down: another worker
+    assert burst(before, base, now, 0.0) == []
     # noise is no jump: at 90/s, 0.25 s hold 22.5 on average; 40 (160/s) is chance about
-    # once in 2,000 looks, 42 or more once in 6,500 (4 standard deviations above)
-    steady = {"a.b.http": 90.0}
+    # once in 2,000 looks, 43 or more far less (4 standard deviations, the baseline's too)
+    steady = {"a.b.http": (90.0, 270.0)}
     assert burst({"a.b.http": 0}, steady, {"a.b.http": 40}, 0.25) == []
     assert burst({"a.b.http": 0}, steady, {"a.b.http": 45}, 0.25) == ["a.b.http"]
+    # a baseline measured from few requests is noisy itself: the jump must be larger
+    assert burst({"a.b.http": 0}, {"a.b.http": (90.0, 22.0)}, {"a.b.http": 45}, 0.25) == []
+
+
+def test_the_baseline_spans_the_last_readings() -> None:
+    def at(n: int) -> dict[str, ClusterStats]:
+        return {"a.b.http": ClusterStats("a", "b", "http", "http", requests=n)}
+
+    readings = [(0.0, at(0)), (1.0, at(50)), (2.0, at(100)), (3.0, at(300))]
+    assert port_baseline(readings) == {"a.b.http": (100.0, 300.0)}
+    assert port_baseline(readings[:1]) == {}
+    assert port_baseline([(0.0, at(10)), (1.0, at(5))]) == {}  # went down
 
 
 class JumpingMesh:
@@ -305,7 +318,7 @@ class JumpingMesh:
         t = self.clock.monotonic()
         return int(50 * min(t, self.step) + 500 * max(0.0, t - self.step))
 
-    async def read_stats(self) -> dict[str, ClusterStats]:
+    async def read_stats(self, mark: bool = False) -> dict[str, ClusterStats]:
         n = self.count()
         self.reported_arrivals = ("w1", {"shop.api.http": n})
         return {"shop.api.http": ClusterStats("shop", "api", "http", "http", requests=n)}
@@ -328,12 +341,14 @@ async def test_a_load_jump_is_reported_at_once_not_at_the_end_of_the_interval(
     mesh = JumpingMesh(agent.clock, step=start + 2.1)
     agent.mesh = mesh  # type: ignore[assignment]
     loop = asyncio.create_task(agent.report_metrics())
-    await until(lambda: len(client.reports) >= 6)
+    await until(lambda: len(client.reports) >= 7)
     loop.cancel()
     times = [round(r["mono"] - start, 2) for r in client.reports]
     early = [bool(r.get("early")) for r in client.reports]
     # regular at 0, 1, 2; the load jumps at 2.1; seen at the look at 2.25 (320/s since the
-    # report at 2), and again at 2.5 (500/s against 320/s); then a quiet interval
-    assert times[:6] == [0.0, 1.0, 2.0, 2.25, 2.5, 3.5]
-    assert early[:6] == [False, False, False, True, True, False]
-    assert parse_report(client.reports[3]).early
+    # report at 2, against 50/s over the last readings), and again at 2.5 and 2.75 while
+    # the baseline catches up; then a quiet interval
+    assert times[:7] == [0.0, 1.0, 2.0, 2.25, 2.5, 2.75, 3.75]
+    assert early[:7] == [False, False, False, True, True, True, False]
+    report = parse_report(client.reports[3])
+    assert report.early and [str(p) for p in report.jumped] == ["shop.api.http"]

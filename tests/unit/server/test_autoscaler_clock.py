@@ -11,6 +11,7 @@ import test_autoscaler as busy
 import test_scale_to_zero as zero
 from server_support import replicas, start_placed
 
+from elastin.mesh.model.names import ClusterName
 from elastin.model.cluster import Node
 from elastin.model.resources import Resources
 from elastin.server.cluster import Cluster
@@ -119,7 +120,13 @@ async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
     assert count == 1  # not due yet
     eps = {a: {"requests": 20, "active": 3} for a in ids}
     early = busy.report(clock.time(), eps, 20)
-    cluster.telemetry.record_metrics("n1", replace(early, early=True))
+    other = (ClusterName("shop", "other", "http"),)  # another service's load jumped
+    cluster.telemetry.record_metrics("n1", replace(early, early=True, jumped=other))
+    await scaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 1  # api's turn has not come
+    jumped = (ClusterName("shop", "api", "http"),)
+    cluster.telemetry.record_metrics("n1", replace(early, early=True, jumped=jumped))
     assert scaler._kick.is_set()  # the loop's pause ends now
     await scaler.evaluate_once()
     count, _ = await busy.api(cluster)
@@ -144,7 +151,9 @@ async def test_an_early_report_keeps_a_long_interval() -> None:
     clock.now += 1
     eps = {a: {"requests": 20, "active": 3} for a in ids}
     early = busy.report(clock.time(), eps, 20)
-    cluster.telemetry.record_metrics("n1", replace(early, early=True))
+    cluster.telemetry.record_metrics(
+        "n1", replace(early, early=True, jumped=(ClusterName("shop", "api", "http"),))
+    )
     await scaler.evaluate_once()
     count, _ = await busy.api(cluster)
     assert count == 1  # 14 s before its next evaluation

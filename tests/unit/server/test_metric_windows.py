@@ -544,15 +544,21 @@ def test_an_early_report_stands_for_its_second_alone() -> None:
     clock.advance(0.9)
     w.record("n1", report(T0 + 1.0, 50))  # 50/s
     clock.advance(0.05)  # the same server second
-    early = parse_report({**raw_report(T0 + 1.25, 175), "early": True})  # 500/s for 0.25 s
-    assert early.early
+    early = parse_report(  # 500/s for 0.25 s
+        {**raw_report(T0 + 1.25, 175), "early": True, "jumped": ["shop.api.http"]}
+    )
+    assert early.early and [str(p) for p in early.jumped] == ["shop.api.http"]
     w.record("n1", early)
     assert current(w, "requests_per_s") == 500.0  # not (50 + 125) / 1.25
 
 
-def test_early_must_be_a_boolean() -> None:
+def test_early_must_be_a_boolean_and_jumped_service_ports() -> None:
     with pytest.raises(ValueError, match="early must be true or false"):
         parse_report({**raw_report(T0, 0), "early": "yes"})
+    with pytest.raises(ValueError, match=r"jumped\[0\]: not a service port"):
+        parse_report({**raw_report(T0, 0), "early": True, "jumped": ["../x"]})
+    with pytest.raises(ValueError, match="jumped must be a list"):
+        parse_report({**raw_report(T0, 0), "early": True, "jumped": "shop.api.http"})
 
 
 def raw_report(at: float, requests: int) -> dict[str, Any]:

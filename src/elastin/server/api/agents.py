@@ -85,7 +85,12 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
             "type": "boolean",
             "description": "sent before its interval was over because a port's load jumped: "
             "its rates stand for their second alone (not merged with an earlier report's) and "
-            "the autoscaler evaluates at once",
+            "the autoscaler evaluates the services of its `jumped` ports at once",
+        },
+        "jumped": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "an early report's ports whose load jumped (<app>.<service>.<port>)",
         },
         "instances": {
             "type": "object",
