@@ -22,7 +22,12 @@ What is read, as Prometheus' own text parser does:
   not this reader's business (Prometheus would refuse the whole scrape);
 - a page is read in time linear in its length, whatever it holds: the page comes from the
   application, and a line built against a backtracking parser must not cost the agent more
-  than reading it (a scanner moving forward, with patterns that cannot backtrack).
+  than reading it (a scanner moving forward, with patterns that cannot backtrack);
+- a read can be stopped: linear is still most of a second for a MiB of wanted lines, so the
+  caller may pass ``stop``, a callable asked every ``CHECK_EVERY`` lines (and every
+  ``CHECK_EVERY`` labels of one line); when it answers true the read raises ``Stopped``.
+  The module knows no clock: the caller decides (the gauge reader sets a flag at its
+  timeout).
 
 ``read`` answers the values found and, per name it could not read, why: absent, a malformed
 sample line (its line number), or a value that is not a finite number (``NaN``, ``±Inf``, or a
@@ -33,8 +38,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+# lines (or labels of one line) read between two questions to the caller's ``stop``: a few
+# milliseconds of work at most
+CHECK_EVERY = 2048
 
 NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # The pieces of a sample line after its name, each matched at a position by the scanner
@@ -60,6 +69,14 @@ class ParseError(ValueError):
     """A sample line of a wanted metric is malformed (the message names its line)."""
 
 
+class Stopped(Exception):
+    """The caller's ``stop`` said stop: the page was not read to its end (the message says
+    where the read stopped)."""
+
+
+Stop = Callable[[], bool]  # asked now and then during a read: true to stop it
+
+
 @dataclass(frozen=True)
 class Gauges:
     """What ``read`` found: ``values`` by name (finite sums), ``problems``: name -> why it has
@@ -76,9 +93,12 @@ def parse_value(text: str) -> float:
     return float(text)
 
 
-def _sample(line: str, names: frozenset[str] | None, number: int) -> tuple[str, float] | None:
+def _sample(
+    line: str, names: frozenset[str] | None, number: int, stop: Stop | None = None
+) -> tuple[str, float] | None:
     """``(name, value)`` of a sample line whose name is wanted (``names``; None: any), None
-    for another metric's line; ``ParseError`` when a wanted one is malformed."""
+    for another metric's line; ``ParseError`` when a wanted one is malformed, ``Stopped``
+    when ``stop`` says so during a long one."""
     m = NAME_RE.match(line)
     if m is None:
         if names is None:
@@ -87,7 +107,7 @@ def _sample(line: str, names: frozenset[str] | None, number: int) -> tuple[str, 
     name = m.group()
     if names is not None and name not in names:
         return None
-    value = _rest(line, m.end())
+    value = _rest(line, m.end(), stop, number)
     if value is None:
         raise ParseError(
             f"line {number}: {line[:120]!r} is not a sample (name{{labels}} value [timestamp])"
@@ -104,12 +124,17 @@ def _blanks(line: str, at: int) -> int:
     return m.end() if m else at  # (always a match: blanks may be none)
 
 
-def _labels(line: str, at: int) -> int | None:
+def _labels(line: str, at: int, stop: Stop | None = None, number: int = 0) -> int | None:
     """Where ``{label="value", ...}`` starting at ``at`` (its ``{``) ends, just after its
     ``}``; None when it is malformed. Blanks may go around the names, ``=`` and ``,``, and a
-    comma may end the list."""
+    comma may end the list. ``stop`` is asked every ``CHECK_EVERY`` labels (``number``: the
+    line's, for ``Stopped``'s message)."""
     at = _blanks(line, at + 1)
+    labels = 0
     while True:
+        labels += 1
+        if stop is not None and labels % CHECK_EVERY == 0 and stop():
+            raise Stopped(f"stopped in line {number}, at its label {labels}")
         if line.startswith("}", at):
             return at + 1
         name = _LABEL_NAME_RE.match(line, at)
@@ -128,13 +153,14 @@ def _labels(line: str, at: int) -> int | None:
             return None
 
 
-def _rest(line: str, at: int) -> str | None:
+def _rest(line: str, at: int, stop: Stop | None = None, number: int = 0) -> str | None:
     """The value (unchecked) of a sample line whose name ends at ``at``: ``[{labels}] value
-    [timestamp] [# exemplar]``, None when the line is not of that form."""
+    [timestamp] [# exemplar]``, None when the line is not of that form (``stop``, ``number``:
+    as ``_labels``)."""
     start = at
     at = _blanks(line, at)
     if line.startswith("{", at):
-        end = _labels(line, at)
+        end = _labels(line, at, stop, number)
         if end is None:
             return None
         at = _blanks(line, end)
@@ -154,10 +180,15 @@ def _rest(line: str, at: int) -> str | None:
     return token.group()
 
 
-def _candidates(text: str, wanted: frozenset[str] | None) -> Iterator[tuple[int, str]]:
+def _candidates(
+    text: str, wanted: frozenset[str] | None, stop: Stop | None = None
+) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` of the sample lines that may be of ``wanted`` (None: every
-    sample line); comments and blank lines are skipped."""
+    sample line); comments and blank lines are skipped. ``stop`` is asked every
+    ``CHECK_EVERY`` lines, whatever they are (``Stopped`` when it says so)."""
     for number, raw in enumerate(text.split("\n"), 1):
+        if stop is not None and number % CHECK_EVERY == 0 and stop():
+            raise Stopped(f"stopped at line {number}")
         line = (raw[:-1] if raw.endswith("\r") else raw).lstrip(" \t")
         if not line or line.startswith("#"):
             continue
@@ -166,28 +197,32 @@ def _candidates(text: str, wanted: frozenset[str] | None) -> Iterator[tuple[int,
         yield number, line
 
 
-def parse(text: str, names: Iterable[str] | None = None) -> dict[str, float]:
+def parse(
+    text: str, names: Iterable[str] | None = None, stop: Stop | None = None
+) -> dict[str, float]:
     """Every sample of ``text`` (or only those of ``names``) summed by name; the sums may be
-    NaN or infinite. ``ParseError`` on the first malformed line read."""
+    NaN or infinite. ``ParseError`` on the first malformed line read; ``Stopped`` when
+    ``stop`` says so (asked every ``CHECK_EVERY`` lines)."""
     wanted = None if names is None else frozenset(names)
     sums: dict[str, float] = {}
-    for number, line in _candidates(text, wanted):
-        found = _sample(line, wanted, number)
+    for number, line in _candidates(text, wanted, stop):
+        found = _sample(line, wanted, number, stop)
         if found is not None:
             sums[found[0]] = sums.get(found[0], 0.0) + found[1]
     return sums
 
 
-def read(text: str, names: Iterable[str]) -> Gauges:
+def read(text: str, names: Iterable[str], stop: Stop | None = None) -> Gauges:
     """The gauges ``names`` in ``text`` (see the module's doc): each a finite sum of its
     samples, or a problem saying why it has no value (a malformed line spoils only its own
-    metric)."""
+    metric). ``Stopped`` when ``stop`` says so (asked every ``CHECK_EVERY`` lines): a page
+    read in part has no value."""
     wanted = frozenset(names)
     sums: dict[str, float] = {}
     broken: dict[str, str] = {}
-    for number, line in _candidates(text, wanted):
+    for number, line in _candidates(text, wanted, stop):
         try:
-            found = _sample(line, wanted, number)
+            found = _sample(line, wanted, number, stop)
         except ParseError as e:
             m = NAME_RE.match(line)
             broken.setdefault(m.group() if m else "", str(e))

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import h2.config
@@ -17,9 +18,9 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from elastin.agent import gauges
+from elastin.agent import gauges, promtext
 from elastin.agent.gauges import GaugeReader, scrape_timeout
-from elastin.agent.promtext import Gauges
+from elastin.agent.promtext import Gauges, Stop, Stopped
 from elastin.agent.sampling import Page, gauge_pages
 from elastin.model.spec import parse_spec
 from elastin.testing import FakeClock
@@ -37,6 +38,7 @@ class Endpoint:
     def __init__(self) -> None:
         self.heads: list[bytes] = []
         self.done = asyncio.Event()
+        self.gate = asyncio.Event()  # /late answers once it is set
         self.port = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -48,8 +50,13 @@ class Endpoint:
                 if path == b"/silent":
                     await self.done.wait()
                     return
+                if path == b"/late":
+                    await self.gate.wait()
                 status, body = {
                     b"/metrics": (b"200 OK", PAGE),
+                    b"/metrics?slow": (b"200 OK", PAGE),
+                    b"/late": (b"200 OK", PAGE),
+                    b"/long": (b"200 OK", b"queue_depth 1\n" * 3 * promtext.CHECK_EVERY),
                     b"/big": (b"200 OK", b"queue_depth 1\n" + b"# pad\n" * 400_000),
                     b"/hostile": (b"200 OK", HOSTILE),
                     b"/down": (b"503 Service Unavailable", b"no"),
@@ -158,10 +165,10 @@ async def test_a_page_is_parsed_off_the_event_loop(
     waited: list[bool] = []
     real = gauges.read_gauges
 
-    def watched(text: str, names: Iterable[str]) -> Gauges:
+    def watched(text: str, names: Iterable[str], stop: Stop | None = None) -> Gauges:
         parsing.set()
         waited.append(loop_ran.wait(30))
-        return real(text, names)
+        return real(text, names, stop=stop)
 
     async def another() -> None:
         while not parsing.is_set():
@@ -182,26 +189,120 @@ async def test_a_page_is_parsed_off_the_event_loop(
     assert got == {}  # the malformed lines spoil the gauge, and are said
 
 
-async def test_the_timeout_bounds_the_parse_too(
+def until_stopped(stop: Stop | None) -> bool:
+    """Wait (30 s at most) until ``stop`` says stop; whether it did."""
+    for _ in range(3000):
+        if stop is not None and stop():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+async def test_the_timeout_stops_the_parse_too(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    release = threading.Event()
+    """A page being read when the timeout comes is stopped, not only given up on: the
+    reader's thread would otherwise go on reading it (most of a second of a core for a MiB
+    of wanted lines), holding the GIL the event loop needs. The real parse of a long page,
+    held at its first question to ``stop`` until the reader no longer waits, stops there."""
+    asked: list[bool] = []
+    outcome: list[str] = []
+    done = threading.Event()
     real = gauges.read_gauges
+    clock = FakeClock()
 
-    def stuck(text: str, names: Iterable[str]) -> Gauges:
-        release.wait(30)
-        return real(text, names)
+    def held(text: str, names: Iterable[str], stop: Stop | None = None) -> Gauges:
+        def first_held() -> bool:
+            if not asked:
+                clock.advance(0.3)  # the read takes the whole timeout (no sleeper to wake)
+                asked.append(until_stopped(stop))
+            return stop is not None and stop()
 
-    monkeypatch.setattr(gauges, "read_gauges", stuck)
-    reader = GaugeReader(FakeClock())
+        try:
+            got = real(text, names, stop=first_held)
+            outcome.append(f"read to the end: {got}")
+            return got
+        except Stopped as e:
+            outcome.append(f"stopped: {e}")
+            raise
+        finally:
+            done.set()
+
+    monkeypatch.setattr(gauges, "read_gauges", held)
+    reader = GaugeReader(clock)
+    page = Page(endpoint.port, "/long", ("queue_depth",))
     try:
         with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
-            got = await reader.read({"a1": [Page(endpoint.port, "/metrics", ("workers",))]}, 0.3)
+            got = await reader.read({"a1": [page]}, 0.3)
+        assert done.wait(30)
     finally:
-        release.set()
         await reader.close()
     assert got == {}
     assert "the page was not read within 0.3s" in caplog.text
+    assert asked == [True]  # the reader's stop said stop once its wait was over
+    assert outcome == [f"stopped: stopped at line {promtext.CHECK_EVERY}"]
+
+
+async def test_a_page_too_large_or_not_read_in_time_is_left_alone_for_a_while(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One such page would cost the agent up to the timeout of a core every interval: it is
+    not asked for again for ``BACKOFF`` (its gauges missing meanwhile), said once in the
+    log. A page that only waited behind it for the reader's thread is not blamed: read again
+    at the next interval, as are the instance's other pages and the other instances."""
+    real = gauges.read_gauges
+    clock = FakeClock()
+    loop = asyncio.get_running_loop()
+
+    def slow(text: str, names: Iterable[str], stop: Stop | None = None) -> Gauges:
+        if "slow" not in names:
+            return real(text, names, stop=stop)
+        clock.advance(0.3)  # the read takes the whole timeout (no sleeper to wake)
+        loop.call_soon_threadsafe(endpoint.gate.set)  # /late comes now: it waits behind
+        until_stopped(stop)
+        raise Stopped("stopped")
+
+    monkeypatch.setattr(gauges, "read_gauges", slow)
+    reader = GaugeReader(clock)
+    pages = {
+        "big": [Page(endpoint.port, "/big", ("queue_depth",))],
+        "slow": [Page(endpoint.port, "/metrics?slow", ("slow",))],
+        "late": [Page(endpoint.port, "/late", ("queue_depth",))],
+        "ok": [Page(endpoint.port, "/metrics", ("workers",))],
+    }
+
+    def gets(*paths: bytes) -> tuple[int, ...]:
+        return tuple(sum(1 for h in endpoint.heads if h.startswith(b"GET %s " % p)) for p in paths)
+
+    def said() -> dict[str, str]:
+        return {r.getMessage().split()[1][:-1]: r.getMessage() for r in caplog.records}
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            got = await reader.read(pages, 0.3)
+        assert got.keys() <= {"ok"}  # (ok is read unless it too waited behind the slow one)
+        assert said().keys() >= {"big", "slow", "late"}
+        assert "larger than" in said()["big"]
+        assert "not asked for again for 30s" in said()["big"]
+        assert "not read within 0.3s" in said()["slow"]
+        assert "not asked for again for 30s" in said()["slow"]
+        assert "the reader was busy with other pages" in said()["late"]
+        assert "not asked for again" not in said()["late"]  # not its fault
+        assert gets(b"/big", b"/metrics?slow", b"/late") == (1, 1, 1)
+        caplog.clear()
+        for _ in range(3):  # within the backoff: neither page is asked for
+            clock.advance(9)
+            with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+                got = await reader.read(pages, 0.3)
+            assert got == {"late": {"queue_depth": 7.0}, "ok": {"workers": 2.0}}
+        assert gets(b"/big", b"/metrics?slow", b"/late") == (1, 1, 4)
+        assert caplog.records == []  # said once, at its start
+        clock.advance(3)  # the backoff is over: both asked for again
+        with caplog.at_level(logging.WARNING, logger="elastin.agent.gauges"):
+            await reader.read(pages, 0.3)
+        assert gets(b"/big", b"/metrics?slow") == (2, 2)
+    finally:
+        await reader.close()
 
 
 async def serve_h2c(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

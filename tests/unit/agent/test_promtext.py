@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from elastin.agent.promtext import ParseError, parse, parse_value, read
+from elastin.agent.promtext import CHECK_EVERY, ParseError, Stopped, parse, parse_value, read
 
 PAGE = r"""# HELP queue_depth Jobs waiting, per queue.
 # TYPE queue_depth gauge
@@ -161,3 +161,44 @@ def test_hostile_pages_are_read_in_linear_time() -> None:
     for name, what in said.items():
         if not name.startswith("many lines") and name != "many labelled lines":
             assert what == "} ['queue_depth']", (name, what)  # malformed: a problem
+
+
+class StopAfter:
+    """A reader's ``stop`` that says stop from its ``n``th question on (no clock: the test
+    counts the questions)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n, self.asked = n, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.n is not None and self.asked >= self.n
+
+
+def test_a_read_asks_its_stop_every_few_thousand_lines_and_stops_when_told() -> None:
+    """A MiB of wanted lines is most of a second of Python: the gauge reader stops a read at
+    its timeout (``agent/gauges.py``) instead of letting it run to the end."""
+    text = "# HELP q lines\n" + "q 1\n" * (10 * CHECK_EVERY)
+    stop = StopAfter(3)
+    with pytest.raises(Stopped, match=f"stopped at line {3 * CHECK_EVERY}$"):
+        read(text, ["q"], stop=stop)
+    assert stop.asked == 3  # and not one line further
+    stop = StopAfter(2)
+    with pytest.raises(Stopped):
+        parse(text, stop=stop)
+    assert stop.asked == 2
+    never = StopAfter(None)  # asked, never says stop: the whole page is read
+    assert read(text, ["q"], stop=never).values == {"q": 10 * CHECK_EVERY}
+    assert never.asked == (10 * CHECK_EVERY + 2) // CHECK_EVERY  # every CHECK_EVERY lines
+    assert read(text, ["q"]).values == {"q": 10 * CHECK_EVERY}  # no stop: never asked
+
+
+def test_one_long_line_is_stopped_too() -> None:
+    """A single line of many labels (a quarter of a second for a MiB) is stopped between
+    its labels."""
+    text = "q{" + 'a="b",' * (5 * CHECK_EVERY) + "} 1\n"
+    stop = StopAfter(2)
+    with pytest.raises(Stopped, match=f"stopped in line 1, at its label {2 * CHECK_EVERY}$"):
+        read(text, ["q"], stop=stop)
+    assert stop.asked == 2
+    assert read(text, ["q"], stop=StopAfter(None)).values == {"q": 1.0}

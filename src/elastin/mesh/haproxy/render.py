@@ -105,7 +105,9 @@ SHARE_SCALE = 1_000_000
 # the HAProxy release whose sample fetches tell, for a normal HTTP response about to be left
 # out of the log, whether it was retried and how long its endpoint took (``txn.conn_retries``,
 # ``txn.redispatched``, ``res.timer.hdr``); before it (2.6), the variable that holds the
-# same from log-format tags, read as they are for the log line
+# same from log-format tags, read as they are for the log line. The latency histogram's
+# fetches (``req.timer.queue``, ``bc.timer.connect``, ``txn.sess_term_state``) are 3.0's too:
+# before it, a p99 service keeps no histogram (``_latency_histogram``)
 FETCHES_SINCE = "3.0"
 LOG_CHECK_VAR = "txn.elastin_log"
 # one JSON object per TCP connection
@@ -511,22 +513,29 @@ def _backend(c: Cluster) -> list[str]:
         out.append(
             "    http-request disable-l7-retry if !{ method GET HEAD OPTIONS PUT DELETE TRACE }"
         )
+    # one shared counter for the service: requests in the last second
+    rate_table = [
+        "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
+        "    http-request track-sc0 int(1)",
+    ]
     if mode == "http" and c.latency_histogram:
         # one entry (a constant key) for the histogram's counters, and the rate limit's
-        # when the service has one; never expired: the counters must last between readings
+        # when the service has one; never expired: the counters must last between readings.
+        # Only on HAProxy 3.0 (its rules need fetches 2.6 lacks, ``_latency_histogram``): an
+        # older one keeps no table, so the agent reads none and the p99 is not measured
         store = f"gpc({len(LATENCY_BOUNDS_MS) + 1})"
         if c.rate_limit:
             store += ",http_req_rate(1s)"
         out += [
+            f"    .if version_atleast({FETCHES_SINCE})",
             f"    stick-table type integer size 1 store {store}",
             "    http-request track-sc0 int(1)",
         ]
+        if c.rate_limit:
+            out += ["    .else", *rate_table]
+        out.append("    .endif")
     elif mode == "http" and c.rate_limit:
-        # one shared counter for the service: requests in the last second
-        out += [
-            "    stick-table type integer size 1 expire 10s store http_req_rate(1s)",
-            "    http-request track-sc0 int(1)",
-        ]
+        out += rate_table
     if mode == "http" and c.rate_limit:
         why_429 = f"rate limit of {c.rate_limit}/s for {c.name}"
         out.append(
@@ -583,9 +592,17 @@ def _latency_histogram(c: Cluster) -> list[str]:
     (termination state ``sQ``) at the queue timeout. ``http-after-response`` also sees the
     endpoints' responses — an endpoint's own 504 may carry ``x-elastin-error`` (a gateway
     relaying a mesh's answer) — so a response already counted (``LATENCY_VAR`` is set) is
-    not counted there again."""
+    not counted there again.
+
+    HAProxy 2.6 has none of ``req.timer.queue``, ``bc.timer.connect``, ``res.timer.hdr`` and
+    ``txn.sess_term_state``, and would refuse the whole configuration: the rules (and the
+    table, ``_backend``) are HAProxy's only from ``FETCHES_SINCE`` on (``.if
+    version_atleast``). An older proxy keeps no histogram; the agent's ``show table`` of it
+    answers "No such table" (``stats.parse_latency`` leaves it out), and the service's p99
+    falls back to the longest response."""
     v = LATENCY_VAR
     out = [
+        f"    .if version_atleast({FETCHES_SINCE})",
         f"    http-response set-var({v}) req.timer.queue",
         f"    http-response set-var({v}) bc.timer.connect,add({v})",
         f"    http-response set-var({v}) res.timer.hdr,add({v})",
@@ -604,6 +621,7 @@ def _latency_histogram(c: Cluster) -> list[str]:
         f"!{{ var({v}) -m found }}",
         f"    http-after-response sc-inc-gpc({queue},0) if {{ status 503 }} "
         "{ txn.sess_term_state sQ }",
+        "    .endif",
     ]
     return out
 

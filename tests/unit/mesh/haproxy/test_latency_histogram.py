@@ -6,7 +6,8 @@ of the mesh's own at the request timeout and its 503 after the queue timeout at 
 never a response twice; every other service renders as before. The agent
 asks for the tables with ``show stat`` (``stats_command``), reads them (``parse_latency``),
 keeps them monotonic across reloads (``Totals``) and reports them cumulative per bucket
-(``latency_buckets``). HAProxy 3.0 accepts the text (``haproxy -c``). With real traffic:
+(``latency_buckets``). HAProxy 3.0 accepts the text (``haproxy -c``), and so does 2.6, which
+keeps no histogram (its fetches are 3.0's: the rules are read by 3.0 only). With real traffic:
 tests/integration/mesh/test_mesh_p99.py."""
 
 from __future__ import annotations
@@ -95,12 +96,46 @@ def test_the_mesh_answers_after_a_wait_are_counted_once_at_their_timeout() -> No
     ]
 
 
+def on(version: tuple[int, int], lines: list[str]) -> list[str]:
+    """The lines HAProxy ``version`` reads of ``lines``: its ``.if version_atleast(X)`` /
+    ``.else`` / ``.endif`` blocks resolved (one level, as the renderer writes them)."""
+    out: list[str] = []
+    keep: bool | None = None  # None: outside a block
+    for line in lines:
+        word = line.strip()
+        if word.startswith(".if version_atleast("):
+            major, minor = word.removeprefix(".if version_atleast(").rstrip(")").split(".")
+            keep = version >= (int(major), int(minor))
+        elif word == ".else":
+            keep = not keep
+        elif word == ".endif":
+            keep = None
+        elif keep is None or keep:
+            out.append(line)
+    return out
+
+
 def test_with_a_rate_limit_the_histogram_shares_its_entry() -> None:
-    lines = backend(render(snapshot(latency_histogram=True, rate_limit=50), PATHS))
+    lines = on((3, 0), backend(render(snapshot(latency_histogram=True, rate_limit=50), PATHS)))
     tables = [x for x in lines if "stick-table" in x]
     assert tables == [f"    stick-table type integer size 1 store gpc({N}),http_req_rate(1s)"]
     assert lines.count("    http-request track-sc0 int(1)") == 1
     assert any("sc_http_req_rate(0) gt 50" in x for x in lines)
+
+
+@pytest.mark.parametrize("rate_limit", [None, 50])
+def test_before_haproxy_3_a_p99_service_keeps_no_histogram(rate_limit: int | None) -> None:
+    """HAProxy 2.6 lacks the fetches the histogram's rules use (``req.timer.queue``,
+    ``bc.timer.connect``, ``res.timer.hdr``, ``txn.sess_term_state``): it reads the backend
+    of a service without a p99 metric — no histogram table (``show table`` of it answers "No
+    such table"), its rate limit's own when it has one. HAProxy accepting both:
+    ``test_haproxy_accepts_the_histogram``."""
+    p99 = on(
+        (2, 6), backend(render(snapshot(latency_histogram=True, rate_limit=rate_limit), PATHS))
+    )
+    plain = on((2, 6), backend(render(snapshot(rate_limit=rate_limit), PATHS)))
+    assert p99 == plain
+    assert not any("gpc" in x or LATENCY_VAR in x or "timer" in x for x in p99)
 
 
 def test_a_504_is_counted_at_the_services_own_timeout_and_before_grpc_rewrites_it() -> None:
@@ -150,20 +185,46 @@ def test_the_cluster_of_a_p99_service_keeps_a_histogram(
     assert clusters["a.w.db"].latency_histogram is tcp
 
 
-@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
+# Debian 12's HAProxy 2.6, which the mesh still runs (with a warning) when
+# ELASTIN_HAPROXY names it; installed beside the 3.0 `make setup` builds
+DEBIAN_2_6 = "/usr/sbin/haproxy"
+
+
+def _binaries() -> list[object]:
+    return [
+        pytest.param(
+            haproxy_binary(),
+            id="default",
+            marks=pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed"),
+        ),
+        pytest.param(
+            DEBIAN_2_6,
+            id="2.6",
+            marks=pytest.mark.skipif(
+                not Path(DEBIAN_2_6).is_file(), reason=f"{DEBIAN_2_6} is not installed"
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("binary", _binaries())
+@pytest.mark.parametrize("rate_limit", [None, 10])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_haproxy_accepts_the_histogram(tmp_path: Path, protocol: str) -> None:
+def test_haproxy_accepts_the_histogram(
+    tmp_path: Path, protocol: str, rate_limit: int | None, binary: str
+) -> None:
+    """The default haproxy (3.0, ``make setup``) and Debian's 2.6 both accept the
+    configuration of a p99 service: on 2.6 a refused one would take every service of the
+    node's proxy down."""
     snap = snapshot(
         protocol,
         latency_histogram=True,
-        rate_limit=10,
+        rate_limit=rate_limit,
         breaker=CircuitBreaker(max_connections=1, queue_timeout=0.3),
     )
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(render(snap, Paths(str(tmp_path / "x.sock"))) + "\n")
-    done = subprocess.run(
-        [str(haproxy_binary()), "-c", "-f", str(cfg)], capture_output=True, text=True
-    )
+    done = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
