@@ -127,7 +127,8 @@ LOG_CHECK_SECONDS = 1.0
 LOOP_GIVE_UP = 10  # failures in a row (about 3 min) before a vital loop stops the agent
 LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
 # seconds an instance being stopped waits for every proxy to confirm it dropped it; the wait
-# for the requests still in flight to it is then bounded by its workload's ``stop_grace``
+# for the requests still in flight to it is then bounded by its workload's ``stop_grace``,
+# the wait for the connections open to its TCP ports by this again (``Agent.drain``)
 DRAIN_CONFIRM = 5.0
 DRAIN_POLL = 0.05  # seconds between two counts of the requests in flight
 # an application is fetched at most once per APP_REFRESH seconds (also when the fetch fails);
