@@ -104,7 +104,7 @@ from elastin.client.http import AsyncClient
 from elastin.clock import SYSTEM, Clock
 from elastin.datadir import ensure_private
 from elastin.mesh.dns import DnsServer, Target
-from elastin.mesh.haproxy.stats import CLEAR_MAX
+from elastin.mesh.haproxy.stats import CLEAR_MAX, InFlight
 from elastin.mesh.model import Listener, MeshSnapshot
 from elastin.mesh.model.traffic import ClusterStats
 from elastin.model.cluster import TERMINAL, Allocation, Node, Usage
@@ -129,7 +129,8 @@ LOG_CHECK_SECONDS = 1.0
 LOOP_GIVE_UP = 10  # failures in a row (about 3 min) before a vital loop stops the agent
 LOW_DISK_GC_INTERVAL = 5.0  # seconds between collections while the data disk is low
 # seconds an instance being stopped waits for every proxy to confirm it dropped it; the wait
-# for the requests still in flight to it is then bounded by its workload's ``stop_grace``
+# for the requests still in flight to it is then bounded by its workload's ``stop_grace``,
+# the wait for the connections open to its TCP ports by this again (``Agent.drain``)
 DRAIN_CONFIRM = 5.0
 DRAIN_POLL = 0.05  # seconds between two counts of the requests in flight
 # an application is fetched at most once per APP_REFRESH seconds (also when the fetch fails);
@@ -657,11 +658,13 @@ class Agent:
             tg.create_task(self._run_runner(runner, handle))
             log.info("re-attaching to %s (pid %d)", alloc.name, handle.pid)
 
-    async def drain(self, alloc: Allocation, version: int) -> str:
+    async def drain(self, alloc: Allocation, version: int, grace: float) -> str:
         """Wait until every live proxy has dropped ``alloc``'s endpoints (the server's mesh
         ``version`` that stopped it; at most ``DRAIN_CONFIRM``), then until this node's proxy
-        has finished the requests it had sent there, on every worker (at most the workload's
-        ``stop_grace``; SIGTERM then gets its own ``stop_grace``). Says what happened."""
+        has finished what it had sent there, on every worker: its HTTP, HTTP/2 and gRPC
+        requests for at most ``grace`` (the workload's ``stop_grace``; SIGTERM then gets its
+        own), its TCP connections for at most ``DRAIN_CONFIRM`` of that (an idle pooled
+        connection stays open until the server closes it: on SIGTERM). Says what happened."""
         try:
             pending = await self.client.mesh_converged(version, DRAIN_CONFIRM)
         except ClientError as e:
@@ -671,23 +674,34 @@ class Agent:
                 f"the proxies of {', '.join(pending)} did not confirm within "
                 f"{DRAIN_CONFIRM:g}s that they dropped it; stopping"
             )
-        runner = self.runners.get(alloc.id)
-        grace = runner.workload.stop_grace if runner and runner.workload else 10.0
-        deadline = self.clock.monotonic() + grace
-        busy: int | None = 0
+        start = self.clock.monotonic()
+        deadline = start + grace
+        tcp_wait = min(DRAIN_CONFIRM, grace)
+        busy: InFlight | None = InFlight()
         while self.mesh is not None:
-            busy = await self.mesh.in_flight(alloc.id)  # None: the proxy does not say
-            if busy == 0 or self.clock.monotonic() >= deadline:
+            busy = await self.mesh.in_flight(alloc.id, deadline)  # None: the proxy does not say
+            now = self.clock.monotonic()
+            tcp_over = now >= start + tcp_wait
+            if busy is not None and not busy.requests and (tcp_over or not busy.connections):
                 break
-            await self.clock.sleep(min(DRAIN_POLL, deadline - self.clock.monotonic()))
+            if now >= deadline:
+                break
+            await self.clock.sleep(min(DRAIN_POLL, deadline - now))
         if busy is None:
             return (
                 f"out of every proxy; this node's proxy did not say within {grace:g}s what "
                 "it still has in flight to it (see the agent's log); stopping"
             )
-        if busy:
-            return f"out of every proxy; {busy} request(s) still in flight after {grace:g}s"
-        return "out of every proxy, no request in flight; stopping"
+        said = "out of every proxy, no request in flight"
+        if busy.requests:
+            said = f"out of every proxy; {busy.requests} request(s) still in flight after "
+            said += f"{grace:g}s"
+        if busy.connections:
+            said += (
+                f"; {busy.connections} TCP connection(s) still open, waited for at most "
+                f"{tcp_wait:g}s (an idle pooled one stays open until the instance closes it)"
+            )
+        return said if busy.requests else said + "; stopping"
 
     async def sync(self, tg: asyncio.TaskGroup, allocs: list[Allocation], index: int = 0) -> None:
         """Execute what ``reconcile`` decides for the allocations the server sent."""

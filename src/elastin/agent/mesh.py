@@ -71,9 +71,11 @@ from elastin.mesh.haproxy.runtime import runtime_commands
 from elastin.mesh.haproxy.runtime_client import HaproxyError, RuntimeClient
 from elastin.mesh.haproxy.stats import (
     ARRIVALS_COMMAND,
+    InFlight,
     Totals,
     Worker,
     allocation_in_flight,
+    endpoints_in_flight,
     parse_stats,
     split_info,
     stats_command,
@@ -107,6 +109,11 @@ PortHolder = Callable[[str, int], str | None]
 ListenerFailed = Callable[[Listener, str], None]
 PROXY_OWNER = "proxy"  # the owner of the proxy's own ports in the node's PortAllocator
 WAKE_EVERY = 1.0  # seconds: a held service's wake goes to the server at most this often
+# what a drain counts on every worker: backends and servers (``stats.endpoints_in_flight``)
+IN_FLIGHT_COMMAND = "show stat -1 6 -1"
+# seconds one reading of what is in flight serves every draining allocation of the node
+# (the agent's drain polls as often): a mass stop asks the master CLI no more often
+IN_FLIGHT_FRESH = 0.05
 
 
 async def keep_running(
@@ -157,7 +164,8 @@ class Proxy(Protocol):
     "reloaded"; ``HaproxyError`` when the configuration is refused); ``command`` sends a
     runtime API command to the current worker (``HaproxyError`` on a refusal, ``OSError``
     when it does not answer); ``each_worker`` sends one to every live worker, the old ones a
-    reload left finishing their requests too, and returns their answers; ``unreachable``
+    reload left finishing their requests too, and returns their answers (all within
+    ``timeout`` s when given: ``TimeoutError`` otherwise); ``unreachable``
     names the listeners that do not accept connections within ``timeout`` s; ``reloads`` and
     ``starts`` count what ``load`` did."""
 
@@ -172,7 +180,7 @@ class Proxy(Protocol):
 
     async def command(self, command: str) -> str: ...
 
-    async def each_worker(self, command: str) -> list[str]: ...
+    async def each_worker(self, command: str, timeout: float | None = None) -> list[str]: ...
 
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]: ...
 
@@ -260,6 +268,9 @@ class MeshManager:
         self._woken: dict[str, float] = {}  # app/service -> when its wake was last sent
         self._wakes: set[asyncio.Task[None]] = set()
         self.wakes_sent = 0
+        # the newest reading of what is in flight (``in_flight``), and when it ended
+        self._in_flight: asyncio.Task[dict[str, InFlight] | None] | None = None
+        self._in_flight_at = 0.0
 
     def _paths(self) -> Paths:
         """The proxy's paths, with the wake listener's URL while it serves."""
@@ -613,19 +624,44 @@ class MeshManager:
         self.current = snap
         return "updated" if now else "unchanged"
 
-    async def in_flight(self, allocation: str) -> int | None:
-        """Requests this node's proxy is still serving on any endpoint of ``allocation``
-        (its endpoints' ids are ``<allocation>-<port>``), on every live worker: after a
-        reload the old worker still carries the requests it had (``each_worker``). None
-        when the proxy runs but does not say (e.g. while it reloads): not the same as 0."""
+    async def in_flight(self, allocation: str, deadline: float | None = None) -> InFlight | None:
+        """What this node's proxy still has in flight to the endpoints of ``allocation``
+        (their ids are ``<allocation>-<port>``), on every live worker: after a reload the old
+        worker still carries the requests it had (``each_worker``); HTTP requests and TCP
+        connections apart (``InFlight``). None when the proxy runs but does not say (e.g.
+        while it reloads), or not before ``deadline`` (``clock.monotonic()``): not the same
+        as nothing in flight.
+
+        Every draining allocation of the node counts from one shared reading
+        (``read_in_flight``): one at a time, kept ``IN_FLIGHT_FRESH`` s after it ends; a
+        caller waits for it at most until its own ``deadline``."""
         if self.proxy is None or not self.proxy.alive():
-            return 0
+            return InFlight()
+        now = self.clock.monotonic()
+        left = None if deadline is None else max(deadline - now, 0.0)
+        reading = self._in_flight
+        if reading is None or (reading.done() and now - self._in_flight_at >= IN_FLIGHT_FRESH):
+            reading = asyncio.get_running_loop().create_task(self.read_in_flight(left))
+            self._in_flight = reading
         try:
-            answers = await self.proxy.each_worker("show stat -1 6 -1")  # backends + servers
-        except (HaproxyError, OSError) as e:
-            log.debug("cannot count the requests in flight to %s: %s", allocation, e)
+            endpoints = await asyncio.wait_for(asyncio.shield(reading), left)
+        except TimeoutError:
+            log.debug("the proxy did not say in time what is in flight to %s", allocation)
             return None
-        return sum(allocation_in_flight(text, allocation) for text in answers)
+        return None if endpoints is None else allocation_in_flight(endpoints, allocation)
+
+    async def read_in_flight(self, timeout: float | None) -> dict[str, InFlight] | None:
+        """One reading of what every live worker has in flight, per endpoint (None when the
+        proxy does not answer within ``timeout``); ``in_flight`` shares it."""
+        assert self.proxy is not None
+        try:
+            answers = await self.proxy.each_worker(IN_FLIGHT_COMMAND, timeout)
+        except (HaproxyError, OSError) as e:
+            log.debug("cannot count what is in flight on the proxy: %s", e)
+            return None
+        finally:
+            self._in_flight_at = self.clock.monotonic()
+        return endpoints_in_flight(answers)
 
     async def delete_drained(self) -> None:
         """Delete the removed servers HAProxy lets go (no connection left); the others are

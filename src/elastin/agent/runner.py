@@ -90,8 +90,9 @@ log = logging.getLogger("elastin.agent")
 
 Report = Callable[..., None]
 DepsReady = Callable[[Allocation, Workload], Awaitable[str]]  # "" when ready, else why not
-# take an instance out of every proxy before it is stopped; returns what happened (an event)
-Drain = Callable[[Allocation, int], Awaitable[str]]
+# take an instance out of every proxy before it is stopped (the mesh version that stopped
+# it, its stop_grace); returns what happened (an event)
+Drain = Callable[[Allocation, int, float], Awaitable[str]]
 SAVE_RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries to save a handle
 # the upstream listeners of an instance that are not up yet on the node's proxy, each as
 # "api (127.0.0.1:21234)"; empty when all are (or the node has no proxy)
@@ -665,7 +666,8 @@ class AllocRunner:
             if waiter not in done:
                 grace = w.stop_grace if w else 10.0
                 if self.drain and self.drain_after and w and w.ports and w.type == "service":
-                    self._event("alloc.draining", await self.drain(self.alloc, self.drain_after))
+                    said = await self.drain(self.alloc, self.drain_after, grace)
+                    self._event("alloc.draining", said)
                 await self.driver.stop(handle, grace)
             result = await waiter
             stopper.cancel()

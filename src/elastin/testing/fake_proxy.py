@@ -4,11 +4,14 @@ mesh manager without HAProxy.
 It records every configuration ``load``\\ ed and every runtime ``command``; a test makes it
 die (``die()``), refuse commands (``refuse[prefix] = answer``: HAProxy's own one-line
 refusal), not answer at all (``answering = False``: ``OSError``), leave listeners down
-(``down``), and sets what a command answers (``answers``, e.g. ``show stat`` CSV).
+(``down``), and sets what a command answers (``answers``, e.g. ``show stat`` CSV);
+``each_worker_calls`` records what was asked of every worker, and ``stalled`` makes that
+wait as a master CLI that does not answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from elastin.mesh.haproxy.render import Paths
@@ -29,6 +32,8 @@ class FakeProxy:
         self.answering = True  # False: the socket does not answer (OSError)
         self.down: list[str] = []  # what ``unreachable`` reports
         self.stops = 0
+        self.each_worker_calls: list[tuple[str, float | None]] = []  # (command, timeout)
+        self.stalled: asyncio.Event | None = None  # set: ``each_worker`` waits for it
 
     def paths(self) -> Paths:
         return Paths(self.socket, "/nonexistent/haproxy.pid", "/nonexistent/elastin.lua")
@@ -54,8 +59,14 @@ class FakeProxy:
                 raise HaproxyError(f"haproxy refused {command!r}: {answer}")
         return self.answers.get(command, "")
 
-    async def each_worker(self, command: str) -> list[str]:
-        """``command`` to every live worker: this fake has one (``command``)."""
+    async def each_worker(self, command: str, timeout: float | None = None) -> list[str]:
+        """``command`` to every live worker: this fake has one (``command``); each call is
+        recorded in ``each_worker_calls`` with its ``timeout``. With ``stalled`` (an
+        ``asyncio.Event``) it waits until that is set, as a master CLI that does not answer
+        (``timeout`` is not applied here: what the caller bounds itself is tested)."""
+        self.each_worker_calls.append((command, timeout))
+        if self.stalled is not None:
+            await self.stalled.wait()
         return [await self.command(command)]
 
     async def unreachable(self, listeners: Sequence[Listener], timeout: float) -> list[str]:

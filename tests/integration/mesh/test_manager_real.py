@@ -31,7 +31,7 @@ async def counted(manager: MeshManager, allocation: str) -> int:
     while (n := await manager.in_flight(allocation)) is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert n is not None, f"the proxy did not say what is in flight to {allocation}"
-    return n
+    return n.requests
 
 
 async def test_a_removed_endpoint_is_deleted_once_its_request_is_done(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from elastin.agent.agent import Agent, AgentConfig
 from elastin.mesh.dns import Target
+from elastin.mesh.haproxy.stats import InFlight
 from elastin.mesh.model import Cluster, Endpoint, MeshSnapshot
 from elastin.model.cluster import Allocation
 from elastin.testing import FakeClock
@@ -62,15 +63,15 @@ async def test_drain_says_what_happened(tmp_path: Path) -> None:
 
     a.client = SimpleNamespace(mesh_converged=converged)  # type: ignore[assignment]
     alloc = Allocation(id="x1", app="shop", workload="api", index=0)
-    assert "out of every proxy" in await a.drain(alloc, 7)
-    late = await a.drain(alloc, 11)
+    assert "out of every proxy" in await a.drain(alloc, 7, 10.0)
+    late = await a.drain(alloc, 11, 10.0)
     assert "n2" in late and "did not confirm" in late
     assert [v for v, _ in calls] == [7, 11]
     busy: dict[str, Any] = {"n": 2}
 
-    async def in_flight(_: str) -> int:
+    async def in_flight(_: str, deadline: float | None = None) -> InFlight:
         busy["n"] -= 1
-        return max(0, busy["n"])
+        return InFlight(requests=max(0, busy["n"]))
 
     a.mesh = SimpleNamespace(in_flight=in_flight)  # type: ignore[assignment]
-    assert "no request in flight" in await asyncio.wait_for(a.drain(alloc, 7), 5)
+    assert "no request in flight" in await asyncio.wait_for(a.drain(alloc, 7, 10.0), 5)

@@ -287,19 +287,23 @@ class HaproxyProcess:
             return False
         return b"-S" in args
 
-    async def each_worker(self, command: str) -> list[str]:
+    async def each_worker(self, command: str, timeout: float | None = None) -> list[str]:
         """``command``'s answer from every live worker: the current one and the old ones a
         reload left finishing the requests they carry (through the master CLI; a worker
         that exits meanwhile is left out). From the current worker alone (the runtime
         socket) when the master has no CLI. ``OSError`` or ``HaproxyError`` when the master
         CLI does not answer: while the master reloads it closes its CLI's connections, and
-        the current worker's answer alone would leave out what the old ones carry."""
-        if not self.has_master_cli():
-            return [await self.command(command)]
-        answers = []
-        for pid in await self.master.workers():
-            with contextlib.suppress(WorkerGone):
-                answers.append(await self.master.command(pid, command))
+        the current worker's answer alone would leave out what the old ones carry.
+        ``timeout``: seconds for the whole (``show proc`` and one connection per worker,
+        one after another); ``TimeoutError`` (an ``OSError``) past it. Without it each
+        connection still has the client's own bound."""
+        async with asyncio.timeout(timeout):
+            if not self.has_master_cli():
+                return [await self.command(command)]
+            answers = []
+            for pid in await self.master.workers():
+                with contextlib.suppress(WorkerGone):
+                    answers.append(await self.master.command(pid, command))
         if not answers:
             raise HaproxyError(f"the master CLI ({self.master_socket}) lists no live worker")
         return answers

@@ -10,7 +10,8 @@ loop; nothing waits in a thread for the socket.
 ``MasterClient`` talks to the master CLI: ``workers`` lists the live workers (the current one
 and the old ones a reload left finishing what they carry, from ``show proc``), ``command``
 sends a runtime command to one of them by pid (``@!<pid> <command>``). The drain counts the
-requests in flight on every worker through it (``HaproxyProcess.each_worker``): after a
+requests in flight on every worker through it (``HaproxyProcess.each_worker``, which bounds
+``show proc`` and every worker's command together by the time the drain has left): after a
 reload the stats socket answers for the new worker only.
 
 Exceptions::

@@ -4,8 +4,9 @@ The one place that parses ``show stat``'s CSV. The agent asks its proxy for it a
 ``parse_stats`` turns it into one ``mesh.model.traffic.ClusterStats`` per mesh cluster: a
 backend ``c_<app>.<service>.<port>`` (``render.py`` names them so) becomes the service port
 ``ClusterName(app, service, port)``, each of its servers ``e_<endpoint id>`` an
-``EndpointStats``; other proxies (listeners, stats) are ignored. ``allocation_in_flight``
-answers the drain's question from the servers-only form (``show stat -1 4 -1``).
+``EndpointStats``; other proxies (listeners, stats) are ignored. ``endpoints_in_flight`` and
+``allocation_in_flight`` answer the drain's question (``InFlight``: HTTP requests and TCP
+connections apart) from the answers of every worker (servers suffice).
 ``rtime_max`` (the longest response) is HAProxy's since its max values were last cleared
 (``CLEAR_MAX``, which the agent's metrics loop sends after each reading; it leaves every
 cumulative counter alone). ``clear counters`` clears every max value of the whole process,
@@ -41,7 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -185,11 +186,49 @@ def parse_stats(text: str) -> dict[str, ClusterStats]:
     return out
 
 
-def allocation_in_flight(text: str, allocation: str) -> int:
-    """Requests or connections in flight on the endpoints of ``allocation`` (ids
-    ``<allocation>-<port>``) in every mesh cluster of ``show stat`` (servers suffice)."""
-    prefix = f"{SERVER_PREFIX}{allocation}-"
-    return sum(_int(row, "scur") for _, sv, row in _rows(text) if sv.startswith(prefix))
+class InFlight(NamedTuple):
+    """What a node's proxy has in flight to some endpoints, as the drain waits for it
+    (``docs/mesh.md``, "Draining"): ``requests`` on ``mode http`` servers (HTTP/1.1, HTTP/2
+    and gRPC ports: a request, a stream; waited for up to the workload's ``stop_grace``),
+    ``connections`` on ``mode tcp`` servers (TCP ports: a connection, busy or idle — HAProxy
+    cannot tell an idle pooled client connection from a busy one; waited for briefly)."""
+
+    requests: int = 0
+    connections: int = 0
+
+    def plus(self, other: InFlight) -> InFlight:
+        return InFlight(self.requests + other.requests, self.connections + other.connections)
+
+
+def endpoints_in_flight(texts: Iterable[str]) -> dict[str, InFlight]:
+    """``show stat`` answers (one per HAProxy worker; servers suffice) -> what is in flight
+    per endpoint id (a server ``e_<id>`` of a mesh cluster), summed over the answers; only
+    the endpoints with something in flight. A server row's ``mode`` column (HAProxy 2.6 and
+    later have it; else its backend row's) tells a TCP endpoint from an HTTP one; a server
+    whose mode is not told counts as HTTP (waited for longest)."""
+    rows = [(cluster, sv, row) for text in texts for cluster, sv, row in _rows(text)]
+    backend_mode = {c: row.get("mode") or "" for c, sv, row in rows if sv == "BACKEND"}
+    out: dict[str, InFlight] = {}
+    for cluster, sv, row in rows:
+        n = _int(row, "scur")
+        if n <= 0 or not sv.startswith(SERVER_PREFIX):
+            continue
+        mode = row.get("mode") or backend_mode.get(cluster, "")
+        busy = InFlight(connections=n) if mode == "tcp" else InFlight(requests=n)
+        endpoint = sv[len(SERVER_PREFIX) :]
+        out[endpoint] = out.get(endpoint, InFlight()).plus(busy)
+    return out
+
+
+def allocation_in_flight(endpoints: Mapping[str, InFlight], allocation: str) -> InFlight:
+    """What is in flight on the endpoints of ``allocation`` (ids ``<allocation>-<port>``),
+    from ``endpoints_in_flight``."""
+    prefix = f"{allocation}-"
+    total = InFlight()
+    for endpoint, busy in endpoints.items():
+        if endpoint.startswith(prefix):
+            total = total.plus(busy)
+    return total
 
 
 class Worker(NamedTuple):

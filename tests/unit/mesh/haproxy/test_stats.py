@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 from elastin.cli.render import TrafficRates
-from elastin.mesh.haproxy.stats import allocation_in_flight, parse_stats
+from elastin.mesh.haproxy.stats import (
+    InFlight,
+    allocation_in_flight,
+    endpoints_in_flight,
+    parse_stats,
+)
 from elastin.mesh.model.names import ClusterName
 from elastin.mesh.model.traffic import TRAFFIC_METRICS, traffic_samples
 
@@ -77,11 +82,11 @@ def test_parse_stats_per_cluster_with_endpoints() -> None:
 
 
 def test_in_flight_sums_the_endpoints_of_one_allocation() -> None:
-    assert allocation_in_flight(TEXT, "a1") == 5  # a1-http (2) and a1-pg (3)
-    assert allocation_in_flight(TEXT, "a2") == 0 and allocation_in_flight(TEXT, "a") == 0
-    servers_only = "\n".join(line for line in TEXT.splitlines() if "BACKEND" not in line)
-    assert allocation_in_flight(servers_only, "a1") == 5
-    assert allocation_in_flight("", "a1") == 0
+    busy = endpoints_in_flight([TEXT])
+    # a1-http (2 requests) and a1-pg (3 connections: its backend says tcp)
+    assert allocation_in_flight(busy, "a1") == InFlight(requests=2, connections=3)
+    assert allocation_in_flight(busy, "a2") == InFlight() == allocation_in_flight(busy, "a")
+    assert allocation_in_flight(endpoints_in_flight([""]), "a1") == InFlight()
 
 
 def test_traffic_samples_one_entry_per_metric_labelled_with_elastin_names() -> None:
