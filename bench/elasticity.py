@@ -60,6 +60,7 @@ import json
 import math
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -840,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--dump", type=Path, help="write each system's last timeline (JSON) here")
     args = ap.parse_args(argv)
+    # a SIGTERM (a `timeout`, a kill) unwinds like Ctrl-C: the daemon and its workloads stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     systems = [s for s in args.systems.split(",") if s]
     cases = [c for c in args.cases.split(",") if c]
     if unknown := [c for c in cases if c not in CASES]:
