@@ -678,8 +678,12 @@ class Agent:
         deadline = start + grace
         tcp_wait = min(DRAIN_CONFIRM, grace)
         busy: InFlight | None = InFlight()
+        known: InFlight | None = None  # the last count the proxy gave
         while self.mesh is not None:
-            busy = await self.mesh.in_flight(alloc.id, deadline)  # None: the proxy does not say
+            # a reading from before the proxies dropped it may miss a request sent just
+            # before: only one that began since counts (``since``)
+            busy = await self.mesh.in_flight(alloc.id, deadline, since=start)
+            known = busy if busy is not None else known  # None: the proxy does not say
             now = self.clock.monotonic()
             tcp_over = now >= start + tcp_wait
             if busy is not None and not busy.requests and (tcp_over or not busy.connections):
@@ -687,6 +691,7 @@ class Agent:
             if now >= deadline:
                 break
             await self.clock.sleep(min(DRAIN_POLL, deadline - now))
+        busy = busy if busy is not None else known  # the last word it said, if any
         if busy is None:
             return (
                 f"out of every proxy; this node's proxy did not say within {grace:g}s what "
@@ -966,26 +971,27 @@ class Agent:
                     told = e.message
             readings.append((mono, mesh))
             baseline = port_baseline(readings)
-            jumped = await self._until_next_report(started + interval, mono, baseline)
+            jumped = await self._until_next_report(started + interval, baseline)
 
     async def _until_next_report(
-        self, deadline: float, reported: float, baseline: Mapping[str, tuple[float, float]]
+        self, deadline: float, baseline: Mapping[str, tuple[float, float]]
     ) -> list[str]:
         """Wait until ``deadline`` (monotonic) for the next metrics report, looking at the
         proxy's arrival counters ``BURST_LOOKS`` times meanwhile; the ports whose load
-        jumped since the report at ``reported`` (``sampling.burst``) as soon as one did:
-        report now."""
+        jumped since the report's reading (``MeshManager.reported_arrivals``, timed when the
+        proxy answered: not after the processing and the report that followed it;
+        ``sampling.burst``) as soon as one did: report now."""
         step = max(0.1, self.cfg.metrics_interval / BURST_LOOKS)
         while (now := self.clock.monotonic()) < deadline - 0.05:
             await self.clock.sleep(min(step, deadline - now))
             mesh = self.mesh
             if mesh is None or not baseline or deadline - self.clock.monotonic() < 0.05:
                 continue
-            worker, before = mesh.reported_arrivals
+            worker, before, read_at = mesh.reported_arrivals
             looked, counts = await mesh.arrivals()
             if looked is None or looked != worker:
                 continue  # another worker since the report: its counters start again
-            if jumped := burst(before, baseline, counts, self.clock.monotonic() - reported):
+            if jumped := burst(before, baseline, counts, self.clock.monotonic() - read_at):
                 log.debug("load jumped on %s: reporting now", ", ".join(jumped))
                 return jumped
         await self.clock.sleep(max(0.0, deadline - self.clock.monotonic()))
@@ -1210,7 +1216,10 @@ class Agent:
     def stop_mesh_if_idle(self, force: bool = False) -> None:
         """Stop this node's HAProxy when no instance runs here any more (or ``force``); while
         one does, the proxy keeps serving its upstream listeners without the agent."""
-        if self.mesh is None or self.mesh.proxy is None:
+        if self.mesh is None:
+            return
+        self.mesh.close_in_flight()  # a shared reading under way has no one to serve
+        if self.mesh.proxy is None:
             return
         running = self.instances_running()
         if force or not running:

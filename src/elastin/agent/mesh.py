@@ -114,6 +114,7 @@ IN_FLIGHT_COMMAND = "show stat -1 6 -1"
 # seconds one reading of what is in flight serves every draining allocation of the node
 # (the agent's drain polls as often): a mass stop asks the master CLI no more often
 IN_FLIGHT_FRESH = 0.05
+IN_FLIGHT_LIMIT = 5.0  # seconds one shared in-flight reading may take, whoever waits for it
 
 
 async def keep_running(
@@ -250,8 +251,8 @@ class MeshManager:
         self._lock = asyncio.Lock()  # apply, delete_drained and restart: one at a time
         self._stats: Stats = {}
         # the raw arrival counters per cluster of the metrics loop's last reading (``read_stats``
-        # with ``mark``) and the worker that answered
-        self.reported_arrivals: tuple[Worker | None, dict[str, int]] = (None, {})
+        # with ``mark``), the worker that answered and when (monotonic)
+        self.reported_arrivals: tuple[Worker | None, dict[str, int], float] = (None, {}, 0.0)
         self._stats_lock = asyncio.Lock()  # read_stats: one reading at a time
         self.ports = ports if ports is not None else PortAllocator()
         self.port_holder = port_holder  # None: listeners' ports are not checked (tests)
@@ -270,7 +271,8 @@ class MeshManager:
         self.wakes_sent = 0
         # the newest reading of what is in flight (``in_flight``), and when it ended
         self._in_flight: asyncio.Task[dict[str, InFlight] | None] | None = None
-        self._in_flight_at = 0.0
+        self._in_flight_at = 0.0  # when the last reading ended
+        self._in_flight_began = 0.0  # when the last reading began
 
     def _paths(self) -> Paths:
         """The proxy's paths, with the wake listener's URL while it serves."""
@@ -371,12 +373,14 @@ class MeshManager:
             if self.proxy is not None and self.proxy.alive():
                 try:
                     worker, text = split_info(await self.proxy.command(stats_command(self.current)))
+                    answered = self.clock.monotonic()
                 except (HaproxyError, OSError):
                     pass
                 else:
                     raw = parse_stats(text)
                     if mark:
-                        self.reported_arrivals = (worker, {k: s.requests for k, s in raw.items()})
+                        counts = {k: s.requests for k, s in raw.items()}
+                        self.reported_arrivals = (worker, counts, answered)
                     stats, moved = self.totals.add(worker, raw)
                     if moved:
                         self._save_totals()
@@ -624,7 +628,9 @@ class MeshManager:
         self.current = snap
         return "updated" if now else "unchanged"
 
-    async def in_flight(self, allocation: str, deadline: float | None = None) -> InFlight | None:
+    async def in_flight(
+        self, allocation: str, deadline: float | None = None, since: float | None = None
+    ) -> InFlight | None:
         """What this node's proxy still has in flight to the endpoints of ``allocation``
         (their ids are ``<allocation>-<port>``), on every live worker: after a reload the old
         worker still carries the requests it had (``each_worker``); HTTP requests and TCP
@@ -633,22 +639,35 @@ class MeshManager:
         as nothing in flight.
 
         Every draining allocation of the node counts from one shared reading
-        (``read_in_flight``): one at a time, kept ``IN_FLIGHT_FRESH`` s after it ends; a
-        caller waits for it at most until its own ``deadline``."""
+        (``read_in_flight``): one at a time, kept ``IN_FLIGHT_FRESH`` s after it ends, bounded
+        by ``IN_FLIGHT_LIMIT`` of its own (not by the deadline of whoever started it); a caller
+        takes only a reading that began at ``since`` or later (a drain: once the proxies
+        dropped its endpoints — an earlier one may predate a request sent just before) and
+        waits for it at most until its own ``deadline``."""
         if self.proxy is None or not self.proxy.alive():
             return InFlight()
         now = self.clock.monotonic()
         left = None if deadline is None else max(deadline - now, 0.0)
         reading = self._in_flight
-        if reading is None or (reading.done() and now - self._in_flight_at >= IN_FLIGHT_FRESH):
-            reading = asyncio.get_running_loop().create_task(self.read_in_flight(left))
-            self._in_flight = reading
+        stale = (
+            reading is None
+            or (since is not None and self._in_flight_began < since)
+            or (reading.done() and now - self._in_flight_at >= IN_FLIGHT_FRESH)
+        )
+        if reading is None or stale:
+            reading = asyncio.get_running_loop().create_task(self.read_in_flight(IN_FLIGHT_LIMIT))
+            self._in_flight, self._in_flight_began = reading, now
         try:
             endpoints = await asyncio.wait_for(asyncio.shield(reading), left)
         except TimeoutError:
-            log.debug("the proxy did not say in time what is in flight to %s", allocation)
+            log.info("the proxy did not say in time what is in flight to %s", allocation)
             return None
         return None if endpoints is None else allocation_in_flight(endpoints, allocation)
+
+    def close_in_flight(self) -> None:
+        """Cancel a shared in-flight reading under way (the agent stops)."""
+        if self._in_flight is not None and not self._in_flight.done():
+            self._in_flight.cancel()
 
     async def read_in_flight(self, timeout: float | None) -> dict[str, InFlight] | None:
         """One reading of what every live worker has in flight, per endpoint (None when the
@@ -657,7 +676,10 @@ class MeshManager:
         try:
             answers = await self.proxy.each_worker(IN_FLIGHT_COMMAND, timeout)
         except (HaproxyError, OSError) as e:
-            log.debug("cannot count what is in flight on the proxy: %s", e)
+            log.info("cannot count what is in flight on the proxy: %s", e)
+            return None
+        except Exception:  # shared by every drain: one bug must not break them all
+            log.exception("cannot count what is in flight on the proxy")
             return None
         finally:
             self._in_flight_at = self.clock.monotonic()

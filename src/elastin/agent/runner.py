@@ -666,7 +666,11 @@ class AllocRunner:
             if waiter not in done:
                 grace = w.stop_grace if w else 10.0
                 if self.drain and self.drain_after and w and w.ports and w.type == "service":
-                    said = await self.drain(self.alloc, self.drain_after, grace)
+                    try:
+                        said = await self.drain(self.alloc, self.drain_after, grace)
+                    except Exception as e:  # a bug in the drain must not keep it running
+                        log.exception("draining %s", self.alloc.name)
+                        said = f"the drain failed ({type(e).__name__}: {e}); stopping"
                     self._event("alloc.draining", said)
                 await self.driver.stop(handle, grace)
             result = await waiter

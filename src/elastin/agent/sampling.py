@@ -61,6 +61,7 @@ BURST_MIN = 20.0  # ...and this many requests per second above it: report now (`
 BURST_SIGMAS = 4.0  # ...and this far above what chance gives (a Poisson count's deviations)
 BURST_LOOKS = 4  # looks at the proxy's counters per interval for a jump
 BURST_BASELINE = 3  # intervals the rate a jump is judged against is measured over
+MAX_JUMPED = 1000  # ports a report names as jumped at most (the server's bound, windows.py)
 MAX_GAUGES = 64  # application gauges one instance reports at most (the server's bound too)
 
 
@@ -194,7 +195,7 @@ def build_report(
         "at": at,
         **({} if mono is None else {"mono": mono, "series": series}),
         "interval": interval,
-        **({"early": True, "jumped": list(jumped)} if jumped else {}),
+        **({"early": True, "jumped": list(jumped)[:MAX_JUMPED]} if jumped else {}),
         "instances": dict(instances),
         "ports": {name: port_reading(s) for name, s in mesh.items()},
     }

@@ -72,6 +72,7 @@ from elastin.server.windows import NodeReport
 log = logging.getLogger("elastin.server.autoscaler")
 
 TICK = 1.0  # the loop's longest sleep; a service with a shorter interval makes it shorter
+EVERY = ("", "")  # in the burst set: an early report that names no port (every service)
 EARLY = 0.3  # a pass may come this much (at most this share of the interval) before its
 # interval is over, to follow a metrics report that has just arrived
 MIN_TICK = 0.1  # the shortest interval a spec may set
@@ -329,8 +330,9 @@ class Autoscaler:
         ``TICK``, due or not (a scale-up waits for no tick; a longer interval is what its
         policy asked for)."""
         self._fresh.set()
-        if report.early and report.jumped:
-            self._burst.update((p.app, p.service) for p in report.jumped)
+        if report.early:  # an agent of an earlier version names no port: every service
+            named = {(p.app, p.service) for p in report.jumped}
+            self._burst.update(named or {EVERY})
             self._kick.set()
 
     def held_requests(self, app: str, service: str, count: int, at_zero: bool = True) -> None:
@@ -474,7 +476,8 @@ class Autoscaler:
                 state = self._states.setdefault(key, _State())
                 # an early report (the load jumped) makes due the services that asked for
                 # second-level decisions; a longer interval (HPA's 15 s) is kept as asked
-                woken = ((rec.app.name, w.name) in burst and policy.interval <= TICK) or (
+                jumped = (rec.app.name, w.name) in burst or EVERY in burst
+                woken = (jumped and policy.interval <= TICK) or (
                     w.replicas == 0 and policy.min == 0 and self.held_count(key) > 0
                 )
                 if w.name in rec.stopped or (now < state.next_at and not woken):

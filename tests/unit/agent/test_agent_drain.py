@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from elastin.agent.agent import DRAIN_CONFIRM, Agent, AgentConfig
-from elastin.agent.mesh import IN_FLIGHT_FRESH, MeshManager
+from elastin.agent.mesh import IN_FLIGHT_FRESH, IN_FLIGHT_LIMIT, MeshManager
 from elastin.agent.runner import AllocRunner
 from elastin.clock import yield_now
 from elastin.mesh.haproxy.process import HaproxyProcess
@@ -49,7 +49,9 @@ def draining(
         await clock.sleep(confirm_takes)
         return []
 
-    async def in_flight(_: str, deadline: float | None = None) -> InFlight:
+    async def in_flight(
+        _: str, deadline: float | None = None, since: float | None = None
+    ) -> InFlight:
         return InFlight(requests=1)
 
     a.client = SimpleNamespace(mesh_converged=converged)  # type: ignore[assignment]
@@ -100,7 +102,9 @@ async def test_a_proxy_that_does_not_say_is_not_taken_for_an_idle_one(tmp_path: 
     a, alloc, clock, _ = draining(tmp_path, 4.0)
     answers: list[int | None] = [None, None, 0]
 
-    async def in_flight(_: str, deadline: float | None = None) -> InFlight | None:
+    async def in_flight(
+        _: str, deadline: float | None = None, since: float | None = None
+    ) -> InFlight | None:
         n = answers.pop(0) if answers else 0
         return None if n is None else InFlight(requests=n)
 
@@ -108,7 +112,7 @@ async def test_a_proxy_that_does_not_say_is_not_taken_for_an_idle_one(tmp_path: 
     assert await a.drain(alloc, 7, 4.0) == "out of every proxy, no request in flight; stopping"
     assert answers == []
 
-    async def silent(_: str, deadline: float | None = None) -> InFlight | None:
+    async def silent(_: str, deadline: float | None = None, **__: Any) -> InFlight | None:
         return None
 
     a.mesh = SimpleNamespace(in_flight=silent)  # type: ignore[assignment]
@@ -116,6 +120,18 @@ async def test_a_proxy_that_does_not_say_is_not_taken_for_an_idle_one(tmp_path: 
     said = await a.drain(alloc, 7, 4.0)
     assert 4.0 <= clock.monotonic() - t0 < 4.1
     assert "did not say within 4s" in said and said.endswith("; stopping")
+
+    # it said 2 in flight, then nothing more until the grace ran out: the event says the 2
+    # (it said "did not say" — the last poll, with no time left, had no answer: review #13)
+    words: list[int | None] = [2]
+
+    async def fading(_: str, deadline: float | None = None, **__: Any) -> InFlight | None:
+        n = words.pop(0) if words else None
+        return None if n is None else InFlight(requests=n)
+
+    a.mesh = SimpleNamespace(in_flight=fading)  # type: ignore[assignment]
+    said = await a.drain(alloc, 7, 4.0)
+    assert "2 request(s) still in flight after 4s" in said
 
 
 # ``show stat -1 6 -1`` of a node whose proxy has an idle pooled client connection open to
@@ -168,14 +184,14 @@ async def test_tcp_connections_count_until_they_close_or_the_short_bound(tmp_pat
     t0 = clock.monotonic()
     seen: list[InFlight] = [InFlight(1, 2), InFlight(0, 2), InFlight(0, 0)]
 
-    async def closing(_: str, deadline: float | None = None) -> InFlight:
+    async def closing(_: str, deadline: float | None = None, **__: Any) -> InFlight:
         return seen.pop(0) if seen else InFlight()
 
     a.mesh = SimpleNamespace(in_flight=closing)  # type: ignore[assignment]
     assert await a.drain(alloc, 7, 60.0) == "out of every proxy, no request in flight; stopping"
     assert seen == [] and clock.monotonic() - t0 < 1.0  # the connections closed: at once
 
-    async def mixed(_: str, deadline: float | None = None) -> InFlight:
+    async def mixed(_: str, deadline: float | None = None, **__: Any) -> InFlight:
         # a request for 10 s, an idle pooled connection for ever
         return InFlight(1 if clock.monotonic() - t0 < 10.0 else 0, 1)
 
@@ -257,6 +273,22 @@ async def test_a_mass_stop_reads_the_proxy_once_per_poll_period(tmp_path: Path) 
     assert len(proxy.commands) == 2
 
 
+async def test_a_reading_from_before_the_drain_began_is_not_taken(tmp_path: Path) -> None:
+    """Another drain's reading, taken before the proxies dropped this allocation, may miss
+    a request sent to it just before: a drain takes only a reading begun since it began
+    (review of #13: the instance was stopped with a request still on it)."""
+    m, proxy, clock = reading_manager(tmp_path)
+    assert await m.in_flight("x1") == InFlight(connections=1)  # another drain's reading
+    # meanwhile the proxy sent x3 a request, then dropped x3 from its endpoints
+    proxy.answers["show stat -1 6 -1"] = (
+        IDLE_POOL + "c_shop.api.http,e_x3-http,0,0,1,1,,1,UP,http\n"
+    )
+    clock.advance(IN_FLIGHT_FRESH / 10)  # the other reading is still fresh
+    busy = await m.in_flight("x3", since=clock.monotonic())  # x3's drain begins now
+    assert busy == InFlight(requests=1)  # its own reading, not the other's (0)
+    assert len(proxy.commands) == 2
+
+
 async def test_callers_join_the_reading_under_way(tmp_path: Path) -> None:
     m, proxy, _ = reading_manager(tmp_path)
     proxy.stalled = asyncio.Event()
@@ -277,9 +309,12 @@ async def test_a_stalled_proxy_is_waited_for_no_longer_than_the_callers_deadline
     late: Any = await m.in_flight("x1", clock.monotonic() + 0.02)
     assert late is None  # did not say in time (the drain asks again, or stops)
     ((command, timeout),) = proxy.each_worker_calls
-    assert command == "show stat -1 6 -1" and timeout == pytest.approx(0.02)
+    # the shared reading has its own bound, not its first caller's deadline (a caller with
+    # little time left would have cut it short for every other drain: review of #13)
+    assert command == "show stat -1 6 -1" and timeout == IN_FLIGHT_LIMIT
     # a caller with no time left gets no answer from a reading still under way
     assert await m.in_flight("x2", clock.monotonic()) is None
+    assert len(proxy.each_worker_calls) == 1  # it joined the reading under way
     proxy.stalled.set()
     reading = m._in_flight  # the reading under way ends once the proxy answers
     assert reading is not None and (await reading or {})["x1-pg"] == InFlight(connections=1)

@@ -69,7 +69,9 @@ async def test_drain_says_what_happened(tmp_path: Path) -> None:
     assert [v for v, _ in calls] == [7, 11]
     busy: dict[str, Any] = {"n": 2}
 
-    async def in_flight(_: str, deadline: float | None = None) -> InFlight:
+    async def in_flight(
+        _: str, deadline: float | None = None, since: float | None = None
+    ) -> InFlight:
         busy["n"] -= 1
         return InFlight(requests=max(0, busy["n"]))
 

@@ -308,7 +308,7 @@ class JumpingMesh:
     def __init__(self, clock: Any, step: float) -> None:
         self.clock, self.step = clock, step
         self.proxy = SimpleNamespace(command=self._command)
-        self.reported_arrivals: tuple[Any, dict[str, int]] = (None, {})
+        self.reported_arrivals: tuple[Any, dict[str, int], float] = (None, {}, 0.0)
         self.looks = 0
 
     async def _command(self, _: str) -> str:
@@ -320,7 +320,8 @@ class JumpingMesh:
 
     async def read_stats(self, mark: bool = False) -> dict[str, ClusterStats]:
         n = self.count()
-        self.reported_arrivals = ("w1", {"shop.api.http": n})
+        if mark:
+            self.reported_arrivals = ("w1", {"shop.api.http": n}, self.clock.monotonic())
         return {"shop.api.http": ClusterStats("shop", "api", "http", "http", requests=n)}
 
     async def arrivals(self) -> tuple[Any, dict[str, int]]:
@@ -352,3 +353,13 @@ async def test_a_load_jump_is_reported_at_once_not_at_the_end_of_the_interval(
     assert early[:7] == [False, False, False, True, True, True, False]
     report = parse_report(client.reports[3])
     assert report.early and [str(p) for p in report.jumped] == ["shop.api.http"]
+
+
+def test_a_report_names_at_most_as_many_jumped_ports_as_the_server_takes() -> None:
+    from elastin.agent.sampling import MAX_JUMPED
+    from elastin.server.windows import MAX_JUMPED as SERVER_MAX
+
+    assert MAX_JUMPED == SERVER_MAX
+    body = build_report(50.0, 1.0, {}, {}, 1.0, "s", [f"a.s{i}.http" for i in range(2000)])
+    assert len(body["jumped"]) == MAX_JUMPED  # more would have the whole report refused
+    parse_report(body)

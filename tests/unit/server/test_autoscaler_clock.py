@@ -157,3 +157,24 @@ async def test_an_early_report_keeps_a_long_interval() -> None:
     await scaler.evaluate_once()
     count, _ = await busy.api(cluster)
     assert count == 1  # 14 s before its next evaluation
+
+
+async def test_an_early_report_of_an_older_agent_names_no_port_and_wakes_every_service() -> None:
+    """An agent from before ``jumped`` (a rolling upgrade) sends ``early`` alone: every
+    service with a short interval is evaluated, as then."""
+    clock = FakeClock(1_700_000_000.0)
+    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
+    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
+    await cluster.apps.apply(busy.SPEC)
+    await start_placed(cluster)
+    clock.now += 6
+    await cluster.applier.follow_rollouts()
+    _, ids = await busy.api(cluster)
+    scaler = cluster.autoscaler
+    await scaler.evaluate_once()
+    clock.now += 0.2
+    eps = {a: {"requests": 20, "active": 3} for a in ids}
+    cluster.telemetry.record_metrics("n1", replace(busy.report(clock.time(), eps, 20), early=True))
+    await scaler.evaluate_once()
+    count, _ = await busy.api(cluster)
+    assert count == 3
