@@ -98,17 +98,25 @@ async def test_the_next_pass_follows_a_fresh_metrics_report() -> None:
     assert pause.done()
 
 
-async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
-    """An agent reports early when the load jumped (``agent.sampling.burst``): the loop
-    wakes at once and evaluates every service, though its interval is not over."""
+async def stable_api(spec: str = busy.SPEC) -> tuple[Cluster, FakeClock, list[str]]:
+    """A cluster on a fake clock running ``spec``'s autoscaled ``api`` (one replica, its
+    version proven: the autoscaler holds the count during a rollout), and its replicas."""
     clock = FakeClock(1_700_000_000.0)
     cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
     await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
-    await cluster.apps.apply(busy.SPEC)
+    await cluster.apps.apply(spec)
     await start_placed(cluster)
     clock.now += 6
     await cluster.applier.follow_rollouts()
     _, ids = await busy.api(cluster)
+    return cluster, clock, ids
+
+
+async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
+    """An agent reports early when the load jumped (``agent.sampling.burst``): the loop
+    wakes at once and evaluates the services whose load jumped, though their interval is
+    not over; a service whose load did not jump waits for its turn."""
+    cluster, clock, ids = await stable_api()
     scaler = cluster.autoscaler
     await scaler.evaluate_once()  # quiet: the next evaluation is due in 0.7 s at the soonest
     clock.now += 0.2
@@ -136,16 +144,8 @@ async def test_an_early_report_is_evaluated_at_once_due_or_not() -> None:
 async def test_an_early_report_keeps_a_long_interval() -> None:
     """HPA's 15 s interval is what such a policy asked for: an early report does not
     evaluate it before its time (it made the benchmark's HPA row react like Elastin's)."""
-    clock = FakeClock(1_700_000_000.0)
-    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
-    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
-    await cluster.apps.apply(
-        busy.SPEC.replace("      min: 1\n", "      min: 1\n      interval: 15s\n")
-    )
-    await start_placed(cluster)
-    clock.now += 6
-    await cluster.applier.follow_rollouts()
-    _, ids = await busy.api(cluster)
+    spec = busy.SPEC.replace("      min: 1\n", "      min: 1\n      interval: 15s\n")
+    cluster, clock, ids = await stable_api(spec)
     scaler = cluster.autoscaler
     await scaler.evaluate_once()
     clock.now += 1
@@ -162,14 +162,7 @@ async def test_an_early_report_keeps_a_long_interval() -> None:
 async def test_an_early_report_of_an_older_agent_names_no_port_and_wakes_every_service() -> None:
     """An agent from before ``jumped`` (a rolling upgrade) sends ``early`` alone: every
     service with a short interval is evaluated, as then."""
-    clock = FakeClock(1_700_000_000.0)
-    cluster = await Cluster.open(MemoryStore(), seed=1, clock=clock)
-    await cluster.nodes.register(Node(id="n1", name="n1", capacity=Resources(4000, 8 << 30)))
-    await cluster.apps.apply(busy.SPEC)
-    await start_placed(cluster)
-    clock.now += 6
-    await cluster.applier.follow_rollouts()
-    _, ids = await busy.api(cluster)
+    cluster, clock, ids = await stable_api()
     scaler = cluster.autoscaler
     await scaler.evaluate_once()
     clock.now += 0.2
