@@ -51,9 +51,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, ClusterStats
+from elastin.mesh.model.traffic import LATENCY_BOUNDS_MS, MAX_JUMPED, ClusterStats
 from elastin.model.cluster import Allocation, Usage
-from elastin.model.workload import Workload
+from elastin.model.workload import MAX_APP_GAUGES, Workload
 
 DEFAULT_INTERVAL = 1.0
 BURST_FACTOR = 1.5  # a port's load since the last report this many times its last rate...
@@ -61,8 +61,6 @@ BURST_MIN = 20.0  # ...and this many requests per second above it: report now (`
 BURST_SIGMAS = 4.0  # ...and this far above what chance gives (a Poisson count's deviations)
 BURST_LOOKS = 4  # looks at the proxy's counters per interval for a jump
 BURST_BASELINE = 3  # intervals the rate a jump is judged against is measured over
-MAX_JUMPED = 1000  # ports a report names as jumped at most (the server's bound, windows.py)
-MAX_GAUGES = 64  # application gauges one instance reports at most (the server's bound too)
 
 
 def is_ready(
@@ -111,7 +109,7 @@ class Page:
 def gauge_pages(workload: Workload | None, ports: Mapping[str, int]) -> tuple[Page, ...]:
     """The pages to scrape for ``workload``'s application metrics (``autoscale.metrics``
     of kind ``app``) on an instance with ``ports`` (port name → its number): one per
-    distinct port and path, with the gauges read from it, at most ``MAX_GAUGES`` gauges in
+    distinct port and path, with the gauges read from it, at most ``MAX_APP_GAUGES`` gauges in
     all. Empty when the service has none, or the instance lacks the port."""
     policy = workload.autoscale if workload is not None else None
     if policy is None or not policy.horizontal:
@@ -120,7 +118,7 @@ def gauge_pages(workload: Workload | None, ports: Mapping[str, int]) -> tuple[Pa
     count = 0
     h2c = {p.name for p in workload.ports if p.protocol == "http2"} if workload else set()
     for m in policy.metrics:
-        if m.kind != "app" or count >= MAX_GAUGES:
+        if m.kind != "app" or count >= MAX_APP_GAUGES:
             continue
         port = ports.get(m.port)
         if not port:

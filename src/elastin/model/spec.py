@@ -28,6 +28,7 @@ from elastin.model.workload import (
     DYNAMIC_UIDS,
     KINDS,
     METRIC_KINDS,
+    PROMETHEUS_NAME_RE,
     REQUEST_HEADER_BYTES_MOST,
     REQUEST_HEADERS_DEFAULT,
     REQUEST_HEADERS_MOST,
@@ -1340,7 +1341,6 @@ SELECT_POLICIES: tuple[str, ...] = get_args(SelectPolicy)
 VERTICAL_MODES: tuple[str, ...] = get_args(VerticalMode)
 SCALE_TO_ZERO_PROTOCOLS = ("http", "http2", "grpc")
 # used with fullmatch: a `^...$` match let "queue_depth\n" pass (`$` matches before a final \n)
-PROMETHEUS_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 PERCENTAGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 MAX_REPLICAS = 1000
 METRICS_HINT = (

@@ -9,6 +9,7 @@ in ``spec.py`` builds them from YAML.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -158,6 +159,12 @@ METRIC_KINDS: tuple[MetricKind, ...] = ("cpu", "memory", "rps", "inflight", "p99
 PolicyType = Literal["pods", "percent"]
 SelectPolicy = Literal["max", "min", "disabled"]
 VerticalMode = Literal["off", "recommend", "auto"]
+
+
+# an application metric's name (Prometheus' rule, at most 200 characters): checked where a
+# spec names it and where an agent's report carries its value
+PROMETHEUS_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
+MAX_APP_GAUGES = 64  # application gauges one instance reports at most (agent and server)
 
 
 @dataclass(frozen=True)

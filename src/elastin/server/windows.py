@@ -53,7 +53,6 @@ ports. Nothing here does I/O; time comes from the injected ``Clock``.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from array import array
 from collections.abc import Iterable, Mapping
@@ -62,15 +61,14 @@ from typing import Any
 
 from elastin.clock import SYSTEM, Clock
 from elastin.mesh.model.names import ClusterName
+from elastin.mesh.model.traffic import MAX_JUMPED
+from elastin.model.workload import MAX_APP_GAUGES, PROMETHEUS_NAME_RE
 
 WINDOW_SECONDS = 300  # five minutes at one second
 MIN_HOLD = 2  # seconds a point stands for at least (a report arriving late is no hole)
 MAX_REPORT_BYTES = 1 << 20  # a larger report is refused (413)
 MAX_ENTRIES = 20_000  # instances, ports or endpoints in one report at most
 MAX_CLOCK_SKEW = 300.0  # seconds a report's wall clock may be from the server's (else 422)
-MAX_GAUGES = 64  # application gauges of one instance at most
-MAX_JUMPED = 1000  # ports an early report names at most
-GAUGE_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")  # a Prometheus name
 MAX_BUCKETS = 64  # latency buckets of one port at most
 P99 = 0.99
 
@@ -172,15 +170,15 @@ def _str(data: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _gauges(data: Mapping[str, Any], where: str) -> tuple[tuple[str, float], ...]:
-    """An instance's ``gauges``: Prometheus name -> a finite number, at most ``MAX_GAUGES``."""
+    """An instance's ``gauges``: Prometheus name -> a finite number, at most ``MAX_APP_GAUGES``."""
     raw = data.get("gauges", {})
     if not isinstance(raw, dict):
         raise ValueError(f"{where}.gauges must be an object, not {type(raw).__name__}")
-    if len(raw) > MAX_GAUGES:
-        raise ValueError(f"{where}.gauges has {len(raw)} entries; at most {MAX_GAUGES}")
+    if len(raw) > MAX_APP_GAUGES:
+        raise ValueError(f"{where}.gauges has {len(raw)} entries; at most {MAX_APP_GAUGES}")
     out = []
     for name, v in raw.items():
-        if not isinstance(name, str) or not GAUGE_NAME_RE.fullmatch(name):
+        if not isinstance(name, str) or not PROMETHEUS_NAME_RE.fullmatch(name):
             raise ValueError(f"{where}.gauges: {name!r} is not a Prometheus metric name")
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ValueError(f"{where}.gauges[{name!r}] must be a finite number, not {v!r}")

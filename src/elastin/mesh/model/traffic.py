@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from elastin.mesh.model.names import ClusterName
 from elastin.metrics import MetricKind
 
+# ports an agent's early metrics report names as jumped at most (the agent cuts its list
+# there, the server refuses more)
+MAX_JUMPED = 1000
+
 # the upper bounds (milliseconds, inclusive) of the latency histogram a proxy keeps for a
 # service that autoscales on its p99 (``Cluster.latency_histogram``): log-spaced, about x1.6
 # to x2.5 apart, from 5 ms to 30 s, plus one bucket for every slower response. 250 ms (a

@@ -22,6 +22,7 @@ from elastin.mesh.model.names import ClusterName
 from elastin.model.cluster import Node
 from elastin.model.codec import to_data
 from elastin.model.resources import Resources
+from elastin.model.workload import MAX_APP_GAUGES
 from elastin.server.api.models import (
     ERRORS,
     Acked,
@@ -45,7 +46,6 @@ from elastin.server.telemetry import vet_report
 from elastin.server.windows import (
     MAX_CLOCK_SKEW,
     MAX_ENTRIES,
-    MAX_GAUGES,
     MAX_REPORT_BYTES,
     ClockSkew,
     parse_report,
@@ -110,7 +110,7 @@ METRICS_REPORT_SCHEMA: dict[str, Any] = {
                         "type": "object",
                         "description": "application gauges read from the instance's own "
                         "Prometheus endpoint: metric name -> a finite number (at most "
-                        f"{MAX_GAUGES}; left out when none was read)",
+                        f"{MAX_APP_GAUGES}; left out when none was read)",
                         "additionalProperties": {"type": "number"},
                     },
                 },
